@@ -1,0 +1,21 @@
+"""Exception types, one per layer, all deriving from :class:`LatentcubeError`."""
+
+from __future__ import annotations
+
+__all__ = ["CubeError", "LatentcubeError", "ModelError", "StacError"]
+
+
+class LatentcubeError(Exception):
+    """Base class of every error raised on purpose by latentcube."""
+
+
+class CubeError(LatentcubeError, ValueError):
+    """A cube does not follow the data model of :mod:`latentcube.cube.schema`."""
+
+
+class ModelError(LatentcubeError, ValueError):
+    """A model, checkpoint or bundle is invalid or does not fit its input."""
+
+
+class StacError(LatentcubeError, RuntimeError):
+    """A STAC search or load could not produce a cube."""
