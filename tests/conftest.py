@@ -66,7 +66,8 @@ def tiny_cube(
     from latentcube.sensors import S2_BANDS
 
     rng = np.random.default_rng(seed)
-    t = np.datetime64("2020-03-01") + np.cumsum(rng.integers(3, 12, n_time)).astype("timedelta64[D]")
+    steps = np.cumsum(rng.integers(3, 12, n_time)).astype("timedelta64[D]")
+    t = np.datetime64("2020-03-01") + steps
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     base = 0.05 + 0.3 * (np.sin(yy / 5.0) * np.cos(xx / 7.0) + 1) / 2
     season = np.sin(np.linspace(0, np.pi, n_time))

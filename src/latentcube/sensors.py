@@ -14,7 +14,7 @@ __all__ = ["S1_BANDS", "S2_BANDS", "SENSORS", "SensorSpec", "band_dim", "registe
 
 #: The ten Sentinel-2 L2A bands the paper's model uses, in its order.
 S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
-#: The Sentinel-1 polarisations, as normalised dB (see :func:`latentcube.cube.sentinel1.normalise_db`).
+#: The Sentinel-1 polarisations, stored as normalised dB.
 S1_BANDS: tuple[str, ...] = ("VV", "VH")
 
 

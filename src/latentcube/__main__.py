@@ -1,0 +1,5 @@
+"""``python -m latentcube`` runs the command line."""
+
+from latentcube.cli import app
+
+app()
