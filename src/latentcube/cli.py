@@ -72,8 +72,13 @@ def demo(
     t0 = time.perf_counter()
     try:
         result = run_demo(
-            out, cube_path=cube, variant=model,  # type: ignore[arg-type]
-            train_seconds=train_seconds, seed=seed, progress=progress, log=typer.echo,
+            out,
+            cube_path=cube,
+            variant=model,  # type: ignore[arg-type]
+            train_seconds=train_seconds,
+            seed=seed,
+            progress=progress,
+            log=typer.echo,
         )
     except (LatentcubeError, FileNotFoundError) as err:
         _fail(str(err))
@@ -101,15 +106,21 @@ def info(
     t = cube["time"].values
     frac = cube["s2_valid"].mean(dim=("y", "x")).values
     typer.echo(f"{path}: valid latentcube cube")
-    typer.echo(f"  grid    {cube.sizes['y']} x {cube.sizes['x']} px, CRS {cube.rio.crs}, "
-               f"resolution {abs(float(cube.x[1] - cube.x[0])):g} m")
-    typer.echo(f"  time    {len(t)} dates, {np.datetime_as_string(t[0], 'D')} .. "
-               f"{np.datetime_as_string(t[-1], 'D')}, mean valid fraction {frac.mean():.2f}")
+    typer.echo(
+        f"  grid    {cube.sizes['y']} x {cube.sizes['x']} px, CRS {cube.rio.crs}, "
+        f"resolution {abs(float(cube.x[1] - cube.x[0])):g} m"
+    )
+    typer.echo(
+        f"  time    {len(t)} dates, {np.datetime_as_string(t[0], 'D')} .. "
+        f"{np.datetime_as_string(t[-1], 'D')}, mean valid fraction {frac.mean():.2f}"
+    )
     typer.echo(f"  s2      bands {', '.join(map(str, cube['band'].values))}")
     if "s1" in cube:
         matched = int((~np.isnat(cube["s1_time"].values)).sum())
-        typer.echo(f"  s1      bands {', '.join(map(str, cube['s1_band'].values))}, "
-                   f"{matched}/{len(t)} dates matched")
+        typer.echo(
+            f"  s1      bands {', '.join(map(str, cube['s1_band'].values))}, "
+            f"{matched}/{len(t)} dates matched"
+        )
     for k in ("source", "attribution"):
         if k in cube.attrs:
             typer.echo(f"  {k:<7} {cube.attrs[k]}")

@@ -59,8 +59,7 @@ class DemoResult:
             f"{self.valid_pixel_dates} valid pixel-dates",
             f"figure           {self.figure}",
             "",
-            "timings (s)      "
-            + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()),
+            "timings (s)      " + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()),
         ]
         return "\n".join(lines)
 
@@ -124,11 +123,21 @@ def run_demo(
 
     t0 = time.perf_counter()
     model_config = AutoencoderConfig.preset(variant, sensor="s2")
-    train_cube, val_cube = split_spatial_blocks(cube, block_px=32, fractions=(0.75, 0.25), seed=seed)
-    tr = extract_windows(train_cube, "s2", model_config.bands, mode="train", seed=seed, stride_t=3,
-                         stride_xy=3)
-    va = extract_windows(val_cube, "s2", model_config.bands, mode="consecutive", seed=seed + 1,
-                         stride_t=3, stride_xy=3)
+    train_cube, val_cube = split_spatial_blocks(
+        cube, block_px=32, fractions=(0.75, 0.25), seed=seed
+    )
+    tr = extract_windows(
+        train_cube, "s2", model_config.bands, mode="train", seed=seed, stride_t=3, stride_xy=3
+    )
+    va = extract_windows(
+        val_cube,
+        "s2",
+        model_config.bands,
+        mode="consecutive",
+        seed=seed + 1,
+        stride_t=3,
+        stride_xy=3,
+    )
     timings["windows"] = time.perf_counter() - t0
     log(f"[2/5] windows: {len(tr)} train, {len(va)} validation")
 
@@ -136,8 +145,16 @@ def run_demo(
     cfg = train_config_preset("quick").model_copy(
         update={"max_seconds": train_seconds, "seed": seed}
     )
-    result = train(model_config, tr, va, cfg, out / "model", resume=not overwrite,
-                   progress=progress, provenance={"cube": str(src), **cube.attrs})
+    result = train(
+        model_config,
+        tr,
+        va,
+        cfg,
+        out / "model",
+        resume=not overwrite,
+        progress=progress,
+        provenance={"cube": str(src), **cube.attrs},
+    )
     timings["train"] = time.perf_counter() - t0
     log(f"[3/5] trained {result.epochs} epochs, best val centre MAE {result.best_val:.4f}")
 

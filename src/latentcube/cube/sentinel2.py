@@ -1,0 +1,120 @@
+"""Sentinel-2 L2A: SCL cloud masks, the baseline-04.00 offset, date screening and same-day merging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+
+__all__ = [
+    "SCL_INVALID",
+    "drop_invalid_dates",
+    "merge_same_day",
+    "remove_baseline_offset",
+    "scl_valid",
+]
+
+#: Sen2Cor classes masked by default: no data, saturated, cloud shadow, cloud
+#: medium/high probability, thin cirrus, snow/ice.
+SCL_INVALID: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
+
+
+def scl_valid(
+    scl: np.ndarray, *, invalid_classes: Sequence[int] = SCL_INVALID, dilation: int = 0
+) -> np.ndarray:
+    """Clear-sky mask from the Sen2Cor scene classification.
+
+    Parameters
+    ----------
+    scl
+        (..., y, x) integer SCL codes.
+    invalid_classes
+        Codes treated as not clear.
+    dilation
+        Grow the invalid area by this many pixels (square structuring element)
+        in every 2-D slice, to catch cloud edges the classifier misses.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, True where clear.
+    """
+    scl = np.asarray(scl)
+    invalid = np.isin(scl, np.asarray(invalid_classes))
+    if dilation > 0:
+        structure = np.zeros((1,) * (scl.ndim - 2) + (2 * dilation + 1,) * 2, bool)
+        structure[(0,) * (scl.ndim - 2)] = True
+        invalid = ndimage.binary_dilation(invalid, structure=structure)
+    return ~invalid
+
+
+def remove_baseline_offset(dn: np.ndarray, baseline: str | float | None) -> np.ndarray:
+    """Digital numbers to reflectance in [0, 1], honouring the processing baseline.
+
+    From processing baseline 04.00 (25 January 2022) L2A digital numbers carry
+    an offset of +1000: reflectance = (DN - 1000) / 10000; before it
+    DN / 10000. DN 0 is no data and becomes NaN.
+
+    Parameters
+    ----------
+    dn
+        Digital numbers (any integer or float dtype).
+    baseline
+        ``s2:processing_baseline`` of the product, e.g. ``"04.00"``; None means
+        before 04.00.
+    """
+    dn = np.asarray(dn)
+    offset = 1000.0 if baseline is not None and float(baseline) >= 4.0 else 0.0
+    refl = (dn.astype(np.float32) - np.float32(offset)) / np.float32(10000.0)
+    refl = np.clip(refl, 0.0, 1.0)
+    return np.where(dn == 0, np.float32(np.nan), refl).astype(np.float32)
+
+
+def merge_same_day(
+    data: np.ndarray, valid: np.ndarray, times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge acquisitions of one calendar day (tile overlaps) into one date.
+
+    Per pixel the first valid observation of the day is kept.
+
+    Parameters
+    ----------
+    data
+        (time, band, y, x).
+    valid
+        (time, y, x) bool.
+    times
+        (time,) datetime64, sorted.
+
+    Returns
+    -------
+    tuple
+        ``(data, valid, times)`` with one entry per day; the time of a merged
+        day is its first acquisition.
+    """
+    times = np.asarray(times, dtype="datetime64[ns]")
+    days = times.astype("datetime64[D]")
+    uniq, first = np.unique(days, return_index=True)
+    if uniq.size == times.size:
+        return data, valid, times
+    out = np.full((uniq.size, *data.shape[1:]), np.nan, dtype=data.dtype)
+    out_valid = np.zeros((uniq.size, *valid.shape[1:]), bool)
+    inverse = np.searchsorted(uniq, days)
+    for t in range(times.size):  # over dates only; pixels are vectorised
+        k = inverse[t]
+        take = valid[t] & ~out_valid[k]
+        out[k][:, take] = data[t][:, take]
+        out_valid[k] |= take
+    return out, out_valid, times[first]
+
+
+def drop_invalid_dates(cube: xr.Dataset, min_valid_fraction: float = 0.0) -> xr.Dataset:
+    """Drop dates whose share of valid S2 pixels is below ``min_valid_fraction``.
+
+    Dates without any valid pixel are always dropped.
+    """
+    frac = cube["s2_valid"].mean(dim=("y", "x")).values
+    keep = (frac >= min_valid_fraction) & (frac > 0)
+    return cube.isel(time=np.flatnonzero(keep))
