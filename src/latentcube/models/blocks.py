@@ -1,0 +1,109 @@
+"""Building blocks of the autoencoders: attention CNN blocks of the paper, positional encodings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CBAM",
+    "ConvAttentionBlock",
+    "MultiScaleAttentionBlock",
+    "ResidualPool",
+    "sinusoidal_encoding",
+]
+
+
+class CBAM(nn.Module):
+    """Convolutional block attention: channel attention, then spatial attention."""
+
+    def __init__(self, channels: int, reduction: int = 8, spatial_kernel: int = 7) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1)
+        )
+        self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply channel then spatial attention to ``x`` (N, C, H, W)."""
+        ca = self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True))
+        x = x * torch.sigmoid(ca)
+        sa = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(sa))
+
+
+class ConvAttentionBlock(nn.Module):
+    """3 x 3 convolution + LeakyReLU(0.01) + CBAM."""
+
+    def __init__(self, cin: int, cout: int, reduction: int = 8, spatial_kernel: int = 7) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.act = nn.LeakyReLU(0.01)
+        self.cbam = CBAM(cout, reduction, spatial_kernel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve and attend."""
+        return self.cbam(self.act(self.conv(x)))
+
+
+class MultiScaleAttentionBlock(nn.Module):
+    """Parallel 3 x 3 and 7 x 7 convolutions, 1 x 1 fusion, CBAM."""
+
+    def __init__(self, cin: int, cout: int, kernels: tuple[int, ...] = (3, 7)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.LeakyReLU(0.1))
+            for k in kernels
+        )
+        self.fuse = nn.Sequential(nn.Conv2d(cout * len(kernels), cout, 1), nn.LeakyReLU(0.01))
+        self.cbam = CBAM(cout, 8, 7)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Multi-scale convolution, fusion and attention."""
+        return self.cbam(self.fuse(torch.cat([b(x) for b in self.branches], dim=1)))
+
+
+class ResidualPool(nn.Module):
+    """``x + maxpool3x3_stride1(block(x))`` as in the paper's reducer and upscaler."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.pool = nn.MaxPool2d(3, stride=1, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Residual connection around block and pooling."""
+        return x + self.pool(self.block(x))
+
+
+def sinusoidal_encoding(offsets: Tensor, dim: int, max_period: float = 1000.0) -> Tensor:
+    """Sinusoidal encoding of day offsets.
+
+    Parameters
+    ----------
+    offsets
+        (...,) day offsets (float or int).
+    dim
+        Even output size.
+    max_period
+        Longest period in days.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., dim) float32.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period)
+        * torch.arange(half, dtype=torch.float32, device=offsets.device)
+        / max(half - 1, 1)
+    )
+    ang = offsets.to(torch.float32)[..., None] * freqs * (2 * math.pi)
+    enc = torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
+    if dim % 2:
+        enc = torch.cat([enc, torch.zeros_like(enc[..., :1])], dim=-1)
+    return enc

@@ -1,0 +1,134 @@
+"""The context loss of the stage-1 autoencoders (paper spec section 3.4).
+
+Weights: ``w[t, y, x] = temporal[t] * spatial[y, x]`` with spatial 1 at the
+centre pixel and ``spatial_scale * spatial_decay ** (d - 1)`` at Chebyshev
+distance ``d >= 1``, temporal ``temporal_decay ** |t - centre|``. Per sample the
+weights are renormalised to sum to 1 *over valid entries*, so masked pixels
+neither count nor dilute the others; a window without any valid entry
+contributes 0 (and no gradient).
+
+Terms (each averaged over the batch):
+
+* ``mae``: ``sum_{t,y,x} w * mean_c |recon - target|`` over valid entries;
+* ``sam``: spectral angle between recon and target band vectors per (t, y, x),
+  weighted the same way;
+* ``ssim``: ``1 - SSIM`` with a 7 x 7 Gaussian window (sigma 1.5, L = 1) over
+  every frame and band, invalid target entries replaced by the (detached)
+  reconstruction so they carry no error;
+* ``center``: MAE at the centre pixel and date, over samples where it is valid.
+
+Total = ``lambda_mae * mae + lambda_sam * sam + lambda_ssim * ssim + lambda_center * center``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentcube.models.config import LossConfig
+
+__all__ = ["ContextLoss", "centre_abs_error", "centre_mae", "context_weights"]
+
+
+def context_weights(
+    n_dates: int, window: int, config: LossConfig | None = None, device: torch.device | None = None
+) -> Tensor:
+    """Unnormalised weights (T, W, W) of the context loss."""
+    cfg = config or LossConfig()
+    c = window // 2
+    yy, xx = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    d = torch.maximum((yy - c).abs(), (xx - c).abs()).to(torch.float64)
+    spatial = torch.where(
+        d == 0, torch.ones_like(d), cfg.spatial_scale * cfg.spatial_decay ** (d - 1)
+    )
+    dt = (torch.arange(n_dates) - n_dates // 2).abs().to(torch.float64)
+    temporal = cfg.temporal_decay**dt
+    return (temporal[:, None, None] * spatial[None]).to(torch.float32).to(device)
+
+
+def centre_abs_error(recon: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum of the centre-pixel band-mean absolute errors over valid samples, and their count."""
+    t, c = recon.shape[1] // 2, recon.shape[-1] // 2
+    valid = mask[:, t, c, c]
+    err = (recon[:, t, :, c, c] - torch.nan_to_num(target[:, t, :, c, c])).abs().mean(dim=1)
+    return torch.where(valid, err, torch.zeros_like(err)).sum(), valid.sum()
+
+
+def centre_mae(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error at the centre pixel and date (the validation metric); 0 if none valid."""
+    s, n = centre_abs_error(recon, target, mask)
+    return s / n.clamp(min=1)
+
+
+def _gaussian(size: int = 7, sigma: float = 1.5) -> Tensor:
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(
+    a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5, data_range: float = 1.0
+) -> Tensor:
+    """Mean SSIM of images ``a``, ``b`` (N, 1, H, W) with a Gaussian window (no padding)."""
+    k = _gaussian(window, sigma).to(a.device, a.dtype)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = F.conv2d(a, k), F.conv2d(b, k)
+    saa = F.conv2d(a * a, k) - mu_a**2
+    sbb = F.conv2d(b * b, k) - mu_b**2
+    sab = F.conv2d(a * b, k) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * sab + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2)
+    return (num / den).mean()
+
+
+class ContextLoss(nn.Module):
+    """Weighted masked context loss; see the module docstring."""
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or LossConfig()
+
+    def forward(
+        self, recon: Tensor, target: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of ``recon`` against ``target`` (B, T, C, W, W) under ``mask`` (B, T, W, W).
+
+        Returns
+        -------
+        tuple
+            The total (scalar) and a dict of the terms ``mae``, ``sam``,
+            ``ssim`` and ``center``.
+        """
+        cfg = self.config
+        b, t, ch, w, _ = recon.shape
+        target = torch.nan_to_num(target)
+        m = mask.to(recon.dtype)
+        wts = context_weights(t, w, cfg, recon.device) * m
+        wts = wts / wts.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12)
+        abs_err = (recon - target).abs().mean(dim=2)
+        mae = (wts * abs_err).sum(dim=(1, 2, 3)).mean()
+        parts = {"mae": mae}
+        zero = recon.new_zeros(())
+        if cfg.lambda_sam > 0 and ch > 1:
+            dot = (recon * target).sum(dim=2)
+            norm = recon.norm(dim=2) * target.norm(dim=2)
+            cos = (dot / norm.clamp(min=1e-8)).clamp(-1 + 1e-6, 1 - 1e-6)
+            parts["sam"] = (wts * torch.acos(cos)).sum(dim=(1, 2, 3)).mean()
+        else:
+            parts["sam"] = zero
+        if cfg.lambda_ssim > 0:
+            tgt = torch.where(mask.unsqueeze(2), target, recon.detach())
+            parts["ssim"] = 1 - ssim(recon.reshape(-1, 1, w, w), tgt.reshape(-1, 1, w, w))
+        else:
+            parts["ssim"] = zero
+        s, n = centre_abs_error(recon, target, mask)
+        parts["center"] = s / max(b, 1)
+        total = (
+            cfg.lambda_mae * parts["mae"]
+            + cfg.lambda_sam * parts["sam"]
+            + cfg.lambda_ssim * parts["ssim"]
+            + cfg.lambda_center * parts["center"]
+        )
+        return total, parts
