@@ -1,0 +1,172 @@
+"""Checkpoints on disk: weights + configuration + provenance, validated on load.
+
+A checkpoint is one ``.pt`` file holding only plain types (tensors, numbers,
+strings, lists, dicts), so it loads with ``torch.load(weights_only=True)``;
+its configuration is also written beside it as ``<name>.json`` for people and
+other tools. Files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentcube.errors import ModelError
+from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
+from latentcube.models.config import AutoencoderConfig
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+
+FORMAT = "latentcube.autoencoder"
+FORMAT_VERSION = 1
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: ContextAutoencoder,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    training_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model checkpoint.
+
+    Parameters
+    ----------
+    path
+        Target ``.pt`` file.
+    model
+        The autoencoder; its ``config`` is stored as JSON.
+    extra
+        JSON-serialisable metadata: provenance, metrics, normalisation.
+    training_state
+        Optimiser/scheduler/RNG state for resuming (tensors and plain types).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    from latentcube import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "latentcube_version": __version__,
+        "model_config": cfg.model_dump(mode="json"),
+        "sensor": cfg.sensor,
+        "bands": list(cfg.bands),
+        **json.loads(json.dumps(dict(extra or {}), default=str)),
+    }
+    payload = {
+        "meta_json": json.dumps(meta),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if training_state is not None:
+        payload["training_state"] = dict(training_state)
+    _atomic_save(payload, path)
+    sidecar = path.with_suffix(".json")
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, sidecar)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint file safely (``weights_only=True``) and check its format.
+
+    Returns
+    -------
+    dict
+        ``meta`` (dict), ``state_dict`` and, when present, ``training_state``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, pickled code, ...
+        raise ModelError(
+            f"{path} is not a readable latentcube checkpoint (corrupt or truncated?): {err}"
+        ) from err
+    if not isinstance(payload, dict) or "meta_json" not in payload or "state_dict" not in payload:
+        raise ModelError(f"{path} is a torch file but not a latentcube checkpoint")
+    try:
+        meta = json.loads(payload["meta_json"])
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: metadata is not valid JSON: {err}") from err
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: checkpoint format version {meta.get('format_version')} is not supported "
+            f"by this latentcube (reads version {FORMAT_VERSION})"
+        )
+    return {"meta": meta, **{k: v for k, v in payload.items() if k != "meta_json"}}
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    expect_bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+) -> tuple[ContextAutoencoder, dict[str, Any]]:
+    """Load an autoencoder checkpoint, validated, in eval mode.
+
+    Parameters
+    ----------
+    path
+        A file written by :func:`save_checkpoint`.
+    expect_bands
+        Band order the caller will feed; a different band set or order raises.
+    sensor
+        Sensor the caller expects.
+
+    Returns
+    -------
+    tuple
+        The model and the checkpoint metadata.
+
+    Raises
+    ------
+    ModelError
+        For a missing, corrupt or foreign file, another format version, another
+        sensor or band set, or weights that do not fit the configuration.
+    """
+    ck = read_checkpoint(path)
+    meta = ck["meta"]
+    try:
+        config = AutoencoderConfig.model_validate(meta["model_config"])
+    except Exception as err:
+        raise ModelError(f"{path}: invalid model configuration: {err}") from err
+    if sensor is not None and config.sensor != sensor:
+        raise ModelError(f"{path} is a {config.sensor!r} model, expected a {sensor!r} model")
+    if expect_bands is not None and tuple(expect_bands) != config.bands:
+        raise ModelError(
+            f"{path} was trained on bands {list(config.bands)}, not {list(expect_bands)}"
+        )
+    model = build_autoencoder(config)
+    try:
+        model.load_state_dict(ck["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
+    model.eval()
+    return model, meta

@@ -1,0 +1,19 @@
+"""Training samples: context windows cut from cubes."""
+
+from latentcube.data.windows import (
+    CubeArrays,
+    WindowDataset,
+    Windows,
+    block_regions,
+    extract_windows,
+    split_cubes,
+)
+
+__all__ = [
+    "CubeArrays",
+    "WindowDataset",
+    "Windows",
+    "block_regions",
+    "extract_windows",
+    "split_cubes",
+]
