@@ -102,11 +102,9 @@ def run_demo(
     DemoResult
         Paths, sizes, timings; ``summary()`` formats them.
     """
-    import torch
-
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import demo_cube_path, open_cube
-    from latentcube.data.windows import extract_windows, split_spatial_blocks
+    from latentcube.data.windows import block_regions, extract_windows
     from latentcube.inference import embed, write_embedding
     from latentcube.models.config import AutoencoderConfig
     from latentcube.plotting import plot_demo
@@ -123,20 +121,15 @@ def run_demo(
 
     t0 = time.perf_counter()
     model_config = AutoencoderConfig.preset(variant, sensor="s2")
-    train_cube, val_cube = split_spatial_blocks(
-        cube, block_px=32, fractions=(0.75, 0.25), seed=seed
+    train_region, val_region = block_regions(
+        (cube.sizes["y"], cube.sizes["x"]), block_px=32, fractions=(0.75, 0.25), seed=seed
     )
+    common = {"stride_t": 3, "stride_xy": 3, "seed": seed}
     tr = extract_windows(
-        train_cube, "s2", model_config.bands, mode="train", seed=seed, stride_t=3, stride_xy=3
+        cube, "s2", model_config.bands, mode="train", region=train_region, **common
     )
     va = extract_windows(
-        val_cube,
-        "s2",
-        model_config.bands,
-        mode="consecutive",
-        seed=seed + 1,
-        stride_t=3,
-        stride_xy=3,
+        cube, "s2", model_config.bands, mode="consecutive", region=val_region, **common
     )
     timings["windows"] = time.perf_counter() - t0
     log(f"[2/5] windows: {len(tr)} train, {len(va)} validation")
@@ -160,8 +153,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     model, _meta = load_checkpoint(result.checkpoint, expect_bands=model_config.bands)
-    torch.set_grad_enabled(False)
-    emb = embed(cube, model, sensor="s2")
+    emb = embed(cube, model, sensor="s2", progress=progress)
     emb_path = write_embedding(emb, out / "embedding.zarr", overwrite=True)
     timings["embed"] = time.perf_counter() - t0
     n_valid = int(np.isfinite(emb["embedding"].values).all(axis=0).sum())

@@ -34,8 +34,17 @@ from latentcube.models.losses import ContextLoss, centre_abs_error
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "train", "train_config_preset"]
 
 METRIC_FIELDS = (
-    "epoch", "step", "lr", "train_loss", "train_mae", "train_sam", "train_ssim",
-    "train_center", "val_loss", "val_centre_mae", "seconds",
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_mae",
+    "train_sam",
+    "train_ssim",
+    "train_center",
+    "val_loss",
+    "val_centre_mae",
+    "seconds",
 )
 
 
@@ -67,8 +76,13 @@ def train_config_preset(name: str) -> TrainConfig:
         return TrainConfig()
     if name == "quick":
         return TrainConfig(
-            lr=2e-3, warmup_steps=100, batch_size=32, plateau_patience=3,
-            early_stopping_patience=8, max_epochs=200, min_lr=1e-5,
+            lr=2e-3,
+            warmup_steps=100,
+            batch_size=32,
+            plateau_patience=3,
+            early_stopping_patience=8,
+            max_epochs=200,
+            min_lr=1e-5,
         )
     raise ValueError(f"unknown preset {name!r}; expected 'paper' or 'quick'")
 
@@ -96,7 +110,10 @@ def evaluate(
     model.eval()
     tot_loss, n_loss, err, cnt = 0.0, 0, 0.0, 0
     for i in range(0, len(windows), batch_size):
-        x, m, g = (torch.from_numpy(a) for a in windows.batch(np.arange(i, min(i + batch_size, len(windows)))))
+        x, m, g = (
+            torch.from_numpy(a)
+            for a in windows.batch(np.arange(i, min(i + batch_size, len(windows))))
+        )
         recon, _ = model(x, m, g)
         loss, _ = loss_fn(recon, x, m)
         tot_loss += float(loss) * len(x)
@@ -172,14 +189,22 @@ def train(
     loss_fn = ContextLoss(loss_config or LossConfig.for_sensor(model_config.sensor))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {
-        "epoch": 0, "step": 0, "lr_scale": 1.0, "best": math.inf, "bad_epochs": 0,
-        "plateau_best": math.inf, "plateau_bad": 0, "seconds": 0.0, "stopped": "",
+        "epoch": 0,
+        "step": 0,
+        "lr_scale": 1.0,
+        "best": math.inf,
+        "bad_epochs": 0,
+        "plateau_best": math.inf,
+        "plateau_bad": 0,
+        "seconds": 0.0,
+        "stopped": "",
     }
     rows: list[dict[str, Any]] = []
     identity = {
         "model_config": model_config.model_dump(mode="json"),
         "train_config": cfg.model_dump(mode="json", exclude={"max_seconds", "num_threads"}),
-        "n_train": len(train_windows), "n_val": len(val_windows),
+        "n_train": len(train_windows),
+        "n_val": len(val_windows),
     }
     if resume and last.exists():
         ck = read_checkpoint(last)
@@ -214,12 +239,17 @@ def train(
         seen = 0
         bar = tqdm(total=bar_total, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
         for i in range(0, n, cfg.batch_size):
-            warm = min(1.0, cfg.warmup_start_factor + (1 - cfg.warmup_start_factor)
-                       * state["step"] / max(cfg.warmup_steps, 1))
+            warm = min(
+                1.0,
+                cfg.warmup_start_factor
+                + (1 - cfg.warmup_start_factor) * state["step"] / max(cfg.warmup_steps, 1),
+            )
             lr = max(cfg.lr * state["lr_scale"], cfg.min_lr) * warm
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, m, g = (torch.from_numpy(a) for a in train_windows.batch(perm[i : i + cfg.batch_size]))
+            x, m, g = (
+                torch.from_numpy(a) for a in train_windows.batch(perm[i : i + cfg.batch_size])
+            )
             recon, _ = model(x, m, g)
             loss, parts = loss_fn(recon, x, m)
             opt.zero_grad(set_to_none=True)
@@ -258,10 +288,15 @@ def train(
             state["stopped"] = state["stopped"] or "max_epochs"
         state["seconds"] = time.perf_counter() - start_time
         row = {
-            "epoch": state["epoch"], "step": state["step"], "lr": lr,
-            **{f"train_{k}": sums.get(k, 0.0) / max(seen, 1)
-               for k in ("loss", "mae", "sam", "ssim", "center")},
-            **val, "seconds": round(state["seconds"], 3),
+            "epoch": state["epoch"],
+            "step": state["step"],
+            "lr": lr,
+            **{
+                f"train_{k}": sums.get(k, 0.0) / max(seen, 1)
+                for k in ("loss", "mae", "sam", "ssim", "center")
+            },
+            **val,
+            "seconds": round(state["seconds"], 3),
         }
         rows.append(row)
         _write_csv(metrics_csv, rows)
@@ -279,9 +314,14 @@ def train(
         if improved:
             save_checkpoint(best, model, extra=extra)
         save_checkpoint(
-            last, model, extra=extra,
-            training_state={"optimizer": opt.state_dict(), "state": dict(state),
-                            "torch_rng": torch.get_rng_state()},
+            last,
+            model,
+            extra=extra,
+            training_state={
+                "optimizer": opt.state_dict(),
+                "state": dict(state),
+                "torch_rng": torch.get_rng_state(),
+            },
         )
     return _result(state, out, best, last, metrics_csv)
 
@@ -296,9 +336,17 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _result(state: Mapping[str, Any], out: Path, best: Path, last: Path, csv_path: Path) -> TrainResult:
+def _result(
+    state: Mapping[str, Any], out: Path, best: Path, last: Path, csv_path: Path
+) -> TrainResult:
     return TrainResult(
-        best_val=float(state["best"]), epochs=int(state["epoch"]), steps=int(state["step"]),
-        seconds=float(state["seconds"]), out_dir=out, checkpoint=best, last=last,
-        metrics_csv=csv_path, stopped=str(state["stopped"]),
+        best_val=float(state["best"]),
+        epochs=int(state["epoch"]),
+        steps=int(state["step"]),
+        seconds=float(state["seconds"]),
+        out_dir=out,
+        checkpoint=best,
+        last=last,
+        metrics_csv=csv_path,
+        stopped=str(state["stopped"]),
     )

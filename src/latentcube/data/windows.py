@@ -146,14 +146,19 @@ class Windows:
             yi = (self.iy[sel][:, None] + off)[:, None, :, None]
             xi = (self.ix[sel][:, None] + off)[:, None, None, :]
             mask[m] = c.valid[ti, yi, xi]
-            x[m] = c.data[ti[:, :, None], np.arange(c0)[None, None, :, None, None],
-                          yi[:, :, None], xi[:, :, None]]
+            x[m] = c.data[
+                ti[:, :, None],
+                np.arange(c0)[None, None, :, None, None],
+                yi[:, :, None],
+                xi[:, :, None],
+            ]
         return x, mask, self.gaps(idx)
 
     def subset(self, idx: np.ndarray) -> Windows:
         """The windows ``idx`` (sharing the cube arrays)."""
-        return Windows(self.cubes, self.cube_id[idx], self.t_idx[idx], self.iy[idx],
-                       self.ix[idx], self.window)
+        return Windows(
+            self.cubes, self.cube_id[idx], self.t_idx[idx], self.iy[idx], self.ix[idx], self.window
+        )
 
     @staticmethod
     def concat(parts: Sequence[Windows]) -> Windows:
@@ -166,8 +171,14 @@ class Windows:
             ts.append(p.t_idx)
             ys.append(p.iy)
             xs.append(p.ix)
-        return Windows(cubes, np.concatenate(ids), np.concatenate(ts), np.concatenate(ys),
-                       np.concatenate(xs), parts[0].window)
+        return Windows(
+            cubes,
+            np.concatenate(ids),
+            np.concatenate(ts),
+            np.concatenate(ys),
+            np.concatenate(xs),
+            parts[0].window,
+        )
 
 
 def block_regions(
@@ -320,8 +331,14 @@ def extract_windows(
     idx = np.flatnonzero(keep)
     if max_windows is not None and idx.size > max_windows:
         idx = np.sort(rng.choice(idx, max_windows, replace=False))
-    return Windows([arr], np.zeros(idx.size, np.int64), t_idx[idx].astype(np.int64),
-                   iy[idx].astype(np.int64), ix[idx].astype(np.int64), window)
+    return Windows(
+        [arr],
+        np.zeros(idx.size, np.int64),
+        t_idx[idx].astype(np.int64),
+        iy[idx].astype(np.int64),
+        ix[idx].astype(np.int64),
+        window,
+    )
 
 
 def _inside(region: np.ndarray, window: int) -> np.ndarray:

@@ -83,6 +83,11 @@ class ContextAutoencoder(nn.Module):
         """Reconstruction (B, T, C, W, W) of the whole context window."""
         raise NotImplementedError
 
+    def decode_centre(self, latent: Tensor, gaps: Tensor) -> Tensor:
+        """Reconstruction (B, C) of the centre pixel at the centre date only."""
+        c = self.config
+        return self.decode(latent, gaps)[:, c.n_dates // 2, :, c.window // 2, c.window // 2]
+
     def forward(self, x: Tensor, mask: Tensor, gaps: Tensor) -> tuple[Tensor, Tensor]:
         """Encode and decode; returns ``(recon, latent)``."""
         self._check(x, mask, gaps)
@@ -193,6 +198,15 @@ class FastAutoencoder(ContextAutoencoder):
         h = self.dec_norm(self.dec_temporal(h))
         out = torch.sigmoid(self.to_patch(h))
         return out.reshape(latent.shape[0], c.n_dates, c.n_bands, c.window, c.window)
+
+    def decode_centre(self, latent: Tensor, gaps: Tensor) -> Tensor:
+        """Reconstruction (B, C) of the centre pixel and date, without the other outputs."""
+        c = self.config
+        h = self.from_latent(latent).unsqueeze(1) + self._positions(gaps)
+        h = self.dec_norm(self.dec_temporal(h))[:, c.n_dates // 2]
+        pix = (c.window // 2) * c.window + c.window // 2
+        rows = torch.arange(c.n_bands, device=h.device) * c.window * c.window + pix
+        return torch.sigmoid(F.linear(h, self.to_patch.weight[rows], self.to_patch.bias[rows]))
 
 
 class PaperAutoencoder(ContextAutoencoder):
