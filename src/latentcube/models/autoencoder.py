@@ -329,7 +329,8 @@ def count_macs(config: AutoencoderConfig) -> dict[str, int]:
     Returns
     -------
     dict
-        ``spatial``, ``temporal`` and ``total`` MACs.
+        ``spatial``, ``temporal`` (of which ``attention``: the score and
+        weighted-sum products) and ``total`` MACs.
     """
     if config.variant == "paper":
         raise ValueError("count_macs describes the dense path of fast/tiny models")
@@ -339,6 +340,12 @@ def count_macs(config: AutoencoderConfig) -> dict[str, int]:
         spatial += cin * cout * 9
         cin = cout
     t, d, ff = c.n_dates, c.d_model, c.ff_dim
-    per_layer = t * (4 * d * d + 2 * d * ff) + 2 * t * t * d
-    temporal = t * cin * d + c.n_layers * per_layer + 2 * d * c.latent_dim
-    return {"spatial": spatial, "temporal": temporal, "total": spatial + temporal}
+    attention = c.n_layers * 2 * t * t * d
+    temporal = t * cin * d + c.n_layers * t * (4 * d * d + 2 * d * ff) + attention
+    temporal += 2 * d * c.latent_dim
+    return {
+        "spatial": spatial,
+        "temporal": temporal,
+        "attention": attention,
+        "total": spatial + temporal,
+    }

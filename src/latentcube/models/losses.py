@@ -13,8 +13,8 @@ Terms (each averaged over the batch):
 * ``sam``: spectral angle between recon and target band vectors per (t, y, x),
   weighted the same way;
 * ``ssim``: ``1 - SSIM`` with a 7 x 7 Gaussian window (sigma 1.5, L = 1) over
-  every frame and band, invalid target entries replaced by the (detached)
-  reconstruction so they carry no error;
+  every frame and band that has a valid pixel, invalid target entries replaced
+  by the (detached) reconstruction so they carry no error;
 * ``center``: MAE at the centre pixel and date, over samples where it is valid.
 
 Total = ``lambda_mae * mae + lambda_sam * sam + lambda_ssim * ssim + lambda_center * center``.
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from latentcube.models.config import LossConfig
 
-__all__ = ["ContextLoss", "centre_abs_error", "centre_mae", "context_weights"]
+__all__ = ["ContextLoss", "centre_abs_error", "centre_mae", "context_weights", "ssim", "ssim_map"]
 
 
 def context_weights(
@@ -68,10 +68,15 @@ def _gaussian(size: int = 7, sigma: float = 1.5) -> Tensor:
     return (g[:, None] * g[None, :])[None, None]
 
 
-def ssim(
+def ssim_map(
     a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5, data_range: float = 1.0
 ) -> Tensor:
-    """Mean SSIM of images ``a``, ``b`` (N, 1, H, W) with a Gaussian window (no padding)."""
+    """SSIM map of images ``a``, ``b`` (N, 1, H, W) with a Gaussian window (no padding).
+
+    The window shrinks to the image size (odd) for images smaller than ``window``.
+    """
+    window = min(window, a.shape[-1], a.shape[-2])
+    window -= 1 - window % 2
     k = _gaussian(window, sigma).to(a.device, a.dtype)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mu_a, mu_b = F.conv2d(a, k), F.conv2d(b, k)
@@ -80,7 +85,14 @@ def ssim(
     sab = F.conv2d(a * b, k) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * sab + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2)
-    return (num / den).mean()
+    return num / den
+
+
+def ssim(
+    a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5, data_range: float = 1.0
+) -> Tensor:
+    """Mean SSIM of images ``a``, ``b`` (N, 1, H, W); see :func:`ssim_map`."""
+    return ssim_map(a, b, window, sigma, data_range).mean()
 
 
 class ContextLoss(nn.Module):
@@ -120,7 +132,10 @@ class ContextLoss(nn.Module):
             parts["sam"] = zero
         if cfg.lambda_ssim > 0:
             tgt = torch.where(mask.unsqueeze(2), target, recon.detach())
-            parts["ssim"] = 1 - ssim(recon.reshape(-1, 1, w, w), tgt.reshape(-1, 1, w, w))
+            smap = ssim_map(recon.reshape(-1, 1, w, w), tgt.reshape(-1, 1, w, w))
+            frame_ok = mask.any(dim=(2, 3)).unsqueeze(2).expand(b, t, ch).reshape(-1)
+            per_frame = (1 - smap).mean(dim=(1, 2, 3))
+            parts["ssim"] = (per_frame * frame_ok).sum() / frame_ok.sum().clamp(min=1)
         else:
             parts["ssim"] = zero
         s, n = centre_abs_error(recon, target, mask)

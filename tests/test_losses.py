@@ -1,0 +1,109 @@
+"""The context loss against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from latentcube.models.config import LossConfig
+from latentcube.models.losses import ContextLoss, centre_mae, context_weights, ssim
+
+
+def _hand_weights(t_n, w_n):
+    """The spec's weights written out with loops (independent of the implementation)."""
+    w = np.zeros((t_n, w_n, w_n))
+    c, tc = w_n // 2, t_n // 2
+    for t in range(t_n):
+        for y in range(w_n):
+            for x in range(w_n):
+                d = max(abs(y - c), abs(x - c))
+                sp = 1.0 if d == 0 else 0.01 * 0.1 ** (d - 1)
+                w[t, y, x] = sp * 0.1 ** abs(t - tc)
+    return w
+
+
+def test_weights_by_hand():
+    w = context_weights(3, 5).numpy()
+    np.testing.assert_allclose(w, _hand_weights(3, 5), rtol=1e-6)
+    # centre date: 1 + 8 * 0.01 + 16 * 0.001 ; neighbours: 0.1 of that
+    assert w.sum() == pytest.approx((1 + 0.08 + 0.016) * 1.2, rel=1e-6)
+
+
+def test_masked_mae_by_hand():
+    rng = np.random.default_rng(0)
+    t_n, c_n, w_n = 3, 2, 3
+    recon = rng.random((1, t_n, c_n, w_n, w_n))
+    target = rng.random((1, t_n, c_n, w_n, w_n))
+    mask = rng.random((1, t_n, w_n, w_n)) > 0.3
+    mask[0, 1, 1, 1] = True
+    target_nan = np.where(mask[:, :, None], target, np.nan)
+    hw = _hand_weights(t_n, w_n) * mask[0]
+    hw /= hw.sum()
+    expected = 0.0
+    for t in range(t_n):
+        for y in range(w_n):
+            for x in range(w_n):
+                if mask[0, t, y, x]:
+                    err = np.mean(np.abs(recon[0, t, :, y, x] - target[0, t, :, y, x]))
+                    expected += hw[t, y, x] * err
+    centre = np.mean(np.abs(recon[0, 1, :, 1, 1] - target[0, 1, :, 1, 1]))
+    loss = ContextLoss(LossConfig(lambda_mae=1, lambda_sam=0, lambda_ssim=0, lambda_center=2))
+    total, parts = loss(torch.tensor(recon, dtype=torch.float32),
+                        torch.tensor(target_nan, dtype=torch.float32), torch.tensor(mask))
+    assert parts["mae"].item() == pytest.approx(expected, rel=1e-5)
+    assert parts["center"].item() == pytest.approx(centre, rel=1e-5)
+    assert total.item() == pytest.approx(expected + 2 * centre, rel=1e-5)
+
+
+def test_sam_of_orthogonal_vectors_is_right_angle():
+    recon = torch.zeros(2, 3, 2, 3, 3)
+    recon[:, :, 0] = 0.5
+    target = torch.zeros(2, 3, 2, 3, 3)
+    target[:, :, 1] = 0.3
+    mask = torch.ones(2, 3, 3, 3, dtype=torch.bool)
+    _, parts = ContextLoss()(recon, target, mask)
+    assert parts["sam"].item() == pytest.approx(math.pi / 2, rel=1e-4)
+
+
+def test_ssim_of_constant_images_by_hand():
+    a = torch.full((1, 1, 15, 15), 0.2, dtype=torch.float64)
+    b = torch.full((1, 1, 15, 15), 0.4, dtype=torch.float64)
+    c1 = 0.01**2
+    expected = (2 * 0.2 * 0.4 + c1) / (0.2**2 + 0.4**2 + c1)
+    assert ssim(a, b).item() == pytest.approx(expected, rel=1e-5)
+    assert ssim(a, a).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_centre_mae_skips_invalid_centres():
+    recon = torch.zeros(2, 3, 1, 3, 3)
+    target = torch.ones(2, 3, 1, 3, 3)
+    mask = torch.ones(2, 3, 3, 3, dtype=torch.bool)
+    mask[1, 1, 1, 1] = False
+    target[1, 1, 0, 1, 1] = float("nan")
+    assert centre_mae(recon, target, mask).item() == pytest.approx(1.0)
+
+
+def test_fully_masked_window_is_finite_and_has_no_gradient():
+    recon = torch.rand(2, 11, 10, 15, 15, requires_grad=True)
+    target = torch.rand(2, 11, 10, 15, 15)
+    mask = torch.ones(2, 11, 15, 15, dtype=torch.bool)
+    mask[1] = False
+    target[1] = float("nan")
+    total, parts = ContextLoss()(recon, target, mask)
+    assert all(torch.isfinite(v) for v in parts.values()) and torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(recon.grad).all()
+    # the fully masked sample gets no gradient from the masked terms (mae, sam, center, ssim)
+    assert recon.grad[1].abs().max().item() == 0.0
+    total_all_masked, _ = ContextLoss()(recon[1:].detach(), target[1:], mask[1:])
+    assert total_all_masked.item() == 0.0
+
+
+def test_loss_config_for_sensor():
+    s1, s2 = LossConfig.for_sensor("s1"), LossConfig.for_sensor("s2")
+    assert (s1.lambda_mae, s1.lambda_sam, s1.lambda_ssim, s1.lambda_center) == (1.0, 0, 0, 1.5)
+    assert (s2.lambda_mae, s2.lambda_sam, s2.lambda_ssim, s2.lambda_center) == (
+        0.665, 0.315, 0.02, 1.75)

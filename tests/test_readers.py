@@ -1,0 +1,164 @@
+"""Readers against the real sample files in ../shared/data, and GeoTIFF/Zarr round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from conftest import shared_path, tiny_cube
+from rasterio.transform import from_origin
+
+from latentcube import CubeError, S2_BANDS, validate_cube
+from latentcube.cube.readers import (
+    demo_cube_path,
+    load_demo_cube,
+    open_cube,
+    read_geotiff_stack,
+    read_greenearthnet,
+    read_openeo_mol,
+    read_worldcereal_labels,
+    read_worldcereal_patch,
+)
+from latentcube.io import write_zarr
+
+FLANDERS = "worldcereal_s1_s2_training_patches_flanders"
+
+
+@pytest.fixture(scope="module")
+def patch1():
+    return read_worldcereal_patch(shared_path(FLANDERS, "00002806639B424A"))
+
+
+def test_worldcereal_patch_model_and_grid(patch1):
+    c = patch1
+    validate_cube(c, {"s2": S2_BANDS, "s1": ("VV", "VH")}, resolution=10)
+    assert c.rio.crs.to_epsg() == 32631
+    assert (c.sizes["y"], c.sizes["x"]) == (64, 64)
+    assert c.rio.bounds() == (501360.0, 5629040.0, 502000.0, 5629680.0)
+    assert 50 <= c.sizes["time"] <= 118
+    assert "Copernicus Sentinel" in c.attrs["attribution"]
+
+
+def test_worldcereal_20m_band_covers_2x2_pixels(patch1):
+    f = next(shared_path(FLANDERS, "00002806639B424A").glob("S2_L2A_20m_*.nc"))
+    with xr.open_dataset(f, mask_and_scale={"SCL": False, "sunAzimuthAngles": False,
+                                            "sunZenithAngles": False, "viewAzimuthMean": False,
+                                            "viewZenithMean": False}) as d:
+        block = patch1["s2_valid"].values[:, 10:12, 14:16].all(axis=(1, 2))
+        ti = int(np.argmax(block))
+        assert block[ti]
+        t = patch1["time"].values[ti]
+        src = d["B11"].sel(timestamp=t).values[5, 7]
+    ours = patch1["s2"].sel(band="B11").isel(time=ti).values[10:12, 14:16]
+    np.testing.assert_allclose(ours, np.full((2, 2), src), rtol=1e-6)
+
+
+def test_worldcereal_s1_matched_within_gap(patch1):
+    gap = (patch1["time"].values - patch1["s1_time"].values) / np.timedelta64(1, "D")
+    matched = ~np.isnat(patch1["s1_time"].values)
+    assert matched.mean() > 0.9
+    assert np.abs(gap[matched]).max() <= 6
+    assert (patch1["s1_valid"].values[~matched] == 0).all()
+    s1 = patch1["s1"].values[matched]
+    assert np.nanmin(s1) >= 0 and np.nanmax(s1) <= 1
+    # median VV about -8.6 dB in the source (README); smoothed and normalised here
+    vv_db = np.nanmedian(s1[:, 0]) * 35 - 30
+    assert -12 < vv_db < -6
+
+
+def test_worldcereal_clouds_masked(patch1):
+    frac = patch1["s2_valid"].mean(("y", "x")).values
+    assert frac.min() >= 0.05 and frac.mean() < 1.0
+
+
+def test_worldcereal_second_patch_and_labels():
+    folder = shared_path(FLANDERS, "0000280849BAC91C")
+    c = read_worldcereal_patch(folder, with_s1=False, min_valid_fraction=0.5)
+    assert "s1" not in c and c.sizes["time"] >= 20
+    assert (c["s2_valid"].mean(("y", "x")).values >= 0.5).all()
+    labels = read_worldcereal_labels(folder)
+    assert labels["CT"].shape == (64, 64) and (labels["CT"].values > 0).any()
+    np.testing.assert_array_equal(labels["x"].values, c["x"].values)
+
+
+def test_openeo_mol():
+    c = read_openeo_mol(shared_path("openeo_gfmap_s1_s2_mol_april2023"), min_valid_fraction=0.5)
+    assert list(c["band"].values) == ["B01", "B04", "B08", "B11"]
+    dates = [str(d)[:10] for d in c["time"].values]
+    assert dates == ["2023-04-05", "2023-04-15"]  # the two clear dates of April 2023
+    assert c.rio.crs.to_epsg() == 32631 and c.sizes["y"] == 66
+    with pytest.raises(CubeError, match="lacks band"):
+        validate_cube(c, {"s2": S2_BANDS})
+
+
+@pytest.mark.parametrize(
+    ("name", "epsg"),
+    [("JAS2021_replicated_minicube_0_29SND_39.29_-8.56.nc", 32629),
+     ("MJJ2021_replicated_minicube_225_34TET_47.37_22.05.nc", 32634)],
+)
+def test_greenearthnet_reprojected_to_utm(name, epsg):
+    path = shared_path("greenearthnet_replicated_minicubes", name)
+    c = read_greenearthnet(path)
+    assert c.rio.crs.to_epsg() == epsg
+    assert abs(float(c["x"][1] - c["x"][0])) == 20.0
+    assert 120 <= c.sizes["y"] <= 140 and c.sizes["time"] <= 30
+    lc = c["landcover"].values
+    with xr.open_dataset(path) as src:
+        src_classes = set(np.unique(src["esawc_lc"].values[np.isfinite(src["esawc_lc"].values)]))
+    # nearest-neighbour resampling keeps the source's class values (no mixing)
+    assert set(np.unique(lc[lc > 0]).tolist()) <= src_classes
+    assert (lc > 0).mean() > 0.9
+
+
+def test_geotiff_stack_round_trip(tmp_path):
+    cube = tiny_cube(n_time=3, with_s1=False, cloud_fraction=0.0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"d{i}.tif"
+        dn = np.round(cube["s2"].isel(time=i).values * 10000).astype(np.uint16)
+        with rasterio.open(p, "w", driver="GTiff", width=20, height=24, count=10, dtype="uint16",
+                           crs="EPSG:32631", transform=from_origin(500000, 5600010, 10, 10),
+                           nodata=0) as dst:
+            dst.write(dn)
+        paths.append(p)
+    c = read_geotiff_stack(paths, times=cube["time"].values, bands=S2_BANDS, scale=1e-4)
+    np.testing.assert_allclose(c["s2"].values, cube["s2"].values, atol=6e-5)
+    np.testing.assert_allclose(c["x"].values, cube["x"].values)
+    assert c.rio.crs.to_epsg() == 32631
+    with pytest.raises(CubeError, match="bands, expected 4"):
+        read_geotiff_stack(paths, times=cube["time"].values, bands=S2_BANDS[:4])
+
+
+def test_open_cube_dispatch(tmp_path):
+    cube = tiny_cube()
+    write_zarr(cube, tmp_path / "c.zarr")
+    back = open_cube(tmp_path / "c.zarr").load()
+    np.testing.assert_array_equal(back["s2"].values, cube["s2"].values)
+    assert back.rio.crs == cube.rio.crs
+    with pytest.raises(FileNotFoundError, match="no cube at"):
+        open_cube(tmp_path / "missing.zarr")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CubeError, match="not a cube latentcube can read"):
+        open_cube(tmp_path / "empty")
+
+
+def test_open_cube_rejects_a_bad_store(tmp_path):
+    cube = tiny_cube()
+    bad = cube.assign_coords(band=["X", *S2_BANDS[1:]])
+    write_zarr(bad.assign(s2=bad["s2"] * 100), tmp_path / "bad.zarr")
+    with pytest.raises(CubeError, match="outside"):
+        open_cube(tmp_path / "bad.zarr")
+
+
+def test_demo_cube_is_real_and_matches_source():
+    path = demo_cube_path()
+    assert path.stat().st_size < 3 * 2**20
+    demo = load_demo_cube()
+    validate_cube(demo, {"s2": S2_BANDS, "s1": ("VV", "VH")}, resolution=10)
+    src = read_worldcereal_patch(shared_path(FLANDERS, "00002806639B424A"))
+    src = src.sel(time=demo["time"].values)
+    np.testing.assert_allclose(demo["s2"].values, src["s2"].values, atol=1.1e-4)
+    np.testing.assert_allclose(demo["s1"].values, src["s1"].values, atol=2e-5)
+    np.testing.assert_array_equal(demo["s2_valid"].values, src["s2_valid"].values)
+    assert demo.sizes["time"] >= 40
