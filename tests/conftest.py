@@ -88,8 +88,15 @@ def tiny_cube(
     x = 500005.0 + 10 * np.arange(nx)
     y = 5600005.0 - 10 * np.arange(ny)
     return make_cube(
-        s2, valid, time=t, y=y, x=x, crs="EPSG:32631", bands=S2_BANDS,
-        attrs=provenance("tests.conftest.tiny_cube", seed=seed), **kw,
+        s2,
+        valid,
+        time=t,
+        y=y,
+        x=x,
+        crs="EPSG:32631",
+        bands=S2_BANDS,
+        attrs=provenance("tests.conftest.tiny_cube", seed=seed),
+        **kw,
     )
 
 

@@ -51,8 +51,11 @@ def test_masked_mae_by_hand():
                     expected += hw[t, y, x] * err
     centre = np.mean(np.abs(recon[0, 1, :, 1, 1] - target[0, 1, :, 1, 1]))
     loss = ContextLoss(LossConfig(lambda_mae=1, lambda_sam=0, lambda_ssim=0, lambda_center=2))
-    total, parts = loss(torch.tensor(recon, dtype=torch.float32),
-                        torch.tensor(target_nan, dtype=torch.float32), torch.tensor(mask))
+    total, parts = loss(
+        torch.tensor(recon, dtype=torch.float32),
+        torch.tensor(target_nan, dtype=torch.float32),
+        torch.tensor(mask),
+    )
     assert parts["mae"].item() == pytest.approx(expected, rel=1e-5)
     assert parts["center"].item() == pytest.approx(centre, rel=1e-5)
     assert total.item() == pytest.approx(expected + 2 * centre, rel=1e-5)
@@ -106,4 +109,8 @@ def test_loss_config_for_sensor():
     s1, s2 = LossConfig.for_sensor("s1"), LossConfig.for_sensor("s2")
     assert (s1.lambda_mae, s1.lambda_sam, s1.lambda_ssim, s1.lambda_center) == (1.0, 0, 0, 1.5)
     assert (s2.lambda_mae, s2.lambda_sam, s2.lambda_ssim, s2.lambda_center) == (
-        0.665, 0.315, 0.02, 1.75)
+        0.665,
+        0.315,
+        0.02,
+        1.75,
+    )

@@ -108,8 +108,11 @@ def test_config_round_trip_and_validation():
         AutoencoderConfig.preset("huge")
     with pytest.raises(ValueError, match="x must be"):
         m = build_autoencoder(AutoencoderConfig.preset("tiny"))
-        m(torch.zeros(1, 11, 9, 15, 15), torch.ones(1, 11, 15, 15, dtype=torch.bool),
-          torch.ones(1, 10, dtype=torch.long))
+        m(
+            torch.zeros(1, 11, 9, 15, 15),
+            torch.ones(1, 11, 15, 15, dtype=torch.bool),
+            torch.ones(1, 10, dtype=torch.long),
+        )
 
 
 def test_day_offsets():

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
-from conftest import shared_path, tiny_cube
 from rasterio.transform import from_origin
 
-from latentcube import CubeError, S2_BANDS, validate_cube
+from latentcube import S2_BANDS, CubeError, validate_cube
 from latentcube.cube.readers import (
     demo_cube_path,
     load_demo_cube,
@@ -21,6 +20,8 @@ from latentcube.cube.readers import (
     read_worldcereal_patch,
 )
 from latentcube.io import write_zarr
+
+from conftest import shared_path, tiny_cube
 
 FLANDERS = "worldcereal_s1_s2_training_patches_flanders"
 
@@ -42,9 +43,16 @@ def test_worldcereal_patch_model_and_grid(patch1):
 
 def test_worldcereal_20m_band_covers_2x2_pixels(patch1):
     f = next(shared_path(FLANDERS, "00002806639B424A").glob("S2_L2A_20m_*.nc"))
-    with xr.open_dataset(f, mask_and_scale={"SCL": False, "sunAzimuthAngles": False,
-                                            "sunZenithAngles": False, "viewAzimuthMean": False,
-                                            "viewZenithMean": False}) as d:
+    with xr.open_dataset(
+        f,
+        mask_and_scale={
+            "SCL": False,
+            "sunAzimuthAngles": False,
+            "sunZenithAngles": False,
+            "viewAzimuthMean": False,
+            "viewZenithMean": False,
+        },
+    ) as d:
         block = patch1["s2_valid"].values[:, 10:12, 14:16].all(axis=(1, 2))
         ti = int(np.argmax(block))
         assert block[ti]
@@ -94,8 +102,10 @@ def test_openeo_mol():
 
 @pytest.mark.parametrize(
     ("name", "epsg"),
-    [("JAS2021_replicated_minicube_0_29SND_39.29_-8.56.nc", 32629),
-     ("MJJ2021_replicated_minicube_225_34TET_47.37_22.05.nc", 32634)],
+    [
+        ("JAS2021_replicated_minicube_0_29SND_39.29_-8.56.nc", 32629),
+        ("MJJ2021_replicated_minicube_225_34TET_47.37_22.05.nc", 32634),
+    ],
 )
 def test_greenearthnet_reprojected_to_utm(name, epsg):
     path = shared_path("greenearthnet_replicated_minicubes", name)
@@ -117,9 +127,18 @@ def test_geotiff_stack_round_trip(tmp_path):
     for i in range(3):
         p = tmp_path / f"d{i}.tif"
         dn = np.round(cube["s2"].isel(time=i).values * 10000).astype(np.uint16)
-        with rasterio.open(p, "w", driver="GTiff", width=20, height=24, count=10, dtype="uint16",
-                           crs="EPSG:32631", transform=from_origin(500000, 5600010, 10, 10),
-                           nodata=0) as dst:
+        with rasterio.open(
+            p,
+            "w",
+            driver="GTiff",
+            width=20,
+            height=24,
+            count=10,
+            dtype="uint16",
+            crs="EPSG:32631",
+            transform=from_origin(500000, 5600010, 10, 10),
+            nodata=0,
+        ) as dst:
             dst.write(dn)
         paths.append(p)
     c = read_geotiff_stack(paths, times=cube["time"].values, bands=S2_BANDS, scale=1e-4)

@@ -142,8 +142,13 @@ def test_mismatched_shapes_in_make_cube(cube):
     s2 = cube["s2"].values
     with pytest.raises(CubeError, match="s2_valid has shape"):
         make_cube(
-            s2, np.ones((s2.shape[0], 3, 3), bool), time=cube.time.values, y=cube.y.values,
-            x=cube.x.values, crs="EPSG:32631", bands=S2_BANDS,
+            s2,
+            np.ones((s2.shape[0], 3, 3), bool),
+            time=cube.time.values,
+            y=cube.y.values,
+            x=cube.x.values,
+            crs="EPSG:32631",
+            bands=S2_BANDS,
         )
 
 

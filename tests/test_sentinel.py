@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_cube
 
 from latentcube.cube.sentinel1 import (
     db_to_linear,
@@ -24,6 +23,8 @@ from latentcube.cube.sentinel2 import (
     remove_baseline_offset,
     scl_valid,
 )
+
+from conftest import tiny_cube
 
 
 def test_db_linear_round_trip():

@@ -14,7 +14,6 @@ app = typer.Typer(
         "Turn Sentinel-1 and Sentinel-2 time series into embedding cubes: one small vector "
         "per 10 m pixel per cloud-free date."
     ),
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
@@ -25,8 +24,9 @@ def _fail(msg: str) -> None:
     raise typer.Exit(code=2)
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)
     ] = False,
@@ -35,6 +35,9 @@ def _main(
         from latentcube import __version__
 
         typer.echo(__version__)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
         raise typer.Exit()
 
 

@@ -1,4 +1,4 @@
-"""The end-to-end demo: shipped real cube -> windows -> S2 autoencoder -> dense embedding -> Zarr -> PNG.
+"""The end-to-end demo: real cube -> windows -> S2 autoencoder -> dense embedding -> Zarr -> PNG.
 
 This is the spine of the package in one function, :func:`run_demo`, that the
 ``latentcube demo`` command calls. Each step uses the same public function a
@@ -55,7 +55,8 @@ class DemoResult:
             f"{self.best_val_centre_mae:.4f} (reflectance)",
             f"checkpoint       {self.checkpoint} ({size(self.checkpoint)})",
             f"embedding        {self.embedding} ({size(self.embedding)})",
-            f"                 {e['feature']} features x {e['time']} dates x {e['y']} x {e['x']} px, "
+            f"                 {e['feature']} features x {e['time']} dates x {e['y']} x "
+            f"{e['x']} px, "
             f"{self.valid_pixel_dates} valid pixel-dates",
             f"figure           {self.figure}",
             "",
@@ -121,8 +122,11 @@ def run_demo(
 
     t0 = time.perf_counter()
     model_config = AutoencoderConfig.preset(variant, sensor="s2")
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    # 2 x 2 blocks or more, each larger than the context window: 3 train, 1 validation
+    block = max(model_config.window + 1, min(ny, nx) // 2)
     train_region, val_region = block_regions(
-        (cube.sizes["y"], cube.sizes["x"]), block_px=32, fractions=(0.75, 0.25), seed=seed
+        (ny, nx), block_px=block, fractions=(0.75, 0.25), seed=seed
     )
     common = {"stride_t": 3, "stride_xy": 3, "seed": seed}
     tr = extract_windows(

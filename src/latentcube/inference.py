@@ -247,7 +247,7 @@ def embed(
             f"latentcube embedding of {cube.attrs.get('source', 'a cube')}",
             model_config=cfg.model_dump_json(),
             sensor=sensor,
-            edge_policy="nan: no full 15x15x11 context (border, first/last dates) or invalid centre",
+            edge_policy="nan: no full context (border, first/last dates) or invalid centre",
             cube_attribution=cube.attrs.get("attribution", ""),
         ),
     )

@@ -92,10 +92,13 @@ def write_zarr(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp_dir = tmp.with_suffix(".zarr") if path.suffix == ".zip" else tmp
+    enc = {k: dict(v) for k, v in (encoding or {}).items()}
+    for name, var in ds.data_vars.items():
+        gm = var.encoding.get("grid_mapping") or var.attrs.get("grid_mapping")
+        if gm and name in enc:  # an explicit encoding must not drop the CRS link
+            enc[name].setdefault("grid_mapping", gm)
     try:
-        _prepare(ds).to_zarr(
-            tmp_dir, mode="w", zarr_format=3, consolidated=False, encoding=dict(encoding or {})
-        )
+        _prepare(ds).to_zarr(tmp_dir, mode="w", zarr_format=3, consolidated=False, encoding=enc)
         if path.suffix == ".zip":
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
                 for f in sorted(tmp_dir.rglob("*")):

@@ -65,6 +65,7 @@ class TrainConfig(BaseModel):
     max_epochs: int = Field(default=500, ge=1)
     max_seconds: float | None = None
     early_stopping_patience: int = 16
+    early_stopping_min_delta: float = 0.0
     grad_clip: float = 1.0
     seed: int = 42
     num_threads: int | None = None
@@ -129,7 +130,7 @@ def evaluate(
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (third-party code may use the global RNG)
     torch.manual_seed(seed)
 
 
@@ -270,7 +271,7 @@ def train(
         val = evaluate(model, val_windows, loss_fn, cfg.val_batch_size)
         state["epoch"] = epoch + 1
         score = val["val_centre_mae"]
-        improved = score < state["best"]
+        improved = score < state["best"] - cfg.early_stopping_min_delta
         if improved:
             state["best"], state["bad_epochs"] = score, 0
         else:

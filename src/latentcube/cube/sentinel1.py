@@ -1,4 +1,4 @@
-"""Sentinel-1 backscatter: dB/linear conversion, the paper's smoothing and normalisation, date matching.
+"""Sentinel-1 backscatter: dB/linear conversion, smoothing, normalisation, date matching.
 
 The cube stores S1 as ``(clip(dB, -30, 5) + 30) / 35`` after a centred rolling
 mean over three acquisitions in linear power (paper spec section 2.1).

@@ -1,4 +1,4 @@
-"""Sentinel-2 L2A: SCL cloud masks, the baseline-04.00 offset, date screening and same-day merging."""
+"""Sentinel-2 L2A: SCL cloud masks, the baseline-04.00 offset, date screening, same-day merging."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ class ContextLoss(nn.Module):
         else:
             parts["ssim"] = zero
         s, n = centre_abs_error(recon, target, mask)
-        parts["center"] = s / max(b, 1)
+        parts["center"] = s / n.clamp(min=1)
         total = (
             cfg.lambda_mae * parts["mae"]
             + cfg.lambda_sam * parts["sam"]

@@ -1,0 +1,164 @@
+"""The training loop: learning, metrics, early stopping, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentcube.bundle import load_checkpoint
+from latentcube.data.windows import block_regions, extract_windows
+from latentcube.errors import ModelError
+from latentcube.models.config import AutoencoderConfig
+from latentcube.training import TrainConfig, train, train_config_preset
+
+from conftest import tiny_cube
+
+
+def _data(seed=0):
+    cube = tiny_cube(n_time=22, ny=40, nx=40, seed=seed)
+    tr_r, va_r = block_regions((40, 40), 20, (0.75, 0.25), seed=0)
+    tr = extract_windows(cube, "s2", region=tr_r, stride_t=3, stride_xy=2, seed=seed)
+    va = extract_windows(cube, "s2", mode="consecutive", region=va_r, stride_t=3, stride_xy=3)
+    return tr, va
+
+
+def _rows(path: Path):
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_training_learns_and_writes_metrics(tmp_path):
+    tr, va = _data()
+    cfg = TrainConfig(
+        lr=3e-3, warmup_steps=5, batch_size=16, max_epochs=6, seed=0, early_stopping_patience=50
+    )
+    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path, progress=False)
+    rows = _rows(res.metrics_csv)
+    assert len(rows) == 6 and res.epochs == 6 and res.stopped == "max_epochs"
+    val = [float(r["val_centre_mae"]) for r in rows]
+    loss = [float(r["train_loss"]) for r in rows]
+    assert min(val[1:]) < 0.85 * val[0] and loss[-1] < 0.7 * loss[0]
+    _model, meta = load_checkpoint(
+        res.checkpoint, expect_bands=AutoencoderConfig.preset("tiny").bands
+    )
+    assert meta["metrics"]["best_val_centre_mae"] == pytest.approx(res.best_val)
+    assert (tmp_path / "best.json").exists()
+
+
+def test_early_stopping_and_time_budget(tmp_path):
+    tr, va = _data()
+    cfg = TrainConfig(
+        lr=1e-9,
+        warmup_steps=0,
+        batch_size=64,
+        max_epochs=50,
+        early_stopping_patience=2,
+        early_stopping_min_delta=1e-3,
+        seed=0,
+    )
+    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "a", progress=False)
+    assert res.stopped == "early_stopping" and res.epochs < 10
+    cfg = cfg.model_copy(update={"max_seconds": 0.0, "lr": 1e-3})
+    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "b", progress=False)
+    assert res.stopped == "time_budget" and res.epochs == 1
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    tr, va = _data()
+    cfg = TrainConfig(max_epochs=1, batch_size=64, warmup_steps=0)
+    train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path, progress=False)
+    other = cfg.model_copy(update={"lr": 5e-3})
+    with pytest.raises(ModelError, match="belongs to another model"):
+        train(AutoencoderConfig.preset("tiny"), tr, va, other, tmp_path, progress=False)
+    train(AutoencoderConfig.preset("tiny"), tr, va, other, tmp_path, resume=False, progress=False)
+
+
+def test_empty_windows_are_refused(tmp_path):
+    tr, va = _data()
+    with pytest.raises(ModelError, match="no training windows"):
+        train(
+            AutoencoderConfig.preset("tiny"),
+            tr.subset(np.array([], int)),
+            va,
+            TrainConfig(),
+            tmp_path,
+            progress=False,
+        )
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    torch.set_num_threads(1)
+    from test_training import _data
+    from latentcube.models.config import AutoencoderConfig
+    from latentcube.training import TrainConfig, train
+    tr, va = _data()
+    cfg = TrainConfig(lr=3e-3, warmup_steps=5, batch_size=16, max_epochs=5, seed=7,
+                      early_stopping_patience=50, num_threads=1)
+    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, sys.argv[1], progress=False)
+    print("DONE", res.best_val)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_resume_equals_uninterrupted(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    ref = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ref")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "metrics.csv").exists() and len(_rows(out / "metrics.csv")) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(_rows(out / "metrics.csv"))
+    assert 2 <= done_before < 5, "the run must be killed part-way"
+    again = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    a, b = _rows(tmp_path / "ref" / "metrics.csv"), _rows(out / "metrics.csv")
+    assert len(a) == len(b) == 5
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("train_loss", "val_loss", "val_centre_mae", "step"):
+            assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-6, abs=1e-9), (k, ra, rb)
+
+
+def test_presets():
+    assert train_config_preset("paper").lr == 1e-4
+    assert train_config_preset("paper").warmup_steps == 30_000
+    assert train_config_preset("quick").lr > 1e-4
+    with pytest.raises(ValueError):
+        train_config_preset("nope")
