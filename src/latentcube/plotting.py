@@ -47,7 +47,7 @@ def true_colour(
     ds = (
         cube.isel(time=time)
         if isinstance(time, int | np.integer)
-        else cube.sel(time=np.datetime64(time, "ns"), method="nearest")
+        else cube.sel(time=np.datetime64(str(time)).astype("datetime64[ns]"), method="nearest")
     )
     rgb = np.stack([ds["s2"].sel(band=b).values for b in bands], axis=-1).astype(np.float32)
     rgb = np.clip(rgb * gain, 0, 1) if gain is not None else _stretch(rgb)

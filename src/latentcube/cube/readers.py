@@ -135,7 +135,7 @@ def read_worldcereal_patch(
             elif b in d20:
                 planes.append(_up2(d20[b].values))
             else:
-                have = sorted(set(d10.data_vars) | set(d20.data_vars))
+                have = sorted(map(str, set(d10.data_vars) | set(d20.data_vars)))
                 raise CubeError(f"band {b!r} is in neither {f10.name} nor {f20.name} ({have})")
         s2 = np.clip(np.stack(planes, axis=1).astype(np.float32), 0.0, 1.0)
         valid = scl_valid(_up2(d20["SCL"].values), dilation=dilation) & np.isfinite(s2).all(1)
@@ -372,6 +372,8 @@ def read_geotiff_stack(
     arrays, masks, ref = [], [], None
     for f in files:
         da = rxr.open_rasterio(f, masked=False)
+        if not isinstance(da, xr.DataArray):
+            raise CubeError(f"{f} is not a single GeoTIFF raster")
         if da.sizes["band"] != len(bands):
             raise CubeError(f"{f} has {da.sizes['band']} bands, expected {len(bands)} ({bands})")
         if ref is None:

@@ -79,6 +79,14 @@ class ContextAutoencoder(nn.Module):
         """Latent (B, latent_dim) of the centre pixel at the centre date."""
         raise NotImplementedError
 
+    def frame_features(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Per-date spatial features of whole tiles (dense models only)."""
+        raise NotImplementedError(f"the {self.config.variant!r} model has no dense path")
+
+    def encode_features(self, feats: Tensor, gaps: Tensor) -> Tensor:
+        """Latent from per-date centre-pixel features (dense models only)."""
+        raise NotImplementedError(f"the {self.config.variant!r} model has no dense path")
+
     def decode(self, latent: Tensor, gaps: Tensor) -> Tensor:
         """Reconstruction (B, T, C, W, W) of the whole context window."""
         raise NotImplementedError

@@ -18,7 +18,7 @@ Three variants share one code base (:mod:`latentcube.models.autoencoder`):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -114,7 +114,7 @@ class AutoencoderConfig(BaseModel):
         if sensor not in SENSORS:
             raise ValueError(f"unknown sensor {sensor!r}; registered: {sorted(SENSORS)}")
         spec = SENSORS[sensor]
-        common = {
+        common: dict[str, Any] = {
             "sensor": sensor,
             "bands": tuple(bands) if bands is not None else spec.bands,
             "latent_dim": spec.latent_dim,

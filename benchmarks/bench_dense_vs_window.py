@@ -1,0 +1,119 @@
+"""Dense `fast` inference vs window-by-window `fast` and `paper`, and vs the CPU matmul roofline.
+
+Prints, from one run on this machine:
+* pixel-dates per second of the `fast` dense path, the `fast` window-by-window path and
+  the `paper` window-by-window path on the same cube, and their ratios;
+* the fp32 matmul rate of this machine (a large torch.matmul) and the `fast` dense
+  path's useful multiply-accumulate rate (counted by ``count_macs``) as a fraction of it.
+
+Speed does not depend on training, so the models are randomly initialised.
+Usage: ``python benchmarks/bench_dense_vs_window.py [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from latentcube.data.windows import CubeArrays
+from latentcube.inference import embed_block, embed_windows
+from latentcube.models.autoencoder import build_autoencoder, count_macs
+from latentcube.models.config import AutoencoderConfig
+
+from conftest import tiny_cube
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.matmul(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def timed(fn, *args, **kw):
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--size", type=int, default=64, help="cube side in pixels")
+    ap.add_argument("--dates", type=int, default=21)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cube = tiny_cube(n_time=args.dates, ny=args.size, nx=args.size, seed=0, cloud_fraction=0.0)
+    arr = CubeArrays.from_cube(cube)
+    fast = build_autoencoder(AutoencoderConfig.preset("fast")).eval()
+    paper = build_autoencoder(AutoencoderConfig.preset("paper")).eval()
+    n_pd = (args.dates - 10) * (args.size - 14) ** 2  # pixel-dates with full context
+
+    embed_block(fast, arr.data[:, :, :20, :20], arr.valid[:, :20, :20], arr.days)  # warm-up
+    (dense, _), t_dense = timed(embed_block, fast, arr.data, arr.valid, arr.days, with_error=False)
+    rng = np.random.default_rng(0)
+    h = args.size - 14
+    sub = np.stack(
+        [rng.integers(5, args.dates - 5, 512), rng.integers(0, h, 512), rng.integers(0, h, 512)], 1
+    )
+    (win, _), t_fwin = timed(
+        embed_windows,
+        fast,
+        arr.data,
+        arr.valid,
+        arr.days,
+        pixels=sub,
+        with_error=False,
+        batch_size=128,
+    )
+    sub_p = sub[:64]
+    (_, _), t_paper = timed(
+        embed_windows,
+        paper,
+        arr.data,
+        arr.valid,
+        arr.days,
+        pixels=sub_p,
+        with_error=False,
+        batch_size=32,
+    )
+    diff = np.abs(
+        dense[:, sub[:, 0], sub[:, 1], sub[:, 2]] - win[:, sub[:, 0], sub[:, 1], sub[:, 2]]
+    )
+
+    r_dense = n_pd / t_dense
+    r_fwin = len(sub) / t_fwin
+    r_paper = len(sub_p) / t_paper
+    macs = count_macs(fast.config)
+    peak = matmul_gflops()
+    useful = r_dense * macs["total"] * 2 / 1e9
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads")
+    print(
+        f"cube: {args.dates} dates x {args.size} x {args.size} px, {n_pd} pixel-dates with context"
+    )
+    print(f"fast  dense            {r_dense:12.0f} pixel-dates/s  ({t_dense:.2f} s for all)")
+    print(f"fast  window-by-window {r_fwin:12.1f} pixel-dates/s  ({len(sub)} sampled)")
+    print(f"paper window-by-window {r_paper:12.2f} pixel-dates/s  ({len(sub_p)} sampled)")
+    print(f"ratio fast dense / fast windows : {r_dense / r_fwin:10.1f}x")
+    print(f"ratio fast dense / paper windows: {r_dense / r_paper:10.1f}x")
+    print(f"max |dense - window| on the sampled pixel-dates: {np.nanmax(diff):.2e}")
+    print(
+        f"fast MACs per pixel-date (count_macs): {macs['total']} "
+        f"(spatial {macs['spatial']}, temporal {macs['temporal']})"
+    )
+    print(f"fp32 matmul rate (2048^2 torch.matmul): {peak:.1f} GFLOP/s")
+    print(f"fast dense useful rate: {useful:.1f} GFLOP/s = {useful / peak:.1%} of the matmul rate")
+
+
+if __name__ == "__main__":
+    main()
