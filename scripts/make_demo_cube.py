@@ -43,6 +43,16 @@ def main() -> None:
                 "commit 5db1e24d918f99e5b2471b826fbcb8fd2afea252"
             ),
             "license": "MIT (WorldCereal); Copernicus Sentinel data: free and open",
+            "attribution": (
+                "Contains modified Copernicus Sentinel data 2017–2018. WorldCereal training "
+                "patch, MIT licence (c) ESA WorldCereal; cite Van Tricht, K. et al. (2023), "
+                "WorldCereal: a dynamic open-source system for global-scale, seasonal, and "
+                "reproducible crop and irrigation mapping, Earth Syst. Sci. Data 15, 5491–5515."
+            ),
+            "source_files": ", ".join(
+                sorted(p.name for p in (args.shared / PATCH).glob("S[12]_*.nc"))
+            ),
+            "regenerate": "python scripts/make_demo_cube.py",
         }
     )
     encoding = {
@@ -62,7 +72,8 @@ def main() -> None:
     # reflectance 0 is a valid value but also the fill value: store it as 1e-4
     cube["s2"] = cube["s2"].where(~(cube["s2"] == 0), np.float32(1e-4))
     path = write_zarr(cube, args.out, overwrite=True, encoding=encoding)
-    print(f"wrote {path}: {path.stat().st_size / 2**20:.2f} MiB, {dict(cube.sizes)}")
+    size = path.stat().st_size
+    print(f"wrote {path}: {size} bytes ({size / 2**20:.2f} MiB), {dict(cube.sizes)}")
 
 
 if __name__ == "__main__":

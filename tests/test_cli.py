@@ -77,3 +77,78 @@ def test_demo_end_to_end_on_cropped_real_cube(tmp_path):
 def test_demo_rejects_unknown_model(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--model", "huge"])
     assert res.exit_code == 2 and "--model must be" in res.output
+
+
+@pytest.mark.slow
+def test_train_then_embed_on_two_real_patches(tmp_path):
+    from latentcube.cube.readers import read_worldcereal_patch
+
+    from conftest import shared_path
+
+    flanders = "worldcereal_s1_s2_training_patches_flanders"
+    paths = []
+    for name in ("00002806639B424A", "0000280849BAC91C"):
+        cube = read_worldcereal_patch(shared_path(flanders, name), min_valid_fraction=0.5)
+        crop = cube.isel(y=slice(0, 32), x=slice(0, 32), time=slice(0, 24))
+        paths.append(write_zarr(crop, tmp_path / f"{name}.zarr"))
+    (tmp_path / "cfg.yaml").write_text("train:\n  batch_size: 64\n  lr: 0.003\n")
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            *map(str, paths),
+            "--out",
+            str(tmp_path / "m"),
+            "--model",
+            "tiny",
+            "--max-epochs",
+            "2",
+            "--no-progress",
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "best validation centre-pixel MAE" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "embed",
+            str(paths[0]),
+            "--model",
+            str(tmp_path / "m" / "best.pt"),
+            "--out",
+            str(tmp_path / "e.zarr"),
+            "--dtype",
+            "float16",
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    emb = open_embedding(tmp_path / "e.zarr")
+    assert emb["embedding"].shape == (9, 24, 32, 32) and int(emb["valid"].sum()) > 100
+    again = runner.invoke(
+        app,
+        [
+            "embed",
+            str(paths[0]),
+            "--model",
+            str(tmp_path / "m" / "best.pt"),
+            "--out",
+            str(tmp_path / "e.zarr"),
+        ],
+    )
+    assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_embed_with_a_corrupt_checkpoint(tmp_path):
+    from latentcube.cube.readers import demo_cube_path
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    res = runner.invoke(
+        app,
+        ["embed", str(demo_cube_path()), "--model", str(bad), "--out", str(tmp_path / "e.zarr")],
+    )
+    assert res.exit_code == 2 and "not a readable latentcube checkpoint" in res.output
+    assert not (tmp_path / "e.zarr").exists()

@@ -181,3 +181,87 @@ def test_demo_cube_is_real_and_matches_source():
     np.testing.assert_allclose(demo["s1"].values, src["s1"].values, atol=2e-5)
     np.testing.assert_array_equal(demo["s2_valid"].values, src["s2_valid"].values)
     assert demo.sizes["time"] >= 40
+
+
+def test_worldcereal_bounds_equal_file_attribute(patch1):
+    f = next(shared_path(FLANDERS, "00002806639B424A").glob("S2_L2A_10m_*.nc"))
+    with xr.open_dataset(f) as d:
+        b = d.attrs["bounds"]
+    want = [float(v) for v in str(b).strip("[]() ").replace(",", " ").split()]
+    assert sorted(want) == sorted(patch1.rio.bounds())
+    assert patch1.attrs["file_bounds"] == str(b)
+
+
+def test_mol_s1_decoding_by_hand():
+    from latentcube.cube.readers import _mol_db
+
+    v = np.array([0, 1, 2, 1000, 65534], np.uint16)
+    out = _mol_db(v)
+    assert np.isnan(out[:2]).all()
+    np.testing.assert_allclose(out[2:], [20 * np.log10(2) - 83, 60 - 83, 20 * np.log10(65534) - 83])
+
+
+def test_open_cube_dispatches_real_inputs():
+    c = open_cube(shared_path(FLANDERS, "0000280849BAC91C"), with_s1=False)
+    assert c.attrs["reader"] == "read_worldcereal_patch"
+    name = "JAS2021_replicated_minicube_0_29SND_39.29_-8.56.nc"
+    g = open_cube(shared_path("greenearthnet_replicated_minicubes", name), resolution=10.0)
+    assert g.attrs["reader"] == "read_greenearthnet" and float(g["x"][1] - g["x"][0]) == 10.0
+    m = open_cube(shared_path("openeo_gfmap_s1_s2_mol_april2023"))
+    assert m.attrs["reader"] == "read_openeo_mol" and "s1" in m
+
+
+def test_open_cube_geotiff_folder(tmp_path):
+    cube = tiny_cube(n_time=2, with_s1=False, cloud_fraction=0.0)
+    for i in range(2):
+        with rasterio.open(
+            tmp_path / f"d{i}.tif",
+            "w",
+            driver="GTiff",
+            width=20,
+            height=24,
+            count=10,
+            dtype="float32",
+            crs="EPSG:32631",
+            transform=from_origin(500000, 5600010, 10, 10),
+        ) as dst:
+            dst.write(cube["s2"].isel(time=i).values)
+    with pytest.raises(CubeError, match="pass times="):
+        open_cube(tmp_path)
+    c = open_cube(tmp_path, times=cube["time"].values, bands=S2_BANDS)
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
+
+
+def test_demo_cube_provenance():
+    demo = load_demo_cube()
+    assert demo["s2"].dtype == np.float32 and demo["s1"].dtype == np.float32
+    assert "Contains modified Copernicus Sentinel data 2017–2018" in demo.attrs["attribution"]
+    assert "5db1e24d918f99e5b2471b826fbcb8fd2afea252" in demo.attrs["upstream"]
+    assert demo.rio.crs.to_epsg() == 32631
+
+
+def test_geotiff_stack_merges_same_day(tmp_path):
+    data = np.full((2, 1, 4, 4), 0.2, np.float32)
+    data[1] = 0.4
+    data[0, 0, :2] = np.nan  # first acquisition misses the top half
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"t{i}.tif"
+        with rasterio.open(
+            p,
+            "w",
+            driver="GTiff",
+            width=4,
+            height=4,
+            count=1,
+            dtype="float32",
+            crs="EPSG:32631",
+            transform=from_origin(500000, 5600040, 10, 10),
+        ) as dst:
+            dst.write(data[i])
+        paths.append(p)
+    times = np.array(["2021-06-01T10:30", "2021-06-01T10:31"], "datetime64[ns]")
+    c = read_geotiff_stack(paths, times=times, bands=["B04"])
+    assert c.sizes["time"] == 1 and bool(c["s2_valid"].all())
+    np.testing.assert_allclose(c["s2"].values[0, 0, :2], 0.4)
+    np.testing.assert_allclose(c["s2"].values[0, 0, 2:], 0.2)

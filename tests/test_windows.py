@@ -78,9 +78,9 @@ def test_block_split_has_no_overlapping_footprints(cube):
 
 
 def test_split_cubes_is_seeded_and_disjoint():
-    a = split_cubes(100, seed=42)
+    a = split_cubes(range(100), seed=42)
     assert [len(g) for g in a] == [75, 17, 8]
-    assert a == split_cubes(100, seed=42) and a != split_cubes(100, seed=1)
+    assert a == split_cubes(range(100), seed=42) and a != split_cubes(range(100), seed=1)
     assert set(a[0]).isdisjoint(a[1]) and set(a[1]).isdisjoint(a[2])
     sites = split_cubes(["A", "B", "C", "D"], fractions=(0.5, 0.5), seed=0)
     assert sorted(sites[0] + sites[1]) == ["A", "B", "C", "D"]

@@ -129,5 +129,124 @@ def info(
             typer.echo(f"  {k:<7} {cube.attrs[k]}")
 
 
+@app.command()
+def train(
+    cubes: Annotated[
+        list[Path], typer.Argument(help="Cubes to train on (Zarr stores, sample folders, files).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for checkpoints and metrics.csv.")
+    ],
+    sensor: Annotated[str, typer.Option(help="Sensor to model: 's2' or 's1'.")] = "s2",
+    model: Annotated[
+        str, typer.Option(help="Model configuration: 'fast', 'paper' or 'tiny'.")
+    ] = "fast",
+    preset: Annotated[
+        str,
+        typer.Option(help="Optimisation preset: 'quick' (minutes on a laptop) or 'paper'."),
+    ] = "quick",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML file with 'model:' and/or 'train:' sections overriding the presets."
+        ),
+    ] = None,
+    max_seconds: Annotated[
+        float | None, typer.Option(help="Stop training after this many seconds.")
+    ] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, sampling and training.")] = 42,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt when it exists.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train a stage-1 context autoencoder on one or more cubes.
+
+    Windows of 11 dates x 15 x 15 pixels are cut from the cubes and split into
+    training and validation by cube (two cubes or more) or by spatial blocks (one
+    cube). Checkpoints (best.pt, last.pt, each with a .json of its configuration)
+    and metrics.csv go to OUT; a killed run continues where it stopped.
+    """
+    import yaml
+
+    from latentcube.cube.readers import open_cube
+    from latentcube.data.windows import split_windows
+    from latentcube.errors import LatentcubeError
+    from latentcube.models.config import AutoencoderConfig
+    from latentcube.training import train as run_training
+    from latentcube.training import train_config_preset
+
+    try:
+        overrides = yaml.safe_load(config.read_text()) if config else {}
+        mcfg = AutoencoderConfig.preset(model, sensor)
+        mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), **overrides.get("model", {})})
+        tcfg = train_config_preset(preset)
+        updates = {**overrides.get("train", {}), "seed": seed}
+        if max_seconds is not None:
+            updates["max_seconds"] = max_seconds
+        if max_epochs is not None:
+            updates["max_epochs"] = max_epochs
+        tcfg = type(tcfg).model_validate({**tcfg.model_dump(), **updates})
+        loaded = [open_cube(c).load() for c in cubes]
+        tr, va = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
+        typer.echo(f"{len(tr)} training and {len(va)} validation windows from {len(cubes)} cube(s)")
+        result = run_training(
+            mcfg,
+            tr,
+            va,
+            tcfg,
+            out,
+            resume=resume,
+            progress=progress,
+            provenance={"cubes": [str(c) for c in cubes]},
+        )
+    except (LatentcubeError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(
+        f"best validation centre-pixel MAE {result.best_val:.4f} after {result.epochs} epochs "
+        f"({result.stopped}, {result.seconds:.0f} s); model: {result.checkpoint}"
+    )
+
+
+@app.command()
+def embed(
+    cube: Annotated[Path, typer.Argument(help="The cube to embed.")],
+    model: Annotated[Path, typer.Option(help="A checkpoint written by 'latentcube train'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output Zarr store.")],
+    dtype: Annotated[
+        str, typer.Option(help="Storage type of the embedding: 'float32' or 'float16'.")
+    ] = "float32",
+    tile: Annotated[int, typer.Option(help="Tile side in pixels (bounds memory).")] = 256,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Embed every pixel and cloud-free date of a cube into a Zarr store.
+
+    The output holds 'embedding' (feature, time, y, x) on the cube's grid and CRS,
+    'valid' and the centre-pixel reconstruction error 'recon_mae'; pixels and dates
+    without a full 15 x 15 x 11 context are NaN. The cube is processed in memory,
+    tile by tile.
+    """
+    from latentcube.bundle import load_checkpoint
+    from latentcube.cube.readers import open_cube
+    from latentcube.errors import LatentcubeError
+    from latentcube.inference import embed as run_embed
+    from latentcube.inference import write_embedding
+
+    t0 = time.perf_counter()
+    try:
+        net, _meta = load_checkpoint(model)
+        ds = run_embed(open_cube(cube), net, tile=tile, progress=progress)
+        path = write_embedding(ds, out, dtype=dtype, overwrite=overwrite)
+    except (LatentcubeError, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+        return
+    n = int(ds["valid"].sum())
+    typer.echo(
+        f"wrote {path}: {dict(ds['embedding'].sizes)}, {n} valid pixel-dates, "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -105,7 +105,7 @@ def run_demo(
     """
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import demo_cube_path, open_cube
-    from latentcube.data.windows import block_regions, extract_windows
+    from latentcube.data.windows import split_windows
     from latentcube.inference import embed, write_embedding
     from latentcube.models.config import AutoencoderConfig
     from latentcube.plotting import plot_demo
@@ -122,19 +122,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     model_config = AutoencoderConfig.preset(variant, sensor="s2")
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    # 2 x 2 blocks or more, each larger than the context window: 3 train, 1 validation
-    block = max(model_config.window + 1, min(ny, nx) // 2)
-    train_region, val_region = block_regions(
-        (ny, nx), block_px=block, fractions=(0.75, 0.25), seed=seed
-    )
-    common = {"stride_t": 3, "stride_xy": 3, "seed": seed}
-    tr = extract_windows(
-        cube, "s2", model_config.bands, mode="train", region=train_region, **common
-    )
-    va = extract_windows(
-        cube, "s2", model_config.bands, mode="consecutive", region=val_region, **common
-    )
+    tr, va = split_windows([cube], "s2", model_config.bands, seed=seed)
     timings["windows"] = time.perf_counter() - t0
     log(f"[2/5] windows: {len(tr)} train, {len(va)} validation")
 

@@ -20,7 +20,7 @@ import xarray as xr
 
 from latentcube.cube.schema import make_cube, provenance, validate_cube
 from latentcube.cube.sentinel1 import match_dates, preprocess_s1
-from latentcube.cube.sentinel2 import drop_invalid_dates, scl_valid
+from latentcube.cube.sentinel2 import drop_invalid_dates, merge_same_day, scl_valid
 from latentcube.errors import CubeError
 from latentcube.sensors import S2_BANDS, SENSORS
 
@@ -158,7 +158,7 @@ def read_worldcereal_patch(
         location_id=loc,
         file_bounds=bounds,
         attribution=(
-            f"{SENTINEL_ATTRIBUTION} {str(times[0])[:4]}-{str(times[-1])[:4]}; WorldCereal "
+            f"{SENTINEL_ATTRIBUTION} {str(times[0])[:4]}–{str(times[-1])[:4]}; WorldCereal "
             "(Van Tricht et al. 2023, ESSD 15, 5491-5515), MIT licence"
         ),
         s2_mask=f"SCL not in (0, 1, 3, 8, 9, 10, 11), dilation {dilation} px",
@@ -180,7 +180,20 @@ def read_worldcereal_patch(
 
 
 def read_worldcereal_labels(folder: str | os.PathLike[str]) -> xr.Dataset:
-    """Crop labels of a WorldCereal patch: ``LC`` (land cover) and ``CT`` (crop type), 0 = none."""
+    """Crop labels of a WorldCereal patch on the patch's 10 m grid.
+
+    Parameters
+    ----------
+    folder
+        The patch folder holding ``OUTPUT_POLY-110_10m_*.nc``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``LC`` (land cover) and ``CT`` (crop type) as (y, x) int32 WorldCereal
+        legend codes, 0 = no label; EPSG:32631, same ``x``/``y`` as
+        :func:`read_worldcereal_patch`.
+    """
     f = _one(Path(folder), "OUTPUT_POLY-110_10m")
     with xr.open_dataset(f, mask_and_scale=False) as d:
         ds = xr.Dataset(
@@ -197,9 +210,16 @@ def read_worldcereal_labels(folder: str | os.PathLike[str]) -> xr.Dataset:
 
 
 def _mol_db(v: np.ndarray) -> np.ndarray:
+    """Decode openEO uint16 SIGMA0 to dB: ``20 log10(v) - 83``; 0 and 1 are no data.
+
+    65534 marks values clipped at the top of the encoding (>= 13.3 dB); they are
+    kept as 13.3 dB, which :func:`~latentcube.cube.sentinel1.normalise_db` maps
+    to 1 anyway. 65535 (never seen) is treated as no data.
+    """
     v = v.astype(np.float64)
+    ok = (v > 1) & (v < 65535)
     with np.errstate(divide="ignore"):
-        return np.where((v > 1) & (v < 65534), 20.0 * np.log10(np.maximum(v, 1.0)) - 83.0, np.nan)
+        return np.where(ok, 20.0 * np.log10(np.maximum(v, 1.0)) - 83.0, np.nan)
 
 
 def read_openeo_mol(
@@ -212,9 +232,32 @@ def read_openeo_mol(
 ) -> xr.Dataset:
     """Read the openEO-GFMap Mol patch (April 2023; S2 B01 B04 B08 B11 + SCL, S1 VV/VH, 10 m).
 
-    S2 reflectance is ``value / 10000`` (offset already removed); S1 is decoded
-    with ``dB = 20 log10(value) - 83`` (1 = no data, 65534 = clipped), then
-    smoothed, normalised and matched like every S1 input.
+    S2 reflectance is ``value / 10000`` (offset already removed), clipped to
+    [0, 1]; the mask is the SCL clear-sky mask and DN > 0 in every band. The
+    file's own bands are kept (B01 is not a model band, so a model that needs
+    the ten S2 bands rejects this cube with a clear message). S1 is decoded
+    with ``dB = 20 log10(value) - 83`` (1 = no data; 65534 = clipped at the top,
+    kept as about 13.3 dB, i.e. 1 after normalisation), then smoothed,
+    normalised on its own time axis and matched to the S2 dates.
+
+    Parameters
+    ----------
+    folder
+        Folder holding ``cdse_sentinel2_l2a.nc`` and ``cdse_sentinel1_grd.nc``.
+    with_s1
+        Also read Sentinel-1.
+    max_gap_days
+        Largest S1-S2 distance of a match.
+    min_valid_fraction
+        Dates with a smaller share of valid pixels are dropped (all-invalid
+        dates always).
+    dilation
+        Pixels by which the SCL invalid area is grown.
+
+    Returns
+    -------
+    xarray.Dataset
+        A validated cube on EPSG:32631 (66 x 64 px at 10 m).
     """
     folder = Path(folder)
     f2, f1 = folder / "cdse_sentinel2_l2a.nc", folder / "cdse_sentinel1_grd.nc"
@@ -237,7 +280,9 @@ def read_openeo_mol(
             db = np.stack(
                 [_mol_db(d1["S1-SIGMA0-VV"].values), _mol_db(d1["S1-SIGMA0-VH"].values)], 1
             )
-            kw = _attach_s1(times, d1["t"].values, preprocess_s1(db, input="db"), max_gap_days)
+            t1 = d1["t"].values
+            order = np.argsort(t1, kind="stable")
+            kw = _attach_s1(times, t1[order], preprocess_s1(db[order], input="db"), max_gap_days)
     attrs = provenance(
         f"openEO-GFMap Mol sample: {f2.name}" + (f", {f1.name}" if with_s1 else ""),
         reader="read_openeo_mol",
@@ -261,8 +306,29 @@ def read_greenearthnet(
     The S2 dates (``s2_avail == 1``) and bands B02 B03 B04 B8A are reprojected
     to the UTM zone of the cube centre at ``resolution`` with nearest-neighbour
     resampling (keeps measured values and sharp cloud edges; no mixing of valid
-    and invalid pixels). Valid = deep-learning cloud mask 0, SCL clear, all
-    bands finite. The ESA WorldCover class is kept as ``landcover`` (y, x).
+    and invalid pixels; a bilinear kernel would blend cloud into clear pixels
+    at every mask edge). Valid = deep-learning cloud mask 0, SCL clear, all
+    bands finite; pixels outside the source footprint are invalid. Reflectance
+    is clipped to [0, 1] (clouds can exceed 1). The ESA WorldCover class is kept
+    as ``landcover`` (y, x) int16, 0 = no data, also resampled with nearest.
+
+    Parameters
+    ----------
+    path
+        The ``.nc`` minicube.
+    resolution
+        Target pixel size in metres: 20 (native scale) or 10 (nearest, so each
+        source pixel is repeated; no new information).
+    min_valid_fraction
+        Dates with a smaller share of valid pixels are dropped (all-invalid
+        dates always).
+    dilation
+        Pixels by which the SCL invalid area is grown (on the source grid).
+
+    Returns
+    -------
+    xarray.Dataset
+        A validated cube in the UTM zone of the cube centre (WGS 84 / UTM).
     """
     from pyproj.aoi import AreaOfInterest
     from pyproj.database import query_utm_crs_info
@@ -340,7 +406,7 @@ def read_geotiff_stack(
     scale: float | None = None,
     nodata: float | None = None,
     valid: np.ndarray | None = None,
-    min_valid_fraction: float = 0.0,
+    min_valid_fraction: float = 0.05,
 ) -> xr.Dataset:
     """Read one multi-band GeoTIFF per date into a cube.
 
@@ -349,7 +415,10 @@ def read_geotiff_stack(
     paths
         File paths (or a glob pattern), one per date, all on the same grid.
     times
-        Acquisition time of each file.
+        Acquisition time of each file. Files of the same calendar day (tile
+        overlaps) are merged with
+        :func:`~latentcube.cube.sentinel2.merge_same_day` (first valid
+        observation per pixel, in time order).
     bands
         Band names of the files' bands, in order.
     scale
@@ -360,7 +429,14 @@ def read_geotiff_stack(
     valid
         Optional (time, y, x) clear-sky mask to combine with the nodata mask.
     min_valid_fraction
-        Dates with a smaller share of valid pixels are dropped.
+        Dates with a smaller share of valid pixels are dropped (all-invalid
+        dates always).
+
+    Returns
+    -------
+    xarray.Dataset
+        A validated cube; values are clipped to [0, 1] like the paper, pixels
+        equal to ``nodata`` or non-finite in any band are invalid.
     """
     import rioxarray as rxr
 
@@ -397,15 +473,17 @@ def read_geotiff_stack(
     mask = np.stack(masks)
     if valid is not None:
         mask &= np.asarray(valid, bool)
-    order = np.argsort(np.asarray(times, dtype="datetime64[ns]"), kind="stable")
+    t = np.asarray(times, dtype="datetime64[ns]")
+    order = np.argsort(t, kind="stable")
+    data, mask, t = merge_same_day(np.stack(arrays)[order], mask[order], t[order])
     attrs = provenance(
         f"GeoTIFF stack of {len(files)} files, first {Path(files[0]).name}",
         reader="read_geotiff_stack",
     )
     ds = make_cube(
-        np.stack(arrays)[order],
-        mask[order],
-        time=np.asarray(times, dtype="datetime64[ns]")[order],
+        data,
+        mask,
+        time=t,
         y=ref["y"].values,
         x=ref["x"].values,
         crs=ref.rio.crs,
@@ -472,6 +550,11 @@ def open_cube(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
             return read_openeo_mol(p, **kwargs)
         tifs = sorted(p.glob("*.tif")) + sorted(p.glob("*.tiff"))
         if tifs:
+            if "times" not in kwargs or "bands" not in kwargs:
+                raise CubeError(
+                    f"{p} is a folder of {len(tifs)} GeoTIFFs: pass times=... (one per file, "
+                    "in file-name order) and bands=... to open_cube"
+                )
             return read_geotiff_stack(tifs, **kwargs)
     if p.suffix == ".nc":
         with xr.open_dataset(p) as ds:

@@ -62,14 +62,36 @@ def remove_baseline_offset(dn: np.ndarray, baseline: str | float | None) -> np.n
     dn
         Digital numbers (any integer or float dtype).
     baseline
-        ``s2:processing_baseline`` of the product, e.g. ``"04.00"``; None means
-        before 04.00.
+        ``s2:processing_baseline`` of the product, e.g. ``"04.00"`` (also
+        ``"N0400"`` from product names, or a number); None means before 04.00.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 reflectance clipped to [0, 1], NaN where ``dn == 0``.
     """
     dn = np.asarray(dn)
-    offset = 1000.0 if baseline is not None and float(baseline) >= 4.0 else 0.0
+    offset = 1000.0 if _baseline_number(baseline) >= 4.0 else 0.0
     refl = (dn.astype(np.float32) - np.float32(offset)) / np.float32(10000.0)
     refl = np.clip(refl, 0.0, 1.0)
     return np.where(dn == 0, np.float32(np.nan), refl).astype(np.float32)
+
+
+def _baseline_number(baseline: str | float | None) -> float:
+    """``"04.00"``, ``"N0400"``, ``"4"`` or 4.0 -> 4.0; None -> 0."""
+    if baseline is None:
+        return 0.0
+    if isinstance(baseline, int | float):
+        return float(baseline)
+    text = str(baseline).strip().upper()
+    try:
+        if text.startswith("N") and text[1:].isdigit() and len(text) == 5:
+            return int(text[1:]) / 100.0
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"cannot read the S2 processing baseline {baseline!r}; expected e.g. '04.00'"
+        ) from None
 
 
 def merge_same_day(
@@ -114,7 +136,21 @@ def drop_invalid_dates(cube: xr.Dataset, min_valid_fraction: float = 0.0) -> xr.
     """Drop dates whose share of valid S2 pixels is below ``min_valid_fraction``.
 
     Dates without any valid pixel are always dropped.
+
+    Parameters
+    ----------
+    cube
+        A cube (or any Dataset with ``s2_valid`` (time, y, x)).
+    min_valid_fraction
+        Smallest share of valid pixels of a kept date, in [0, 1].
+
+    Returns
+    -------
+    xarray.Dataset
+        The cube restricted to the kept dates (possibly empty along ``time``).
     """
+    if not 0.0 <= min_valid_fraction <= 1.0:
+        raise ValueError(f"min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
     frac = cube["s2_valid"].mean(dim=("y", "x")).values
     keep = (frac >= min_valid_fraction) & (frac > 0)
     return cube.isel(time=np.flatnonzero(keep))

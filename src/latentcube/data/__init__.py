@@ -7,6 +7,7 @@ from latentcube.data.windows import (
     block_regions,
     extract_windows,
     split_cubes,
+    split_windows,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "block_regions",
     "extract_windows",
     "split_cubes",
+    "split_windows",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ import xarray as xr
 from latentcube.cube.schema import select_bands
 from latentcube.sensors import band_dim
 
+T = TypeVar("T")
+
 __all__ = [
     "CubeArrays",
     "WindowDataset",
@@ -32,6 +35,7 @@ __all__ = [
     "block_regions",
     "extract_windows",
     "split_cubes",
+    "split_windows",
 ]
 
 
@@ -221,14 +225,14 @@ def block_regions(
 
 
 def split_cubes(
-    ids: int | Sequence[object], fractions: Sequence[float] = (0.75, 0.17, 0.08), seed: int = 42
-) -> list[list[object]]:
+    ids: Sequence[T], fractions: Sequence[float] = (0.75, 0.17, 0.08), seed: int = 42
+) -> list[list[T]]:
     """Split cube (or site) identifiers into groups, never windows.
 
     Parameters
     ----------
     ids
-        The identifiers, or a count ``n`` for ``range(n)``.
+        The identifiers (``range(n)`` for n cubes).
     fractions
         Share per group (normalised); the spec uses 75 / 17 / 8.
     seed
@@ -239,7 +243,7 @@ def split_cubes(
     list of lists
         One list of identifiers per group, each sorted in input order.
     """
-    items = list(range(ids)) if isinstance(ids, int) else list(ids)
+    items = list(ids)
     order = np.random.default_rng(seed).permutation(len(items))
     frac = np.asarray(fractions, float) / np.sum(fractions)
     cuts = np.round(np.cumsum(frac) * len(items)).astype(int)
@@ -338,6 +342,57 @@ def extract_windows(
         iy[idx].astype(np.int64),
         ix[idx].astype(np.int64),
         window,
+    )
+
+
+def split_windows(
+    cubes: Sequence[xr.Dataset],
+    sensor: str = "s2",
+    bands: Sequence[str] | None = None,
+    *,
+    val_fraction: float = 0.25,
+    window: int = 15,
+    stride_t: int = 3,
+    stride_xy: int = 3,
+    seed: int = 42,
+) -> tuple[Windows, Windows]:
+    """Training and validation windows from cubes, split without leakage.
+
+    With two cubes or more, whole cubes go to one split (:func:`split_cubes`);
+    with a single cube, square blocks larger than the window do (2 x 2 blocks at
+    least, :func:`block_regions`). Training windows draw 11 of 20 dates at random,
+    validation windows take consecutive dates.
+
+    Returns
+    -------
+    tuple
+        ``(train, validation)`` windows.
+    """
+    if not cubes:
+        raise ValueError("no cubes given")
+    common: dict[str, Any] = {
+        "window": window,
+        "stride_t": stride_t,
+        "stride_xy": stride_xy,
+        "seed": seed,
+    }
+    if len(cubes) >= 2:
+        train_ids, val_ids = split_cubes(range(len(cubes)), (1 - val_fraction, val_fraction), seed)
+        if not val_ids:
+            train_ids, val_ids = train_ids[:-1], train_ids[-1:]
+        tr = [extract_windows(cubes[i], sensor, bands, mode="train", **common) for i in train_ids]
+        va = [
+            extract_windows(cubes[i], sensor, bands, mode="consecutive", **common) for i in val_ids
+        ]
+        return Windows.concat(tr), Windows.concat(va)
+    cube = cubes[0]
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    block = max(window + 1, min(ny, nx) // 2)
+    train_r, val_r = block_regions((ny, nx), block, (1 - val_fraction, val_fraction), seed)
+    arr = CubeArrays.from_cube(cube, sensor, bands)
+    return (
+        extract_windows(arr, sensor, mode="train", region=train_r, **common),
+        extract_windows(arr, sensor, mode="consecutive", region=val_r, **common),
     )
 
 

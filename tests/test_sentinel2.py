@@ -1,0 +1,89 @@
+"""Sentinel-2 helpers: more hand-computed cases (the basics are in test_sentinel.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from latentcube.cube.sentinel2 import (
+    SCL_INVALID,
+    drop_invalid_dates,
+    merge_same_day,
+    remove_baseline_offset,
+    scl_valid,
+)
+
+from conftest import tiny_cube
+
+
+def test_scl_default_classes_and_custom():
+    scl = np.arange(12).reshape(3, 4)
+    m = scl_valid(scl)
+    np.testing.assert_array_equal(np.flatnonzero(m), [2, 4, 5, 6, 7])
+    assert set(SCL_INVALID) == {0, 1, 3, 8, 9, 10, 11}
+    # also mask water (6) and unclassified (7)
+    m2 = scl_valid(scl, invalid_classes=(*SCL_INVALID, 6, 7))
+    np.testing.assert_array_equal(np.flatnonzero(m2), [2, 4, 5])
+
+
+def test_scl_dilation_2_on_5x5_corner():
+    scl = np.full((5, 5), 5, np.uint8)
+    scl[0, 0] = 8
+    d = scl_valid(scl, dilation=2)
+    expected = np.ones((5, 5), bool)
+    expected[:3, :3] = False  # square structuring element of radius 2, clipped at the edge
+    np.testing.assert_array_equal(d, expected)
+    assert scl_valid(scl, dilation=0).sum() == 24
+
+
+@pytest.mark.parametrize(
+    ("baseline", "offset"),
+    [
+        ("04.00", 1000),
+        ("05.09", 1000),
+        ("N0400", 1000),
+        (4, 1000),
+        ("02.14", 0),
+        ("N0301", 0),
+        (None, 0),
+    ],
+)
+def test_baseline_offset_variants(baseline, offset):
+    dn = np.array([[1200, 0], [999, 12000]], np.uint16)
+    out = remove_baseline_offset(dn, baseline)
+    assert out.dtype == np.float32
+    exp = np.clip((dn.astype(float) - offset) / 10000, 0, 1)
+    exp[0, 1] = np.nan
+    np.testing.assert_allclose(out, exp, rtol=1e-6, equal_nan=True)
+
+
+def test_baseline_offset_bad_text():
+    with pytest.raises(ValueError, match="processing baseline"):
+        remove_baseline_offset(np.array([1]), "baseline four")
+
+
+def test_merge_same_day_three_acquisitions_and_noop():
+    t = np.array(
+        ["2020-05-01T10:00", "2020-05-01T10:10", "2020-05-01T10:20", "2020-05-02T10:00"],
+        "datetime64[ns]",
+    )
+    data = np.stack([np.full((2, 1, 3), v, np.float32) for v in (1, 2, 3, 4)])
+    valid = np.array([[[0, 0, 1]], [[0, 1, 1]], [[1, 1, 1]], [[1, 1, 1]]], bool)
+    d, v, tt = merge_same_day(data, valid, t)
+    np.testing.assert_array_equal(tt, t[[0, 3]])
+    np.testing.assert_array_equal(d[0, :, 0], [[3, 2, 1]] * 2)  # first valid per pixel
+    assert v.all()
+    same = merge_same_day(d, v, tt)
+    assert same[0] is d and same[1] is v
+
+
+def test_drop_invalid_dates_always_drops_empty_dates():
+    cube = tiny_cube(n_time=5, with_s1=False)
+    cube["s2_valid"][1] = False
+    cube["s2_valid"][3, :, :] = False
+    cube["s2_valid"][3, 0, 0] = True  # one valid pixel
+    kept = drop_invalid_dates(cube, 0.0)
+    assert kept.sizes["time"] == 4 and cube["time"].values[1] not in kept["time"].values
+    assert drop_invalid_dates(cube, 0.5).sizes["time"] == 3
+    with pytest.raises(ValueError, match="min_valid_fraction"):
+        drop_invalid_dates(cube, 50)
