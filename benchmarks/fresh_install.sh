@@ -19,7 +19,7 @@ python3 -m venv "$work/venv-test"
 ( source "$work/venv-test/bin/activate" && pip install -q torch==2.13.0 && pip install -q -e ".[dev]" ) > "$work/install-test.log" 2>&1
 t3=$(date +%s)
 echo "test install (pip install torch==2.13.0 && pip install -e .[dev]): $((t3 - t2)) s, exit 0"
-( source "$work/venv-test/bin/activate" && LATENTCUBE_REQUIRE_SHARED=1 pytest -q -p no:cacheprovider ) > "$work/pytest.log" 2>&1 || { tail -n 30 "$work/pytest.log"; exit 1; }
+( source "$work/venv-test/bin/activate" && LATENTCUBE_SHARED_DATA="$repo/../shared/data" LATENTCUBE_REQUIRE_SHARED=1 pytest -q -p no:cacheprovider ) > "$work/pytest.log" 2>&1 || { tail -n 30 "$work/pytest.log"; exit 1; }
 t4=$(date +%s)
 echo "pytest: $((t4 - t3)) s"
 tail -n 1 "$work/pytest.log"

@@ -1,10 +1,11 @@
-"""Sentinel-1 helpers: more hand-computed cases (the basics are in test_sentinel.py)."""
+"""Sentinel-1 helpers against hand-computed values."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from latentcube.cube.sentinel1 import (
@@ -71,3 +72,49 @@ def test_match_dates_sub_day_tie_goes_to_earlier():
     s1 = np.array(["2021-05-11T00:00", "2021-05-10T00:00"], "datetime64[ns]")
     idx, gap = match_dates(s2, s1)
     assert idx.tolist() == [1] and gap[0] == pytest.approx(0.5)
+
+
+def test_db_linear_round_trip():
+    db = np.array([-20.0, -10.0, 0.0, 3.0])
+    np.testing.assert_allclose(db_to_linear(db), [0.01, 0.1, 1.0, 10**0.3])
+    np.testing.assert_allclose(linear_to_db(db_to_linear(db)), db)
+    assert np.isnan(linear_to_db(np.array([0.0, -1.0]))).all()
+
+
+def test_normalise_db_clips_and_scales():
+    out = normalise_db(np.array([-40.0, -30.0, -12.5, 5.0, 9.0, np.nan]))
+    np.testing.assert_allclose(out[:5], [0.0, 0.0, 0.5, 1.0, 1.0])
+    assert np.isnan(out[5])
+    np.testing.assert_allclose(denormalise(np.float32(0.5)), -12.5)
+
+
+def test_preprocess_s1_by_hand():
+    # three acquisitions of one pixel: -10, -13, -16 dB
+    db = np.array([-10.0, -13.0, -16.0])[:, None]
+    lin = [10 ** (-1.0), 10 ** (-1.3), 10 ** (-1.6)]
+    # centred rolling mean with min_periods=1 in linear power
+    means = [(lin[0] + lin[1]) / 2, sum(lin) / 3, (lin[1] + lin[2]) / 2]
+    expected = [((10 * math.log10(m)) + 30) / 35 for m in means]
+    np.testing.assert_allclose(preprocess_s1(db)[:, 0], expected, rtol=1e-6)
+
+
+def test_smooth_linear_matches_pandas_and_skips_nan():
+    rng = np.random.default_rng(0)
+    a = rng.random((9, 4))
+    a[2, 1] = np.nan
+    a[3:6, 3] = np.nan
+    ref = pd.DataFrame(a).rolling(3, center=True, min_periods=1).mean().to_numpy()
+    np.testing.assert_allclose(smooth_linear(a), ref, equal_nan=True)
+    assert np.isnan(smooth_linear(a)[4, 3])  # all three neighbours missing
+
+
+def test_match_dates_nearest_ties_and_gap():
+    s2 = np.array(["2020-01-10", "2020-01-20", "2020-02-20", "2020-01-15"], "datetime64[ns]")
+    s1 = np.array(["2020-01-18", "2020-01-12", "2020-01-22", "2020-03-10"], "datetime64[ns]")
+    idx, gap = match_dates(s2, s1, max_gap_days=6)
+    # 01-10 -> 01-12 (2 d); 01-20 -> tie 01-18/01-22, earlier wins; 02-20 -> 03-10 is 19 d: none
+    # 01-15 -> tie 01-12/01-18 (3 d each): earlier
+    assert idx.tolist() == [1, 0, -1, 1]
+    np.testing.assert_allclose(gap, [2, 2, 19, 3])  # 2020 is a leap year
+    idx, _ = match_dates(s2, s1[:0])
+    assert (idx == -1).all()

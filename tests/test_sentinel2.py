@@ -1,4 +1,4 @@
-"""Sentinel-2 helpers: more hand-computed cases (the basics are in test_sentinel.py)."""
+"""Sentinel-2 helpers against hand-computed values."""
 
 from __future__ import annotations
 
@@ -87,3 +87,47 @@ def test_drop_invalid_dates_always_drops_empty_dates():
     assert drop_invalid_dates(cube, 0.5).sizes["time"] == 3
     with pytest.raises(ValueError, match="min_valid_fraction"):
         drop_invalid_dates(cube, 50)
+
+
+def test_scl_mask_and_dilation():
+    scl = np.full((5, 5), 4)
+    scl[2, 2] = 9  # cloud
+    scl[0, 4] = 3  # shadow
+    m = scl_valid(scl)
+    assert m.sum() == 23 and not m[2, 2] and not m[0, 4]
+    d = scl_valid(scl, dilation=1)
+    expected = np.ones((5, 5), bool)
+    expected[1:4, 1:4] = False
+    expected[0:2, 3:5] = False
+    np.testing.assert_array_equal(d, expected)
+    stack = scl_valid(np.stack([scl, np.full((5, 5), 4)]), dilation=1)
+    assert stack[1].all()  # dilation does not leak across dates
+
+
+def test_remove_baseline_offset():
+    dn = np.array([0, 1000, 1500, 11000, 30000], np.uint16)
+    np.testing.assert_allclose(
+        remove_baseline_offset(dn, "04.00"), [np.nan, 0.0, 0.05, 1.0, 1.0], equal_nan=True
+    )
+    np.testing.assert_allclose(
+        remove_baseline_offset(dn, "03.01"), [np.nan, 0.1, 0.15, 1.0, 1.0], equal_nan=True
+    )
+    assert remove_baseline_offset(dn, None)[1] == pytest.approx(0.1)
+
+
+def test_merge_same_day_takes_first_valid():
+    t = np.array(["2020-01-01T10:00", "2020-01-01T10:05", "2020-01-03T10:00"], "datetime64[ns]")
+    data = np.arange(3 * 1 * 2 * 2, dtype=np.float32).reshape(3, 1, 2, 2)
+    valid = np.array([[[1, 0], [0, 0]], [[1, 1], [0, 1]], [[1, 1], [1, 1]]], bool)
+    d, v, tt = merge_same_day(data, valid, t)
+    assert d.shape == (2, 1, 2, 2) and tt[0] == t[0]
+    np.testing.assert_array_equal(v[0], [[1, 1], [0, 1]])
+    np.testing.assert_array_equal(d[0, 0], [[0, 5], [np.nan, 7]])
+
+
+def test_drop_invalid_dates():
+    cube = tiny_cube()
+    cube["s2_valid"][2, :10] = False
+    frac = cube["s2_valid"].mean(("y", "x")).values
+    kept = drop_invalid_dates(cube, 0.8)
+    assert kept.sizes["time"] == int((frac >= 0.8).sum()) < cube.sizes["time"]
