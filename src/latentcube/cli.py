@@ -210,34 +210,59 @@ def train(
 
 @app.command()
 def embed(
-    cube: Annotated[Path, typer.Argument(help="The cube to embed.")],
+    cube: Annotated[Path, typer.Argument(help="The cube to embed (a Zarr store for large areas).")],
     model: Annotated[Path, typer.Option(help="A checkpoint written by 'latentcube train'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Zarr store.")],
     dtype: Annotated[
         str, typer.Option(help="Storage type of the embedding: 'float32' or 'float16'.")
     ] = "float32",
-    tile: Annotated[int, typer.Option(help="Tile side in pixels (bounds memory).")] = 256,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
+    chunk: Annotated[
+        int, typer.Option(help="Output chunk side in pixels (bounds worker memory).")
+    ] = 256,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes of the local Dask cluster.")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Address of a running Dask scheduler (e.g. tcp://host:8786)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing complete store.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Embed every pixel and cloud-free date of a cube into a Zarr store.
 
     The output holds 'embedding' (feature, time, y, x) on the cube's grid and CRS,
     'valid' and the centre-pixel reconstruction error 'recon_mae'; pixels and dates
-    without a full 15 x 15 x 11 context are NaN. The cube is processed in memory,
-    tile by tile.
+    without a full 15 x 15 x 11 context are NaN. Dense models (fast, tiny) run on
+    Dask, one task per output chunk, and a run that was stopped resumes where it
+    ended when started again with the same arguments; the paper model runs window by
+    window in memory.
     """
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import open_cube
     from latentcube.errors import LatentcubeError
     from latentcube.inference import embed as run_embed
-    from latentcube.inference import write_embedding
+    from latentcube.inference import embed_to_zarr, open_embedding, write_embedding
 
     t0 = time.perf_counter()
     try:
         net, _meta = load_checkpoint(model)
-        ds = run_embed(open_cube(cube), net, tile=tile, progress=progress)
-        path = write_embedding(ds, out, dtype=dtype, overwrite=overwrite)
+        if net.supports_dense:
+            path = embed_to_zarr(
+                cube,
+                model,
+                out,
+                chunk=chunk,
+                dtype=dtype,
+                scheduler=scheduler,
+                workers=workers,
+                overwrite=overwrite,
+                progress=progress,
+            )
+            ds = open_embedding(path)
+        else:
+            ds = run_embed(open_cube(cube), net, tile=chunk, progress=progress)
+            path = write_embedding(ds, out, dtype=dtype, overwrite=overwrite)
     except (LatentcubeError, FileNotFoundError, FileExistsError, ValueError) as err:
         _fail(str(err))
         return

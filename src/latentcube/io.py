@@ -63,6 +63,7 @@ def write_zarr(
     *,
     overwrite: bool = False,
     encoding: Mapping[str, Mapping[str, Any]] | None = None,
+    compute: bool = True,
 ) -> Path:
     """Write ``ds`` as a Zarr v3 store, atomically.
 
@@ -80,6 +81,9 @@ def write_zarr(
         Replace an existing store at ``path``; otherwise raise ``FileExistsError``.
     encoding
         Per-variable Zarr encoding (chunks, dtype, scale_factor, ...).
+    compute
+        Write the data variables; ``False`` writes metadata and coordinates only
+        (a template whose chunks are filled later, e.g. by region writes).
 
     Returns
     -------
@@ -98,7 +102,9 @@ def write_zarr(
         if gm and name in enc:  # an explicit encoding must not drop the CRS link
             enc[name].setdefault("grid_mapping", gm)
     try:
-        _prepare(ds).to_zarr(tmp_dir, mode="w", zarr_format=3, consolidated=False, encoding=enc)
+        _prepare(ds).to_zarr(  # type: ignore[call-overload]
+            tmp_dir, mode="w", zarr_format=3, consolidated=False, encoding=enc, compute=compute
+        )
         if path.suffix == ".zip":
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
                 for f in sorted(tmp_dir.rglob("*")):
