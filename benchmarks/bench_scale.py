@@ -1,0 +1,118 @@
+"""Wall time and peak memory of large-area embedding (``embed_to_zarr``) for growing areas.
+
+For each side length a synthetic cube (11 dates x 10 bands, stored as a chunked Zarr
+store written lazily with Dask) is embedded by a tiny random model in a fresh
+subprocess with a local Dask cluster (threads, so the subprocess's peak RSS covers all
+workers). Prints wall time, pixel-dates per second, peak RSS, the fitted exponent of
+time vs area, and one chunking against another (same output).
+Usage: ``python benchmarks/bench_scale.py [--sides 128 512 1024] [--chunk 256]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from pathlib import Path
+    import dask.array as da, numpy as np, pandas as pd, torch, xarray as xr
+    from latentcube.bundle import save_checkpoint
+    from latentcube.inference import embed_to_zarr
+    from latentcube.io import write_zarr
+    from latentcube.models.autoencoder import build_autoencoder
+    from latentcube.models.config import AutoencoderConfig
+    from latentcube.sensors import S2_BANDS
+
+    side, chunk, variant, root = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if __name__ == "__main__":
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(f"{root}/m.pt", build_autoencoder(AutoencoderConfig.preset(variant)))
+        t = pd.date_range("2021-04-01", periods=11, freq="5D").values
+        rs = da.random.RandomState(0)
+        s2 = rs.uniform(0.02, 0.4, (11, 10, side, side), chunks=(11, 10, 512, 512))
+        s2 = s2.astype("float32")
+        valid = rs.uniform(0, 1, (11, side, side), chunks=(11, 512, 512)) > 0.1
+        cube = xr.Dataset(
+            {"s2": (("time", "band", "y", "x"), da.where(valid[:, None], s2, np.nan)),
+             "s2_valid": (("time", "y", "x"), valid)},
+            coords={"time": t, "band": list(S2_BANDS), "y": 5600005.0 - 10 * np.arange(side),
+                    "x": 500005.0 + 10 * np.arange(side)},
+        ).rio.write_crs("EPSG:32631")
+        enc = {"s2": {"chunks": (11, 10, 256, 256)}, "s2_valid": {"chunks": (11, 256, 256)}}
+        src = f"{root}/cube_{side}.zarr"
+        if not Path(src).exists():
+            write_zarr(cube, src, encoding=enc)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        out = embed_to_zarr(src, ckpt, f"{root}/emb_{side}_{chunk}.zarr", chunk=chunk,
+                            workers=2, processes=False, progress=False)
+        wall = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"side": side, "chunk": chunk, "wall": wall, "peak_mib": peak / 1024,
+                          "before_mib": base / 1024, "pixel_dates": side * side,
+                          "out": str(out)}))
+    """
+)
+
+
+def run(side: int, chunk: int, variant: str, root: str) -> dict:
+    script = Path(root) / "child.py"
+    script.write_text(CHILD)
+    out = subprocess.run(
+        [sys.executable, str(script), str(side), str(chunk), variant, root],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sides", type=int, nargs="+", default=[128, 512, 1024])
+    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--variant", default="fast")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for side in args.sides:
+            r = run(side, args.chunk, args.variant, root)
+            rows.append(r)
+            print(
+                f"{side:5d}^2 px x 1 centre date: {r['wall']:7.1f} s, "
+                f"{r['pixel_dates'] / r['wall']:8.0f} pixel-dates/s, "
+                f"peak RSS {r['peak_mib']:7.0f} MiB (after cube creation {r['before_mib']:.0f})"
+            )
+        area = np.array([r["side"] ** 2 for r in rows], float)
+        wall = np.array([r["wall"] for r in rows])
+        big = area >= area.max() / 16
+        slope = (
+            np.polyfit(np.log(area[big]), np.log(wall[big]), 1)[0]
+            if big.sum() >= 2
+            else float("nan")
+        )
+        print(f"time ~ area^{slope:.2f} over the sides >= 1/4 of the largest")
+        side = args.sides[min(1, len(args.sides) - 1)]
+        other = run(side, 100, args.variant, root)
+        import xarray as xr
+
+        a = xr.open_zarr(rows[min(1, len(rows) - 1)]["out"], consolidated=False)["embedding"].values
+        b = xr.open_zarr(other["out"], consolidated=False)["embedding"].values
+        same = np.array_equal(np.isnan(a), np.isnan(b)) and np.nanmax(np.abs(a - b)) <= 1e-6
+        print(
+            f"chunk {args.chunk} vs chunk 100 on {side}^2 px: max |diff| "
+            f"{np.nanmax(np.abs(a - b)):.1e}, identical within 1e-6: {same}"
+        )
+
+
+if __name__ == "__main__":
+    main()
