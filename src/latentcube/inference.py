@@ -350,10 +350,13 @@ def _worker_model(path: str) -> ContextAutoencoder:
 
 @functools.lru_cache(maxsize=4)
 def _worker_cube(path: str) -> xr.Dataset:
-    """The cube, opened lazily once per worker process (reads happen per block)."""
+    """The cube, opened lazily once per worker process (reads happen per block).
+
+    The driver has validated the values already; workers check the layout only.
+    """
     from latentcube.cube.readers import open_cube
 
-    return open_cube(path)
+    return open_cube(path, check_values=False)
 
 
 def _read_block(

@@ -509,7 +509,7 @@ def load_demo_cube() -> xr.Dataset:
     return open_cube(demo_cube_path()).load()
 
 
-def _from_store(path: Path) -> xr.Dataset:
+def _from_store(path: Path, check_values: bool = True) -> xr.Dataset:
     from latentcube.io import open_zarr
 
     ds = open_zarr(path)
@@ -518,10 +518,12 @@ def _from_store(path: Path) -> xr.Dataset:
             ds[name] = ds[name].astype(np.float32)
         if str(name).endswith("_valid") and ds[name].dtype != bool:
             ds[name] = ds[name].astype(bool)
-    return validate_cube(ds)
+    return validate_cube(ds, check_values=check_values)
 
 
-def open_cube(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
+def open_cube(
+    path: str | os.PathLike[str], *, check_values: bool = True, **kwargs: Any
+) -> xr.Dataset:
     """Open any supported local input as a validated cube.
 
     Parameters
@@ -530,6 +532,9 @@ def open_cube(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
         A latentcube Zarr store (directory or ``.zip``), a WorldCereal patch
         folder, the openEO Mol folder, a GreenEarthNet ``.nc`` minicube, or a
         folder of per-date GeoTIFFs (then ``times`` and ``bands`` are required).
+    check_values
+        For Zarr stores: also check the values (one pass over the data); False
+        checks the layout only, e.g. for a store validated before.
     **kwargs
         Passed to the reader.
 
@@ -542,7 +547,7 @@ def open_cube(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
     if not p.exists():
         raise FileNotFoundError(f"no cube at {p}")
     if p.suffix == ".zip" or (p.is_dir() and (p / "zarr.json").exists()):
-        return _from_store(p)
+        return _from_store(p, check_values)
     if p.is_dir():
         if list(p.glob("S2_L2A_10m_*.nc")):
             return read_worldcereal_patch(p, **kwargs)
