@@ -192,6 +192,45 @@ def _tiles(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, n)
 
 
+def _embedding_dataset(
+    cube: xr.Dataset,
+    cfg: Any,
+    sensor: str,
+    emb: Any,
+    valid: Any,
+    err: Any | None,
+    **attrs: Any,
+) -> xr.Dataset:
+    """The embedding product on the cube's grid: variables, coordinates, CRS, provenance."""
+    data_vars: dict[str, Any] = {
+        "embedding": (("feature", "time", "y", "x"), emb),
+        "valid": (("time", "y", "x"), valid),
+    }
+    if err is not None:
+        data_vars["recon_mae"] = (("time", "y", "x"), err)
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "feature": [f"F{i + 1:02d}" for i in range(cfg.latent_dim)],
+            "time": cube["time"].values,
+            "y": cube["y"].values,
+            "x": cube["x"].values,
+        },
+        attrs=provenance(
+            f"latentcube embedding of {cube.attrs.get('source', 'a cube')}",
+            model_config=cfg.model_dump_json(),
+            sensor=sensor,
+            edge_policy="nan: no full context (border, first/last dates) or invalid centre",
+            cube_attribution=cube.attrs.get("attribution", ""),
+            **attrs,
+        ),
+    )
+    ds["embedding"].attrs["long_name"] = f"{sensor} context-autoencoder latent"
+    if err is not None:
+        ds["recon_mae"].attrs["long_name"] = "centre-pixel reconstruction MAE (band mean)"
+    return ds.rio.write_crs(cube.rio.crs)
+
+
 def embed(
     cube: xr.Dataset,
     model: ContextAutoencoder,
@@ -254,31 +293,9 @@ def embed(
         )
         emb[:, :, y0 + h : y1 + h, x0 + h : x1 + h] = e
         err[:, y0 + h : y1 + h, x0 + h : x1 + h] = r
-    names = [f"F{i + 1:02d}" for i in range(cfg.latent_dim)]
-    ds = xr.Dataset(
-        {
-            "embedding": (("feature", "time", "y", "x"), emb),
-            "valid": (("time", "y", "x"), np.isfinite(emb).all(axis=0)),
-        },
-        coords={
-            "feature": names,
-            "time": cube["time"].values,
-            "y": cube["y"].values,
-            "x": cube["x"].values,
-        },
-        attrs=provenance(
-            f"latentcube embedding of {cube.attrs.get('source', 'a cube')}",
-            model_config=cfg.model_dump_json(),
-            sensor=sensor,
-            edge_policy="nan: no full context (border, first/last dates) or invalid centre",
-            cube_attribution=cube.attrs.get("attribution", ""),
-        ),
+    return _embedding_dataset(
+        cube, cfg, sensor, emb, np.isfinite(emb).all(axis=0), err if with_error else None
     )
-    if with_error:
-        ds["recon_mae"] = (("time", "y", "x"), err)
-        ds["recon_mae"].attrs["long_name"] = "centre-pixel reconstruction MAE (band mean)"
-    ds["embedding"].attrs["long_name"] = f"{sensor} context-autoencoder latent"
-    return ds.rio.write_crs(cube.rio.crs)
 
 
 def write_embedding(
@@ -529,43 +546,21 @@ def embed_to_zarr(
     if not out.exists():
         import dask.array as dsa
 
-        names = [f"F{i + 1:02d}" for i in range(cfg.latent_dim)]
         cy, cx = min(chunk, ny), min(chunk, nx)
-        template = xr.Dataset(
-            {
-                "embedding": (
-                    ("feature", "time", "y", "x"),
-                    dsa.full(
-                        (cfg.latent_dim, n_t, ny, nx),
-                        np.nan,
-                        dtype=dtype,
-                        chunks=(cfg.latent_dim, 1, cy, cx),
-                    ),
-                ),
-                "valid": (
-                    ("time", "y", "x"),
-                    dsa.zeros((n_t, ny, nx), dtype=bool, chunks=(1, cy, cx)),
-                ),
-                "recon_mae": (
-                    ("time", "y", "x"),
-                    dsa.full((n_t, ny, nx), np.nan, dtype=dtype, chunks=(1, cy, cx)),
-                ),
-            },
-            coords={
-                "feature": names,
-                "time": cube["time"].values,
-                "y": cube["y"].values,
-                "x": cube["x"].values,
-            },
-            attrs=provenance(
-                f"latentcube embedding of {cube.attrs.get('source', cube_path)}",
-                model_config=cfg.model_dump_json(),
-                sensor=cfg.sensor,
-                edge_policy="nan: no full context (border, first/last dates) or invalid centre",
-                cube_attribution=cube.attrs.get("attribution", ""),
-                latentcube_identity=identity,
+        template = _embedding_dataset(
+            cube,
+            cfg,
+            cfg.sensor,
+            dsa.full(
+                (cfg.latent_dim, n_t, ny, nx),
+                np.nan,
+                dtype=dtype,
+                chunks=(cfg.latent_dim, 1, cy, cx),
             ),
-        ).rio.write_crs(cube.rio.crs)
+            dsa.zeros((n_t, ny, nx), dtype=bool, chunks=(1, cy, cx)),
+            dsa.full((n_t, ny, nx), np.nan, dtype=dtype, chunks=(1, cy, cx)),
+            latentcube_identity=identity,
+        )
         enc: dict[str, dict[str, Any]] = {
             "embedding": {"chunks": (cfg.latent_dim, 1, cy, cx), "_FillValue": np.nan},
             "valid": {"chunks": (1, cy, cx)},
