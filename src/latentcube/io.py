@@ -126,7 +126,7 @@ def write_zarr(
     return path
 
 
-def open_zarr(path: str | os.PathLike[str], *, chunks: Any = None) -> xr.Dataset:
+def open_zarr(path: str | os.PathLike[str], *, chunks: Any = "store") -> xr.Dataset:
     """Open a store written by :func:`write_zarr`, with its CRS restored.
 
     Parameters
@@ -134,8 +134,9 @@ def open_zarr(path: str | os.PathLike[str], *, chunks: Any = None) -> xr.Dataset
     path
         Directory store or ``.zip`` file.
     chunks
-        Passed to :func:`xarray.open_zarr`; ``None`` loads lazily with the
-        store's chunks.
+        ``"store"`` (default): dask arrays with the store's chunks, so reductions
+        over a large store stream chunk by chunk; otherwise passed to
+        :func:`xarray.open_zarr` (``None``: lazy arrays without dask).
 
     Returns
     -------
@@ -146,7 +147,9 @@ def open_zarr(path: str | os.PathLike[str], *, chunks: Any = None) -> xr.Dataset
     if not path.exists():
         raise FileNotFoundError(f"no Zarr store at {path}")
     store: Any = zarr.storage.ZipStore(path, mode="r") if path.suffix == ".zip" else path
-    ds = xr.open_zarr(store, decode_coords="all", consolidated=False, chunks=chunks)
+    ds = xr.open_zarr(
+        store, decode_coords="all", consolidated=False, chunks={} if chunks == "store" else chunks
+    )
     for name, coord in ds.coords.items():
         if coord.ndim == 1 and (coord.dtype.kind in "OT" or "StringDType" in str(coord.dtype)):
             ds = ds.assign_coords({name: np.array([str(v) for v in coord.values.ravel()])})

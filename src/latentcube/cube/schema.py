@@ -312,12 +312,7 @@ def _check_sensor(
     if not check_values:
         return
     lo, hi = SENSORS[sensor].value_range if sensor in SENSORS else (-np.inf, np.inf)
-    data = var.data
-    mask = valid.data[:, None]
-    bad_nan = (~np.isfinite(data) & mask).sum()
-    vmin = np.where(mask, data, np.inf).min()
-    vmax = np.where(mask, data, -np.inf).max()
-    bad_nan, vmin, vmax = (float(v) for v in _compute(bad_nan, vmin, vmax))
+    bad_nan, vmin, vmax = _value_stats(var.data, valid.data)
     if bad_nan:
         raise CubeError(
             f"{sensor!r} has {int(bad_nan)} non-finite values where {vname!r} is True; "
@@ -331,12 +326,43 @@ def _check_sensor(
         )
 
 
-def _compute(*values: Any) -> tuple[Any, ...]:
-    if any(hasattr(v, "dask") for v in values):
-        import dask
+def _block_stats(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(non-finite count under the mask, min, max of valid values) of one block."""
+    m = np.broadcast_to(mask, data.shape)
+    vals = data[m]
+    fin = np.isfinite(vals)
+    ok = vals[fin]
+    lo, hi = (float(ok.min()), float(ok.max())) if ok.size else (np.inf, -np.inf)
+    return np.array([float((~fin).sum()), lo, hi])
 
-        return tuple(dask.compute(*values))
-    return values
+
+def _value_stats(data: Any, valid: Any) -> tuple[float, float, float]:
+    """Non-finite count under the mask, and min/max of the valid values.
+
+    Lazy (dask) data are reduced block by block in a single pass, so memory is
+    bounded by a few chunks whatever the size of the cube.
+    """
+    if not hasattr(data, "dask"):
+        s = _block_stats(np.asarray(data), np.asarray(valid)[:, None])
+        return float(s[0]), float(s[1]), float(s[2])
+    import dask.array as dsa
+
+    data = dsa.asarray(data)
+    mask = dsa.asarray(valid)[:, None].rechunk((data.chunks[0], 1, data.chunks[2], data.chunks[3]))
+
+    def stats(d: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return _block_stats(d, m).reshape(1, 1, 1, 3)
+
+    nblocks = data.numblocks
+    out = dsa.map_blocks(
+        stats,
+        data,
+        mask,
+        dtype=np.float64,
+        chunks=(*((1,) * n for n in nblocks[:3]), (3,) * nblocks[3]),
+    ).compute()
+    trip = out.reshape(-1, 3)
+    return float(trip[:, 0].sum()), float(trip[:, 1].min()), float(trip[:, 2].max())
 
 
 def validate_cube(
