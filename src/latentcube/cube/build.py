@@ -1,0 +1,838 @@
+"""Build an analysis-ready Sentinel-2 + Sentinel-1 cube for a place and a time span.
+
+The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
+
+1. **Grid**: the UTM zone of the centre, 10 m, cubo's centre-pixel convention
+   (:mod:`latentcube.grid`).
+2. **Search** (pystac-client): S2 L2A items in ``[start, end]``; S1 RTC items in
+   the same span widened by the matching gap and a margin for the rolling mean.
+   Every problem that can be seen in the metadata (no items, a missing asset,
+   a catalog without the collection, dates in the wrong order) is raised here,
+   before any pixel is read or any file is written.
+3. **Plan**: S2 items are grouped by solar day (tile overlaps of one pass
+   become one date), S1 items by solar day and orbit direction; every S2 date
+   gets the nearest S1 acquisition within ``s1_max_gap_days``.
+4. **Load** unit by unit (a block of S2 dates x a spatial tile) with odc-stac,
+   explicit dtype, nodata and resampling, URLs re-signed at every call, each
+   unit retried with backoff on transient errors. Per S2 item: DN -> reflectance
+   honouring the baseline-04.00 offset, mask (SCL with dilation by default, or
+   any mask function), then the items of one day are merged (a clear pixel
+   wins). S1: linear gamma0 -> centred mean over 3 acquisitions of the same
+   orbit direction -> dB -> clip [-30, 5] -> (dB + 30) / 35.
+5. Each unit is written into a **staging store** next to the output and marked
+   done, so an interrupted build resumes without reading those units again.
+6. **Finish**: dates whose valid S2 fraction is below ``min_valid_fraction``
+   are dropped, and the cube is written atomically (:func:`latentcube.io.write_zarr`)
+   with training-friendly chunks and provenance; the staging store is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field
+
+from latentcube.cube.schema import provenance, validate_cube
+from latentcube.cube.sentinel1 import linear_to_db, match_dates, normalise_db, smooth_linear
+from latentcube.cube.sentinel2 import SCL_INVALID, remove_baseline_offset, scl_valid
+from latentcube.cube.stac import (
+    S1_ASSETS,
+    S2_ASSETS,
+    StacError,
+    configure_http,
+    group_items,
+    item_datetime,
+    load_items,
+    needs_signing,
+    open_client,
+    resolve_assets,
+    resolve_catalog,
+    search_items,
+    signer,
+    with_retries,
+)
+from latentcube.grid import GridInfo, grid_info, grid_info_bbox
+from latentcube.sensors import S1_BANDS, S2_BANDS
+
+__all__ = ["CubeSpec", "MaskFunction", "SCLMask", "build_cube"]
+
+
+class MaskFunction(Protocol):
+    """A cloud/shadow masker for Sentinel-2.
+
+    Called once per S2 item and loading unit with the reflectance
+    ``refl`` (item, band, y, x; float32 in [0, 1], NaN for no data), the SCL
+    codes ``scl`` (item, y, x; uint8, 0 for no data) and the band names; returns
+    a bool array (item, y, x), True where the pixel is clear. An optional
+    ``halo`` attribute (pixels) asks for that much context around every tile
+    (e.g. for a dilation), so results do not depend on the tiling.
+    """
+
+    def __call__(self, refl: np.ndarray, scl: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+        """Clear-sky mask (item, y, x)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SCLMask:
+    """The default mask: Sen2Cor scene classes, clouds and shadows dilated.
+
+    Parameters
+    ----------
+    invalid_classes
+        SCL codes treated as not clear (default: no data, saturated, cloud
+        shadow, cloud medium/high, cirrus, snow).
+    dilation
+        Grow the area of ``dilate_classes`` by this many 10 m pixels, to
+        catch cloud edges and thin shadows the classifier misses.
+    dilate_classes
+        Codes that are dilated (default: cloud shadow, cloud medium/high,
+        cirrus). No data is never dilated, so tile edges do not eat into
+        valid pixels.
+    """
+
+    invalid_classes: tuple[int, ...] = SCL_INVALID
+    dilation: int = 1
+    dilate_classes: tuple[int, ...] = (3, 8, 9, 10)
+
+    @property
+    def halo(self) -> int:
+        """Context needed around a tile: the dilation."""
+        return int(self.dilation)
+
+    def __call__(self, refl: np.ndarray, scl: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+        """Clear where the SCL class is not invalid and no dilated cloud/shadow reaches."""
+        valid = scl_valid(scl, invalid_classes=self.invalid_classes)
+        if self.dilation > 0:
+            valid &= scl_valid(scl, invalid_classes=self.dilate_classes, dilation=self.dilation)
+        return valid
+
+
+class CubeSpec(BaseModel):
+    """Options of a cube build; stored as JSON in the cube's ``latentcube_config`` attribute.
+
+    Parameters
+    ----------
+    sensors
+        ``("s2",)`` or ``("s2", "s1")``; the time axis is always the S2 date axis.
+    resolution
+        Pixel size in metres.
+    s2_bands
+        S2 L2A bands, in cube order.
+    mask_dilation, scl_invalid
+        Options of the default :class:`SCLMask`.
+    min_valid_fraction
+        Dates with a smaller share of clear S2 pixels are dropped (dates
+        without any clear pixel always are).
+    max_cloud_cover
+        Skip S2 items whose ``eo:cloud_cover`` (percent, whole tile) is larger.
+    s1_max_gap_days
+        Largest distance between an S2 date and its S1 acquisition; farther
+        dates keep S1 masked.
+    s1_window
+        Acquisitions of the centred rolling mean (linear power).
+    s1_orbit
+        ``"both"``, ``"ascending"`` or ``"descending"``.
+    resampling_s2, resampling_s1
+        GDAL resampling of the reflectance bands (SCL is always ``nearest``)
+        and of the backscatter.
+    time_chunk, tile
+        Loading unit: S2 dates x tile x tile pixels. Memory is bounded by
+        one unit whatever the area.
+    chunks
+        Zarr chunks of the output, ``{"time", "y", "x"}`` (all bands in one chunk).
+    max_retries, backoff
+        Retries of HTTP requests and of whole loading units (exponential backoff
+        starting at ``backoff`` seconds).
+    pool
+        Reader threads per loading unit.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sensors: tuple[Literal["s2", "s1"], ...] = ("s2", "s1")
+    resolution: float = Field(default=10.0, gt=0)
+    s2_bands: tuple[str, ...] = S2_BANDS
+    mask_dilation: int = Field(default=1, ge=0)
+    scl_invalid: tuple[int, ...] = SCL_INVALID
+    min_valid_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_cloud_cover: float | None = Field(default=None, ge=0.0, le=100.0)
+    s1_max_gap_days: float = Field(default=6.0, ge=0.0)
+    s1_window: int = Field(default=3, ge=1)
+    s1_orbit: Literal["both", "ascending", "descending"] = "both"
+    resampling_s2: str = "nearest"
+    resampling_s1: str = "bilinear"
+    time_chunk: int = Field(default=8, ge=1)
+    tile: int = Field(default=256, ge=16)
+    chunks: dict[str, int] = Field(default_factory=lambda: {"time": 16, "y": 128, "x": 128})
+    max_retries: int = Field(default=5, ge=0)
+    backoff: float = Field(default=0.5, ge=0.0)
+    pool: int = Field(default=4, ge=1)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class _Plan:
+    """Everything known before reading a pixel."""
+
+    info: GridInfo
+    spec: CubeSpec
+    catalog: str
+    catalog_url: str
+    collections: dict[str, str]
+    s2_items: list[Any]
+    s2_groups: list[list[int]]
+    s2_times: np.ndarray
+    s2_assets: dict[str, str]
+    s2_offsets: list[str | None]
+    s1_items: list[Any]
+    s1_groups: list[list[int]]
+    s1_times: np.ndarray
+    s1_orbits: list[str]
+    s1_assets: dict[str, str]
+    s1_match: np.ndarray  # S1 group per S2 date, -1 when none within the gap
+    s1_prev: np.ndarray  # previous S1 group of the same orbit direction, -1 at the start
+    s1_next: np.ndarray
+    sign: bool
+    mask_name: str
+
+    @property
+    def with_s1(self) -> bool:
+        return "s1" in self.spec.sensors
+
+    def fingerprint(self) -> str:
+        gb = self.info.geobox
+        doc = {
+            "grid": [str(gb.crs), list(gb.affine)[:6], list(gb.shape)],
+            "spec": self.spec.model_dump(mode="json"),
+            "catalog": self.catalog_url,
+            "collections": self.collections,
+            "s2": [it.id for it in self.s2_items],
+            "s1": [it.id for it in self.s1_items],
+            "mask": self.mask_name,
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
+
+    def s1_time(self) -> np.ndarray:
+        out = np.full(self.s2_times.shape, np.datetime64("NaT"), "datetime64[ns]")
+        ok = self.s1_match >= 0
+        out[ok] = self.s1_times[self.s1_match[ok]]
+        return out
+
+    def s1_orbit(self) -> np.ndarray:
+        return np.array(
+            [self.s1_orbits[m] if m >= 0 else "" for m in self.s1_match], dtype=object
+        ).astype(str)
+
+
+def _neighbours(times: np.ndarray, orbits: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Previous/next acquisition of the same orbit direction (-1 at the ends)."""
+    prev = np.full(len(times), -1, np.int64)
+    nxt = np.full(len(times), -1, np.int64)
+    for orbit in set(orbits):
+        idx = [i for i in np.argsort(times, kind="stable") if orbits[i] == orbit]
+        for a, b in zip(idx[:-1], idx[1:], strict=True):
+            nxt[a], prev[b] = b, a
+    return prev, nxt
+
+
+def _check_dates(start: Any, end: Any) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """UTC start and end (a date as ``end`` covers that whole day)."""
+    from latentcube.cube.stac import _parse_time
+
+    if start is None or end is None:
+        raise StacError(f"start and end are required dates, got start={start!r}, end={end!r}")
+    try:
+        t0, t1 = _parse_time(start, False), _parse_time(end, True)
+    except (ValueError, TypeError) as err:
+        raise StacError(f"cannot read the dates start={start!r}, end={end!r}: {err}") from None
+    if pd.isna(t0) or pd.isna(t1):
+        raise StacError(f"start and end are required dates, got start={start!r}, end={end!r}")
+    if t0 > t1:
+        raise StacError(
+            f"start {t0.date()} is after end {t1.date()}: give the dates in time order"
+        )
+    return t0, t1
+
+
+def _grid(
+    lat: float | None,
+    lon: float | None,
+    size_m: float | None,
+    bbox: Sequence[float] | None,
+    resolution: float,
+) -> GridInfo:
+    if bbox is not None:
+        if any(v is not None for v in (lat, lon, size_m)):
+            raise StacError("give either bbox or lat/lon/size_m, not both")
+        if len(bbox) != 4:
+            raise StacError(f"bbox must be (west, south, east, north) in degrees, got {bbox}")
+        w, s, e, n = (float(v) for v in bbox)
+        return grid_info_bbox(w, s, e, n, resolution)
+    if lat is None or lon is None or size_m is None:
+        raise StacError("give lat, lon and size_m (or bbox) for the place of the cube")
+    return grid_info(float(lat), float(lon), float(size_m), resolution)
+
+
+def _lonlat_bbox(info: GridInfo) -> list[float]:
+    from pyproj import Transformer
+
+    bb = info.geobox.boundingbox
+    tr = Transformer.from_crs(info.geobox.crs.to_wkt(), "EPSG:4326", always_xy=True)
+    w, s, e, n = tr.transform_bounds(bb.left, bb.bottom, bb.right, bb.top, densify_pts=21)
+    return [float(w), float(s), float(e), float(n)]
+
+
+def _s2_offset_key(item: Any) -> str | None:
+    """The processing baseline to use for the offset, None when none applies.
+
+    Earth Search sets ``earthsearch:boa_offset_applied`` when its COGs already
+    carry harmonised values; the offset is then not removed again.
+    """
+    if item.properties.get("earthsearch:boa_offset_applied") is True:
+        return None
+    base = item.properties.get("s2:processing_baseline")
+    return None if base is None else str(base)
+
+
+def _plan(
+    info: GridInfo,
+    t0: pd.Timestamp,
+    t1: pd.Timestamp,
+    catalog: str,
+    spec: CubeSpec,
+    mask_name: str,
+) -> _Plan:
+    cat = resolve_catalog(catalog)
+    client = open_client(cat, max_retries=spec.max_retries, backoff=spec.backoff)
+    bbox = _lonlat_bbox(info)
+    s2_items = search_items(client, cat, "s2", bbox=bbox, start=t0, end=t1)
+    if spec.max_cloud_cover is not None:
+        s2_items = [
+            it
+            for it in s2_items
+            if float(it.properties.get("eo:cloud_cover", 0.0)) <= spec.max_cloud_cover
+        ]
+    where = f"lon/lat box {[round(v, 5) for v in bbox]}"
+    if not s2_items:
+        raise StacError(
+            f"no Sentinel-2 items in catalog {cat.name!r} for {where} between "
+            f"{t0.date()} and {t1.date()}"
+            + (f" with eo:cloud_cover <= {spec.max_cloud_cover}" if spec.max_cloud_cover else "")
+        )
+    s2_assets = resolve_assets(s2_items, {b: S2_ASSETS[b] for b in (*spec.s2_bands, "SCL")})
+    s2_groups, s2_times = group_items(s2_items)
+    collections = {"s2": str(cat.collections.get("s2"))}
+    s1_items: list[Any] = []
+    s1_groups: list[list[int]] = []
+    s1_times = np.array([], "datetime64[ns]")
+    s1_orbits: list[str] = []
+    s1_assets: dict[str, str] = {}
+    s1_match = np.full(len(s2_times), -1, np.int64)
+    prev = nxt = np.array([], np.int64)
+    if "s1" in spec.sensors:
+        pad = pd.Timedelta(days=spec.s1_max_gap_days + 15 * spec.s1_window)
+        s1_items = search_items(client, cat, "s1", bbox=bbox, start=t0 - pad, end=t1 + pad)
+        if spec.s1_orbit != "both":
+            s1_items = [
+                it for it in s1_items if it.properties.get("sat:orbit_state") == spec.s1_orbit
+            ]
+        if not s1_items:
+            raise StacError(
+                f"no Sentinel-1 RTC items in catalog {cat.name!r} for {where} between "
+                f"{(t0 - pad).date()} and {(t1 + pad).date()}"
+                + (f" ({spec.s1_orbit} orbits)" if spec.s1_orbit != "both" else "")
+                + "; build an S2-only cube with sensors=('s2',)"
+            )
+        s1_assets = resolve_assets(s1_items, S1_ASSETS)
+        s1_groups, s1_times = group_items(s1_items, by_orbit=True)
+        s1_orbits = [str(s1_items[g[0]].properties.get("sat:orbit_state", "")) for g in s1_groups]
+        s1_match, _gap = match_dates(s2_times, s1_times, spec.s1_max_gap_days)
+        prev, nxt = _neighbours(s1_times, s1_orbits)
+        collections["s1"] = str(cat.collections.get("s1"))
+    return _Plan(
+        info=info,
+        spec=spec,
+        catalog=cat.name,
+        catalog_url=cat.url,
+        collections=collections,
+        s2_items=s2_items,
+        s2_groups=s2_groups,
+        s2_times=s2_times,
+        s2_assets=s2_assets,
+        s2_offsets=[_s2_offset_key(it) for it in s2_items],
+        s1_items=s1_items,
+        s1_groups=s1_groups,
+        s1_times=s1_times,
+        s1_orbits=s1_orbits,
+        s1_assets=s1_assets,
+        s1_match=s1_match,
+        s1_prev=prev,
+        s1_next=nxt,
+        sign=needs_signing(cat, [*s2_items[:1], *s1_items[:1]]),
+        mask_name=mask_name,
+    )
+
+
+# --------------------------------------------------------------------------- units
+
+
+def _padded(geobox: Any, ys: slice, xs: slice, halo: int) -> Any:
+    """The sub-grid ``[ys, xs]`` grown by ``halo`` pixels (also beyond the grid)."""
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    a = geobox.affine
+    ny, nx = ys.stop - ys.start + 2 * halo, xs.stop - xs.start + 2 * halo
+    origin = a * (xs.start - halo, ys.start - halo)
+    return GeoBox((ny, nx), Affine(a.a, 0.0, origin[0], 0.0, a.e, origin[1]), geobox.crs)
+
+
+def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction) -> Any:
+    spec = plan.spec
+    halo = int(getattr(mask, "halo", 0))
+    gb = _padded(plan.info.geobox, ys, xs, halo)
+    groups = [plan.s2_groups[d] for d in dates]
+    idx = [i for g in groups for i in g]
+    items = [plan.s2_items[i] for i in idx]
+    patch = signer(plan.sign)
+    arrays = with_retries(
+        lambda: load_items(
+            items,
+            plan.s2_assets,
+            gb,
+            dtype="uint16",
+            nodata=0,
+            resampling={"*": spec.resampling_s2, "SCL": "nearest"},
+            patch_url=patch,
+            pool=spec.pool,
+        ),
+        what=f"loading S2 dates {dates.start}-{dates.stop - 1}",
+        max_retries=spec.max_retries,
+        backoff=spec.backoff,
+    )
+    bands = spec.s2_bands
+    refl = np.empty((len(items), len(bands), *gb.shape), np.float32)
+    for k, i in enumerate(idx):
+        dn = np.stack([arrays[b][k] for b in bands])
+        refl[k] = remove_baseline_offset(dn, plan.s2_offsets[i])
+    scl = arrays["SCL"].astype(np.uint8)
+    valid = np.asarray(mask(refl, scl, bands), dtype=bool)
+    if valid.shape != scl.shape:
+        raise StacError(f"the mask function returned shape {valid.shape}, expected {scl.shape}")
+    valid &= np.isfinite(refl).all(axis=1)
+    crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
+    refl, valid = refl[(..., *crop)], valid[(..., *crop)]
+    # merge the items of one date: the first clear pixel (time, then id order) wins
+    out = np.full((len(groups), len(bands), *refl.shape[2:]), np.nan, np.float32)
+    out_valid = np.zeros((len(groups), *refl.shape[2:]), bool)
+    k = 0
+    for d, g in enumerate(groups):
+        for _ in g:
+            take = valid[k] & ~out_valid[d]
+            out[d][:, take] = refl[k][:, take]
+            out_valid[d] |= take
+            k += 1
+    return out, out_valid
+
+
+def _load_s1(plan: _Plan, dates: range, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
+    spec = plan.spec
+    shape = (ys.stop - ys.start, xs.stop - xs.start)
+    out = np.full((len(dates), len(S1_BANDS), *shape), np.nan, np.float32)
+    match = plan.s1_match[dates.start : dates.stop]
+    need: set[int] = set()
+    for m in match[match >= 0]:
+        need.update(int(v) for v in (m, plan.s1_prev[m], plan.s1_next[m]) if v >= 0)
+    if not need:
+        return out, np.zeros((len(dates), *shape), bool)
+    order = sorted(need)
+    idx = [i for g in order for i in plan.s1_groups[g]]
+    items = [plan.s1_items[i] for i in idx]
+    gb = _padded(plan.info.geobox, ys, xs, 0)
+    arrays = with_retries(
+        lambda: load_items(
+            items,
+            plan.s1_assets,
+            gb,
+            dtype="float32",
+            nodata=float("nan"),
+            resampling={"*": spec.resampling_s1},
+            patch_url=signer(plan.sign),
+            pool=spec.pool,
+        ),
+        what=f"loading S1 for S2 dates {dates.start}-{dates.stop - 1}",
+        max_retries=spec.max_retries,
+        backoff=spec.backoff,
+    )
+    per_item = np.stack([arrays[b] for b in S1_BANDS], axis=1).astype(np.float64)
+    per_item[~(per_item > 0)] = np.nan  # no data, and non-physical power
+    lin: dict[int, np.ndarray] = {}
+    k = 0
+    for g in order:  # fuse the tiles of one acquisition: first finite value wins
+        acc = np.full(per_item.shape[1:], np.nan)
+        for _ in plan.s1_groups[g]:
+            acc = np.where(np.isfinite(acc), acc, per_item[k])
+            k += 1
+        lin[g] = acc
+    missing = np.full(per_item.shape[1:], np.nan)
+    half = spec.s1_window // 2
+    for d, m in enumerate(match):
+        if m < 0:
+            continue
+        seq = [lin[int(m)]]
+        prev, nxt = int(m), int(m)
+        for _ in range(half):  # neighbours of the same orbit direction
+            prev = int(plan.s1_prev[prev]) if prev >= 0 else -1
+            nxt = int(plan.s1_next[nxt]) if nxt >= 0 else -1
+            seq.insert(0, lin.get(prev, missing) if prev >= 0 else missing)
+            seq.append(lin.get(nxt, missing) if nxt >= 0 else missing)
+        smooth = smooth_linear(np.stack(seq), window=len(seq))[half]
+        out[d] = normalise_db(linear_to_db(smooth))
+    valid = np.isfinite(out).all(axis=1)
+    out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
+    return out, valid
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def _template(plan: _Plan) -> xr.Dataset:
+    import dask.array as dsa
+
+    gb = plan.info.geobox
+    ny, nx = gb.shape
+    nt = len(plan.s2_times)
+    spec = plan.spec
+    ct, tile = spec.time_chunk, spec.tile
+    nb = len(spec.s2_bands)
+    coords = gb.coordinates
+    data_vars: dict[str, Any] = {
+        "s2": (
+            ("time", "band", "y", "x"),
+            dsa.full((nt, nb, ny, nx), np.nan, dtype=np.float32, chunks=(ct, nb, tile, tile)),
+        ),
+        "s2_valid": (
+            ("time", "y", "x"),
+            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, tile, tile)),
+        ),
+    }
+    c: dict[str, Any] = {
+        "time": plan.s2_times,
+        "band": np.array(spec.s2_bands, dtype=object),
+        "y": coords["y"].values.astype(np.float64),
+        "x": coords["x"].values.astype(np.float64),
+    }
+    if plan.with_s1:
+        data_vars["s1"] = (
+            ("time", "s1_band", "y", "x"),
+            dsa.full((nt, 2, ny, nx), np.nan, dtype=np.float32, chunks=(ct, 2, tile, tile)),
+        )
+        data_vars["s1_valid"] = (
+            ("time", "y", "x"),
+            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, tile, tile)),
+        )
+        c["s1_band"] = np.array(S1_BANDS, dtype=object)
+        c["s1_time"] = ("time", plan.s1_time())
+        c["s1_orbit"] = ("time", plan.s1_orbit().astype(object))
+    ds = xr.Dataset(data_vars, coords=c)
+    ds = ds.rio.write_crs(f"EPSG:{plan.info.epsg}")
+    return ds.rio.set_spatial_dims(x_dim="x", y_dim="y")
+
+
+def _units(plan: _Plan) -> list[tuple[int, int, int]]:
+    nt = len(plan.s2_times)
+    ny, nx = plan.info.geobox.shape
+    ct, tile = plan.spec.time_chunk, plan.spec.tile
+    return [
+        (k, i, j)
+        for k in range(-(-nt // ct))
+        for i in range(-(-ny // tile))
+        for j in range(-(-nx // tile))
+    ]
+
+
+def _run_unit(plan: _Plan, unit: tuple[int, int, int], store: Path, mask: MaskFunction) -> None:
+    import zarr
+
+    k, i, j = unit
+    spec = plan.spec
+    ny, nx = plan.info.geobox.shape
+    dates = range(k * spec.time_chunk, min((k + 1) * spec.time_chunk, len(plan.s2_times)))
+    ys = slice(i * spec.tile, min((i + 1) * spec.tile, ny))
+    xs = slice(j * spec.tile, min((j + 1) * spec.tile, nx))
+    s2, s2v = _load_s2(plan, dates, ys, xs, mask)
+    group = zarr.open_group(store, mode="r+")
+    ts = slice(dates.start, dates.stop)
+    if plan.with_s1:
+        s1, s1v = _load_s1(plan, dates, ys, xs)
+        group["s1"][ts, :, ys, xs] = s1
+        group["s1_valid"][ts, ys, xs] = s1v
+    group["s2"][ts, :, ys, xs] = s2
+    group["s2_valid"][ts, ys, xs] = s2v
+
+
+@dataclass
+class _Staging:
+    """The work area of a build: a Zarr store of every candidate date plus done markers."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store.zarr"
+
+    def marker(self, unit: tuple[int, int, int]) -> Path:
+        return self.root / "done" / "{}_{}_{}".format(*unit)
+
+    def open(self, plan: _Plan) -> None:
+        """Reuse a staging area of the same request, or start a new one."""
+        request = self.root / "request.json"
+        fp = plan.fingerprint()
+        if request.exists() and json.loads(request.read_text()).get("fingerprint") == fp:
+            return
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        (self.root / "done").mkdir(parents=True)
+        _template(plan).to_zarr(  # type: ignore[call-overload]
+            self.store, mode="w", zarr_format=3, consolidated=False, compute=False
+        )
+        request.write_text(json.dumps({"fingerprint": fp}))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def _attrs(plan: _Plan) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    def ver(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:  # pragma: no cover
+            return "unknown"
+
+    years = sorted({str(t)[:4] for t in plan.s2_times.astype("datetime64[Y]")})
+    attrs = provenance(
+        f"STAC catalog {plan.catalog} ({plan.catalog_url})",
+        catalog=plan.catalog,
+        catalog_url=plan.catalog_url,
+        collections=json.dumps(plan.collections),
+        s2_items=json.dumps([it.id for it in plan.s2_items]),
+        s1_items=json.dumps([it.id for it in plan.s1_items]),
+        mask_function=plan.mask_name,
+        latentcube_config=plan.spec.model_dump_json(),
+        latentcube_request=plan.fingerprint(),
+        odc_stac_version=ver("odc-stac"),
+        pystac_client_version=ver("pystac-client"),
+        attribution=f"Contains modified Copernicus Sentinel data {years[0]}-{years[-1]}",
+        history=(
+            "S2: DN -> reflectance (baseline >= 04.00: DN - 1000), / 10000, clip [0, 1]; "
+            "masked by the mask function; tiles of one solar day merged (clear pixel wins). "
+            "S1 (linear gamma0 RTC): centred mean over "
+            f"{plan.spec.s1_window} acquisitions of one orbit direction -> dB -> "
+            "clip [-30, 5] -> (dB + 30) / 35; nearest acquisition within "
+            f"{plan.spec.s1_max_gap_days:g} days, else masked."
+        ),
+    )
+    attrs.update(plan.info.attrs())
+    return attrs
+
+
+def _encoding(ds: xr.Dataset, spec: CubeSpec) -> dict[str, dict[str, Any]]:
+    ct = min(spec.chunks.get("time", 16), ds.sizes["time"])
+    cy = min(spec.chunks.get("y", 128), ds.sizes["y"])
+    cx = min(spec.chunks.get("x", 128), ds.sizes["x"])
+    enc: dict[str, dict[str, Any]] = {}
+    for name, var in ds.data_vars.items():
+        sizes = {"time": ct, "y": cy, "x": cx}
+        enc[str(name)] = {"chunks": tuple(sizes.get(str(d), ds.sizes[d]) for d in var.dims)}
+    return enc
+
+
+def build_cube(
+    *,
+    lat: float | None = None,
+    lon: float | None = None,
+    size_m: float | None = None,
+    bbox: Sequence[float] | None = None,
+    start: Any,
+    end: Any,
+    out: str | os.PathLike[str] | None = None,
+    catalog: str = "planetary-computer",
+    sensors: Sequence[str] = ("s2", "s1"),
+    spec: CubeSpec | None = None,
+    mask: MaskFunction | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> xr.Dataset:
+    """Build a Sentinel-2 (+ Sentinel-1) cube in the latentcube data model from STAC.
+
+    Parameters
+    ----------
+    lat, lon, size_m
+        Centre (degrees) and edge length (metres) of a square area; or
+    bbox
+        ``(west, south, east, north)`` in degrees.
+    start, end
+        First and last day (inclusive), e.g. ``"2023-04-01"``.
+    out
+        Zarr store to write; ``None`` builds in a temporary folder and returns
+        the cube in memory.
+    catalog
+        ``"planetary-computer"``, ``"earth-search"`` (S2 only), a STAC API URL
+        or the path/URL of a static ``catalog.json``.
+    sensors
+        ``("s2", "s1")`` or ``("s2",)``.
+    spec
+        All further options (:class:`CubeSpec`); keyword ``options`` override
+        single fields, e.g. ``min_valid_fraction=0.2``.
+    mask
+        Cloud mask function (:class:`MaskFunction`); default
+        ``SCLMask(spec.scl_invalid, spec.mask_dilation)``.
+    overwrite
+        Replace an existing store built for a different request. A store
+        built for the same request is returned as it is (idempotent).
+    progress
+        Show a progress bar over loading units.
+    **options
+        Fields of :class:`CubeSpec`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The validated cube (lazy, opened from ``out``, when ``out`` is given).
+
+    Raises
+    ------
+    StacError
+        No items, a missing asset, a catalog without the collection, dates in
+        the wrong order, every date cloudy, or a load that keeps failing.
+        Nothing is written at ``out`` in these cases.
+    latentcube.grid.GridError
+        A place outside the UTM range or an empty size.
+
+    Warns
+    -----
+    latentcube.grid.UTMZoneWarning
+        The area spans several UTM zones; the centre's zone is used (named in
+        the warning and in the cube's ``grid_note`` attribute).
+
+    Examples
+    --------
+    >>> cube = build_cube(lat=50.746, lon=4.063, size_m=640,
+    ...                   start="2023-04-01", end="2023-06-30", out="cube.zarr")  # doctest: +SKIP
+    """
+    base = (spec or CubeSpec()).model_dump()
+    try:
+        spec = CubeSpec.model_validate({**base, **options, "sensors": tuple(sensors)})
+    except ValueError as err:
+        raise StacError(f"invalid cube options: {err}") from None
+    if "s2" not in spec.sensors:
+        raise StacError(f"sensors must include 's2' (the S2 dates are the time axis), got {sensors}")
+    t0, t1 = _check_dates(start, end)
+    info = _grid(lat, lon, size_m, bbox, spec.resolution)
+    if mask is None:
+        mask = SCLMask(tuple(spec.scl_invalid), spec.mask_dilation)
+        mask_name = f"SCLMask(invalid={list(spec.scl_invalid)}, dilation={spec.mask_dilation})"
+    else:
+        mask_name = getattr(mask, "__qualname__", type(mask).__qualname__)
+    configure_http(max_retries=spec.max_retries, retry_delay=max(spec.backoff, 0.01))
+    plan = _plan(info, t0, t1, catalog, spec, mask_name)
+
+    path = Path(out) if out is not None else None
+    if path is not None and path.exists():
+        from latentcube.io import open_zarr
+
+        try:
+            done = open_zarr(path).attrs.get("latentcube_request")
+        except Exception:
+            done = None
+        if done == plan.fingerprint():
+            return validate_cube(open_zarr(path), check_values=False)
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} exists and was not built for this request; pass overwrite=True "
+                "(--overwrite) to replace it"
+            )
+    tmp_root = None
+    if path is not None:
+        staging = _Staging(path.parent / f".{path.name}.partial")
+    else:
+        tmp_root = Path(tempfile.mkdtemp(prefix="latentcube-cube-"))
+        staging = _Staging(tmp_root / "partial")
+    try:
+        return _execute(plan, staging, path, mask, overwrite, progress)
+    finally:
+        if tmp_root is not None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _execute(
+    plan: _Plan,
+    staging: _Staging,
+    path: Path | None,
+    mask: MaskFunction,
+    overwrite: bool,
+    progress: bool,
+) -> xr.Dataset:
+    from tqdm.auto import tqdm
+
+    from latentcube.io import open_zarr, write_zarr
+
+    staging.open(plan)
+    todo = [u for u in _units(plan) if not staging.marker(u).exists()]
+    bar = tqdm(todo, desc="cube", unit="unit", disable=not progress or not todo)
+    for unit in bar:
+        _run_unit(plan, unit, staging.store, mask)
+        staging.marker(unit).touch()
+    st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})
+    frac = st["s2_valid"].mean(dim=("y", "x")).values
+    keep = (frac >= plan.spec.min_valid_fraction) & (frac > 0)
+    if not keep.any():
+        staging.remove()
+        raise StacError(
+            f"every one of the {frac.size} S2 date(s) between "
+            f"{np.datetime_as_string(plan.s2_times[0], 'D')} and "
+            f"{np.datetime_as_string(plan.s2_times[-1], 'D')} is cloudy or masked "
+            f"(best valid fraction {float(frac.max()):.3f}, threshold "
+            f"{plan.spec.min_valid_fraction}); widen the dates or lower min_valid_fraction"
+        )
+    ds = st.isel(time=np.flatnonzero(keep))
+    ds.attrs = _attrs(plan)
+    ds.attrs["dropped_dates"] = json.dumps(
+        [np.datetime_as_string(t, "D") for t in plan.s2_times[~keep]]
+    )
+    for v in ds.variables.values():
+        v.encoding = {}
+    enc = _encoding(ds, plan.spec)
+    ds = ds.chunk({d: enc["s2"]["chunks"][i] for i, d in enumerate(ds["s2"].dims)})
+    if path is None:
+        cube = ds.load()
+        cube = cube.rio.write_crs(cube.rio.crs)
+        staging.remove()
+        return validate_cube(cube)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        write_zarr(ds, path, overwrite=True, encoding=enc)
+    staging.remove()
+    return validate_cube(open_zarr(path))
+

@@ -1,0 +1,265 @@
+"""A small static STAC catalog over local COGs made of real Sentinel pixels.
+
+The pixels come from the WorldCereal Flanders patch ``0000280849BAC91C`` in
+../shared/data (S2 L2A digital numbers and SCL, S1 GRD backscatter; EPSG:32631,
+640 m x 640 m). Every COG holds those values unchanged except where a test
+needs a property the patch does not have, each listed here:
+
+* S2 2018-09-18 is split into two overlapping "tiles" (west: columns 0-39,
+  east: columns 24-63). The west tile's SCL over the overlap is the SCL of the
+  fully cloudy date 2018-09-23, so the same-day merge must take the east
+  tile's pixels there.
+* S2 2018-10-13 is published as processing baseline 04.00: its DNs are stored
+  with the +1000 offset of that baseline.
+* S1 acquisitions of 2018-10-13 and 2018-10-19 are left out, so 2018-10-18 has
+  no S1 within 6 days. S1 is stored as linear power (like RTC gamma0), on the
+  10 m grid (each 20 m pixel repeated 2 x 2).
+
+Also used by ``benchmarks/bench_cube.py`` (``repeat`` tiles the patch to a
+larger area).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+PATCH = "0000280849BAC91C"
+FLANDERS = "worldcereal_s1_s2_training_patches_flanders"
+EPSG = 32631
+LEFT, TOP = 574680.0, 5622440.0  # the patch's upper-left corner; 64 x 64 px at 10 m
+CENTRE_XY = (575000.0, 5622120.0)
+S2_10M = ("B02", "B03", "B04", "B08")
+S2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
+S2_DATES = ("2018-09-18", "2018-09-23", "2018-10-13", "2018-10-18")
+S1_DATES = (
+    "2018-09-07", "2018-09-13", "2018-09-19", "2018-09-25", "2018-10-01", "2018-10-07",
+    "2018-10-25", "2018-10-31",
+)  # fmt: skip
+SPLIT_DATE = "2018-09-18"
+CLOUDY_DATE = "2018-09-23"
+BASELINE4_DATE = "2018-10-13"
+WEST_COLS, EAST_COLS = (0, 40), (24, 64)
+
+
+def centre_lonlat() -> tuple[float, float]:
+    from pyproj import Transformer
+
+    lon, lat = Transformer.from_crs(EPSG, 4326, always_xy=True).transform(*CENTRE_XY)
+    return float(lon), float(lat)
+
+
+@dataclass
+class Source:
+    """Raw values of the patch at the chosen dates (independent of latentcube)."""
+
+    s2_dn: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # date -> band -> DN
+    scl: dict[str, np.ndarray] = field(default_factory=dict)  # date -> (32, 32)
+    s2_time: dict[str, np.datetime64] = field(default_factory=dict)
+    s1_db: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # date -> pol -> dB
+    s1_time: dict[str, np.datetime64] = field(default_factory=dict)
+
+
+def read_source(folder: Path) -> Source:
+    """Read the patch with plain xarray (no latentcube code), raw integers."""
+    f = {p: next(folder.glob(f"{p}_*.nc")) for p in ("S2_L2A_10m", "S2_L2A_20m", "S1_GRD-ASCENDING")}
+    src = Source()
+    with (
+        xr.open_dataset(f["S2_L2A_10m"], mask_and_scale=False) as a,
+        xr.open_dataset(f["S2_L2A_20m"], mask_and_scale=False) as b,
+        xr.open_dataset(f["S1_GRD-ASCENDING"], mask_and_scale=False) as s,
+    ):
+        for d in S2_DATES:
+            ia = int(np.flatnonzero(a.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0])
+            src.s2_time[d] = a.timestamp.values[ia]
+            src.s2_dn[d] = {k: a[k].values[ia] for k in S2_10M}
+            src.s2_dn[d].update({k: b[k].values[ia] for k in S2_20M})
+            src.scl[d] = b["SCL"].values[ia]
+        for d in S1_DATES:
+            i = int(np.flatnonzero(s.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0])
+            src.s1_time[d] = s.timestamp.values[i]
+            src.s1_db[d] = {p: s[p].values[i].astype(np.float64) * 1e-4 for p in ("VV", "VH")}
+    return src
+
+
+def up2(a: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(a, 2, axis=-2), 2, axis=-1)
+
+
+def _write_cog(path: Path, arr: np.ndarray, left: float, top: float, res: float, nodata) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="COG",
+        width=arr.shape[1],
+        height=arr.shape[0],
+        count=1,
+        dtype=arr.dtype,
+        crs=f"EPSG:{EPSG}",
+        transform=from_origin(left, top, res, res),
+        nodata=nodata,
+        BLOCKSIZE=256,
+        COMPRESS="DEFLATE",
+        OVERVIEWS="NONE",
+    ) as dst:
+        dst.write(arr, 1)
+
+
+def _footprint(left: float, top: float, width_m: float, height_m: float):
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(EPSG, 4326, always_xy=True)
+    corners = [
+        (left, top),
+        (left + width_m, top),
+        (left + width_m, top - height_m),
+        (left, top - height_m),
+    ]
+    ll = [tr.transform(x, y) for x, y in corners]
+    lons, lats = [p[0] for p in ll], [p[1] for p in ll]
+    geom = {"type": "Polygon", "coordinates": [[*map(list, ll), list(ll[0])]]}
+    return geom, [min(lons), min(lats), max(lons), max(lats)]
+
+
+def _item(item_id, when, left, top, width_m, height_m, props):
+    import pystac
+
+    geom, bbox = _footprint(left, top, width_m, height_m)
+    t = dt.datetime.fromisoformat(str(np.datetime_as_string(when, "s"))).replace(tzinfo=dt.UTC)
+    item = pystac.Item(item_id, geom, bbox, t, {"proj:code": f"EPSG:{EPSG}", **props})
+    return item
+
+
+def _asset(item, key: str, href: str, shape: tuple[int, int], left: float, top: float, res):
+    import pystac
+
+    item.add_asset(
+        key,
+        pystac.Asset(
+            href,
+            media_type=pystac.MediaType.COG,
+            roles=["data"],
+            extra_fields={
+                "proj:shape": list(shape),
+                "proj:transform": [res, 0.0, left, 0.0, -res, top],
+            },
+        ),
+    )
+
+
+def make_catalog(
+    root: Path,
+    src: Source,
+    *,
+    href_base: str | None = None,
+    repeat: int = 1,
+    drop_asset: tuple[str, str] | None = None,
+    collections: tuple[str, ...] = ("sentinel-2-l2a", "sentinel-1-rtc"),
+) -> Path:
+    """Write COGs and a self-contained static catalog under ``root``.
+
+    Parameters
+    ----------
+    href_base
+        Absolute URL prefix for the asset hrefs (e.g. a blob-storage URL);
+        default relative hrefs.
+    repeat
+        Tile the patch ``repeat x repeat`` times (benchmarks).
+    drop_asset
+        ``(item id, asset key)`` to leave out.
+    collections
+        Collections to publish.
+
+    Returns
+    -------
+    pathlib.Path
+        The ``catalog.json``.
+    """
+    import pystac
+
+    root.mkdir(parents=True, exist_ok=True)
+    cat = pystac.Catalog("flanders", "Real S1/S2 pixels of a WorldCereal Flanders patch")
+    size = 640.0 * repeat
+
+    def tile(a: np.ndarray) -> np.ndarray:
+        return np.tile(a, (repeat, repeat))
+
+    def href(rel: str) -> str:
+        return f"{href_base.rstrip('/')}/{rel}" if href_base else str(root / rel)
+
+    extent = pystac.Extent(
+        pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
+        pystac.TemporalExtent([[dt.datetime(2018, 1, 1, tzinfo=dt.UTC), None]]),
+    )
+    if "sentinel-2-l2a" in collections:
+        s2 = pystac.Collection("sentinel-2-l2a", "S2 L2A (test excerpt)", extent)
+        cat.add_child(s2)
+        for d in S2_DATES:
+            dn = {k: v.copy() for k, v in src.s2_dn[d].items()}
+            scl = src.scl[d].copy()
+            baseline = "02.09"
+            if d == BASELINE4_DATE:
+                baseline = "04.00"
+                for k in dn:
+                    dn[k] = np.where(dn[k] > 0, dn[k] + 1000, 0).astype(np.uint16)
+            pieces = [("", (0, 64), scl)]
+            if d == SPLIT_DATE:
+                west_scl = scl.copy()
+                lo = EAST_COLS[0] // 2
+                west_scl[:, lo:] = src.scl[CLOUDY_DATE][:, lo:]
+                pieces = [("-w", WEST_COLS, west_scl), ("-e", EAST_COLS, scl)]
+            for suffix, (c0, c1), scl_piece in pieces:
+                iid = f"S2_{d.replace('-', '')}{suffix}"
+                left = LEFT + c0 * 10.0
+                width = (c1 - c0) * 10.0 if repeat == 1 else size
+                item = _item(
+                    iid,
+                    src.s2_time[d] + np.timedelta64(1 if suffix == "-e" else 0, "s"),
+                    left,
+                    TOP,
+                    width,
+                    size,
+                    {"s2:processing_baseline": baseline, "eo:cloud_cover": 50.0},
+                )
+                for k, arr in [*dn.items(), ("SCL", scl_piece)]:
+                    fine = k in S2_10M
+                    a = tile(arr)
+                    if repeat == 1:
+                        a = a[:, c0:c1] if fine else a[:, c0 // 2 : c1 // 2]
+                    res = 10.0 if fine else 20.0
+                    rel = f"cogs/{iid}/{k}.tif"
+                    if drop_asset == (iid, k):
+                        continue
+                    _write_cog(root / rel, a, left, TOP, res, 0)
+                    _asset(item, k, href(rel), a.shape, left, TOP, res)
+                s2.add_item(item)
+    if "sentinel-1-rtc" in collections:
+        s1 = pystac.Collection("sentinel-1-rtc", "S1 RTC-like (test excerpt)", extent)
+        cat.add_child(s1)
+        for d in S1_DATES:
+            iid = f"S1_{d.replace('-', '')}"
+            item = _item(
+                iid, src.s1_time[d], LEFT, TOP, size, size, {"sat:orbit_state": "ascending"}
+            )
+            for pol in ("VV", "VH"):
+                lin = np.power(10.0, src.s1_db[d][pol] / 10.0).astype(np.float32)
+                a = up2(tile(lin))
+                rel = f"cogs/{iid}/{pol.lower()}.tif"
+                if drop_asset == (iid, pol.lower()):
+                    continue
+                _write_cog(root / rel, a, LEFT, TOP, 10.0, None)
+                _asset(item, pol.lower(), href(rel), a.shape, LEFT, TOP, 10.0)
+            s1.add_item(item)
+    cat.normalize_hrefs(str(root))
+    if href_base is None:
+        cat.make_all_asset_hrefs_relative()
+    cat.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"

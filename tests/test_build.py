@@ -1,0 +1,345 @@
+"""build_cube against a static STAC catalog of local COGs holding real Sentinel pixels.
+
+Expected values are computed here from the source NetCDF files with numpy only
+(see tests/stac_catalog.py for the few deliberate edits of the catalog).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from latentcube.cube.build import SCLMask, build_cube
+from latentcube.errors import StacError
+from latentcube.grid import UTMZoneWarning
+from latentcube.io import open_zarr
+from latentcube.sensors import S2_BANDS
+
+from conftest import shared_path
+from stac_catalog import (
+    BASELINE4_DATE,
+    CLOUDY_DATE,
+    FLANDERS,
+    PATCH,
+    S1_DATES,
+    S2_10M,
+    SPLIT_DATE,
+    centre_lonlat,
+    make_catalog,
+    read_source,
+    up2,
+)
+from stac_server import StacServer
+
+pytestmark = pytest.mark.shared
+
+START, END = "2018-09-15", "2018-10-20"
+INVALID = (0, 1, 3, 8, 9, 10, 11)
+
+
+@pytest.fixture(scope="module")
+def src():
+    return read_source(shared_path(FLANDERS, PATCH))
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, src):
+    return make_catalog(tmp_path_factory.mktemp("stac"), src)
+
+
+def _place():
+    lon, lat = centre_lonlat()
+    return {"lat": lat, "lon": lon, "size_m": 640}
+
+
+@pytest.fixture(scope="module")
+def cube(catalog):
+    return build_cube(**_place(), start=START, end=END, catalog=str(catalog), progress=False)
+
+
+# ----------------------------------------------------------------- expectations by hand
+
+
+def _refl(src, date):
+    """(band, 64, 64) reflectance = DN / 10000, 20 m bands repeated 2 x 2."""
+    dn = src.s2_dn[date]
+    return np.stack(
+        [dn[b] if b in S2_10M else up2(dn[b]) for b in S2_BANDS]
+    ).astype(np.float64) / 1e4
+
+
+def _dilate1(m):
+    """3 x 3 binary dilation with plain numpy shifts."""
+    p = np.pad(m, 1)
+    out = np.zeros_like(m)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out |= p[dy : dy + m.shape[0], dx : dx + m.shape[1]]
+    return out
+
+
+def _clear(scl20):
+    scl = up2(scl20)
+    return ~np.isin(scl, INVALID) & ~_dilate1(np.isin(scl, (3, 8, 9, 10)))
+
+
+def _s1_expected(src, dates):
+    """Normalised dB of the mean linear power over the given acquisitions."""
+    out = []
+    for pol in ("VV", "VH"):
+        lin = np.mean([np.power(10.0, up2(src.s1_db[d][pol]) / 10.0) for d in dates], axis=0)
+        db = np.clip(10.0 * np.log10(lin), -30.0, 5.0)
+        out.append((db + 30.0) / 35.0)
+    return np.stack(out)
+
+
+def _day(cube, date):
+    days = cube["time"].values.astype("datetime64[D]")
+    return int(np.flatnonzero(days == np.datetime64(date))[0])
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_grid_dates_and_provenance(cube, catalog):
+    assert cube.rio.crs.to_epsg() == 32631
+    assert cube.rio.bounds() == (574680.0, 5621800.0, 575320.0, 5622440.0)
+    days = [str(d) for d in cube["time"].values.astype("datetime64[D]")]
+    assert days == ["2018-09-18", "2018-10-13", "2018-10-18"]  # 09-23 is all cloud
+    assert CLOUDY_DATE in cube.attrs["dropped_dates"]
+    assert "S2_20180918-w" in cube.attrs["s2_items"]
+    assert "S2_20180918-e" in cube.attrs["s2_items"]
+    assert cube.attrs["catalog"] == str(catalog)
+    assert "latentcube_version" in cube.attrs and "odc_stac_version" in cube.attrs
+    assert cube["s2"].dtype == np.float32
+
+
+def test_s2_reflectance_offset_and_mask(cube, src):
+    for date in ("2018-10-18", BASELINE4_DATE):  # 10-13 is stored with the +1000 offset
+        i = _day(cube, date)
+        exp_valid = _clear(src.scl[date])
+        np.testing.assert_array_equal(cube["s2_valid"].values[i], exp_valid)
+        got = cube["s2"].values[i]
+        exp = _refl(src, date)
+        np.testing.assert_allclose(got[:, exp_valid], exp[:, exp_valid], atol=1e-6)
+        assert np.isnan(got[:, ~exp_valid]).all()
+    # the shadow date really has masked and dilated pixels
+    assert 0 < (~cube["s2_valid"].values[_day(cube, "2018-10-18")]).sum() < 64 * 64 // 4
+
+
+def test_same_day_tiles_merged_clear_pixel_wins(cube, src):
+    i = _day(cube, SPLIT_DATE)
+    valid = cube["s2_valid"].values[i]
+    # west tile: its own columns 0-23 clear, column 23 lost to the dilated cloud of its
+    # overlap; overlap 24-39 comes from the (clear) east tile; 40-63 east only.
+    exp = _clear(src.scl[SPLIT_DATE])
+    exp[:, 23] = False
+    np.testing.assert_array_equal(valid, exp)
+    assert valid[:, 24:40].all()
+    np.testing.assert_allclose(
+        cube["s2"].values[i][:, valid], _refl(src, SPLIT_DATE)[:, valid], atol=1e-6
+    )
+
+
+def test_s1_rolling_mean_db_and_matching(cube, src):
+    s1_time = cube["s1_time"].values
+    # 09-18 -> 09-19 (mean with its neighbours 09-13 and 09-25)
+    i = _day(cube, SPLIT_DATE)
+    assert s1_time[i] == src.s1_time["2018-09-19"]
+    np.testing.assert_allclose(
+        cube["s1"].values[i], _s1_expected(src, ["2018-09-13", "2018-09-19", "2018-09-25"]),
+        atol=2e-6,
+    )
+    # 10-13 -> 10-07 (5.7 days); 10-13 and 10-19 are missing, so its next neighbour is 10-25
+    i = _day(cube, BASELINE4_DATE)
+    assert s1_time[i] == src.s1_time["2018-10-07"]
+    np.testing.assert_allclose(
+        cube["s1"].values[i], _s1_expected(src, ["2018-10-01", "2018-10-07", "2018-10-25"]),
+        atol=2e-6,
+    )
+    # 10-18: nearest S1 is 7.3 days away -> masked, never filled
+    i = _day(cube, "2018-10-18")
+    assert np.isnat(s1_time[i])
+    assert not cube["s1_valid"].values[i].any()
+    assert np.isnan(cube["s1"].values[i]).all()
+    assert list(cube["s1_orbit"].values) == ["ascending", "ascending", ""]
+    assert set(S1_DATES) >= {"2018-09-19", "2018-10-07"}
+
+
+def test_threshold_and_custom_mask(catalog, src):
+    c = build_cube(
+        **_place(), start=START, end=END, catalog=str(catalog), progress=False,
+        sensors=("s2",), min_valid_fraction=0.98, mask_dilation=0,
+    )  # fmt: skip
+    assert "s1" not in c
+    # clear fractions without dilation: 09-18 1.0 (merged), 10-13 1.0, 10-18 0.981
+    frac = {d: (~np.isin(up2(src.scl[d]), INVALID)).mean() for d in ("2018-10-13", "2018-10-18")}
+    assert frac["2018-10-18"] < 0.985 < frac["2018-10-13"]
+    days = [str(d) for d in c["time"].values.astype("datetime64[D]")]
+    assert days == ["2018-09-18", "2018-10-13", "2018-10-18"]
+    c = build_cube(
+        **_place(), start=START, end=END, catalog=str(catalog), progress=False,
+        sensors=("s2",), min_valid_fraction=0.985, mask_dilation=0,
+    )  # fmt: skip
+    days = [str(d) for d in c["time"].values.astype("datetime64[D]")]
+    assert days == ["2018-09-18", "2018-10-13"]
+    assert "2018-10-18" in c.attrs["dropped_dates"]
+
+    def bright(refl, scl, bands):  # a "better masker": reject bright blue
+        return np.nan_to_num(refl[:, list(bands).index("B02")], nan=1.0) < 0.06
+
+    c = build_cube(
+        **_place(), start="2018-10-18", end="2018-10-18", catalog=str(catalog),
+        progress=False, sensors=("s2",), mask=bright,
+    )  # fmt: skip
+    exp = _refl(src, "2018-10-18")[0] < 0.06
+    np.testing.assert_array_equal(c["s2_valid"].values[0], exp)
+    assert "bright" in c.attrs["mask_function"]
+
+
+class FlakyMask(SCLMask):
+    """The default mask that raises after ``budget`` calls (a build killed half way)."""
+
+    calls = 0
+    budget = 10**9
+
+    def __call__(self, refl, scl, bands):
+        type(self).calls += 1
+        if type(self).calls > type(self).budget:
+            raise KeyboardInterrupt("killed")
+        return super().__call__(refl, scl, bands)
+
+
+def test_store_resumes_by_time_chunk_and_is_idempotent(tmp_path, catalog, cube):
+    out = tmp_path / "cube.zarr"
+    kw = dict(**_place(), start=START, end=END, catalog=str(catalog), progress=False,
+              time_chunk=1, tile=32)  # fmt: skip
+    FlakyMask.calls, FlakyMask.budget = 0, 5  # 4 dates x 4 tiles = 16 units
+    with pytest.raises(KeyboardInterrupt):
+        build_cube(**kw, out=out, mask=FlakyMask())
+    assert not out.exists()  # nothing half-written at the target
+    partial = tmp_path / ".cube.zarr.partial"
+    assert len(list((partial / "done").iterdir())) == 5
+    FlakyMask.calls, FlakyMask.budget = 0, 10**9
+    c = build_cube(**kw, out=out, mask=FlakyMask())
+    assert FlakyMask.calls == 16 - 5  # the five finished units were not read again
+    assert not partial.exists()
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
+    np.testing.assert_array_equal(c["s1"].values, cube["s1"].values)
+    disk = open_zarr(out)
+    assert disk.rio.crs.to_epsg() == 32631
+    assert disk["s2"].encoding["chunks"] == (3, 10, 64, 64)
+    assert disk.attrs["proj:code"] == "EPSG:32631"
+    assert "grid_mapping" in disk["s2"].attrs or "grid_mapping" in disk["s2"].encoding
+    mtime = (out / "zarr.json").stat().st_mtime_ns
+    FlakyMask.calls = 0
+    again = build_cube(**kw, out=out, mask=FlakyMask())  # same request: nothing to do
+    assert FlakyMask.calls == 0
+    assert (out / "zarr.json").stat().st_mtime_ns == mtime
+    assert again.attrs["latentcube_request"] == c.attrs["latentcube_request"]
+    with pytest.raises(FileExistsError, match="overwrite"):
+        build_cube(**{**kw, "min_valid_fraction": 0.5}, out=out)
+
+
+# ------------------------------------------------------------------------ HTTP layer
+
+
+def test_http_catalog_with_transient_503s(catalog, cube):
+    with StacServer(catalog.parent, fail_first=3, fail_every=7) as srv:
+        c = build_cube(
+            **_place(), start=START, end=END, catalog=f"{srv.url}/catalog.json",
+            progress=False, backoff=0.01,
+        )  # fmt: skip
+        assert srv.failed > 3  # the first three and every 7th request failed
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
+    np.testing.assert_array_equal(c["s1"].values, cube["s1"].values)
+
+
+def test_planetary_computer_signing_and_resigning(tmp_path, src, cube, monkeypatch):
+    import planetary_computer
+    from planetary_computer.settings import Settings
+
+    root = tmp_path / "blob"
+    cat = make_catalog(root, src, href_base="http://teststore.blob.core.windows.net/data")
+    with StacServer(root) as srv:
+        srv.expire_first_token = True  # the first token is refused: the load must re-sign
+        monkeypatch.setenv("PC_SDK_SAS_URL", f"{srv.url}/token")
+        monkeypatch.setenv("GDAL_HTTP_PROXY", srv.url.removeprefix("http://"))
+        Settings.get.cache_clear()
+        planetary_computer.sas.TOKEN_CACHE.clear()
+        try:
+            c = build_cube(
+                **_place(), start=START, end=END, catalog=str(cat), progress=False,
+                time_chunk=2, backoff=0.01,
+            )  # fmt: skip
+        finally:
+            Settings.get.cache_clear()
+            planetary_computer.sas.TOKEN_CACHE.clear()
+        assert srv.data_requests, "no COG was read through the blob URL"
+        used = {sig for _, sig in srv.data_requests}
+        assert used <= set(srv.tokens)  # every read carried an issued token
+        assert srv.rejected >= 1  # the expired first token was refused ...
+        assert len(used) >= 4  # ... and each of the 2 x 2 load calls signed afresh
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
+    np.testing.assert_array_equal(c["s1"].values, cube["s1"].values)
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+def _no_store(tmp_path):
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_items(tmp_path, catalog):
+    with pytest.raises(StacError, match="no Sentinel-2 items"):
+        build_cube(**_place(), start="2017-01-01", end="2017-01-31", catalog=str(catalog),
+                   out=tmp_path / "c.zarr")  # fmt: skip
+    _no_store(tmp_path)
+
+
+def test_two_utm_zones_warns_and_names_zone(tmp_path, catalog):
+    with warnings.catch_warnings(record=True) as rec, pytest.raises(StacError, match="no Sent"):
+        warnings.simplefilter("always")
+        build_cube(lat=50.75, lon=5.999, size_m=2000, start=START, end=END,
+                   catalog=str(catalog), out=tmp_path / "c.zarr")  # fmt: skip
+    msgs = [str(w.message) for w in rec if issubclass(w.category, UTMZoneWarning)]
+    assert msgs and "EPSG:32631" in msgs[0] and "EPSG:32632" in msgs[0]
+    _no_store(tmp_path)
+
+
+def test_missing_asset(tmp_path, src):
+    cat = make_catalog(tmp_path / "stac", src, drop_asset=("S2_20181013", "B11"))
+    out = tmp_path / "out" / "c.zarr"
+    with pytest.raises(StacError, match=r"S2_20181013.*B11"):
+        build_cube(**_place(), start=START, end=END, catalog=str(cat), out=out)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_all_cloudy_span(tmp_path, catalog):
+    with pytest.raises(StacError, match="cloudy"):
+        build_cube(**_place(), start=CLOUDY_DATE, end=CLOUDY_DATE, catalog=str(catalog),
+                   out=tmp_path / "c.zarr", progress=False)  # fmt: skip
+    _no_store(tmp_path)
+
+
+def test_dates_in_wrong_order(tmp_path, catalog):
+    with pytest.raises(StacError, match="after end"):
+        build_cube(**_place(), start=END, end=START, catalog=str(catalog),
+                   out=tmp_path / "c.zarr")  # fmt: skip
+    _no_store(tmp_path)
+
+
+def test_catalog_without_collection(tmp_path, src):
+    cat = make_catalog(tmp_path / "stac", src, collections=("sentinel-2-l2a",))
+    out = tmp_path / "out" / "c.zarr"
+    with pytest.raises(StacError, match="no collection 'sentinel-1-rtc'"):
+        build_cube(**_place(), start=START, end=END, catalog=str(cat), out=out)
+    assert not out.parent.exists()
+    with pytest.raises(StacError, match="Earth Search has no"):
+        from latentcube.cube.stac import CATALOGS, search_items
+
+        search_items(None, CATALOGS["earth-search"], "s1", bbox=[0, 0, 1, 1],
+                     start=START, end=END)  # fmt: skip
