@@ -62,6 +62,7 @@ class Source:
     s2_time: dict[str, np.datetime64] = field(default_factory=dict)
     s1_db: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # date -> pol -> dB
     s1_time: dict[str, np.datetime64] = field(default_factory=dict)
+    angles: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
 def read_source(folder: Path) -> Source:
@@ -79,6 +80,10 @@ def read_source(folder: Path) -> Source:
             src.s2_dn[d] = {k: a[k].values[ia] for k in S2_10M}
             src.s2_dn[d].update({k: b[k].values[ia] for k in S2_20M})
             src.scl[d] = b["SCL"].values[ia]
+            src.angles[d] = tuple(  # sun zenith, sun azimuth, view zenith, view azimuth
+                float(b[k].values[ia])
+                for k in ("sunZenithAngles", "sunAzimuthAngles", "viewZenithMean", "viewAzimuthMean")
+            )
         for d in S1_DATES:
             i = int(np.flatnonzero(s.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0])
             src.s1_time[d] = s.timestamp.values[i]
@@ -111,6 +116,47 @@ def _write_cog(path: Path, arr: np.ndarray, left: float, top: float, res: float,
         OVERVIEWS="NONE",
     ) as dst:
         dst.write(arr, 1)
+
+
+def write_granule_metadata(path: Path, angles: tuple[float, float, float, float]) -> None:
+    """A minimal L2A ``MTD_TL.xml`` whose angle grids hold the scene's real mean angles.
+
+    Tile 31UES (upper-left corner 499980 E, 5700000 N), 23 x 23 grids at 5 km,
+    one detector per band, the layout sen2nbar parses.
+    """
+    sz, sa, vz, va = angles
+
+    def grid(value: float) -> str:
+        row = " ".join([f"{value:.6f}"] * 23)
+        vals = "".join(f"<VALUES>{row}</VALUES>" for _ in range(23))
+        return (
+            '<COL_STEP unit="m">5000</COL_STEP><ROW_STEP unit="m">5000</ROW_STEP>'
+            f"<Values_List>{vals}</Values_List>"
+        )
+
+    view = "".join(
+        f'<Viewing_Incidence_Angles_Grids bandId="{b}" detectorId="4">'
+        f"<Zenith>{grid(vz)}</Zenith><Azimuth>{grid(va)}</Azimuth>"
+        "</Viewing_Incidence_Angles_Grids>"
+        for b in range(13)
+    )
+    geo = "".join(
+        f'<Geoposition resolution="{r}"><ULX>499980</ULX><ULY>5700000</ULY>'
+        f"<XDIM>{r}</XDIM><YDIM>-{r}</YDIM></Geoposition>"
+        for r in (10, 20, 60)
+    )
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<n1:Level-2A_Tile_ID xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/'
+        'S2_PDI_Level-2A_Tile_Metadata.xsd"><n1:Geometric_Info>'
+        '<Tile_Geocoding metadataLevel="Brief"><HORIZONTAL_CS_NAME>WGS84 / UTM zone 31N'
+        f"</HORIZONTAL_CS_NAME><HORIZONTAL_CS_CODE>EPSG:{EPSG}</HORIZONTAL_CS_CODE>{geo}"
+        "</Tile_Geocoding><Tile_Angles>"
+        f"<Sun_Angles_Grid><Zenith>{grid(sz)}</Zenith><Azimuth>{grid(sa)}</Azimuth>"
+        f"</Sun_Angles_Grid>{view}</Tile_Angles></n1:Geometric_Info></n1:Level-2A_Tile_ID>"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(xml)
 
 
 def _footprint(left: float, top: float, width_m: float, height_m: float):
@@ -240,6 +286,12 @@ def make_catalog(
                         continue
                     _write_cog(root / rel, a, left, TOP, res, 0)
                     _asset(item, k, href(rel), a.shape, left, TOP, res)
+                rel = f"cogs/{iid}/MTD_TL.xml"
+                write_granule_metadata(root / rel, src.angles[d])
+                item.add_asset(
+                    "granule-metadata",
+                    pystac.Asset(href(rel), media_type="application/xml", roles=["metadata"]),
+                )
                 s2.add_item(item)
     if "sentinel-1-rtc" in collections:
         s1 = pystac.Collection("sentinel-1-rtc", "S1 RTC-like (test excerpt)", extent)

@@ -343,3 +343,32 @@ def test_catalog_without_collection(tmp_path, src):
 
         search_items(None, CATALOGS["earth-search"], "s1", bbox=[0, 0, 1, 1],
                      start=START, end=END)  # fmt: skip
+
+
+def test_nbar_with_local_granule_metadata(catalog, src, cube):
+    pytest.importorskip("sen2nbar")
+    from sen2nbar.c_factor import c_factor
+
+    c = build_cube(**_place(), start="2018-10-18", end="2018-10-18", catalog=str(catalog),
+                   progress=False, sensors=("s2",), nbar=True)  # fmt: skip
+    base = cube.sel(time=c["time"].values)
+    sz, sa, vz, va = src.angles["2018-10-18"]
+    ratio = c["s2"].values[0] / base["s2"].values[0]
+    for k, band in enumerate(S2_BANDS):
+        r = ratio[k][np.isfinite(ratio[k])]
+        if band == "B8A":  # sen2nbar has no coefficients for B8A
+            np.testing.assert_allclose(r, 1.0, atol=1e-6)
+            continue
+        exp = float(_c_scalar(c_factor, sz, vz, sa - va, band))
+        assert 0.85 < exp < 1.15 and abs(exp - 1) > 1e-4
+        np.testing.assert_allclose(r, exp, rtol=2e-5)
+    assert c.attrs["latentcube_config"].count('"nbar":true') == 1
+
+
+def _c_scalar(c_factor, sz, vz, phi, band):
+    import xarray as xr
+
+    def one(v):
+        return xr.DataArray([v], dims="band", coords={"band": [band]})
+
+    return c_factor(xr.DataArray(sz), one(vz), one(phi)).values[0]

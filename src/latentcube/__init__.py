@@ -37,6 +37,9 @@ _LAZY = {
     "write_embedding": "latentcube.inference",
     "open_embedding": "latentcube.inference",
     "run_demo": "latentcube.demo",
+    "build_cube": "latentcube.cube.build",
+    "CubeSpec": "latentcube.cube.build",
+    "grid_for": "latentcube.grid",
 }
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "SENSORS",
     "AutoencoderConfig",
     "CubeError",
+    "CubeSpec",
     "LatentcubeError",
     "LossConfig",
     "ModelError",
@@ -53,8 +57,10 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "build_autoencoder",
+    "build_cube",
     "embed",
     "extract_windows",
+    "grid_for",
     "load_checkpoint",
     "load_demo_cube",
     "make_cube",

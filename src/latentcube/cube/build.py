@@ -145,6 +145,11 @@ class CubeSpec(BaseModel):
         Acquisitions of the centred rolling mean (linear power).
     s1_orbit
         ``"both"``, ``"ascending"`` or ``"descending"``.
+    nbar
+        Correct S2 reflectance to nadir view (NBAR) with the c-factor of
+        sen2nbar (``pip install 'latentcube[nbar]'``), computed from each
+        item's granule metadata. sen2nbar has no coefficients for B8A, which is
+        left uncorrected (as in sen2nbar).
     resampling_s2, resampling_s1
         GDAL resampling of the reflectance bands (SCL is always ``nearest``)
         and of the backscatter.
@@ -174,6 +179,7 @@ class CubeSpec(BaseModel):
     s1_orbit: Literal["both", "ascending", "descending"] = "both"
     resampling_s2: str = "nearest"
     resampling_s1: str = "bilinear"
+    nbar: bool = False
     time_chunk: int = Field(default=8, ge=1)
     tile: int = Field(default=256, ge=16)
     chunks: dict[str, int] = Field(default_factory=lambda: {"time": 16, "y": 128, "x": 128})
@@ -199,6 +205,7 @@ class _Plan:
     s2_times: np.ndarray
     s2_assets: dict[str, str]
     s2_offsets: list[str | None]
+    s2_metadata: list[str | None]
     s1_items: list[Any]
     s1_groups: list[list[int]]
     s1_times: np.ndarray
@@ -309,6 +316,22 @@ def _s2_offset_key(item: Any) -> str | None:
     return None if base is None else str(base)
 
 
+def _metadata_hrefs(items: Sequence[Any]) -> list[str | None]:
+    from latentcube.cube.nbar import METADATA_ASSETS, require_sen2nbar
+
+    require_sen2nbar()
+    out: list[str | None] = []
+    for it in items:
+        key = next((k for k in METADATA_ASSETS if k in it.assets), None)
+        if key is None:
+            raise StacError(
+                f"nbar=True needs the granule metadata of every S2 item; item {it.id!r} has "
+                f"no asset {' or '.join(METADATA_ASSETS)} (it has {', '.join(sorted(it.assets))})"
+            )
+        out.append(it.assets[key].get_absolute_href() or it.assets[key].href)
+    return out
+
+
 def _plan(
     info: GridInfo,
     t0: pd.Timestamp,
@@ -375,6 +398,7 @@ def _plan(
         s2_times=s2_times,
         s2_assets=s2_assets,
         s2_offsets=[_s2_offset_key(it) for it in s2_items],
+        s2_metadata=_metadata_hrefs(s2_items) if spec.nbar else [None] * len(s2_items),
         s1_items=s1_items,
         s1_groups=s1_groups,
         s1_times=s1_times,
@@ -430,6 +454,17 @@ def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction
     for k, i in enumerate(idx):
         dn = np.stack([arrays[b][k] for b in bands])
         refl[k] = remove_baseline_offset(dn, plan.s2_offsets[i])
+        href = plan.s2_metadata[i]
+        if href is not None:
+            from latentcube.cube.nbar import nbar_factor
+
+            factor = with_retries(
+                lambda h=href: nbar_factor(h, gb, bands, patch_url=patch),
+                what=f"reading the granule metadata of {plan.s2_items[i].id}",
+                max_retries=spec.max_retries,
+                backoff=spec.backoff,
+            )
+            refl[k] = np.clip(refl[k] * factor, 0.0, 1.0)
     scl = arrays["SCL"].astype(np.uint8)
     valid = np.asarray(mask(refl, scl, bands), dtype=bool)
     if valid.shape != scl.shape:
