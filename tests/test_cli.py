@@ -152,3 +152,27 @@ def test_embed_with_a_corrupt_checkpoint(tmp_path):
     )
     assert res.exit_code == 2 and "not a readable latentcube checkpoint" in res.output
     assert not (tmp_path / "e.zarr").exists()
+
+
+@pytest.mark.shared
+def test_cube_command_builds_a_store_and_reports_bad_input(tmp_path):
+    from conftest import shared_path
+    from stac_catalog import FLANDERS, PATCH, centre_lonlat, make_catalog, read_source
+
+    cat = make_catalog(tmp_path / "stac", read_source(shared_path(FLANDERS, PATCH)))
+    lon, lat = centre_lonlat()
+    out = tmp_path / "cube.zarr"
+    args = ["cube", "--lat", str(lat), "--lon", str(lon), "--size-m", "640",
+            "--start", "2018-09-15", "--end", "2018-10-20", "--catalog", str(cat),
+            "--no-progress"]  # fmt: skip
+    res = runner.invoke(app, [*args, "--out", str(out), "--sensors", "s2,s1"])
+    assert res.exit_code == 0, res.output
+    assert "3 dates x 64 x 64 px" in res.output and "S1 matched on 2 dates" in res.output
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "2/3 dates matched" in res.output
+    bad = [a if a != "2018-09-15" else "2018-11-01" for a in args]
+    res = runner.invoke(app, [*bad, "--out", str(tmp_path / "bad.zarr")])
+    assert res.exit_code == 2 and "after end" in res.output
+    assert not (tmp_path / "bad.zarr").exists()
+    res = runner.invoke(app, ["cube", "--help"])
+    assert "--bbox" in res.output and "--catalog" in res.output
