@@ -264,7 +264,7 @@ def make_catalog(
                 pieces = [("-w", WEST_COLS, west_scl), ("-e", EAST_COLS, scl)]
             for suffix, (c0, c1), scl_piece in pieces:
                 iid = f"S2_{d.replace('-', '')}{suffix}"
-                left = LEFT + c0 * 10.0
+                left = LEFT + c0 * 10.0 if repeat == 1 else LEFT
                 width = (c1 - c0) * 10.0 if repeat == 1 else size
                 item = _item(
                     iid,

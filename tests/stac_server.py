@@ -33,11 +33,23 @@ class StacServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, root: Path, *, fail_first: int = 0, fail_every: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fail_first: int = 0,
+        fail_every: int = 0,
+        fail_per_file: int = 0,
+        fail_file: dict[str, int] | None = None,
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = Path(root)
         self.fail_remaining = fail_first
         self.fail_every = fail_every
+        self.fail_per_file = fail_per_file  # every .tif: the first n requests get 503
+        self.fail_file = dict(fail_file or {})  # path -> first n requests get 503
+        self.file_requests: dict[str, int] = {}
+        self.failed_paths: list[str] = []
         self.lock = threading.Lock()
         self.requests = 0
         self.failed = 0
@@ -86,15 +98,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, head: bool) -> None:
         srv = self.server
+        path_only = urlsplit(self.path).path.lstrip("/")
         with srv.lock:
             srv.requests += 1
+            n = srv.file_requests[path_only] = srv.file_requests.get(path_only, 0) + 1
             fail = srv.fail_remaining > 0 or (
                 srv.fail_every > 0 and srv.requests % srv.fail_every == 0
             )
+            if path_only.endswith(".tif") and n <= srv.fail_per_file:
+                fail = True
+            if n <= srv.fail_file.get(path_only, 0):
+                fail = True
             if srv.fail_remaining > 0:
                 srv.fail_remaining -= 1
             if fail:
                 srv.failed += 1
+                srv.failed_paths.append(path_only)
         if fail:
             self._send(503, b"busy", head=head)
             return

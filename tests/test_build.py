@@ -247,14 +247,30 @@ def test_store_resumes_by_time_chunk_and_is_idempotent(tmp_path, catalog, cube):
 
 
 def test_http_catalog_with_transient_503s(catalog, cube):
-    with StacServer(catalog.parent, fail_first=3, fail_every=7) as srv:
+    # the first 3 requests (catalog JSON) and the first request of every COG get 503
+    with StacServer(catalog.parent, fail_first=3, fail_per_file=1) as srv:
         c = build_cube(
             **_place(), start=START, end=END, catalog=f"{srv.url}/catalog.json",
             progress=False, backoff=0.01,
         )  # fmt: skip
-        assert srv.failed > 3  # the first three and every 7th request failed
+        tifs = {p for p in srv.failed_paths if p.endswith(".tif")}
+        assert len(tifs) >= 40 and srv.failed >= 3 + len(tifs)
     np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
     np.testing.assert_array_equal(c["s1"].values, cube["s1"].values)
+
+
+def test_load_retried_as_a_whole_when_http_retries_run_out(catalog, cube):
+    # GDAL retries once (max_retries=1); this COG fails 3 times, so the load is
+    # repeated as a whole, past GDAL's cache of the failed URL
+    bad = "cogs/S2_20181018/B04.tif"
+    with StacServer(catalog.parent, fail_file={bad: 3}) as srv:
+        c = build_cube(
+            **_place(), start=START, end=END, catalog=f"{srv.url}/catalog.json",
+            progress=False, backoff=0.01, max_retries=1, sensors=("s2",),
+        )  # fmt: skip
+        assert srv.failed_paths.count(bad) == 3
+        assert srv.file_requests[bad] > 3
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
 
 
 def test_planetary_computer_signing_and_resigning(tmp_path, src, cube, monkeypatch):

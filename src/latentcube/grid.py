@@ -17,6 +17,7 @@ share pixel edges.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ def _check_lonlat(lon: float, lat: float) -> None:
         raise GridError(f"longitude {lon} is outside [-180, 180]")
 
 
+@functools.lru_cache(maxsize=1024)
 def utm_epsg(lat: float, lon: float) -> int:
     """EPSG code of the WGS 84 UTM zone of a point, as cubo picks it.
 
@@ -130,15 +132,16 @@ def _to_utm(epsg: int, lon: float, lat: float) -> tuple[float, float]:
 
 
 def _zones_between(lon_min: float, lon_max: float, lat: float) -> tuple[int, ...]:
-    """UTM zones (EPSG) along a parallel from ``lon_min`` to ``lon_max``."""
-    zones: list[int] = []
-    steps = max(2, int(math.ceil((lon_max - lon_min) / 1.0)) + 1)
-    for i in range(steps):
-        lon = lon_min + (lon_max - lon_min) * i / (steps - 1)
-        z = utm_epsg(lat, lon)
-        if z not in zones:
-            zones.append(z)
-    return tuple(zones)
+    """UTM zones (EPSG) along a parallel from ``lon_min`` to ``lon_max``.
+
+    Zone numbers come from the 6-degree rule (``utm_epsg`` is a database query,
+    slow to repeat); the rare exceptions (Norway, Svalbard) only matter for the
+    warning, the grid always uses :func:`utm_epsg` of the centre.
+    """
+    base = 32600 if lat >= 0 else 32700
+    first = int((lon_min + 180.0) // 6.0) % 60 + 1
+    last = int((min(lon_max, 179.999999) + 180.0) // 6.0) % 60 + 1
+    return tuple(base + z for z in range(first, last + 1))
 
 
 def _box(epsg: int, e: float, n: float, half_px_x: int, half_px_y: int, res: float) -> GeoBox:

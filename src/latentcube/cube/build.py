@@ -45,7 +45,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
 from latentcube.cube.schema import provenance, validate_cube
-from latentcube.cube.sentinel1 import linear_to_db, match_dates, normalise_db, smooth_linear
+from latentcube.cube.sentinel1 import linear_to_db, match_dates, normalise_db
 from latentcube.cube.sentinel2 import SCL_INVALID, remove_baseline_offset, scl_valid
 from latentcube.cube.stac import (
     S1_ASSETS,
@@ -426,6 +426,28 @@ def _padded(geobox: Any, ys: slice, xs: slice, halo: int) -> Any:
     return GeoBox((ny, nx), Affine(a.a, 0.0, origin[0], 0.0, a.e, origin[1]), geobox.crs)
 
 
+def _load_with_retries(fn: Any, spec: CubeSpec, what: str) -> Any:
+    """Run one load, repeating it as a whole (re-signed, GDAL cache bypassed) on failure."""
+    retried = False
+
+    def bypass_cache() -> None:
+        nonlocal retried
+        retried = True
+        configure_http(spec.max_retries, max(spec.backoff, 0.01), cache=False)
+
+    try:
+        return with_retries(
+            fn,
+            what=what,
+            max_retries=spec.max_retries,
+            backoff=spec.backoff,
+            on_retry=bypass_cache,
+        )
+    finally:
+        if retried:
+            configure_http(spec.max_retries, max(spec.backoff, 0.01))
+
+
 def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction) -> Any:
     spec = plan.spec
     halo = int(getattr(mask, "halo", 0))
@@ -434,7 +456,7 @@ def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction
     idx = [i for g in groups for i in g]
     items = [plan.s2_items[i] for i in idx]
     patch = signer(plan.sign)
-    arrays = with_retries(
+    arrays = _load_with_retries(
         lambda: load_items(
             items,
             plan.s2_assets,
@@ -445,15 +467,18 @@ def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction
             patch_url=patch,
             pool=spec.pool,
         ),
-        what=f"loading S2 dates {dates.start}-{dates.stop - 1}",
-        max_retries=spec.max_retries,
-        backoff=spec.backoff,
+        spec,
+        f"loading S2 dates {dates.start}-{dates.stop - 1}",
     )
     bands = spec.s2_bands
     refl = np.empty((len(items), len(bands), *gb.shape), np.float32)
+    luts: dict[str | None, np.ndarray] = {}
     for k, i in enumerate(idx):
-        dn = np.stack([arrays[b][k] for b in bands])
-        refl[k] = remove_baseline_offset(dn, plan.s2_offsets[i])
+        key = plan.s2_offsets[i]
+        if key not in luts:  # DN -> reflectance as a 65536-entry table: one gather per band
+            luts[key] = remove_baseline_offset(np.arange(65536, dtype=np.uint16), key)
+        for b, band in enumerate(bands):
+            np.take(luts[key], arrays[band][k], out=refl[k, b])
         href = plan.s2_metadata[i]
         if href is not None:
             from latentcube.cube.nbar import nbar_factor
@@ -465,7 +490,7 @@ def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction
                 backoff=spec.backoff,
             )
             refl[k] = np.clip(refl[k] * factor, 0.0, 1.0)
-    scl = arrays["SCL"].astype(np.uint8)
+    scl = arrays["SCL"].astype(np.uint8, copy=False)
     valid = np.asarray(mask(refl, scl, bands), dtype=bool)
     if valid.shape != scl.shape:
         raise StacError(f"the mask function returned shape {valid.shape}, expected {scl.shape}")
@@ -479,7 +504,7 @@ def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction
     for d, g in enumerate(groups):
         for _ in g:
             take = valid[k] & ~out_valid[d]
-            out[d][:, take] = refl[k][:, take]
+            np.copyto(out[d], refl[k], where=take[None])
             out_valid[d] |= take
             k += 1
     return out, out_valid
@@ -492,14 +517,21 @@ def _load_s1(plan: _Plan, dates: range, ys: slice, xs: slice) -> tuple[np.ndarra
     match = plan.s1_match[dates.start : dates.stop]
     need: set[int] = set()
     for m in match[match >= 0]:
-        need.update(int(v) for v in (m, plan.s1_prev[m], plan.s1_next[m]) if v >= 0)
+        need.add(int(m))
+        for step in (plan.s1_prev, plan.s1_next):  # the window's neighbours
+            n = int(m)
+            for _ in range(spec.s1_window // 2):
+                n = int(step[n])
+                if n < 0:
+                    break
+                need.add(n)
     if not need:
         return out, np.zeros((len(dates), *shape), bool)
     order = sorted(need)
     idx = [i for g in order for i in plan.s1_groups[g]]
     items = [plan.s1_items[i] for i in idx]
     gb = _padded(plan.info.geobox, ys, xs, 0)
-    arrays = with_retries(
+    arrays = _load_with_retries(
         lambda: load_items(
             items,
             plan.s1_assets,
@@ -510,33 +542,39 @@ def _load_s1(plan: _Plan, dates: range, ys: slice, xs: slice) -> tuple[np.ndarra
             patch_url=signer(plan.sign),
             pool=spec.pool,
         ),
-        what=f"loading S1 for S2 dates {dates.start}-{dates.stop - 1}",
-        max_retries=spec.max_retries,
-        backoff=spec.backoff,
+        spec,
+        f"loading S1 for S2 dates {dates.start}-{dates.stop - 1}",
     )
-    per_item = np.stack([arrays[b] for b in S1_BANDS], axis=1).astype(np.float64)
+    per_item = np.stack([arrays[b] for b in S1_BANDS], axis=1).astype(np.float32, copy=False)
     per_item[~(per_item > 0)] = np.nan  # no data, and non-physical power
     lin: dict[int, np.ndarray] = {}
     k = 0
     for g in order:  # fuse the tiles of one acquisition: first finite value wins
-        acc = np.full(per_item.shape[1:], np.nan)
-        for _ in plan.s1_groups[g]:
-            acc = np.where(np.isfinite(acc), acc, per_item[k])
+        acc = per_item[k].copy()
+        k += 1
+        for _ in plan.s1_groups[g][1:]:
+            np.copyto(acc, per_item[k], where=np.isnan(acc))
             k += 1
         lin[g] = acc
-    missing = np.full(per_item.shape[1:], np.nan)
     half = spec.s1_window // 2
     for d, m in enumerate(match):
         if m < 0:
             continue
-        seq = [lin[int(m)]]
+        # centred mean over the window of acquisitions of the same orbit direction,
+        # NaN-aware (pandas rolling(window, center=True, min_periods=1).mean())
+        total = np.where(np.isnan(lin[int(m)]), np.float32(0), lin[int(m)])
+        count = np.isfinite(lin[int(m)]).astype(np.float32)
         prev, nxt = int(m), int(m)
-        for _ in range(half):  # neighbours of the same orbit direction
+        for _ in range(half):
             prev = int(plan.s1_prev[prev]) if prev >= 0 else -1
             nxt = int(plan.s1_next[nxt]) if nxt >= 0 else -1
-            seq.insert(0, lin.get(prev, missing) if prev >= 0 else missing)
-            seq.append(lin.get(nxt, missing) if nxt >= 0 else missing)
-        smooth = smooth_linear(np.stack(seq), window=len(seq))[half]
+            for n in (prev, nxt):
+                if n >= 0:
+                    fin = np.isfinite(lin[n])
+                    total += np.where(fin, lin[n], np.float32(0))
+                    count += fin
+        with np.errstate(invalid="ignore", divide="ignore"):
+            smooth = total / count
         out[d] = normalise_db(linear_to_db(smooth))
     valid = np.isfinite(out).all(axis=1)
     out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan

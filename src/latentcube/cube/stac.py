@@ -450,7 +450,7 @@ def group_items(
     return groups, times
 
 
-def configure_http(max_retries: int = 5, retry_delay: float = 0.5) -> None:
+def configure_http(max_retries: int = 5, retry_delay: float = 0.5, *, cache: bool = True) -> None:
     """Configure GDAL (used by odc-stac for COG reads) for cloud reads with retries.
 
     Parameters
@@ -459,8 +459,13 @@ def configure_http(max_retries: int = 5, retry_delay: float = 0.5) -> None:
         ``GDAL_HTTP_MAX_RETRY``: retries on 429/5xx answers.
     retry_delay
         ``GDAL_HTTP_RETRY_DELAY`` in seconds; GDAL doubles it at every retry.
+    cache
+        False switches off GDAL's cache of remote file properties
+        (``CPL_VSIL_CURL_NON_CACHED``), which also remembers failed reads: a
+        load retried after GDAL gave up on a URL must bypass it.
     """
     odc_stac = _need("odc.stac")
+    extra = {} if cache else {"CPL_VSIL_CURL_NON_CACHED": "/vsicurl/"}
     odc_stac.configure_rio(
         cloud_defaults=True,
         GDAL_HTTP_MAX_RETRY=str(int(max_retries)),
@@ -470,6 +475,7 @@ def configure_http(max_retries: int = 5, retry_delay: float = 0.5) -> None:
         GDAL_HTTP_MULTIRANGE="YES",
         GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="YES",
         VSI_CACHE="FALSE",
+        **extra,
     )
 
 
@@ -548,7 +554,8 @@ def load_items(
 def _transient(err: BaseException) -> bool:
     text = f"{type(err).__name__}: {err}".lower()
     words = ("timed out", "timeout", "connection", "temporarily", "503", "502", "504", "500",
-             "429", "reset by peer", "curl error", "http response code", "403", "forbidden")
+             "429", "reset by peer", "curl error", "http response code", "403", "forbidden",
+             "/vsicurl/")  # fmt: skip
     return any(w in text for w in words)
 
 
@@ -559,6 +566,7 @@ def with_retries(
     max_retries: int = 3,
     backoff: float = 1.0,
     sleep: Callable[[float], None] | None = None,
+    on_retry: Callable[[], None] | None = None,
 ) -> Any:
     """Call ``fn`` and retry transient failures with exponential backoff.
 
@@ -577,6 +585,8 @@ def with_retries(
         Wait ``backoff * 2 ** n`` seconds before retry ``n + 1``.
     sleep
         Sleep function (for tests); :func:`time.sleep` by default.
+    on_retry
+        Called before every retry.
 
     Returns
     -------
@@ -602,6 +612,8 @@ def with_retries(
                     f"{what} failed after {attempt + 1} attempt(s): {type(err).__name__}: {err}"
                 ) from err
             wait(backoff * 2**attempt)
+            if on_retry is not None:
+                on_retry()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
