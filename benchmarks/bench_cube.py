@@ -36,8 +36,9 @@ START, END = "2018-09-15", "2018-10-20"
 
 
 def _catalog(work: Path, repeat: int) -> Path:
-    from conftest import SHARED
     from stac_catalog import FLANDERS, PATCH, make_catalog, read_source
+
+    from conftest import SHARED
 
     cat = work / f"stac-{repeat}" / "catalog.json"
     if not cat.exists():
@@ -51,9 +52,7 @@ def _place(repeat: int) -> dict:
     from stac_catalog import LEFT, TOP
 
     half = 320.0 * repeat
-    lon, lat = Transformer.from_crs(32631, 4326, always_xy=True).transform(
-        LEFT + half, TOP - half
-    )
+    lon, lat = Transformer.from_crs(32631, 4326, always_xy=True).transform(LEFT + half, TOP - half)
     return {"lat": lat, "lon": lon, "size_m": 2 * half}
 
 
@@ -161,6 +160,22 @@ def main() -> None:
             f"ratio build_cube / rasterio read: {build / raw:.1f} (native), "
             f"{build / raw_grid:.1f} (onto the grid); target <= 2"
         )
+        # where the time goes: one profiled build
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        total = _build(cat, r, work / "cube-prof.zarr")
+        prof.disable()
+        cum = {}
+        for (f, _, name), (_, _, _, ct, _) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+            if ("odc/stac" in f and name == "load") or (
+                "latentcube" in f and name in ("_load_s2", "_load_s1", "write_zarr", "_plan")
+            ):
+                cum[name if name != "load" else "odc.stac.load"] = cum.get(name, 0.0) + ct
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(cum.items()))
+        print(f"profiled build {total:.2f} s: {parts} (_load_* include odc.stac.load)")
         # 2) peak memory per area, each build in a fresh process
         rows = []
         for r in sizes:
@@ -172,7 +187,10 @@ def main() -> None:
                 f"{res['seconds']:.2f} s, peak RSS {res['peak_mib']:.0f} MiB"
             )
         (r0, a), (r1, b) = rows[0], rows[-1]
-        unit_mib = 8 * 13 * 256 * 256 * 4 / 2**20
+        from latentcube.cube.build import CubeSpec
+
+        spec = CubeSpec()
+        unit_mib = spec.time_chunk * 12 * spec.tile**2 * 4 / 2**20
         print(
             f"peak RSS growth {b['peak_mib'] - a['peak_mib']:+.0f} MiB for "
             f"{(r1 / r0) ** 2:.0f}x the area; one loading unit's float32 arrays: "

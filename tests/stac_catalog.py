@@ -67,7 +67,9 @@ class Source:
 
 def read_source(folder: Path) -> Source:
     """Read the patch with plain xarray (no latentcube code), raw integers."""
-    f = {p: next(folder.glob(f"{p}_*.nc")) for p in ("S2_L2A_10m", "S2_L2A_20m", "S1_GRD-ASCENDING")}
+    f = {
+        p: next(folder.glob(f"{p}_*.nc")) for p in ("S2_L2A_10m", "S2_L2A_20m", "S1_GRD-ASCENDING")
+    }
     src = Source()
     with (
         xr.open_dataset(f["S2_L2A_10m"], mask_and_scale=False) as a,
@@ -75,17 +77,26 @@ def read_source(folder: Path) -> Source:
         xr.open_dataset(f["S1_GRD-ASCENDING"], mask_and_scale=False) as s,
     ):
         for d in S2_DATES:
-            ia = int(np.flatnonzero(a.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0])
+            ia = int(
+                np.flatnonzero(a.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0]
+            )
             src.s2_time[d] = a.timestamp.values[ia]
             src.s2_dn[d] = {k: a[k].values[ia] for k in S2_10M}
             src.s2_dn[d].update({k: b[k].values[ia] for k in S2_20M})
             src.scl[d] = b["SCL"].values[ia]
             src.angles[d] = tuple(  # sun zenith, sun azimuth, view zenith, view azimuth
                 float(b[k].values[ia])
-                for k in ("sunZenithAngles", "sunAzimuthAngles", "viewZenithMean", "viewAzimuthMean")
+                for k in (
+                    "sunZenithAngles",
+                    "sunAzimuthAngles",
+                    "viewZenithMean",
+                    "viewAzimuthMean",
+                )
             )
         for d in S1_DATES:
-            i = int(np.flatnonzero(s.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0])
+            i = int(
+                np.flatnonzero(s.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0]
+            )
             src.s1_time[d] = s.timestamp.values[i]
             src.s1_db[d] = {p: s[p].values[i].astype(np.float64) * 1e-4 for p in ("VV", "VH")}
     return src

@@ -16,8 +16,6 @@ from latentcube.errors import StacError
 from latentcube.grid import UTMZoneWarning
 from latentcube.io import open_zarr
 from latentcube.sensors import S2_BANDS
-
-from conftest import shared_path
 from stac_catalog import (
     BASELINE4_DATE,
     CLOUDY_DATE,
@@ -32,6 +30,8 @@ from stac_catalog import (
     up2,
 )
 from stac_server import StacServer
+
+from conftest import shared_path
 
 pytestmark = pytest.mark.shared
 
@@ -65,9 +65,9 @@ def cube(catalog):
 def _refl(src, date):
     """(band, 64, 64) reflectance = DN / 10000, 20 m bands repeated 2 x 2."""
     dn = src.s2_dn[date]
-    return np.stack(
-        [dn[b] if b in S2_10M else up2(dn[b]) for b in S2_BANDS]
-    ).astype(np.float64) / 1e4
+    return (
+        np.stack([dn[b] if b in S2_10M else up2(dn[b]) for b in S2_BANDS]).astype(np.float64) / 1e4
+    )
 
 
 def _dilate1(m):
@@ -149,14 +149,16 @@ def test_s1_rolling_mean_db_and_matching(cube, src):
     i = _day(cube, SPLIT_DATE)
     assert s1_time[i] == src.s1_time["2018-09-19"]
     np.testing.assert_allclose(
-        cube["s1"].values[i], _s1_expected(src, ["2018-09-13", "2018-09-19", "2018-09-25"]),
+        cube["s1"].values[i],
+        _s1_expected(src, ["2018-09-13", "2018-09-19", "2018-09-25"]),
         atol=2e-6,
     )
     # 10-13 -> 10-07 (5.7 days); 10-13 and 10-19 are missing, so its next neighbour is 10-25
     i = _day(cube, BASELINE4_DATE)
     assert s1_time[i] == src.s1_time["2018-10-07"]
     np.testing.assert_allclose(
-        cube["s1"].values[i], _s1_expected(src, ["2018-10-01", "2018-10-07", "2018-10-25"]),
+        cube["s1"].values[i],
+        _s1_expected(src, ["2018-10-01", "2018-10-07", "2018-10-25"]),
         atol=2e-6,
     )
     # 10-18: nearest S1 is 7.3 days away -> masked, never filled

@@ -156,8 +156,9 @@ def test_embed_with_a_corrupt_checkpoint(tmp_path):
 
 @pytest.mark.shared
 def test_cube_command_builds_a_store_and_reports_bad_input(tmp_path):
-    from conftest import shared_path
     from stac_catalog import FLANDERS, PATCH, centre_lonlat, make_catalog, read_source
+
+    from conftest import shared_path
 
     cat = make_catalog(tmp_path / "stac", read_source(shared_path(FLANDERS, PATCH)))
     lon, lat = centre_lonlat()

@@ -186,7 +186,7 @@ def _lon_span(gb: GeoBox) -> tuple[float, float]:
     from pyproj import Transformer
 
     bb = gb.boundingbox
-    tr = Transformer.from_crs(gb.crs.to_wkt(), "EPSG:4326", always_xy=True)
+    tr = Transformer.from_crs(str(gb.crs), "EPSG:4326", always_xy=True)
     lon_w, _, lon_e, _ = tr.transform_bounds(bb.left, bb.bottom, bb.right, bb.top, densify_pts=21)
     return float(lon_w), float(lon_e)
 
@@ -244,7 +244,9 @@ def grid_info_bbox(
     from pyproj import Transformer
 
     tr = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True)
-    left, bottom, right, top = tr.transform_bounds(lon_min, lat_min, lon_max, lat_max, densify_pts=21)
+    left, bottom, right, top = tr.transform_bounds(
+        lon_min, lat_min, lon_max, lat_max, densify_pts=21
+    )
     e, n = _to_utm(epsg, lon_c, lat_c)
     e = round(e / resolution) * resolution
     n = round(n / resolution) * resolution

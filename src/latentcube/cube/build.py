@@ -28,7 +28,9 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -53,7 +55,6 @@ from latentcube.cube.stac import (
     StacError,
     configure_http,
     group_items,
-    item_datetime,
     load_items,
     needs_signing,
     open_client,
@@ -252,7 +253,7 @@ def _neighbours(times: np.ndarray, orbits: Sequence[str]) -> tuple[np.ndarray, n
     nxt = np.full(len(times), -1, np.int64)
     for orbit in set(orbits):
         idx = [i for i in np.argsort(times, kind="stable") if orbits[i] == orbit]
-        for a, b in zip(idx[:-1], idx[1:], strict=True):
+        for a, b in itertools.pairwise(idx):
             nxt[a], prev[b] = b, a
     return prev, nxt
 
@@ -270,9 +271,7 @@ def _check_dates(start: Any, end: Any) -> tuple[pd.Timestamp, pd.Timestamp]:
     if pd.isna(t0) or pd.isna(t1):
         raise StacError(f"start and end are required dates, got start={start!r}, end={end!r}")
     if t0 > t1:
-        raise StacError(
-            f"start {t0.date()} is after end {t1.date()}: give the dates in time order"
-        )
+        raise StacError(f"start {t0.date()} is after end {t1.date()}: give the dates in time order")
     return t0, t1
 
 
@@ -299,7 +298,7 @@ def _lonlat_bbox(info: GridInfo) -> list[float]:
     from pyproj import Transformer
 
     bb = info.geobox.boundingbox
-    tr = Transformer.from_crs(info.geobox.crs.to_wkt(), "EPSG:4326", always_xy=True)
+    tr = Transformer.from_crs(f"EPSG:{info.epsg}", "EPSG:4326", always_xy=True)
     w, s, e, n = tr.transform_bounds(bb.left, bb.bottom, bb.right, bb.top, densify_pts=21)
     return [float(w), float(s), float(e), float(n)]
 
@@ -484,7 +483,7 @@ def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction
             from latentcube.cube.nbar import nbar_factor
 
             factor = with_retries(
-                lambda h=href: nbar_factor(h, gb, bands, patch_url=patch),
+                functools.partial(nbar_factor, href, gb, bands, patch_url=patch),
                 what=f"reading the granule metadata of {plan.s2_items[i].id}",
                 max_retries=spec.max_retries,
                 backoff=spec.backoff,
@@ -576,7 +575,7 @@ def _load_s1(plan: _Plan, dates: range, ys: slice, xs: slice) -> tuple[np.ndarra
         with np.errstate(invalid="ignore", divide="ignore"):
             smooth = total / count
         out[d] = normalise_db(linear_to_db(smooth))
-    valid = np.isfinite(out).all(axis=1)
+    valid = np.asarray(np.isfinite(out).all(axis=1))
     out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
     return out, valid
 
@@ -664,7 +663,7 @@ def _run_unit(plan: _Plan, unit: tuple[int, int, int], store: Path, mask: MaskFu
     ys = slice(i * spec.tile, min((i + 1) * spec.tile, ny))
     xs = slice(j * spec.tile, min((j + 1) * spec.tile, nx))
     s2, s2v = _load_s2(plan, dates, ys, xs, mask)
-    group = zarr.open_group(store, mode="r+")
+    group: Any = zarr.open_group(store, mode="r+")
     ts = slice(dates.start, dates.stop)
     if plan.with_s1:
         s1, s1v = _load_s1(plan, dates, ys, xs)
@@ -706,7 +705,7 @@ class _Staging:
             gm = var.encoding.get("grid_mapping") or var.attrs.get("grid_mapping")
             if gm:  # an explicit encoding must keep the CRS link
                 enc[str(name)]["grid_mapping"] = gm
-        tpl.to_zarr(  # type: ignore[call-overload]
+        tpl.to_zarr(
             self.store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc
         )
         request.write_text(json.dumps({"fingerprint": fp}))
@@ -845,7 +844,9 @@ def build_cube(
     except ValueError as err:
         raise StacError(f"invalid cube options: {err}") from None
     if "s2" not in spec.sensors:
-        raise StacError(f"sensors must include 's2' (the S2 dates are the time axis), got {sensors}")
+        raise StacError(
+            f"sensors must include 's2' (the S2 dates are the time axis), got {sensors}"
+        )
     t0, t1 = _check_dates(start, end)
     info = _grid(lat, lon, size_m, bbox, spec.resolution)
     if mask is None:
@@ -935,4 +936,3 @@ def _execute(
     # values were checked unit by unit (_check_unit) and dates without a valid
     # pixel dropped above; the layout is checked on the store as written
     return validate_cube(open_zarr(path), check_values=False)
-
