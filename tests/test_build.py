@@ -245,6 +245,20 @@ def test_store_resumes_by_time_chunk_and_is_idempotent(tmp_path, catalog, cube):
         build_cube(**{**kw, "min_valid_fraction": 0.5}, out=out)
 
 
+def test_units_on_a_dask_cluster_give_the_same_cube(catalog, cube):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        c = build_cube(
+            **_place(), start=START, end=END, catalog=str(catalog), progress=False,
+            tile=32, scheduler=cluster.scheduler_address,
+        )  # fmt: skip
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
+    np.testing.assert_array_equal(c["s1"].values, cube["s1"].values)
+
+
 # ------------------------------------------------------------------------ HTTP layer
 
 

@@ -312,6 +312,16 @@ def cube(
     nbar: Annotated[
         bool, typer.Option(help="BRDF-correct S2 to nadir (NBAR) with sen2nbar.")
     ] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Load on Dask: 'local' (a local cluster) or a scheduler address; default "
+            "in this process, one unit at a time."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes of the local Dask cluster.")
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing store built for another request.")
     ] = False,
@@ -356,6 +366,8 @@ def cube(
                 max_cloud_cover=max_cloud_cover,
                 s1_max_gap_days=s1_max_gap_days,
                 nbar=nbar,
+                scheduler=scheduler,
+                workers=workers,
             )
         for w in caught:
             if "zone" in str(w.message):

@@ -658,6 +658,7 @@ def _run_unit(plan: _Plan, unit: tuple[int, int, int], store: Path, mask: MaskFu
 
     k, i, j = unit
     spec = plan.spec
+    configure_http(spec.max_retries, max(spec.backoff, 0.01))  # also in Dask workers
     ny, nx = plan.info.geobox.shape
     dates = range(k * spec.time_chunk, min((k + 1) * spec.time_chunk, len(plan.s2_times)))
     ys = slice(i * spec.tile, min((i + 1) * spec.tile, ny))
@@ -779,6 +780,8 @@ def build_cube(
     mask: MaskFunction | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
     **options: Any,
 ) -> xr.Dataset:
     """Build a Sentinel-2 (+ Sentinel-1) cube in the latentcube data model from STAC.
@@ -810,6 +813,14 @@ def build_cube(
         built for the same request is returned as it is (idempotent).
     progress
         Show a progress bar over loading units.
+    scheduler
+        ``None`` (default): load the units one after the other in this process
+        (memory: one unit). ``"local"``: a ``distributed.LocalCluster`` with
+        ``workers`` single-threaded processes (scripts need an
+        ``if __name__ == "__main__":`` guard); or the address of a running Dask
+        scheduler. Each unit is one task that writes its own chunks.
+    workers
+        Worker processes of the local cluster (default: one per core).
     **options
         Fields of :class:`CubeSpec`.
 
@@ -879,10 +890,54 @@ def build_cube(
         tmp_root = Path(tempfile.mkdtemp(prefix="latentcube-cube-"))
         staging = _Staging(tmp_root / "partial")
     try:
-        return _execute(plan, staging, path, mask, overwrite, progress)
+        return _execute(plan, staging, path, mask, progress, scheduler, workers)
     finally:
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _run_on_dask(
+    plan: _Plan,
+    todo: Sequence[tuple[int, int, int]],
+    staging: _Staging,
+    mask: MaskFunction,
+    scheduler: str,
+    workers: int | None,
+    bar: Any,
+) -> None:
+    """Run loading units as Dask tasks (each writes its own chunks), marking them as they end."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
+    client = Client(cluster or scheduler)
+    try:
+        futures = {
+            client.submit(
+                _run_unit,
+                plan,
+                unit,
+                staging.store,
+                mask,
+                key="latentcube-cube-{}-{}-{}".format(*unit),
+                pure=False,
+            ): unit
+            for unit in todo
+        }
+        for fut in as_completed(futures):
+            fut.result()
+            staging.marker(futures[fut]).touch()
+            bar.update(1)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _execute(
@@ -890,19 +945,32 @@ def _execute(
     staging: _Staging,
     path: Path | None,
     mask: MaskFunction,
-    overwrite: bool,
     progress: bool,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> xr.Dataset:
     from tqdm.auto import tqdm
 
     from latentcube.io import open_zarr, write_zarr
 
     staging.open(plan)
-    todo = [u for u in _units(plan) if not staging.marker(u).exists()]
-    bar = tqdm(todo, desc="cube", unit="unit", disable=not progress or not todo)
-    for unit in bar:
-        _run_unit(plan, unit, staging.store, mask)
-        staging.marker(unit).touch()
+    units = _units(plan)
+    todo = [u for u in units if not staging.marker(u).exists()]
+    bar = tqdm(
+        total=len(units),
+        initial=len(units) - len(todo),
+        desc="cube",
+        unit="unit",
+        disable=not progress or not todo,
+    )
+    if scheduler is None or not todo:
+        for unit in todo:
+            _run_unit(plan, unit, staging.store, mask)
+            staging.marker(unit).touch()
+            bar.update(1)
+    else:
+        _run_on_dask(plan, todo, staging, mask, scheduler, workers, bar)
+    bar.close()
     st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})
     frac = st["s2_valid"].mean(dim=("y", "x")).values
     keep = (frac >= plan.spec.min_valid_fraction) & (frac > 0)
