@@ -549,13 +549,15 @@ def load_items(
     return {inv[str(name)]: ds[name].values for name in ds.data_vars if name in inv}
 
 
-#: Exceptions worth retrying at the level of one load call (after the HTTP
-#: layer's own retries): interrupted or refused reads.
 def _transient(err: BaseException) -> bool:
+    """Whether a failed load is worth repeating: HTTP 403/429/5xx, timeouts, remote reads."""
+    import re
+
     text = f"{type(err).__name__}: {err}".lower()
-    words = ("timed out", "timeout", "connection", "temporarily", "503", "502", "504", "500",
-             "429", "reset by peer", "curl error", "http response code", "403", "forbidden",
-             "/vsicurl/")  # fmt: skip
+    if re.search(r"\b(403|429|500|502|503|504)\b", text):
+        return True
+    words = ("timed out", "timeout", "connection", "temporarily", "reset by peer",
+             "curl error", "http response code", "forbidden", "/vsicurl/")  # fmt: skip
     return any(w in text for w in words)
 
 
