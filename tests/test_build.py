@@ -404,3 +404,51 @@ def _c_scalar(c_factor, sz, vz, phi, band):
         return xr.DataArray([v], dims="band", coords={"band": [band]})
 
     return c_factor(xr.DataArray(sz), one(vz), one(phi)).values[0]
+
+
+_KILL_SCRIPT = """
+import sys, time
+sys.path[:0] = {paths!r}
+from latentcube.cube.build import build_cube, SCLMask
+
+class SlowMask(SCLMask):
+    def __call__(self, refl, scl, bands):
+        time.sleep(0.3)
+        return super().__call__(refl, scl, bands)
+
+SlowMask.__qualname__ = "FlakyMask"  # the same request as the rerun below
+build_cube(lat={lat!r}, lon={lon!r}, size_m=640, start={start!r}, end={end!r},
+           catalog={catalog!r}, out={out!r}, progress=False, time_chunk=1, tile=64,
+           mask=SlowMask())
+"""
+
+
+def test_sigkill_half_way_then_rerun_gives_the_same_cube(tmp_path, catalog, cube):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "cube.zarr"
+    root = Path(__file__).resolve().parents[1]
+    code = _KILL_SCRIPT.format(
+        paths=[str(root / "src"), str(root / "tests")], **_place(), start=START, end=END,
+        catalog=str(catalog), out=str(out),
+    )  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    done = tmp_path / ".cube.zarr.partial" / "done"
+    t0 = time.time()
+    while time.time() - t0 < 120 and not (done.exists() and len(list(done.iterdir())) >= 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(done.iterdir()))
+    assert 2 <= n_done < 4 and not out.exists()
+    FlakyMask.calls, FlakyMask.budget = 0, 10**9
+    c = build_cube(**_place(), start=START, end=END, catalog=str(catalog), out=out,
+                   progress=False, time_chunk=1, tile=64, mask=FlakyMask())  # fmt: skip
+    assert FlakyMask.calls == 4 - n_done
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
+    np.testing.assert_array_equal(c["s1"].values, cube["s1"].values)
