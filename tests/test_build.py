@@ -145,22 +145,15 @@ def test_same_day_tiles_merged_clear_pixel_wins(cube, src):
 
 def test_s1_rolling_mean_db_and_matching(cube, src):
     s1_time = cube["s1_time"].values
-    # 09-18 -> 09-19 (mean with its neighbours 09-13 and 09-25)
-    i = _day(cube, SPLIT_DATE)
-    assert s1_time[i] == src.s1_time["2018-09-19"]
-    np.testing.assert_allclose(
-        cube["s1"].values[i],
-        _s1_expected(src, ["2018-09-13", "2018-09-19", "2018-09-25"]),
-        atol=2e-6,
-    )
-    # 10-13 -> 10-07 (5.7 days); 10-13 and 10-19 are missing, so its next neighbour is 10-25
-    i = _day(cube, BASELINE4_DATE)
-    assert s1_time[i] == src.s1_time["2018-10-07"]
-    np.testing.assert_allclose(
-        cube["s1"].values[i],
-        _s1_expected(src, ["2018-10-01", "2018-10-07", "2018-10-25"]),
-        atol=2e-6,
-    )
+    # 09-18 -> 09-19 (mean with its neighbours 09-13 and 09-25); 10-13 -> 10-07 (5.7 days):
+    # 10-13 and 10-19 are missing, so the next neighbour of 10-07 is 10-25
+    for date, match, window in [
+        (SPLIT_DATE, "2018-09-19", ["2018-09-13", "2018-09-19", "2018-09-25"]),
+        (BASELINE4_DATE, "2018-10-07", ["2018-10-01", "2018-10-07", "2018-10-25"]),
+    ]:
+        i = _day(cube, date)
+        assert s1_time[i] == src.s1_time[match]
+        np.testing.assert_allclose(cube["s1"].values[i], _s1_expected(src, window), atol=2e-6)
     # 10-18: nearest S1 is 7.3 days away -> masked, never filled
     i = _day(cube, "2018-10-18")
     assert np.isnat(s1_time[i])
