@@ -445,3 +445,18 @@ def test_sigkill_half_way_then_rerun_gives_the_same_cube(tmp_path, catalog, cube
     assert FlakyMask.calls == 4 - n_done
     np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
     np.testing.assert_array_equal(c["s1"].values, cube["s1"].values)
+
+
+def test_bbox_area_covers_the_box_on_the_same_pixels(catalog, cube):
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(32631, 4326, always_xy=True)
+    w, s, e, n = tr.transform_bounds(574700.0, 5621820.0, 575300.0, 5622420.0)
+    c = build_cube(bbox=(w, s, e, n), start=START, end=END, catalog=str(catalog),
+                   progress=False, sensors=("s2",))  # fmt: skip
+    left, bottom, right, top = c.rio.bounds()
+    assert left <= 574700 and bottom <= 5621820 and right >= 575300 and top >= 5622420
+    assert (left - 574680) % 10 == 0 and (top - 5622440) % 10 == 0  # same pixel lattice
+    inner = c.sel(x=cube.x[2:-2], y=cube.y[2:-2])
+    ref = cube.sel(x=cube.x[2:-2], y=cube.y[2:-2])
+    np.testing.assert_array_equal(inner["s2"].values, ref["s2"].values)

@@ -175,5 +175,10 @@ def test_cube_command_builds_a_store_and_reports_bad_input(tmp_path):
     res = runner.invoke(app, [*bad, "--out", str(tmp_path / "bad.zarr")])
     assert res.exit_code == 2 and "after end" in res.output
     assert not (tmp_path / "bad.zarr").exists()
+    res = runner.invoke(app, ["cube", "--bbox", "4.05", "50.74", "4.07", "50.75", "--start",
+                              "2018-10-18", "--end", "2018-10-18", "--catalog", str(cat),
+                              "--sensors", "s2", "--out", str(tmp_path / "b.zarr"),
+                              "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["cube", "--help"])
     assert "--bbox" in res.output and "--catalog" in res.output
