@@ -28,6 +28,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "FUSION_FORMAT",
+    "default_model_path",
     "load_any",
     "load_checkpoint",
     "load_fusion_checkpoint",
@@ -325,3 +326,16 @@ def load_any(
     if ck["meta"]["format"] == FUSION_FORMAT:
         return load_fusion_checkpoint(path)
     return load_checkpoint(path)
+
+
+def default_model_path() -> Path:
+    """Folder of the fused S1 + S2 ``fast`` model shipped with latentcube (see its MODEL_CARD.md)."""
+    from importlib import resources
+
+    p = Path(str(resources.files("latentcube") / "samples" / "default_model"))
+    if not (p / "model.pt").is_file():
+        raise FileNotFoundError(
+            f"the shipped default model is missing at {p}; rebuild it with "
+            "scripts/train_default_model.py or pass --model"
+        )
+    return p

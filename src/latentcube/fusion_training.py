@@ -18,12 +18,13 @@ import csv
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 
 from latentcube.bundle import read_checkpoint, save_fusion_checkpoint
 from latentcube.data.multisensor import FusionWindows
@@ -42,6 +43,7 @@ from latentcube.training import TrainConfig, TrainResult, _result, _seed_everyth
 __all__ = [
     "evaluate_fusion",
     "extend_fusion",
+    "fit_fusion",
     "fusion_latents",
     "fusion_train_config",
     "train_fusion",
@@ -433,3 +435,78 @@ def fusion_train_config(name: str = "quick") -> TrainConfig:
     if name == "paper":
         return base.model_copy(update={"plateau_factor": 0.3, "plateau_patience": 9, "min_lr": 3.5e-7})
     return base
+
+
+def fit_fusion(
+    cubes: Sequence[xr.Dataset],
+    autoencoders: Mapping[str, str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    mode: str = "frozen",
+    sensor_dropout: float = 0.0,
+    loss_weights: Mapping[str, float] | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Train a fused model from stage-1 checkpoints and cubes (what ``latentcube train --stage fusion`` runs).
+
+    Parameters
+    ----------
+    cubes
+        Cubes holding every sensor; split into training and validation as in
+        stage 1 (by cube, or by spatial blocks of a single cube).
+    autoencoders
+        Stage-1 checkpoints per sensor, reference (S2) first. With ``base``,
+        only the sensors to add.
+    out_dir
+        Output folder (``best.pt`` is the model bundle).
+    base
+        An existing fused bundle to extend with the sensors of ``autoencoders``:
+        its autoencoders stay frozen, the new ones and the fusion layers train.
+    mode
+        ``"frozen"`` or ``"finetune"`` (see :class:`FusionConfig`).
+    sensor_dropout, loss_weights
+        See :class:`FusionConfig`.
+    config
+        Optimisation settings (default: ``fusion_train_config("quick")``).
+    resume, progress, provenance
+        See :func:`train_fusion`.
+    """
+    from latentcube.bundle import load_checkpoint, load_fusion_checkpoint
+    from latentcube.data.multisensor import split_fusion_windows
+
+    cfg = config or fusion_train_config("quick")
+    aes: dict[str, ContextAutoencoder] = {}
+    for s, path in autoencoders.items():
+        aes[s] = load_checkpoint(path, sensor=s)[0]
+    extra = {"sensor_dropout": sensor_dropout, "loss_weights": dict(loss_weights or {})}
+    torch.manual_seed(cfg.seed)
+    if base is not None:
+        base_model, _ = load_fusion_checkpoint(base)
+        model = extend_fusion(base_model, aes, mode=mode, seed=cfg.seed, **extra)
+    else:
+        if not aes:
+            raise ModelError("no stage-1 autoencoders given")
+        model = FusionModel(FusionConfig.for_autoencoders(aes, mode=mode, **extra), aes)
+    ref = model.autoencoders[model.config.reference].config
+    bands = {s: ae.config.bands for s, ae in model.autoencoders.items()}
+    tr, va = split_fusion_windows(
+        cubes, model.sensors, bands, window=ref.window, seed=cfg.seed
+    )
+    return train_fusion(
+        model,
+        tr,
+        va,
+        cfg,
+        out_dir,
+        resume=resume,
+        progress=progress,
+        provenance={
+            **dict(provenance or {}),
+            "autoencoders": {s: str(p) for s, p in autoencoders.items()},
+            "base": str(base) if base else "",
+        },
+    )
