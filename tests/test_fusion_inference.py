@@ -97,3 +97,30 @@ def test_tiling_does_not_change_the_result(setup):
         a["embedding"].values, b["embedding"].values, rtol=1e-5, atol=1e-6, equal_nan=True
     )
     assert np.array_equal(a["sensors"].values, b["sensors"].values)
+
+
+@pytest.mark.shared
+def test_union_axis_embeds_s1_dates_and_keeps_s2_dates(setup, shared):
+    from latentcube.cube.readers import read_worldcereal_patch
+
+    _cube, model = setup
+    folder = shared.path("worldcereal_s1_s2_training_patches_flanders", "00002806639B424A")
+    crop = {"y": slice(0, 17), "x": slice(0, 17)}
+    u = read_worldcereal_patch(folder, time_axis="union").isel({**crop, "time": slice(0, 45)})
+    s2 = read_worldcereal_patch(folder).isel(crop)
+    s2 = s2.sel(time=s2["time"] <= u["time"][-1])
+    a = embed_fused(s2, model, hide=("s1",))
+    b = embed_fused(u, model, hide=("s1",))
+    # S2 is encoded on its own dates on either axis, so S2-only embeddings agree
+    np.testing.assert_allclose(
+        b["embedding"].sel(time=a["time"]).values,
+        a["embedding"].values,
+        rtol=1e-5,
+        atol=1e-6,
+        equal_nan=True,
+    )
+    full = embed_fused(u, model)
+    s1_only = ~u["s2_valid"].any(dim=("y", "x")).values
+    f = full["sensors"].values[s1_only][:, 7:-7, 7:-7]
+    assert (f == 2).any() and not (f & 1).any()
+    assert full.attrs["time_axis"] == "union"

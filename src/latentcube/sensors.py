@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AGERA5",
     "S1_BANDS",
     "S2_BANDS",
     "SENSORS",
@@ -117,6 +118,24 @@ def register_sensor(spec: SensorSpec, *, overwrite: bool = False) -> SensorSpec:
         raise ValueError(f"sensor {spec.name!r} is already registered")
     SENSORS[spec.name] = spec
     return spec
+
+
+#: Daily AgERA5 weather at a patch (a declaration, not registered by default):
+#: :func:`latentcube.cube.readers.attach_agera5` registers it when it adds the data.
+AGERA5 = SensorSpec(
+    name="agera5",
+    bands=("tmean", "tmean_30d", "precip_10d", "rad_10d", "vapour_pressure"),
+    units="daily AgERA5 weather on the S2 day and the days before it, scaled to [0, 1]",
+    latent_dim=2,
+    max_gap_days=0.0,
+    date_matching="daily",
+    normalisation=(
+        "tmean, tmean_30d: (K - 253.15) / 60 (day, 30-day mean); precip_10d: 10-day sum "
+        "mm / 100; rad_10d: 10-day mean J m-2 d-1 / 3.5e7; vapour_pressure: hPa / 30; "
+        "all clipped to [0, 1]"
+    ),
+    model={"conv_channels": (8, 8, 16, 16), "d_model": 32, "n_heads": 2, "ff_dim": 64},
+)
 
 
 def load_sensor_config(

@@ -422,6 +422,9 @@ def validate_cube(
             raise CubeError(f"'s1_time' has dims {cube['s1_time'].dims}, expected ('time',)")
     if check_values:
         per_date = cube["s2_valid"].any(dim=("y", "x")).values
+        if cube.attrs.get("time_axis") == "union":  # S2 dates plus dates of other sensors
+            for s in sensors[1:]:
+                per_date = per_date | cube[f"{s}_valid"].any(dim=("y", "x")).values
         if not per_date.all():
             bad = [np.datetime_as_string(t, "D") for t in cube["time"].values[~per_date][:5]]
             raise CubeError(
