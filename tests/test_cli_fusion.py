@@ -22,7 +22,7 @@ def _train(args):
 
 
 def test_train_fusion_and_embed(tmp_path):
-    cube = write_zarr(tiny_cube(n_time=22, ny=34, nx=34, seed=2), tmp_path / "c.zarr")
+    cube = write_zarr(tiny_cube(n_time=18, ny=34, nx=34, seed=2), tmp_path / "c.zarr")
     common = ["--model", "tiny", "--max-epochs", "1", "--seed", "1"]
     for s in ("s2", "s1"):
         _train([str(cube), "--out", str(tmp_path / s), "--sensor", s, *common])
