@@ -125,8 +125,9 @@ def main() -> None:
     print(f"stage-1 S2 step / fusion step (frozen, cached latents):   {s2 / fz:6.1f}x")
     print(f"stage-1 S1 step / fusion step (frozen, cached latents):   {s1 / fz:6.1f}x")
     print(f"stage-1 S2 step / fusion step incl. cache over 15 epochs: {s2 / amort:6.1f}x")
-    print(f"stage-1 S2 step / fusion step (frozen, no cache):         {s2 / res['fusion_frozen']:6.1f}x")
-    print(f"stage-1 S2 step / fusion step (fine-tuned):               {s2 / res['fusion_finetune']:6.1f}x")
+    nc, ft = res["fusion_frozen"], res["fusion_finetune"]
+    print(f"stage-1 S2 step / fusion step (frozen, no cache):         {s2 / nc:6.1f}x")
+    print(f"stage-1 S2 step / fusion step (fine-tuned):               {s2 / ft:6.1f}x")
 
 
 if __name__ == "__main__":

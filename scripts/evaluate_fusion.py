@@ -1,6 +1,6 @@
 """Evidence for the fusion model on held-out real data (the tables of docs/fusion.md).
 
-Usage: ``nice -n 5 python scripts/evaluate_fusion.py [--shared ../shared/data] [--work build/default-model]``
+Usage: ``nice -n 5 python scripts/evaluate_fusion.py [--shared DIR] [--work DIR]``
 after ``scripts/train_default_model.py``.
 
 Test data: WorldCereal patch 0000280849BAC91C (Flanders, 2018-2019), never seen in
@@ -91,7 +91,11 @@ def run(shared: Path, work: Path) -> None:
         if not path.exists():
             continue
         model, _ = load_fusion_checkpoint(path)
-        for name, vis in (("S1+S2", (True, True)), ("S2 only", (True, False)), ("S1 only", (False, True))):
+        for name, vis in (
+            ("S1+S2", (True, True)),
+            ("S2 only", (True, False)),
+            ("S1 only", (False, True)),
+        ):
             visible = torch.tensor(vis).expand(n, -1)
             out = model(b, visible=visible, decode=False)
             z = out.embedding

@@ -1,6 +1,6 @@
 """Train the default model bundle shipped in ``latentcube/samples/default_model``.
 
-Usage: ``nice -n 5 python scripts/train_default_model.py [--shared ../shared/data] [--work build/default-model]``.
+Usage: ``nice -n 5 python scripts/train_default_model.py [--shared DIR] [--work DIR]``.
 
 Steps: stage 1 (S2, S1 ``fast`` autoencoders), the frozen S1 + S2 fusion model (shipped),
 a fine-tuned fusion model (for comparison, not shipped), and AgERA5 weather added as a third
@@ -131,7 +131,9 @@ def add_agera5(shared: Path, work: Path, bundle: Path) -> Path:
     fcfg = fusion_train_config("quick").model_copy(
         update={"max_epochs": AGERA5_FUSION_EPOCHS, "seed": SEED, "num_threads": 1}
     )
-    res = train_fusion(model, ftr, fva, fcfg, work / "fusion_agera5", provenance={"base": str(bundle)})
+    res = train_fusion(
+        model, ftr, fva, fcfg, work / "fusion_agera5", provenance={"base": str(bundle)}
+    )
     after = model.state_dict()
     same = all(torch.equal(v, after[k]) for k, v in before.items())
     print(

@@ -58,7 +58,8 @@ def test_train_fusion_and_embed(tmp_path):
     n = int(ds["valid"].sum())
     assert n > 0 and np.isfinite(ds["embedding"].values[:, ds["valid"].values]).all()
     res = runner.invoke(
-        app, ["embed", str(cube), "--model", str(fused), "--out", str(tmp_path / "e1"), "--hide", "s2"]
+        app,
+        ["embed", str(cube), "--model", str(fused), "--out", str(tmp_path / "e1"), "--hide", "s2"],
     )
     assert res.exit_code == 0, res.output
     assert not (open_embedding(tmp_path / "e1")["sensors"].values & 1).any()
@@ -66,11 +67,22 @@ def test_train_fusion_and_embed(tmp_path):
 
 def test_fusion_cli_errors(tmp_path):
     cube = write_zarr(tiny_cube(n_time=14, ny=20, nx=20), tmp_path / "c.zarr")
-    res = runner.invoke(app, ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "fusion"])
+    res = runner.invoke(
+        app, ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "fusion"]
+    )
     assert res.exit_code == 2 and "--autoencoder" in res.output
     res = runner.invoke(
         app,
-        ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "fusion", "--autoencoder", "s2"],
+        [
+            "train",
+            str(cube),
+            "--out",
+            str(tmp_path / "f"),
+            "--stage",
+            "fusion",
+            "--autoencoder",
+            "s2",
+        ],
     )
     assert res.exit_code == 2 and "SENSOR=CHECKPOINT" in res.output
     res = runner.invoke(

@@ -130,9 +130,14 @@ def test_add_sensor_touches_no_existing_weight(tmp_path, wx_sensor):
     fuser_before = _state(ext.fuser)
     train_fusion(ext, tr3, va3, _cfg(), tmp_path / "ext", progress=False)
     for s in ("s2", "s1"):
-        assert _same(_state(ext.autoencoders[s]), {
-            k.split(".", 2)[2]: v for k, v in old_state.items() if k.startswith(f"autoencoders.{s}.")
-        }), s
+        assert _same(
+            _state(ext.autoencoders[s]),
+            {
+                k.split(".", 2)[2]: v
+                for k, v in old_state.items()
+                if k.startswith(f"autoencoders.{s}.")
+            },
+        ), s
     assert not _same(wx_before, _state(ext.autoencoders["wx"]))  # the new encoder/decoder learn
     assert not _same(fuser_before, _state(ext.fuser))  # and so do the fusion layers
     # the old bundle is untouched, still loads and embeds exactly as before
@@ -184,8 +189,10 @@ SCRIPT = textwrap.dedent(
     tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=4)
     aes = _aes()
     torch.manual_seed(1)
-    model = FusionModel(FusionConfig.for_autoencoders(aes, mode="finetune", sensor_dropout=0.3), aes)
-    res = train_fusion(model, tr, va, _cfg(max_epochs=4, num_threads=1), sys.argv[1], progress=False)
+    cfg = FusionConfig.for_autoencoders(aes, mode="finetune", sensor_dropout=0.3)
+    model = FusionModel(cfg, aes)
+    cfg = _cfg(max_epochs=4, num_threads=1)
+    res = train_fusion(model, tr, va, cfg, sys.argv[1], progress=False)
     print("DONE", res.best_val)
     """
 )
@@ -205,7 +212,9 @@ def test_sigkill_resume_equals_uninterrupted(tmp_path):
     ref = subprocess.run([*run, str(tmp_path / "ref")], env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*run, str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*run, str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if (out / "metrics.csv").exists() and len(_rows(out / "metrics.csv")) >= 2:
@@ -221,3 +230,19 @@ def test_sigkill_resume_equals_uninterrupted(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         for k in ("train_loss", "val_loss", "val_centre_mae", "step"):
             assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-6, abs=1e-9), (k, ra, rb)
+
+
+def test_sensor_declaration_yaml_matches_the_builtin(tmp_path):
+    from latentcube.sensors import AGERA5, load_sensor_config
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_sensor_config(root / "docs" / "examples" / "agera5.yaml", register=False)
+    assert spec == AGERA5
+    assert AutoencoderConfig.preset("fast", "s2").conv_channels == (32, 48, 64, 64)
+    try:
+        ensure_sensor(AGERA5)
+        assert AutoencoderConfig.preset("fast", "agera5").conv_channels == (8, 8, 16, 16)
+        with pytest.raises(ValueError, match="another declaration"):
+            ensure_sensor(AGERA5.model_copy(update={"latent_dim": 5}))
+    finally:
+        SENSORS.pop("agera5", None)

@@ -236,7 +236,6 @@ def save_fusion_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    aes = model.autoencoders
     meta = {
         "format": FUSION_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -244,7 +243,9 @@ def save_fusion_checkpoint(
         "fusion_config": cfg.model_dump(mode="json"),
         "mode": cfg.mode,
         "sensors": list(cfg.sensors),
-        "autoencoder_configs": {s: aes[s].config.model_dump(mode="json") for s in cfg.sensors},
+        "autoencoder_configs": {
+            s: model.autoencoder(s).config.model_dump(mode="json") for s in cfg.sensors
+        },
         "sensor_specs": {
             s: SENSORS[s].model_dump(mode="json") for s in cfg.sensors if s in SENSORS
         },
@@ -329,7 +330,7 @@ def load_any(
 
 
 def default_model_path() -> Path:
-    """Folder of the fused S1 + S2 ``fast`` model shipped with latentcube (see its MODEL_CARD.md)."""
+    """Folder of the fused S1 + S2 ``fast`` model shipped with latentcube (see MODEL_CARD.md)."""
     from importlib import resources
 
     p = Path(str(resources.files("latentcube") / "samples" / "default_model"))

@@ -33,10 +33,15 @@ __all__ = ["embed_fused", "embed_fused_block"]
 
 
 def _sensor_latents(
-    model: FusionModel, sensor: str, data: np.ndarray, valid: np.ndarray, days: np.ndarray, dates: np.ndarray
+    model: FusionModel,
+    sensor: str,
+    data: np.ndarray,
+    valid: np.ndarray,
+    days: np.ndarray,
+    dates: np.ndarray,
 ) -> np.ndarray:
     """(L, T, oy, ox) stage-1 latents of one sensor on the dates ``dates`` (NaN elsewhere)."""
-    ae = model.autoencoders[sensor]
+    ae = model.autoencoder(sensor)
     fn = embed_block if ae.supports_dense else embed_windows
     h = ae.config.window // 2
     n_t, _, ny, nx = data.shape
@@ -108,7 +113,7 @@ def embed_fused_block(
     emb = np.full((cfg.embed_dim, *shape), np.nan, np.float32)
     err = np.full(shape, np.nan, np.float32)
     flags = (present * (1 << np.arange(len(cfg.sensors)))).sum(axis=-1).astype(np.uint8)
-    ae_ref = model.autoencoders[ref]
+    ae_ref = model.autoencoder(ref)
     h, c = ae_ref.config.window // 2, ae_ref.config.n_dates // 2
     tt, yy, xx = np.nonzero(present.any(axis=-1))
     for i in range(0, len(tt), batch_size):
@@ -126,9 +131,9 @@ def embed_fused_block(
             ok = valid[ref][t, y + h, x + h] & (p >= c) & (p < len(ref_dates) - c)
             if ok.any():
                 tk = t[ok]
-                g = np.stack(
-                    [np.diff(days[ref_dates[k - c : k + c + 1]]) for k in p[ok]]
-                ).astype(np.int64)
+                g = np.stack([np.diff(days[ref_dates[k - c : k + c + 1]]) for k in p[ok]]).astype(
+                    np.int64
+                )
                 rec = model.decode_centre(z[torch.from_numpy(ok)], ref, torch.from_numpy(g))
                 truth = data[ref][tk, :, y[ok] + h, x[ok] + h]
                 err[tk, y[ok], x[ok]] = (rec.numpy() - truth).__abs__().mean(axis=1)
@@ -176,11 +181,11 @@ def embed_fused(
     from tqdm.auto import tqdm
 
     cfg = model.config
-    cube = select_bands(cube, {s: model.autoencoders[s].config.bands for s in cfg.sensors})
+    cube = select_bands(cube, {s: model.autoencoder(s).config.bands for s in cfg.sensors})
     arrs = {s: CubeArrays.from_cube(cube, s) for s in cfg.sensors}
     offsets = {s: sensor_offsets(cube, s) for s in cfg.sensors}
     days = arrs[cfg.reference].days
-    h = max(ae.config.window for ae in model.autoencoders.values()) // 2
+    h = max(model.autoencoder(s).config.window for s in cfg.sensors) // 2
     n_t, _, ny, nx = arrs[cfg.reference].data.shape
     emb = np.full((cfg.embed_dim, n_t, ny, nx), np.nan, np.float32)
     flags = np.zeros((n_t, ny, nx), np.uint8)
@@ -224,7 +229,7 @@ def embed_fused(
             f"latentcube fused embedding of {cube.attrs.get('source', 'a cube')}",
             fusion_config=cfg.model_dump_json(),
             autoencoder_configs="; ".join(
-                model.autoencoders[s].config.model_dump_json() for s in cfg.sensors
+                model.autoencoder(s).config.model_dump_json() for s in cfg.sensors
             ),
             sensor="+".join(cfg.sensors),
             hidden_sensors=",".join(hide),

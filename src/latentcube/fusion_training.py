@@ -169,7 +169,7 @@ def extend_fusion(
     data.update(overrides)
     cfg = FusionConfig.model_validate(data)
     torch.manual_seed(seed)
-    aes = {s: copy.deepcopy(base.autoencoders[s]) for s in old_cfg.sensors}
+    aes = {s: copy.deepcopy(base.autoencoder(s)) for s in old_cfg.sensors}
     aes.update({s: copy.deepcopy(autoencoders[s]) for s in new})
     model = FusionModel(cfg, aes)
     own = model.state_dict()
@@ -232,7 +232,9 @@ def train_fusion(
         raise ModelError("no validation windows: enlarge the validation split")
     for w in (train_windows, val_windows):
         if set(w.sensors) != set(fcfg.sensors):
-            raise ModelError(f"windows hold sensors {list(w.sensors)}, the model {list(fcfg.sensors)}")
+            raise ModelError(
+                f"windows hold sensors {list(w.sensors)}, the model {list(fcfg.sensors)}"
+            )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last, best, metrics_csv = out / "last.pt", out / "best.pt", out / "metrics.csv"
@@ -270,7 +272,7 @@ def train_fusion(
     identity = {
         "fusion_config": fcfg.model_dump(mode="json"),
         "autoencoders": {
-            s: model.autoencoders[s].config.model_dump(mode="json") for s in fcfg.sensors
+            s: model.autoencoder(s).config.model_dump(mode="json") for s in fcfg.sensors
         },
         "train_config": cfg.model_dump(mode="json", exclude={"max_seconds", "num_threads"}),
         "loss_configs": {s: c.model_dump(mode="json") for s, c in loss_cfgs.items()},
@@ -433,7 +435,9 @@ def fusion_train_config(name: str = "quick") -> TrainConfig:
 
     base = train_config_preset(name)
     if name == "paper":
-        return base.model_copy(update={"plateau_factor": 0.3, "plateau_patience": 9, "min_lr": 3.5e-7})
+        return base.model_copy(
+            update={"plateau_factor": 0.3, "plateau_patience": 9, "min_lr": 3.5e-7}
+        )
     return base
 
 
@@ -451,7 +455,7 @@ def fit_fusion(
     progress: bool = True,
     provenance: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a fused model from stage-1 checkpoints and cubes (what ``latentcube train --stage fusion`` runs).
+    """Train a fused model from stage-1 checkpoints and cubes (``train --stage fusion``).
 
     Parameters
     ----------
@@ -491,11 +495,9 @@ def fit_fusion(
         if not aes:
             raise ModelError("no stage-1 autoencoders given")
         model = FusionModel(FusionConfig.for_autoencoders(aes, mode=mode, **extra), aes)
-    ref = model.autoencoders[model.config.reference].config
-    bands = {s: ae.config.bands for s, ae in model.autoencoders.items()}
-    tr, va = split_fusion_windows(
-        cubes, model.sensors, bands, window=ref.window, seed=cfg.seed
-    )
+    ref = model.autoencoder(model.config.reference).config
+    bands = {s: model.autoencoder(s).config.bands for s in model.sensors}
+    tr, va = split_fusion_windows(cubes, model.sensors, bands, window=ref.window, seed=cfg.seed)
     return train_fusion(
         model,
         tr,

@@ -94,7 +94,9 @@ SENSORS: dict[str, SensorSpec] = {
         units="backscatter, (clip(dB, -30, 5) + 30) / 35",
         latent_dim=2,
         max_gap_days=6.0,
-        normalisation="3-acquisition rolling mean in linear power, then (clip(dB, -30, 5) + 30) / 35",
+        normalisation=(
+            "3-acquisition rolling mean in linear power, then (clip(dB, -30, 5) + 30) / 35"
+        ),
     ),
 }
 
@@ -134,7 +136,7 @@ AGERA5 = SensorSpec(
         "mm / 100; rad_10d: 10-day mean J m-2 d-1 / 3.5e7; vapour_pressure: hPa / 30; "
         "all clipped to [0, 1]"
     ),
-    model={"conv_channels": (8, 8, 16, 16), "d_model": 32, "n_heads": 2, "ff_dim": 64},
+    model={"conv_channels": [8, 8, 16, 16], "d_model": 32, "n_heads": 2, "ff_dim": 64},
 )
 
 

@@ -30,11 +30,11 @@ __all__ = [
     "demo_cube_path",
     "load_demo_cube",
     "open_cube",
+    "read_agera5",
     "read_geotiff_stack",
     "read_greenearthnet",
     "read_openeo_mol",
     "read_worldcereal_labels",
-    "read_agera5",
     "read_worldcereal_patch",
 ]
 
@@ -222,7 +222,7 @@ def _union_dates(
 
 
 def read_agera5(folder: str | os.PathLike[str]) -> pd.DataFrame:
-    """Daily AgERA5 weather of a WorldCereal patch as the bands of :data:`~latentcube.sensors.AGERA5`.
+    """Daily AgERA5 weather of a WorldCereal patch, as the bands of ``sensors.AGERA5``.
 
     Parameters
     ----------

@@ -488,7 +488,8 @@ def add_sensor(
         raise CubeError(f"the cube already has a sensor {sensor!r}")
     valid = np.isfinite(data).all(axis=1) if valid is None else np.asarray(valid, dtype=bool)
     if valid.shape != (shape[0], *shape[2:]):
-        raise CubeError(f"{sensor}_valid has shape {valid.shape}, expected {(shape[0], *shape[2:])}")
+        want = (shape[0], *shape[2:])
+        raise CubeError(f"{sensor}_valid has shape {valid.shape}, expected {want}")
     dim = band_dim(sensor)
     out = cube.assign_coords({dim: list(bands)})
     out[sensor] = (("time", dim, "y", "x"), np.where(valid[:, None], data, np.float32(np.nan)))

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -282,6 +282,10 @@ class FusionModel(nn.Module):
         )
         self.apply_mode()
 
+    def autoencoder(self, sensor: str) -> ContextAutoencoder:
+        """The stage-1 autoencoder of ``sensor``."""
+        return cast(ContextAutoencoder, self.autoencoders[sensor])
+
     @property
     def sensors(self) -> tuple[str, ...]:
         """Sensors in token order."""
@@ -312,9 +316,11 @@ class FusionModel(nn.Module):
 
     def encode_sensor(self, sensor: str, batch: SensorBatch) -> Tensor:
         """Stage-1 latent (B, latent_dim) of one sensor's windows."""
-        return self.autoencoders[sensor].encode(batch.x, batch.mask, batch.gaps)
+        return self.autoencoder(sensor).encode(batch.x, batch.mask, batch.gaps)
 
-    def fuse(self, latents: Mapping[str, Tensor], offsets: Mapping[str, Tensor], present: Tensor) -> Tensor:
+    def fuse(
+        self, latents: Mapping[str, Tensor], offsets: Mapping[str, Tensor], present: Tensor
+    ) -> Tensor:
         """The embedding from per-sensor latents.
 
         Parameters
@@ -351,13 +357,11 @@ class FusionModel(nn.Module):
 
     def decode(self, embedding: Tensor, gaps: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Per-sensor reconstructions of the whole context window from the embedding."""
-        return {
-            s: self.autoencoders[s].decode(self.heads[s](embedding), gaps[s]) for s in gaps
-        }
+        return {s: self.autoencoder(s).decode(self.heads[s](embedding), gaps[s]) for s in gaps}
 
     def decode_centre(self, embedding: Tensor, sensor: str, gaps: Tensor) -> Tensor:
         """Reconstruction (B, C) of one sensor's centre pixel and date from the embedding."""
-        return self.autoencoders[sensor].decode_centre(self.heads[sensor](embedding), gaps)
+        return self.autoencoder(sensor).decode_centre(self.heads[sensor](embedding), gaps)
 
     def forward(
         self,
