@@ -58,6 +58,10 @@ def demo(
     ] = "fast",
     seed: Annotated[int, typer.Option(help="Random seed of split, sampling and training.")] = 42,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    pretrained: Annotated[
+        bool,
+        typer.Option(help="Skip training: embed with the shipped fused S1+S2 model."),
+    ] = False,
 ) -> None:
     """Run the whole pipeline once on a bundled real sample, offline.
 
@@ -82,6 +86,7 @@ def demo(
             seed=seed,
             progress=progress,
             log=typer.echo,
+            pretrained=pretrained,
         )
     except (LatentcubeError, FileNotFoundError) as err:
         _fail(str(err))
