@@ -52,6 +52,27 @@ def _atomic_save(obj: Any, path: Path) -> None:
             tmp.unlink()
 
 
+def _write_model_file(
+    path: Path,
+    meta: Mapping[str, Any],
+    model: torch.nn.Module,
+    training_state: Mapping[str, Any] | None,
+) -> Path:
+    """Write weights + metadata atomically, and the metadata as a ``.json`` sidecar."""
+    payload = {
+        "meta_json": json.dumps(meta),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if training_state is not None:
+        payload["training_state"] = dict(training_state)
+    _atomic_save(payload, path)
+    sidecar = path.with_suffix(".json")
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, sidecar)
+    return path
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: ContextAutoencoder,
@@ -91,18 +112,7 @@ def save_checkpoint(
         "bands": list(cfg.bands),
         **json.loads(json.dumps(dict(extra or {}), default=str)),
     }
-    payload = {
-        "meta_json": json.dumps(meta),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    if training_state is not None:
-        payload["training_state"] = dict(training_state)
-    _atomic_save(payload, path)
-    sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, sidecar)
-    return path
+    return _write_model_file(path, meta, model, training_state)
 
 
 def read_checkpoint(
@@ -251,18 +261,7 @@ def save_fusion_checkpoint(
         },
         **json.loads(json.dumps(dict(extra or {}), default=str)),
     }
-    payload = {
-        "meta_json": json.dumps(meta),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    if training_state is not None:
-        payload["training_state"] = dict(training_state)
-    _atomic_save(payload, path)
-    sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, sidecar)
-    return path
+    return _write_model_file(path, meta, model, training_state)
 
 
 def resolve_bundle(path: str | os.PathLike[str]) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -239,13 +239,9 @@ def train(
         overrides = yaml.safe_load(config.read_text()) if config else {}
         mcfg = AutoencoderConfig.preset(model, sensor)
         mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), **overrides.get("model", {})})
-        tcfg = train_config_preset(preset)
-        updates = {**overrides.get("train", {}), "seed": seed}
-        if max_seconds is not None:
-            updates["max_seconds"] = max_seconds
-        if max_epochs is not None:
-            updates["max_epochs"] = max_epochs
-        tcfg = type(tcfg).model_validate({**tcfg.model_dump(), **updates})
+        tcfg = _with_overrides(
+            train_config_preset(preset), overrides, seed, max_seconds, max_epochs
+        )
         loaded = [open_cube(c).load() for c in cubes]
         tr, va = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
         typer.echo(f"{len(tr)} training and {len(va)} validation windows from {len(cubes)} cube(s)")
@@ -266,6 +262,22 @@ def train(
         f"best validation centre-pixel MAE {result.best_val:.4f} after {result.epochs} epochs "
         f"({result.stopped}, {result.seconds:.0f} s); model: {result.checkpoint}"
     )
+
+
+def _with_overrides(
+    tcfg: Any,
+    overrides: dict[str, Any],
+    seed: int,
+    max_seconds: float | None,
+    max_epochs: int | None,
+) -> Any:
+    """A training configuration with the YAML ``train:`` section and the CLI options applied."""
+    updates = {**overrides.get("train", {}), "seed": seed}
+    if max_seconds is not None:
+        updates["max_seconds"] = max_seconds
+    if max_epochs is not None:
+        updates["max_epochs"] = max_epochs
+    return type(tcfg).model_validate({**tcfg.model_dump(), **updates})
 
 
 def _train_fusion(
@@ -303,13 +315,9 @@ def _train_fusion(
         _fail(f"--fusion-mode must be 'frozen' or 'finetune', got {mode!r}")
     try:
         overrides = yaml.safe_load(config.read_text()) if config else {}
-        tcfg = fusion_train_config(preset)
-        updates = {**overrides.get("train", {}), "seed": seed}
-        if max_seconds is not None:
-            updates["max_seconds"] = max_seconds
-        if max_epochs is not None:
-            updates["max_epochs"] = max_epochs
-        tcfg = type(tcfg).model_validate({**tcfg.model_dump(), **updates})
+        tcfg = _with_overrides(
+            fusion_train_config(preset), overrides, seed, max_seconds, max_epochs
+        )
         loaded = [open_cube(c).load() for c in cubes]
         result = fit_fusion(
             loaded,
