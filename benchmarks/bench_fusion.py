@@ -6,7 +6,7 @@ All steps use the same real windows (WorldCereal patch 00002806639B424A, batch 3
 ``fast`` configuration, one thread) and include forward, loss, backward and the
 optimiser step. The fusion step in ``frozen`` mode runs on latents computed once per
 run (the frozen encoders give the same latent every epoch), so that one-off cost is
-reported separately and also amortised over a 15-epoch run. Prints medians and ratios
+reported separately and also amortised over a 10-epoch run. Prints medians and ratios
 measured in this run.
 """
 
@@ -121,10 +121,10 @@ def main() -> None:
     s2 = res["stage1_s2"]
     s1 = res["stage1_s1"]
     fz = res["fusion_frozen_cached"]
-    amort = fz + res["latent_cache_per_window"] * BATCH / 15
+    amort = fz + res["latent_cache_per_window"] * BATCH / 10
     print(f"stage-1 S2 step / fusion step (frozen, cached latents):   {s2 / fz:6.1f}x")
     print(f"stage-1 S1 step / fusion step (frozen, cached latents):   {s1 / fz:6.1f}x")
-    print(f"stage-1 S2 step / fusion step incl. cache over 15 epochs: {s2 / amort:6.1f}x")
+    print(f"stage-1 S2 step / fusion step incl. cache over 10 epochs: {s2 / amort:6.1f}x")
     nc, ft = res["fusion_frozen"], res["fusion_finetune"]
     print(f"stage-1 S2 step / fusion step (frozen, no cache):         {s2 / nc:6.1f}x")
     print(f"stage-1 S2 step / fusion step (fine-tuned):               {s2 / ft:6.1f}x")

@@ -101,3 +101,28 @@ def test_fusion_cli_errors(tmp_path):
     assert res.exit_code == 2 and "checkpoint not found" in res.output
     res = runner.invoke(app, ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "3"])
     assert res.exit_code == 2 and "--stage" in res.output
+
+
+def test_shipped_default_model(tmp_path):
+    from latentcube.bundle import default_model_path
+    from latentcube.cube.readers import load_demo_cube
+
+    path = default_model_path()
+    assert (path / "model.pt").stat().st_size < 5 * 2**20
+    assert (path / "MODEL_CARD.md").exists()
+    model, meta = load_fusion_checkpoint(path)
+    assert model.sensors == ("s2", "s1") and meta["mode"] == "frozen"
+    assert meta["autoencoder_configs"]["s2"]["variant"] == "fast"
+    cube = load_demo_cube().isel(y=slice(0, 24), x=slice(0, 24), time=slice(0, 16))
+    src = write_zarr(cube, tmp_path / "crop.zarr")
+    out = tmp_path / "emb.zarr"
+    res = runner.invoke(app, ["embed", str(src), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "shipped default" in res.output
+    ds = open_embedding(out)
+    assert ds.sizes["feature"] == 7 and int(ds["valid"].sum()) > 0
+    res = runner.invoke(
+        app, ["demo", "--cube", str(src), "--out", str(tmp_path / "d"), "--pretrained", "--no-progress"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "d" / "demo.png").exists()
