@@ -91,13 +91,15 @@ def run(shared: Path, work: Path) -> None:
         if not path.exists():
             continue
         model, _ = load_fusion_checkpoint(path)
+        # frozen: the stage-1 latents; fine-tuned: its own encoders' latents (computed once)
+        mlat = lat if mode == "frozen" else {s: model.encode_sensor(s, b[s]) for s in lat}
         for name, vis in (
             ("S1+S2", (True, True)),
             ("S2 only", (True, False)),
             ("S1 only", (False, True)),
         ):
             visible = torch.tensor(vis).expand(n, -1)
-            out = model(b, visible=visible, decode=False)
+            out = model(b, visible=visible, latents=mlat, decode=False)
             z = out.embedding
             ok = torch.isfinite(z).all(dim=1)
             zz = torch.nan_to_num(z)
