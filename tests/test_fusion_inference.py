@@ -124,3 +124,14 @@ def test_union_axis_embeds_s1_dates_and_keeps_s2_dates(setup, shared):
     f = full["sensors"].values[s1_only][:, 7:-7, 7:-7]
     assert (f == 2).any() and not (f & 1).any()
     assert full.attrs["time_axis"] == "union"
+
+
+def test_cube_without_s1_is_embedded_from_s2(setup):
+    cube, model = setup
+    s2_only = cube.drop_vars(["s1", "s1_valid", "s1_time", "s1_band"])
+    ds = embed_fused(s2_only, model)
+    ref = embed_fused(cube, model, hide=("s1",))
+    np.testing.assert_allclose(
+        ds["embedding"].values, ref["embedding"].values, rtol=0, atol=1e-6, equal_nan=True
+    )
+    assert ds.attrs["missing_sensors"] == "s1" and not (ds["sensors"].values & 2).any()

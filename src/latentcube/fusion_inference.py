@@ -155,7 +155,9 @@ def embed_fused(
     Parameters
     ----------
     cube
-        A cube holding every sensor of the model (validated for their bands).
+        A cube holding the model's sensors (validated for their bands); a sensor
+        other than the reference that the cube lacks is treated as absent
+        everywhere (listed in the attribute ``missing_sensors``).
     model
         The fusion model (e.g. from :func:`latentcube.bundle.load_fusion_checkpoint`).
     hide
@@ -181,8 +183,19 @@ def embed_fused(
     from tqdm.auto import tqdm
 
     cfg = model.config
-    cube = select_bands(cube, {s: model.autoencoder(s).config.bands for s in cfg.sensors})
-    arrs = {s: CubeArrays.from_cube(cube, s) for s in cfg.sensors}
+    missing = [s for s in cfg.sensors[1:] if s not in cube.data_vars]
+    have = [s for s in cfg.sensors if s not in missing]
+    cube = select_bands(cube, {s: model.autoencoder(s).config.bands for s in have})
+    arrs = {s: CubeArrays.from_cube(cube, s) for s in have}
+    ref_arr = arrs[cfg.reference]
+    for s in missing:  # a sensor the cube lacks is absent everywhere (never encoded)
+        n_b = model.autoencoder(s).config.n_bands
+        shape = ref_arr.valid.shape
+        arrs[s] = CubeArrays(
+            np.zeros((shape[0], n_b, *shape[1:]), np.float32),
+            np.zeros(shape, bool),
+            ref_arr.days,
+        )
     offsets = {s: sensor_offsets(cube, s) for s in cfg.sensors}
     days = arrs[cfg.reference].days
     h = max(model.autoencoder(s).config.window for s in cfg.sensors) // 2
@@ -233,6 +246,7 @@ def embed_fused(
             ),
             sensor="+".join(cfg.sensors),
             hidden_sensors=",".join(hide),
+            missing_sensors=",".join(missing),
             time_axis=cube.attrs.get("time_axis", "s2"),
             edge_policy="nan: no full context (border, first/last dates) or no sensor present",
             cube_attribution=cube.attrs.get("attribution", ""),
