@@ -121,8 +121,7 @@ def test_shipped_default_model(tmp_path):
     assert "shipped default" in res.output
     ds = open_embedding(out)
     assert ds.sizes["feature"] == 7 and int(ds["valid"].sum()) > 0
-    res = runner.invoke(
-        app, ["demo", "--cube", str(src), "--out", str(tmp_path / "d"), "--pretrained", "--no-progress"]
-    )
+    args = ["demo", "--cube", str(src), "--out", str(tmp_path / "d"), "--pretrained"]
+    res = runner.invoke(app, [*args, "--no-progress"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "d" / "demo.png").exists()
