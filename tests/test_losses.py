@@ -114,3 +114,20 @@ def test_loss_config_for_sensor():
         0.02,
         1.75,
     )
+
+
+def test_separable_ssim_equals_2d_convolution():
+    import torch.nn.functional as F
+
+    from latentcube.models.losses import _gaussian, ssim_map
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(5, 1, 15, 15, generator=g), torch.rand(5, 1, 15, 15, generator=g)
+    k = _gaussian(7, 1.5)
+    c1, c2 = 1e-4, 9e-4
+    mu_a, mu_b = F.conv2d(a, k), F.conv2d(b, k)
+    saa = F.conv2d(a * a, k) - mu_a**2
+    sbb = F.conv2d(b * b, k) - mu_b**2
+    sab = F.conv2d(a * b, k) - mu_a * mu_b
+    ref = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    torch.testing.assert_close(ssim_map(a, b), ref, rtol=1e-4, atol=1e-5)

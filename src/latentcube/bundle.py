@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,7 +21,22 @@ from latentcube.errors import ModelError
 from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
 from latentcube.models.config import AutoencoderConfig
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+if TYPE_CHECKING:
+    from latentcube.models.fusion import FusionModel
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "FUSION_FORMAT",
+    "default_model_path",
+    "load_any",
+    "load_checkpoint",
+    "load_fusion_checkpoint",
+    "read_checkpoint",
+    "resolve_bundle",
+    "save_checkpoint",
+    "save_fusion_checkpoint",
+]
 
 FORMAT = "latentcube.autoencoder"
 FORMAT_VERSION = 1
@@ -35,6 +50,27 @@ def _atomic_save(obj: Any, path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _write_model_file(
+    path: Path,
+    meta: Mapping[str, Any],
+    model: torch.nn.Module,
+    training_state: Mapping[str, Any] | None,
+) -> Path:
+    """Write weights + metadata atomically, and the metadata as a ``.json`` sidecar."""
+    payload = {
+        "meta_json": json.dumps(meta),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if training_state is not None:
+        payload["training_state"] = dict(training_state)
+    _atomic_save(payload, path)
+    sidecar = path.with_suffix(".json")
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, sidecar)
+    return path
 
 
 def save_checkpoint(
@@ -76,22 +112,20 @@ def save_checkpoint(
         "bands": list(cfg.bands),
         **json.loads(json.dumps(dict(extra or {}), default=str)),
     }
-    payload = {
-        "meta_json": json.dumps(meta),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    if training_state is not None:
-        payload["training_state"] = dict(training_state)
-    _atomic_save(payload, path)
-    sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, sidecar)
-    return path
+    return _write_model_file(path, meta, model, training_state)
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike[str], formats: Sequence[str] = (FORMAT,)
+) -> dict[str, Any]:
     """Load a checkpoint file safely (``weights_only=True``) and check its format.
+
+    Parameters
+    ----------
+    path
+        The ``.pt`` file.
+    formats
+        Formats accepted (default: stage-1 autoencoder checkpoints).
 
     Returns
     -------
@@ -113,8 +147,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         meta = json.loads(payload["meta_json"])
     except json.JSONDecodeError as err:
         raise ModelError(f"{path}: metadata is not valid JSON: {err}") from err
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") not in formats:
+        expected = " or ".join(repr(f) for f in formats)
+        raise ModelError(f"{path}: format {meta.get('format')!r}, expected {expected}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"{path}: checkpoint format version {meta.get('format_version')} is not supported "
@@ -170,3 +205,137 @@ def load_checkpoint(
         raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
     model.eval()
     return model, meta
+
+
+# --------------------------------------------------------------------------------------
+# Fused model bundles: every sensor's autoencoder + the fusion layers + configs, one file.
+
+FUSION_FORMAT = "latentcube.fusion"
+#: File names looked up, in this order, when a bundle is given as a directory.
+BUNDLE_FILES = ("model.pt", "best.pt")
+
+
+def save_fusion_checkpoint(
+    path: str | os.PathLike[str],
+    model: FusionModel,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    training_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a fused model bundle: all autoencoders, the fusion layers and every config.
+
+    Parameters
+    ----------
+    path
+        Target ``.pt`` file (a ``.json`` sidecar with the metadata is written beside it).
+    model
+        The fusion model.
+    extra
+        JSON-serialisable metadata: provenance, metrics, loss configurations.
+    training_state
+        Optimiser/scheduler/RNG state for resuming.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    from latentcube import __version__
+    from latentcube.sensors import SENSORS
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    meta = {
+        "format": FUSION_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "latentcube_version": __version__,
+        "fusion_config": cfg.model_dump(mode="json"),
+        "mode": cfg.mode,
+        "sensors": list(cfg.sensors),
+        "autoencoder_configs": {
+            s: model.autoencoder(s).config.model_dump(mode="json") for s in cfg.sensors
+        },
+        "sensor_specs": {
+            s: SENSORS[s].model_dump(mode="json") for s in cfg.sensors if s in SENSORS
+        },
+        **json.loads(json.dumps(dict(extra or {}), default=str)),
+    }
+    return _write_model_file(path, meta, model, training_state)
+
+
+def resolve_bundle(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint file of a bundle given as a file or as a directory."""
+    path = Path(path)
+    if path.is_dir():
+        for name in BUNDLE_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise ModelError(f"{path} is a directory without a model file ({', '.join(BUNDLE_FILES)})")
+    return path
+
+
+def build_fusion_from_meta(meta: Mapping[str, Any], where: str = "bundle") -> FusionModel:
+    """An untrained :class:`FusionModel` with the architecture described by ``meta``.
+
+    Sensors the bundle declares and this session lacks are registered.
+    """
+    from latentcube.models.fusion import FusionConfig, FusionModel
+    from latentcube.sensors import SensorSpec, ensure_sensor
+
+    try:
+        for spec in meta.get("sensor_specs", {}).values():
+            ensure_sensor(SensorSpec.model_validate(spec))
+        cfg = FusionConfig.model_validate(meta["fusion_config"])
+        aes = {
+            s: build_autoencoder(AutoencoderConfig.model_validate(meta["autoencoder_configs"][s]))
+            for s in cfg.sensors
+        }
+        return FusionModel(cfg, aes)
+    except ModelError:
+        raise
+    except Exception as err:
+        raise ModelError(f"{where}: invalid fusion configuration: {err}") from err
+
+
+def load_fusion_checkpoint(path: str | os.PathLike[str]) -> tuple[FusionModel, dict[str, Any]]:
+    """Load a fused model bundle (file or directory), validated, in eval mode.
+
+    Raises
+    ------
+    ModelError
+        For a missing, corrupt or foreign file, or weights that do not fit.
+    """
+    path = resolve_bundle(path)
+    ck = read_checkpoint(path, formats=(FUSION_FORMAT,))
+    model = build_fusion_from_meta(ck["meta"], str(path))
+    try:
+        model.load_state_dict(ck["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
+    model.eval()
+    return model, ck["meta"]
+
+
+def load_any(
+    path: str | os.PathLike[str],
+) -> tuple[ContextAutoencoder | FusionModel, dict[str, Any]]:
+    """Load a stage-1 checkpoint or a fused bundle, whichever ``path`` holds."""
+    path = resolve_bundle(path)
+    ck = read_checkpoint(path, formats=(FORMAT, FUSION_FORMAT))
+    if ck["meta"]["format"] == FUSION_FORMAT:
+        return load_fusion_checkpoint(path)
+    return load_checkpoint(path)
+
+
+def default_model_path() -> Path:
+    """Folder of the fused S1 + S2 ``fast`` model shipped with latentcube (see MODEL_CARD.md)."""
+    from importlib import resources
+
+    p = Path(str(resources.files("latentcube") / "samples" / "default_model"))
+    if not (p / "model.pt").is_file():
+        raise FileNotFoundError(
+            f"the shipped default model is missing at {p}; rebuild it with "
+            "scripts/train_default_model.py or pass --model"
+        )
+    return p

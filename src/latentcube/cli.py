@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -58,6 +58,10 @@ def demo(
     ] = "fast",
     seed: Annotated[int, typer.Option(help="Random seed of split, sampling and training.")] = 42,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    pretrained: Annotated[
+        bool,
+        typer.Option(help="Skip training: embed with the shipped fused S1+S2 model."),
+    ] = False,
 ) -> None:
     """Run the whole pipeline once on a bundled real sample, offline.
 
@@ -82,6 +86,7 @@ def demo(
             seed=seed,
             progress=progress,
             log=typer.echo,
+            pretrained=pretrained,
         )
     except (LatentcubeError, FileNotFoundError) as err:
         _fail(str(err))
@@ -158,15 +163,70 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the split, sampling and training.")] = 42,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt when it exists.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    stage: Annotated[
+        str, typer.Option(help="'1': a sensor's autoencoder; 'fusion': the fusion model.")
+    ] = "1",
+    autoencoder: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Stage fusion: SENSOR=CHECKPOINT of a stage-1 model (repeat; S2 first)."
+        ),
+    ] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(help="Stage fusion: a fused bundle to extend with the --autoencoder sensors."),
+    ] = None,
+    fusion_mode: Annotated[
+        str,
+        typer.Option(help="Stage fusion: 'frozen' autoencoders or 'finetune' them jointly."),
+    ] = "frozen",
+    sensor_dropout: Annotated[
+        float,
+        typer.Option(help="Stage fusion: probability of hiding each sensor per sample."),
+    ] = 0.0,
+    sensor_config: Annotated[
+        list[Path] | None,
+        typer.Option(help="YAML declaration of a further sensor to register (repeatable)."),
+    ] = None,
 ) -> None:
-    """Train a stage-1 context autoencoder on one or more cubes.
+    """Train a stage-1 context autoencoder, or the fusion model, on one or more cubes.
 
     Windows of 11 dates x 15 x 15 pixels are cut from the cubes and split into
     training and validation by cube (two cubes or more) or by spatial blocks (one
     cube). Checkpoints (best.pt, last.pt, each with a .json of its configuration)
-    and metrics.csv go to OUT; a killed run continues where it stopped.
+    and metrics.csv go to OUT; a killed run continues where it stopped. With
+    --stage fusion, best.pt is a bundle of every sensor's model and the fusion
+    layers that 'latentcube embed' reads.
     """
     import yaml
+
+    from latentcube.sensors import load_sensor_config
+
+    try:
+        for sc in sensor_config or []:
+            load_sensor_config(sc)
+    except (OSError, ValueError) as err:
+        _fail(f"sensor configuration: {err}")
+        return
+    if stage == "fusion":
+        _train_fusion(
+            cubes,
+            out,
+            autoencoder or [],
+            base=base,
+            mode=fusion_mode,
+            sensor_dropout=sensor_dropout,
+            preset=preset,
+            config=config,
+            max_seconds=max_seconds,
+            max_epochs=max_epochs,
+            seed=seed,
+            resume=resume,
+            progress=progress,
+        )
+        return
+    if stage != "1":
+        _fail(f"--stage must be '1' or 'fusion', got {stage!r}")
 
     from latentcube.cube.readers import open_cube
     from latentcube.data.windows import split_windows
@@ -179,13 +239,9 @@ def train(
         overrides = yaml.safe_load(config.read_text()) if config else {}
         mcfg = AutoencoderConfig.preset(model, sensor)
         mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), **overrides.get("model", {})})
-        tcfg = train_config_preset(preset)
-        updates = {**overrides.get("train", {}), "seed": seed}
-        if max_seconds is not None:
-            updates["max_seconds"] = max_seconds
-        if max_epochs is not None:
-            updates["max_epochs"] = max_epochs
-        tcfg = type(tcfg).model_validate({**tcfg.model_dump(), **updates})
+        tcfg = _with_overrides(
+            train_config_preset(preset), overrides, seed, max_seconds, max_epochs
+        )
         loaded = [open_cube(c).load() for c in cubes]
         tr, va = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
         typer.echo(f"{len(tr)} training and {len(va)} validation windows from {len(cubes)} cube(s)")
@@ -208,11 +264,95 @@ def train(
     )
 
 
+def _with_overrides(
+    tcfg: Any,
+    overrides: dict[str, Any],
+    seed: int,
+    max_seconds: float | None,
+    max_epochs: int | None,
+) -> Any:
+    """A training configuration with the YAML ``train:`` section and the CLI options applied."""
+    updates = {**overrides.get("train", {}), "seed": seed}
+    if max_seconds is not None:
+        updates["max_seconds"] = max_seconds
+    if max_epochs is not None:
+        updates["max_epochs"] = max_epochs
+    return type(tcfg).model_validate({**tcfg.model_dump(), **updates})
+
+
+def _train_fusion(
+    cubes: list[Path],
+    out: Path,
+    autoencoders: list[str],
+    *,
+    base: Path | None,
+    mode: str,
+    sensor_dropout: float,
+    preset: str,
+    config: Path | None,
+    max_seconds: float | None,
+    max_epochs: int | None,
+    seed: int,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """``latentcube train --stage fusion``."""
+    import yaml
+
+    from latentcube.cube.readers import open_cube
+    from latentcube.errors import LatentcubeError
+    from latentcube.fusion_training import fit_fusion, fusion_train_config
+
+    pairs: dict[str, Path] = {}
+    for item in autoencoders:
+        sensor, sep, path = item.partition("=")
+        if not sep or not sensor or not path:
+            _fail(f"--autoencoder takes SENSOR=CHECKPOINT, got {item!r}")
+        pairs[sensor] = Path(path)
+    if not pairs:
+        _fail("--stage fusion needs --autoencoder SENSOR=CHECKPOINT (at least one)")
+    if mode not in ("frozen", "finetune"):
+        _fail(f"--fusion-mode must be 'frozen' or 'finetune', got {mode!r}")
+    try:
+        overrides = yaml.safe_load(config.read_text()) if config else {}
+        tcfg = _with_overrides(
+            fusion_train_config(preset), overrides, seed, max_seconds, max_epochs
+        )
+        loaded = [open_cube(c).load() for c in cubes]
+        result = fit_fusion(
+            loaded,
+            pairs,
+            out,
+            base=base,
+            mode=mode,
+            sensor_dropout=sensor_dropout,
+            loss_weights=overrides.get("fusion", {}).get("loss_weights"),
+            config=tcfg,
+            resume=resume,
+            progress=progress,
+            provenance={"cubes": [str(c) for c in cubes]},
+        )
+    except (LatentcubeError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(
+        f"best validation centre-pixel MAE (mean over sensors) {result.best_val:.4f} after "
+        f"{result.epochs} epochs ({result.stopped}, {result.seconds:.0f} s); "
+        f"model bundle: {result.checkpoint}"
+    )
+
+
 @app.command()
 def embed(
     cube: Annotated[Path, typer.Argument(help="The cube to embed (a Zarr store for large areas).")],
-    model: Annotated[Path, typer.Option(help="A checkpoint written by 'latentcube train'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Zarr store.")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A checkpoint or fused bundle (file or folder) written by 'latentcube train'; "
+            "default: the S1+S2 model shipped with latentcube."
+        ),
+    ] = None,
     dtype: Annotated[
         str, typer.Option(help="Storage type of the embedding: 'float32' or 'float16'.")
     ] = "float32",
@@ -228,6 +368,10 @@ def embed(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing complete store.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    hide: Annotated[
+        list[str] | None,
+        typer.Option(help="Fused models: leave this sensor out (repeatable), e.g. --hide s2."),
+    ] = None,
 ) -> None:
     """Embed every pixel and cloud-free date of a cube into a Zarr store.
 
@@ -245,6 +389,9 @@ def embed(
     from latentcube.inference import embed_to_zarr, open_embedding, write_embedding
 
     t0 = time.perf_counter()
+    if model is None or _is_fused(model):
+        _embed_fused(cube, model, out, dtype, chunk, overwrite, progress, hide or [])
+        return
     try:
         net, _meta = load_checkpoint(model)
         if net.supports_dense:
@@ -383,6 +530,54 @@ def cube(
     if "s1" in ds:
         line += f", S1 matched on {int((~np.isnat(ds['s1_time'].values)).sum())} dates"
     typer.echo(f"{line}, {time.perf_counter() - t0:.1f} s")
+
+
+def _is_fused(model: Path) -> bool:
+    """Whether ``model`` is a fused bundle (False for anything else, errors included)."""
+    from latentcube.bundle import FUSION_FORMAT, read_checkpoint, resolve_bundle
+    from latentcube.errors import LatentcubeError
+
+    try:
+        meta = read_checkpoint(resolve_bundle(model), formats=(FUSION_FORMAT,))["meta"]
+    except LatentcubeError:
+        return False
+    return bool(meta)
+
+
+def _embed_fused(
+    cube: Path,
+    model: Path | None,
+    out: Path,
+    dtype: str,
+    chunk: int,
+    overwrite: bool,
+    progress: bool,
+    hide: list[str],
+) -> None:
+    """``latentcube embed`` with a fused bundle (default: the shipped model)."""
+    from latentcube.bundle import default_model_path, load_fusion_checkpoint
+    from latentcube.cube.readers import open_cube
+    from latentcube.errors import LatentcubeError
+    from latentcube.fusion_inference import embed_fused
+    from latentcube.inference import write_embedding
+
+    t0 = time.perf_counter()
+    try:
+        path = model if model is not None else default_model_path()
+        net, _meta = load_fusion_checkpoint(path)
+        if model is None:
+            typer.echo(f"model: {path} (shipped default, sensors {'+'.join(net.sensors)})")
+        ds = embed_fused(open_cube(cube), net, hide=hide, tile=chunk, progress=progress)
+        written = write_embedding(ds, out, dtype=dtype, overwrite=overwrite)
+    except (LatentcubeError, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+        return
+    n = int(ds["valid"].sum())
+    only = int(((ds["sensors"] & 1) == 0).where(ds["valid"], False).sum())
+    typer.echo(
+        f"wrote {written}: {dict(ds['embedding'].sizes)}, {n} valid pixel-dates "
+        f"({only} without {net.sensors[0]}), {time.perf_counter() - t0:.1f} s"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,6 +75,7 @@ def run_demo(
     overwrite: bool = True,
     progress: bool = True,
     log: Any = print,
+    pretrained: bool = False,
 ) -> DemoResult:
     """Run the whole pipeline once on a real cube.
 
@@ -97,6 +98,9 @@ def run_demo(
         Show progress bars.
     log
         Callable receiving one line per step.
+    pretrained
+        Skip training: embed with the fused S1 + S2 model shipped with latentcube
+        (:func:`latentcube.bundle.default_model_path`).
 
     Returns
     -------
@@ -119,6 +123,9 @@ def run_demo(
     cube = open_cube(src).load()
     timings["read"] = time.perf_counter() - t0
     log(f"[1/5] cube {src.name}: {dict(cube.sizes)}")
+
+    if pretrained:
+        return _run_pretrained(cube, src, out, timings, progress, log)
 
     t0 = time.perf_counter()
     model_config = AutoencoderConfig.preset(variant, sensor="s2")
@@ -169,5 +176,44 @@ def run_demo(
         epochs=result.epochs,
         best_val_centre_mae=float(result.best_val),
         valid_pixel_dates=n_valid,
+        timings=timings,
+    )
+
+
+def _run_pretrained(
+    cube: Any, src: Path, out: Path, timings: dict[str, float], progress: bool, log: Any
+) -> DemoResult:
+    """Demo steps 2-5 with the shipped fused model instead of training."""
+    from latentcube.bundle import default_model_path, load_fusion_checkpoint
+    from latentcube.fusion_inference import embed_fused
+    from latentcube.inference import write_embedding
+    from latentcube.plotting import plot_demo
+
+    path = default_model_path()
+    model, meta = load_fusion_checkpoint(path)
+    log(f"[2/5] shipped model {path} ({'+'.join(model.sensors)}, {meta['mode']})")
+    log("[3/5] no training")
+    t0 = time.perf_counter()
+    emb = embed_fused(cube, model, progress=progress)
+    emb_path = write_embedding(emb, out / "embedding.zarr", overwrite=True)
+    timings["embed"] = time.perf_counter() - t0
+    log(f"[4/5] embedding written to {emb_path}")
+    t0 = time.perf_counter()
+    fig = plot_demo(cube, emb["embedding"], out / "demo.png")
+    timings["plot"] = time.perf_counter() - t0
+    log(f"[5/5] figure {fig}")
+    return DemoResult(
+        out_dir=out,
+        cube_path=src,
+        checkpoint=path / "model.pt",
+        embedding=Path(emb_path),
+        figure=Path(fig),
+        cube_shape={str(k): int(v) for k, v in cube.sizes.items()},
+        embedding_shape={str(k): int(v) for k, v in emb["embedding"].sizes.items()},
+        n_train_windows=0,
+        n_val_windows=0,
+        epochs=int(meta.get("metrics", {}).get("epoch", 0)),
+        best_val_centre_mae=float(meta.get("metrics", {}).get("best_val_centre_mae", np.nan)),
+        valid_pixel_dates=int(emb["valid"].sum()),
         timings=timings,
     )

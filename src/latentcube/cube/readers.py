@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from latentcube.cube.schema import make_cube, provenance, validate_cube
@@ -25,9 +26,11 @@ from latentcube.errors import CubeError
 from latentcube.sensors import S2_BANDS, SENSORS
 
 __all__ = [
+    "attach_agera5",
     "demo_cube_path",
     "load_demo_cube",
     "open_cube",
+    "read_agera5",
     "read_geotiff_stack",
     "read_greenearthnet",
     "read_openeo_mol",
@@ -83,6 +86,8 @@ def read_worldcereal_patch(
     max_gap_days: float = SENSORS["s1"].max_gap_days,
     min_valid_fraction: float = 0.05,
     dilation: int = 0,
+    time_axis: str = "s2",
+    with_agera5: bool = False,
 ) -> xr.Dataset:
     """Read a WorldCereal per-date S1 + S2 training patch (EPSG:32631, 64 x 64 px at 10 m).
 
@@ -109,6 +114,13 @@ def read_worldcereal_patch(
         Dates with a smaller share of valid pixels are dropped.
     dilation
         Pixels by which the SCL invalid area is grown.
+    time_axis
+        ``"s2"`` (default, the paper's): the S2 dates with at least
+        ``min_valid_fraction`` valid pixels. ``"union"``: those dates plus every
+        S1 acquisition day without such an S2 date (S2 is invalid there), so a
+        fused model can embed dates S2 does not see (attribute ``time_axis``).
+    with_agera5
+        Also attach the patch's daily AgERA5 weather (:func:`attach_agera5`).
 
     Returns
     -------
@@ -118,6 +130,10 @@ def read_worldcereal_patch(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"WorldCereal patch folder not found: {folder}")
+    if time_axis not in ("s2", "union"):
+        raise ValueError(f"time_axis must be 's2' or 'union', got {time_axis!r}")
+    if time_axis == "union" and not with_s1:
+        raise ValueError("time_axis='union' needs with_s1=True")
     f10, f20 = _one(folder, "S2_L2A_10m"), _one(folder, "S2_L2A_20m")
     with (
         xr.open_dataset(f10) as d10,
@@ -150,6 +166,8 @@ def read_worldcereal_patch(
             order = np.argsort(d1["timestamp"].values, kind="stable")
             t1 = d1["timestamp"].values[order]
             db = np.stack([d1["VV"].values, d1["VH"].values], axis=1)[order]
+        if time_axis == "union":
+            s2, valid, times = _union_dates(s2, valid, times, t1, min_valid_fraction)
         kw = _attach_s1(times, t1, _up2(preprocess_s1(db, input="db")), max_gap_days)
         s1_source = f"; S1: {f1.name} (GRD sigma0, ascending)"
     attrs = provenance(
@@ -163,6 +181,7 @@ def read_worldcereal_patch(
         ),
         s2_mask=f"SCL not in (0, 1, 3, 8, 9, 10, 11), dilation {dilation} px",
         s1_max_gap_days=max_gap_days,
+        time_axis=time_axis,
     )
     ds = make_cube(
         s2,
@@ -176,7 +195,103 @@ def read_worldcereal_patch(
         validate=False,
         **kw,
     )
-    return _finish(ds, min_valid_fraction)
+    ds = validate_cube(ds) if time_axis == "union" else _finish(ds, min_valid_fraction)
+    return attach_agera5(ds, folder) if with_agera5 else ds
+
+
+def _union_dates(
+    s2: np.ndarray, valid: np.ndarray, times: np.ndarray, s1_times: np.ndarray, min_frac: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """S2 dates with enough valid pixels plus S1 days without one (S2 invalid there)."""
+    frac = valid.mean(axis=(1, 2))
+    keep = (frac >= min_frac) & (frac > 0)
+    s2, valid, times = s2[keep], valid[keep], np.asarray(times, "datetime64[ns]")[keep]
+    s2_days = set(times.astype("datetime64[D]").tolist())
+    t1 = np.asarray(s1_times, "datetime64[ns]")
+    _, first = np.unique(t1.astype("datetime64[D]"), return_index=True)
+    extra = np.array(
+        [t for t in t1[np.sort(first)] if t.astype("datetime64[D]").tolist() not in s2_days],
+        "datetime64[ns]",
+    )
+    all_t = np.concatenate([times, extra])
+    order = np.argsort(all_t, kind="stable")
+    pad = np.full((len(extra), *s2.shape[1:]), np.nan, np.float32)
+    s2_all = np.concatenate([s2, pad])[order]
+    valid_all = np.concatenate([valid, np.zeros((len(extra), *valid.shape[1:]), bool)])[order]
+    return s2_all, valid_all, all_t[order]
+
+
+def read_agera5(folder: str | os.PathLike[str]) -> pd.DataFrame:
+    """Daily AgERA5 weather of a WorldCereal patch, as the bands of ``sensors.AGERA5``.
+
+    Parameters
+    ----------
+    folder
+        The patch folder holding ``AgERA5_DAILY_1000m_*.nc`` (one 1 km cell).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per day (``DatetimeIndex``), one column per band, scaled to [0, 1]
+        as described by ``AGERA5.normalisation``; trailing windows (30 and 10
+        days) use the days available at the start of the series.
+    """
+    f = _one(Path(folder), "AgERA5_DAILY_1000m")
+    with xr.open_dataset(f) as d:
+        raw = pd.DataFrame(
+            {v: d[v].values[:, 0, 0].astype(np.float64) for v in d.data_vars},
+            index=pd.DatetimeIndex(d["timestamp"].values).normalize(),
+        )
+    raw = raw.where(raw > -9000).sort_index()
+    if raw.isna().all().any():
+        raise CubeError(f"{f.name} lacks values of {list(raw.columns[raw.isna().all()])}")
+    out = pd.DataFrame(index=raw.index)
+    out["tmean"] = (raw["temperature_mean"] - 253.15) / 60
+    out["tmean_30d"] = (raw["temperature_mean"].rolling(30, min_periods=1).mean() - 253.15) / 60
+    out["precip_10d"] = raw["precipitation_flux"].rolling(10, min_periods=1).sum() / 100
+    out["rad_10d"] = raw["solar_radiation_flux"].rolling(10, min_periods=1).mean() / 3.5e7
+    out["vapour_pressure"] = raw["vapour_pressure"] / 30
+    return out.clip(0.0, 1.0)
+
+
+def attach_agera5(cube: xr.Dataset, folder: str | os.PathLike[str]) -> xr.Dataset:
+    """Add the patch's daily AgERA5 weather as sensor ``agera5`` (registered if needed).
+
+    Each cube date takes the weather of its own day (date matching ``daily``),
+    repeated over the grid (one 1 km cell covers the patch); dates outside the
+    weather series are invalid.
+
+    Parameters
+    ----------
+    cube
+        A cube of the same patch.
+    folder
+        The patch folder.
+
+    Returns
+    -------
+    xarray.Dataset
+        The cube with ``agera5``, ``agera5_valid`` and ``agera5_time``.
+    """
+    from latentcube.cube.schema import add_sensor
+    from latentcube.sensors import AGERA5, ensure_sensor
+
+    ensure_sensor(AGERA5)
+    daily = read_agera5(folder)
+    days = pd.DatetimeIndex(cube["time"].values).normalize()
+    vals = daily.reindex(days)[list(AGERA5.bands)].to_numpy(np.float32)  # (time, band)
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    data = np.broadcast_to(vals[:, :, None, None], (len(days), len(AGERA5.bands), ny, nx))
+    ok = np.isfinite(vals).all(axis=1)
+    valid = np.broadcast_to(ok[:, None, None], (len(days), ny, nx))
+    return add_sensor(
+        cube,
+        "agera5",
+        np.ascontiguousarray(data),
+        np.ascontiguousarray(valid),
+        bands=AGERA5.bands,
+        sensor_time=days.values,
+    )
 
 
 def read_worldcereal_labels(folder: str | os.PathLike[str]) -> xr.Dataset:

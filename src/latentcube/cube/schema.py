@@ -56,6 +56,7 @@ from latentcube.sensors import SENSORS, band_dim
 
 __all__ = [
     "CubeError",
+    "add_sensor",
     "cube_crs",
     "cube_resolution",
     "make_cube",
@@ -421,6 +422,9 @@ def validate_cube(
             raise CubeError(f"'s1_time' has dims {cube['s1_time'].dims}, expected ('time',)")
     if check_values:
         per_date = cube["s2_valid"].any(dim=("y", "x")).values
+        if cube.attrs.get("time_axis") == "union":  # S2 dates plus dates of other sensors
+            for s in sensors[1:]:
+                per_date = per_date | cube[f"{s}_valid"].any(dim=("y", "x")).values
         if not per_date.all():
             bad = [np.datetime_as_string(t, "D") for t in cube["time"].values[~per_date][:5]]
             raise CubeError(
@@ -436,4 +440,63 @@ def select_bands(cube: xr.Dataset, bands: Mapping[str, Sequence[str]]) -> xr.Dat
     out = cube
     for sensor, names in bands.items():
         out = out.sel({band_dim(sensor): list(names)})
+    return out
+
+
+def add_sensor(
+    cube: xr.Dataset,
+    sensor: str,
+    data: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    bands: Sequence[str],
+    sensor_time: Sequence[Any] | np.ndarray | None = None,
+    validate: bool = True,
+) -> xr.Dataset:
+    """Attach a further sensor on the cube's grid and time axis.
+
+    Parameters
+    ----------
+    cube
+        A cube in the data model.
+    sensor
+        Variable name (register the sensor in :data:`latentcube.sensors.SENSORS`
+        to have its value range checked).
+    data
+        (time, band, y, x) values on the cube's dates and pixels.
+    valid
+        (time, y, x) bool; default: every band finite. Values where it is
+        False become NaN.
+    bands
+        Band names.
+    sensor_time
+        Optional (time,) acquisition time of the data matched to each cube date
+        (stored as ``<sensor>_time``; the fusion model embeds the offset).
+    validate
+        Run :func:`validate_cube` on the result.
+
+    Returns
+    -------
+    xarray.Dataset
+        A new cube with ``<sensor>``, ``<sensor>_valid`` and the band coordinate.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    shape = (cube.sizes["time"], len(bands), cube.sizes["y"], cube.sizes["x"])
+    if data.shape != shape:
+        raise CubeError(f"{sensor!r} data has shape {data.shape}, expected {shape}")
+    if sensor in cube.data_vars or sensor == "s2":
+        raise CubeError(f"the cube already has a sensor {sensor!r}")
+    valid = np.isfinite(data).all(axis=1) if valid is None else np.asarray(valid, dtype=bool)
+    if valid.shape != (shape[0], *shape[2:]):
+        want = (shape[0], *shape[2:])
+        raise CubeError(f"{sensor}_valid has shape {valid.shape}, expected {want}")
+    dim = band_dim(sensor)
+    out = cube.assign_coords({dim: list(bands)})
+    out[sensor] = (("time", dim, "y", "x"), np.where(valid[:, None], data, np.float32(np.nan)))
+    out[f"{sensor}_valid"] = (("time", "y", "x"), valid)
+    if sensor_time is not None:
+        st = pd.DatetimeIndex(np.asarray(sensor_time)).values.astype("datetime64[ns]")
+        out = out.assign_coords({f"{sensor}_time": ("time", st)})
+    if validate:
+        validate_cube(out)
     return out

@@ -119,6 +119,13 @@ class AutoencoderConfig(BaseModel):
             "bands": tuple(bands) if bands is not None else spec.bands,
             "latent_dim": spec.latent_dim,
         }
+        cfg = cls._preset(variant, sensor, common)
+        if spec.model:
+            cfg = cls.model_validate({**cfg.model_dump(), **spec.model})
+        return cfg
+
+    @classmethod
+    def _preset(cls, variant: str, sensor: str, common: dict[str, Any]) -> AutoencoderConfig:
         if variant == "paper":
             return cls(
                 variant="paper",

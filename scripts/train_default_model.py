@@ -1,0 +1,186 @@
+"""Train the default model bundle shipped in ``latentcube/samples/default_model``.
+
+Usage: ``nice -n 5 python scripts/train_default_model.py [--shared DIR] [--work DIR]``.
+
+Steps: stage 1 (S2, S1 ``fast`` autoencoders), the frozen S1 + S2 fusion model (shipped),
+a fine-tuned fusion model (for comparison, not shipped), and AgERA5 weather added as a third
+sensor to the shipped model (the how-to in docs/fusion.md).
+
+Data: the real WorldCereal S1 + S2 patch 00002806639B424A (Flanders) for training and
+validation (spatial blocks, seed 42); patch 0000280849BAC91C is never seen in training
+and is the held-out test set of the model card. Stage 1 trains the ``fast`` S2 and S1
+context autoencoders, stage 2 the fusion model (frozen encoders and decoders), all with
+fixed epoch counts and seed 42, so a rerun reproduces the same weights on the same
+machine; every stage resumes after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FLANDERS = "worldcereal_s1_s2_training_patches_flanders"
+TRAIN_PATCH = "00002806639B424A"
+TEST_PATCH = "0000280849BAC91C"
+SEED = 42
+STAGE1_EPOCHS = {"s2": 8, "s1": 6}
+FUSION_EPOCHS = 10
+FINETUNE_EPOCHS = 2
+AGERA5_EPOCHS = 3
+AGERA5_FUSION_EPOCHS = 3
+SENSOR_DROPOUT = 0.3
+SHIP = ROOT / "src" / "latentcube" / "samples" / "default_model"
+
+
+def stage1(shared: Path, work: Path) -> dict[str, Path]:
+    """Train the S2 and S1 ``fast`` autoencoders; returns their best checkpoints."""
+    from latentcube.cube.readers import read_worldcereal_patch
+    from latentcube.data.windows import split_windows
+    from latentcube.models.config import AutoencoderConfig
+    from latentcube.training import train, train_config_preset
+
+    cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
+    out: dict[str, Path] = {}
+    for sensor, epochs in STAGE1_EPOCHS.items():
+        mcfg = AutoencoderConfig.preset("fast", sensor)
+        tr, va = split_windows([cube], sensor, mcfg.bands, seed=SEED)
+        tcfg = train_config_preset("quick").model_copy(
+            update={"max_epochs": epochs, "seed": SEED, "num_threads": 1}
+        )
+        print(f"stage 1 {sensor}: {len(tr)} training / {len(va)} validation windows")
+        res = train(
+            mcfg,
+            tr,
+            va,
+            tcfg,
+            work / f"stage1_{sensor}",
+            provenance={"cube": f"{FLANDERS}/{TRAIN_PATCH}", "split": "spatial blocks, seed 42"},
+        )
+        print(f"stage 1 {sensor}: best validation centre MAE {res.best_val:.4f} ({res.stopped})")
+        out[sensor] = res.checkpoint
+    return out
+
+
+def fusion(shared: Path, work: Path, ckpts: dict[str, Path], mode: str, epochs: int) -> Path:
+    """Train the S1 + S2 fusion model (``mode``: frozen or finetune); returns its bundle."""
+    from latentcube.bundle import load_checkpoint
+    from latentcube.cube.readers import read_worldcereal_patch
+    from latentcube.data.multisensor import split_fusion_windows
+    from latentcube.fusion_training import fusion_train_config, train_fusion
+    from latentcube.models.fusion import FusionConfig, FusionModel
+
+    cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
+    aes = {s: load_checkpoint(ckpts[s], sensor=s)[0] for s in ("s2", "s1")}
+    torch.manual_seed(SEED)
+    model = FusionModel(
+        FusionConfig.for_autoencoders(aes, mode=mode, sensor_dropout=SENSOR_DROPOUT), aes
+    )
+    tr, va = split_fusion_windows([cube], model.sensors, seed=SEED)
+    tcfg = fusion_train_config("quick").model_copy(
+        update={"max_epochs": epochs, "seed": SEED, "num_threads": 1}
+    )
+    print(f"fusion ({mode}): {len(tr)} training / {len(va)} validation windows")
+    res = train_fusion(
+        model,
+        tr,
+        va,
+        tcfg,
+        work / f"fusion_{mode}",
+        provenance={
+            "cube": f"{FLANDERS}/{TRAIN_PATCH}",
+            "split": "spatial blocks, seed 42 (as stage 1)",
+            "autoencoders": {s: str(p.relative_to(work)) for s, p in ckpts.items()},
+        },
+    )
+    print(f"fusion ({mode}): best validation centre MAE {res.best_val:.4f} ({res.stopped})")
+    return res.checkpoint
+
+
+def add_agera5(shared: Path, work: Path, bundle: Path) -> Path:
+    """Add daily AgERA5 weather as a third sensor to the frozen S1 + S2 model.
+
+    Trains the weather autoencoder (stage 1), then only that autoencoder and the
+    fusion layers; checks that every S1 and S2 weight is unchanged.
+    """
+    from latentcube.bundle import load_fusion_checkpoint
+    from latentcube.cube.readers import read_worldcereal_patch
+    from latentcube.data.multisensor import split_fusion_windows
+    from latentcube.data.windows import split_windows
+    from latentcube.fusion_training import extend_fusion, fusion_train_config, train_fusion
+    from latentcube.models.config import AutoencoderConfig
+    from latentcube.training import train, train_config_preset
+
+    cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH, with_agera5=True)
+    mcfg = AutoencoderConfig.preset("fast", "agera5")
+    tr, va = split_windows([cube], "agera5", mcfg.bands, seed=SEED)
+    tcfg = train_config_preset("quick").model_copy(
+        update={"max_epochs": AGERA5_EPOCHS, "seed": SEED, "num_threads": 1}
+    )
+    res = train(mcfg, tr, va, tcfg, work / "stage1_agera5")
+    print(f"stage 1 agera5: best validation centre MAE {res.best_val:.4f}")
+    from latentcube.bundle import load_checkpoint
+
+    wx = load_checkpoint(res.checkpoint, sensor="agera5")[0]
+    base, _ = load_fusion_checkpoint(bundle)
+    before = {k: v.clone() for k, v in base.state_dict().items() if k.startswith("autoencoders.")}
+    model = extend_fusion(base, {"agera5": wx}, seed=SEED, sensor_dropout=SENSOR_DROPOUT)
+    ftr, fva = split_fusion_windows([cube], model.sensors, seed=SEED)
+    fcfg = fusion_train_config("quick").model_copy(
+        update={"max_epochs": AGERA5_FUSION_EPOCHS, "seed": SEED, "num_threads": 1}
+    )
+    res = train_fusion(
+        model, ftr, fva, fcfg, work / "fusion_agera5", provenance={"base": str(bundle)}
+    )
+    after = model.state_dict()
+    same = all(torch.equal(v, after[k]) for k, v in before.items())
+    print(
+        f"fusion + agera5: best validation centre MAE {res.best_val:.4f}; "
+        f"S1 and S2 weights bit-identical: {same}"
+    )
+    if not same:
+        raise SystemExit("adding a sensor changed an existing weight")
+    return res.checkpoint
+
+
+def ship(work: Path, bundle: Path) -> None:
+    """Copy the frozen fusion bundle into the package."""
+    import shutil
+
+    SHIP.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bundle, SHIP / "model.pt")
+    shutil.copyfile(bundle.with_suffix(".json"), SHIP / "model.json")
+    shutil.copyfile(bundle.parent / "metrics.csv", SHIP / "fusion_metrics.csv")
+    for s in ("s2", "s1"):
+        shutil.copyfile(work / f"stage1_{s}" / "metrics.csv", SHIP / f"stage1_{s}_metrics.csv")
+    print(f"shipped {SHIP / 'model.pt'} ({(SHIP / 'model.pt').stat().st_size / 2**20:.2f} MiB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "default-model")
+    ap.add_argument(
+        "--steps",
+        default="stage1,fusion,ship,finetune,agera5",
+        help="comma-separated steps to run (each resumes or is skipped when done)",
+    )
+    args = ap.parse_args()
+    steps = args.steps.split(",")
+    torch.set_num_threads(1)
+    ckpts = stage1(args.shared, args.work)
+    frozen = args.work / "fusion_frozen" / "best.pt"
+    if "fusion" in steps:
+        frozen = fusion(args.shared, args.work, ckpts, "frozen", FUSION_EPOCHS)
+    if "ship" in steps:
+        ship(args.work, frozen)
+    if "finetune" in steps:
+        fusion(args.shared, args.work, ckpts, "finetune", FINETUNE_EPOCHS)
+    if "agera5" in steps:
+        add_agera5(args.shared, args.work, frozen)
+
+
+if __name__ == "__main__":
+    main()

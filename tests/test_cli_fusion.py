@@ -1,0 +1,127 @@
+"""``latentcube train --stage fusion`` and ``latentcube embed`` with fused bundles."""
+
+from __future__ import annotations
+
+import numpy as np
+from typer.testing import CliRunner
+
+from latentcube.bundle import load_fusion_checkpoint
+from latentcube.cli import app
+from latentcube.inference import open_embedding
+from latentcube.io import write_zarr
+
+from conftest import tiny_cube
+
+runner = CliRunner()
+
+
+def _train(args):
+    res = runner.invoke(app, ["train", *args, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_train_fusion_and_embed(tmp_path):
+    cube = write_zarr(tiny_cube(n_time=18, ny=34, nx=34, seed=2), tmp_path / "c.zarr")
+    common = ["--model", "tiny", "--max-epochs", "1", "--seed", "1"]
+    for s in ("s2", "s1"):
+        _train([str(cube), "--out", str(tmp_path / s), "--sensor", s, *common])
+    fused = tmp_path / "fused"
+    res = _train(
+        [
+            str(cube),
+            "--out",
+            str(fused),
+            "--stage",
+            "fusion",
+            "--autoencoder",
+            f"s2={tmp_path / 's2' / 'best.pt'}",
+            "--autoencoder",
+            f"s1={tmp_path / 's1' / 'best.pt'}",
+            "--fusion-mode",
+            "finetune",
+            "--sensor-dropout",
+            "0.3",
+            "--max-epochs",
+            "2",
+        ]
+    )
+    assert "model bundle" in res.output
+    model, meta = load_fusion_checkpoint(fused)
+    assert meta["mode"] == "finetune" and model.config.sensor_dropout == 0.3
+    out = tmp_path / "emb.zarr"
+    res = runner.invoke(app, ["embed", str(cube), "--model", str(fused), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ds = open_embedding(out)
+    assert ds.sizes["feature"] == 7 and "sensors" in ds
+    assert ds["sensors"].attrs["flag_meanings"] == "s2 s1"
+    n = int(ds["valid"].sum())
+    assert n > 0 and np.isfinite(ds["embedding"].values[:, ds["valid"].values]).all()
+    res = runner.invoke(
+        app,
+        ["embed", str(cube), "--model", str(fused), "--out", str(tmp_path / "e1"), "--hide", "s2"],
+    )
+    assert res.exit_code == 0, res.output
+    assert not (open_embedding(tmp_path / "e1")["sensors"].values & 1).any()
+
+
+def test_fusion_cli_errors(tmp_path):
+    cube = write_zarr(tiny_cube(n_time=14, ny=20, nx=20), tmp_path / "c.zarr")
+    res = runner.invoke(
+        app, ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "fusion"]
+    )
+    assert res.exit_code == 2 and "--autoencoder" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(cube),
+            "--out",
+            str(tmp_path / "f"),
+            "--stage",
+            "fusion",
+            "--autoencoder",
+            "s2",
+        ],
+    )
+    assert res.exit_code == 2 and "SENSOR=CHECKPOINT" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(cube),
+            "--out",
+            str(tmp_path / "f"),
+            "--stage",
+            "fusion",
+            "--autoencoder",
+            f"s2={tmp_path / 'missing.pt'}",
+        ],
+    )
+    assert res.exit_code == 2 and "checkpoint not found" in res.output
+    res = runner.invoke(app, ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "3"])
+    assert res.exit_code == 2 and "--stage" in res.output
+
+
+def test_shipped_default_model(tmp_path):
+    from latentcube.bundle import default_model_path
+    from latentcube.cube.readers import load_demo_cube
+
+    path = default_model_path()
+    assert (path / "model.pt").stat().st_size < 5 * 2**20
+    assert (path / "MODEL_CARD.md").exists()
+    model, meta = load_fusion_checkpoint(path)
+    assert model.sensors == ("s2", "s1") and meta["mode"] == "frozen"
+    assert meta["autoencoder_configs"]["s2"]["variant"] == "fast"
+    cube = load_demo_cube().isel(y=slice(0, 24), x=slice(0, 24), time=slice(0, 16))
+    src = write_zarr(cube, tmp_path / "crop.zarr")
+    out = tmp_path / "emb.zarr"
+    res = runner.invoke(app, ["embed", str(src), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "shipped default" in res.output
+    ds = open_embedding(out)
+    assert ds.sizes["feature"] == 7 and int(ds["valid"].sum()) > 0
+    args = ["demo", "--cube", str(src), "--out", str(tmp_path / "d"), "--pretrained"]
+    res = runner.invoke(app, [*args, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "d" / "demo.png").exists()
