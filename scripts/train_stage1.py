@@ -110,12 +110,13 @@ def predict_centre(path: Path, w: Windows, hide_centre: bool, batch: int = 64) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "stage1")
-    ap.add_argument("--cpu-seconds-s2", type=float, default=330.0)
-    ap.add_argument("--cpu-seconds-s1", type=float, default=240.0)
-    ap.add_argument("--test-windows", type=int, default=300, help="shared by all models")
+    ap.add_argument("--cpu-seconds-s2", type=float, default=150.0)
+    ap.add_argument("--cpu-seconds-s1", type=float, default=100.0)
+    ap.add_argument("--test-windows", type=int, default=200, help="shared by all models")
     ap.add_argument("--test-windows-fast", type=int, default=4000, help="fast models only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sensors", nargs="+", default=["s2", "s1"], choices=["s2", "s1"])
+    ap.add_argument("--only", nargs="+", default=None, help="run only these models (names)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -192,6 +193,8 @@ def main() -> None:
             if s != sensor:
                 continue
             name = f"{sensor}-{variant}" + ("-gapfill" if pc > 0 else "")
+            if args.only and name not in args.only:
+                continue
             budget = args.cpu_seconds_s2 if sensor == "s2" else args.cpu_seconds_s1
             tcfg = train_config_preset("quick").model_copy(
                 update={
@@ -240,7 +243,8 @@ def main() -> None:
                 ev[name]["mae_centre_hidden"] = err.mean(0).tolist()
             print(name, ev[name], flush=True)
         results["eval"][sensor] = ev
-        (args.out / f"results_{'_'.join(args.sensors)}.json").write_text(
+        tag = "_".join(args.only or args.sensors)
+        (args.out / f"results_{tag}.json").write_text(
             json.dumps(results, indent=2)
         )
     print(json.dumps(results, indent=2))

@@ -68,21 +68,40 @@ def _gaussian(size: int = 7, sigma: float = 1.5) -> Tensor:
     return (g[:, None] * g[None, :])[None, None]
 
 
+def _band(n: int, g: Tensor) -> Tensor:
+    """(n - len(g) + 1, n) matrix whose rows are ``g`` shifted: a 1-D valid convolution."""
+    w = g.numel()
+    rows = torch.arange(n - w + 1)[:, None] + torch.arange(w)[None]
+    out = torch.zeros(n - w + 1, n, dtype=g.dtype, device=g.device)
+    out[torch.arange(n - w + 1)[:, None], rows] = g
+    return out
+
+
 def ssim_map(
     a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5, data_range: float = 1.0
 ) -> Tensor:
     """SSIM map of images ``a``, ``b`` (N, 1, H, W) with a Gaussian window (no padding).
 
     The window shrinks to the image size (odd) for images smaller than ``window``.
+    The separable Gaussian filter is applied as two small matrix products
+    (``Ky @ img @ Kx.T``), the same as a 2-D valid convolution but several
+    times faster than a one-channel convolution on CPU, with and without gradients.
     """
     window = min(window, a.shape[-1], a.shape[-2])
     window -= 1 - window % 2
-    k = _gaussian(window, sigma).to(a.device, a.dtype)
+    x = torch.arange(window, dtype=a.dtype, device=a.device) - window // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    ky, kx = _band(a.shape[-2], g), _band(a.shape[-1], g)
+
+    def blur(img: Tensor) -> Tensor:
+        return ky @ img @ kx.T
+
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = F.conv2d(a, k), F.conv2d(b, k)
-    saa = F.conv2d(a * a, k) - mu_a**2
-    sbb = F.conv2d(b * b, k) - mu_b**2
-    sab = F.conv2d(a * b, k) - mu_a * mu_b
+    mu_a, mu_b = blur(a), blur(b)
+    saa = blur(a * a) - mu_a**2
+    sbb = blur(b * b) - mu_b**2
+    sab = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * sab + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2)
     return num / den
