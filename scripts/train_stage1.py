@@ -244,9 +244,7 @@ def main() -> None:
             print(name, ev[name], flush=True)
         results["eval"][sensor] = ev
         tag = "_".join(args.only or args.sensors)
-        (args.out / f"results_{tag}.json").write_text(
-            json.dumps(results, indent=2)
-        )
+        (args.out / f"results_{tag}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
 

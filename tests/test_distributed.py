@@ -12,7 +12,6 @@ from latentcube.bundle import load_checkpoint
 from latentcube.distributed import train_distributed
 from latentcube.models.config import AutoencoderConfig
 from latentcube.training import TrainConfig, train
-
 from test_training import _data
 
 
@@ -25,7 +24,8 @@ def _rows(path):
 def test_two_processes_equal_one_process(tmp_path):
     tr, va = _data()
     rng = np.random.default_rng(0)
-    tr = tr.subset(np.sort(rng.permutation(len(tr))[:75]))  # 4 batches of 16 + one of 11: unequal shards
+    # 75 windows = 4 batches of 16 and one of 11, split 6 + 5: unequal shards
+    tr = tr.subset(np.sort(rng.permutation(len(tr))[:75]))
     va = va.subset(np.arange(min(len(va), 40)))
     mcfg = AutoencoderConfig.preset("tiny")  # no dropout: the runs must match exactly
     cfg = TrainConfig(

@@ -161,9 +161,7 @@ def test_all_terms_with_the_default_weights_by_hand():
     ssim_term = np.mean(frames)
     centre = np.mean(np.abs(recon[0, 1, :, 3, 3] - target[0, 1, :, 3, 3]))
     target_nan = np.where(mask[:, :, None], target, np.nan)
-    total, parts = ContextLoss()(
-        torch.tensor(recon), torch.tensor(target_nan), torch.tensor(mask)
-    )
+    total, parts = ContextLoss()(torch.tensor(recon), torch.tensor(target_nan), torch.tensor(mask))
     assert len(frames) == 4
     assert parts["mae"].item() == pytest.approx(mae, rel=1e-9)
     assert parts["sam"].item() == pytest.approx(sam, rel=1e-6)

@@ -199,9 +199,9 @@ def train(
 
     from latentcube.cube.readers import open_cube
     from latentcube.data.windows import split_windows
+    from latentcube.distributed import train_distributed
     from latentcube.errors import LatentcubeError
     from latentcube.models.config import AutoencoderConfig
-    from latentcube.distributed import train_distributed
     from latentcube.training import train_config_preset
 
     paths = [*(cubes or []), *(cubes_opt or [])]
@@ -241,8 +241,7 @@ def train(
         tr, va = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
         typer.echo(
             f"{len(tr)} training and {len(va)} validation windows from {len(paths)} cube(s), "
-            f"{mcfg.variant} {sensor} model"
-            + (f", {nproc} processes" if nproc > 1 else "")
+            f"{mcfg.variant} {sensor} model" + (f", {nproc} processes" if nproc > 1 else "")
         )
         result = train_distributed(
             nproc,

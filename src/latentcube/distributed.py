@@ -128,4 +128,4 @@ def train_distributed(nproc: int, *args: Any, **kwargs: Any) -> TrainResult:
 
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_worker, args=(nproc, _free_port(), args, kwargs, queue), nprocs=nproc, join=True)
-    return queue.get()  # type: ignore[no-any-return]
+    return queue.get()

@@ -143,10 +143,10 @@ def evaluate(
         s, n = centre_abs_error(recon, x, m)
         err += float(s)
         cnt += int(n)
-    tot_loss, n_loss, err, cnt = all_reduce_sums([tot_loss, n_loss, err, cnt])
+    t_loss, t_n, t_err, t_cnt = all_reduce_sums([tot_loss, n_loss, err, cnt])
     return {
-        "val_loss": tot_loss / max(n_loss, 1),
-        "val_centre_mae": err / cnt if cnt else float("nan"),
+        "val_loss": t_loss / max(t_n, 1),
+        "val_centre_mae": t_err / t_cnt if t_cnt else float("nan"),
     }
 
 
@@ -322,7 +322,9 @@ def _train(
             if gap_filling:
                 rng = np.random.default_rng([cfg.seed, epoch, i, 1])
                 shape = (len(batch), *m.shape[1:])  # drawn for the global batch
-                hidden = hide_entries(np.ones(shape, bool), rng, cfg.hide_centre_prob, cfg.hide_prob)
+                hidden = hide_entries(
+                    np.ones(shape, bool), rng, cfg.hide_centre_prob, cfg.hide_prob
+                )
                 m_in = m & ~torch.from_numpy(hidden[shards[rank]])
             recon, _ = net(x, m_in, g)
             loss, parts = loss_fn(recon, x, m)

@@ -23,7 +23,6 @@ Total = ``lambda_mae * mae + lambda_sam * sam + lambda_ssim * ssim + lambda_cent
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentcube.models.config import LossConfig
