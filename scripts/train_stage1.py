@@ -107,6 +107,62 @@ def predict_centre(path: Path, w: Windows, hide_centre: bool, batch: int = 64) -
     return np.concatenate(out)
 
 
+def report(out: Path) -> str:
+    """Markdown tables of every ``results_*.json`` in ``out``."""
+    runs: dict = {}
+    evals: dict = {}
+    for f in sorted(out.glob("results_*.json")):
+        r = json.loads(f.read_text())
+        runs.update(r["runs"])
+        for sensor, ev in r["eval"].items():
+            evals.setdefault(sensor, {}).update(ev)
+    lines = ["| run | steps | samples | CPU s | stopped | best val centre MAE |", "|---" * 6 + "|"]
+    for name, r in runs.items():
+        lines.append(
+            f"| {name} | {r['steps']} | {r['samples']} | {r['cpu_seconds_this_call']:.0f} | "
+            f"{r['stopped']} | {r['best_val_centre_mae']:.4f} |"
+        )
+    for sensor, ev in evals.items():
+        bands, n = ev["bands"], ev["n_test_windows"]
+        paper, fast = ev.get(f"{sensor}-paper"), ev.get(f"{sensor}-fast")
+        unit = "reflectance" if sensor == "s2" else "normalised (x 35 = dB)"
+        lines += [
+            "",
+            f"**{sensor.upper()}**, held-out cube {TEST_CUBE}, centre-pixel MAE ({unit}), "
+            f"{n} windows shared by all models:",
+            "",
+            "| band | paper | fast | fast / paper | PCA " + str(ev["pca"]["components"]) + " |",
+            "|---|---|---|---|---|",
+        ]
+        for i, b in enumerate(bands):
+            p = paper["mae"][i] if paper else float("nan")
+            q = fast["mae"][i] if fast else float("nan")
+            lines.append(f"| {b} | {p:.4f} | {q:.4f} | {q / p:.2f} | {ev['pca']['mae'][i]:.4f} |")
+        big = ev["n_test_windows_fast"]
+        gap = ev.get(f"{sensor}-fast-gapfill")
+        lines += [
+            "",
+            f"{sensor.upper()} on {big} held-out windows (fast models): centre visible, and "
+            "centre pixel-date hidden from the input against linear interpolation in time "
+            f"({ev['linear_interp']['n']} windows):",
+            "",
+            "| band | fast | PCA | fast, centre hidden"
+            + (" | gap-fill model, visible | gap-fill model, hidden" if gap else "")
+            + " | linear interpolation |",
+            "|---|---|---|---" + ("|---|---" if gap else "") + "|---|",
+        ]
+        for i, b in enumerate(bands):
+            row = (
+                f"| {b} | {fast['mae_fast_set'][i]:.4f} | {ev['pca']['mae_fast_set'][i]:.4f} | "
+                f"{fast['mae_centre_hidden'][i]:.4f} | "
+            )
+            if gap:
+                row += f"{gap['mae_fast_set'][i]:.4f} | {gap['mae_centre_hidden'][i]:.4f} | "
+            row += f"{ev['linear_interp']['mae_centre_hidden'][i]:.4f} |"
+            lines.append(row)
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "stage1")
@@ -117,7 +173,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sensors", nargs="+", default=["s2", "s1"], choices=["s2", "s1"])
     ap.add_argument("--only", nargs="+", default=None, help="run only these models (names)")
+    ap.add_argument("--report", action="store_true", help="print the tables of earlier runs")
     args = ap.parse_args()
+    if args.report:
+        print(report(args.out))
+        return
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
