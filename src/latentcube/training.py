@@ -64,7 +64,18 @@ METRIC_FIELDS = (
 
 
 class TrainConfig(BaseModel):
-    """Optimisation settings; defaults are the paper's (spec section 3.5)."""
+    """Optimisation settings; defaults are the paper's (spec section 3.5).
+
+    Attributes
+    ----------
+    max_seconds, max_cpu_seconds
+        Stop after this much wall time, or CPU time of the process (all threads;
+        a fair budget on a shared machine). Neither is part of a run's identity.
+    hide_centre_prob, hide_prob
+        Gap-filling training (beyond the paper; 0 = off): probability of hiding
+        a window's centre pixel-date, and any other valid pixel-date, from the
+        input while keeping it in the loss.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
