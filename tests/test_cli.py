@@ -182,3 +182,44 @@ def test_cube_command_builds_a_store_and_reports_bad_input(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["cube", "--help"])
     assert "--bbox" in res.output and "--catalog" in res.output
+
+
+def test_models_prints_the_paper_size_against_the_spec():
+    res = runner.invoke(app, ["models", "--sensor", "s2"])
+    assert res.exit_code == 0, res.output
+    paper = next(line for line in res.output.splitlines() if line.startswith("paper"))
+    assert "3,702,019" in paper and "spec ~3.7 M: +0.1%" in paper
+    fast = next(line for line in res.output.splitlines() if line.startswith("fast"))
+    assert "15 x 15" in fast and "yes" in fast
+
+
+def test_train_with_config_name_cubes_option_and_gap_filling(tmp_path):
+    from latentcube.bundle import load_checkpoint
+
+    from conftest import tiny_cube
+
+    paths = [
+        write_zarr(tiny_cube(n_time=16, ny=20, nx=20, seed=s), tmp_path / f"c{s}.zarr")
+        for s in range(2)
+    ]
+    args = ["train", "--sensor", "s1", "--config", "tiny", "--out", str(tmp_path / "m")]
+    for p in paths:
+        args += ["--cubes", str(p)]
+    args += ["--max-epochs", "1", "--hide-centre", "0.5", "--hide-other", "0.1", "--no-progress"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "tiny s1 model" in res.output
+    _, meta = load_checkpoint(tmp_path / "m" / "best.pt", sensor="s1", expect_bands=("VV", "VH"))
+    assert meta["train_config"]["hide_centre_prob"] == 0.5
+    assert meta["provenance"]["cubes"] == [str(p) for p in paths]
+    assert meta["normalisation"]["bands"] == ["VV", "VH"]
+
+
+def test_train_argument_errors(tmp_path):
+    res = runner.invoke(app, ["train", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "no cubes given" in res.output
+    cube = str(tmp_path / "x.zarr")
+    res = runner.invoke(app, ["train", cube, "--config", "paper", "--model", "tiny"])
+    assert res.exit_code == 2 and "disagree" in res.output
+    res = runner.invoke(app, ["train", cube, "--config", "huge"])
+    assert res.exit_code == 2 and "or a YAML file" in res.output

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentcube.models.config import LossConfig
-from latentcube.models.losses import ContextLoss, centre_mae, context_weights, ssim
+from latentcube.models.losses import ContextLoss, centre_mae, context_weights, ssim, ssim_map
 
 
 def _hand_weights(t_n, w_n):
@@ -116,18 +116,72 @@ def test_loss_config_for_sensor():
     )
 
 
-def test_separable_ssim_equals_2d_convolution():
-    import torch.nn.functional as F
+def _hand_ssim(a, b, sigma=1.5):
+    """SSIM of two 7 x 7 images (one output value), written out with sums."""
+    g = np.array([math.exp(-((i - 3) ** 2) / (2 * sigma**2)) for i in range(7)])
+    g /= g.sum()
+    w = np.outer(g, g)
+    mu_a, mu_b = (w * a).sum(), (w * b).sum()
+    va = (w * a * a).sum() - mu_a**2
+    vb = (w * b * b).sum() - mu_b**2
+    cov = (w * a * b).sum() - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
 
-    from latentcube.models.losses import _gaussian, ssim_map
 
+def test_all_terms_with_the_default_weights_by_hand():
+    """MAE, SAM, SSIM and centre terms and the S2 default total, with a fully masked
+    frame in the first window and a fully masked second window."""
+    rng = np.random.default_rng(7)
+    t_n, c_n, w_n = 3, 2, 7
+    recon = rng.random((2, t_n, c_n, w_n, w_n)) * 0.5 + 0.1
+    target = rng.random((2, t_n, c_n, w_n, w_n)) * 0.5 + 0.1
+    mask = rng.random((2, t_n, w_n, w_n)) > 0.3
+    mask[0, 1, 3, 3] = True  # valid centre
+    mask[0, 2] = False  # a fully masked frame
+    mask[1] = False  # a fully masked window
+    hw = _hand_weights(t_n, w_n) * mask[0]
+    hw /= hw.sum()
+    mae = sam = 0.0
+    for t in range(t_n):
+        for y in range(w_n):
+            for x in range(w_n):
+                if mask[0, t, y, x]:
+                    r, g = recon[0, t, :, y, x], target[0, t, :, y, x]
+                    mae += hw[t, y, x] * np.mean(np.abs(r - g))
+                    cos = r @ g / (np.linalg.norm(r) * np.linalg.norm(g))
+                    sam += hw[t, y, x] * math.acos(cos)
+    mae, sam = mae / 2, sam / 2  # the batch mean counts the empty window as 0
+    frames = []
+    for t in range(t_n):
+        if mask[0, t].any():
+            for c in range(c_n):
+                tgt = np.where(mask[0, t], target[0, t, c], recon[0, t, c])
+                frames.append(1 - _hand_ssim(recon[0, t, c], tgt))
+    ssim_term = np.mean(frames)
+    centre = np.mean(np.abs(recon[0, 1, :, 3, 3] - target[0, 1, :, 3, 3]))
+    target_nan = np.where(mask[:, :, None], target, np.nan)
+    total, parts = ContextLoss()(torch.tensor(recon), torch.tensor(target_nan), torch.tensor(mask))
+    assert len(frames) == 4
+    assert parts["mae"].item() == pytest.approx(mae, rel=1e-9)
+    assert parts["sam"].item() == pytest.approx(sam, rel=1e-6)
+    assert parts["ssim"].item() == pytest.approx(ssim_term, rel=1e-9)
+    assert parts["center"].item() == pytest.approx(centre, rel=1e-9)
+    expected = 0.665 * mae + 0.315 * sam + 0.02 * ssim_term + 1.75 * centre
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ssim_map_equals_a_2d_gaussian_convolution():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.rand(5, 1, 15, 15, generator=g), torch.rand(5, 1, 15, 15, generator=g)
-    k = _gaussian(7, 1.5)
+    a = torch.rand(5, 1, 15, 13, generator=g, dtype=torch.float64)
+    b = torch.rand(5, 1, 15, 13, generator=g, dtype=torch.float64)
+    x = torch.arange(7, dtype=torch.float64) - 3
+    k1 = torch.exp(-(x**2) / (2 * 1.5**2))
+    k = (torch.outer(k1, k1) / k1.sum() ** 2)[None, None]
+    conv = torch.nn.functional.conv2d
+    mu_a, mu_b = conv(a, k), conv(b, k)
+    va, vb = conv(a * a, k) - mu_a**2, conv(b * b, k) - mu_b**2
+    cov = conv(a * b, k) - mu_a * mu_b
     c1, c2 = 1e-4, 9e-4
-    mu_a, mu_b = F.conv2d(a, k), F.conv2d(b, k)
-    saa = F.conv2d(a * a, k) - mu_a**2
-    sbb = F.conv2d(b * b, k) - mu_b**2
-    sab = F.conv2d(a * b, k) - mu_a * mu_b
-    ref = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
-    torch.testing.assert_close(ssim_map(a, b), ref, rtol=1e-4, atol=1e-5)
+    ref = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
+    torch.testing.assert_close(ssim_map(a, b), ref, rtol=1e-12, atol=1e-12)

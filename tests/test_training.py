@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from latentcube.bundle import load_checkpoint
 from latentcube.data.windows import block_regions, extract_windows
@@ -162,3 +163,35 @@ def test_presets():
     assert train_config_preset("quick").lr > 1e-4
     with pytest.raises(ValueError):
         train_config_preset("nope")
+
+
+def test_gap_filling_hides_the_centre_from_the_input_but_not_the_loss(tmp_path, monkeypatch):
+    import latentcube.training as training
+    from latentcube.models.autoencoder import build_autoencoder
+
+    seen = []
+
+    def recording(cfg):
+        model = build_autoencoder(cfg)
+        forward = model.forward
+
+        def fwd(x, mask, gaps):
+            if model.training:
+                seen.append(mask[:, 5, 7, 7].clone())
+            return forward(x, mask, gaps)
+
+        model.forward = fwd
+        return model
+
+    monkeypatch.setattr(training, "build_autoencoder", recording)
+    tr, va = _data()
+    tr, va = tr.subset(np.arange(64)), va.subset(np.arange(min(len(va), 16)))
+    cfg = TrainConfig(max_epochs=1, batch_size=32, warmup_steps=0, hide_centre_prob=1.0)
+    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "g", progress=False)
+    assert len(seen) == 2 and not torch.cat(seen).any()  # every centre hidden from the input
+    row = _rows(res.metrics_csv)[0]
+    assert float(row["train_center"]) > 0  # ... and still a target of the loss
+    seen.clear()
+    cfg = cfg.model_copy(update={"hide_centre_prob": 0.0})
+    train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "n", progress=False)
+    assert torch.cat(seen).all()  # off: the (valid) centres are visible

@@ -104,3 +104,20 @@ def test_s1_windows_use_s1_mask(cube):
     assert arr.data.shape[1] == 2
     w = extract_windows(arr, "s1", stride_t=4)
     assert w.batch(np.array([0]))[0].shape == (1, 11, 2, 15, 15)
+
+
+def test_hide_entries_for_gap_filling():
+    from latentcube.data.windows import hide_entries
+
+    mask = np.ones((400, 11, 15, 15), bool)
+    mask[:10, 5, 7, 7] = False  # already invalid centres are never "hidden"
+    h = hide_entries(mask, np.random.default_rng(0), centre_prob=0.5, other_prob=0.1)
+    assert not (h & ~mask).any()
+    centre = h[:, 5, 7, 7]
+    assert not centre[:10].any() and 0.4 < centre[10:].mean() < 0.6
+    others = np.delete(h.reshape(400, -1), 5 * 225 + 7 * 15 + 7, axis=1)
+    assert 0.09 < others.mean() < 0.11
+    all_c = hide_entries(mask, np.random.default_rng(1), centre_prob=1.0)
+    assert all_c[10:, 5, 7, 7].all() and all_c.sum() == 390  # nothing else hidden
+    a = hide_entries(mask, np.random.default_rng(3), 0.5, 0.1)
+    np.testing.assert_array_equal(a, hide_entries(mask, np.random.default_rng(3), 0.5, 0.1))

@@ -134,32 +134,60 @@ def info(
             typer.echo(f"  {k:<7} {cube.attrs[k]}")
 
 
+_VARIANTS = ("paper", "fast", "tiny")
+
+
 @app.command()
 def train(
     cubes: Annotated[
-        list[Path], typer.Argument(help="Cubes to train on (Zarr stores, sample folders, files).")
-    ],
+        list[Path] | None,
+        typer.Argument(help="Cubes to train on (Zarr stores, sample folders, files)."),
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for checkpoints and metrics.csv.")
-    ],
+    ] = Path("model"),
+    cubes_opt: Annotated[
+        list[Path] | None,
+        typer.Option("--cubes", help="A cube to train on (repeatable; adds to CUBES)."),
+    ] = None,
     sensor: Annotated[str, typer.Option(help="Sensor to model: 's2' or 's1'.")] = "s2",
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help="Model configuration 'paper', 'fast' or 'tiny', or a YAML file with "
+            "'model:' (with 'variant:') and/or 'train:' sections overriding the presets."
+        ),
+    ] = None,
     model: Annotated[
-        str, typer.Option(help="Model configuration: 'fast', 'paper' or 'tiny'.")
-    ] = "fast",
+        str | None,
+        typer.Option(help="Model configuration: 'fast' (default), 'paper' or 'tiny'."),
+    ] = None,
     preset: Annotated[
         str,
         typer.Option(help="Optimisation preset: 'quick' (minutes on a laptop) or 'paper'."),
     ] = "quick",
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            help="YAML file with 'model:' and/or 'train:' sections overriding the presets."
-        ),
-    ] = None,
     max_seconds: Annotated[
         float | None, typer.Option(help="Stop training after this many seconds.")
     ] = None,
+    max_cpu_seconds: Annotated[
+        float | None,
+        typer.Option(help="Stop after this much CPU time of the process (a fair budget)."),
+    ] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel training processes on this machine (DDP, gloo).")
+    ] = 1,
+    hide_centre: Annotated[
+        float,
+        typer.Option(
+            help="Gap filling: probability of hiding the centre pixel-date from the input "
+            "(it stays in the loss). 0 = off, as in the paper."
+        ),
+    ] = 0.0,
+    hide_other: Annotated[
+        float,
+        typer.Option(help="Gap filling: probability of hiding any other pixel-date."),
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the split, sampling and training.")] = 42,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt when it exists.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -197,6 +225,7 @@ def train(
     and metrics.csv go to OUT; a killed run continues where it stopped. With
     --stage fusion, best.pt is a bundle of every sensor's model and the fusion
     layers that 'latentcube embed' reads.
+    Example: latentcube train --sensor s2 --config fast --cubes a.zarr --cubes b.zarr -o m
     """
     import yaml
 
@@ -208,16 +237,17 @@ def train(
     except (OSError, ValueError) as err:
         _fail(f"sensor configuration: {err}")
         return
+    paths = [*(cubes or []), *(cubes_opt or [])]
     if stage == "fusion":
         _train_fusion(
-            cubes,
+            paths,
             out,
             autoencoder or [],
             base=base,
             mode=fusion_mode,
             sensor_dropout=sensor_dropout,
             preset=preset,
-            config=config,
+            config=Path(config) if config else None,
             max_seconds=max_seconds,
             max_epochs=max_epochs,
             seed=seed,
@@ -230,22 +260,51 @@ def train(
 
     from latentcube.cube.readers import open_cube
     from latentcube.data.windows import split_windows
+    from latentcube.distributed import train_distributed
     from latentcube.errors import LatentcubeError
     from latentcube.models.config import AutoencoderConfig
-    from latentcube.training import train as run_training
     from latentcube.training import train_config_preset
 
+    if not paths:
+        _fail("no cubes given: pass them as arguments or with --cubes")
     try:
-        overrides = yaml.safe_load(config.read_text()) if config else {}
-        mcfg = AutoencoderConfig.preset(model, sensor)
-        mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), **overrides.get("model", {})})
-        tcfg = _with_overrides(
-            train_config_preset(preset), overrides, seed, max_seconds, max_epochs
-        )
-        loaded = [open_cube(c).load() for c in cubes]
+        overrides: dict = {}
+        variant = model
+        if config is not None and config in _VARIANTS and not Path(config).exists():
+            if model is not None and model != config:
+                _fail(f"--config {config} and --model {model} disagree")
+            variant = config
+        elif config is not None:
+            cfg_path = Path(config)
+            if not cfg_path.is_file():
+                _fail(f"--config must be one of {', '.join(_VARIANTS)} or a YAML file: {config}")
+            overrides = yaml.safe_load(cfg_path.read_text()) or {}
+            if not isinstance(overrides, dict):
+                _fail(f"{config}: expected a mapping with 'model:' and/or 'train:' sections")
+        model_over = dict(overrides.get("model") or {})
+        variant = model_over.pop("variant", None) or variant or "fast"
+        mcfg = AutoencoderConfig.preset(variant, sensor)
+        mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), **model_over})
+        tcfg = train_config_preset(preset)
+        updates = {**(overrides.get("train") or {}), "seed": seed}
+        for key, val in (
+            ("max_seconds", max_seconds),
+            ("max_cpu_seconds", max_cpu_seconds),
+            ("max_epochs", max_epochs),
+        ):
+            if val is not None:
+                updates[key] = val
+        if hide_centre or hide_other:
+            updates.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
+        tcfg = type(tcfg).model_validate({**tcfg.model_dump(), **updates})
+        loaded = [open_cube(c).load() for c in paths]
         tr, va = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
-        typer.echo(f"{len(tr)} training and {len(va)} validation windows from {len(cubes)} cube(s)")
-        result = run_training(
+        typer.echo(
+            f"{len(tr)} training and {len(va)} validation windows from {len(paths)} cube(s), "
+            f"{mcfg.variant} {sensor} model" + (f", {nproc} processes" if nproc > 1 else "")
+        )
+        result = train_distributed(
+            nproc,
             mcfg,
             tr,
             va,
@@ -253,7 +312,7 @@ def train(
             out,
             resume=resume,
             progress=progress,
-            provenance={"cubes": [str(c) for c in cubes]},
+            provenance={"cubes": [str(c) for c in paths], "seed": seed},
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -340,6 +399,42 @@ def _train_fusion(
         f"{result.epochs} epochs ({result.stopped}, {result.seconds:.0f} s); "
         f"model bundle: {result.checkpoint}"
     )
+
+
+@app.command()
+def models(
+    sensor: Annotated[
+        list[str] | None, typer.Option(help="Sensor(s) to describe (default: s2 and s1).")
+    ] = None,
+) -> None:
+    """List the stage-1 model configurations: parameters, latent size, dense path.
+
+    The paper's parameter count is compared with the estimate of the paper
+    notes (about 3.7 M parameters per sensor autoencoder).
+    """
+    from latentcube.models.autoencoder import build_autoencoder, count_parameters
+    from latentcube.models.config import AutoencoderConfig
+
+    spec_estimate = 3.7e6
+    typer.echo(
+        f"{'config':<7} {'sensor':<6} {'bands':>5} {'latent':>6} {'parameters':>11} "
+        f"{'receptive field':>15}  dense"
+    )
+    for s in sensor or ["s2", "s1"]:
+        for v in _VARIANTS:
+            try:
+                cfg = AutoencoderConfig.preset(v, s)
+            except ValueError as err:
+                _fail(str(err))
+                return
+            n = count_parameters(build_autoencoder(cfg))
+            rf = f"{cfg.window} x {cfg.window}"  # fast/tiny: checked by the config
+            dense = "no (window by window)" if v == "paper" else "yes (= window by window)"
+            note = f"  spec ~3.7 M: {100 * (n - spec_estimate) / spec_estimate:+.1f}%"
+            typer.echo(
+                f"{v:<7} {s:<6} {cfg.n_bands:>5} {cfg.latent_dim:>6} {n:>11,} {rf:>15}  {dense}"
+                + (note if v == "paper" else "")
+            )
 
 
 @app.command()

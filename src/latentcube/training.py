@@ -6,6 +6,14 @@ losses and one CSV row per epoch. ``last.pt`` (with the optimiser, schedule and
 RNG state) and ``best.pt`` are written atomically after every epoch, so a run
 killed at any moment restarts from its last finished epoch and ends with the
 same metrics as an uninterrupted run of the same seed.
+
+Gap filling (beyond the paper): with ``hide_centre_prob``/``hide_prob`` > 0 the
+centre pixel-date (and random other valid entries) are hidden from the model's
+input but kept as targets of the loss, so the model learns to reconstruct a
+cloudy centre from its context. Both are 0 in every preset.
+
+Data-parallel training on several processes (DDP, gloo): see
+:mod:`latentcube.distributed`.
 """
 
 from __future__ import annotations
@@ -25,11 +33,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from latentcube.bundle import read_checkpoint, save_checkpoint
-from latentcube.data.windows import Windows
+from latentcube.data.windows import Windows, hide_entries
+from latentcube.distributed import (
+    all_gather_objects,
+    all_reduce_sums,
+    init_from_env,
+    rank_and_size,
+)
 from latentcube.errors import ModelError
 from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.models.losses import ContextLoss, centre_abs_error
+from latentcube.sensors import SENSORS
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "train", "train_config_preset"]
 
@@ -49,7 +64,18 @@ METRIC_FIELDS = (
 
 
 class TrainConfig(BaseModel):
-    """Optimisation settings; defaults are the paper's (spec section 3.5)."""
+    """Optimisation settings; defaults are the paper's (spec section 3.5).
+
+    Attributes
+    ----------
+    max_seconds, max_cpu_seconds
+        Stop after this much wall time, or CPU time of the process (all threads;
+        a fair budget on a shared machine). Neither is part of a run's identity.
+    hide_centre_prob, hide_prob
+        Gap-filling training (beyond the paper; 0 = off): probability of hiding
+        a window's centre pixel-date, and any other valid pixel-date, from the
+        input while keeping it in the loss.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -64,11 +90,14 @@ class TrainConfig(BaseModel):
     val_batch_size: int = 256
     max_epochs: int = Field(default=500, ge=1)
     max_seconds: float | None = None
+    max_cpu_seconds: float | None = None
     early_stopping_patience: int = 16
     early_stopping_min_delta: float = 0.0
     grad_clip: float = 1.0
     seed: int = 42
     num_threads: int | None = None
+    hide_centre_prob: float = Field(default=0.0, ge=0, le=1)
+    hide_prob: float = Field(default=0.0, ge=0, lt=1)
 
 
 def train_config_preset(name: str) -> TrainConfig:
@@ -107,14 +136,17 @@ class TrainResult:
 def evaluate(
     model: ContextAutoencoder, windows: Windows, loss_fn: ContextLoss, batch_size: int = 256
 ) -> dict[str, float]:
-    """Validation loss and centre-pixel MAE of ``model`` on ``windows``."""
+    """Validation loss and centre-pixel MAE of ``model`` on ``windows``.
+
+    In a process group each process evaluates its share of the windows and the
+    sums are all-reduced, so all processes return the same figures.
+    """
     model.eval()
+    rank, size = rank_and_size()
+    mine = np.array_split(np.arange(len(windows)), size)[rank]
     tot_loss, n_loss, err, cnt = 0.0, 0, 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        x, m, g = (
-            torch.from_numpy(a)
-            for a in windows.batch(np.arange(i, min(i + batch_size, len(windows))))
-        )
+    for i in range(0, len(mine), batch_size):
+        x, m, g = (torch.from_numpy(a) for a in windows.batch(mine[i : i + batch_size]))
         recon, _ = model(x, m, g)
         loss, _ = loss_fn(recon, x, m)
         tot_loss += float(loss) * len(x)
@@ -122,9 +154,10 @@ def evaluate(
         s, n = centre_abs_error(recon, x, m)
         err += float(s)
         cnt += int(n)
+    t_loss, t_n, t_err, t_cnt = all_reduce_sums([tot_loss, n_loss, err, cnt])
     return {
-        "val_loss": tot_loss / max(n_loss, 1),
-        "val_centre_mae": err / cnt if cnt else float("nan"),
+        "val_loss": t_loss / max(t_n, 1),
+        "val_centre_mae": t_err / t_cnt if t_cnt else float("nan"),
     }
 
 
@@ -173,20 +206,57 @@ def train(
     TrainResult
         Best validation centre MAE, epochs, steps, seconds and paths.
     """
+    own_group = init_from_env()
+    try:
+        return _train(
+            model_config,
+            train_windows,
+            val_windows,
+            config or TrainConfig(),
+            Path(out_dir),
+            loss_config=loss_config,
+            resume=resume,
+            progress=progress,
+            provenance=provenance,
+        )
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(
+    model_config: AutoencoderConfig,
+    train_windows: Windows,
+    val_windows: Windows,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    loss_config: LossConfig | None,
+    resume: bool,
+    progress: bool,
+    provenance: Mapping[str, Any] | None,
+) -> TrainResult:
     from tqdm.auto import tqdm
 
-    cfg = config or TrainConfig()
+    rank, world = rank_and_size()
+    progress = progress and rank == 0
     if len(train_windows) == 0:
         raise ModelError("no training windows: the cubes have too few valid dates or pixels")
     if len(val_windows) == 0:
         raise ModelError("no validation windows: enlarge the validation split")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last, best, metrics_csv = out / "last.pt", out / "best.pt", out / "metrics.csv"
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    elif world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     _seed_everything(cfg.seed)
     model = build_autoencoder(model_config)
+    net: torch.nn.Module = model
+    if world > 1:
+        # same initial weights everywhere (DDP also broadcasts them); own dropout stream
+        torch.manual_seed(cfg.seed * 1000 + rank)
+        net = torch.nn.parallel.DistributedDataParallel(model)
     loss_fn = ContextLoss(loss_config or LossConfig.for_sensor(model_config.sensor))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: dict[str, Any] = {
@@ -198,12 +268,15 @@ def train(
         "plateau_best": math.inf,
         "plateau_bad": 0,
         "seconds": 0.0,
+        "cpu_seconds": 0.0,
         "stopped": "",
     }
     rows: list[dict[str, Any]] = []
     identity = {
         "model_config": model_config.model_dump(mode="json"),
-        "train_config": cfg.model_dump(mode="json", exclude={"max_seconds", "num_threads"}),
+        "train_config": cfg.model_dump(
+            mode="json", exclude={"max_seconds", "max_cpu_seconds", "num_threads"}
+        ),
         "n_train": len(train_windows),
         "n_val": len(val_windows),
     }
@@ -217,12 +290,13 @@ def train(
             )
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ts["optimizer"])
-        state.update({k: ts["state"][k] for k in state})
-        torch.set_rng_state(ts["torch_rng"])
+        state.update({k: ts["state"][k] for k in state if k in ts["state"]})
+        rngs = ts.get("torch_rng_ranks", [ts["torch_rng"]])
+        torch.set_rng_state(rngs[rank] if len(rngs) == world else ts["torch_rng"])
         if metrics_csv.exists():
             with metrics_csv.open() as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= state["epoch"]]
-    else:
+    elif rank == 0:
         for p in (last, best, metrics_csv):
             if p.exists():
                 p.unlink()
@@ -231,13 +305,15 @@ def train(
 
     n = len(train_windows)
     start_time = time.perf_counter() - state["seconds"]
+    start_cpu = time.process_time() - state["cpu_seconds"]
     bar_total = math.ceil(n / cfg.batch_size)
     while state["epoch"] < cfg.max_epochs and not state["stopped"]:
         epoch = state["epoch"]
-        model.train()
+        net.train()
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
         sums: dict[str, float] = {}
         seen = 0
+        gap_filling = cfg.hide_centre_prob > 0 or cfg.hide_prob > 0
         bar = tqdm(total=bar_total, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
         for i in range(0, n, cfg.batch_size):
             warm = min(
@@ -248,13 +324,24 @@ def train(
             lr = max(cfg.lr * state["lr_scale"], cfg.min_lr) * warm
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, m, g = (
-                torch.from_numpy(a) for a in train_windows.batch(perm[i : i + cfg.batch_size])
-            )
-            recon, _ = model(x, m, g)
+            # the global batch; in a process group each process takes one contiguous shard
+            batch = perm[i : i + cfg.batch_size]
+            shards = np.array_split(np.arange(len(batch)), world)
+            xa, ma, ga = train_windows.batch(batch[shards[rank]])
+            x, m, g = (torch.from_numpy(a) for a in (xa, ma, ga))
+            m_in = m
+            if gap_filling:
+                rng = np.random.default_rng([cfg.seed, epoch, i, 1])
+                shape = (len(batch), *m.shape[1:])  # drawn for the global batch
+                hidden = hide_entries(
+                    np.ones(shape, bool), rng, cfg.hide_centre_prob, cfg.hide_prob
+                )
+                m_in = m & ~torch.from_numpy(hidden[shards[rank]])
+            recon, _ = net(x, m_in, g)
             loss, parts = loss_fn(recon, x, m)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over processes: weight each shard by its share
+            (loss * (len(x) * world / len(batch))).backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -263,11 +350,28 @@ def train(
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", lr=f"{lr:.1e}")
-            if cfg.max_seconds is not None and time.perf_counter() - start_time > cfg.max_seconds:
-                state["stopped"] = "time_budget"
-                break
+            bar.set_postfix(
+                loss=f"{sums['loss'] / seen:.4f}",
+                centre=f"{sums['center'] / seen:.4f}",
+                lr=f"{lr:.1e}",
+            )
+            if cfg.max_seconds is not None or cfg.max_cpu_seconds is not None:
+                over = (
+                    cfg.max_seconds is not None
+                    and time.perf_counter() - start_time > cfg.max_seconds
+                ) or (
+                    cfg.max_cpu_seconds is not None
+                    and time.process_time() - start_cpu > cfg.max_cpu_seconds
+                )
+                if world > 1:  # every process must stop at the same step
+                    over = all_reduce_sums([float(over)])[0] > 0
+                if over:
+                    state["stopped"] = "time_budget"
+                    break
         bar.close()
+        keys = ("loss", "mae", "sam", "ssim", "center")
+        *tot, seen_all = all_reduce_sums([*(sums.get(k, 0.0) for k in keys), seen])
+        sums, seen = dict(zip(keys, tot, strict=True)), int(seen_all)
         val = evaluate(model, val_windows, loss_fn, cfg.val_batch_size)
         state["epoch"] = epoch + 1
         score = val["val_centre_mae"]
@@ -288,6 +392,7 @@ def train(
         if state["epoch"] >= cfg.max_epochs:
             state["stopped"] = state["stopped"] or "max_epochs"
         state["seconds"] = time.perf_counter() - start_time
+        state["cpu_seconds"] = time.process_time() - start_cpu
         row = {
             "epoch": state["epoch"],
             "step": state["step"],
@@ -300,6 +405,9 @@ def train(
             "seconds": round(state["seconds"], 3),
         }
         rows.append(row)
+        rngs = all_gather_objects(torch.get_rng_state())
+        if rank != 0:
+            continue
         _write_csv(metrics_csv, rows)
         if progress:
             tqdm.write(
@@ -309,8 +417,16 @@ def train(
         extra = {
             "identity": identity,
             "provenance": dict(provenance or {}),
+            "train_config": cfg.model_dump(mode="json"),
+            "processes": world,
             "metrics": {"epoch": state["epoch"], "best_val_centre_mae": state["best"], **val},
-            "normalisation": {"s2": "reflectance in [0, 1]", "s1": "(clip(dB,-30,5)+30)/35"},
+            "normalisation": {
+                "sensor": model_config.sensor,
+                "bands": list(model_config.bands),
+                "values": SENSORS[model_config.sensor].units,
+                "value_range": list(SENSORS[model_config.sensor].value_range),
+                "masked_inputs": "filled by the model; the validity mask is an input",
+            },
         }
         if improved:
             save_checkpoint(best, model, extra=extra)
@@ -322,6 +438,7 @@ def train(
                 "optimizer": opt.state_dict(),
                 "state": dict(state),
                 "torch_rng": torch.get_rng_state(),
+                "torch_rng_ranks": rngs,
             },
         )
     return _result(state, out, best, last, metrics_csv)

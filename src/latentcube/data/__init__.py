@@ -6,6 +6,7 @@ from latentcube.data.windows import (
     Windows,
     block_regions,
     extract_windows,
+    hide_entries,
     split_cubes,
     split_windows,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "Windows",
     "block_regions",
     "extract_windows",
+    "hide_entries",
     "split_cubes",
     "split_windows",
 ]

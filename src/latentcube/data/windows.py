@@ -34,6 +34,7 @@ __all__ = [
     "Windows",
     "block_regions",
     "extract_windows",
+    "hide_entries",
     "split_cubes",
     "split_windows",
 ]
@@ -394,6 +395,34 @@ def split_windows(
         extract_windows(arr, sensor, mode="train", region=train_r, **common),
         extract_windows(arr, sensor, mode="consecutive", region=val_r, **common),
     )
+
+
+def hide_entries(
+    mask: np.ndarray, rng: np.random.Generator, centre_prob: float = 1.0, other_prob: float = 0.0
+) -> np.ndarray:
+    """Entries to hide from a model's input for gap-filling training.
+
+    Parameters
+    ----------
+    mask
+        (n, T, W, W) bool validity of a batch of windows.
+    rng
+        Random generator (seed it per batch for reproducible runs).
+    centre_prob
+        Probability that a window's centre pixel at the centre date is hidden.
+    other_prob
+        Probability that any other pixel-date is hidden.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, T, W, W) bool, True where a *valid* entry is to be hidden from the
+        input; the loss still uses it as a target.
+    """
+    n, t, w, _ = mask.shape
+    hide = rng.random(mask.shape) < other_prob if other_prob > 0 else np.zeros(mask.shape, bool)
+    hide[:, t // 2, w // 2, w // 2] = rng.random(n) < centre_prob
+    return hide & mask
 
 
 def _inside(region: np.ndarray, window: int) -> np.ndarray:

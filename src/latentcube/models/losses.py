@@ -67,18 +67,12 @@ def _gaussian(size: int = 7, sigma: float = 1.5) -> Tensor:
     return (g[:, None] * g[None, :])[None, None]
 
 
-def _gaussian_1d(size: int = 7, sigma: float = 1.5) -> Tensor:
-    x = torch.arange(size, dtype=torch.float32) - size // 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def _band(g: Tensor, n: int) -> Tensor:
-    """(n - k + 1, n) matrix whose rows are the 1-D kernel ``g`` (length k) shifted by one."""
-    k = g.shape[0]
-    out = g.new_zeros(n - k + 1, n)
-    for i in range(n - k + 1):
-        out[i, i : i + k] = g
+def _band(n: int, g: Tensor) -> Tensor:
+    """(n - len(g) + 1, n) matrix whose rows are ``g`` shifted: a 1-D valid convolution."""
+    w = g.numel()
+    rows = torch.arange(n - w + 1)[:, None] + torch.arange(w)[None]
+    out = torch.zeros(n - w + 1, n, dtype=g.dtype, device=g.device)
+    out[torch.arange(n - w + 1)[:, None], rows] = g
     return out
 
 
@@ -88,18 +82,21 @@ def ssim_map(
     """SSIM map of images ``a``, ``b`` (N, 1, H, W) with a Gaussian window (no padding).
 
     The window shrinks to the image size (odd) for images smaller than ``window``.
+    The separable Gaussian filter is applied as two small matrix products
+    (``Ky @ img @ Kx.T``), the same as a 2-D valid convolution but several
+    times faster than a one-channel convolution on CPU, with and without gradients.
     """
     window = min(window, a.shape[-1], a.shape[-2])
     window -= 1 - window % 2
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    # the Gaussian window is separable: a valid 2-D convolution is R @ img @ C^T with
-    # banded matrices R, C; far cheaper than conv2d on single-channel images (backward too)
-    g = _gaussian_1d(window, sigma).to(a.device, a.dtype)
-    rows, cols = _band(g, a.shape[-2]), _band(g, a.shape[-1])
+    x = torch.arange(window, dtype=a.dtype, device=a.device) - window // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    ky, kx = _band(a.shape[-2], g), _band(a.shape[-1], g)
 
     def blur(img: Tensor) -> Tensor:
-        return rows @ img @ cols.T
+        return ky @ img @ kx.T
 
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mu_a, mu_b = blur(a), blur(b)
     saa = blur(a * a) - mu_a**2
     sbb = blur(b * b) - mu_b**2

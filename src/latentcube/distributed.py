@@ -1,0 +1,131 @@
+"""Multi-process training on CPU with ``torch.distributed`` (gloo) and DDP.
+
+:func:`latentcube.training.train` runs data-parallel whenever a process group
+is initialised: every global batch of ``batch_size`` windows is split into one
+contiguous shard per process, each shard's loss is scaled by its share of the
+batch, and DDP averages the gradients, so one step equals a single-process
+step on the whole batch (up to float summation order). Validation is sharded
+the same way and its sums are all-reduced, so every process takes the same
+early-stopping and learning-rate decisions.
+
+Two ways to start it:
+
+* :func:`train_distributed` (and ``latentcube train --nproc N``) spawns ``N``
+  processes on this machine with :func:`torch.multiprocessing.spawn`;
+* ``torchrun --nproc-per-node N -m latentcube train ...`` (any launcher that sets
+  ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``): ``train``
+  joins the group from those variables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from latentcube.training import TrainResult
+
+__all__ = ["all_reduce_sums", "init_from_env", "rank_and_size", "train_distributed"]
+
+
+def rank_and_size() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env() -> bool:
+    """Join a gloo process group described by ``torchrun``-style environment variables.
+
+    Returns
+    -------
+    bool
+        True when this call initialised the group (the caller destroys it).
+    """
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+        return False
+    dist.init_process_group("gloo")
+    return True
+
+
+def all_reduce_sums(values: Sequence[float]) -> list[float]:
+    """Sum ``values`` over all processes (float64); identity outside a process group."""
+    if rank_and_size()[1] == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every process, in rank order; ``[obj]`` outside a process group."""
+    if rank_and_size()[1] == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(
+    rank: int,
+    nproc: int,
+    port: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    queue: Any,
+) -> None:
+    from latentcube.training import train
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=nproc)
+    try:
+        result = train(*args, **{**kwargs, "progress": kwargs.get("progress", True) and rank == 0})
+        if rank == 0:
+            queue.put(result)
+    finally:
+        dist.destroy_process_group()
+
+
+def train_distributed(nproc: int, *args: Any, **kwargs: Any) -> TrainResult:
+    """Run :func:`latentcube.training.train` in ``nproc`` local processes (DDP, gloo).
+
+    Parameters
+    ----------
+    nproc
+        Number of processes; each uses ``cores // nproc`` threads unless the
+        training configuration sets ``num_threads``.
+    *args, **kwargs
+        Passed to :func:`latentcube.training.train` in every process (the
+        windows are pickled to each process).
+
+    Returns
+    -------
+    TrainResult
+        The result of process 0.
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if nproc == 1:
+        from latentcube.training import train
+
+        return train(*args, **kwargs)
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_worker, args=(nproc, _free_port(), args, kwargs, queue), nprocs=nproc, join=True)
+    return queue.get()
