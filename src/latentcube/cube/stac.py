@@ -28,6 +28,7 @@ COG reads go through GDAL with ``GDAL_HTTP_MAX_RETRY`` and
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -640,7 +641,8 @@ def _read_one(href: str, geobox: Any, out: np.ndarray, nodata: float | int) -> N
         i0, i1 = max(0, oy), min(ny, oy + src.height * k)
         j0, j1 = max(0, ox), min(nx, ox + src.width * k)
         if i0 >= i1 or j0 >= j1:
-            return  # no overlap: out keeps nodata
+            out[...] = nodata  # no overlap
+            return
         r0, r1 = (i0 - oy) // k, -(-(i1 - oy) // k)
         c0, c1 = (j0 - ox) // k, -(-(j1 - ox) // k)
         arr = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
@@ -649,6 +651,9 @@ def _read_one(href: str, geobox: Any, out: np.ndarray, nodata: float | int) -> N
         arr = np.repeat(np.repeat(arr, k, axis=0), k, axis=1)
         di, dj = (i0 - oy) - r0 * k, (j0 - ox) - c0 * k
         arr = arr[di : di + i1 - i0, dj : dj + j1 - j0]
+    for rows, cols in ((slice(0, i0), slice(None)), (slice(i1, ny), slice(None)),
+                       (slice(i0, i1), slice(0, j0)), (slice(i0, i1), slice(j1, nx))):  # fmt: skip
+        out[rows, cols] = nodata  # outside the source
     dst = out[i0:i1, j0:j1]
     dst[...] = arr
     if src_nodata is not None and not (
@@ -686,20 +691,26 @@ def read_aligned(
     dict
         Band name -> numpy array (item, y, x), items in the given order.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     if not items:
         raise StacError("nothing to load: no items")
-    out = {b: np.full((len(items), *geobox.shape), nodata, dtype=dtype) for b in assets}
+    out = {b: np.empty((len(items), *geobox.shape), dtype=dtype) for b in assets}
     jobs = []
     for k, it in enumerate(items):
         for band, key in assets.items():
             href = it.assets[key].get_absolute_href() or it.assets[key].href
             jobs.append((patch_url(href) if patch_url else href, out[band][k]))
-    with ThreadPoolExecutor(max_workers=pool or 1) as ex:
-        for fut in [ex.submit(_read_one, h, geobox, o, nodata) for h, o in jobs]:
-            fut.result()
+    ex = _executor(pool or 1)
+    for fut in [ex.submit(_read_one, h, geobox, o, nodata) for h, o in jobs]:
+        fut.result()
     return out
+
+
+@functools.cache
+def _executor(workers: int) -> Any:
+    """A reader thread pool kept for the process (starting threads per unit is not free)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="latentcube-read")
 
 
 def _transient(err: BaseException) -> bool:
