@@ -1191,11 +1191,13 @@ def _execute(
     attrs["dropped_dates"] = json.dumps(
         [np.datetime_as_string(t, "D") for t in plan.s2_times[dropped]]
     )
-    st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})
     if keep.all() and path is not None:
         # the staging store already is the cube: add the attributes and move it in place
         group: Any = zarr.open_group(staging.store, mode="r+")
-        geo = {k: v for k, v in geozarr_attrs(st).items() if v is not None}
+        coords = plan.info.geobox.coordinates
+        grid = xr.Dataset(coords={"y": coords["y"].values, "x": coords["x"].values})
+        grid = grid.rio.write_crs(f"EPSG:{plan.info.epsg}")
+        geo = {k: v for k, v in geozarr_attrs(grid).items() if v is not None}
         group.attrs.update(_json_attrs({**attrs, **geo}))
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -1205,6 +1207,7 @@ def _execute(
         return validate_cube(open_zarr(path), check_values=False)
     # some candidate date turned out below the threshold (a mask function other
     # than the default, or pixels without data in some band): copy the kept dates
+    st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})
     ds = st.isel(time=np.flatnonzero(keep))
     ds.attrs = attrs
     for v in ds.variables.values():
