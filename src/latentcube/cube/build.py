@@ -12,18 +12,27 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
 3. **Plan**: S2 items are grouped by solar day (tile overlaps of one pass
    become one date), S1 items by solar day and orbit direction; every S2 date
    gets the nearest S1 acquisition within ``s1_max_gap_days``.
-4. **Load** unit by unit (a block of S2 dates x a spatial tile) with odc-stac,
-   explicit dtype, nodata and resampling, URLs re-signed at every call, each
-   unit retried with backoff on transient errors. Per S2 item: DN -> reflectance
-   honouring the baseline-04.00 offset, mask (SCL with dilation by default, or
-   any mask function), then the items of one day are merged (a clear pixel
-   wins). S1: linear gamma0 -> centred mean over 3 acquisitions of the same
-   orbit direction -> dB -> clip [-30, 5] -> (dB + 30) / 35.
-5. Each unit is written into a **staging store** next to the output and marked
-   done, so an interrupted build resumes without reading those units again.
-6. **Finish**: dates whose valid S2 fraction is below ``min_valid_fraction``
-   are dropped, and the cube is written atomically (:func:`latentcube.io.write_zarr`)
-   with training-friendly chunks and provenance; the staging store is removed.
+4. **Screen**: with the default mask, only SCL is read first to count each
+   date's pixels the mask can leave clear (an upper bound of its valid
+   pixels); dates below ``min_valid_fraction`` are dropped before their bands
+   are read, so the time axis is known up front.
+5. **Load** unit by unit (a block of S2 dates x a spatial tile): assets on the
+   cube's pixel lattice are read at their native resolution and repeated to
+   10 m (:func:`latentcube.cube.stac.read_aligned`, equal to a nearest warp),
+   others with odc-stac; explicit dtype, nodata and resampling, URLs re-signed
+   at every call, each unit retried with backoff on transient errors. Per S2
+   item: DN -> reflectance honouring the baseline-04.00 offset, mask (SCL with
+   dilation by default, or any mask function), then the items of one day are
+   merged (a clear pixel wins). S1: linear gamma0 -> centred mean over 3
+   acquisitions of the same orbit direction -> dB -> clip [-30, 5] -> (dB + 30) / 35.
+6. Each unit writes its own chunks, compressed, straight into the cube's store
+   in a staging folder next to the output and is marked done (with its valid
+   pixel counts), so an interrupted build resumes without reading those units
+   again.
+7. **Finish**: the attributes (provenance) are added and the store is renamed
+   to the output. Only when a date ends below ``min_valid_fraction`` after
+   the full mask (custom mask functions are not screened) are the kept dates
+   copied into a new store (:func:`latentcube.io.write_zarr`).
 """
 
 from __future__ import annotations
@@ -203,6 +212,10 @@ class CubeSpec(BaseModel):
         one unit whatever the area.
     chunks
         Zarr chunks of the output, ``{"time", "y", "x"}`` (all bands in one chunk).
+        Units write whole chunks, so the store written in place is chunked
+        ``gcd(time_chunk, chunks["time"])`` dates and ``gcd(tile, chunks["y"])``
+        pixels (8 x 128 x 128 by default); these chunks are used as given
+        only when dates are dropped after the full read (the cube is copied).
     max_retries, backoff
         Retries of HTTP requests and of whole loading units (exponential backoff
         starting at ``backoff`` seconds).
