@@ -816,8 +816,9 @@ def _check_unit(sensor: str, data: np.ndarray, valid: np.ndarray) -> None:
     vb = np.broadcast_to(valid[:, None], data.shape)
     if (finite != vb).any():
         raise StacError(f"internal error: {sensor} values and {sensor}_valid disagree")
-    vals = data[finite]
-    if vals.size and (vals.min() < 0.0 or vals.max() > 1.0):
+    with np.errstate(invalid="ignore"):  # NaN compares False: only finite values count
+        outside = bool((data < 0.0).any() or (data > 1.0).any())
+    if outside:
         raise StacError(f"internal error: {sensor} values outside [0, 1]")
 
 
