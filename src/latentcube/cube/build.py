@@ -830,6 +830,23 @@ def _run_unit(
     candidates: np.ndarray,
 ) -> list[int]:
     """Load, check and write one unit; returns its valid S2 pixel count per date."""
+    return _process_unit(plan, unit, store, mask, candidates, None)[0]
+
+
+def _process_unit(
+    plan: _Plan,
+    unit: tuple[int, int, int],
+    store: Path,
+    mask: MaskFunction,
+    candidates: np.ndarray,
+    submit: Any,
+) -> tuple[list[int], list[Any]]:
+    """Load and check one unit and write it, or hand its writes to ``submit``.
+
+    With ``submit`` (an executor's ``submit``) the S2 write runs while S1 is
+    read; the caller waits for the returned futures before it marks the unit
+    done. Returns the valid S2 pixel count per date and the futures.
+    """
     import zarr
 
     k, i, j = unit
@@ -840,17 +857,70 @@ def _run_unit(
     dates = [int(d) for d in candidates[ts]]
     ys = slice(i * spec.tile, min((i + 1) * spec.tile, ny))
     xs = slice(j * spec.tile, min((j + 1) * spec.tile, nx))
-    s2, s2v = _load_s2(plan, dates, ys, xs, mask)
     group: Any = zarr.open_group(store, mode="r+")
+    futures: list[Any] = []
+
+    def write(sensor: str, data: np.ndarray, valid: np.ndarray) -> None:
+        group[sensor][ts, :, ys, xs] = data
+        group[f"{sensor}_valid"][ts, ys, xs] = valid
+
+    s2, s2v = _load_s2(plan, dates, ys, xs, mask)
+    _check_unit("s2", s2, s2v)
+    counts = [int(v) for v in s2v.sum(axis=(1, 2))]
+    if submit is None:
+        write("s2", s2, s2v)
+    else:
+        futures.append(submit(write, "s2", s2, s2v))
+    del s2, s2v
     if plan.with_s1:
         s1, s1v = _load_s1(plan, dates, ys, xs)
         _check_unit("s1", s1, s1v)
-        group["s1"][ts, :, ys, xs] = s1
-        group["s1_valid"][ts, ys, xs] = s1v
-    _check_unit("s2", s2, s2v)
-    group["s2"][ts, :, ys, xs] = s2
-    group["s2_valid"][ts, ys, xs] = s2v
-    return [int(v) for v in s2v.sum(axis=(1, 2))]
+        if submit is None:
+            write("s1", s1, s1v)
+        else:
+            futures.append(submit(write, "s1", s1, s1v))
+    return counts, futures
+
+
+def _run_serial(
+    plan: _Plan,
+    todo: Sequence[tuple[int, int, int]],
+    staging: _Staging,
+    mask: MaskFunction,
+    candidates: np.ndarray,
+    bar: Any,
+) -> None:
+    """Units one after the other in this process; a unit's writes overlap the next reads.
+
+    One writer thread compresses and writes a unit's chunks while the next
+    unit (or the unit's S1) is read; a unit is marked done only when all its
+    writes have finished, and at most one unit is being written while the
+    next is loaded (memory: two units).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: tuple[tuple[int, int, int], list[int], list[Any]] | None = None
+
+    def finish() -> None:
+        nonlocal pending
+        if pending is not None:
+            unit, counts, futures = pending
+            pending = None
+            for fut in futures:
+                fut.result()
+            staging.mark(unit, counts)
+            bar.update(1)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentcube-write") as writer:
+        try:
+            for unit in todo:
+                counts, futures = _process_unit(
+                    plan, unit, staging.store, mask, candidates, writer.submit
+                )
+                finish()  # the previous unit, written while this one was read
+                pending = (unit, counts, futures)
+        finally:
+            finish()
 
 
 @dataclass
@@ -1184,9 +1254,7 @@ def _execute(
         disable=not progress or not todo,
     )
     if scheduler is None or not todo:
-        for unit in todo:
-            staging.mark(unit, _run_unit(plan, unit, staging.store, mask, candidates))
-            bar.update(1)
+        _run_serial(plan, todo, staging, mask, candidates, bar)
     else:
         _run_on_dask(plan, todo, staging, mask, candidates, scheduler, workers, bar)
     bar.close()
