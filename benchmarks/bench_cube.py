@@ -37,7 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "src"))
+# the version under test (--baseline-src children set BENCH_CUBE_SRC)
+sys.path.insert(0, os.environ.get("BENCH_CUBE_SRC", str(ROOT / "src")))
 
 START, END = "2018-09-15", "2018-10-20"
 
@@ -180,18 +181,30 @@ def _codecs(cube: Path, repeats: int) -> str:
 def _child(args: argparse.Namespace) -> None:
     work = Path(args.work)
     cat = _catalog(work, args.repeat)
-    secs = _build(cat, args.repeat, work / f"cube-{args.repeat}.zarr")
+    if args.warm:  # a first build for imports and page cache, then the timed one
+        _build(cat, args.repeat, work / f"cube-{args.repeat}-{os.getpid()}.zarr")
+    secs = _build(cat, args.repeat, work / f"cube-{args.repeat}-{os.getpid()}.zarr")
+    import latentcube
+
+    assert Path(latentcube.__file__).resolve().is_relative_to(
+        Path(os.environ.get("BENCH_CUBE_SRC", ROOT / "src")).resolve()
+    ), latentcube.__file__
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": secs, "peak_mib": peak_kib / 1024}))
 
 
-def _run_child(work: Path, repeat: int) -> dict:
+def _run_child(work: Path, repeat: int, src: Path | None = None, warm: bool = False) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", "--repeat", str(repeat), "--work", str(work)],
+        [sys.executable, __file__, "--child", "--repeat", str(repeat), "--work", str(work)]
+        + (["--warm"] if warm else []),
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(src or ROOT / "src"),
+            "BENCH_CUBE_SRC": str(src or ROOT / "src"),
+        },
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -203,6 +216,13 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     ap.add_argument("--sizes", default="8,16", help="repeat factors for the memory test")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--baseline-src",
+        default=None,
+        help="the src folder of another version (e.g. from `git archive <rev> src`): its "
+        "build time is measured in the same run, alternating with this version's",
+    )
     args = ap.parse_args()
     if args.child:
         _child(args)
@@ -281,6 +301,22 @@ def main() -> None:
                 f"{res['seconds']:.2f} s, peak RSS {res['peak_mib']:.0f} MiB"
             )
         (r0, a), (r1, b) = rows[0], rows[-1]
+        if args.baseline_src:
+            base_src = Path(args.baseline_src).resolve()
+            for r in sizes:
+                pairs = [
+                    (
+                        _run_child(work, r, base_src, warm=True)["seconds"],
+                        _run_child(work, r, warm=True)["seconds"],
+                    )
+                    for _ in range(args.repeats)
+                ]
+                old, new = (min(col) for col in zip(*pairs, strict=True))
+                print(
+                    f"area {64 * r} x {64 * r} px: baseline {base_src} build {old:.2f} s, this "
+                    f"version {new:.2f} s (best of {args.repeats}, alternating, warm): "
+                    f"{old / new:.1f}x faster"
+                )
         from latentcube.cube.build import CubeSpec
 
         spec = CubeSpec()
