@@ -460,3 +460,121 @@ def test_bbox_area_covers_the_box_on_the_same_pixels(catalog, cube):
     inner = c.sel(x=cube.x[2:-2], y=cube.y[2:-2])
     ref = cube.sel(x=cube.x[2:-2], y=cube.y[2:-2])
     np.testing.assert_array_equal(inner["s2"].values, ref["s2"].values)
+
+
+# ------------------------------------------------------------------- fast paths
+
+
+def _s2_items(catalog):
+    from latentcube.cube.stac import open_client, resolve_catalog, search_items
+
+    cat = resolve_catalog(str(catalog))
+    box = [-180.0, -90.0, 180.0, 90.0]
+    return search_items(open_client(cat), cat, "s2", bbox=box, start=START, end=END), cat
+
+
+def test_aligned_reads_equal_odc_stac_nearest(catalog):
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from latentcube.cube.stac import (
+        S1_ASSETS,
+        S2_ASSETS,
+        grid_aligned,
+        load_items,
+        open_client,
+        read_aligned,
+        resolve_assets,
+        search_items,
+    )
+    from stac_catalog import LEFT, TOP
+
+    items, cat = _s2_items(catalog)
+    assets = resolve_assets(items, {b: S2_ASSETS[b] for b in (*S2_BANDS, "SCL")})
+    # an odd offset (the tile starts inside a 20 m pixel) reaching 3 px beyond the
+    # sources on two sides, so the split date's half tiles and the edges are covered
+    gb = GeoBox((50, 64), Affine(10.0, 0, LEFT + 30.0, 0, -10.0, TOP - 170.0), "EPSG:32631")
+    nearest = {"*": "nearest"}
+    assert grid_aligned(items, assets, gb, 32631, nearest)
+    fast = read_aligned(items, assets, gb, dtype="uint16", nodata=0, pool=2)
+    ref = load_items(items, assets, gb, dtype="uint16", nodata=0, resampling=nearest, pool=2)
+    assert set(fast) == set(ref) == set(assets)
+    for band in assets:
+        np.testing.assert_array_equal(fast[band], ref[band], err_msg=band)
+    for band in ("B02", "B11", "SCL"):  # beyond the sources: nodata; within: data
+        a = fast[band]
+        assert (a[:, -3:] == 0).all() and (a[:, :, -3:] == 0).all()
+        assert (a[:, :-3, :-3] > 0).mean() > 0.5
+    # S1 (float32, NaN nodata, 10 m): the same as odc-stac's bilinear, which pastes
+    s1 = search_items(open_client(cat), cat, "s1", bbox=[-180, -90, 180, 90],
+                      start=START, end=END)  # fmt: skip
+    s1_assets = resolve_assets(s1, S1_ASSETS)
+    bil = {"*": "bilinear"}
+    assert grid_aligned(s1, s1_assets, gb, 32631, bil)
+    f1 = read_aligned(s1, s1_assets, gb, dtype="float32", nodata=float("nan"))
+    r1 = load_items(s1, s1_assets, gb, dtype="float32", nodata=float("nan"), resampling=bil)
+    for band in s1_assets:
+        np.testing.assert_array_equal(f1[band], r1[band])
+    # not aligned: half-pixel shift, bilinear upsampling, another CRS
+    shifted = GeoBox((50, 47), Affine(10.0, 0, LEFT + 5.0, 0, -10.0, TOP), "EPSG:32631")
+    assert not grid_aligned(items, assets, shifted, 32631, nearest)
+    assert not grid_aligned(items, assets, gb, 32631, {"*": "bilinear", "SCL": "nearest"})
+    assert not grid_aligned(items, assets, gb, 32632, nearest)
+
+
+def test_odc_stac_path_gives_the_same_cube(tmp_path, src, cube):
+    import json
+
+    # without proj:transform the sources cannot be checked for alignment: odc-stac warps
+    cat = make_catalog(tmp_path / "stac", src)
+    n = 0
+    for f in (tmp_path / "stac").rglob("*.json"):
+        doc = json.loads(f.read_text())
+        for a in doc.get("assets", {}).values():
+            n += a.pop("proj:transform", None) is not None
+        f.write_text(json.dumps(doc))
+    assert n > 40
+    c = build_cube(**_place(), start=START, end=END, catalog=str(cat), progress=False)
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
+    np.testing.assert_array_equal(c["s1"].values, cube["s1"].values)
+    np.testing.assert_array_equal(c["time"].values, cube["time"].values)
+
+
+def test_screening_skips_cloudy_dates_and_writes_in_place(tmp_path, catalog, cube):
+    from zarr.codecs import ZstdCodec
+
+    out = tmp_path / "c.zarr"
+    with StacServer(catalog.parent) as srv:
+        c = build_cube(
+            **_place(), start=START, end=END, catalog=f"{srv.url}/catalog.json", out=out,
+            progress=False, time_chunk=2,
+        )  # fmt: skip
+        cloudy = f"S2_{CLOUDY_DATE.replace('-', '')}"
+        reads = {p for p in srv.file_requests if p.startswith(f"cogs/{cloudy}/")}
+    # the cloudy date (every SCL pixel invalid) was screened on SCL alone
+    assert reads == {f"cogs/{cloudy}/SCL.tif"}
+    assert CLOUDY_DATE in c.attrs["dropped_dates"]
+    np.testing.assert_array_equal(c["s2"].values, cube["s2"].values)
+    np.testing.assert_array_equal(c["s1_time"].values, cube["s1_time"].values)
+    disk = open_zarr(out)
+    assert disk["s2"].encoding["chunks"] == (2, 10, 64, 64)  # gcd(time_chunk, 16) dates
+    assert disk.attrs["proj:code"] == "EPSG:32631"
+    assert disk.attrs["latentcube_request"] == c.attrs["latentcube_request"]
+    codecs = [type(x) for x in disk["s2"].encoding["compressors"]]
+    assert codecs == [ZstdCodec]
+    assert not (tmp_path / ".c.zarr.partial").exists()
+
+
+@pytest.mark.parametrize("dilation", [0, 1, 2])
+def test_scl_mask_lookup_equals_scl_valid(dilation):
+    from latentcube.cube.sentinel2 import scl_valid
+
+    rng = np.random.default_rng(dilation)
+    scl = rng.choice(np.array([0, 3, 4, 5, 8, 9, 11], np.uint8), size=(3, 17, 23),
+                     p=[0.05, 0.02, 0.5, 0.3, 0.05, 0.03, 0.05])  # fmt: skip
+    m = SCLMask(dilation=dilation)
+    ref = scl_valid(scl, invalid_classes=m.invalid_classes)
+    if dilation:
+        ref &= scl_valid(scl, invalid_classes=m.dilate_classes, dilation=dilation)
+    np.testing.assert_array_equal(m.clear(scl), ref)
+    np.testing.assert_array_equal(m.clear(scl.astype(np.int32)), ref)  # the generic path

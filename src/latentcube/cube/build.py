@@ -12,18 +12,27 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
 3. **Plan**: S2 items are grouped by solar day (tile overlaps of one pass
    become one date), S1 items by solar day and orbit direction; every S2 date
    gets the nearest S1 acquisition within ``s1_max_gap_days``.
-4. **Load** unit by unit (a block of S2 dates x a spatial tile) with odc-stac,
-   explicit dtype, nodata and resampling, URLs re-signed at every call, each
-   unit retried with backoff on transient errors. Per S2 item: DN -> reflectance
-   honouring the baseline-04.00 offset, mask (SCL with dilation by default, or
-   any mask function), then the items of one day are merged (a clear pixel
-   wins). S1: linear gamma0 -> centred mean over 3 acquisitions of the same
-   orbit direction -> dB -> clip [-30, 5] -> (dB + 30) / 35.
-5. Each unit is written into a **staging store** next to the output and marked
-   done, so an interrupted build resumes without reading those units again.
-6. **Finish**: dates whose valid S2 fraction is below ``min_valid_fraction``
-   are dropped, and the cube is written atomically (:func:`latentcube.io.write_zarr`)
-   with training-friendly chunks and provenance; the staging store is removed.
+4. **Screen**: with the default mask, only SCL is read first to count each
+   date's pixels the mask can leave clear (an upper bound of its valid
+   pixels); dates below ``min_valid_fraction`` are dropped before their bands
+   are read, so the time axis is known up front.
+5. **Load** unit by unit (a block of S2 dates x a spatial tile): assets on the
+   cube's pixel lattice are read at their native resolution and repeated to
+   10 m (:func:`latentcube.cube.stac.read_aligned`, equal to a nearest warp),
+   others with odc-stac; explicit dtype, nodata and resampling, URLs re-signed
+   at every call, each unit retried with backoff on transient errors. Per S2
+   item: DN -> reflectance honouring the baseline-04.00 offset, mask (SCL with
+   dilation by default, or any mask function), then the items of one day are
+   merged (a clear pixel wins). S1: linear gamma0 -> centred mean over 3
+   acquisitions of the same orbit direction -> dB -> clip [-30, 5] -> (dB + 30) / 35.
+6. Each unit writes its own chunks, compressed, straight into the cube's store
+   in a staging folder next to the output and is marked done (with its valid
+   pixel counts), so an interrupted build resumes without reading those units
+   again.
+7. **Finish**: the attributes (provenance) are added and the store is renamed
+   to the output. Only when a date ends below ``min_valid_fraction`` after
+   the full mask (custom mask functions are not screened) are the kept dates
+   copied into a new store (:func:`latentcube.io.write_zarr`).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -52,12 +62,15 @@ from latentcube.cube.sentinel2 import SCL_INVALID, remove_baseline_offset, scl_v
 from latentcube.cube.stac import (
     S1_ASSETS,
     S2_ASSETS,
+    NotAligned,
     StacError,
     configure_http,
+    grid_aligned,
     group_items,
     load_items,
     needs_signing,
     open_client,
+    read_aligned,
     resolve_assets,
     resolve_catalog,
     search_items,
@@ -115,10 +128,50 @@ class SCLMask:
 
     def __call__(self, refl: np.ndarray, scl: np.ndarray, bands: Sequence[str]) -> np.ndarray:
         """Clear where the SCL class is not invalid and no dilated cloud/shadow reaches."""
-        valid = scl_valid(scl, invalid_classes=self.invalid_classes)
+        return self.clear(scl)
+
+    def clear(self, scl: np.ndarray) -> np.ndarray:
+        """The mask from the SCL codes alone (item, y, x).
+
+        Same result as :func:`~latentcube.cube.sentinel2.scl_valid` (tested
+        against it), computed with a lookup table per class set and a separable
+        square dilation for the usual uint8 codes.
+        """
+        scl = np.asarray(scl)
+        if scl.dtype != np.uint8:
+            valid = scl_valid(scl, invalid_classes=self.invalid_classes)
+            if self.dilation > 0:
+                valid &= scl_valid(
+                    scl, invalid_classes=self.dilate_classes, dilation=self.dilation
+                )
+            return valid
+        lut = np.zeros(256, np.uint8)  # bit 0: invalid, bit 1: dilated
+        lut[[c for c in self.invalid_classes if 0 <= c < 256]] |= 1
         if self.dilation > 0:
-            valid &= scl_valid(scl, invalid_classes=self.dilate_classes, dilation=self.dilation)
-        return valid
+            lut[[c for c in self.dilate_classes if 0 <= c < 256]] |= 2
+        codes = lut[scl]
+        invalid = (codes & 1).astype(bool)
+        if self.dilation > 0:
+            invalid |= _dilate_square((codes & 2).astype(bool), self.dilation)
+        return ~invalid
+
+
+def _dilate_square(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation of every 2-D slice by a (2r+1) x (2r+1) square; outside is False.
+
+    Separable: a dilation along x then along y, each by shifted ORs; equals
+    :func:`scipy.ndimage.binary_dilation` with that structuring element.
+    """
+    out = mask.copy()
+    for axis in (-1, -2):
+        src = out.copy()
+        for s in range(1, min(r, src.shape[axis] - 1) + 1):
+            lo = [slice(None)] * src.ndim
+            hi = [slice(None)] * src.ndim
+            lo[axis], hi[axis] = slice(s, None), slice(None, -s)
+            out[tuple(lo)] |= src[tuple(hi)]
+            out[tuple(hi)] |= src[tuple(lo)]
+    return out
 
 
 class CubeSpec(BaseModel):
@@ -159,6 +212,10 @@ class CubeSpec(BaseModel):
         one unit whatever the area.
     chunks
         Zarr chunks of the output, ``{"time", "y", "x"}`` (all bands in one chunk).
+        Units write whole chunks, so the store written in place is chunked
+        ``gcd(time_chunk, chunks["time"])`` dates and ``gcd(tile, chunks["y"])``
+        pixels (8 x 128 x 128 by default); these chunks are used as given
+        only when dates are dropped after the full read (the cube is copied).
     max_retries, backoff
         Retries of HTTP requests and of whole loading units (exponential backoff
         starting at ``backoff`` seconds).
@@ -217,6 +274,8 @@ class _Plan:
     s1_next: np.ndarray
     sign: bool
     mask_name: str
+    s2_aligned: bool = False  # every S2 asset on the grid: read_aligned, no warp
+    s1_aligned: bool = False
 
     @property
     def with_s1(self) -> bool:
@@ -408,7 +467,13 @@ def _plan(
         s1_next=nxt,
         sign=needs_signing(cat, [*s2_items[:1], *s1_items[:1]]),
         mask_name=mask_name,
-    )
+        s2_aligned=grid_aligned(
+            s2_items, s2_assets, info.geobox, info.epsg,
+            {"*": spec.resampling_s2, "SCL": "nearest"},
+        ),
+        s1_aligned=bool(s1_items)
+        and grid_aligned(s1_items, s1_assets, info.geobox, info.epsg, {"*": spec.resampling_s1}),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- units
@@ -447,7 +512,34 @@ def _load_with_retries(fn: Any, spec: CubeSpec, what: str) -> Any:
             configure_http(spec.max_retries, max(spec.backoff, 0.01))
 
 
-def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction) -> Any:
+def _read(
+    plan: _Plan,
+    aligned: bool,
+    items: Sequence[Any],
+    assets: dict[str, str],
+    gb: Any,
+    *,
+    dtype: str,
+    nodata: float | int,
+    resampling: dict[str, str],
+) -> dict[str, np.ndarray]:
+    """Read bands onto ``gb``: without warping when the sources are aligned, else odc-stac."""
+    patch = signer(plan.sign)
+    if aligned:
+        try:
+            return read_aligned(
+                items, assets, gb, dtype=dtype, nodata=nodata, patch_url=patch,
+                pool=plan.spec.pool,
+            )  # fmt: skip
+        except NotAligned:  # a file disagrees with its STAC metadata: warp it
+            pass
+    return load_items(
+        items, assets, gb, dtype=dtype, nodata=nodata, resampling=resampling,
+        patch_url=patch, pool=plan.spec.pool,
+    )  # fmt: skip
+
+
+def _load_s2(plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction) -> Any:
     spec = plan.spec
     halo = int(getattr(mask, "halo", 0))
     gb = _padded(plan.info.geobox, ys, xs, halo)
@@ -456,18 +548,12 @@ def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction
     items = [plan.s2_items[i] for i in idx]
     patch = signer(plan.sign)
     arrays = _load_with_retries(
-        lambda: load_items(
-            items,
-            plan.s2_assets,
-            gb,
-            dtype="uint16",
-            nodata=0,
+        lambda: _read(
+            plan, plan.s2_aligned, items, plan.s2_assets, gb, dtype="uint16", nodata=0,
             resampling={"*": spec.resampling_s2, "SCL": "nearest"},
-            patch_url=patch,
-            pool=spec.pool,
         ),
         spec,
-        f"loading S2 dates {dates.start}-{dates.stop - 1}",
+        f"loading S2 dates {dates[0]}-{dates[-1]}",
     )
     bands = spec.s2_bands
     refl = np.empty((len(items), len(bands), *gb.shape), np.float32)
@@ -509,11 +595,13 @@ def _load_s2(plan: _Plan, dates: range, ys: slice, xs: slice, mask: MaskFunction
     return out, out_valid
 
 
-def _load_s1(plan: _Plan, dates: range, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
+def _load_s1(
+    plan: _Plan, dates: Sequence[int], ys: slice, xs: slice
+) -> tuple[np.ndarray, np.ndarray]:
     spec = plan.spec
     shape = (ys.stop - ys.start, xs.stop - xs.start)
     out = np.full((len(dates), len(S1_BANDS), *shape), np.nan, np.float32)
-    match = plan.s1_match[dates.start : dates.stop]
+    match = plan.s1_match[np.asarray(dates, np.int64)]
     need: set[int] = set()
     for m in match[match >= 0]:
         need.add(int(m))
@@ -531,18 +619,12 @@ def _load_s1(plan: _Plan, dates: range, ys: slice, xs: slice) -> tuple[np.ndarra
     items = [plan.s1_items[i] for i in idx]
     gb = _padded(plan.info.geobox, ys, xs, 0)
     arrays = _load_with_retries(
-        lambda: load_items(
-            items,
-            plan.s1_assets,
-            gb,
-            dtype="float32",
-            nodata=float("nan"),
-            resampling={"*": spec.resampling_s1},
-            patch_url=signer(plan.sign),
-            pool=spec.pool,
+        lambda: _read(
+            plan, plan.s1_aligned, items, plan.s1_assets, gb, dtype="float32",
+            nodata=float("nan"), resampling={"*": spec.resampling_s1},
         ),
         spec,
-        f"loading S1 for S2 dates {dates.start}-{dates.stop - 1}",
+        f"loading S1 for S2 dates {dates[0]}-{dates[-1]}",
     )
     per_item = np.stack([arrays[b] for b in S1_BANDS], axis=1).astype(np.float32, copy=False)
     per_item[~(per_item > 0)] = np.nan  # no data, and non-physical power
@@ -583,28 +665,59 @@ def _load_s1(plan: _Plan, dates: range, ys: slice, xs: slice) -> tuple[np.ndarra
 # --------------------------------------------------------------------------- stores
 
 
-def _template(plan: _Plan) -> xr.Dataset:
+#: Codec of the cube's data variables: Zstandard level 1. Units are compressed
+#: as they are written (there is no second pass over the data), so the codec is
+#: on the critical path; level 1 writes several times faster than zarr's default
+#: level and compresses the NaN-padded float32 reflectance about as well
+#: (measured in benchmarks/bench_cube.py).
+CODEC_LEVEL = 1
+
+
+def _codecs() -> dict[str, Any]:
+    from zarr.codecs import ZstdCodec
+
+    return {"compressors": (ZstdCodec(level=CODEC_LEVEL),)}
+
+
+def _store_chunks(plan: _Plan, nt: int) -> tuple[int, int, int]:
+    """(time, y, x) chunks of a store written unit by unit: every unit covers whole chunks.
+
+    ``gcd(time_chunk, chunks["time"])`` dates and ``gcd(tile, chunks["y"|"x"])``
+    pixels (clipped to the cube), so that each chunk file is written by exactly
+    one unit: no read-modify-write, units can run concurrently, and a chunk torn
+    by a kill is rewritten whole on resume.
+    """
+    spec = plan.spec
+    ny, nx = plan.info.geobox.shape
+    ct = math.gcd(spec.time_chunk, spec.chunks.get("time", 16))
+    cy = math.gcd(spec.tile, spec.chunks.get("y", 128))
+    cx = math.gcd(spec.tile, spec.chunks.get("x", 128))
+    return min(ct, nt), min(cy, ny), min(cx, nx)
+
+
+def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The cube of the candidate ``dates`` (lazy, all masked) and its encoding."""
     import dask.array as dsa
 
     gb = plan.info.geobox
     ny, nx = gb.shape
-    nt = len(plan.s2_times)
+    nt = len(dates)
     spec = plan.spec
-    ct, tile = spec.time_chunk, spec.tile
+    ct, cy, cx = _store_chunks(plan, nt)
     nb = len(spec.s2_bands)
     coords = gb.coordinates
     data_vars: dict[str, Any] = {
         "s2": (
             ("time", "band", "y", "x"),
-            dsa.full((nt, nb, ny, nx), np.nan, dtype=np.float32, chunks=(ct, nb, tile, tile)),
+            dsa.full((nt, nb, ny, nx), np.nan, dtype=np.float32, chunks=(ct, nb, cy, cx)),
         ),
         "s2_valid": (
             ("time", "y", "x"),
-            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, tile, tile)),
+            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, cy, cx)),
         ),
     }
     c: dict[str, Any] = {
-        "time": plan.s2_times,
+        "time": plan.s2_times[dates],
         "band": np.array(spec.s2_bands, dtype=object),
         "y": coords["y"].values.astype(np.float64),
         "x": coords["x"].values.astype(np.float64),
@@ -612,22 +725,39 @@ def _template(plan: _Plan) -> xr.Dataset:
     if plan.with_s1:
         data_vars["s1"] = (
             ("time", "s1_band", "y", "x"),
-            dsa.full((nt, 2, ny, nx), np.nan, dtype=np.float32, chunks=(ct, 2, tile, tile)),
+            dsa.full((nt, 2, ny, nx), np.nan, dtype=np.float32, chunks=(ct, 2, cy, cx)),
         )
         data_vars["s1_valid"] = (
             ("time", "y", "x"),
-            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, tile, tile)),
+            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, cy, cx)),
         )
         c["s1_band"] = np.array(S1_BANDS, dtype=object)
-        c["s1_time"] = ("time", plan.s1_time())
-        c["s1_orbit"] = ("time", plan.s1_orbit().astype(object))
+        c["s1_time"] = ("time", plan.s1_time()[dates])
+        c["s1_orbit"] = ("time", plan.s1_orbit()[dates].astype(object))
     ds = xr.Dataset(data_vars, coords=c)
     ds = ds.rio.write_crs(f"EPSG:{plan.info.epsg}")
-    return ds.rio.set_spatial_dims(x_dim="x", y_dim="y")
+    ds = ds.rio.set_spatial_dims(x_dim="x", y_dim="y")
+    enc: dict[str, dict[str, Any]] = {}
+    for name, var in ds.data_vars.items():
+        enc[str(name)] = {"chunks": var.data.chunksize, **_codecs()}
+        gm = var.encoding.get("grid_mapping") or var.attrs.get("grid_mapping")
+        if gm:  # an explicit encoding must keep the CRS link
+            enc[str(name)]["grid_mapping"] = gm
+    return ds, enc
 
 
-def _units(plan: _Plan) -> list[tuple[int, int, int]]:
-    nt = len(plan.s2_times)
+def _tiles(plan: _Plan) -> list[tuple[slice, slice]]:
+    ny, nx = plan.info.geobox.shape
+    tile = plan.spec.tile
+    return [
+        (slice(i, min(i + tile, ny)), slice(j, min(j + tile, nx)))
+        for i in range(0, ny, tile)
+        for j in range(0, nx, tile)
+    ]
+
+
+def _units(plan: _Plan, nt: int) -> list[tuple[int, int, int]]:
+    """(time block, tile row, tile column) of ``nt`` candidate dates."""
     ny, nx = plan.info.geobox.shape
     ct, tile = plan.spec.time_chunk, plan.spec.tile
     return [
@@ -636,6 +766,44 @@ def _units(plan: _Plan) -> list[tuple[int, int, int]]:
         for i in range(-(-ny // tile))
         for j in range(-(-nx // tile))
     ]
+
+
+def _screen(plan: _Plan, mask: MaskFunction) -> np.ndarray | None:
+    """Per S2 date, the number of pixels the default mask leaves clear, from SCL alone.
+
+    Reads only the SCL asset (tile by tile, with the dilation's halo). For the
+    default :class:`SCLMask` this is an upper bound of the date's valid pixels
+    (the build also masks pixels without data in some band), so a date whose
+    count is below ``min_valid_fraction`` (or 0) cannot be kept and is never
+    read in full. None for other mask functions, which need every band.
+    """
+    if type(mask) is not SCLMask:
+        return None
+    spec = plan.spec
+    halo = mask.halo
+    counts = np.zeros(len(plan.s2_times), np.int64)
+    blocks = [range(d, min(d + spec.time_chunk, len(plan.s2_times)))
+              for d in range(0, len(plan.s2_times), spec.time_chunk)]  # fmt: skip
+    for ys, xs in _tiles(plan):
+        gb = _padded(plan.info.geobox, ys, xs, halo)
+        crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
+        for dates in blocks:
+            groups = [plan.s2_groups[d] for d in dates]
+            items = [plan.s2_items[i] for g in groups for i in g]
+            scl = _load_with_retries(
+                lambda items=items, gb=gb: _read(
+                    plan, plan.s2_aligned, items, {"SCL": plan.s2_assets["SCL"]}, gb,
+                    dtype="uint8", nodata=0, resampling={"*": "nearest"},
+                )["SCL"],
+                spec,
+                f"screening S2 dates {dates[0]}-{dates[-1]}",
+            )  # fmt: skip
+            clear = mask.clear(scl)[(..., *crop)]
+            k = 0
+            for d, g in zip(dates, groups, strict=True):
+                counts[d] += int(np.logical_or.reduce(clear[k : k + len(g)], axis=0).sum())
+                k += len(g)
+    return counts
 
 
 def _check_unit(sensor: str, data: np.ndarray, valid: np.ndarray) -> None:
@@ -648,37 +816,120 @@ def _check_unit(sensor: str, data: np.ndarray, valid: np.ndarray) -> None:
     vb = np.broadcast_to(valid[:, None], data.shape)
     if (finite != vb).any():
         raise StacError(f"internal error: {sensor} values and {sensor}_valid disagree")
-    vals = data[finite]
-    if vals.size and (vals.min() < 0.0 or vals.max() > 1.0):
+    with np.errstate(invalid="ignore"):  # NaN compares False: only finite values count
+        outside = bool((data < 0.0).any() or (data > 1.0).any())
+    if outside:
         raise StacError(f"internal error: {sensor} values outside [0, 1]")
 
 
-def _run_unit(plan: _Plan, unit: tuple[int, int, int], store: Path, mask: MaskFunction) -> None:
+def _run_unit(
+    plan: _Plan,
+    unit: tuple[int, int, int],
+    store: Path,
+    mask: MaskFunction,
+    candidates: np.ndarray,
+) -> list[int]:
+    """Load, check and write one unit; returns its valid S2 pixel count per date."""
+    return _process_unit(plan, unit, store, mask, candidates, None)[0]
+
+
+def _process_unit(
+    plan: _Plan,
+    unit: tuple[int, int, int],
+    store: Path,
+    mask: MaskFunction,
+    candidates: np.ndarray,
+    submit: Any,
+) -> tuple[list[int], list[Any]]:
+    """Load and check one unit and write it, or hand its writes to ``submit``.
+
+    With ``submit`` (an executor's ``submit``) the S2 write runs while S1 is
+    read; the caller waits for the returned futures before it marks the unit
+    done. Returns the valid S2 pixel count per date and the futures.
+    """
     import zarr
 
     k, i, j = unit
     spec = plan.spec
     configure_http(spec.max_retries, max(spec.backoff, 0.01))  # also in Dask workers
     ny, nx = plan.info.geobox.shape
-    dates = range(k * spec.time_chunk, min((k + 1) * spec.time_chunk, len(plan.s2_times)))
+    ts = slice(k * spec.time_chunk, min((k + 1) * spec.time_chunk, len(candidates)))
+    dates = [int(d) for d in candidates[ts]]
     ys = slice(i * spec.tile, min((i + 1) * spec.tile, ny))
     xs = slice(j * spec.tile, min((j + 1) * spec.tile, nx))
-    s2, s2v = _load_s2(plan, dates, ys, xs, mask)
     group: Any = zarr.open_group(store, mode="r+")
-    ts = slice(dates.start, dates.stop)
+    futures: list[Any] = []
+
+    def write(sensor: str, data: np.ndarray, valid: np.ndarray) -> None:
+        group[sensor][ts, :, ys, xs] = data
+        group[f"{sensor}_valid"][ts, ys, xs] = valid
+
+    s2, s2v = _load_s2(plan, dates, ys, xs, mask)
+    _check_unit("s2", s2, s2v)
+    counts = [int(v) for v in s2v.sum(axis=(1, 2))]
+    if submit is None:
+        write("s2", s2, s2v)
+    else:
+        futures.append(submit(write, "s2", s2, s2v))
+    del s2, s2v
     if plan.with_s1:
         s1, s1v = _load_s1(plan, dates, ys, xs)
         _check_unit("s1", s1, s1v)
-        group["s1"][ts, :, ys, xs] = s1
-        group["s1_valid"][ts, ys, xs] = s1v
-    _check_unit("s2", s2, s2v)
-    group["s2"][ts, :, ys, xs] = s2
-    group["s2_valid"][ts, ys, xs] = s2v
+        if submit is None:
+            write("s1", s1, s1v)
+        else:
+            futures.append(submit(write, "s1", s1, s1v))
+    return counts, futures
+
+
+def _run_serial(
+    plan: _Plan,
+    todo: Sequence[tuple[int, int, int]],
+    staging: _Staging,
+    mask: MaskFunction,
+    candidates: np.ndarray,
+    bar: Any,
+) -> None:
+    """Units one after the other in this process; a unit's writes overlap the next reads.
+
+    One writer thread compresses and writes a unit's chunks while the next
+    unit (or the unit's S1) is read; a unit is marked done only when all its
+    writes have finished, and at most one unit is being written while the
+    next is loaded (memory: two units).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: tuple[tuple[int, int, int], list[int], list[Any]] | None = None
+
+    def finish() -> None:
+        nonlocal pending
+        if pending is not None:
+            unit, counts, futures = pending
+            pending = None
+            for fut in futures:
+                fut.result()
+            staging.mark(unit, counts)
+            bar.update(1)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentcube-write") as writer:
+        try:
+            for unit in todo:
+                counts, futures = _process_unit(
+                    plan, unit, staging.store, mask, candidates, writer.submit
+                )
+                finish()  # the previous unit, written while this one was read
+                pending = (unit, counts, futures)
+        finally:
+            finish()
 
 
 @dataclass
 class _Staging:
-    """The work area of a build: a Zarr store of every candidate date plus done markers."""
+    """The work area of a build: the cube's store of every candidate date plus done markers.
+
+    Each marker holds its unit's valid S2 pixel count per date, so the valid
+    fractions are known at the end without reading the store again.
+    """
 
     root: Path
 
@@ -689,30 +940,57 @@ class _Staging:
     def marker(self, unit: tuple[int, int, int]) -> Path:
         return self.root / "done" / "{}_{}_{}".format(*unit)
 
-    def open(self, plan: _Plan) -> None:
-        """Reuse a staging area of the same request, or start a new one."""
+    def mark(self, unit: tuple[int, int, int], counts: Sequence[int]) -> None:
+        tmp = self.marker(unit).with_suffix(".tmp")
+        tmp.write_text(json.dumps(list(counts)))
+        os.replace(tmp, self.marker(unit))  # a marker is complete or absent
+
+    def counts(self, unit: tuple[int, int, int]) -> list[int]:
+        return [int(v) for v in json.loads(self.marker(unit).read_text())]
+
+    def open(self, plan: _Plan, mask: MaskFunction) -> np.ndarray:
+        """Reuse a staging area of the same request, or start a new one; the candidate dates."""
         request = self.root / "request.json"
         fp = plan.fingerprint()
-        if request.exists() and json.loads(request.read_text()).get("fingerprint") == fp:
-            return
+        if request.exists():
+            doc = json.loads(request.read_text())
+            if doc.get("fingerprint") == fp and "candidates" in doc:
+                return np.asarray(doc["candidates"], np.int64)
         if self.root.exists():
             shutil.rmtree(self.root)
+        counts = _screen(plan, mask)
+        nt = len(plan.s2_times)
+        if counts is None:
+            candidates = np.arange(nt)
+        else:
+            npx = float(np.prod(plan.info.geobox.shape))
+            frac = counts / npx
+            candidates = np.flatnonzero((frac >= plan.spec.min_valid_fraction) & (counts > 0))
+            if candidates.size == 0:
+                _all_cloudy(plan, frac)
         (self.root / "done").mkdir(parents=True)
-        tpl = _template(plan)
-        # the staging store is read once more and deleted: no compression
-        enc: dict[str, dict[str, Any]] = {}
-        for name, var in tpl.data_vars.items():
-            enc[str(name)] = {"compressors": None}
-            gm = var.encoding.get("grid_mapping") or var.attrs.get("grid_mapping")
-            if gm:  # an explicit encoding must keep the CRS link
-                enc[str(name)]["grid_mapping"] = gm
+        tpl, enc = _template(plan, candidates)
         tpl.to_zarr(
             self.store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc
         )
-        request.write_text(json.dumps({"fingerprint": fp}))
+        doc = {"fingerprint": fp, "candidates": [int(v) for v in candidates]}
+        if counts is not None:
+            doc["screen_counts"] = [int(v) for v in counts]
+        request.write_text(json.dumps(doc))
+        return candidates
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _all_cloudy(plan: _Plan, frac: np.ndarray) -> None:
+    raise StacError(
+        f"every one of the {len(plan.s2_times)} S2 date(s) between "
+        f"{np.datetime_as_string(plan.s2_times[0], 'D')} and "
+        f"{np.datetime_as_string(plan.s2_times[-1], 'D')} is cloudy or masked "
+        f"(best valid fraction {float(frac.max()):.3f}, threshold "
+        f"{plan.spec.min_valid_fraction}); widen the dates or lower min_valid_fraction"
+    )
 
 
 # --------------------------------------------------------------------------- API
@@ -761,7 +1039,10 @@ def _encoding(ds: xr.Dataset, spec: CubeSpec) -> dict[str, dict[str, Any]]:
     enc: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         sizes = {"time": ct, "y": cy, "x": cx}
-        enc[str(name)] = {"chunks": tuple(sizes.get(str(d), ds.sizes[d]) for d in var.dims)}
+        enc[str(name)] = {
+            "chunks": tuple(sizes.get(str(d), ds.sizes[d]) for d in var.dims),
+            **_codecs(),
+        }
     return enc
 
 
@@ -901,6 +1182,7 @@ def _run_on_dask(
     todo: Sequence[tuple[int, int, int]],
     staging: _Staging,
     mask: MaskFunction,
+    candidates: np.ndarray,
     scheduler: str,
     workers: int | None,
     bar: Any,
@@ -925,19 +1207,26 @@ def _run_on_dask(
                 unit,
                 staging.store,
                 mask,
+                candidates,
                 key="latentcube-cube-{}-{}-{}".format(*unit),
                 pure=False,
             ): unit
             for unit in todo
         }
         for fut in as_completed(futures):
-            fut.result()
-            staging.marker(futures[fut]).touch()
+            staging.mark(futures[fut], fut.result())
             bar.update(1)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _json_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    def plain(o: Any) -> Any:
+        return o.tolist() if hasattr(o, "tolist") else str(o)
+
+    return dict(json.loads(json.dumps(attrs, default=plain)))
 
 
 def _execute(
@@ -949,12 +1238,13 @@ def _execute(
     scheduler: str | None = None,
     workers: int | None = None,
 ) -> xr.Dataset:
+    import zarr
     from tqdm.auto import tqdm
 
-    from latentcube.io import open_zarr, write_zarr
+    from latentcube.io import geozarr_attrs, open_zarr, write_zarr
 
-    staging.open(plan)
-    units = _units(plan)
+    candidates = staging.open(plan, mask)
+    units = _units(plan, len(candidates))
     todo = [u for u in units if not staging.marker(u).exists()]
     bar = tqdm(
         total=len(units),
@@ -964,30 +1254,44 @@ def _execute(
         disable=not progress or not todo,
     )
     if scheduler is None or not todo:
-        for unit in todo:
-            _run_unit(plan, unit, staging.store, mask)
-            staging.marker(unit).touch()
-            bar.update(1)
+        _run_serial(plan, todo, staging, mask, candidates, bar)
     else:
-        _run_on_dask(plan, todo, staging, mask, scheduler, workers, bar)
+        _run_on_dask(plan, todo, staging, mask, candidates, scheduler, workers, bar)
     bar.close()
-    st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})
-    frac = st["s2_valid"].mean(dim=("y", "x")).values
+    counts = np.zeros(len(candidates), np.int64)
+    tc = plan.spec.time_chunk
+    for unit in units:
+        counts[unit[0] * tc : unit[0] * tc + tc] += staging.counts(unit)
+    frac = counts / float(np.prod(plan.info.geobox.shape))
     keep = (frac >= plan.spec.min_valid_fraction) & (frac > 0)
     if not keep.any():
         staging.remove()
-        raise StacError(
-            f"every one of the {frac.size} S2 date(s) between "
-            f"{np.datetime_as_string(plan.s2_times[0], 'D')} and "
-            f"{np.datetime_as_string(plan.s2_times[-1], 'D')} is cloudy or masked "
-            f"(best valid fraction {float(frac.max()):.3f}, threshold "
-            f"{plan.spec.min_valid_fraction}); widen the dates or lower min_valid_fraction"
-        )
-    ds = st.isel(time=np.flatnonzero(keep))
-    ds.attrs = _attrs(plan)
-    ds.attrs["dropped_dates"] = json.dumps(
-        [np.datetime_as_string(t, "D") for t in plan.s2_times[~keep]]
+        _all_cloudy(plan, frac)
+    dropped = np.ones(len(plan.s2_times), bool)
+    dropped[candidates[keep]] = False
+    attrs = _attrs(plan)
+    attrs["dropped_dates"] = json.dumps(
+        [np.datetime_as_string(t, "D") for t in plan.s2_times[dropped]]
     )
+    if keep.all() and path is not None:
+        # the staging store already is the cube: add the attributes and move it in place
+        group: Any = zarr.open_group(staging.store, mode="r+")
+        coords = plan.info.geobox.coordinates
+        grid = xr.Dataset(coords={"y": coords["y"].values, "x": coords["x"].values})
+        grid = grid.rio.write_crs(f"EPSG:{plan.info.epsg}")
+        geo = {k: v for k, v in geozarr_attrs(grid).items() if v is not None}
+        group.attrs.update(_json_attrs({**attrs, **geo}))
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(staging.store, path)
+        staging.remove()
+        # values were checked unit by unit (_check_unit); the layout is checked here
+        return validate_cube(open_zarr(path), check_values=False)
+    # some candidate date turned out below the threshold (a mask function other
+    # than the default, or pixels without data in some band): copy the kept dates
+    st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})
+    ds = st.isel(time=np.flatnonzero(keep))
+    ds.attrs = attrs
     for v in ds.variables.values():
         v.encoding = {}
     enc = _encoding(ds, plan.spec)
