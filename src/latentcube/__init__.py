@@ -16,6 +16,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
+from latentcube import accessor as _accessor  # noqa: F401  (registers ``.latentcube`` on xarray)
 from latentcube.cube.schema import make_cube, validate_cube
 from latentcube.errors import CubeError, LatentcubeError, ModelError, StacError
 from latentcube.sensors import S1_BANDS, S2_BANDS, SENSORS, SensorSpec
@@ -34,6 +35,8 @@ _LAZY = {
     "load_checkpoint": "latentcube.bundle",
     "save_checkpoint": "latentcube.bundle",
     "embed": "latentcube.inference",
+    "embed_to_zarr": "latentcube.inference",
+    "to_geotiff": "latentcube.io",
     "write_embedding": "latentcube.inference",
     "open_embedding": "latentcube.inference",
     "run_demo": "latentcube.demo",
@@ -54,6 +57,7 @@ __all__ = [
     "__version__",
     "build_autoencoder",
     "embed",
+    "embed_to_zarr",
     "extract_windows",
     "load_checkpoint",
     "load_demo_cube",
@@ -63,6 +67,7 @@ __all__ = [
     "open_zarr",
     "run_demo",
     "save_checkpoint",
+    "to_geotiff",
     "train",
     "validate_cube",
     "write_embedding",
