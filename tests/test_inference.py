@@ -13,6 +13,7 @@ from latentcube.inference import (
     embed,
     embed_block,
     embed_windows,
+    embedding_dataset,
     extended_days,
     open_embedding,
     write_embedding,
@@ -37,7 +38,7 @@ def cube():
 @pytest.fixture(scope="module")
 def ref(model, cube):
     """The default embedding, computed once (embedding and quality layers together)."""
-    return embed(cube, model).to_dataset().compute()
+    return embedding_dataset(embed(cube, model)).compute()
 
 
 def _window(cube, t, y, x):
@@ -138,9 +139,9 @@ CHUNKINGS = [
 def one_chunk(model, cube):
     """Both edge policies computed in a single chunk."""
     return {
-        edge: embed(cube, model, edge=edge, chunks={"time": 15, "y": 26, "x": 23})
-        .to_dataset()
-        .compute()
+        edge: embedding_dataset(
+            embed(cube, model, edge=edge, chunks={"time": 15, "y": 26, "x": 23})
+        ).compute()
         for edge in ("nan", "pad")
     }
 
@@ -149,7 +150,7 @@ def one_chunk(model, cube):
 def test_output_independent_of_chunking(model, cube, one_chunk, chunks):
     edge = "pad" if chunks["x"] < 20 else "nan"  # each policy under several chunkings
     base = one_chunk[edge]
-    out = embed(cube, model, edge=edge, chunks=chunks).to_dataset().compute()
+    out = embedding_dataset(embed(cube, model, edge=edge, chunks=chunks)).compute()
     assert set(out.data_vars) == set(base.data_vars)
     for name in base.data_vars:
         a, b = out[name].values, base[name].values
@@ -177,7 +178,9 @@ def _explicitly_padded(cube, h=7, c=5):
 
 
 def test_pad_policy_equals_embedding_an_explicitly_padded_cube(model, cube):
-    out = embed(cube, model, edge="pad", chunks={"time": 4, "y": 6, "x": 5}).to_dataset().compute()
+    out = embedding_dataset(
+        embed(cube, model, edge="pad", chunks={"time": 4, "y": 6, "x": 5})
+    ).compute()
     data, valid, days = _explicitly_padded(cube)
     np.testing.assert_array_equal(days, extended_days(CubeArrays.from_cube(cube).days, 5))
     want, want_err = embed_block(model, data, valid, days)
@@ -203,7 +206,7 @@ def test_pad_policy_equals_embedding_an_explicitly_padded_cube(model, cube):
 
 
 def test_pad_and_nan_policies_agree_where_the_context_is_complete(model, cube, ref):
-    pad = embed(cube, model, edge="pad").to_dataset().compute()
+    pad = embedding_dataset(embed(cube, model, edge="pad")).compute()
     full = ~pad["padded"].values
     a, b = pad["embedding"].values[:, full], ref["embedding"].values[:, full]
     np.testing.assert_array_equal(a, b)
