@@ -152,3 +152,79 @@ def test_embed_with_a_corrupt_checkpoint(tmp_path):
     )
     assert res.exit_code == 2 and "not a readable latentcube checkpoint" in res.output
     assert not (tmp_path / "e.zarr").exists()
+
+
+def _tiny_checkpoint(path):
+    import torch
+
+    from latentcube.bundle import save_checkpoint
+    from latentcube.models.autoencoder import build_autoencoder
+    from latentcube.models.config import AutoencoderConfig
+
+    torch.manual_seed(0)
+    return save_checkpoint(path, build_autoencoder(AutoencoderConfig.preset("tiny")).eval())
+
+
+def test_embed_builds_the_cube_first_from_a_place(tmp_path, monkeypatch):
+    """--lat/--lon/--start/--end call latentcube.cube.build.build_cube, then embed its store."""
+    import sys
+    import types
+
+    from conftest import tiny_cube
+
+    calls = []
+
+    def build_cube(**kw):
+        calls.append(kw)
+        cube = tiny_cube(n_time=12, ny=18, nx=17, seed=5)
+        write_zarr(cube, kw["out"])
+        return cube
+
+    monkeypatch.setitem(
+        sys.modules, "latentcube.cube.build", types.SimpleNamespace(build_cube=build_cube)
+    )
+    ckpt = _tiny_checkpoint(tmp_path / "m.pt")
+    args = [
+        "embed",
+        "--lat",
+        "50.8",
+        "--lon",
+        "3.3",
+        "--size-m",
+        "170",
+        "--start",
+        "2020-03-01",
+        "--end",
+        "2020-09-30",
+        "--model",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "e.zarr"),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 1
+    kw = calls[0]
+    assert (kw["lat"], kw["lon"], kw["size_m"], kw["start"], kw["end"]) == (
+        50.8,
+        3.3,
+        170.0,
+        "2020-03-01",
+        "2020-09-30",
+    )
+    assert kw["out"] == tmp_path / "e_cube.zarr" and tuple(kw["sensors"]) == ("s2",)
+    emb = open_embedding(tmp_path / "e.zarr")
+    assert emb["embedding"].shape == (9, 12, 18, 17) and int(emb["valid"].sum()) > 0
+    # errors name the problem: a missing date, both a cube and a place, no build module
+    res = runner.invoke(app, [*args[:7], *args[9:], "--overwrite"])
+    assert res.exit_code == 2 and "needs --start" in res.output
+    res = runner.invoke(app, [*args, str(tmp_path / "e_cube.zarr")])
+    assert res.exit_code == 2 and "either a CUBE" in res.output
+    monkeypatch.setitem(sys.modules, "latentcube.cube.build", None)
+    other = [*args[:-5], "--out", str(tmp_path / "f.zarr"), "--cube-out", str(tmp_path / "c2.zarr")]
+    res = runner.invoke(app, other)
+    assert res.exit_code == 2 and "needs latentcube.cube.build" in res.output
+    assert not (tmp_path / "f.zarr").exists()
