@@ -264,7 +264,7 @@ def test_write_open_round_trip(model, cube, ref, tmp_path, dtype):
     assert back["embedding"].encoding["chunks"] == (9, 1, 10, 10)
     assert back["valid"].encoding["chunks"] == (1, 10, 10)
     assert back.attrs["edge_policy"] == "pad"
-    tol = 1e-7 if dtype == "float32" else 2e-3
+    tol = 1e-6 if dtype == "float32" else 2e-3  # another chunking: float rounding
     full = ~back["padded"].values
     np.testing.assert_allclose(
         back["embedding"].values[:, full], ref["embedding"].values[:, full], atol=tol, rtol=tol

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -360,16 +360,16 @@ def _build_cube_for_embed(
             f"installation lacks ({err}); build the cube separately and pass its path"
         ) from err
     typer.echo(f"building the cube at {cube_out}")
+    kwargs: dict[str, Any] = {"catalog": catalog} if catalog else {}
     build_cube(
         lat=lat,
         lon=lon,
         size_m=size_m,
-        bbox=None,
         start=start,
         end=end,
         out=cube_out,
-        catalog=catalog,
-        sensors=(sensor,),
+        sensors=("s2",) if sensor == "s2" else ("s2", sensor),  # S2 dates are the time axis
+        **kwargs,
     )
     return cube_out
 

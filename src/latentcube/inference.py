@@ -75,14 +75,14 @@ def _centres(n_t: int, n_dates: int) -> range:
     return range(c, n_t - c)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_block(
     model: ContextAutoencoder,
     data: np.ndarray,
     valid: np.ndarray,
     days: np.ndarray,
     *,
-    batch_size: int = 8192,
+    batch_size: int = 2048,
     with_error: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense embedding of one block that carries a halo of ``window // 2`` pixels.
@@ -98,7 +98,7 @@ def embed_block(
     days
         (T,) int day numbers of the dates.
     batch_size
-        Pixels per temporal-encoder call.
+        Pixels per temporal-encoder call (2048 keeps a batch's activations in cache).
     with_error
         Also return the centre-pixel reconstruction MAE.
 
@@ -107,6 +107,13 @@ def embed_block(
     tuple
         ``emb`` (latent_dim, T, H - 2h, W - 2h) and ``err`` (T, H - 2h, W - 2h),
         float32, NaN without full context or with an invalid centre.
+
+    Notes
+    -----
+    Per date, the spatial features and their token projection
+    (``model.project``) are computed once for the whole block and kept for the
+    ``n_dates`` centre dates that use them; the windows of one centre date share
+    their day gaps, so the positional encoding is computed once per date too.
     """
     if not model.supports_dense:
         raise ValueError(f"the {model.config.variant!r} model has no dense path; use embed_windows")
@@ -124,12 +131,14 @@ def embed_block(
     inner_valid = m[:, h : h + oy, h : h + ox].reshape(n_t, -1)
     centre_vals = x[:, :, h : h + oy, h : h + ox].reshape(n_t, x.shape[1], -1)
     c = cfg.n_dates // 2
-    cache: dict[int, torch.Tensor] = {}  # date -> (P, F) features; at most n_dates kept
+    cache: dict[int, torch.Tensor] = {}  # date -> (P, d) tokens; at most n_dates kept
+    emb_t = torch.from_numpy(emb)
+    err_t = torch.from_numpy(err)
 
-    def features(k: int) -> torch.Tensor:
+    def tokens(k: int) -> torch.Tensor:
         if k not in cache:
             f = model.frame_features(x[k : k + 1], m[k : k + 1])[0]  # (F, oy, ox)
-            cache[k] = f.reshape(f.shape[0], -1).T.contiguous()
+            cache[k] = model.project(f.reshape(f.shape[0], -1).T)
         return cache[k]
 
     for t in _centres(n_t, cfg.n_dates):
@@ -138,17 +147,18 @@ def embed_block(
         pix = torch.nonzero(inner_valid[t]).squeeze(1)
         if pix.numel() == 0:
             continue
-        ctx = torch.stack([features(k) for k in range(t - c, t + c + 1)], dim=1)  # (P, T, F)
-        gaps = torch.from_numpy(np.diff(days[t - c : t + c + 1]).astype(np.int64))
+        ctx = torch.stack([tokens(k) for k in range(t - c, t + c + 1)], dim=1)  # (P, T, d)
+        if pix.numel() < ctx.shape[0]:
+            ctx = ctx[pix]
+        g = torch.from_numpy(np.diff(days[t - c : t + c + 1]).astype(np.int64))[None]
+        out = emb_t[:, t].reshape(cfg.latent_dim, -1)
         for s in range(0, pix.numel(), batch_size):
             p = pix[s : s + batch_size]
-            g = gaps.expand(len(p), -1)
-            z = model.encode_features(ctx[p], g)
-            emb[:, t].reshape(cfg.latent_dim, -1)[:, p.numpy()] = z.T.numpy()
+            z = model.encode_tokens(ctx[s : s + batch_size], g)
+            out[:, p] = z.T
             if with_error:
                 rec = model.decode_centre(z, g)
-                e = (rec - centre_vals[t][:, p].T).abs().mean(dim=1)
-                err[t].reshape(-1)[p.numpy()] = e.numpy()
+                err_t[t].reshape(-1)[p] = (rec - centre_vals[t][:, p].T).abs().mean(dim=1)
     return emb, err
 
 
@@ -352,7 +362,7 @@ def embed(
     edge
         ``"nan"`` (default, the paper's crop) or ``"pad"``; see the module docstring.
     batch_size
-        Pixels per model call (default 8192 dense, 256 window by window).
+        Pixels per model call (default 2048 dense, 256 window by window).
     with_error
         Add the centre-pixel reconstruction error layer ``recon_mae_<sensor>``.
 
