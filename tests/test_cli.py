@@ -216,6 +216,7 @@ def test_embed_builds_the_cube_first_from_a_place(tmp_path, monkeypatch):
         "2020-09-30",
     )
     assert kw["out"] == tmp_path / "e_cube.zarr" and tuple(kw["sensors"]) == ("s2",)
+    assert "catalog" not in kw  # the builder's default catalogue
     emb = open_embedding(tmp_path / "e.zarr")
     assert emb["embedding"].shape == (9, 12, 18, 17) and int(emb["valid"].sum()) > 0
     # errors name the problem: a missing date, both a cube and a place, no build module

@@ -640,13 +640,21 @@ def _worker_model(path: str) -> ContextAutoencoder:
 
 @functools.lru_cache(maxsize=4)
 def _worker_cube(path: str, sensor: str, bands: tuple[str, ...]) -> tuple[xr.Dataset, np.ndarray]:
-    """The cube (opened lazily; reads happen per block) and its days, once per worker process.
+    """The cube and its days, opened once per worker process.
 
-    The driver has validated the values already; workers check the layout only.
+    A Zarr store is opened without Dask (lazily indexed arrays), so a task reads
+    only the store chunks its block touches, in the task itself. The driver has
+    validated the values already; workers check the layout only.
     """
     from latentcube.cube.readers import open_cube
+    from latentcube.io import open_zarr
 
-    cube = select_bands(open_cube(path, check_values=False), {sensor: bands})
+    p = Path(path)
+    if p.suffix == ".zip" or (p / "zarr.json").exists():
+        cube = open_zarr(p, chunks=None)
+    else:
+        cube = open_cube(p, check_values=False)
+    cube = select_bands(cube, {sensor: bands})
     return cube, cube["time"].values.astype("datetime64[D]").astype(np.int64)
 
 
