@@ -48,7 +48,9 @@ CHILD = textwrap.dedent(
             coords={"time": t, "band": list(S2_BANDS), "y": 5600005.0 - 10 * np.arange(side),
                     "x": 500005.0 + 10 * np.arange(side)},
         ).rio.write_crs("EPSG:32631")
-        enc = {"s2": {"chunks": (11, 10, 256, 256)}, "s2_valid": {"chunks": (11, 256, 256)}}
+        # store chunks no larger than the smallest area, so every size reads whole chunks
+        cs = int(sys.argv[6])
+        enc = {"s2": {"chunks": (11, 10, cs, cs)}, "s2_valid": {"chunks": (11, cs, cs)}}
         src = f"{root}/cube_{side}.zarr"
         if not Path(src).exists():
             write_zarr(cube, src, encoding=enc)
@@ -73,14 +75,23 @@ CHILD = textwrap.dedent(
 )
 
 
-def run(side: int, chunk: int, variant: str, root: str) -> dict:
+def run(side: int, chunk: int, variant: str, root: str, store_chunk: int) -> dict:
     script = Path(root) / "child.py"
     script.write_text(CHILD)
     # the cube is made in one process and embedded in a fresh one, so the peak RSS
     # measured is that of the embedding alone
     for step in ("make", "embed"):
         out = subprocess.run(
-            [sys.executable, str(script), str(side), str(chunk), variant, root, step],
+            [
+                sys.executable,
+                str(script),
+                str(side),
+                str(chunk),
+                variant,
+                root,
+                step,
+                str(store_chunk),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -98,7 +109,7 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as root:
         for side in args.sides:
-            r = run(side, args.chunk, args.variant, root)
+            r = run(side, args.chunk, args.variant, root, min(args.sides))
             rows.append(r)
             print(
                 f"{side:5d}^2 px x 1 centre date (11 dates): wall {r['wall']:7.1f} s "
@@ -117,7 +128,7 @@ def main() -> None:
             f"{peaks.max() / peaks.min():.2f} for {area.max() / area.min():.0f}x the area"
         )
         side = args.sides[min(1, len(args.sides) - 1)]
-        other = run(side, 100, args.variant, root)
+        other = run(side, 100, args.variant, root, min(args.sides))
         import xarray as xr
 
         a = xr.open_zarr(rows[min(1, len(rows) - 1)]["out"], consolidated=False)["embedding"].values

@@ -839,7 +839,10 @@ def embed_to_zarr(
                 f"{out} holds an unfinished run of another model, cube, chunking, dtype or "
                 "edge policy; remove it or choose another output"
             )
-    sizes = _chunk_sizes({"time": time_chunk, "y": chunk, "x": chunk}, cube.sizes)
+    sizes = _chunk_sizes(
+        {"time": time_chunk, "y": chunk, "x": chunk},
+        {str(k): int(v) for k, v in cube.sizes.items()},
+    )
     if not out.exists():
         template = embed(cube, model, chunks=sizes, edge=edge)
         if progress_dir(out).exists():  # markers of a store that was removed
