@@ -70,17 +70,22 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(
-        f"cube: {args.dates} dates x {args.size} x {args.size} px, "
-        f"{n_pd} pixel-dates with context"
+        f"cube: {args.dates} dates x {args.size} x {args.size} px, {n_pd} pixel-dates with context"
     )
     print(
         f"fast MACs per pixel-date: count_macs {macs['total']} (spatial {macs['spatial']}, "
         f"temporal {macs['temporal']}); the dense path projects each date once, so "
         f"{shared} of them are shared: useful {useful_macs}"
     )
-    rates = {}
+    rng = np.random.default_rng(0)
+    h = args.size - 14
+    sub = np.stack(
+        [rng.integers(5, args.dates - 5, 512), rng.integers(0, h, 512), rng.integers(0, h, 512)], 1
+    )
+    sub_p = sub[:64]
     for threads in sorted({1, args.threads}):
         torch.set_num_threads(threads)
+        tag = f"[{threads} thread{'s' if threads > 1 else ''}]"
         embed_block(fast, arr.data[:, :, :30, :30], arr.valid[:, :30, :30], arr.days)  # warm-up
         peak0 = matmul_gflops()
         (dense, _), t_dense = timed(
@@ -88,54 +93,36 @@ def main() -> None:
         )
         peak = max(peak0, matmul_gflops())
         r_dense = n_pd / t_dense
-        rates[threads] = r_dense
         useful = r_dense * useful_macs * 2 / 1e9
-        print(
-            f"[{threads} thread{'s' if threads > 1 else ''}] fast dense {r_dense:9.0f} "
-            f"pixel-dates/s ({t_dense:.2f} s); fp32 matmul rate {peak:.1f} GFLOP/s; useful "
-            f"rate {useful:.1f} GFLOP/s = {useful / peak:.1%} of the matmul rate"
+        windowed = {}
+        for name, net, pixels, bs in (("fast", fast, sub, 128), ("paper", paper, sub_p, 32)):
+            windowed[name] = timed(
+                embed_windows,
+                net,
+                arr.data,
+                arr.valid,
+                arr.days,
+                pixels=pixels,
+                with_error=False,
+                batch_size=bs,
+            )
+        (win, _), t_fwin = windowed["fast"]
+        t_paper = windowed["paper"][1]
+        diff = np.abs(
+            dense[:, sub[:, 0], sub[:, 1], sub[:, 2]] - win[:, sub[:, 0], sub[:, 1], sub[:, 2]]
         )
-
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    h = args.size - 14
-    sub = np.stack(
-        [rng.integers(5, args.dates - 5, 512), rng.integers(0, h, 512), rng.integers(0, h, 512)], 1
-    )
-    (win, _), t_fwin = timed(
-        embed_windows,
-        fast,
-        arr.data,
-        arr.valid,
-        arr.days,
-        pixels=sub,
-        with_error=False,
-        batch_size=128,
-    )
-    sub_p = sub[:64]
-    (_, _), t_paper = timed(
-        embed_windows,
-        paper,
-        arr.data,
-        arr.valid,
-        arr.days,
-        pixels=sub_p,
-        with_error=False,
-        batch_size=32,
-    )
-    diff = np.abs(
-        dense[:, sub[:, 0], sub[:, 1], sub[:, 2]] - win[:, sub[:, 0], sub[:, 1], sub[:, 2]]
-    )
-    r_dense = rates[args.threads]
-    r_fwin = len(sub) / t_fwin
-    r_paper = len(sub_p) / t_paper
-    print(f"[{args.threads} threads] window by window:")
-    print(f"fast  dense            {r_dense:12.0f} pixel-dates/s")
-    print(f"fast  window-by-window {r_fwin:12.1f} pixel-dates/s  ({len(sub)} sampled)")
-    print(f"paper window-by-window {r_paper:12.2f} pixel-dates/s  ({len(sub_p)} sampled)")
-    print(f"ratio fast dense / fast windows : {r_dense / r_fwin:10.1f}x")
-    print(f"ratio fast dense / paper windows: {r_dense / r_paper:10.1f}x")
-    print(f"max |dense - window| on the sampled pixel-dates: {np.nanmax(diff):.2e}")
+        r_fwin = len(sub) / t_fwin
+        r_paper = len(sub_p) / t_paper
+        print(f"{tag} fast  dense            {r_dense:12.0f} pixel-dates/s ({t_dense:.1f} s)")
+        print(f"{tag} fast  window-by-window {r_fwin:12.1f} pixel-dates/s ({len(sub)} sampled)")
+        print(f"{tag} paper window-by-window {r_paper:12.2f} pixel-dates/s ({len(sub_p)} sampled)")
+        print(f"{tag} ratio fast dense / fast windows : {r_dense / r_fwin:10.1f}x")
+        print(f"{tag} ratio fast dense / paper windows: {r_dense / r_paper:10.1f}x")
+        print(f"{tag} max |dense - window| on the sampled pixel-dates: {np.nanmax(diff):.2e}")
+        print(
+            f"{tag} fp32 matmul rate {peak:.1f} GFLOP/s; fast dense useful rate "
+            f"{useful:.1f} GFLOP/s = {useful / peak:.1%} of the matmul rate"
+        )
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
