@@ -18,7 +18,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 from latentcube import accessor as _accessor  # noqa: F401  (registers ``.latentcube`` on xarray)
 from latentcube.cube.schema import make_cube, validate_cube
-from latentcube.errors import CubeError, LatentcubeError, ModelError, StacError
+from latentcube.errors import CubeError, EmbeddingError, LatentcubeError, ModelError, StacError
 from latentcube.sensors import S1_BANDS, S2_BANDS, SENSORS, SensorSpec
 
 _LAZY = {
@@ -48,6 +48,7 @@ __all__ = [
     "SENSORS",
     "AutoencoderConfig",
     "CubeError",
+    "EmbeddingError",
     "LatentcubeError",
     "LossConfig",
     "ModelError",
