@@ -1,17 +1,19 @@
 """Wall time and peak memory of large-area embedding (``embed_to_zarr``) for growing areas.
 
 For each side length a synthetic cube (11 dates x 10 bands, stored as a chunked Zarr
-store written lazily with Dask) is embedded by a tiny random model in a fresh
-subprocess with a local Dask cluster (threads, so the subprocess's peak RSS covers all
-workers). Prints wall time, pixel-dates per second, peak RSS, the fitted exponent of
-time vs area, and one chunking against another (same output).
-Usage: ``python benchmarks/bench_scale.py [--sides 128 512 1024] [--chunk 256]``.
+store written lazily with Dask) is embedded by a random `fast` model in a fresh
+subprocess with a local Dask cluster of two single-threaded worker processes (the
+default of ``embed_to_zarr``). Prints wall time (cluster start-up and embedding),
+pixel-dates per second, the peak RSS of each worker process and of the driver, the
+fitted exponent of time vs area, and one chunking against another (same output).
+Usage: ``python benchmarks/bench_scale.py [--sides 256 512 1024] [--chunk 128]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,33 +49,60 @@ CHILD = textwrap.dedent(
             coords={"time": t, "band": list(S2_BANDS), "y": 5600005.0 - 10 * np.arange(side),
                     "x": 500005.0 + 10 * np.arange(side)},
         ).rio.write_crs("EPSG:32631")
-        enc = {"s2": {"chunks": (11, 10, 256, 256)}, "s2_valid": {"chunks": (11, 256, 256)}}
+        # store chunks no larger than the smallest area, so every size reads whole chunks
+        cs = int(sys.argv[6])
+        enc = {"s2": {"chunks": (11, 10, cs, cs)}, "s2_valid": {"chunks": (11, cs, cs)}}
         src = f"{root}/cube_{side}.zarr"
         if not Path(src).exists():
             write_zarr(cube, src, encoding=enc)
         if sys.argv[5] == "make":
             sys.exit(0)
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        from dask.distributed import Client, LocalCluster
+
+        def peak_rss():
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        base = peak_rss()
         t0 = time.perf_counter()
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+        worker_base = max(client.run(peak_rss).values())
+        t1 = time.perf_counter()
         out = embed_to_zarr(src, ckpt, f"{root}/emb_{side}_{chunk}.zarr", chunk=chunk,
-                            workers=2, processes=False, progress=False)
-        wall = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"side": side, "chunk": chunk, "wall": wall, "peak_mib": peak / 1024,
-                          "before_mib": base / 1024, "pixel_dates": side * side,
+                            scheduler=cluster.scheduler_address, progress=False)
+        t2 = time.perf_counter()
+        worker_peak = max(client.run(peak_rss).values())
+        client.close()
+        cluster.close()
+        peak = peak_rss()
+        print(json.dumps({"side": side, "chunk": chunk, "wall": t2 - t0, "embed": t2 - t1,
+                          "startup": t1 - t0, "peak_mib": peak / 1024,
+                          "before_mib": base / 1024, "worker_peak_mib": worker_peak / 1024,
+                          "worker_start_mib": worker_base / 1024, "pixel_dates": side * side,
                           "out": str(out)}))
     """
 )
 
 
-def run(side: int, chunk: int, variant: str, root: str) -> dict:
+def run(side: int, chunk: int, variant: str, root: str, store_chunk: int) -> dict:
     script = Path(root) / "child.py"
     script.write_text(CHILD)
     # the cube is made in one process and embedded in a fresh one, so the peak RSS
     # measured is that of the embedding alone
     for step in ("make", "embed"):
         out = subprocess.run(
-            [sys.executable, str(script), str(side), str(chunk), variant, root, step],
+            [
+                sys.executable,
+                str(script),
+                str(side),
+                str(chunk),
+                variant,
+                root,
+                step,
+                str(store_chunk),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -83,31 +112,37 @@ def run(side: int, chunk: int, variant: str, root: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sides", type=int, nargs="+", default=[128, 512, 1024])
-    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--sides", type=int, nargs="+", default=[256, 512, 1024])
+    ap.add_argument("--chunk", type=int, default=128)
     ap.add_argument("--variant", default="fast")
     args = ap.parse_args()
     rows = []
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as root:
         for side in args.sides:
-            r = run(side, args.chunk, args.variant, root)
+            r = run(side, args.chunk, args.variant, root, min(args.sides))
             rows.append(r)
             print(
-                f"{side:5d}^2 px x 1 centre date: {r['wall']:7.1f} s, "
-                f"{r['pixel_dates'] / r['wall']:8.0f} pixel-dates/s, "
-                f"peak RSS {r['peak_mib']:7.0f} MiB (after start-up {r['before_mib']:.0f})"
+                f"{side:5d}^2 px x 1 centre date (11 dates): wall {r['wall']:7.1f} s "
+                f"(cluster start-up {r['startup']:.1f} s, embedding {r['embed']:.1f} s), "
+                f"{r['pixel_dates'] / r['embed']:7.0f} pixel-dates/s, peak RSS per worker "
+                f"{r['worker_peak_mib']:5.0f} MiB (at start {r['worker_start_mib']:.0f}), "
+                f"driver {r['peak_mib']:5.0f} MiB (after imports {r['before_mib']:.0f})"
             )
         area = np.array([r["side"] ** 2 for r in rows], float)
-        wall = np.array([r["wall"] for r in rows])
-        big = area >= area.max() / 16
-        slope = (
-            np.polyfit(np.log(area[big]), np.log(wall[big]), 1)[0]
-            if big.sum() >= 2
-            else float("nan")
-        )
-        print(f"time ~ area^{slope:.2f} over the sides >= 1/4 of the largest")
+        for what in ("embed", "wall"):
+            t = np.array([r[what] for r in rows])
+            slope = np.polyfit(np.log(area), np.log(t), 1)[0]
+            print(f"{what:>5} time ~ area^{slope:.2f} (least squares over all sides)")
+        for what in ("worker_peak_mib", "peak_mib"):
+            peaks = np.array([r[what] for r in rows])
+            print(
+                f"{'worker' if what.startswith('worker') else 'driver'} peak RSS from "
+                f"{peaks.min():.0f} to {peaks.max():.0f} MiB: max/min "
+                f"{peaks.max() / peaks.min():.2f} for {area.max() / area.min():.0f}x the area"
+            )
         side = args.sides[min(1, len(args.sides) - 1)]
-        other = run(side, 100, args.variant, root)
+        other = run(side, 100, args.variant, root, min(args.sides))
         import xarray as xr
 
         a = xr.open_zarr(rows[min(1, len(rows) - 1)]["out"], consolidated=False)["embedding"].values
@@ -117,6 +152,7 @@ def main() -> None:
             f"chunk {args.chunk} vs chunk 100 on {side}^2 px: max |diff| "
             f"{np.nanmax(np.abs(a - b)):.1e}, identical within 1e-6: {same}"
         )
+        print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from latentcube.cli import app
 from latentcube.cube.readers import load_demo_cube
 from latentcube.inference import open_embedding
-from latentcube.io import write_zarr
+from latentcube.io import open_zarr, write_zarr
 
 runner = CliRunner()
 
@@ -223,3 +223,107 @@ def test_train_argument_errors(tmp_path):
     assert res.exit_code == 2 and "disagree" in res.output
     res = runner.invoke(app, ["train", cube, "--config", "huge"])
     assert res.exit_code == 2 and "or a YAML file" in res.output
+
+
+def _tiny_checkpoint(path):
+    import torch
+
+    from latentcube.bundle import save_checkpoint
+    from latentcube.models.autoencoder import build_autoencoder
+    from latentcube.models.config import AutoencoderConfig
+
+    torch.manual_seed(0)
+    return save_checkpoint(path, build_autoencoder(AutoencoderConfig.preset("tiny")).eval())
+
+
+def test_embed_builds_the_cube_first_from_a_place(tmp_path, monkeypatch):
+    """--lat/--lon/--start/--end call latentcube.cube.build.build_cube, then embed its store."""
+    import sys
+    import types
+
+    from conftest import tiny_cube
+
+    calls = []
+
+    def build_cube(**kw):
+        calls.append(kw)
+        cube = tiny_cube(n_time=12, ny=18, nx=17, seed=5)
+        write_zarr(cube, kw["out"])
+        return cube
+
+    monkeypatch.setitem(
+        sys.modules, "latentcube.cube.build", types.SimpleNamespace(build_cube=build_cube)
+    )
+    ckpt = _tiny_checkpoint(tmp_path / "m.pt")
+    args = [
+        "embed",
+        "--lat",
+        "50.8",
+        "--lon",
+        "3.3",
+        "--size-m",
+        "170",
+        "--start",
+        "2020-03-01",
+        "--end",
+        "2020-09-30",
+        "--model",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "e.zarr"),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 1
+    kw = calls[0]
+    assert (kw["lat"], kw["lon"], kw["size_m"], kw["start"], kw["end"]) == (
+        50.8,
+        3.3,
+        170.0,
+        "2020-03-01",
+        "2020-09-30",
+    )
+    assert kw["out"] == tmp_path / "e_cube.zarr" and tuple(kw["sensors"]) == ("s2",)
+    assert "catalog" not in kw  # the builder's default catalogue
+    emb = open_embedding(tmp_path / "e.zarr")
+    assert emb["embedding"].shape == (9, 12, 18, 17) and int(emb["valid"].sum()) > 0
+    # errors name the problem: a missing date, both a cube and a place, no build module
+    res = runner.invoke(app, [*args[:7], *args[9:], "--overwrite"])
+    assert res.exit_code == 2 and "needs --start" in res.output
+    res = runner.invoke(app, [*args, str(tmp_path / "e_cube.zarr")])
+    assert res.exit_code == 2 and "either a CUBE" in res.output
+    monkeypatch.setitem(sys.modules, "latentcube.cube.build", None)
+    other = [*args[:-5], "--out", str(tmp_path / "f.zarr"), "--cube-out", str(tmp_path / "c2.zarr")]
+    res = runner.invoke(app, other)
+    assert res.exit_code == 2 and "needs latentcube.cube.build" in res.output
+    assert not (tmp_path / "f.zarr").exists()
+
+
+@pytest.mark.shared
+def test_embed_from_a_place_through_the_real_cube_builder(tmp_path):
+    """``embed --lat --lon --start --end`` builds the cube with build_cube from a local
+    static STAC catalog of real pixels, then embeds it (edge pad: only 3 dates)."""
+    from stac_catalog import FLANDERS, PATCH, centre_lonlat, make_catalog, read_source
+
+    from conftest import shared_path
+
+    cat = make_catalog(tmp_path / "stac", read_source(shared_path(FLANDERS, PATCH)))
+    lon, lat = centre_lonlat()
+    ckpt = _tiny_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "e.zarr"
+    args = ["embed", "--lat", str(lat), "--lon", str(lon), "--size-m", "320",
+            "--start", "2018-09-15", "--end", "2018-10-20", "--catalog", str(cat),
+            "--model", str(ckpt), "--out", str(out), "--edge", "pad", "--workers", "1",
+            "--no-progress"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cube = open_zarr(tmp_path / "e_cube.zarr")
+    emb = open_embedding(out)
+    assert emb["embedding"].shape == (9, 3, 32, 32)
+    assert cube.sizes["time"] == 3 and cube.sizes["y"] == 32
+    np.testing.assert_array_equal(emb["x"].values, cube["x"].values)
+    assert emb.rio.crs == cube.rio.crs
+    assert int(emb["valid"].sum()) == int(cube["s2_valid"].sum()) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,13 @@ import torch
 
 from latentcube.bundle import save_checkpoint
 from latentcube.errors import LatentcubeError
-from latentcube.inference import embed, embed_to_zarr, open_embedding, progress_dir
+from latentcube.inference import (
+    embed,
+    embed_to_zarr,
+    embedding_dataset,
+    open_embedding,
+    progress_dir,
+)
 from latentcube.io import write_zarr
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig
@@ -31,24 +38,38 @@ def setup(tmp_path_factory):
     ckpt = save_checkpoint(root / "m.pt", model)
     cube = tiny_cube(n_time=14, ny=37, nx=41, seed=3, cloud_fraction=0.15)
     src = write_zarr(cube, root / "cube.zarr")
-    ref = embed(cube, model)
+    ref = {e: embedding_dataset(embed(cube, model, edge=e)).compute() for e in ("nan", "pad")}
     return root, ckpt, src, ref
 
 
-def _run(setup, out, chunk, **kw):
+def _run(setup, out, chunk, time_chunk=64, **kw):
     _, ckpt, src, _ = setup
     return embed_to_zarr(
-        src, ckpt, out, chunk=chunk, workers=1, processes=False, progress=False, **kw
+        src,
+        ckpt,
+        out,
+        chunk=chunk,
+        time_chunk=time_chunk,
+        workers=1,
+        processes=False,
+        progress=False,
+        **kw,
     )
 
 
-@pytest.mark.parametrize("chunk", [5, 16, 64])
-def test_equals_in_memory_embedding_for_any_chunking(setup, tmp_path, chunk):
-    ref = setup[3]
-    out = open_embedding(_run(setup, tmp_path / "e.zarr", chunk))
+@pytest.mark.parametrize(
+    ("chunk", "time_chunk", "edge"),
+    [(8, 3, "nan"), (16, 64, "nan"), (64, 1, "pad"), (13, 5, "pad")],
+)
+def test_equals_in_memory_embedding_for_any_chunking(setup, tmp_path, chunk, time_chunk, edge):
+    ref = setup[3][edge]
+    out = open_embedding(_run(setup, tmp_path / "e.zarr", chunk, time_chunk, edge=edge))
+    assert set(out.data_vars) == set(ref.data_vars)
     np.testing.assert_allclose(out["embedding"].values, ref["embedding"].values, atol=1e-6)
     np.testing.assert_array_equal(out["valid"].values, ref["valid"].values)
-    np.testing.assert_allclose(out["recon_mae"].values, ref["recon_mae"].values, atol=1e-6)
+    np.testing.assert_allclose(out["recon_mae_s2"].values, ref["recon_mae_s2"].values, atol=1e-6)
+    if edge == "pad":
+        np.testing.assert_array_equal(out["padded"].values, ref["padded"].values)
     assert out.rio.crs == ref.rio.crs
     assert not progress_dir(tmp_path / "e.zarr").exists()
     assert out["embedding"].encoding["chunks"] == (9, 1, min(chunk, 37), min(chunk, 41))
@@ -69,13 +90,29 @@ def test_resume_skips_done_chunks_and_refuses_other_runs(setup, tmp_path):
     import zarr
 
     progress_dir(out).mkdir()
-    (progress_dir(out) / "0_0").write_text("done")
+    (progress_dir(out) / "0_0_0").write_text(str(14 * 16 * 16))
     root = zarr.open_group(out, mode="r+")
     root["embedding"][:, :, 16:, :] = np.nan
     with pytest.raises(LatentcubeError, match="unfinished run of another"):
         _run(setup, out, 8)
+    with pytest.raises(LatentcubeError, match="unfinished run of another"):
+        _run(setup, out, 16, edge="pad")
     _run(setup, out, 16)
     np.testing.assert_array_equal(open_embedding(out)["embedding"].values, ref)
+
+
+def _store_files(root: Path) -> dict[str, bytes]:
+    """Every file of a store; the root metadata without its creation time stamp."""
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p == root / "zarr.json":
+                meta = json.loads(data)
+                meta["attributes"].pop("created")
+                data = json.dumps(meta, sort_keys=True).encode()
+            files[str(p.relative_to(root))] = data
+    return files
 
 
 SCRIPT = """
@@ -83,22 +120,22 @@ import sys, time
 import latentcube.inference as inf
 real = inf.embed_block
 def slow(*a, **k):
-    time.sleep(0.4)
+    time.sleep(0.2)
     return real(*a, **k)
 inf.embed_block = slow
 from latentcube.inference import embed_to_zarr
 if __name__ == "__main__":
-    embed_to_zarr(sys.argv[1], sys.argv[2], sys.argv[3], chunk=8, workers=1, processes=False,
-                  progress=False)
+    embed_to_zarr(sys.argv[1], sys.argv[2], sys.argv[3], chunk=8, time_chunk=7, workers=1,
+                  processes=False, progress=False)
 """
 
 
 @pytest.mark.slow
-def test_sigkill_and_rerun_gives_identical_chunks(setup, tmp_path):
+def test_sigkill_and_rerun_gives_a_byte_identical_store(setup, tmp_path):
     _, ckpt, src, _ = setup
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    ref = _run(setup, tmp_path / "ref.zarr", 8)
+    ref = _run(setup, tmp_path / "ref.zarr", 8, 7)
     out = tmp_path / "killed.zarr"
     proc = subprocess.Popen([sys.executable, str(script), str(src), str(ckpt), str(out)])
     deadline = time.time() + 120
@@ -110,15 +147,95 @@ def test_sigkill_and_rerun_gives_identical_chunks(setup, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     n_done = len(list(progress_dir(out).iterdir()))
-    assert 3 <= n_done < 30, "the run must be killed part-way"
+    assert 3 <= n_done < 60, "the run must be killed part-way"
     subprocess.run(
         [sys.executable, str(script), str(src), str(ckpt), str(out)], check=True, timeout=300
     )
     assert not progress_dir(out).exists()
-    chunk_files = sorted(p.relative_to(ref) for p in Path(ref).rglob("c/**/*") if p.is_file())
-    assert len(chunk_files) > 100
-    for rel in chunk_files:
-        assert (out / rel).read_bytes() == (Path(ref) / rel).read_bytes(), rel
-    np.testing.assert_array_equal(
-        open_embedding(out)["embedding"].values, open_embedding(ref)["embedding"].values
+    want, got = _store_files(Path(ref)), _store_files(out)
+    # chunks holding only NaN are not stored (Zarr's fill value), the others are
+    assert sum(k.startswith("embedding/c/") for k in want) >= 60
+    assert sorted(got) == sorted(want)
+    for rel, data in want.items():
+        assert got[rel] == data, rel
+
+
+LOST_WORKER = """
+import os, signal, sys, time, threading
+from pathlib import Path
+from dask.distributed import Client, LocalCluster, WorkerPlugin
+from latentcube.inference import embed_to_zarr, progress_dir
+
+
+class SlowAndLogged(WorkerPlugin):
+    # every worker, also one started after a loss, logs each chunk it computes
+
+    def __init__(self, log):
+        self.log = log
+
+    def setup(self, worker):
+        import os as _os
+        import time as _t
+        import latentcube.inference as inf
+        real, log = inf.embed_block, self.log
+
+        def slow(*a, **k):
+            with open(log, "a") as fh:
+                fh.write(f"{_os.getpid()}\\n")
+            _t.sleep(0.2)
+            return real(*a, **k)
+
+        inf.embed_block = slow
+
+
+if __name__ == "__main__":
+    src, ckpt, out, log = sys.argv[1:5]
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    client = Client(cluster)
+    client.register_plugin(SlowAndLogged(log))
+    pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+
+    def kill_one():
+        # kill one worker once it has finished some chunks and is busy with another
+        while True:
+            marks = progress_dir(out)
+            lines = Path(log).read_text().split() if Path(log).exists() else []
+            if marks.exists() and len(list(marks.iterdir())) >= 4 and lines.count(str(victim)) >= 3:
+                break
+            time.sleep(0.02)
+        os.kill(victim, signal.SIGKILL)
+        print("killed", victim, flush=True)
+
+    threading.Thread(target=kill_one, daemon=True).start()
+    embed_to_zarr(src, ckpt, out, chunk=8, time_chunk=7, scheduler=cluster.scheduler_address,
+                  progress=False)
+    print("done", flush=True)
+    client.close()
+    cluster.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_lost_worker_costs_only_its_chunks(setup, tmp_path):
+    _, ckpt, src, ref = setup
+    script = tmp_path / "lost.py"
+    script.write_text(LOST_WORKER)
+    out, log = tmp_path / "e.zarr", tmp_path / "log.txt"
+    res = subprocess.run(
+        [sys.executable, str(script), str(src), str(ckpt), str(out), str(log)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "killed" in res.stdout and "done" in res.stdout
+    n_chunks = 2 * 5 * 6  # 14 dates / 7, 37 px / 8, 41 px / 8
+    runs = log.read_text().split()
+    # every chunk ran once, plus at most the one chunk the killed worker was computing
+    assert n_chunks <= len(runs) <= n_chunks + 1, len(runs)
+    assert len(set(runs)) >= 3  # the killed worker, the survivor and the restarted worker
+    got = open_embedding(out)
+    np.testing.assert_allclose(got["embedding"].values, ref["nan"]["embedding"].values, atol=1e-6)
+    np.testing.assert_array_equal(got["valid"].values, ref["nan"]["valid"].values)

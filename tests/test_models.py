@@ -150,3 +150,22 @@ def test_count_macs_matches_flop_counter(variant):
     # attention products depends on the kernel torch picks for the head size
     counted = fc.get_total_flops() / 2
     assert counted in (macs["temporal"], macs["temporal"] - macs["attention"])
+
+
+def test_written_out_encoder_forward_equals_the_module():
+    from latentcube.models.blocks import encoder_inference
+
+    torch.manual_seed(0)
+    for variant in ("fast", "tiny"):
+        model = build_autoencoder(AutoencoderConfig.preset(variant)).eval()
+        x = torch.randn(300, 11, model.config.d_model)
+        with torch.no_grad():
+            for stack in (model.temporal, model.dec_temporal):
+                torch.testing.assert_close(
+                    encoder_inference(stack, x), stack(x), atol=1e-5, rtol=1e-5
+                )
+        # training (with autograd) keeps the module's own forward
+        model.train()
+        gaps = torch.randint(1, 20, (4, 10))
+        z = model.encode_tokens(torch.randn(4, 11, model.config.d_model), gaps)
+        assert z.requires_grad

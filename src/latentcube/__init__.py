@@ -16,8 +16,9 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
+from latentcube import accessor as _accessor  # noqa: F401  (registers ``.latentcube`` on xarray)
 from latentcube.cube.schema import make_cube, validate_cube
-from latentcube.errors import CubeError, LatentcubeError, ModelError, StacError
+from latentcube.errors import CubeError, EmbeddingError, LatentcubeError, ModelError, StacError
 from latentcube.sensors import S1_BANDS, S2_BANDS, SENSORS, SensorSpec
 
 _LAZY = {
@@ -35,6 +36,8 @@ _LAZY = {
     "load_checkpoint": "latentcube.bundle",
     "save_checkpoint": "latentcube.bundle",
     "embed": "latentcube.inference",
+    "embed_to_zarr": "latentcube.inference",
+    "to_geotiff": "latentcube.io",
     "write_embedding": "latentcube.inference",
     "open_embedding": "latentcube.inference",
     "run_demo": "latentcube.demo",
@@ -59,6 +62,7 @@ __all__ = [
     "AutoencoderConfig",
     "CubeError",
     "CubeSpec",
+    "EmbeddingError",
     "FusionConfig",
     "FusionModel",
     "LatentcubeError",
@@ -73,6 +77,7 @@ __all__ = [
     "default_model_path",
     "embed",
     "embed_fused",
+    "embed_to_zarr",
     "extend_fusion",
     "extract_windows",
     "grid_for",
@@ -87,6 +92,7 @@ __all__ = [
     "register_sensor",
     "run_demo",
     "save_checkpoint",
+    "to_geotiff",
     "train",
     "train_distributed",
     "train_fusion",

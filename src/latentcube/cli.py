@@ -439,8 +439,12 @@ def models(
 
 @app.command()
 def embed(
-    cube: Annotated[Path, typer.Argument(help="The cube to embed (a Zarr store for large areas).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output Zarr store.")],
+    cube: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The cube to embed (a Zarr store for large areas); or use --lat/--lon."
+        ),
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option(
@@ -448,18 +452,43 @@ def embed(
             "default: the S1+S2 model shipped with latentcube."
         ),
     ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output Zarr store.")] = None,
     dtype: Annotated[
         str, typer.Option(help="Storage type of the embedding: 'float32' or 'float16'.")
     ] = "float32",
     chunk: Annotated[
         int, typer.Option(help="Output chunk side in pixels (bounds worker memory).")
     ] = 256,
+    time_chunk: Annotated[
+        int, typer.Option(help="Output chunk length in dates (bounds worker memory).")
+    ] = 64,
+    edge: Annotated[
+        str,
+        typer.Option(
+            help="Pixels and dates without a full context: 'nan' (the paper's crop) or "
+            "'pad' (embedded from a padded context and flagged in 'padded')."
+        ),
+    ] = "nan",
     workers: Annotated[
         int | None, typer.Option(help="Worker processes of the local Dask cluster.")
     ] = None,
     scheduler: Annotated[
         str | None,
         typer.Option(help="Address of a running Dask scheduler (e.g. tcp://host:8786)."),
+    ] = None,
+    lat: Annotated[
+        float | None, typer.Option(help="Build the cube first: latitude of its centre.")
+    ] = None,
+    lon: Annotated[float | None, typer.Option(help="Longitude of the cube's centre.")] = None,
+    size_m: Annotated[float, typer.Option(help="Side of the cube to build, in metres.")] = 2560.0,
+    start: Annotated[str | None, typer.Option(help="First date of the cube to build.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date of the cube to build.")] = None,
+    catalog: Annotated[
+        str | None, typer.Option(help="STAC catalogue to build the cube from (default: its own).")
+    ] = None,
+    cube_out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the built cube (default: OUT with suffix _cube.zarr)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing complete store.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -470,12 +499,13 @@ def embed(
 ) -> None:
     """Embed every pixel and cloud-free date of a cube into a Zarr store.
 
-    The output holds 'embedding' (feature, time, y, x) on the cube's grid and CRS,
-    'valid' and the centre-pixel reconstruction error 'recon_mae'; pixels and dates
-    without a full 15 x 15 x 11 context are NaN. Dense models (fast, tiny) run on
-    Dask, one task per output chunk, and a run that was stopped resumes where it
-    ended when started again with the same arguments; the paper model runs window by
-    window in memory.
+    The output holds 'embedding' (feature, time, y, x) on the cube's grid and CRS
+    and the quality layers 'valid', 'recon_mae_<sensor>' (centre-pixel
+    reconstruction error) and, with --edge pad, 'padded'. Dense models (fast, tiny)
+    run on Dask, one task per output chunk, and a run that was stopped resumes
+    where it ended when started again with the same arguments; the paper model
+    runs window by window. With --lat/--lon/--start/--end instead of CUBE, the
+    cube is built first (and reused if it exists at --cube-out).
     """
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import open_cube
@@ -483,28 +513,67 @@ def embed(
     from latentcube.inference import embed as run_embed
     from latentcube.inference import embed_to_zarr, open_embedding, write_embedding
 
+    if out is None:
+        _fail("--out is required")
+        return
+    if (cube is None) == (lat is None and lon is None):
+        _fail("give either a CUBE path or --lat/--lon/--start/--end to build one")
+        return
     t0 = time.perf_counter()
     if model is None or _is_fused(model):
+        if cube is None:
+            try:  # a fused model reads both sensors
+                cube = _build_cube_for_embed(
+                    lat,
+                    lon,
+                    size_m,
+                    start,
+                    end,
+                    catalog,
+                    "s1",
+                    cube_out or out.with_name(f"{out.stem}_cube.zarr"),
+                )
+            except (LatentcubeError, FileNotFoundError, FileExistsError, ValueError) as err:
+                _fail(str(err))
+                return
         _embed_fused(cube, model, out, dtype, chunk, overwrite, progress, hide or [])
         return
     try:
         net, _meta = load_checkpoint(model)
+        if cube is None:
+            cube = _build_cube_for_embed(
+                lat,
+                lon,
+                size_m,
+                start,
+                end,
+                catalog,
+                net.config.sensor,
+                cube_out or out.with_name(f"{out.stem}_cube.zarr"),
+            )
         if net.supports_dense:
             path = embed_to_zarr(
                 cube,
                 model,
                 out,
                 chunk=chunk,
+                time_chunk=time_chunk,
                 dtype=dtype,
+                edge=edge,  # type: ignore[arg-type]
                 scheduler=scheduler,
                 workers=workers,
                 overwrite=overwrite,
                 progress=progress,
             )
-            ds = open_embedding(path)
         else:
-            ds = run_embed(open_cube(cube), net, tile=chunk, progress=progress)
-            path = write_embedding(ds, out, dtype=dtype, overwrite=overwrite)
+            lazy = run_embed(
+                open_cube(cube),
+                net,
+                chunks={"time": time_chunk, "y": chunk, "x": chunk},
+                edge=edge,  # type: ignore[arg-type]
+            )
+            path = write_embedding(lazy, out, dtype=dtype, overwrite=overwrite, progress=progress)
+        ds = open_embedding(path)
     except (LatentcubeError, FileNotFoundError, FileExistsError, ValueError) as err:
         _fail(str(err))
         return
@@ -673,6 +742,51 @@ def _embed_fused(
         f"wrote {written}: {dict(ds['embedding'].sizes)}, {n} valid pixel-dates "
         f"({only} without {net.sensors[0]}), {time.perf_counter() - t0:.1f} s"
     )
+
+
+def _build_cube_for_embed(
+    lat: float | None,
+    lon: float | None,
+    size_m: float,
+    start: str | None,
+    end: str | None,
+    catalog: str | None,
+    sensor: str,
+    cube_out: Path,
+) -> Path:
+    """Build the cube of ``latentcube embed --lat --lon ...`` (or reuse the one at ``cube_out``)."""
+    from latentcube.errors import LatentcubeError
+
+    missing = [
+        n
+        for n, v in (("--lat", lat), ("--lon", lon), ("--start", start), ("--end", end))
+        if v is None
+    ]
+    if missing:
+        raise LatentcubeError(f"building a cube needs {', '.join(missing)} as well")
+    if cube_out.exists():
+        typer.echo(f"using the cube built before at {cube_out}")
+        return cube_out
+    try:
+        from latentcube.cube.build import build_cube
+    except ImportError as err:
+        raise LatentcubeError(
+            "building cubes from --lat/--lon needs latentcube.cube.build, which this "
+            f"installation lacks ({err}); build the cube separately and pass its path"
+        ) from err
+    typer.echo(f"building the cube at {cube_out}")
+    kwargs: dict[str, Any] = {"catalog": catalog} if catalog else {}
+    build_cube(
+        lat=lat,
+        lon=lon,
+        size_m=size_m,
+        start=start,
+        end=end,
+        out=cube_out,
+        sensors=("s2",) if sensor == "s2" else ("s2", sensor),  # S2 dates are the time axis
+        **kwargs,
+    )
+    return cube_out
 
 
 if __name__ == "__main__":  # pragma: no cover

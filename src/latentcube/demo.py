@@ -110,7 +110,7 @@ def run_demo(
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import demo_cube_path, open_cube
     from latentcube.data.windows import split_windows
-    from latentcube.inference import embed, write_embedding
+    from latentcube.inference import embed, open_embedding, write_embedding
     from latentcube.models.config import AutoencoderConfig
     from latentcube.plotting import plot_demo
     from latentcube.training import train, train_config_preset
@@ -152,10 +152,11 @@ def run_demo(
 
     t0 = time.perf_counter()
     model, _meta = load_checkpoint(result.checkpoint, expect_bands=model_config.bands)
-    emb = embed(cube, model, sensor="s2", progress=progress)
-    emb_path = write_embedding(emb, out / "embedding.zarr", overwrite=True)
+    lazy = embed(cube, model, sensor="s2")
+    emb_path = write_embedding(lazy, out / "embedding.zarr", overwrite=True, progress=progress)
+    emb = open_embedding(emb_path).load()
     timings["embed"] = time.perf_counter() - t0
-    n_valid = int(np.isfinite(emb["embedding"].values).all(axis=0).sum())
+    n_valid = int(emb["valid"].sum())
     log(f"[4/5] embedding written to {emb_path}")
 
     t0 = time.perf_counter()

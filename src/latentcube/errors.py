@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CubeError", "LatentcubeError", "ModelError", "StacError"]
+__all__ = ["CubeError", "EmbeddingError", "LatentcubeError", "ModelError", "StacError"]
 
 
 class LatentcubeError(Exception):
@@ -19,3 +19,7 @@ class ModelError(LatentcubeError, ValueError):
 
 class StacError(LatentcubeError, RuntimeError):
     """A STAC search or load could not produce a cube."""
+
+
+class EmbeddingError(LatentcubeError, ValueError):
+    """Embedding options or an embedding store are invalid (edge policy, chunks, store)."""

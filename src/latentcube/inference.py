@@ -1,19 +1,31 @@
 """Embedding whole cubes: dense (``fast``/``tiny``) or window by window (``paper``).
 
-Dense path: the spatial features of every date are computed once per tile with
+Dense path: the spatial features of every date are computed once per block with
 the model's unpadded convolutions and shared by every pixel and every window
-that uses that date; then, for every centre date with a full temporal context,
-the temporal encoder runs on each pixel's 11 feature vectors. The result equals
-window-by-window evaluation of the same model to float rounding (tested).
+that uses that date; then, for every centre date, the temporal encoder runs on
+each pixel's 11 feature vectors. The result equals window-by-window evaluation
+of the same model to float rounding (tested).
 
-Tiling: the cube is processed in (y, x) tiles carrying a halo of ``window // 2``
-pixels, so the output does not depend on the tiling (tested) and memory is
-bounded by the tile size.
+Blocks: the cube is cut into (time, y, x) output chunks; each chunk is computed
+from its cube block plus a halo of ``window // 2`` pixels and ``n_dates // 2``
+dates, so the output does not depend on the chunking (tested, also with chunks
+smaller than the context) and memory is bounded by the chunk size.
 
-Edge policy (``edge="nan"``, the paper's crop kept on the full grid): pixels
-within ``window // 2`` of the border and the first/last ``n_dates // 2`` dates
-have no full context and are NaN; so is every pixel-date whose centre pixel is
-not valid.
+Edge policy (``edge=``): pixels within ``window // 2`` of the border and the
+first/last ``n_dates // 2`` dates have no full context.
+
+* ``"nan"`` (default, the paper's crop kept on the full grid): they are NaN.
+* ``"pad"``: their context is completed with invalid pixels (mask False) and,
+  beyond the first/last date, with fully invalid dates spaced by the cube's median
+  date gap; they are embedded and flagged in the ``padded`` quality layer.
+
+Under both policies every pixel-date whose centre pixel is invalid is NaN.
+
+Quality layers travel with the embedding (as coordinates of the lazy
+``DataArray``, as variables in a store): ``valid`` (an embedding exists),
+``recon_mae_<sensor>`` (the model's reconstruction of the centre pixel at the
+centre date against the input, mean absolute error over bands) and, with
+``edge="pad"``, ``padded``.
 """
 
 from __future__ import annotations
@@ -24,9 +36,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,18 +47,27 @@ import xarray as xr
 
 from latentcube.cube.schema import provenance, select_bands
 from latentcube.data.windows import CubeArrays
+from latentcube.errors import EmbeddingError
 from latentcube.models.autoencoder import ContextAutoencoder
 from latentcube.sensors import band_dim
 
 __all__ = [
+    "EDGE_POLICIES",
     "embed",
     "embed_block",
     "embed_to_zarr",
     "embed_windows",
+    "embedding_dataset",
+    "extended_days",
     "open_embedding",
     "progress_dir",
+    "quality_layers",
     "write_embedding",
 ]
+
+EdgePolicy = Literal["nan", "pad"]
+EDGE_POLICIES: tuple[str, ...] = ("nan", "pad")
+DEFAULT_CHUNKS = {"time": 64, "y": 256, "x": 256}
 
 
 def _centres(n_t: int, n_dates: int) -> range:
@@ -53,14 +75,14 @@ def _centres(n_t: int, n_dates: int) -> range:
     return range(c, n_t - c)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_block(
     model: ContextAutoencoder,
     data: np.ndarray,
     valid: np.ndarray,
     days: np.ndarray,
     *,
-    batch_size: int = 8192,
+    batch_size: int = 2048,
     with_error: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense embedding of one block that carries a halo of ``window // 2`` pixels.
@@ -76,7 +98,7 @@ def embed_block(
     days
         (T,) int day numbers of the dates.
     batch_size
-        Pixels per temporal-encoder call.
+        Pixels per temporal-encoder call (2048 keeps a batch's activations in cache).
     with_error
         Also return the centre-pixel reconstruction MAE.
 
@@ -85,6 +107,13 @@ def embed_block(
     tuple
         ``emb`` (latent_dim, T, H - 2h, W - 2h) and ``err`` (T, H - 2h, W - 2h),
         float32, NaN without full context or with an invalid centre.
+
+    Notes
+    -----
+    Per date, the spatial features and their token projection
+    (``model.project``) are computed once for the whole block and kept for the
+    ``n_dates`` centre dates that use them; the windows of one centre date share
+    their day gaps, so the positional encoding is computed once per date too.
     """
     if not model.supports_dense:
         raise ValueError(f"the {model.config.variant!r} model has no dense path; use embed_windows")
@@ -102,12 +131,14 @@ def embed_block(
     inner_valid = m[:, h : h + oy, h : h + ox].reshape(n_t, -1)
     centre_vals = x[:, :, h : h + oy, h : h + ox].reshape(n_t, x.shape[1], -1)
     c = cfg.n_dates // 2
-    cache: dict[int, torch.Tensor] = {}  # date -> (P, F) features; at most n_dates kept
+    cache: dict[int, torch.Tensor] = {}  # date -> (P, d) tokens; at most n_dates kept
+    emb_t = torch.from_numpy(emb)
+    err_t = torch.from_numpy(err)
 
-    def features(k: int) -> torch.Tensor:
+    def tokens(k: int) -> torch.Tensor:
         if k not in cache:
             f = model.frame_features(x[k : k + 1], m[k : k + 1])[0]  # (F, oy, ox)
-            cache[k] = f.reshape(f.shape[0], -1).T.contiguous()
+            cache[k] = model.project(f.reshape(f.shape[0], -1).T)
         return cache[k]
 
     for t in _centres(n_t, cfg.n_dates):
@@ -116,17 +147,18 @@ def embed_block(
         pix = torch.nonzero(inner_valid[t]).squeeze(1)
         if pix.numel() == 0:
             continue
-        ctx = torch.stack([features(k) for k in range(t - c, t + c + 1)], dim=1)  # (P, T, F)
-        gaps = torch.from_numpy(np.diff(days[t - c : t + c + 1]).astype(np.int64))
+        ctx = torch.stack([tokens(k) for k in range(t - c, t + c + 1)], dim=1)  # (P, T, d)
+        if pix.numel() < ctx.shape[0]:
+            ctx = ctx[pix]
+        g = torch.from_numpy(np.diff(days[t - c : t + c + 1]).astype(np.int64))[None]
+        out = emb_t[:, t].reshape(cfg.latent_dim, -1)
         for s in range(0, pix.numel(), batch_size):
             p = pix[s : s + batch_size]
-            g = gaps.expand(len(p), -1)
-            z = model.encode_features(ctx[p], g)
-            emb[:, t].reshape(cfg.latent_dim, -1)[:, p.numpy()] = z.T.numpy()
+            z = model.encode_tokens(ctx[s : s + batch_size], g)
+            out[:, p] = z.T
             if with_error:
                 rec = model.decode_centre(z, g)
-                e = (rec - centre_vals[t][:, p].T).abs().mean(dim=1)
-                err[t].reshape(-1)[p.numpy()] = e.numpy()
+                err_t[t].reshape(-1)[p] = (rec - centre_vals[t][:, p].T).abs().mean(dim=1)
     return emb, err
 
 
@@ -192,43 +224,112 @@ def _tiles(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, n)
 
 
-def _embedding_dataset(
-    cube: xr.Dataset,
-    cfg: Any,
-    sensor: str,
-    emb: Any,
-    valid: Any,
-    err: Any | None,
-    **attrs: Any,
-) -> xr.Dataset:
-    """The embedding product on the cube's grid: variables, coordinates, CRS, provenance."""
-    data_vars: dict[str, Any] = {
-        "embedding": (("feature", "time", "y", "x"), emb),
-        "valid": (("time", "y", "x"), valid),
-    }
-    if err is not None:
-        data_vars["recon_mae"] = (("time", "y", "x"), err)
-    ds = xr.Dataset(
-        data_vars,
-        coords={
-            "feature": [f"F{i + 1:02d}" for i in range(cfg.latent_dim)],
-            "time": cube["time"].values,
-            "y": cube["y"].values,
-            "x": cube["x"].values,
-        },
-        attrs=provenance(
-            f"latentcube embedding of {cube.attrs.get('source', 'a cube')}",
-            model_config=cfg.model_dump_json(),
-            sensor=sensor,
-            edge_policy="nan: no full context (border, first/last dates) or invalid centre",
-            cube_attribution=cube.attrs.get("attribution", ""),
-            **attrs,
-        ),
+def _check_edge(edge: str) -> None:
+    if edge not in EDGE_POLICIES:
+        raise EmbeddingError(f"edge must be one of {EDGE_POLICIES}, got {edge!r}")
+
+
+def _chunk_sizes(
+    chunks: int | Mapping[str, int] | None, sizes: Mapping[str, int]
+) -> dict[str, int]:
+    """Output chunk sizes along time, y and x (an int sets y and x)."""
+    want = dict(DEFAULT_CHUNKS)
+    if isinstance(chunks, int):
+        want.update(y=chunks, x=chunks)
+    elif chunks is not None:
+        unknown = set(chunks) - set(want)
+        if unknown:
+            raise EmbeddingError(f"chunks has unknown dimensions {sorted(unknown)}; use time, y, x")
+        want.update(chunks)
+    for dim, size in want.items():
+        if not isinstance(size, int | np.integer) or size < 1:
+            raise EmbeddingError(f"chunk size along {dim} must be a positive integer, got {size!r}")
+    return {dim: int(min(size, max(sizes[dim], 1))) for dim, size in want.items()}
+
+
+def extended_days(days: np.ndarray, pad: int) -> np.ndarray:
+    """Day numbers of the dates with ``pad`` invented dates before and after.
+
+    The invented dates continue the series with the median gap (at least one day);
+    they only ever carry invalid frames (edge policy ``"pad"``). Index ``k`` of the
+    result is date ``k - pad`` of the cube.
+    """
+    days = np.asarray(days, np.int64)
+    gap = max(int(np.median(np.diff(days))), 1) if days.size > 1 else 1
+    before = days[0] - gap * np.arange(pad, 0, -1, dtype=np.int64)
+    after = days[-1] + gap * np.arange(1, pad + 1, dtype=np.int64)
+    return np.concatenate([before, days, after])
+
+
+def _halo(start: int, stop: int, n: int, h: int) -> tuple[slice, tuple[int, int]]:
+    """Slice of ``[start - h, stop + h)`` inside ``[0, n)`` and the padding outside it."""
+    lo, hi = start - h, stop + h
+    return slice(max(lo, 0), min(hi, n)), (max(0, -lo), max(0, hi - n))
+
+
+def _incomplete(
+    ts: slice, ys: slice, xs: slice, shape: tuple[int, int, int], c: int, h: int
+) -> np.ndarray:
+    """(t, y, x) True where the context window reaches outside the cube."""
+    n_t, ny, nx = shape
+    tt, yy, xx = (np.arange(s.start, s.stop) for s in (ts, ys, xs))
+    return (
+        ((tt < c) | (tt >= n_t - c))[:, None, None]
+        | ((yy < h) | (yy >= ny - h))[None, :, None]
+        | ((xx < h) | (xx >= nx - h))[None, None, :]
     )
-    ds["embedding"].attrs["long_name"] = f"{sensor} context-autoencoder latent"
-    if err is not None:
-        ds["recon_mae"].attrs["long_name"] = "centre-pixel reconstruction MAE (band mean)"
-    return ds.rio.write_crs(cube.rio.crs)
+
+
+def _embed_region(
+    model: ContextAutoencoder,
+    data: np.ndarray,
+    valid: np.ndarray,
+    days: np.ndarray,
+    pads: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
+    ts: slice,
+    ys: slice,
+    xs: slice,
+    shape: tuple[int, int, int],
+    edge: str,
+    batch_size: int | None,
+    with_error: bool,
+) -> np.ndarray:
+    """Embed one output chunk from its cube block (with halo, cut at the cube's border).
+
+    ``data`` (T', C, Y', X') and ``valid`` are the block inside the cube; ``pads``
+    the (before, after) padding along time, y and x that completes the halo
+    outside the cube; ``days`` the :func:`extended_days` of the padded block.
+    Returns (latent_dim + 1, t, y, x) float32: the embedding, then the
+    reconstruction error, with the edge policy applied.
+    """
+    (tb, ta), (yb, ya), (xb, xa) = pads
+    data = np.pad(
+        np.asarray(data, np.float32), ((tb, ta), (0, 0), (yb, ya), (xb, xa)), constant_values=0.0
+    )
+    valid = np.pad(np.asarray(valid, bool), ((tb, ta), (yb, ya), (xb, xa)), constant_values=False)
+    kw: dict[str, Any] = {"with_error": with_error}
+    if batch_size is not None:
+        kw["batch_size"] = batch_size
+    fn = embed_block if model.supports_dense else embed_windows
+    emb, err = fn(model, data, valid, days, **kw)
+    c, h = model.config.n_dates // 2, model.config.window // 2
+    out = np.concatenate([emb[:, c : emb.shape[1] - c], err[None, c : err.shape[0] - c]])
+    if edge == "nan":
+        out[:, _incomplete(ts, ys, xs, shape, c, h)] = np.nan
+    bar = _BlockProgress.active
+    if bar is not None:
+        bar.update(int(np.prod(out.shape[1:])))
+    return out
+
+
+def quality_layers(sensor: str, edge: str = "nan", with_error: bool = True) -> tuple[str, ...]:
+    """Names of the quality layers stored beside an embedding of ``sensor``."""
+    names = ["valid"]
+    if with_error:
+        names.append(f"recon_mae_{sensor}")
+    if edge == "pad":
+        names.append("padded")
+    return tuple(names)
 
 
 def embed(
@@ -236,113 +337,285 @@ def embed(
     model: ContextAutoencoder,
     *,
     sensor: str | None = None,
-    tile: int = 256,
-    batch_size: int = 8192,
+    chunks: int | Mapping[str, int] | None = None,
+    edge: EdgePolicy = "nan",
+    batch_size: int | None = None,
     with_error: bool = True,
-    progress: bool = False,
-) -> xr.Dataset:
-    """Embed every pixel and date of a cube.
+) -> xr.DataArray:
+    """Embed every pixel and date of a cube, lazily.
 
     Parameters
     ----------
     cube
-        A cube in the data model; it is validated for the model's bands.
+        A cube in the data model (numpy- or dask-backed); validated for the
+        model's bands (layout only; :func:`latentcube.open_cube` checks values).
     model
-        A stage-1 autoencoder (dense path when ``supports_dense``, else window
-        by window).
+        A stage-1 autoencoder: dense path when ``supports_dense`` (``fast``,
+        ``tiny``), else window by window (``paper``).
     sensor
         Sensor to embed (default: the model's).
-    tile
-        Output tile side in pixels; memory is bounded by the tile plus its halo.
+    chunks
+        Output chunk sizes ``{"time": 64, "y": 256, "x": 256}`` (an int sets y
+        and x). Each chunk is one Dask task reading its cube block plus the
+        context halo, so memory is bounded by the chunk size; the output does
+        not depend on the chunking.
+    edge
+        ``"nan"`` (default, the paper's crop) or ``"pad"``; see the module docstring.
     batch_size
-        Pixels per model call.
+        Pixels per model call (default 2048 dense, 256 window by window).
     with_error
-        Add ``recon_mae``, the centre-pixel reconstruction error.
-    progress
-        Show a progress bar over tiles.
+        Add the centre-pixel reconstruction error layer ``recon_mae_<sensor>``.
 
     Returns
     -------
-    xarray.Dataset
-        ``embedding`` (feature, time, y, x) float32 with features ``F01``...,
-        ``valid`` (time, y, x) and ``recon_mae`` (time, y, x), on the cube's
-        grid with its CRS; NaN where there is no full context (edge policy in
-        the module docstring).
+    xarray.DataArray
+        ``embedding`` (feature, time, y, x) float32, features ``F01``, ``F02``,
+        ..., on the cube's grid and time axis with its CRS, backed by Dask
+        (nothing is computed until asked). Coordinates ``valid`` (time, y, x),
+        ``recon_mae_<sensor>`` and, with ``edge="pad"``, ``padded`` are the
+        quality layers. Compute them together (``emb.to_dataset().compute()``
+        or :func:`write_embedding`) so that each chunk runs the model once.
     """
-    from tqdm.auto import tqdm
+    import dask
+    import dask.array as da
 
+    _check_edge(edge)
     cfg = model.config
     sensor = sensor or cfg.sensor
     cube = select_bands(cube, {sensor: cfg.bands})
-    arr = CubeArrays.from_cube(cube, sensor)
-    h = cfg.window // 2
-    n_t, _, ny, nx = arr.data.shape
-    emb = np.full((cfg.latent_dim, n_t, ny, nx), np.nan, np.float32)
-    err = np.full((n_t, ny, nx), np.nan, np.float32)
-    fn = embed_block if model.supports_dense else embed_windows
-    tiles = [(y, x) for y in _tiles(ny - 2 * h, tile) for x in _tiles(nx - 2 * h, tile)]
-    for (y0, y1), (x0, x1) in tqdm(tiles, disable=not progress, desc="tiles"):
-        sl = (slice(y0, y1 + 2 * h), slice(x0, x1 + 2 * h))
-        e, r = fn(
-            model,
-            arr.data[:, :, sl[0], sl[1]],
-            arr.valid[:, sl[0], sl[1]],
-            arr.days,
-            batch_size=batch_size,
-            with_error=with_error,
-        )
-        emb[:, :, y0 + h : y1 + h, x0 + h : x1 + h] = e
-        err[:, y0 + h : y1 + h, x0 + h : x1 + h] = r
-    return _embedding_dataset(
-        cube, cfg, sensor, emb, np.isfinite(emb).all(axis=0), err if with_error else None
+    var = cube[sensor].transpose("time", band_dim(sensor), "y", "x")
+    n_t, _, ny, nx = var.shape
+    size = _chunk_sizes(chunks, {"time": n_t, "y": ny, "x": nx})
+    data, valid = (
+        da.asarray(v.data)
+        for v in (var, cube[f"{sensor}_valid"].transpose(*var.dims[:1], "y", "x"))
     )
+    c, h = cfg.n_dates // 2, cfg.window // 2
+    days = extended_days(cube["time"].values.astype("datetime64[D]").astype(np.int64), c)
+    model.eval()
+    token = uuid.uuid4().hex[:12]
+    dmodel = dask.delayed(model, name=f"latentcube-model-{token}", traverse=False)
+    task = dask.delayed(_embed_region, pure=False)
+    blocks: list[Any] = []
+    for it, (t0, t1) in enumerate(_tiles(n_t, size["time"])):
+        rows: list[Any] = []
+        for iy, (y0, y1) in enumerate(_tiles(ny, size["y"])):
+            cols: list[Any] = []
+            for ix, (x0, x1) in enumerate(_tiles(nx, size["x"])):
+                (tsl, tp), (ysl, yp), (xsl, xp) = (
+                    _halo(t0, t1, n_t, c),
+                    _halo(y0, y1, ny, h),
+                    _halo(x0, x1, nx, h),
+                )
+                out = task(
+                    dmodel,
+                    data[tsl, :, ysl, xsl],
+                    valid[tsl, ysl, xsl],
+                    days[t0 : t1 + 2 * c],
+                    (tp, yp, xp),
+                    slice(t0, t1),
+                    slice(y0, y1),
+                    slice(x0, x1),
+                    (n_t, ny, nx),
+                    edge,
+                    batch_size,
+                    with_error,
+                    dask_key_name=f"latentcube-block-{token}-{it}-{iy}-{ix}",
+                )
+                shape = (cfg.latent_dim + 1, t1 - t0, y1 - y0, x1 - x0)
+                cols.append(da.from_delayed(out, shape, dtype=np.float32))
+            rows.append(cols)
+        blocks.append(rows)
+    stacked = da.block(blocks)
+    emb = stacked[: cfg.latent_dim]
+    ok = da.isfinite(emb).all(axis=0)
+    dims3 = ("time", "y", "x")
+    coords: dict[str, Any] = {
+        "feature": [f"F{i + 1:02d}" for i in range(cfg.latent_dim)],
+        "time": cube["time"].values,
+        "y": cube["y"].values,
+        "x": cube["x"].values,
+        "valid": (
+            dims3,
+            ok,
+            {"long_name": "an embedding exists (full or padded context, valid centre)"},
+        ),
+    }
+    if with_error:
+        coords[f"recon_mae_{sensor}"] = (
+            dims3,
+            stacked[cfg.latent_dim],
+            {
+                "long_name": f"{sensor} centre-pixel reconstruction error, mean absolute "
+                "error over bands at the centre date",
+                "units": "1",
+            },
+        )
+    if edge == "pad":
+        one = [
+            da.from_array(m, chunks=size[d])
+            for d, m in zip(
+                dims3,
+                (
+                    (np.arange(n_t) < c) | (np.arange(n_t) >= n_t - c),
+                    (np.arange(ny) < h) | (np.arange(ny) >= ny - h),
+                    (np.arange(nx) < h) | (np.arange(nx) >= nx - h),
+                ),
+                strict=True,
+            )
+        ]
+        padded = (one[0][:, None, None] | one[1][None, :, None] | one[2][None, None, :]) & ok
+        coords["padded"] = (
+            dims3,
+            padded,
+            {"long_name": "embedded from a padded (incomplete) context"},
+        )
+    out_da = xr.DataArray(
+        emb,
+        dims=("feature", *dims3),
+        coords=coords,
+        name="embedding",
+        attrs=provenance(
+            f"latentcube embedding of {cube.attrs.get('source', 'a cube')}",
+            model_config=cfg.model_dump_json(),
+            sensor=sensor,
+            edge_policy=edge,
+            quality_layers=",".join(quality_layers(sensor, edge, with_error)),
+            cube_attribution=cube.attrs.get("attribution", ""),
+        ),
+    )
+    return out_da.rio.write_crs(cube.rio.crs)
+
+
+def embedding_dataset(emb: xr.DataArray | xr.Dataset) -> xr.Dataset:
+    """The storable form of an embedding: ``embedding`` plus the quality layers as variables.
+
+    Accepts the ``DataArray`` of :func:`embed` (quality layers as coordinates) or a
+    dataset already in this form (returned unchanged).
+    """
+    if isinstance(emb, xr.Dataset):
+        return emb
+    quality = [k for k in emb.coords if k not in emb.dims and k != "spatial_ref"]
+    ds = emb.to_dataset(promote_attrs=True).reset_coords([str(k) for k in quality])
+    sensor = emb.attrs.get("sensor", "")
+    ds["embedding"].attrs = {"long_name": f"{sensor} context-autoencoder latent".strip()}
+    return ds.rio.write_crs(emb.rio.crs)
+
+
+class _BlockProgress:
+    """A tqdm bar fed by every chunk computed in this process: chunks and pixel-dates per second.
+
+    Used as a context manager around a local (threaded or synchronous) Dask compute;
+    the distributed path (:func:`embed_to_zarr`) has its own bar.
+    """
+
+    active: _BlockProgress | None = None
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        import threading
+
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, disable=not enabled, unit="chunk", desc="embedding")
+        self.lock = threading.Lock()
+        self.t0, self.n_pd = time.perf_counter(), 0
+
+    def update(self, pixel_dates: int) -> None:
+        with self.lock:
+            self.n_pd += pixel_dates
+            self.bar.update(1)
+            rate = self.n_pd / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix(pixel_dates_per_s=f"{rate:.0f}")
+
+    def __enter__(self) -> _BlockProgress:
+        _BlockProgress.active = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _BlockProgress.active = None
+        self.bar.close()
+
+
+def _n_blocks(ds: xr.Dataset) -> int:
+    chunks = ds["embedding"].chunks
+    return int(np.prod([len(c) for c in chunks[1:]])) if chunks else 0
 
 
 def write_embedding(
-    ds: xr.Dataset,
+    emb: xr.DataArray | xr.Dataset,
     path: str | os.PathLike[str],
     *,
     dtype: str = "float32",
     overwrite: bool = False,
     chunk_xy: int = 512,
+    progress: bool = False,
+    compute: bool = True,
+    attrs: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write an embedding dataset as Zarr v3 (atomic), chunked (feature, 1, y, x).
+    """Write an embedding as Zarr v3 (atomic), the quality layers beside it.
 
     Parameters
     ----------
-    ds
-        Output of :func:`embed`.
+    emb
+        Output of :func:`embed` (lazy; computed here, chunk by chunk) or
+        :func:`embedding_dataset`.
     path
         Target store.
     dtype
-        ``float32`` or ``float16`` storage of the embedding.
+        ``float32`` or ``float16`` storage of the embedding and the error layer.
     overwrite
         Replace an existing store.
     chunk_xy
-        Spatial chunk side.
+        Spatial chunk side of the store for in-memory input; Dask-backed input
+        keeps its spatial chunks. Store chunks are (feature, 1, y, x).
+    progress
+        Show a progress bar (chunks done, pixel-dates per second).
+    compute
+        ``False`` writes the metadata only (a template for region writes).
+    attrs
+        Extra attributes of the store.
     """
     from latentcube.io import write_zarr
 
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-    cy, cx = min(chunk_xy, ds.sizes["y"]), min(chunk_xy, ds.sizes["x"])
+        raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    ds = embedding_dataset(emb)
+    if attrs:
+        ds = ds.assign_attrs(dict(attrs))
+    chunks = ds["embedding"].chunks
+    if chunks:
+        cy, cx = chunks[2][0], chunks[3][0]
+    else:
+        cy, cx = min(chunk_xy, ds.sizes["y"]), min(chunk_xy, ds.sizes["x"])
     enc: dict[str, dict[str, Any]] = {
-        "embedding": {"dtype": dtype, "chunks": (ds.sizes["feature"], 1, cy, cx)},
-        "valid": {"chunks": (1, cy, cx)},
+        "embedding": {
+            "dtype": dtype,
+            "chunks": (ds.sizes["feature"], 1, cy, cx),
+            "_FillValue": np.nan,
+        }
     }
-    if "recon_mae" in ds:
-        enc["recon_mae"] = {"dtype": dtype, "chunks": (1, cy, cx)}
-    return write_zarr(ds, path, overwrite=overwrite, encoding=enc)
+    for name in ds.data_vars:
+        if name == "embedding":
+            continue
+        enc[str(name)] = {"chunks": (1, cy, cx)}
+        if ds[name].dtype.kind == "f":
+            enc[str(name)].update(dtype=dtype, _FillValue=np.nan)
+    if not compute or not chunks:
+        return write_zarr(ds, path, overwrite=overwrite, encoding=enc, compute=compute)
+    with _BlockProgress(_n_blocks(ds), progress):
+        return write_zarr(ds, path, overwrite=overwrite, encoding=enc)
 
 
 def open_embedding(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Open an embedding store with its CRS; the embedding as float32."""
+    """Open an embedding store with its CRS; floating layers as float32."""
     from latentcube.io import open_zarr
 
     ds = open_zarr(path)
-    for v in ("embedding", "recon_mae"):
-        if v in ds and ds[v].dtype != np.float32:
+    for v in ds.data_vars:
+        if ds[v].dtype.kind == "f" and ds[v].dtype != np.float32:
+            enc = ds[v].encoding
             ds[v] = ds[v].astype(np.float32)
+            ds[v].encoding = enc
     return ds
 
 
@@ -366,33 +639,23 @@ def _worker_model(path: str) -> ContextAutoencoder:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_cube(path: str) -> xr.Dataset:
-    """The cube, opened lazily once per worker process (reads happen per block).
+def _worker_cube(path: str, sensor: str, bands: tuple[str, ...]) -> tuple[xr.Dataset, np.ndarray]:
+    """The cube and its days, opened once per worker process.
 
-    The driver has validated the values already; workers check the layout only.
+    A Zarr store is opened without Dask (lazily indexed arrays), so a task reads
+    only the store chunks its block touches, in the task itself. The driver has
+    validated the values already; workers check the layout only.
     """
     from latentcube.cube.readers import open_cube
+    from latentcube.io import open_zarr
 
-    return open_cube(path, check_values=False)
-
-
-def _read_block(
-    cube: xr.Dataset, sensor: str, bands: tuple[str, ...], ys: slice, xs: slice, h: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Data and mask of output rows ``ys`` / columns ``xs`` plus a halo of ``h`` pixels.
-
-    The halo is read from the cube where it exists and padded as invalid outside.
-    """
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    y0, y1 = max(ys.start - h, 0), min(ys.stop + h, ny)
-    x0, x1 = max(xs.start - h, 0), min(xs.stop + h, nx)
-    sub = cube.isel(y=slice(y0, y1), x=slice(x0, x1))
-    sub = sub.sel({band_dim(sensor): list(bands)})
-    arr = CubeArrays.from_cube(sub, sensor)
-    pad = ((h - (ys.start - y0), h - (y1 - ys.stop)), (h - (xs.start - x0), h - (x1 - xs.stop)))
-    data = np.pad(arr.data, ((0, 0), (0, 0), *pad), constant_values=np.nan)
-    valid = np.pad(arr.valid, ((0, 0), *pad), constant_values=False)
-    return data, valid, arr.days
+    p = Path(path)
+    if p.suffix == ".zip" or (p / "zarr.json").exists():
+        cube = open_zarr(p, chunks=None)
+    else:
+        cube = open_cube(p, check_values=False)
+    cube = select_bands(cube, {sensor: bands})
+    return cube, cube["time"].values.astype("datetime64[D]").astype(np.int64)
 
 
 def _embed_chunk(
@@ -400,39 +663,63 @@ def _embed_chunk(
     cube_path: str,
     out_path: str,
     sensor: str,
+    ts: slice,
     ys: slice,
     xs: slice,
     key: str,
-    batch_size: int,
+    edge: str,
+    batch_size: int | None,
 ) -> int:
     """Embed one output chunk, write it into the store, then mark it done.
 
-    The marker is written after the data, so a chunk interrupted half way is
-    simply recomputed and rewritten by the next run.
+    Returns the number of pixel-dates of the chunk. The marker is written after the
+    data, so a chunk interrupted half way is recomputed and rewritten by the next
+    run; a chunk that already has a marker (a task rerun after a lost worker) is
+    not computed again.
     """
     import zarr
 
-    model = _worker_model(model_path)
-    cube = _worker_cube(cube_path)
-    h = model.config.window // 2
-    data, valid, days = _read_block(cube, sensor, model.config.bands, ys, xs, h)
-    emb, err = embed_block(model, data, valid, days, batch_size=batch_size)
-    # edge policy: no full context within h pixels of the cube border (the padding
-    # above only keeps the block shape; it is not data)
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    yy = np.arange(ys.start, ys.stop)
-    xx = np.arange(xs.start, xs.stop)
-    edge = ((yy < h) | (yy >= ny - h))[:, None] | ((xx < h) | (xx >= nx - h))[None, :]
-    emb[:, :, edge] = np.nan
-    err[:, edge] = np.nan
-    ok = np.isfinite(emb).all(axis=0)
-    for name, values in (("embedding", emb), ("recon_mae", err), ("valid", ok)):
-        arr = zarr.open_array(Path(out_path) / name, mode="r+", zarr_format=3)
-        region = (slice(None),) * (values.ndim - 2) + (ys, xs)
-        arr[region] = values.astype(arr.dtype)
     marker = progress_dir(out_path) / key
-    marker.write_text("done")
-    return int(ok.sum())
+    if marker.exists():
+        return int(marker.read_text())
+    model = _worker_model(model_path)
+    cfg = model.config
+    cube, days = _worker_cube(cube_path, sensor, cfg.bands)
+    c, h = cfg.n_dates // 2, cfg.window // 2
+    n_t, ny, nx = cube.sizes["time"], cube.sizes["y"], cube.sizes["x"]
+    (tsl, tp), (ysl, yp), (xsl, xp) = (
+        _halo(ts.start, ts.stop, n_t, c),
+        _halo(ys.start, ys.stop, ny, h),
+        _halo(xs.start, xs.stop, nx, h),
+    )
+    sub = cube.isel(time=tsl, y=ysl, x=xsl)
+    arr = CubeArrays.from_cube(sub, sensor)
+    out = _embed_region(
+        model,
+        arr.data,
+        arr.valid,
+        extended_days(days, c)[ts.start : ts.stop + 2 * c],
+        (tp, yp, xp),
+        ts,
+        ys,
+        xs,
+        (n_t, ny, nx),
+        edge,
+        batch_size,
+        True,
+    )
+    emb, err = out[:-1], out[-1]
+    ok = np.isfinite(emb).all(axis=0)
+    layers: dict[str, np.ndarray] = {"embedding": emb, "valid": ok, f"recon_mae_{sensor}": err}
+    if edge == "pad":
+        layers["padded"] = _incomplete(ts, ys, xs, (n_t, ny, nx), c, h) & ok
+    for name, values in layers.items():
+        arr_z = zarr.open_array(Path(out_path) / name, mode="r+", zarr_format=3)
+        region = (slice(None),) * (values.ndim - 3) + (ts, ys, xs)
+        arr_z[region] = values.astype(arr_z.dtype)
+    n = int(ok.size)
+    marker.write_text(str(n))
+    return n
 
 
 def _file_digest(path: str | os.PathLike[str]) -> str:
@@ -449,24 +736,29 @@ def embed_to_zarr(
     out: str | os.PathLike[str],
     *,
     chunk: int = 256,
+    time_chunk: int = 64,
     dtype: str = "float32",
+    edge: EdgePolicy = "nan",
     scheduler: str | None = None,
     workers: int | None = None,
     threads_per_worker: int = 1,
     processes: bool = True,
-    batch_size: int = 8192,
+    batch_size: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
     """Embed a cube of any size into a Zarr store with Dask, chunk by chunk, resumable.
 
-    Each task reads one output chunk of the cube plus its 7-pixel halo, embeds it
-    with the dense path and writes it into the store in place (the chunk grid
-    of the store equals the task grid, so every chunk is written by exactly one
-    task), then leaves a marker. A run that is killed is resumed by calling
+    Each task reads one output chunk of the cube plus its context halo (7 pixels,
+    5 dates), embeds it with the dense path and writes it into the store in place
+    (the store's chunk files are (feature, 1, chunk, chunk) and every one of them
+    belongs to exactly one task; Zarr writes each file to a temporary name and
+    renames it), then leaves a marker. A run that is killed is resumed by calling
     this function again: chunks with a marker are skipped, the others are
     (re)computed; the result does not depend on the chunking (tested) and the
-    chunk files equal those of an uninterrupted run byte for byte.
+    store equals that of an uninterrupted run byte for byte (tested). A worker
+    that dies costs only the chunks it was computing: the scheduler reruns them
+    elsewhere and finished chunks are not recomputed.
 
     Parameters
     ----------
@@ -476,11 +768,14 @@ def embed_to_zarr(
         A checkpoint of a dense (``fast``/``tiny``) model.
     out
         The output store (directory).
-    chunk
-        Output chunk side in pixels; worker memory is bounded by
-        ``dates x bands x (chunk + 14)^2`` values plus 11 dates of features.
+    chunk, time_chunk
+        Output chunk side in pixels and in dates; worker memory is bounded by
+        ``(time_chunk + 10) x bands x (chunk + 14)^2`` input values plus 11 dates
+        of features, whatever the area and the number of dates.
     dtype
         ``float32`` or ``float16`` storage.
+    edge
+        Edge policy, ``"nan"`` (default) or ``"pad"`` (see the module docstring).
     scheduler
         Address of a running Dask scheduler; default a new ``LocalCluster``.
     workers, threads_per_worker, processes
@@ -503,26 +798,28 @@ def embed_to_zarr(
 
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import open_cube
-    from latentcube.errors import LatentcubeError
-    from latentcube.io import open_zarr, write_zarr
+    from latentcube.io import open_zarr
 
+    _check_edge(edge)
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     model, _meta = load_checkpoint(model_path)
     if not model.supports_dense:
-        raise LatentcubeError(
+        raise EmbeddingError(
             f"embed_to_zarr needs a dense model (fast/tiny); {model_path} is "
             f"{model.config.variant!r}: use latentcube.embed for window-by-window inference"
         )
     cfg = model.config
-    cube = select_bands(open_cube(cube_path), {cfg.sensor: cfg.bands})
+    cube = open_cube(cube_path)
     out = Path(out)
     identity = json.dumps(
         {
             "model_sha256": _file_digest(model_path),
             "cube": str(Path(cube_path).resolve()),
             "chunk": chunk,
+            "time_chunk": time_chunk,
             "dtype": dtype,
+            "edge": edge,
         },
         sort_keys=True,
     )
@@ -530,7 +827,7 @@ def embed_to_zarr(
         try:
             existing = open_zarr(out)
         except Exception as err:
-            raise LatentcubeError(f"{out} exists and is not an embedding store: {err}") from err
+            raise EmbeddingError(f"{out} exists and is not an embedding store: {err}") from err
         if not progress_dir(out).exists():
             if not overwrite:
                 raise FileExistsError(
@@ -538,43 +835,29 @@ def embed_to_zarr(
                 )
             shutil.rmtree(out)
         elif existing.attrs.get("latentcube_identity") != identity:
-            raise LatentcubeError(
-                f"{out} holds an unfinished run of another model, cube, chunking or dtype; "
-                "remove it or choose another output"
+            raise EmbeddingError(
+                f"{out} holds an unfinished run of another model, cube, chunking, dtype or "
+                "edge policy; remove it or choose another output"
             )
-    ny, nx, n_t = cube.sizes["y"], cube.sizes["x"], cube.sizes["time"]
+    sizes = _chunk_sizes(
+        {"time": time_chunk, "y": chunk, "x": chunk},
+        {str(k): int(v) for k, v in cube.sizes.items()},
+    )
     if not out.exists():
-        import dask.array as dsa
-
-        cy, cx = min(chunk, ny), min(chunk, nx)
-        template = _embedding_dataset(
-            cube,
-            cfg,
-            cfg.sensor,
-            dsa.full(
-                (cfg.latent_dim, n_t, ny, nx),
-                np.nan,
-                dtype=dtype,
-                chunks=(cfg.latent_dim, 1, cy, cx),
-            ),
-            dsa.zeros((n_t, ny, nx), dtype=bool, chunks=(1, cy, cx)),
-            dsa.full((n_t, ny, nx), np.nan, dtype=dtype, chunks=(1, cy, cx)),
-            latentcube_identity=identity,
-        )
-        enc: dict[str, dict[str, Any]] = {
-            "embedding": {"chunks": (cfg.latent_dim, 1, cy, cx), "_FillValue": np.nan},
-            "valid": {"chunks": (1, cy, cx)},
-            "recon_mae": {"chunks": (1, cy, cx), "_FillValue": np.nan},
-        }
+        template = embed(cube, model, chunks=sizes, edge=edge)
         if progress_dir(out).exists():  # markers of a store that was removed
             shutil.rmtree(progress_dir(out))
-        write_zarr(template, out, encoding=enc, compute=False)
+        write_embedding(
+            template, out, dtype=dtype, compute=False, attrs={"latentcube_identity": identity}
+        )
         progress_dir(out).mkdir()
     done = {p.name for p in progress_dir(out).iterdir()}
+    n_t, ny, nx = cube.sizes["time"], cube.sizes["y"], cube.sizes["x"]
     tasks = [
-        (f"{iy}_{ix}", slice(y0, y1), slice(x0, x1))
-        for iy, (y0, y1) in enumerate(_tiles(ny, chunk))
-        for ix, (x0, x1) in enumerate(_tiles(nx, chunk))
+        (f"{it}_{iy}_{ix}", slice(t0, t1), slice(y0, y1), slice(x0, x1))
+        for it, (t0, t1) in enumerate(_tiles(n_t, sizes["time"]))
+        for iy, (y0, y1) in enumerate(_tiles(ny, sizes["y"]))
+        for ix, (x0, x1) in enumerate(_tiles(nx, sizes["x"]))
     ]
     todo = [t for t in tasks if t[0] not in done]
     if todo:
@@ -588,22 +871,24 @@ def embed_to_zarr(
             )
         client = Client(scheduler or cluster)
         try:
-            futures = [
+            pending = as_completed(
                 client.submit(
                     _embed_chunk,
                     str(Path(model_path).resolve()),
                     str(Path(cube_path).resolve()),
                     str(out.resolve()),
                     cfg.sensor,
+                    ts,
                     ys,
                     xs,
                     key,
+                    edge,
                     batch_size,
                     key=f"latentcube-embed-{key}",
                     pure=False,
                 )
-                for key, ys, xs in todo
-            ]
+                for key, ts, ys, xs in todo
+            )
             t0, n_pd = time.perf_counter(), 0
             bar = tqdm(
                 total=len(tasks),
@@ -612,8 +897,9 @@ def embed_to_zarr(
                 unit="chunk",
                 desc="embedding",
             )
-            for fut in as_completed(futures):
+            for fut in pending:
                 n_pd += fut.result()
+                fut.release()  # results are not kept on the workers
                 bar.update(1)
                 bar.set_postfix(pixel_dates_per_s=f"{n_pd / (time.perf_counter() - t0):.0f}")
             bar.close()

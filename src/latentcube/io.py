@@ -12,9 +12,9 @@ import os
 import shutil
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
@@ -22,7 +22,7 @@ import xarray as xr
 import zarr
 import zarr.storage
 
-__all__ = ["geozarr_attrs", "open_zarr", "write_zarr"]
+__all__ = ["geozarr_attrs", "open_zarr", "to_geotiff", "write_zarr"]
 
 
 def geozarr_attrs(ds: xr.Dataset | xr.DataArray) -> dict[str, Any]:
@@ -156,3 +156,88 @@ def open_zarr(path: str | os.PathLike[str], *, chunks: Any = "store") -> xr.Data
     if "spatial_ref" in ds.coords and ds.rio.crs is not None:
         ds = ds.rio.write_crs(ds.rio.crs)
     return ds
+
+
+def to_geotiff(
+    embedding: xr.DataArray | xr.Dataset,
+    out_dir: str | os.PathLike[str],
+    *,
+    by: Literal["date", "feature"] = "date",
+    prefix: str = "embedding",
+    times: Sequence[Any] | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write an embedding as Cloud-Optimised GeoTIFFs, one per date or one per feature.
+
+    Parameters
+    ----------
+    embedding
+        (feature, time, y, x) with a CRS: the ``DataArray`` of
+        :func:`latentcube.embed` or a dataset with an ``embedding`` variable (e.g.
+        :func:`latentcube.open_embedding`). Lazy input is computed one file at a time.
+    out_dir
+        Folder for the files (created).
+    by
+        ``"date"``: ``{prefix}_{YYYY-MM-DD}.tif`` with one band per feature;
+        ``"feature"``: ``{prefix}_{F01}.tif`` with one band per date.
+    prefix
+        File name prefix.
+    times
+        Dates to export (default all); anything ``xarray.DataArray.sel`` accepts on ``time``.
+    dtype
+        ``float32`` (default) or ``float64`` (GeoTIFF has no float16).
+    overwrite
+        Replace existing files; otherwise an existing file raises ``FileExistsError``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written. Band descriptions name the features or dates; missing
+        values are NaN (the GeoTIFF nodata value).
+    """
+    from latentcube.errors import EmbeddingError
+
+    da = embedding["embedding"] if isinstance(embedding, xr.Dataset) else embedding
+    if tuple(da.dims) != ("feature", "time", "y", "x"):
+        raise EmbeddingError(f"expected dims (feature, time, y, x), got {tuple(da.dims)}")
+    if by not in ("date", "feature"):
+        raise EmbeddingError(f"by must be 'date' or 'feature', got {by!r}")
+    if dtype not in ("float32", "float64"):
+        raise EmbeddingError(f"dtype must be 'float32' or 'float64' for GeoTIFF, got {dtype!r}")
+    crs = embedding.rio.crs
+    if crs is None:
+        raise EmbeddingError("the embedding has no CRS; a GeoTIFF needs one")
+    if times is not None:
+        da = da.sel(time=list(times))
+    da = da.drop_vars([c for c in da.coords if c not in da.dims])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dates = np.datetime_as_string(da["time"].values, unit="D")
+    features = [str(f) for f in da["feature"].values]
+    if by == "date":
+        items = [(f"{prefix}_{d}.tif", da.isel(time=i), features) for i, d in enumerate(dates)]
+    else:
+        items = [
+            (f"{prefix}_{f}.tif", da.isel(feature=i).rename(time="band"), list(dates))
+            for i, f in enumerate(features)
+        ]
+    written = []
+    for name, part, bands in items:
+        path = out / name
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        band_dim = "feature" if by == "date" else "band"
+        arr = part.transpose(band_dim, "y", "x").astype(dtype).compute()
+        arr = arr.rename({band_dim: "band"}).assign_coords(band=np.arange(1, len(bands) + 1))
+        arr.attrs = {"long_name": tuple(bands), "_FillValue": np.nan}
+        arr = arr.rio.write_crs(crs).rio.write_nodata(np.nan, encoded=False)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            arr.rio.to_raster(tmp, driver="COG", compress="DEFLATE")
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        written.append(path)
+    return written

@@ -28,6 +28,7 @@ from latentcube.models.blocks import (
     ConvAttentionBlock,
     MultiScaleAttentionBlock,
     ResidualPool,
+    encoder_inference,
     sinusoidal_encoding,
 )
 from latentcube.models.config import AutoencoderConfig
@@ -85,6 +86,14 @@ class ContextAutoencoder(nn.Module):
 
     def encode_features(self, feats: Tensor, gaps: Tensor) -> Tensor:
         """Latent from per-date centre-pixel features (dense models only)."""
+        raise NotImplementedError(f"the {self.config.variant!r} model has no dense path")
+
+    def project(self, feats: Tensor) -> Tensor:
+        """Per-date tokens from per-date features (dense models only)."""
+        raise NotImplementedError(f"the {self.config.variant!r} model has no dense path")
+
+    def encode_tokens(self, tokens: Tensor, gaps: Tensor) -> Tensor:
+        """Latent from per-date centre-pixel tokens (dense models only)."""
         raise NotImplementedError(f"the {self.config.variant!r} model has no dense path")
 
     def decode(self, latent: Tensor, gaps: Tensor) -> Tensor:
@@ -161,6 +170,12 @@ class FastAutoencoder(ContextAutoencoder):
         self.dec_norm = nn.LayerNorm(d)
         self.to_patch = nn.Linear(d, c.n_bands * c.window * c.window)
 
+    def _run(self, stack: nn.TransformerEncoder, h: Tensor) -> Tensor:
+        """``stack(h)``; without autograd in eval mode, the faster written-out forward."""
+        if self.training or torch.is_grad_enabled():
+            return stack(h)
+        return encoder_inference(stack, h)
+
     def _positions(self, gaps: Tensor) -> Tensor:
         c = self.config
         off = day_offsets(gaps, c.n_dates // 2, c.max_offset_days)
@@ -188,8 +203,23 @@ class FastAutoencoder(ContextAutoencoder):
 
     def encode_features(self, feats: Tensor, gaps: Tensor) -> Tensor:
         """Latent from the centre pixel's per-date features (B, T, F) and gaps (B, T-1)."""
-        h = self.in_proj(feats) + self._positions(gaps)
-        h = self.norm(self.temporal(h))
+        return self.encode_tokens(self.project(feats), gaps)
+
+    def project(self, feats: Tensor) -> Tensor:
+        """Per-date tokens (..., d_model) from per-date features (..., F).
+
+        Position-independent, so dense inference computes it once per pixel and date
+        and shares it across the windows that use that date.
+        """
+        return self.in_proj(feats)
+
+    def encode_tokens(self, tokens: Tensor, gaps: Tensor) -> Tensor:
+        """Latent from the centre pixel's per-date tokens (B, T, d) (see :meth:`project`).
+
+        ``gaps`` is (B, T-1), or (1, T-1) when all B windows share their dates.
+        """
+        h = tokens + self._positions(gaps)
+        h = self.norm(self._run(self.temporal, h))
         centre = h[:, self.config.n_dates // 2]
         return F.softplus(self.to_latent(torch.cat([centre, h.mean(dim=1)], dim=-1)))
 
@@ -203,7 +233,7 @@ class FastAutoencoder(ContextAutoencoder):
         """Reconstruction (B, T, C, W, W) of the context window, in [0, 1]."""
         c = self.config
         h = self.from_latent(latent).unsqueeze(1) + self._positions(gaps)
-        h = self.dec_norm(self.dec_temporal(h))
+        h = self.dec_norm(self._run(self.dec_temporal, h))
         out = torch.sigmoid(self.to_patch(h))
         return out.reshape(latent.shape[0], c.n_dates, c.n_bands, c.window, c.window)
 
@@ -211,7 +241,7 @@ class FastAutoencoder(ContextAutoencoder):
         """Reconstruction (B, C) of the centre pixel and date, without the other outputs."""
         c = self.config
         h = self.from_latent(latent).unsqueeze(1) + self._positions(gaps)
-        h = self.dec_norm(self.dec_temporal(h))[:, c.n_dates // 2]
+        h = self.dec_norm(self._run(self.dec_temporal, h))[:, c.n_dates // 2]
         pix = (c.window // 2) * c.window + c.window // 2
         rows = torch.arange(c.n_bands, device=h.device) * c.window * c.window + pix
         return torch.sigmoid(F.linear(h, self.to_patch.weight[rows], self.to_patch.bias[rows]))

@@ -1,0 +1,116 @@
+"""The ``.latentcube`` accessor on xarray objects holding an embedding.
+
+Registered on ``import latentcube`` for both ``xarray.Dataset`` (a store opened
+with :func:`latentcube.open_embedding`) and ``xarray.DataArray`` (the lazy result
+of :func:`latentcube.embed`)::
+
+    emb = lc.open_embedding("emb.zarr")
+    rgb = emb.latentcube.pca_rgb()              # (time, y, x, rgb) in [0, 1]
+    emb.latentcube.to_geotiff("tifs", by="date")
+
+This module imports only xarray and numpy; the work is done by
+:mod:`latentcube.plotting` and :mod:`latentcube.io` on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["LatentcubeAccessor"]
+
+
+class LatentcubeAccessor:
+    """Embedding helpers: ``pca_rgb`` and ``to_geotiff``."""
+
+    def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
+        self._obj = obj
+
+    @property
+    def embedding(self) -> xr.DataArray:
+        """The (feature, time, y, x) embedding of the object."""
+        from latentcube.errors import EmbeddingError
+
+        obj = self._obj
+        if isinstance(obj, xr.Dataset):
+            if "embedding" not in obj:
+                raise EmbeddingError("this dataset has no 'embedding' variable")
+            obj = obj["embedding"]
+        if tuple(obj.dims) != ("feature", "time", "y", "x"):
+            raise EmbeddingError(f"expected an embedding (feature, time, y, x), got {obj.dims}")
+        return obj
+
+    def pca_rgb(self, time: int | Any | None = None) -> xr.DataArray:
+        """The first three principal components of the embedding as RGB in [0, 1].
+
+        Parameters
+        ----------
+        time
+            A date index or date (``sel`` on ``time``, nearest); ``None`` gives all
+            dates. The principal axes are always fitted on all finite pixel-dates,
+            so colours are comparable across dates.
+
+        Returns
+        -------
+        xarray.DataArray
+            (time, y, x, rgb) or (y, x, rgb); NaN where the embedding is missing.
+        """
+        from latentcube.plotting import pca_rgb
+
+        emb = self.embedding
+        rgb = pca_rgb(emb.values)
+        out = xr.DataArray(
+            rgb,
+            dims=("time", "y", "x", "rgb"),
+            coords={
+                "time": emb["time"].values,
+                "y": emb["y"].values,
+                "x": emb["x"].values,
+                "rgb": ["r", "g", "b"],
+            },
+            name="pca_rgb",
+        )
+        if self._obj.rio.crs is not None:
+            out = out.rio.write_crs(self._obj.rio.crs)
+        if time is None:
+            return out
+        if isinstance(time, int | np.integer):
+            return out.isel(time=int(time))
+        return out.sel(time=np.datetime64(str(time), "ns"), method="nearest")
+
+    def to_geotiff(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        by: Literal["date", "feature"] = "date",
+        prefix: str = "embedding",
+        times: Sequence[Any] | None = None,
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Write Cloud-Optimised GeoTIFFs per date or per feature.
+
+        See :func:`latentcube.io.to_geotiff`.
+        """
+        from latentcube.io import to_geotiff
+
+        return to_geotiff(
+            self._obj, out_dir, by=by, prefix=prefix, times=times, overwrite=overwrite
+        )
+
+
+def register() -> None:
+    """Register ``.latentcube`` on Dataset and DataArray (idempotent)."""
+    for cls, reg in (
+        (xr.Dataset, xr.register_dataset_accessor),
+        (xr.DataArray, xr.register_dataarray_accessor),
+    ):
+        if getattr(cls, "latentcube", None) is not LatentcubeAccessor:
+            reg("latentcube")(LatentcubeAccessor)
+
+
+register()
