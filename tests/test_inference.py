@@ -273,3 +273,14 @@ def test_write_open_round_trip(model, cube, ref, tmp_path, dtype):
         write_embedding(ref, path)
     with pytest.raises(EmbeddingError, match="dtype"):
         write_embedding(ref, tmp_path / "x.zarr", dtype="int8")
+
+
+def test_dense_block_with_selected_centres_skips_the_others(model, cube):
+    arr = CubeArrays.from_cube(cube)
+    full, full_err = embed_block(model, arr.data, arr.valid, arr.days)
+    some = [5, 7, 8]
+    part, part_err = embed_block(model, arr.data, arr.valid, arr.days, centres=some)
+    np.testing.assert_array_equal(part[:, some], full[:, some])
+    np.testing.assert_array_equal(part_err[some], full_err[some])
+    rest = [t for t in range(arr.data.shape[0]) if t not in some]
+    assert np.isnan(part[:, rest]).all() and np.isnan(part_err[rest]).all()

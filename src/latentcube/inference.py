@@ -37,7 +37,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +84,7 @@ def embed_block(
     *,
     batch_size: int = 2048,
     with_error: bool = True,
+    centres: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense embedding of one block that carries a halo of ``window // 2`` pixels.
 
@@ -101,6 +102,10 @@ def embed_block(
         Pixels per temporal-encoder call (2048 keeps a batch's activations in cache).
     with_error
         Also return the centre-pixel reconstruction MAE.
+    centres
+        Increasing indices of the centre dates to embed (default: every date with
+        ``n_dates // 2`` dates on either side); the others stay NaN. Callers that
+        discard some dates (the ``nan`` edge policy) skip their cost this way.
 
     Returns
     -------
@@ -141,7 +146,10 @@ def embed_block(
             cache[k] = model.project(f.reshape(f.shape[0], -1).T)
         return cache[k]
 
-    for t in _centres(n_t, cfg.n_dates):
+    todo: Sequence[int] = _centres(n_t, cfg.n_dates)
+    if centres is not None:
+        todo = [int(k) for k in centres if k in todo]
+    for t in todo:
         for old in [k for k in cache if k < t - c]:
             del cache[old]  # memory is bounded by the context, not by the number of dates
         pix = torch.nonzero(inner_valid[t]).squeeze(1)
@@ -310,9 +318,15 @@ def _embed_region(
     kw: dict[str, Any] = {"with_error": with_error}
     if batch_size is not None:
         kw["batch_size"] = batch_size
+    c, h = model.config.n_dates // 2, model.config.window // 2
+    if edge == "nan" and model.supports_dense:
+        # dates without a full context in the cube are discarded below: skip their cost
+        # (block index of cube date tau is tau - ts.start + c)
+        kw["centres"] = [
+            tau - ts.start + c for tau in range(ts.start, ts.stop) if c <= tau < shape[0] - c
+        ]
     fn = embed_block if model.supports_dense else embed_windows
     emb, err = fn(model, data, valid, days, **kw)
-    c, h = model.config.n_dates // 2, model.config.window // 2
     out = np.concatenate([emb[:, c : emb.shape[1] - c], err[None, c : err.shape[0] - c]])
     if edge == "nan":
         out[:, _incomplete(ts, ys, xs, shape, c, h)] = np.nan
