@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CubeError", "LatentcubeError", "ModelError", "StacError"]
+__all__ = ["CubeError", "EvaluationError", "LatentcubeError", "ModelError", "StacError"]
 
 
 class LatentcubeError(Exception):
@@ -19,3 +19,7 @@ class ModelError(LatentcubeError, ValueError):
 
 class StacError(LatentcubeError, RuntimeError):
     """A STAC search or load could not produce a cube."""
+
+
+class EvaluationError(LatentcubeError, ValueError):
+    """A flux file or an evaluation input (flux data, features, labels) is invalid."""
