@@ -265,6 +265,24 @@ def fit_transformer(
     seed
         Seed of initialisation and batch order.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: more threads only add overhead
+    try:
+        return _fit(x_train, y_train, x_val, y_val, params, max_epochs, patience, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    params: Mapping[str, Any] | None,
+    max_epochs: int,
+    patience: int,
+    seed: int,
+) -> FittedTransformer:
     p = {"d_model": 32, "n_heads": 4, "n_layers": 2, "dropout": 0.05, "lr": 1e-3,
          "batch_size": 16, **dict(params or {})}
     torch.manual_seed(seed)
@@ -316,7 +334,7 @@ def random_search(
     time_budget: float | None = 120.0,
     space: Mapping[str, Sequence[Any]] = SEARCH_SPACE,
     seed: int = 0,
-    max_epochs: int = 60,
+    max_epochs: int = 40,
 ) -> tuple[FittedTransformer, list[dict[str, Any]]]:
     """Seeded random search over the transformer's hyper-parameters, bounded by a time budget.
 
@@ -338,13 +356,8 @@ def random_search(
     t0 = time.perf_counter()
     best: FittedTransformer | None = None
     trials = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: threads only add overhead
-    try:
-        best, trials = _search(combos, x_train, y_train, x_val, y_val, t0, time_budget, seed,
-                               max_epochs)
-    finally:
-        torch.set_num_threads(threads)
+    best, trials = _search(combos, x_train, y_train, x_val, y_val, t0, time_budget, seed,
+                           max_epochs)
     assert best is not None
     return best, trials
 
@@ -410,6 +423,7 @@ def _fit_predict(
     n_trials: int,
     time_budget: float | None,
     max_epochs: int,
+    space: Mapping[str, Sequence[Any]],
 ) -> tuple[np.ndarray, dict[str, Any]]:
     x = w.x[name]
     if model == "gbr":
@@ -418,7 +432,7 @@ def _fit_predict(
     fit_i, val_i = _validation_split(w.end, tr, seed)
     best, trials = random_search(
         x[fit_i], w.y[fit_i], x[val_i], w.y[val_i], n_trials=n_trials, time_budget=time_budget,
-        seed=seed, max_epochs=max_epochs,
+        seed=seed, max_epochs=max_epochs, space=space,
     )
     return best.predict(x[te]), {"best_params": best.params, "trials": trials}
 
@@ -440,7 +454,8 @@ def run_gpp(
     models: Sequence[str] = ("transformer", "gbr"),
     n_trials: int = 4,
     time_budget: float | None = 60.0,
-    max_epochs: int = 60,
+    max_epochs: int = 40,
+    space: Mapping[str, Sequence[Any]] = SEARCH_SPACE,
     seq_len: int = 90,
     stride: int = 10,
     seed: int = 0,
@@ -464,8 +479,8 @@ def run_gpp(
         sites = leave-one-site-out.
     models
         ``transformer`` (random search) and/or ``gbr`` (gradient boosting).
-    n_trials, time_budget, max_epochs
-        Random-search bounds (per feature set and fold).
+    n_trials, time_budget, max_epochs, space
+        Random-search bounds (per feature set and fold) and search space.
     seq_len, stride
         Window length and step (90 and 10 in the paper).
     seed
@@ -519,7 +534,7 @@ def run_gpp(
             for fold, tr, te in folds:
                 pred[te], info[fold] = _fit_predict(
                     w, name, model, tr, te, seed=seed, n_trials=n_trials,
-                    time_budget=time_budget, max_epochs=max_epochs,
+                    time_budget=time_budget, max_epochs=max_epochs, space=space,
                 )
             scores[name][model] = _score(w, all_te, pred[all_te])
             preds[f"{name} / {model}"] = pred[all_te]
