@@ -391,6 +391,7 @@ def evaluate_gpp(
     footprint: Annotated[int | None, typer.Option(help="Central square side in px.")] = None,
     n_trials: Annotated[int, typer.Option(help="Random-search trials per set.")] = 4,
     time_budget: Annotated[float, typer.Option(help="Search budget per set, seconds.")] = 60.0,
+    max_epochs: Annotated[int, typer.Option(help="Epoch limit of each transformer trial.")] = 40,
     carbonfluxbench: Annotated[
         Path | None, typer.Option(help="CarbonFluxBench results folder (reference).")
     ] = None,
@@ -432,7 +433,8 @@ def evaluate_gpp(
         ]
         ref = carbonfluxbench_reference(carbonfluxbench, [code]) if carbonfluxbench else None
         res = run_gpp({code: site_table(table, feats)}, sets, out, test_years=years,
-                      n_trials=n_trials, time_budget=time_budget, seed=seed, reference=ref,
+                      n_trials=n_trials, time_budget=time_budget, max_epochs=max_epochs,
+                      seed=seed, reference=ref,
                       command=_command(), title=f"GPP evaluation at {code}")
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
