@@ -33,8 +33,9 @@ from latentcube.training import train, train_config_preset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GEN = sorted((SHARED / "greenearthnet_replicated_minicubes").glob("*.nc"))
-FLANDERS = sorted(p for p in (SHARED / "worldcereal_s1_s2_training_patches_flanders").iterdir()
-                  if p.is_dir())
+FLANDERS = sorted(
+    p for p in (SHARED / "worldcereal_s1_s2_training_patches_flanders").iterdir() if p.is_dir()
+)
 
 
 def train_and_embed(cubes, bands, out, *, epochs, seed, stride_xy, max_val):
@@ -50,13 +51,20 @@ def train_and_embed(cubes, bands, out, *, epochs, seed, stride_xy, max_val):
             update={"max_epochs": epochs, "seed": seed, "num_threads": 2}
         )
         res = train(cfg, tr, va, tcfg, out, progress=False)
-        print(f"  trained {res.epochs} epochs, val centre MAE {res.best_val:.4f}, "
-              f"{res.seconds:.0f} s", flush=True)
+        print(
+            f"  trained {res.epochs} epochs, val centre MAE {res.best_val:.4f}, "
+            f"{res.seconds:.0f} s",
+            flush=True,
+        )
     model, meta = load_checkpoint(ck, expect_bands=bands)
     embs = [embed(c, model, sensor="s2")["embedding"] for c in cubes]
-    return embs, {"checkpoint": str(ck), "train_seconds": time.perf_counter() - t0,
-                  "epochs": epochs, "stride_xy": stride_xy, **{
-                      k: meta.get(k) for k in ("best_val", "epoch") if k in meta}}
+    return embs, {
+        "checkpoint": str(ck),
+        "train_seconds": time.perf_counter() - t0,
+        "epochs": epochs,
+        "stride_xy": stride_xy,
+        **{k: meta.get(k) for k in ("best_val", "epoch") if k in meta},
+    }
 
 
 def main(argv=None):
@@ -70,26 +78,52 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     cmd = "PYTHONPATH=src nice -n 5 python scripts/evaluate_probes.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+        sys.argv[1:] if argv is None else argv
+    )
     tasks = a.tasks.split(",")
     if "landcover" in tasks:
         print("land cover: GreenEarthNet minicubes (B02 B03 B04 B8A, 20 m)", flush=True)
         cubes = [open_cube(p).load() for p in GEN]
-        embs, info = train_and_embed(cubes, ("B02", "B03", "B04", "B8A"), a.out / "model_gen",
-                                     epochs=a.epochs, seed=a.seed, stride_xy=a.stride_xy,
-                                     max_val=a.max_val)
-        res = run_landcover(cubes, {"S2 latents (fast, 9-d)": embs}, a.out / "landcover",
-                            seed=a.seed, command=cmd, notes=f"Model: {info}")
+        embs, info = train_and_embed(
+            cubes,
+            ("B02", "B03", "B04", "B8A"),
+            a.out / "model_gen",
+            epochs=a.epochs,
+            seed=a.seed,
+            stride_xy=a.stride_xy,
+            max_val=a.max_val,
+        )
+        res = run_landcover(
+            cubes,
+            {"S2 latents (fast, 9-d)": embs},
+            a.out / "landcover",
+            seed=a.seed,
+            command=cmd,
+            notes=f"Model: {info}",
+        )
         print(f"  wrote {a.out / 'landcover'}: {res['n_samples']} samples", flush=True)
     if "croptype" in tasks:
         print("crop type: WorldCereal Flanders patches (10 S2 bands, 10 m)", flush=True)
         cubes = [open_cube(p, with_s1=False).load() for p in FLANDERS]
         labels = [read_worldcereal_labels(p)["CT"].values for p in FLANDERS]
-        embs, info = train_and_embed(cubes, tuple(str(b) for b in cubes[0]["band"].values),
-                                     a.out / "model_flanders", epochs=a.epochs, seed=a.seed,
-                                     stride_xy=a.stride_xy, max_val=a.max_val)
-        res = run_croptype(cubes, labels, {"S2 latents (fast, 9-d)": embs}, a.out / "croptype",
-                           seed=a.seed, command=cmd, notes=f"Model: {info}")
+        embs, info = train_and_embed(
+            cubes,
+            tuple(str(b) for b in cubes[0]["band"].values),
+            a.out / "model_flanders",
+            epochs=a.epochs,
+            seed=a.seed,
+            stride_xy=a.stride_xy,
+            max_val=a.max_val,
+        )
+        res = run_croptype(
+            cubes,
+            labels,
+            {"S2 latents (fast, 9-d)": embs},
+            a.out / "croptype",
+            seed=a.seed,
+            command=cmd,
+            notes=f"Model: {info}",
+        )
         print(f"  wrote {a.out / 'croptype'}: {res['n_samples']} samples", flush=True)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_cube
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.baselines import (
@@ -16,6 +15,8 @@ from latentcube.evaluation.baselines import (
     raw_bands,
     spectral_indices,
 )
+
+from conftest import tiny_cube
 
 
 def test_raw_bands_mask_invalid(cube):
@@ -35,8 +36,9 @@ def test_indices_match_hand_formulas(cube):
     evi = 2.5 * (n - r) / (n + 6 * r - 7.5 * b + 1)
     np.testing.assert_allclose(idx.sel(feature="EVI").values[ok], evi[ok], rtol=1e-5)
     np.testing.assert_allclose(idx.sel(feature="NIRv").values[ok], (ndvi * n)[ok], rtol=1e-5)
-    np.testing.assert_allclose(idx.sel(feature="kNDVI").values[ok], np.tanh(ndvi**2)[ok],
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        idx.sel(feature="kNDVI").values[ok], np.tanh(ndvi**2)[ok], rtol=1e-4, atol=1e-7
+    )
     assert np.isnan(idx.values[:, ~ok]).all()
     with pytest.raises(EvaluationError, match="unknown index"):
         spectral_indices(cube, ["SAVI2"])
@@ -46,8 +48,9 @@ def test_nir_falls_back_to_b8a():
     c = tiny_cube(with_s1=False).sel(band=["B02", "B03", "B04", "B8A"])
     n, r = c["s2"].sel(band="B8A").values, c["s2"].sel(band="B04").values
     ok = c["s2_valid"].values
-    np.testing.assert_allclose(spectral_indices(c, ["NDVI"]).values[0][ok],
-                               ((n - r) / (n + r))[ok], rtol=1e-5)
+    np.testing.assert_allclose(
+        spectral_indices(c, ["NDVI"]).values[0][ok], ((n - r) / (n + r))[ok], rtol=1e-5
+    )
 
 
 def test_pca_components_are_uncorrelated_and_sized(cube):
@@ -68,7 +71,7 @@ def test_feature_sets_and_checks(cube):
     assert list(sets) == ["S2 bands", "NDVI", "EVI", "NIRv", "kNDVI", "indices (4)", "PCA-7"]
     emb = raw_bands(cube).isel(feature=[0, 1])
     per = feature_sets([cube], {"emb": [emb]})
-    assert list(per[0])[0] == "emb"
+    assert next(iter(per[0])) == "emb"
     with pytest.raises(EvaluationError, match="embeddings for"):
         feature_sets([cube, cube], {"emb": [emb]})
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pandas as pd
-from test_flux import write_fullset
 from typer.testing import CliRunner
 
 from latentcube.cli import app
+from test_flux import write_fullset
 
 runner = CliRunner()
 
@@ -26,12 +26,32 @@ def test_evaluate_gpp_on_fullset_file(tmp_path):
     rng = np.random.default_rng(0)
     gpp = 5 + 4 * np.sin(2 * np.pi * (days.dayofyear.to_numpy() - 100) / 365)
     gpp = gpp + rng.normal(0, 0.3, len(days))
-    f = write_fullset(tmp_path / "FLX_XX-Gen_FLUXNET2015_FULLSET_DD_2017-2019_beta-3.csv",
-                      gpp, np.ones(len(days)), start="2017-01-01")
+    f = write_fullset(
+        tmp_path / "FLX_XX-Gen_FLUXNET2015_FULLSET_DD_2017-2019_beta-3.csv",
+        gpp,
+        np.ones(len(days)),
+        start="2017-01-01",
+    )
     out = tmp_path / "rep"
-    res = runner.invoke(app, ["evaluate", "gpp", "--flux", str(f), "--lat", "50", "--out",
-                              str(out), "--test-years", "2019", "--n-trials", "1",
-                              "--max-epochs", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "gpp",
+            "--flux",
+            str(f),
+            "--lat",
+            "50",
+            "--out",
+            str(out),
+            "--test-years",
+            "2019",
+            "--n-trials",
+            "1",
+            "--max-epochs",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "climatology" in res.output and "potential radiation" in res.output
     data = json.loads((out / "results.json").read_text())["gpp"]
@@ -51,17 +71,29 @@ def test_evaluate_reconstruction_on_demo_cube(tmp_path):
     from latentcube.models.config import AutoencoderConfig
 
     torch.manual_seed(0)
-    ck = save_checkpoint(tmp_path / "m.pt",
-                         build_autoencoder(AutoencoderConfig.preset("tiny", "s2")))
-    res = runner.invoke(app, ["evaluate", "reconstruction", str(demo_cube_path()), "--model",
-                              str(ck), "--out", str(tmp_path / "rec")])
+    ck = save_checkpoint(
+        tmp_path / "m.pt", build_autoencoder(AutoencoderConfig.preset("tiny", "s2"))
+    )
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "reconstruction",
+            str(demo_cube_path()),
+            "--model",
+            str(ck),
+            "--out",
+            str(tmp_path / "rec"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "persistence" in res.output and (tmp_path / "rec" / "report.md").exists()
 
 
 def test_evaluate_bad_inputs(tmp_path):
-    res = runner.invoke(app, ["evaluate", "gpp", "--flux", str(tmp_path / "none.csv"),
-                              "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        app, ["evaluate", "gpp", "--flux", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]
+    )
     assert res.exit_code == 2 and "not found" in res.output
     junk = tmp_path / "junk.csv"
     junk.write_text("a,b\n1,2\n")
@@ -69,6 +101,7 @@ def test_evaluate_bad_inputs(tmp_path):
     assert res.exit_code == 2 and "neither a FULLSET_DD" in res.output
     from latentcube.cube.readers import demo_cube_path
 
-    res = runner.invoke(app, ["evaluate", "landcover", str(demo_cube_path()), "--out",
-                              str(tmp_path / "lc")])
+    res = runner.invoke(
+        app, ["evaluate", "landcover", str(demo_cube_path()), "--out", str(tmp_path / "lc")]
+    )
     assert res.exit_code == 2 and "landcover" in res.output

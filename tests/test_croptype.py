@@ -12,8 +12,12 @@ from latentcube.evaluation.croptype import croptype_probe, default_season, seaso
 
 
 def fc(values, times, name="f"):
-    return xr.DataArray(np.asarray(values, np.float32), dims=("feature", "time", "y", "x"),
-                        coords={"time": pd.DatetimeIndex(times)}, name=name)
+    return xr.DataArray(
+        np.asarray(values, np.float32),
+        dims=("feature", "time", "y", "x"),
+        coords={"time": pd.DatetimeIndex(times)},
+        name=name,
+    )
 
 
 def test_season_features_by_hand():
@@ -21,8 +25,7 @@ def test_season_features_by_hand():
     v = np.zeros((1, 5, 1, 2))
     v[0, :, 0, 0] = [99, 1, 2, 4, 99]  # first and last dates lie outside the season
     v[0, :, 0, 1] = [99, np.nan, 2, np.nan, 99]  # one valid in-season date only
-    s, m, ok = season_features(fc(v, t), ("2018-03-01", "2018-04-30"), step_days=20,
-                               min_dates=2)
+    s, m, ok = season_features(fc(v, t), ("2018-03-01", "2018-04-30"), step_days=20, min_dates=2)
     # grid: days 0, 20, 40, 60 from 1 March = 03-01, 03-21, 04-10, 04-30
     np.testing.assert_allclose(s[0, 0], [1, 2, 4, 4])  # held before the first / after the last
     assert m[0, 0, 0] == pytest.approx(7 / 3)
@@ -41,8 +44,9 @@ def test_series_beats_season_mean_when_classes_differ_in_timing():
     x = np.linspace(0, 2 * np.pi, len(t))[:, None, None]
     v = np.sin(x + phase[None]) + rng.normal(0, 0.3, (len(t), ny, nx))
     v[rng.random(v.shape) < 0.3] = np.nan  # clouds
-    res = croptype_probe([{"ndvi": fc(v[None], t)}], [lab], [("2018-03-01", "2018-10-31")],
-                         block=16, seed=0)
+    res = croptype_probe(
+        [{"ndvi": fc(v[None], t)}], [lab], [("2018-03-01", "2018-10-31")], block=16, seed=0
+    )
     s = res["scores"]
     assert s["ndvi | series"]["logreg"]["macro_f1"] > 0.9
     assert s["ndvi | season mean"]["logreg"]["macro_f1"] < 0.75

@@ -23,8 +23,10 @@ def feature_cube(values, times, name="emb"):
     return xr.DataArray(
         values,
         dims=("feature", "time", "y", "x"),
-        coords={"feature": [f"F{i + 1:02d}" for i in range(values.shape[0])],
-                "time": pd.DatetimeIndex(times)},
+        coords={
+            "feature": [f"F{i + 1:02d}" for i in range(values.shape[0])],
+            "time": pd.DatetimeIndex(times),
+        },
         name=name,
     )
 
@@ -83,8 +85,9 @@ def test_as_feature_cube_checks_dims():
 
 
 def test_linear_gap_fill_is_exact_between_dates_and_does_not_extrapolate():
-    s = pd.DataFrame({"a": [0.0, 10.0, 4.0]},
-                     index=pd.DatetimeIndex(["2020-01-05", "2020-01-15", "2020-01-18"]))
+    s = pd.DataFrame(
+        {"a": [0.0, 10.0, 4.0]}, index=pd.DatetimeIndex(["2020-01-05", "2020-01-15", "2020-01-18"])
+    )
     f = gap_fill(s, "linear", start="2020-01-01", end="2020-01-20")
     assert len(f) == 20
     assert f.loc["2020-01-10", "a"] == pytest.approx(5.0)
@@ -113,8 +116,9 @@ def test_ucm_gap_fill_recovers_a_smooth_signal():
 def test_site_features_joins_sets_and_radiation():
     t = pd.date_range("2020-03-01", periods=6, freq="10D")
     v = np.broadcast_to(np.arange(6, dtype=float)[None, :, None, None], (1, 6, 3, 3))
-    out = site_features({"ndvi": feature_cube(v, t)}, lat=50.0, start="2020-03-01",
-                        end="2020-05-01")
+    out = site_features(
+        {"ndvi": feature_cube(v, t)}, lat=50.0, start="2020-03-01", end="2020-05-01"
+    )
     assert list(out.columns) == ["rad:Rso", "ndvi:F01"]
     assert out.loc["2020-03-06", "ndvi:F01"] == pytest.approx(0.5)
     assert out["rad:Rso"].is_monotonic_increasing  # spring in the north

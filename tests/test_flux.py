@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared_path
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.baselines import carbonfluxbench_reference
@@ -18,6 +17,8 @@ from latentcube.evaluation.flux import (
     read_icos_halfhourly,
     site_registry,
 )
+
+from conftest import shared_path
 
 
 def write_fullset(path, gpp, qc, start="2018-01-01"):

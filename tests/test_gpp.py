@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from conftest import shared_path
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.features import site_features
@@ -26,8 +25,16 @@ from latentcube.evaluation.gpp import (
     split_by_years,
 )
 
-TINY_SPACE = {"d_model": (8,), "n_heads": (2,), "n_layers": (1,), "dropout": (0.0,),
-              "lr": (3e-3,), "batch_size": (16,)}
+from conftest import shared_path
+
+TINY_SPACE = {
+    "d_model": (8,),
+    "n_heads": (2,),
+    "n_layers": (1,),
+    "dropout": (0.0,),
+    "lr": (3e-3,),
+    "batch_size": (16,),
+}
 
 
 def daily(n=400, start="2017-01-01", seed=0):
@@ -85,9 +92,15 @@ def test_transformer_shapes_and_learning():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(160, 20, 2)).astype(np.float32)
     y = 3.0 * x[:, -1, 0] + 5.0  # GPP depends on the last day's first feature
-    fit = fit_transformer(x[:120], y[:120], x[120:], y[120:],
-                          {"d_model": 16, "n_heads": 2, "n_layers": 1, "lr": 3e-3},
-                          max_epochs=25, patience=25)
+    fit = fit_transformer(
+        x[:120],
+        y[:120],
+        x[120:],
+        y[120:],
+        {"d_model": 16, "n_heads": 2, "n_layers": 1, "lr": 3e-3},
+        max_epochs=25,
+        patience=25,
+    )
     mae = np.abs(fit.predict(x[120:]) - y[120:]).mean()
     assert mae < 0.35 * np.abs(y[120:] - y[:120].mean()).mean()
 
@@ -96,11 +109,13 @@ def test_random_search_respects_trials_and_budget():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 10, 1)).astype(np.float32)
     y = x[:, -1, 0]
-    _, trials = random_search(x[:30], y[:30], x[30:], y[30:], n_trials=3, time_budget=None,
-                              space=TINY_SPACE, max_epochs=2)
+    _, trials = random_search(
+        x[:30], y[:30], x[30:], y[30:], n_trials=3, time_budget=None, space=TINY_SPACE, max_epochs=2
+    )
     assert len(trials) == 3
-    _, trials = random_search(x[:30], y[:30], x[30:], y[30:], n_trials=3, time_budget=0.0,
-                              space=TINY_SPACE, max_epochs=2)
+    _, trials = random_search(
+        x[:30], y[:30], x[30:], y[30:], n_trials=3, time_budget=0.0, space=TINY_SPACE, max_epochs=2
+    )
     assert len(trials) == 1  # the budget is spent after the first trial
 
 
@@ -117,15 +132,31 @@ def test_pipeline_on_real_se_htm_flux_with_real_s2_ndvi_features(tmp_path):
     times = np.array(json.loads((root / "timestamps.json").read_text()), dtype="datetime64[ns]")
     ndvi = np.load(root / "data" / "NDVI.npy")[..., 0]
     valid = np.load(root / "mask" / "IS_VALID.npy")[..., 0]
-    cube = xr.DataArray(np.where(valid, ndvi, np.nan)[None], dims=("feature", "time", "y", "x"),
-                        coords={"feature": ["NDVI"], "time": times})
+    cube = xr.DataArray(
+        np.where(valid, ndvi, np.nan)[None],
+        dims=("feature", "time", "y", "x"),
+        coords={"feature": ["NDVI"], "time": times},
+    )
     site = site_registry()["SE-Htm"]
-    feats = site_features({"ndvi": cube}, lat=site.lat, start=flux.index.min(),
-                          end=flux.index.max(), min_valid_fraction=0.5)
+    feats = site_features(
+        {"ndvi": cube},
+        lat=site.lat,
+        start=flux.index.min(),
+        end=flux.index.max(),
+        min_valid_fraction=0.5,
+    )
     table = site_table(flux, feats)
-    res = run_gpp({"SE-Htm": table}, {"rad": ["rad:Rso"], "ndvi": ["ndvi:NDVI", "rad:Rso"]},
-                  tmp_path, test_years=[2017], n_trials=1, time_budget=None, max_epochs=3,
-                  space=TINY_SPACE, seed=0)
+    res = run_gpp(
+        {"SE-Htm": table},
+        {"rad": ["rad:Rso"], "ndvi": ["ndvi:NDVI", "rad:Rso"]},
+        tmp_path,
+        test_years=[2017],
+        n_trials=1,
+        time_budget=None,
+        max_epochs=3,
+        space=TINY_SPACE,
+        seed=0,
+    )
     tp = res["test_predictions"]
     assert all(d.startswith("2017") for d in tp["date"])
     # every 10th day of 2017 up to the last S2 date (2017-12-22) ends a complete window

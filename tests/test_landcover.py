@@ -6,18 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import shared_path
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.landcover import landcover_probe, landcover_samples, run_landcover
 from latentcube.evaluation.probes import block_ids, blocked_cv, filter_classes
 
+from conftest import shared_path
+
 
 def fc(values, name):
     v = np.asarray(values, np.float32)
-    return xr.DataArray(v, dims=("feature", "time", "y", "x"),
-                        coords={"time": pd.date_range("2021-05-01", periods=v.shape[1],
-                                                      freq="5D")}, name=name)
+    return xr.DataArray(
+        v,
+        dims=("feature", "time", "y", "x"),
+        coords={"time": pd.date_range("2021-05-01", periods=v.shape[1], freq="5D")},
+        name=name,
+    )
 
 
 def labelled_scene(ny=64, nx=64, n_t=3, seed=0):
@@ -25,8 +29,9 @@ def labelled_scene(ny=64, nx=64, n_t=3, seed=0):
     rng = np.random.default_rng(seed)
     lab = np.array([10, 30, 40, 50])[(np.arange(nx) * 4 // nx)][None, :].repeat(ny, 0)
     centre = {10: 0.0, 30: 1.0, 40: 2.0, 50: 3.0}
-    good = np.stack([np.vectorize(centre.get)(lab) + rng.normal(0, 0.2, (n_t, ny, nx))
-                     for _ in range(2)])
+    good = np.stack(
+        [np.vectorize(centre.get)(lab) + rng.normal(0, 0.2, (n_t, ny, nx)) for _ in range(2)]
+    )
     noise = rng.normal(size=(2, n_t, ny, nx))
     good[:, 0, :5] = np.nan  # invalid pixel-dates are never sampled
     return {"good": fc(good, "good"), "noise": fc(noise, "noise")}, lab
@@ -82,7 +87,6 @@ def test_real_greenearthnet_cube_baselines(tmp_path):
     assert "PCA-4" in res["scores"] and "kNDVI" in res["scores"]
     assert set(res["classes"]) <= {"10", "20", "30", "40", "50", "60"}
     # all reflectance bands carry more land-cover information than NDVI alone
-    assert (res["scores"]["S2 bands"]["knn"]["macro_f1"]
-            > res["scores"]["NDVI"]["knn"]["macro_f1"])
+    assert res["scores"]["S2 bands"]["knn"]["macro_f1"] > res["scores"]["NDVI"]["knn"]["macro_f1"]
     assert (tmp_path / "figures" / "landcover_macro_f1.png").exists()
     assert "| S2 bands |" in (tmp_path / "report.md").read_text()

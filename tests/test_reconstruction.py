@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_cube
 
 from latentcube.bundle import save_checkpoint
 from latentcube.data.windows import extract_windows
@@ -16,6 +15,8 @@ from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.models.losses import ContextLoss
 from latentcube.training import evaluate
+
+from conftest import tiny_cube
 
 
 @pytest.fixture
@@ -31,8 +32,7 @@ def test_band_mean_equals_training_metric(checkpoint, tmp_path):
     path, model = checkpoint
     cube = tiny_cube(n_time=13, ny=24, nx=24, seed=3)
     res = reconstruction_errors(path, cube, stride_xy=3, stride_t=1, max_windows=None)
-    w = extract_windows(cube, "s2", model.config.bands, mode="consecutive", stride_xy=3,
-                        stride_t=1)
+    w = extract_windows(cube, "s2", model.config.bands, mode="consecutive", stride_xy=3, stride_t=1)
     ref = evaluate(model, w, ContextLoss(LossConfig.for_sensor("s2")))["val_centre_mae"]
     assert res["model_mean"] == pytest.approx(ref, rel=1e-5)
     assert res["bands"] == list(model.config.bands) and set(res["model"]) == set(res["bands"])

@@ -143,10 +143,12 @@ def croptype_probe(
         zip(sets_per_cube, labels_per_cube, seasons, strict=True)
     ):
         lab = np.asarray(lab)
-        per = {k: season_features(sets[k], season, step_days=step_days, min_dates=min_dates)
-               for k in names}
+        per = {
+            k: season_features(sets[k], season, step_days=step_days, min_dates=min_dates)
+            for k in names
+        }
         ok = lab > 0
-        for s, m, o in per.values():
+        for _s, _m, o in per.values():
             if o.shape != lab.shape:
                 raise EvaluationError(f"cube {i}: labels {lab.shape} vs features {o.shape}")
             ok &= o
@@ -223,7 +225,9 @@ def run_croptype(
     res = croptype_probe(sets, labels, seasons, block=block, seed=seed)
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
     out = Path(out_dir)
-    fig = plot_probe_scores(res, out / "figures" / "croptype_macro_f1.png", "Crop type (WorldCereal)")
+    fig = plot_probe_scores(
+        res, out / "figures" / "croptype_macro_f1.png", "Crop type (WorldCereal)"
+    )
     body = (
         f"{res['n_samples']} labelled pixels from {len(cubes)} patch(es), seasons {seasons}, "
         f"{res['n_blocks']} spatial blocks of {block} px, 5-fold blocked CV. Classes (pixels): "
@@ -232,8 +236,12 @@ def run_croptype(
         + probe_table(res)
     )
     write_report(
-        out, "Crop-type probe", {"croptype": res},
+        out,
+        "Crop-type probe",
+        {"croptype": res},
         [("Results", body), *([("Notes", notes)] if notes else [])],
-        figures=[fig], command=command, seed=seed,
+        figures=[fig],
+        command=command,
+        seed=seed,
     )
     return res

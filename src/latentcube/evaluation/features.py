@@ -122,7 +122,7 @@ def site_series(
     da = as_feature_cube(cube)
     w = _footprint_weights(da, footprint)
     a = da.values.astype(np.float64)
-    ok = np.isfinite(a).all(axis=0)  # (time, y, x)
+    ok: np.ndarray = np.asarray(np.isfinite(a).all(axis=0))  # (time, y, x)
     wv = ok * w[None]
     frac = wv.sum(axis=(1, 2)) / w.sum()
     sums = np.einsum("ftyx,tyx->tf", np.where(ok[None], a, 0.0), wv)

@@ -118,13 +118,17 @@ def read_fluxnet_daily(
     try:
         t = pd.to_datetime(df["TIMESTAMP"].astype("int64").astype(str), format="%Y%m%d")
     except (ValueError, TypeError) as err:
-        raise EvaluationError(f"{path.name}: TIMESTAMP is not YYYYMMDD (daily file?): {err}") from err
+        raise EvaluationError(
+            f"{path.name}: TIMESTAMP is not YYYYMMDD (daily file?): {err}"
+        ) from err
     values = pd.Series(df[gpp].to_numpy(float), index=t)
     extra: dict[str, pd.Series] = {}
     if qc:
         q = pd.Series(df[qc].to_numpy(float), index=t)
         if np.nanmax(q.to_numpy(), initial=0.0) > 1.0 + 1e-9:
-            raise EvaluationError(f"{path.name}: {qc} exceeds 1; expected a daily fraction in [0, 1]")
+            raise EvaluationError(
+                f"{path.name}: {qc} exceeds 1; expected a daily fraction in [0, 1]"
+            )
         values = values.where(q >= min_qc)
         extra["QC"] = q
     if site is None:
@@ -269,7 +273,9 @@ def site_registry(location_csv: str | os.PathLike[str] | None = None) -> dict[st
         if not {"Flux_name", "LC", "Lat", "lon"} <= set(df.columns):
             raise EvaluationError(f"{location_csv}: expected columns Flux_name,LC,Lat,lon")
         for r in df.itertuples(index=False):
-            reg[str(r.Flux_name)] = FluxSite(str(r.Flux_name), str(r.LC), float(r.Lat), float(r.lon))
+            reg[str(r.Flux_name)] = FluxSite(
+                str(r.Flux_name), str(r.LC), float(r.Lat), float(r.lon)
+            )
     return reg
 
 

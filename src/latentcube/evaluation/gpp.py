@@ -283,8 +283,15 @@ def _fit(
     patience: int,
     seed: int,
 ) -> FittedTransformer:
-    p = {"d_model": 32, "n_heads": 4, "n_layers": 2, "dropout": 0.05, "lr": 1e-3,
-         "batch_size": 16, **dict(params or {})}
+    p = {
+        "d_model": 32,
+        "n_heads": 4,
+        "n_layers": 2,
+        "dropout": 0.05,
+        "lr": 1e-3,
+        "batch_size": 16,
+        **dict(params or {}),
+    }
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     xm, xs = _standardise(x_train)
@@ -293,8 +300,13 @@ def _fit(
     yt = torch.from_numpy(((y_train - ym) / ys).astype(np.float32))
     xv = torch.from_numpy(((x_val - xm) / xs).astype(np.float32))
     model = GPPTransformer(
-        x_train.shape[-1], x_train.shape[1], p["d_model"], p["n_heads"], p["n_layers"],
-        4 * p["d_model"], p["dropout"],
+        x_train.shape[-1],
+        x_train.shape[1],
+        p["d_model"],
+        p["n_heads"],
+        p["n_layers"],
+        4 * p["d_model"],
+        p["dropout"],
     )
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=1e-6)
     loss_fn = nn.L1Loss()
@@ -350,14 +362,13 @@ def random_search(
     rng = np.random.default_rng(seed)
     combos: list[dict[str, Any]] = []
     while len(combos) < n_trials:
-        c = {k: v[rng.integers(len(v))] for k, v in space.items()}
+        c = {k: v[int(rng.integers(len(v)))] for k, v in space.items()}
         if c.get("d_model", 32) % c.get("n_heads", 4) == 0:
             combos.append({k: (v.item() if hasattr(v, "item") else v) for k, v in c.items()})
     t0 = time.perf_counter()
-    best: FittedTransformer | None = None
-    trials = []
-    best, trials = _search(combos, x_train, y_train, x_val, y_val, t0, time_budget, seed,
-                           max_epochs)
+    best, trials = _search(
+        combos, x_train, y_train, x_val, y_val, t0, time_budget, seed, max_epochs
+    )
     assert best is not None
     return best, trials
 
@@ -379,10 +390,17 @@ def _search(
         if i > 0 and time_budget is not None and time.perf_counter() - t0 > time_budget:
             break
         t1 = time.perf_counter()
-        fit = fit_transformer(x_train, y_train, x_val, y_val, c, seed=seed + i,
-                              max_epochs=max_epochs)
-        trials.append({"params": c, "val_mae": fit.val_mae, "epochs": fit.epochs,
-                       "seconds": time.perf_counter() - t1})
+        fit = fit_transformer(
+            x_train, y_train, x_val, y_val, c, seed=seed + i, max_epochs=max_epochs
+        )
+        trials.append(
+            {
+                "params": c,
+                "val_mae": fit.val_mae,
+                "epochs": fit.epochs,
+                "seconds": time.perf_counter() - t1,
+            }
+        )
         if best is None or fit.val_mae < best.val_mae:
             best = fit
     return best, trials
@@ -431,8 +449,15 @@ def _fit_predict(
         return m.predict(_summary(x[te])), {}
     fit_i, val_i = _validation_split(w.end, tr, seed)
     best, trials = random_search(
-        x[fit_i], w.y[fit_i], x[val_i], w.y[val_i], n_trials=n_trials, time_budget=time_budget,
-        seed=seed, max_epochs=max_epochs, space=space,
+        x[fit_i],
+        w.y[fit_i],
+        x[val_i],
+        w.y[val_i],
+        n_trials=n_trials,
+        time_budget=time_budget,
+        seed=seed,
+        max_epochs=max_epochs,
+        space=space,
     )
     return best.predict(x[te]), {"best_params": best.params, "trials": trials}
 
@@ -513,7 +538,7 @@ def run_gpp(
     all_te = np.concatenate([f[2] for f in folds])
     # climatology: mean seasonal cycle of the training sites' training days
     clim = np.full(len(w), np.nan)
-    for _fold, tr, te in folds:
+    for _fold, _tr, te in folds:
         train_days = []
         for s, df in sites.items():
             g = df["GPP"]
@@ -533,8 +558,16 @@ def run_gpp(
             info: dict[str, Any] = {}
             for fold, tr, te in folds:
                 pred[te], info[fold] = _fit_predict(
-                    w, name, model, tr, te, seed=seed, n_trials=n_trials,
-                    time_budget=time_budget, max_epochs=max_epochs, space=space,
+                    w,
+                    name,
+                    model,
+                    tr,
+                    te,
+                    seed=seed,
+                    n_trials=n_trials,
+                    time_budget=time_budget,
+                    max_epochs=max_epochs,
+                    space=space,
                 )
             scores[name][model] = _score(w, all_te, pred[all_te])
             preds[f"{name} / {model}"] = pred[all_te]
@@ -545,8 +578,11 @@ def run_gpp(
         "split": split,
         "seq_len": seq_len,
         "stride": stride,
-        "n_windows": {"total": len(w), "test": int(len(all_te)),
-                      "train": int(len(w) - len(all_te)) if test_years is not None else None},
+        "n_windows": {
+            "total": len(w),
+            "test": len(all_te),
+            "train": int(len(w) - len(all_te)) if test_years is not None else None,
+        },
         "sites": sorted(sites),
         "feature_sets": {k: v for k, v in sets.items()},
         "scores": scores,
@@ -594,15 +630,27 @@ def _gpp_report(
     for s in dict.fromkeys(w.site[te].tolist()):
         m = w.site[te] == s
         sub = {k: v[m] for k, v in preds.items()}
-        figs.append(plot_gpp_series(w.end[te][m], w.y[te][m], sub,
-                                    out / "figures" / f"gpp_series_{s}.png", f"{s}: test windows"))
-    figs.append(plot_gpp_scatter(w.y[te], preds, out / "figures" / "gpp_scatter.png",
-                                 "Predicted vs observed daily GPP (test)"))
+        figs.append(
+            plot_gpp_series(
+                w.end[te][m],
+                w.y[te][m],
+                sub,
+                out / "figures" / f"gpp_series_{s}.png",
+                f"{s}: test windows",
+            )
+        )
+    figs.append(
+        plot_gpp_scatter(
+            w.y[te],
+            preds,
+            out / "figures" / "gpp_scatter.png",
+            "Predicted vs observed daily GPP (test)",
+        )
+    )
     body = (
         f"Split: {result['split']}; windows of {result['seq_len']} days every "
         f"{result['stride']} days, target = GPP on the last day; {result['n_windows']} windows. "
-        "R2, RMSE and bias in gC m-2 d-1; NRMSE = RMSE / mean observed GPP.\n\n"
-        + gpp_table(result)
+        "R2, RMSE and bias in gC m-2 d-1; NRMSE = RMSE / mean observed GPP.\n\n" + gpp_table(result)
     )
     sections = [("Results", body)]
     if result["reference"]:
@@ -611,9 +659,13 @@ def _gpp_report(
         for site, rows in ref.get("sites", {}).items():
             for r in rows:
                 lines.append(f"| {r['file']} | {site} | {r['R2']:.3f} | {r['RMSE']:.3f} |")
-        sections.append((
-            "Published reference (CarbonFluxBench, MODIS + ERA5-Land, zero-shot on held-out "
-            "sites; not the same split or years)", "\n".join(lines)))
+        sections.append(
+            (
+                "Published reference (CarbonFluxBench, MODIS + ERA5-Land, zero-shot on held-out "
+                "sites; not the same split or years)",
+                "\n".join(lines),
+            )
+        )
     if notes:
         sections.append(("Notes", notes))
     write_report(out, title, {"gpp": result}, sections, figures=figs, command=command, seed=seed)

@@ -190,12 +190,17 @@ def run_landcover(
             raise EvaluationError(f"cube {i} has no 'landcover' variable (WorldCover classes)")
     sets = feature_sets(cubes, embeddings, seed=seed)
     res = landcover_probe(
-        sets, [c["landcover"].values for c in cubes], block=block, max_samples=max_samples,
+        sets,
+        [c["landcover"].values for c in cubes],
+        block=block,
+        max_samples=max_samples,
         seed=seed,
     )
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
     out = Path(out_dir)
-    fig = plot_probe_scores(res, out / "figures" / "landcover_macro_f1.png", "Land cover (WorldCover)")
+    fig = plot_probe_scores(
+        res, out / "figures" / "landcover_macro_f1.png", "Land cover (WorldCover)"
+    )
     body = (
         f"{res['n_samples']} pixel-dates from {len(cubes)} cube(s), {res['n_blocks']} spatial "
         f"blocks of {block} px, 5-fold blocked CV. Classes: "
@@ -204,8 +209,12 @@ def run_landcover(
         + probe_table(res)
     )
     write_report(
-        out, "Land-cover probe", {"landcover": res},
+        out,
+        "Land-cover probe",
+        {"landcover": res},
         [("Results", body), *([("Notes", notes)] if notes else [])],
-        figures=[fig], command=command, seed=seed,
+        figures=[fig],
+        command=command,
+        seed=seed,
     )
     return res

@@ -56,11 +56,19 @@ def reconstruction_errors(
     from latentcube.bundle import load_checkpoint
     from latentcube.data.windows import extract_windows
 
-    model, meta = load_checkpoint(checkpoint)
+    model, _meta = load_checkpoint(checkpoint)
     cfg = model.config
     w = extract_windows(
-        cube, cfg.sensor, cfg.bands, mode="consecutive", n_dates=cfg.n_dates, window=cfg.window,
-        stride_xy=stride_xy, stride_t=stride_t, max_windows=max_windows, seed=seed,
+        cube,
+        cfg.sensor,
+        cfg.bands,
+        mode="consecutive",
+        n_dates=cfg.n_dates,
+        window=cfg.window,
+        stride_xy=stride_xy,
+        stride_t=stride_t,
+        max_windows=max_windows,
+        seed=seed,
     )
     if len(w) == 0:
         raise EvaluationError("the cube yields no complete context window for this model")
@@ -90,11 +98,15 @@ def reconstruction_errors(
         n += int(ok.sum())
     if n == 0:
         raise EvaluationError("no window has a valid centre pixel")
-    out: dict[str, Any] = {"bands": list(cfg.bands), "n_windows": n,
-                           "checkpoint": str(checkpoint), "sensor": cfg.sensor}
-    for k, v in sums.items():
-        out[k] = dict(zip(cfg.bands, (v / n).tolist(), strict=True))
-        out[f"{k}_mean"] = float((v / n).mean())
+    out: dict[str, Any] = {
+        "bands": list(cfg.bands),
+        "n_windows": n,
+        "checkpoint": str(checkpoint),
+        "sensor": cfg.sensor,
+    }
+    for name, v in sums.items():
+        out[name] = dict(zip(cfg.bands, (v / n).tolist(), strict=True))
+        out[f"{name}_mean"] = float((v / n).mean())
     return out
 
 
@@ -127,11 +139,22 @@ def run_reconstruction(
     fig.savefig(fig_path, dpi=110)
     rows = ["| band | model | context mean | persistence |", "|---|---|---|---|"]
     for b in bands:
-        rows.append(f"| {b} | {res['model'][b]:.4f} | {res['context_mean'][b]:.4f} | "
-                    f"{res['persistence'][b]:.4f} |")
-    rows.append(f"| mean | {res['model_mean']:.4f} | {res['context_mean_mean']:.4f} | "
-                f"{res['persistence_mean']:.4f} |")
+        rows.append(
+            f"| {b} | {res['model'][b]:.4f} | {res['context_mean'][b]:.4f} | "
+            f"{res['persistence'][b]:.4f} |"
+        )
+    rows.append(
+        f"| mean | {res['model_mean']:.4f} | {res['context_mean_mean']:.4f} | "
+        f"{res['persistence_mean']:.4f} |"
+    )
     body = f"{res['n_windows']} windows with a valid centre pixel.\n\n" + "\n".join(rows)
-    write_report(out, "Centre-pixel reconstruction", {"reconstruction": res},
-                 [("Results", body)], figures=[fig_path], command=command, seed=seed)
+    write_report(
+        out,
+        "Centre-pixel reconstruction",
+        {"reconstruction": res},
+        [("Results", body)],
+        figures=[fig_path],
+        command=command,
+        seed=seed,
+    )
     return res
