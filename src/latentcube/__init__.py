@@ -17,7 +17,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0+unknown"
 
 from latentcube.cube.schema import make_cube, validate_cube
-from latentcube.errors import CubeError, LatentcubeError, ModelError, StacError
+from latentcube.errors import CubeError, EvaluationError, LatentcubeError, ModelError, StacError
 from latentcube.sensors import S1_BANDS, S2_BANDS, SENSORS, SensorSpec
 
 _LAZY = {
@@ -37,6 +37,12 @@ _LAZY = {
     "write_embedding": "latentcube.inference",
     "open_embedding": "latentcube.inference",
     "run_demo": "latentcube.demo",
+    "read_flux": "latentcube.evaluation.flux",
+    "site_features": "latentcube.evaluation.features",
+    "run_gpp": "latentcube.evaluation.gpp",
+    "run_landcover": "latentcube.evaluation.landcover",
+    "run_croptype": "latentcube.evaluation.croptype",
+    "run_reconstruction": "latentcube.evaluation.reconstruction",
 }
 
 __all__ = [
@@ -45,6 +51,7 @@ __all__ = [
     "SENSORS",
     "AutoencoderConfig",
     "CubeError",
+    "EvaluationError",
     "LatentcubeError",
     "LossConfig",
     "ModelError",
@@ -61,8 +68,14 @@ __all__ = [
     "open_cube",
     "open_embedding",
     "open_zarr",
+    "read_flux",
+    "run_croptype",
     "run_demo",
+    "run_gpp",
+    "run_landcover",
+    "run_reconstruction",
     "save_checkpoint",
+    "site_features",
     "train",
     "validate_cube",
     "write_embedding",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import xarray as xr
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.features import as_feature_cube
-from latentcube.evaluation.probes import PROBES, block_ids, blocked_cv, filter_classes
+from latentcube.evaluation.probes import PROBES, block_ids, score_pooled
 
 __all__ = ["croptype_probe", "default_season", "run_croptype", "season_features"]
 
@@ -158,25 +157,21 @@ def croptype_probe(
             feats.setdefault(f"{k} | season mean", []).append(m[iy, ix])
         labs.append(lab[iy, ix])
         groups.append(block_ids(iy, ix, block, offset=i * 10**9))
-    y_all, g_all = np.concatenate(labs), np.concatenate(groups)
-    if len(y_all) == 0:
-        raise EvaluationError("no labelled pixel has enough valid dates in every feature set")
-    keep, dropped = filter_classes(y_all, g_all, min_samples=min_samples)
-    x_all = {k: np.concatenate(v)[keep] for k, v in feats.items()}
-    y_all, g_all = y_all[keep], g_all[keep]
-    scores = blocked_cv(x_all, y_all, g_all, probes=probes, n_splits=n_splits, seed=seed)
-    kept = sorted(int(c) for c in np.unique(y_all))
+    res = score_pooled(
+        feats,
+        labs,
+        groups,
+        block=block,
+        probes=probes,
+        n_splits=n_splits,
+        min_samples=min_samples,
+        seed=seed,
+    )
     return {
         "task": "croptype",
-        "scores": scores,
-        "classes": {str(c): f"WorldCereal crop type {c}" for c in kept},
-        "class_counts": {str(c): int((y_all == c).sum()) for c in kept},
-        "dropped_classes": dropped,
-        "n_samples": len(y_all),
-        "n_blocks": len(np.unique(g_all)),
-        "block_px": block,
+        "classes": {c: f"WorldCereal crop type {c}" for c in res["class_counts"]},
         "seasons": [list(s) for s in seasons],
-        "n_features": {k: int(v.shape[1]) for k, v in x_all.items()},
+        **res,
     }
 
 
@@ -218,29 +213,18 @@ def run_croptype(
         Reproducing command and extra markdown for the report.
     """
     from latentcube.evaluation.baselines import feature_sets
-    from latentcube.evaluation.report import plot_probe_scores, probe_table, write_report
+    from latentcube.evaluation.report import write_probe_report
 
     seasons = list(seasons) if seasons is not None else [default_season(c) for c in cubes]
     sets = feature_sets(cubes, embeddings, seed=seed)
     res = croptype_probe(sets, labels, seasons, block=block, seed=seed)
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
-    out = Path(out_dir)
-    fig = plot_probe_scores(
-        res, out / "figures" / "croptype_macro_f1.png", "Crop type (WorldCereal)"
-    )
-    body = (
-        f"{res['n_samples']} labelled pixels from {len(cubes)} patch(es), seasons {seasons}, "
-        f"{res['n_blocks']} spatial blocks of {block} px, 5-fold blocked CV. Classes (pixels): "
-        + ", ".join(f"{k} ({v})" for k, v in res["class_counts"].items())
-        + f". Dropped: {res['dropped_classes'] or 'none'}.\n\n"
-        + probe_table(res)
-    )
-    write_report(
-        out,
-        "Crop-type probe",
-        {"croptype": res},
-        [("Results", body), *([("Notes", notes)] if notes else [])],
-        figures=[fig],
+    write_probe_report(
+        res,
+        out_dir,
+        "Crop-type probe (WorldCereal)",
+        f"Labelled pixels of {len(cubes)} patch(es), seasons {seasons}.",
+        notes=notes,
         command=command,
         seed=seed,
     )

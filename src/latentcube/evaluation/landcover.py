@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import xarray as xr
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.features import as_feature_cube
-from latentcube.evaluation.probes import PROBES, block_ids, blocked_cv, filter_classes
+from latentcube.evaluation.probes import PROBES, block_ids, score_pooled
 
 __all__ = ["WORLDCOVER", "landcover_probe", "landcover_samples", "run_landcover"]
 
@@ -132,23 +131,18 @@ def landcover_probe(
             feats[k].append(f[k])
         labs.append(y)
         groups.append(g)
-    y_all, g_all = np.concatenate(labs), np.concatenate(groups)
-    keep, dropped = filter_classes(y_all, g_all, min_samples=min_samples)
-    x_all = {k: np.concatenate(v)[keep] for k, v in feats.items()}
-    y_all, g_all = y_all[keep], g_all[keep]
-    scores = blocked_cv(x_all, y_all, g_all, probes=probes, n_splits=n_splits, seed=seed)
-    kept = sorted(int(c) for c in np.unique(y_all))
-    return {
-        "task": "landcover",
-        "scores": scores,
-        "classes": {str(c): WORLDCOVER.get(c, str(c)) for c in kept},
-        "class_counts": {str(c): int((y_all == c).sum()) for c in kept},
-        "dropped_classes": dropped,
-        "n_samples": len(y_all),
-        "n_blocks": len(np.unique(g_all)),
-        "block_px": block,
-        "n_features": {k: int(v.shape[1]) for k, v in x_all.items()},
-    }
+    res = score_pooled(
+        feats,
+        labs,
+        groups,
+        block=block,
+        probes=probes,
+        n_splits=n_splits,
+        min_samples=min_samples,
+        seed=seed,
+    )
+    names_ = {c: WORLDCOVER.get(int(c), c) for c in res["class_counts"]}
+    return {"task": "landcover", "classes": names_, **res}
 
 
 def run_landcover(
@@ -183,7 +177,7 @@ def run_landcover(
         The probe result (also in ``results.json``).
     """
     from latentcube.evaluation.baselines import feature_sets
-    from latentcube.evaluation.report import plot_probe_scores, probe_table, write_report
+    from latentcube.evaluation.report import write_probe_report
 
     for i, c in enumerate(cubes):
         if "landcover" not in c:
@@ -197,23 +191,12 @@ def run_landcover(
         seed=seed,
     )
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
-    out = Path(out_dir)
-    fig = plot_probe_scores(
-        res, out / "figures" / "landcover_macro_f1.png", "Land cover (WorldCover)"
-    )
-    body = (
-        f"{res['n_samples']} pixel-dates from {len(cubes)} cube(s), {res['n_blocks']} spatial "
-        f"blocks of {block} px, 5-fold blocked CV. Classes: "
-        + ", ".join(f"{k} {v} ({res['class_counts'][k]})" for k, v in res["classes"].items())
-        + f". Dropped (too rare or in one block): {res['dropped_classes'] or 'none'}.\n\n"
-        + probe_table(res)
-    )
-    write_report(
-        out,
-        "Land-cover probe",
-        {"landcover": res},
-        [("Results", body), *([("Notes", notes)] if notes else [])],
-        figures=[fig],
+    write_probe_report(
+        res,
+        out_dir,
+        "Land-cover probe (ESA WorldCover)",
+        f"Pixel-dates of {len(cubes)} cube(s).",
+        notes=notes,
         command=command,
         seed=seed,
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 from latentcube.errors import EvaluationError
 
-__all__ = ["PROBES", "block_ids", "blocked_cv", "filter_classes", "make_probe"]
+__all__ = ["PROBES", "block_ids", "blocked_cv", "filter_classes", "make_probe", "score_pooled"]
 
 #: Probe classifiers: scaled logistic regression and scaled k-NN.
 PROBES: tuple[str, ...] = ("logreg", "knn")
@@ -133,3 +133,54 @@ def blocked_cv(
                 "per_class_f1": {str(c): float(v) for c, v in zip(classes, per, strict=True)},
             }
     return out
+
+
+def score_pooled(
+    features: Mapping[str, Sequence[np.ndarray]],
+    labels: Sequence[np.ndarray],
+    groups: Sequence[np.ndarray],
+    *,
+    block: int,
+    probes: Sequence[str] = PROBES,
+    n_splits: int = 5,
+    min_samples: int = 30,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Pool the samples of several cubes, drop rare classes and run :func:`blocked_cv`.
+
+    Parameters
+    ----------
+    features
+        Feature-set name -> one (n_i, d) array per cube.
+    labels, groups
+        One array of labels and of block ids per cube.
+    block
+        Block side in pixels (recorded in the result).
+    probes, n_splits, seed
+        See :func:`blocked_cv`.
+    min_samples
+        Classes with fewer samples (or in fewer than 2 blocks) are dropped.
+
+    Returns
+    -------
+    dict
+        ``scores``, ``class_counts``, ``dropped_classes``, ``n_samples``, ``n_blocks``,
+        ``block_px`` and ``n_features``.
+    """
+    y_all, g_all = np.concatenate(labels), np.concatenate(groups)
+    if len(y_all) == 0:
+        raise EvaluationError("no sample is valid in every feature set")
+    keep, dropped = filter_classes(y_all, g_all, min_samples=min_samples)
+    x_all = {k: np.concatenate(v)[keep] for k, v in features.items()}
+    y_all, g_all = y_all[keep], g_all[keep]
+    scores = blocked_cv(x_all, y_all, g_all, probes=probes, n_splits=n_splits, seed=seed)
+    kept = sorted(int(c) for c in np.unique(y_all))
+    return {
+        "scores": scores,
+        "class_counts": {str(c): int((y_all == c).sum()) for c in kept},
+        "dropped_classes": dropped,
+        "n_samples": len(y_all),
+        "n_blocks": len(np.unique(g_all)),
+        "block_px": block,
+        "n_features": {k: int(v.shape[1]) for k, v in x_all.items()},
+    }

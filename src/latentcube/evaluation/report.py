@@ -23,6 +23,7 @@ __all__ = [
     "plot_gpp_series",
     "plot_probe_scores",
     "probe_table",
+    "write_probe_report",
     "write_report",
 ]
 
@@ -192,3 +193,30 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
+
+
+def write_probe_report(
+    res: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    title: str,
+    intro: str,
+    *,
+    notes: str = "",
+    command: str | None = None,
+    seed: int | None = None,
+) -> Path:
+    """A probe's report folder: bar chart, markdown table and ``results.json``."""
+    out = Path(out_dir)
+    task = str(res["task"])
+    fig = plot_probe_scores(res, out / "figures" / f"{task}_macro_f1.png", title)
+    body = (
+        f"{intro} {res['n_samples']} samples, {res['n_blocks']} spatial blocks of "
+        f"{res['block_px']} px, blocked CV. Classes (samples): "
+        + ", ".join(f"{k} {v} ({res['class_counts'][k]})" for k, v in res["classes"].items())
+        + f". Dropped (too rare or in one block): {res['dropped_classes'] or 'none'}.\n\n"
+        + probe_table(res)
+    )
+    sections = [("Results", body), *([("Notes", notes)] if notes else [])]
+    return write_report(
+        out, title, {task: res}, sections, figures=[fig], command=command, seed=seed
+    )
