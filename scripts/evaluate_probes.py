@@ -15,6 +15,7 @@ reused when the script is run again with the same output folder.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,11 @@ from latentcube.inference import embed
 from latentcube.models.config import AutoencoderConfig
 from latentcube.training import train, train_config_preset
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(
+    os.environ.get(
+        "LATENTCUBE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
+)
 GEN = sorted((SHARED / "greenearthnet_replicated_minicubes").glob("*.nc"))
 FLANDERS = sorted(
     p for p in (SHARED / "worldcereal_s1_s2_training_patches_flanders").iterdir() if p.is_dir()
@@ -70,7 +75,7 @@ def train_and_embed(cubes, bands, out, *, epochs, seed, stride_xy, max_val):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("eval-probes"))
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--stride-xy", type=int, default=4)
     ap.add_argument("--max-val", type=int, default=1000)

@@ -390,7 +390,11 @@ def evaluate_gpp(
     gap_fill: Annotated[str, typer.Option(help="'linear' or 'ucm'.")] = "linear",
     footprint: Annotated[int | None, typer.Option(help="Central square side in px.")] = None,
     n_trials: Annotated[int, typer.Option(help="Random-search trials per set.")] = 4,
-    time_budget: Annotated[float, typer.Option(help="Search budget per set, seconds.")] = 60.0,
+    time_budget: Annotated[
+        float,
+        typer.Option(help="Search budget per set in seconds; 0 = none (run all --n-trials, "
+                     "so the result does not depend on machine speed)."),
+    ] = 60.0,
     max_epochs: Annotated[int, typer.Option(help="Epoch limit of each transformer trial.")] = 40,
     carbonfluxbench: Annotated[
         Path | None, typer.Option(help="CarbonFluxBench results folder (reference).")
@@ -433,7 +437,8 @@ def evaluate_gpp(
         ]
         ref = carbonfluxbench_reference(carbonfluxbench, [code]) if carbonfluxbench else None
         res = run_gpp({code: site_table(table, feats)}, sets, out, test_years=years,
-                      n_trials=n_trials, time_budget=time_budget, max_epochs=max_epochs,
+                      n_trials=n_trials, time_budget=time_budget if time_budget > 0 else None,
+                      max_epochs=max_epochs,
                       seed=seed, reference=ref,
                       command=_command(), title=f"GPP evaluation at {code}")
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
