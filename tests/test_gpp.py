@@ -178,3 +178,16 @@ def test_pipeline_on_real_se_htm_flux_with_real_s2_ndvi_features(tmp_path):
     md = (tmp_path / "report.md").read_text()
     clim = res["scores"]["climatology"]["mean seasonal cycle"]["overall"]
     assert f"{clim['rmse']:.3f}" in md
+
+
+def test_leave_one_site_out_run_excludes_the_test_site(tmp_path):
+    # site C has a doubled GPP: a model or climatology that never saw C under-predicts it
+    # (bias about -5.5); A's climatology comes from B and C, so it over-predicts by ~2.5
+    sites = {s: daily(500, seed=i) for i, s in enumerate("ABC")}
+    sites["C"]["GPP"] = 2 * sites["C"]["GPP"]
+    res = run_gpp(sites, {"a": ["a:x"]}, None, models=("gbr",), seed=0)
+    assert res["split"] == {"type": "leave-one-site-out"}
+    per = res["scores"]["climatology"]["mean seasonal cycle"]["per_site"]
+    assert set(per) == {"A", "B", "C"}
+    assert per["C"]["bias"] < -3.0 and 1.5 < per["A"]["bias"] < 3.5
+    assert res["scores"]["a"]["gbr"]["per_site"]["C"]["bias"] < -3.0

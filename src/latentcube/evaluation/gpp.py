@@ -445,8 +445,12 @@ def _fit_predict(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     x = w.x[name]
     if model == "gbr":
-        m = fit_gradient_boosting(x[tr], w.y[tr], seed)
-        return m.predict(_summary(x[te])), {}
+        from threadpoolctl import threadpool_limits
+
+        # tiny data: OpenMP threads only add overhead (and stall on a busy machine)
+        with threadpool_limits(limits=1):
+            m = fit_gradient_boosting(x[tr], w.y[tr], seed)
+            return m.predict(_summary(x[te])), {}
     fit_i, val_i = _validation_split(w.end, tr, seed)
     best, trials = random_search(
         x[fit_i],
