@@ -48,9 +48,9 @@ def test_series_beats_season_mean_when_classes_differ_in_timing():
         [{"ndvi": fc(v[None], t)}], [lab], [("2018-03-01", "2018-10-31")], block=16, seed=0
     )
     s = res["scores"]
-    assert s["ndvi | series"]["logreg"]["macro_f1"] > 0.9
-    assert s["ndvi | season mean"]["logreg"]["macro_f1"] < 0.75
-    assert res["n_features"] == {"ndvi | series": 17, "ndvi | season mean": 1}
+    assert s["ndvi / series"]["logreg"]["macro_f1"] > 0.9
+    assert s["ndvi / season mean"]["logreg"]["macro_f1"] < 0.75
+    assert res["n_features"] == {"ndvi / series": 17, "ndvi / season mean": 1}
 
 
 def test_default_season_and_errors():

@@ -63,3 +63,9 @@ def test_report_folder(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["probe"] == RESULT and data["x"] == 1.5 and data["meta"]["seed"] == 7
     assert all(f.stat().st_size > 3000 for f in figs)
+
+
+def test_probe_table_escapes_pipes():
+    res = {**RESULT, "scores": {"a|b": RESULT["scores"]["emb"]}, "n_features": {"a|b": 2}}
+    row = probe_table(res).splitlines()[2]
+    assert row.startswith("| a\\|b | 2 |")

@@ -128,7 +128,7 @@ def croptype_probe(
     Returns
     -------
     dict
-        ``scores`` keyed ``"<set> | series"`` and ``"<set> | season mean"``,
+        ``scores`` keyed ``"<set> / series"`` and ``"<set> / season mean"``,
         class counts, dropped classes and sample counts.
     """
     if block <= 15:
@@ -153,8 +153,8 @@ def croptype_probe(
             ok &= o
         iy, ix = np.nonzero(ok)
         for k, (s, m, _) in per.items():
-            feats.setdefault(f"{k} | series", []).append(s[iy, ix])
-            feats.setdefault(f"{k} | season mean", []).append(m[iy, ix])
+            feats.setdefault(f"{k} / series", []).append(s[iy, ix])
+            feats.setdefault(f"{k} / season mean", []).append(m[iy, ix])
         labs.append(lab[iy, ix])
         groups.append(block_ids(iy, ix, block, offset=i * 10**9))
     res = score_pooled(

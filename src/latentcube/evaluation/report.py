@@ -45,7 +45,7 @@ def probe_table(result: Mapping[str, Any], probes: Sequence[str] = ("logreg", "k
     head += [f"F1 {c} ({probes[0]})" for c in classes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, by_probe in result["scores"].items():
-        row = [name, str(result.get("n_features", {}).get(name, ""))]
+        row = [name.replace("|", "\\|"), str(result.get("n_features", {}).get(name, ""))]
         row += [f"{by_probe[p]['macro_f1']:.3f}" for p in probes if p in by_probe]
         row += [f"{by_probe[probes[0]]['per_class_f1'][c]:.2f}" for c in classes]
         lines.append("| " + " | ".join(row) + " |")
