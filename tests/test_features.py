@@ -122,3 +122,16 @@ def test_site_features_joins_sets_and_radiation():
     assert list(out.columns) == ["rad:Rso", "ndvi:F01"]
     assert out.loc["2020-03-06", "ndvi:F01"] == pytest.approx(0.5)
     assert out["rad:Rso"].is_monotonic_increasing  # spring in the north
+
+
+def test_embedding_store_path_is_a_feature_cube(tmp_path, cube):
+    from latentcube.evaluation.baselines import raw_bands
+    from latentcube.io import write_zarr
+
+    emb = raw_bands(cube).isel(feature=slice(0, 3))
+    store = write_zarr(emb.to_dataset(name="embedding").rio.write_crs("EPSG:32631"),
+                       tmp_path / "e.zarr")
+    got = as_feature_cube(store, "emb")
+    assert got.dims == ("feature", "time", "y", "x") and got.dtype == np.float32
+    np.testing.assert_array_equal(got.values, emb.values)
+    assert got.name == "emb"

@@ -52,9 +52,9 @@ def as_feature_cube(
         Feature-set name stored as the array's name (default: keep).
     """
     if isinstance(source, str | os.PathLike):
-        from latentcube.inference import open_embedding
+        from latentcube.io import open_zarr  # an embedding store; no model code needed
 
-        source = open_embedding(source)
+        source = open_zarr(source)
     if isinstance(source, xr.Dataset):
         if "embedding" not in source:
             raise EvaluationError(
