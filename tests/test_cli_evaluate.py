@@ -105,3 +105,46 @@ def test_evaluate_bad_inputs(tmp_path):
         app, ["evaluate", "landcover", str(demo_cube_path()), "--out", str(tmp_path / "lc")]
     )
     assert res.exit_code == 2 and "landcover" in res.output
+
+
+def test_evaluate_gpp_with_cube_model_and_baselines(tmp_path):
+    """The whole --cube path: embed with a checkpoint, add every baseline, same windows."""
+    import torch
+
+    from latentcube.bundle import save_checkpoint
+    from latentcube.cube.schema import make_cube, provenance
+    from latentcube.io import write_zarr
+    from latentcube.models.autoencoder import build_autoencoder
+    from latentcube.models.config import AutoencoderConfig
+    from latentcube.sensors import S2_BANDS
+
+    rng = np.random.default_rng(0)
+    t = pd.date_range("2019-01-01", "2020-12-31", freq="12D")
+    season = 0.5 + 0.4 * np.sin(2 * np.pi * (t.dayofyear.to_numpy() - 100) / 365)
+    s2 = (0.1 + 0.3 * season[:, None, None, None] * np.linspace(0.5, 1.5, 10)[None, :, None, None]
+          + rng.normal(0, 0.01, (len(t), 10, 16, 16))).astype(np.float32)
+    cube = make_cube(np.clip(s2, 0, 1), rng.random((len(t), 16, 16)) > 0.1, time=t.values,
+                     y=5600005.0 - 10 * np.arange(16), x=500005.0 + 10 * np.arange(16),
+                     crs="EPSG:32631", bands=S2_BANDS, attrs=provenance("generated"))
+    store = write_zarr(cube, tmp_path / "cube.zarr")
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "m.pt",
+                         build_autoencoder(AutoencoderConfig.preset("tiny", "s2")))
+    days = pd.date_range("2019-01-01", "2020-12-31")
+    gpp = 1 + 8 * (0.5 + 0.4 * np.sin(2 * np.pi * (days.dayofyear.to_numpy() - 100) / 365))
+    f = write_fullset(tmp_path / "FLX_XX-Cub_FLUXNET2015_FULLSET_DD_2019-2020_beta-3.csv",
+                      gpp, np.ones(len(days)), start="2019-01-01")
+    out = tmp_path / "rep"
+    res = runner.invoke(app, ["evaluate", "gpp", "--flux", str(f), "--lat", "50", "--cube",
+                              str(store), "--model", str(ck), "--name", "tiny latents",
+                              "--test-years", "2020", "--n-trials", "1", "--max-epochs", "1",
+                              "--models", "transformer",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "results.json").read_text())["gpp"]
+    assert set(data["scores"]) == {"climatology", "potential radiation", "tiny latents",
+                                   "S2 bands", "NDVI", "EVI", "NIRv", "kNDVI", "indices (4)",
+                                   "PCA-7"}
+    n = {s["overall"]["n"] for by in data["scores"].values() for s in by.values()}
+    assert n == {data["n_windows"]["test"]}  # every set scored on the same test windows
+    assert data["feature_sets"]["PCA-7"] == [f"PCA-7:PC{i}" for i in range(1, 8)]

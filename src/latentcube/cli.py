@@ -396,6 +396,9 @@ def evaluate_gpp(
                      "so the result does not depend on machine speed)."),
     ] = 60.0,
     max_epochs: Annotated[int, typer.Option(help="Epoch limit of each transformer trial.")] = 40,
+    models: Annotated[
+        str, typer.Option(help="Comma-separated regressors: 'transformer', 'gbr'.")
+    ] = "transformer,gbr",
     carbonfluxbench: Annotated[
         Path | None, typer.Option(help="CarbonFluxBench results folder (reference).")
     ] = None,
@@ -438,7 +441,7 @@ def evaluate_gpp(
         ref = carbonfluxbench_reference(carbonfluxbench, [code]) if carbonfluxbench else None
         res = run_gpp({code: site_table(table, feats)}, sets, out, test_years=years,
                       n_trials=n_trials, time_budget=time_budget if time_budget > 0 else None,
-                      max_epochs=max_epochs,
+                      max_epochs=max_epochs, models=[m for m in models.split(",") if m],
                       seed=seed, reference=ref,
                       command=_command(), title=f"GPP evaluation at {code}")
     except (LatentcubeError, FileNotFoundError, ValueError) as err:

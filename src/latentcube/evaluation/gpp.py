@@ -527,6 +527,9 @@ def run_gpp(
     """
     from latentcube.evaluation.baselines import climatology
 
+    unknown = set(models) - {"transformer", "gbr"}
+    if unknown:
+        raise EvaluationError(f"unknown model(s) {sorted(unknown)}; use 'transformer' or 'gbr'")
     sets = {k: list(v) for k, v in feature_sets.items() if k != "climatology"}
     w = make_windows(sites, sets, seq_len=seq_len, stride=stride)
     if test_years is not None:
@@ -536,6 +539,12 @@ def run_gpp(
     else:
         folds = leave_one_site_out(w.site)
         split = {"type": "leave-one-site-out"}
+    for fold, tr, _te in folds:
+        if len(tr) < 5:
+            raise EvaluationError(
+                f"{fold}: only {len(tr)} training windows (need 5); the features and the flux "
+                "record overlap too little outside the test period"
+            )
     scores: dict[str, dict[str, Any]] = {}
     preds: dict[str, np.ndarray] = {}
     search: dict[str, Any] = {}
