@@ -18,7 +18,14 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 from latentcube import accessor as _accessor  # noqa: F401  (registers ``.latentcube`` on xarray)
 from latentcube.cube.schema import make_cube, validate_cube
-from latentcube.errors import CubeError, EmbeddingError, LatentcubeError, ModelError, StacError
+from latentcube.errors import (
+    CubeError,
+    EmbeddingError,
+    EvaluationError,
+    LatentcubeError,
+    ModelError,
+    StacError,
+)
 from latentcube.sensors import S1_BANDS, S2_BANDS, SENSORS, SensorSpec
 
 _LAZY = {
@@ -53,6 +60,12 @@ _LAZY = {
     "default_model_path": "latentcube.bundle",
     "register_sensor": "latentcube.sensors",
     "load_sensor_config": "latentcube.sensors",
+    "read_flux": "latentcube.evaluation.flux",
+    "site_features": "latentcube.evaluation.features",
+    "run_gpp": "latentcube.evaluation.gpp",
+    "run_landcover": "latentcube.evaluation.landcover",
+    "run_croptype": "latentcube.evaluation.croptype",
+    "run_reconstruction": "latentcube.evaluation.reconstruction",
 }
 
 __all__ = [
@@ -63,6 +76,7 @@ __all__ = [
     "CubeError",
     "CubeSpec",
     "EmbeddingError",
+    "EvaluationError",
     "FusionConfig",
     "FusionModel",
     "LatentcubeError",
@@ -89,9 +103,15 @@ __all__ = [
     "open_cube",
     "open_embedding",
     "open_zarr",
+    "read_flux",
     "register_sensor",
+    "run_croptype",
     "run_demo",
+    "run_gpp",
+    "run_landcover",
+    "run_reconstruction",
     "save_checkpoint",
+    "site_features",
     "to_geotiff",
     "train",
     "train_distributed",

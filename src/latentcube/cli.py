@@ -789,5 +789,211 @@ def _build_cube_for_embed(
     return cube_out
 
 
+# --------------------------------------------------------------------------------------
+# latentcube evaluate ...
+
+evaluate_app = typer.Typer(
+    help="Evaluate embeddings against baselines: GPP at flux towers, land cover, crop type, "
+    "reconstruction. Each command writes a report folder (report.md, figures/, results.json).",
+    no_args_is_help=True,
+)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+def _embeddings(cubes: list, model: Path | None, embedding: list[Path] | None, name: str) -> dict:
+    """Feature cubes per cube: embed with a checkpoint, or open embedding stores."""
+    from latentcube.evaluation.features import as_feature_cube
+
+    if model is not None and embedding:
+        raise ValueError("give either --model or --embedding, not both")
+    if model is not None:
+        from latentcube.bundle import load_checkpoint
+        from latentcube.inference import embed as run_embed
+
+        net, _ = load_checkpoint(model)
+        return {name: [run_embed(c, net)["embedding"] for c in cubes]}
+    if embedding:
+        if len(embedding) != len(cubes):
+            raise ValueError(f"{len(embedding)} --embedding stores for {len(cubes)} cubes")
+        return {name: [as_feature_cube(e) for e in embedding]}
+    return {}
+
+
+def _command() -> str:
+    import sys
+
+    return " ".join(["latentcube", *sys.argv[1:]])
+
+
+@evaluate_app.command("landcover")
+def evaluate_landcover(
+    cubes: Annotated[list[Path], typer.Argument(help="GreenEarthNet minicubes (.nc) or stores "
+                                                     "with a 'landcover' variable.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
+    model: Annotated[Path | None, typer.Option(help="Checkpoint to embed the cubes with.")] = None,
+    embedding: Annotated[
+        list[Path] | None, typer.Option(help="Embedding store per cube (instead of --model).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name of the embedding feature set.")] = "embedding",
+    block: Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")] = 16,
+    max_samples: Annotated[int, typer.Option(help="Pixel-dates drawn per cube.")] = 20000,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, folds and probes.")] = 0,
+) -> None:
+    """Land-cover probe (ESA WorldCover) of an embedding and every baseline feature set."""
+    from latentcube.cube.readers import open_cube
+    from latentcube.errors import LatentcubeError
+    from latentcube.evaluation.landcover import run_landcover
+
+    try:
+        loaded = [open_cube(c).load() for c in cubes]
+        res = run_landcover(loaded, _embeddings(loaded, model, embedding, name), out,
+                            block=block, max_samples=max_samples, seed=seed, command=_command())
+    except (LatentcubeError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    for k, v in res["scores"].items():
+        typer.echo(f"{k:<28} macro-F1 logreg {v['logreg']['macro_f1']:.3f}  "
+                   f"knn {v['knn']['macro_f1']:.3f}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@evaluate_app.command("croptype")
+def evaluate_croptype(
+    patches: Annotated[list[Path], typer.Argument(help="WorldCereal patch folders (with labels).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
+    model: Annotated[Path | None, typer.Option(help="Checkpoint to embed the cubes with.")] = None,
+    embedding: Annotated[
+        list[Path] | None, typer.Option(help="Embedding store per patch (instead of --model).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name of the embedding feature set.")] = "embedding",
+    block: Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of folds and probes.")] = 0,
+) -> None:
+    """Crop-type probe: per-date series vs season mean, embedding vs every baseline."""
+    from latentcube.cube.readers import open_cube, read_worldcereal_labels
+    from latentcube.errors import LatentcubeError
+    from latentcube.evaluation.croptype import run_croptype
+
+    try:
+        loaded = [open_cube(p, with_s1=False).load() for p in patches]
+        labels = [read_worldcereal_labels(p)["CT"].values for p in patches]
+        res = run_croptype(loaded, labels, _embeddings(loaded, model, embedding, name), out,
+                           block=block, seed=seed, command=_command())
+    except (LatentcubeError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    for k, v in res["scores"].items():
+        typer.echo(f"{k:<40} macro-F1 logreg {v['logreg']['macro_f1']:.3f}  "
+                   f"knn {v['knn']['macro_f1']:.3f}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@evaluate_app.command("gpp")
+def evaluate_gpp(
+    flux: Annotated[Path, typer.Option(help="FULLSET_DD file, or ICOS half-hourly file/folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
+    site: Annotated[str | None, typer.Option(help="Site code (default from the file).")] = None,
+    lat: Annotated[float | None, typer.Option(help="Site latitude (default: registry).")] = None,
+    locations: Annotated[
+        Path | None, typer.Option(help="location_fluxnet.csv with site coordinates.")
+    ] = None,
+    cube: Annotated[Path | None, typer.Option(help="S2 cube at the site: its bands, indices "
+                                                   "and PCA-7 are added as baselines.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint to embed --cube with.")] = None,
+    embedding: Annotated[Path | None, typer.Option(help="Embedding store at the site.")] = None,
+    name: Annotated[str, typer.Option(help="Name of the embedding feature set.")] = "embedding",
+    test_years: Annotated[str, typer.Option(help="Comma-separated test years.")] = "",
+    gap_fill: Annotated[str, typer.Option(help="'linear' or 'ucm'.")] = "linear",
+    footprint: Annotated[int | None, typer.Option(help="Central square side in px.")] = None,
+    n_trials: Annotated[int, typer.Option(help="Random-search trials per set.")] = 4,
+    time_budget: Annotated[
+        float,
+        typer.Option(help="Search budget per set in seconds; 0 = none (run all --n-trials, "
+                     "so the result does not depend on machine speed)."),
+    ] = 60.0,
+    max_epochs: Annotated[int, typer.Option(help="Epoch limit of each transformer trial.")] = 40,
+    models: Annotated[
+        str, typer.Option(help="Comma-separated regressors: 'transformer', 'gbr'.")
+    ] = "transformer,gbr",
+    carbonfluxbench: Annotated[
+        Path | None, typer.Option(help="CarbonFluxBench results folder (reference).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of everything.")] = 0,
+) -> None:
+    """GPP from 90-day windows of site features: embedding vs baselines, split by years."""
+    from latentcube.errors import LatentcubeError
+    from latentcube.evaluation.baselines import carbonfluxbench_reference, feature_sets
+    from latentcube.evaluation.features import site_features
+    from latentcube.evaluation.flux import read_flux, site_registry
+    from latentcube.evaluation.gpp import run_gpp, site_table
+
+    try:
+        table = read_flux(flux)
+        code = site or str(table.attrs.get("site"))
+        if lat is None:
+            reg = site_registry(locations)
+            if code not in reg:
+                raise ValueError(f"site {code!r} not in the registry; pass --lat or --locations")
+            lat = reg[code].lat
+        cubes: dict = {}
+        if cube is not None:
+            from latentcube.cube.readers import open_cube
+
+            c = open_cube(cube).load()
+            emb = _embeddings([c], model, [embedding] if embedding else None, name)
+            cubes = feature_sets([c], emb, seed=seed)[0]
+        elif embedding is not None:
+            from latentcube.evaluation.features import as_feature_cube
+
+            cubes = {name: as_feature_cube(embedding)}
+        feats = site_features(cubes, lat=lat, start=table.index.min(), end=table.index.max(),
+                              method=gap_fill, footprint=footprint)  # type: ignore[arg-type]
+        sets = {"potential radiation": ["rad:Rso"]}
+        for k in cubes:
+            sets[k] = [c for c in feats.columns if c.startswith(f"{k}:")]
+        years = [int(y) for y in test_years.split(",") if y.strip()] or [
+            int(table.index.year.max())
+        ]
+        ref = carbonfluxbench_reference(carbonfluxbench, [code]) if carbonfluxbench else None
+        res = run_gpp({code: site_table(table, feats)}, sets, out, test_years=years,
+                      n_trials=n_trials, time_budget=time_budget if time_budget > 0 else None,
+                      max_epochs=max_epochs, models=[m for m in models.split(",") if m],
+                      seed=seed, reference=ref,
+                      command=_command(), title=f"GPP evaluation at {code}")
+    except (LatentcubeError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    for k, v in res["scores"].items():
+        for m, s in v.items():
+            o = s["overall"]
+            typer.echo(f"{k:<24} {m:<20} R2 {o['r2']:.3f}  RMSE {o['rmse']:.3f}  "
+                       f"bias {o['bias']:+.3f}")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@evaluate_app.command("reconstruction")
+def evaluate_reconstruction(
+    cube: Annotated[Path, typer.Argument(help="The cube to reconstruct.")],
+    model: Annotated[Path, typer.Option(help="A checkpoint written by 'latentcube train'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
+    seed: Annotated[int, typer.Option(help="Seed of the window subset.")] = 0,
+) -> None:
+    """Centre-pixel reconstruction MAE per band, beside context-mean and persistence."""
+    from latentcube.cube.readers import open_cube
+    from latentcube.errors import LatentcubeError
+    from latentcube.evaluation.reconstruction import run_reconstruction
+
+    try:
+        res = run_reconstruction(model, open_cube(cube).load(), out, seed=seed,
+                                 command=_command())
+    except (LatentcubeError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(f"centre MAE model {res['model_mean']:.4f}, context mean "
+               f"{res['context_mean_mean']:.4f}, persistence {res['persistence_mean']:.4f} "
+               f"({res['n_windows']} windows)")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

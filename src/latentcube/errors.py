@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CubeError", "EmbeddingError", "LatentcubeError", "ModelError", "StacError"]
+__all__ = [
+    "CubeError",
+    "EmbeddingError",
+    "EvaluationError",
+    "LatentcubeError",
+    "ModelError",
+    "StacError",
+]
 
 
 class LatentcubeError(Exception):
@@ -23,3 +30,7 @@ class StacError(LatentcubeError, RuntimeError):
 
 class EmbeddingError(LatentcubeError, ValueError):
     """Embedding options or an embedding store are invalid (edge policy, chunks, store)."""
+
+
+class EvaluationError(LatentcubeError, ValueError):
+    """A flux file or an evaluation input (flux data, features, labels) is invalid."""

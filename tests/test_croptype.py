@@ -1,0 +1,61 @@
+"""Crop-type probe: season series vs season mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from latentcube.errors import EvaluationError
+from latentcube.evaluation.croptype import croptype_probe, default_season, season_features
+
+
+def fc(values, times, name="f"):
+    return xr.DataArray(
+        np.asarray(values, np.float32),
+        dims=("feature", "time", "y", "x"),
+        coords={"time": pd.DatetimeIndex(times)},
+        name=name,
+    )
+
+
+def test_season_features_by_hand():
+    t = ["2018-02-01", "2018-03-11", "2018-03-21", "2018-04-10", "2018-11-20"]
+    v = np.zeros((1, 5, 1, 2))
+    v[0, :, 0, 0] = [99, 1, 2, 4, 99]  # first and last dates lie outside the season
+    v[0, :, 0, 1] = [99, np.nan, 2, np.nan, 99]  # one valid in-season date only
+    s, m, ok = season_features(fc(v, t), ("2018-03-01", "2018-04-30"), step_days=20, min_dates=2)
+    # grid: days 0, 20, 40, 60 from 1 March = 03-01, 03-21, 04-10, 04-30
+    np.testing.assert_allclose(s[0, 0], [1, 2, 4, 4])  # held before the first / after the last
+    assert m[0, 0, 0] == pytest.approx(7 / 3)
+    assert ok.tolist() == [[True, False]] and np.isnan(s[0, 1]).all()
+    with pytest.raises(EvaluationError, match="not after"):
+        season_features(fc(v, t), ("2018-05-01", "2018-04-01"))
+
+
+def test_series_beats_season_mean_when_classes_differ_in_timing():
+    # two crops with the same mean greenness but the peak early or late in the season
+    rng = np.random.default_rng(0)
+    t = pd.date_range("2018-03-01", "2018-10-31", freq="10D")
+    ny = nx = 48
+    lab = np.where((np.arange(nx) // 8) % 2 == 0, 1110, 1200)[None].repeat(ny, 0)
+    phase = np.where(lab == 1110, 0.0, np.pi)
+    x = np.linspace(0, 2 * np.pi, len(t))[:, None, None]
+    v = np.sin(x + phase[None]) + rng.normal(0, 0.3, (len(t), ny, nx))
+    v[rng.random(v.shape) < 0.3] = np.nan  # clouds
+    res = croptype_probe(
+        [{"ndvi": fc(v[None], t)}], [lab], [("2018-03-01", "2018-10-31")], block=16, seed=0
+    )
+    s = res["scores"]
+    assert s["ndvi / series"]["logreg"]["macro_f1"] > 0.9
+    assert s["ndvi / season mean"]["logreg"]["macro_f1"] < 0.75
+    assert res["n_features"] == {"ndvi / series": 17, "ndvi / season mean": 1}
+
+
+def test_default_season_and_errors():
+    t = pd.date_range("2017-08-01", "2018-11-30", freq="30D")
+    da = fc(np.zeros((1, len(t), 2, 2)), t)
+    assert default_season(da) == ("2018-03-01", "2018-10-31")
+    with pytest.raises(EvaluationError, match="one label map"):
+        croptype_probe([{"a": da}], [], [("2018-03-01", "2018-10-31")])

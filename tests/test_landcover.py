@@ -1,0 +1,92 @@
+"""Land-cover probe and the blocked cross-validation it shares with the crop-type probe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from latentcube.errors import EvaluationError
+from latentcube.evaluation.landcover import landcover_probe, landcover_samples, run_landcover
+from latentcube.evaluation.probes import block_ids, blocked_cv, filter_classes
+
+from conftest import shared_path
+
+
+def fc(values, name):
+    v = np.asarray(values, np.float32)
+    return xr.DataArray(
+        v,
+        dims=("feature", "time", "y", "x"),
+        coords={"time": pd.date_range("2021-05-01", periods=v.shape[1], freq="5D")},
+        name=name,
+    )
+
+
+def labelled_scene(ny=64, nx=64, n_t=3, seed=0):
+    """Four land-cover classes in vertical stripes; one informative and one noise feature set."""
+    rng = np.random.default_rng(seed)
+    lab = np.array([10, 30, 40, 50])[(np.arange(nx) * 4 // nx)][None, :].repeat(ny, 0)
+    centre = {10: 0.0, 30: 1.0, 40: 2.0, 50: 3.0}
+    good = np.stack(
+        [np.vectorize(centre.get)(lab) + rng.normal(0, 0.2, (n_t, ny, nx)) for _ in range(2)]
+    )
+    noise = rng.normal(size=(2, n_t, ny, nx))
+    good[:, 0, :5] = np.nan  # invalid pixel-dates are never sampled
+    return {"good": fc(good, "good"), "noise": fc(noise, "noise")}, lab
+
+
+def test_block_ids_and_class_filter():
+    g = block_ids(np.array([0, 15, 16, 40]), np.array([0, 3, 0, 33]), 16)
+    assert g[0] == g[1] and len(set(g.tolist())) == 3
+    assert block_ids(np.array([0]), np.array([0]), 16, offset=10**9)[0] != g[0]
+    keep, dropped = filter_classes(np.array([1] * 40 + [2] * 5), np.arange(45) % 3)
+    assert keep.sum() == 40 and dropped == {"2": {"samples": 5, "blocks": 3}}
+
+
+def test_probe_separates_informative_from_noise_features():
+    sets, lab = labelled_scene()
+    res = landcover_probe([sets], [lab], block=16, max_samples=3000, seed=0)
+    s = res["scores"]
+    assert s["good"]["logreg"]["macro_f1"] > 0.95 and s["good"]["knn"]["macro_f1"] > 0.95
+    assert s["noise"]["logreg"]["macro_f1"] < 0.45  # chance is 0.25
+    assert set(res["classes"]) == {"10", "30", "40", "50"}
+    assert res["n_blocks"] == 16 and res["n_samples"] == 3000
+    assert set(s["good"]["logreg"]["per_class_f1"]) == {"10", "30", "40", "50"}
+
+
+def test_samples_common_validity_and_legend():
+    sets, lab = labelled_scene(ny=32, nx=32)
+    lab = lab.copy()
+    lab[:, :2] = 35  # a half-way code from resampling: not in the legend
+    f, y, g = landcover_samples(sets, lab, max_samples=10**6)
+    assert not np.isin(y, [35]).any()
+    n_valid = 3 * 32 * 30 - 5 * 30  # 3 dates, minus the NaN rows of date 0, minus 2 columns
+    assert len(y) == n_valid == len(g) == len(f["noise"])
+    assert np.isfinite(f["good"]).all()
+
+
+def test_probe_input_errors():
+    sets, lab = labelled_scene(ny=32, nx=32)
+    with pytest.raises(EvaluationError, match="larger than the 15 px"):
+        landcover_probe([sets], [lab], block=15)
+    with pytest.raises(EvaluationError, match="shape"):
+        landcover_samples(sets, lab[:10])
+    with pytest.raises(EvaluationError, match="two spatial blocks"):
+        blocked_cv({"a": np.zeros((4, 1))}, np.array([1, 2, 1, 2]), np.zeros(4))
+
+
+@pytest.mark.shared
+def test_real_greenearthnet_cube_baselines(tmp_path):
+    from latentcube.cube.readers import open_cube
+
+    path = sorted(shared_path("greenearthnet_replicated_minicubes").glob("JAS*.nc"))[0]
+    cube = open_cube(path).load()
+    res = run_landcover([cube], {}, tmp_path, max_samples=1500, seed=0)
+    assert "PCA-4" in res["scores"] and "kNDVI" in res["scores"]
+    assert set(res["classes"]) <= {"10", "20", "30", "40", "50", "60"}
+    # all reflectance bands carry more land-cover information than NDVI alone
+    assert res["scores"]["S2 bands"]["knn"]["macro_f1"] > res["scores"]["NDVI"]["knn"]["macro_f1"]
+    assert (tmp_path / "figures" / "landcover_macro_f1.png").exists()
+    assert "| S2 bands |" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,71 @@
+"""Report folders: markdown, figures and the JSON of every number."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from latentcube.evaluation.report import (
+    plot_gpp_scatter,
+    plot_gpp_series,
+    plot_probe_scores,
+    probe_table,
+    write_report,
+)
+
+RESULT = {
+    "classes": {"10": "Tree cover", "40": "Cropland"},
+    "n_features": {"emb": 9},
+    "scores": {
+        "emb": {
+            "logreg": {
+                "macro_f1": 0.8125,
+                "accuracy": 0.9,
+                "per_class_f1": {"10": 0.75, "40": 0.875},
+            },
+            "knn": {"macro_f1": 0.5, "accuracy": 0.6, "per_class_f1": {"10": 0.5, "40": 0.5}},
+        }
+    },
+}
+
+
+def test_report_folder(tmp_path):
+    figs = [
+        plot_probe_scores(RESULT, tmp_path / "figures" / "p.png", "probe"),
+        plot_gpp_series(
+            pd.date_range("2018-01-01", periods=5).values,
+            np.arange(5.0),
+            {"m": np.arange(5.0) + 1},
+            tmp_path / "figures" / "s.png",
+            "series",
+        ),
+        plot_gpp_scatter(
+            np.arange(5.0),
+            {"m": np.arange(5.0) + 1, "n": np.arange(5.0)},
+            tmp_path / "figures" / "sc.png",
+            "scatter",
+        ),
+    ]
+    md = write_report(
+        tmp_path,
+        "T",
+        {"probe": RESULT, "x": np.float32(1.5)},
+        [("Results", probe_table(RESULT))],
+        figures=figs,
+        command="cmd",
+        seed=7,
+    )
+    text = md.read_text()
+    assert "| emb | 9 | 0.812 | 0.500 | 0.75 | 0.88 |" in text
+    assert "![p](figures/p.png)" in text and "Reproduce: `cmd` (seed 7)" in text
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["probe"] == RESULT and data["x"] == 1.5 and data["meta"]["seed"] == 7
+    assert all(f.stat().st_size > 3000 for f in figs)
+
+
+def test_probe_table_escapes_pipes():
+    res = {**RESULT, "scores": {"a|b": RESULT["scores"]["emb"]}, "n_features": {"a|b": 2}}
+    row = probe_table(res).splitlines()[2]
+    assert row.startswith("| a\\|b | 2 |")
