@@ -148,3 +148,16 @@ def test_evaluate_gpp_with_cube_model_and_baselines(tmp_path):
     n = {s["overall"]["n"] for by in data["scores"].values() for s in by.values()}
     assert n == {data["n_windows"]["test"]}  # every set scored on the same test windows
     assert data["feature_sets"]["PCA-7"] == [f"PCA-7:PC{i}" for i in range(1, 8)]
+
+
+def test_evaluation_embeds_with_the_shipped_fused_model():
+    """``--model`` takes a fused bundle too: the 7-d embedding of each cube."""
+    from latentcube.bundle import default_model_path
+    from latentcube.cli import _embeddings
+    from latentcube.cube.readers import load_demo_cube
+
+    cube = load_demo_cube().isel(time=slice(0, 12), y=slice(0, 20), x=slice(0, 20))
+    out = _embeddings([cube], default_model_path(), None, "fused")
+    (emb,) = out["fused"]
+    assert emb.dims == ("feature", "time", "y", "x") and emb.shape == (7, 12, 20, 20)
+    assert np.isfinite(emb.values[:, 5, 7:13, 7:13]).any()

@@ -806,12 +806,18 @@ def _embeddings(cubes: list, model: Path | None, embedding: list[Path] | None, n
 
     if model is not None and embedding:
         raise ValueError("give either --model or --embedding, not both")
+    if model is not None and _is_fused(model):
+        from latentcube.bundle import load_fusion_checkpoint
+        from latentcube.fusion_inference import embed_fused
+
+        fused, _ = load_fusion_checkpoint(model)
+        return {name: [embed_fused(c, fused, progress=False)["embedding"] for c in cubes]}
     if model is not None:
         from latentcube.bundle import load_checkpoint
         from latentcube.inference import embed as run_embed
 
         net, _ = load_checkpoint(model)
-        return {name: [run_embed(c, net)["embedding"] for c in cubes]}
+        return {name: [run_embed(c, net).compute() for c in cubes]}
     if embedding:
         if len(embedding) != len(cubes):
             raise ValueError(f"{len(embedding)} --embedding stores for {len(cubes)} cubes")
