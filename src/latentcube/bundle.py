@@ -53,12 +53,28 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _write_model_file(
-    path: Path,
-    meta: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    fmt: str,
+    fields: Mapping[str, Any],
     model: torch.nn.Module,
+    extra: Mapping[str, Any] | None,
     training_state: Mapping[str, Any] | None,
 ) -> Path:
-    """Write weights + metadata atomically, and the metadata as a ``.json`` sidecar."""
+    """Write weights + metadata atomically, and the metadata as a ``.json`` sidecar.
+
+    The metadata are the format header, ``fields`` and ``extra`` (made JSON-safe).
+    """
+    from latentcube import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": fmt,
+        "format_version": FORMAT_VERSION,
+        "latentcube_version": __version__,
+        **fields,
+        **json.loads(json.dumps(dict(extra or {}), default=str)),
+    }
     payload = {
         "meta_json": json.dumps(meta),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -98,21 +114,13 @@ def save_checkpoint(
     pathlib.Path
         ``path``.
     """
-    from latentcube import __version__
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "latentcube_version": __version__,
+    fields = {
         "model_config": cfg.model_dump(mode="json"),
         "sensor": cfg.sensor,
         "bands": list(cfg.bands),
-        **json.loads(json.dumps(dict(extra or {}), default=str)),
     }
-    return _write_model_file(path, meta, model, training_state)
+    return _write_model_file(path, FORMAT, fields, model, extra, training_state)
 
 
 def read_checkpoint(
@@ -240,16 +248,10 @@ def save_fusion_checkpoint(
     pathlib.Path
         ``path``.
     """
-    from latentcube import __version__
     from latentcube.sensors import SENSORS
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    meta = {
-        "format": FUSION_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "latentcube_version": __version__,
+    fields = {
         "fusion_config": cfg.model_dump(mode="json"),
         "mode": cfg.mode,
         "sensors": list(cfg.sensors),
@@ -259,9 +261,8 @@ def save_fusion_checkpoint(
         "sensor_specs": {
             s: SENSORS[s].model_dump(mode="json") for s in cfg.sensors if s in SENSORS
         },
-        **json.loads(json.dumps(dict(extra or {}), default=str)),
     }
-    return _write_model_file(path, meta, model, training_state)
+    return _write_model_file(path, FUSION_FORMAT, fields, model, extra, training_state)
 
 
 def resolve_bundle(path: str | os.PathLike[str]) -> Path:

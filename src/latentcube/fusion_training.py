@@ -14,7 +14,6 @@ then runs only the fusion layers and, for the loss, the (frozen) decoders.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from latentcube.bundle import read_checkpoint, save_fusion_checkpoint
+from latentcube.bundle import FUSION_FORMAT, save_fusion_checkpoint
 from latentcube.data.multisensor import FusionWindows
 from latentcube.errors import ModelError
 from latentcube.models.autoencoder import ContextAutoencoder
@@ -38,7 +37,24 @@ from latentcube.models.fusion import (
     centre_errors,
     drop_sensors,
 )
-from latentcube.training import TrainConfig, TrainResult, _result, _seed_everything
+from latentcube.training import (
+    TrainConfig,
+    TrainResult,
+    _after_epoch,
+    _check_windows,
+    _epoch_order,
+    _epoch_row,
+    _fresh_state,
+    _log_epoch,
+    _over_budget,
+    _result,
+    _run_paths,
+    _seed_everything,
+    _set_lr,
+    _start_run,
+    _training_state,
+    _write_rows,
+)
 
 __all__ = [
     "evaluate_fusion",
@@ -226,18 +242,14 @@ def train_fusion(
 
     cfg = config or TrainConfig()
     fcfg = model.config
-    if len(train_windows) == 0:
-        raise ModelError("no training windows: the cubes have too few valid dates or pixels")
-    if len(val_windows) == 0:
-        raise ModelError("no validation windows: enlarge the validation split")
+    _check_windows(train_windows, val_windows)
     for w in (train_windows, val_windows):
         if set(w.sensors) != set(fcfg.sensors):
             raise ModelError(
                 f"windows hold sensors {list(w.sensors)}, the model {list(fcfg.sensors)}"
             )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    last, best, metrics_csv = out / "last.pt", out / "best.pt", out / "metrics.csv"
+    last, best, metrics_csv = _run_paths(out)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     _seed_everything(cfg.seed)
@@ -246,17 +258,7 @@ def train_fusion(
     loss_fn = FusionLoss(fcfg, loss_cfgs)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "step": 0,
-        "lr_scale": 1.0,
-        "best": math.inf,
-        "bad_epochs": 0,
-        "plateau_best": math.inf,
-        "plateau_bad": 0,
-        "seconds": 0.0,
-        "stopped": "",
-    }
+    state = _fresh_state()
     fields = [
         "epoch",
         "step",
@@ -268,7 +270,6 @@ def train_fusion(
         *(f"val_centre_mae_{s}" for s in fcfg.sensors),
         "seconds",
     ]
-    rows: list[dict[str, Any]] = []
     identity = {
         "fusion_config": fcfg.model_dump(mode="json"),
         "autoencoders": {
@@ -279,25 +280,7 @@ def train_fusion(
         "n_train": len(train_windows),
         "n_val": len(val_windows),
     }
-    if resume and last.exists():
-        ck = read_checkpoint(last, formats=("latentcube.fusion",))
-        ts = ck.get("training_state")
-        if ts is None or ck["meta"].get("identity") != identity:
-            raise ModelError(
-                f"{last} belongs to another model, training configuration or data; "
-                "use another out_dir or resume=False"
-            )
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ts["optimizer"])
-        state.update({k: ts["state"][k] for k in state})
-        torch.set_rng_state(ts["torch_rng"])
-        if metrics_csv.exists():
-            with metrics_csv.open() as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= state["epoch"]]
-    else:
-        for p in (last, best, metrics_csv):
-            if p.exists():
-                p.unlink()
+    rows = _start_run(out, identity, model, opt, state, resume=resume, formats=(FUSION_FORMAT,))
     if state["stopped"]:
         return _result(state, out, best, last, metrics_csv)
 
@@ -313,15 +296,13 @@ def train_fusion(
     while state["epoch"] < cfg.max_epochs and not state["stopped"]:
         epoch = state["epoch"]
         model.train()
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        perm = _epoch_order(cfg.seed, epoch, n)
         sums: dict[str, float] = {}
         seen = 0
         lr = cfg.lr
         bar = tqdm(total=bar_total, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
         for i in range(0, n, cfg.batch_size):
-            lr = _lr(cfg, state)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = _set_lr(opt, cfg, state)
             idx = perm[i : i + cfg.batch_size]
             b = train_windows.tensors(idx)
             present = torch.stack([b[s].centre_valid() for s in fcfg.sensors], dim=1)
@@ -341,7 +322,7 @@ def train_fusion(
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", lr=f"{lr:.1e}")
-            if cfg.max_seconds is not None and time.perf_counter() - start_time > cfg.max_seconds:
+            if _over_budget(cfg, start_time, None):
                 state["stopped"] = "time_budget"
                 break
         bar.close()
@@ -352,21 +333,11 @@ def train_fusion(
         score = val["val_centre_mae"]
         improved = _after_epoch(cfg, state, score)
         state["seconds"] = time.perf_counter() - start_time
-        row = {
-            "epoch": state["epoch"],
-            "step": state["step"],
-            "lr": lr,
-            **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-            **val,
-            "seconds": round(state["seconds"], 3),
-        }
+        row = _epoch_row(state, lr, sums, seen, val)
         rows.append(row)
         _write_rows(metrics_csv, fields, rows)
         if progress:
-            tqdm.write(
-                f"epoch {state['epoch']}: train loss {row['train_loss']:.4f}, "
-                f"val centre MAE {score:.4f}{' *' if improved else ''}"
-            )
+            _log_epoch(row, score, improved)
         extra = {
             "identity": identity,
             "provenance": dict(provenance or {}),
@@ -379,54 +350,9 @@ def train_fusion(
             last,
             model,
             extra=extra,
-            training_state={
-                "optimizer": opt.state_dict(),
-                "state": dict(state),
-                "torch_rng": torch.get_rng_state(),
-            },
+            training_state=_training_state(opt, state),
         )
     return _result(state, out, best, last, metrics_csv)
-
-
-def _lr(cfg: TrainConfig, state: Mapping[str, Any]) -> float:
-    """Learning rate of the next step: plateau scale, floor, linear warm-up."""
-    warm = min(
-        1.0,
-        cfg.warmup_start_factor
-        + (1 - cfg.warmup_start_factor) * state["step"] / max(cfg.warmup_steps, 1),
-    )
-    return float(max(cfg.lr * state["lr_scale"], cfg.min_lr) * warm)
-
-
-def _after_epoch(cfg: TrainConfig, state: dict[str, Any], score: float) -> bool:
-    """Early-stopping and plateau bookkeeping after an epoch; True if ``score`` improved."""
-    improved = score < state["best"] - cfg.early_stopping_min_delta
-    if improved:
-        state["best"], state["bad_epochs"] = score, 0
-    else:
-        state["bad_epochs"] += 1
-        if state["bad_epochs"] >= cfg.early_stopping_patience:
-            state["stopped"] = state["stopped"] or "early_stopping"
-    if score < state["plateau_best"] - 1.5e-6:
-        state["plateau_best"], state["plateau_bad"] = score, 0
-    else:
-        state["plateau_bad"] += 1
-        if state["plateau_bad"] > cfg.plateau_patience:
-            state["lr_scale"] *= cfg.plateau_factor
-            state["plateau_bad"] = 0
-    if state["epoch"] >= cfg.max_epochs:
-        state["stopped"] = state["stopped"] or "max_epochs"
-    return bool(improved)
-
-
-def _write_rows(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in fields})
-    os.replace(tmp, path)
 
 
 def fusion_train_config(name: str = "quick") -> TrainConfig:

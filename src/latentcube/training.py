@@ -23,7 +23,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from latentcube.bundle import read_checkpoint, save_checkpoint
+from latentcube.bundle import FORMAT, read_checkpoint, save_checkpoint
 from latentcube.data.windows import Windows, hide_entries
 from latentcube.distributed import (
     all_gather_objects,
@@ -240,12 +240,8 @@ def _train(
 
     rank, world = rank_and_size()
     progress = progress and rank == 0
-    if len(train_windows) == 0:
-        raise ModelError("no training windows: the cubes have too few valid dates or pixels")
-    if len(val_windows) == 0:
-        raise ModelError("no validation windows: enlarge the validation split")
-    out.mkdir(parents=True, exist_ok=True)
-    last, best, metrics_csv = out / "last.pt", out / "best.pt", out / "metrics.csv"
+    _check_windows(train_windows, val_windows)
+    last, best, metrics_csv = _run_paths(out)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     elif world > 1:
@@ -259,19 +255,7 @@ def _train(
         net = torch.nn.parallel.DistributedDataParallel(model)
     loss_fn = ContextLoss(loss_config or LossConfig.for_sensor(model_config.sensor))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "step": 0,
-        "lr_scale": 1.0,
-        "best": math.inf,
-        "bad_epochs": 0,
-        "plateau_best": math.inf,
-        "plateau_bad": 0,
-        "seconds": 0.0,
-        "cpu_seconds": 0.0,
-        "stopped": "",
-    }
-    rows: list[dict[str, Any]] = []
+    state = {**_fresh_state(), "cpu_seconds": 0.0}
     identity = {
         "model_config": model_config.model_dump(mode="json"),
         "train_config": cfg.model_dump(
@@ -280,26 +264,9 @@ def _train(
         "n_train": len(train_windows),
         "n_val": len(val_windows),
     }
-    if resume and last.exists():
-        ck = read_checkpoint(last)
-        ts = ck.get("training_state")
-        if ts is None or ck["meta"].get("identity") != identity:
-            raise ModelError(
-                f"{last} belongs to another model, training configuration or data; "
-                "use another out_dir or resume=False"
-            )
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ts["optimizer"])
-        state.update({k: ts["state"][k] for k in state if k in ts["state"]})
-        rngs = ts.get("torch_rng_ranks", [ts["torch_rng"]])
-        torch.set_rng_state(rngs[rank] if len(rngs) == world else ts["torch_rng"])
-        if metrics_csv.exists():
-            with metrics_csv.open() as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= state["epoch"]]
-    elif rank == 0:
-        for p in (last, best, metrics_csv):
-            if p.exists():
-                p.unlink()
+    rows = _start_run(
+        out, identity, model, opt, state, resume=resume, formats=(FORMAT,), rank=rank, world=world
+    )
     if state["stopped"]:
         return _result(state, out, best, last, metrics_csv)
 
@@ -310,20 +277,13 @@ def _train(
     while state["epoch"] < cfg.max_epochs and not state["stopped"]:
         epoch = state["epoch"]
         net.train()
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        perm = _epoch_order(cfg.seed, epoch, n)
         sums: dict[str, float] = {}
         seen = 0
         gap_filling = cfg.hide_centre_prob > 0 or cfg.hide_prob > 0
         bar = tqdm(total=bar_total, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
         for i in range(0, n, cfg.batch_size):
-            warm = min(
-                1.0,
-                cfg.warmup_start_factor
-                + (1 - cfg.warmup_start_factor) * state["step"] / max(cfg.warmup_steps, 1),
-            )
-            lr = max(cfg.lr * state["lr_scale"], cfg.min_lr) * warm
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = _set_lr(opt, cfg, state)
             # the global batch; in a process group each process takes one contiguous shard
             batch = perm[i : i + cfg.batch_size]
             shards = np.array_split(np.arange(len(batch)), world)
@@ -355,19 +315,9 @@ def _train(
                 centre=f"{sums['center'] / seen:.4f}",
                 lr=f"{lr:.1e}",
             )
-            if cfg.max_seconds is not None or cfg.max_cpu_seconds is not None:
-                over = (
-                    cfg.max_seconds is not None
-                    and time.perf_counter() - start_time > cfg.max_seconds
-                ) or (
-                    cfg.max_cpu_seconds is not None
-                    and time.process_time() - start_cpu > cfg.max_cpu_seconds
-                )
-                if world > 1:  # every process must stop at the same step
-                    over = all_reduce_sums([float(over)])[0] > 0
-                if over:
-                    state["stopped"] = "time_budget"
-                    break
+            if _over_budget(cfg, start_time, start_cpu, world):
+                state["stopped"] = "time_budget"
+                break
         bar.close()
         keys = ("loss", "mae", "sam", "ssim", "center")
         *tot, seen_all = all_reduce_sums([*(sums.get(k, 0.0) for k in keys), seen])
@@ -375,45 +325,17 @@ def _train(
         val = evaluate(model, val_windows, loss_fn, cfg.val_batch_size)
         state["epoch"] = epoch + 1
         score = val["val_centre_mae"]
-        improved = score < state["best"] - cfg.early_stopping_min_delta
-        if improved:
-            state["best"], state["bad_epochs"] = score, 0
-        else:
-            state["bad_epochs"] += 1
-            if state["bad_epochs"] >= cfg.early_stopping_patience:
-                state["stopped"] = state["stopped"] or "early_stopping"
-        if score < state["plateau_best"] - 1.5e-6:
-            state["plateau_best"], state["plateau_bad"] = score, 0
-        else:
-            state["plateau_bad"] += 1
-            if state["plateau_bad"] > cfg.plateau_patience:
-                state["lr_scale"] *= cfg.plateau_factor
-                state["plateau_bad"] = 0
-        if state["epoch"] >= cfg.max_epochs:
-            state["stopped"] = state["stopped"] or "max_epochs"
+        improved = _after_epoch(cfg, state, score)
         state["seconds"] = time.perf_counter() - start_time
         state["cpu_seconds"] = time.process_time() - start_cpu
-        row = {
-            "epoch": state["epoch"],
-            "step": state["step"],
-            "lr": lr,
-            **{
-                f"train_{k}": sums.get(k, 0.0) / max(seen, 1)
-                for k in ("loss", "mae", "sam", "ssim", "center")
-            },
-            **val,
-            "seconds": round(state["seconds"], 3),
-        }
+        row = _epoch_row(state, lr, sums, seen, val)
         rows.append(row)
         rngs = all_gather_objects(torch.get_rng_state())
         if rank != 0:
             continue
-        _write_csv(metrics_csv, rows)
+        _write_rows(metrics_csv, METRIC_FIELDS, rows)
         if progress:
-            tqdm.write(
-                f"epoch {state['epoch']}: train loss {row['train_loss']:.4f}, "
-                f"val centre MAE {score:.4f}{' *' if improved else ''}"
-            )
+            _log_epoch(row, score, improved)
         extra = {
             "identity": identity,
             "provenance": dict(provenance or {}),
@@ -434,23 +356,194 @@ def _train(
             last,
             model,
             extra=extra,
-            training_state={
-                "optimizer": opt.state_dict(),
-                "state": dict(state),
-                "torch_rng": torch.get_rng_state(),
-                "torch_rng_ranks": rngs,
-            },
+            training_state={**_training_state(opt, state), "torch_rng_ranks": rngs},
         )
     return _result(state, out, best, last, metrics_csv)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+# Pieces of "the loop" shared by stage 1 (:func:`train`) and stage 2
+# (:func:`latentcube.fusion_training.train_fusion`).
+
+
+def _check_windows(train_windows: Sized, val_windows: Sized) -> None:
+    """Refuse empty training or validation sets."""
+    if len(train_windows) == 0:
+        raise ModelError("no training windows: the cubes have too few valid dates or pixels")
+    if len(val_windows) == 0:
+        raise ModelError("no validation windows: enlarge the validation split")
+
+
+def _run_paths(out: Path) -> tuple[Path, Path, Path]:
+    """Create ``out``; return its ``last.pt``, ``best.pt`` and ``metrics.csv``."""
+    out.mkdir(parents=True, exist_ok=True)
+    return out / "last.pt", out / "best.pt", out / "metrics.csv"
+
+
+def _fresh_state() -> dict[str, Any]:
+    """Loop state of a new run (checkpointed in ``last.pt``)."""
+    return {
+        "epoch": 0,
+        "step": 0,
+        "lr_scale": 1.0,
+        "best": math.inf,
+        "bad_epochs": 0,
+        "plateau_best": math.inf,
+        "plateau_bad": 0,
+        "seconds": 0.0,
+        "stopped": "",
+    }
+
+
+def _start_run(
+    out: Path,
+    identity: Mapping[str, Any],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    state: dict[str, Any],
+    *,
+    resume: bool,
+    formats: Sequence[str],
+    rank: int = 0,
+    world: int = 1,
+) -> list[dict[str, Any]]:
+    """Resume from ``out/last.pt`` (in place) or clear ``out``; return the metric rows so far.
+
+    With ``resume`` and an existing ``last.pt`` of the same ``identity``, the
+    model, optimiser, loop ``state`` and torch RNG (this process's) are restored
+    and the rows of ``metrics.csv`` up to the checkpointed epoch are returned;
+    otherwise rank 0 deletes the run's files.
+    """
+    last, best, metrics_csv = out / "last.pt", out / "best.pt", out / "metrics.csv"
+    if resume and last.exists():
+        ck = read_checkpoint(last, formats)
+        ts = ck.get("training_state")
+        if ts is None or ck["meta"].get("identity") != identity:
+            raise ModelError(
+                f"{last} belongs to another model, training configuration or data; "
+                "use another out_dir or resume=False"
+            )
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ts["optimizer"])
+        state.update({k: ts["state"][k] for k in state if k in ts["state"]})
+        rngs = ts.get("torch_rng_ranks", [ts["torch_rng"]])
+        torch.set_rng_state(rngs[rank] if len(rngs) == world else ts["torch_rng"])
+        if metrics_csv.exists():
+            with metrics_csv.open() as fh:
+                return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= state["epoch"]]
+    elif rank == 0:
+        for p in (last, best, metrics_csv):
+            if p.exists():
+                p.unlink()
+    return []
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The seeded order of the ``n`` training windows in ``epoch``."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _lr(cfg: TrainConfig, state: Mapping[str, Any]) -> float:
+    """Learning rate of the next step: plateau scale, floor, linear warm-up."""
+    warm = min(
+        1.0,
+        cfg.warmup_start_factor
+        + (1 - cfg.warmup_start_factor) * state["step"] / max(cfg.warmup_steps, 1),
+    )
+    return float(max(cfg.lr * state["lr_scale"], cfg.min_lr) * warm)
+
+
+def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, state: Mapping[str, Any]) -> float:
+    """Set (and return) the learning rate of the next step."""
+    lr = _lr(cfg, state)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _over_budget(
+    cfg: TrainConfig, start_time: float, start_cpu: float | None, world: int = 1
+) -> bool:
+    """Whether the wall-time (or, given ``start_cpu``, the CPU-time) budget is spent.
+
+    In a process group every process gets the same answer, so all stop at the same step.
+    """
+    use_cpu = start_cpu is not None and cfg.max_cpu_seconds is not None
+    if cfg.max_seconds is None and not use_cpu:
+        return False
+    over = (cfg.max_seconds is not None and time.perf_counter() - start_time > cfg.max_seconds) or (
+        use_cpu and time.process_time() - start_cpu > cfg.max_cpu_seconds  # type: ignore[operator]
+    )
+    if world > 1:
+        over = all_reduce_sums([float(over)])[0] > 0
+    return bool(over)
+
+
+def _after_epoch(cfg: TrainConfig, state: dict[str, Any], score: float) -> bool:
+    """Early-stopping and plateau bookkeeping after an epoch; True if ``score`` improved."""
+    improved = score < state["best"] - cfg.early_stopping_min_delta
+    if improved:
+        state["best"], state["bad_epochs"] = score, 0
+    else:
+        state["bad_epochs"] += 1
+        if state["bad_epochs"] >= cfg.early_stopping_patience:
+            state["stopped"] = state["stopped"] or "early_stopping"
+    if score < state["plateau_best"] - 1.5e-6:
+        state["plateau_best"], state["plateau_bad"] = score, 0
+    else:
+        state["plateau_bad"] += 1
+        if state["plateau_bad"] > cfg.plateau_patience:
+            state["lr_scale"] *= cfg.plateau_factor
+            state["plateau_bad"] = 0
+    if state["epoch"] >= cfg.max_epochs:
+        state["stopped"] = state["stopped"] or "max_epochs"
+    return bool(improved)
+
+
+def _epoch_row(
+    state: Mapping[str, Any],
+    lr: float,
+    sums: Mapping[str, float],
+    seen: int,
+    val: Mapping[str, float],
+) -> dict[str, Any]:
+    """The metrics row of a finished epoch (training means of ``sums`` as ``train_<key>``)."""
+    return {
+        "epoch": state["epoch"],
+        "step": state["step"],
+        "lr": lr,
+        **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+        **val,
+        "seconds": round(state["seconds"], 3),
+    }
+
+
+def _log_epoch(row: Mapping[str, Any], score: float, improved: bool) -> None:
+    """One progress line per epoch."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+        f"val centre MAE {score:.4f}{' *' if improved else ''}"
+    )
+
+
+def _training_state(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``last.pt`` needs beyond the weights to resume exactly."""
+    return {
+        "optimizer": opt.state_dict(),
+        "state": dict(state),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _write_rows(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """Write the metrics CSV atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in METRIC_FIELDS})
+            w.writerow({k: r[k] for k in fields})
     os.replace(tmp, path)
 
 

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from latentcube.data.windows import CubeArrays, Windows, block_regions, extract_windows, split_cubes
+from latentcube.data.windows import (
+    CubeArrays,
+    Windows,
+    _split_blocks,
+    _split_cube_ids,
+    extract_windows,
+)
 
 __all__ = ["FusionWindows", "extract_fusion_windows", "sensor_offsets", "split_fusion_windows"]
 
@@ -172,9 +178,7 @@ def split_fusion_windows(
         "seed": seed,
     }
     if len(cubes) >= 2:
-        train_ids, val_ids = split_cubes(range(len(cubes)), (1 - val_fraction, val_fraction), seed)
-        if not val_ids:
-            train_ids, val_ids = train_ids[:-1], train_ids[-1:]
+        train_ids, val_ids = _split_cube_ids(len(cubes), val_fraction, seed)
         tr = [
             extract_fusion_windows(cubes[i], sensors, bands, mode="train", **common)
             for i in train_ids
@@ -185,9 +189,7 @@ def split_fusion_windows(
         ]
         return FusionWindows.concat(tr), FusionWindows.concat(va)
     cube = cubes[0]
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    block = max(window + 1, min(ny, nx) // 2)
-    train_r, val_r = block_regions((ny, nx), block, (1 - val_fraction, val_fraction), seed)
+    train_r, val_r = _split_blocks(cube, window, val_fraction, seed)
     return (
         extract_fusion_windows(cube, sensors, bands, mode="train", region=train_r, **common),
         extract_fusion_windows(cube, sensors, bands, mode="consecutive", region=val_r, **common),

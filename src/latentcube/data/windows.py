@@ -346,6 +346,24 @@ def extract_windows(
     )
 
 
+def _split_cube_ids(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Training and validation cube indices of :func:`split_windows` (at least one each)."""
+    train_ids, val_ids = split_cubes(range(n), (1 - val_fraction, val_fraction), seed)
+    if not val_ids:
+        train_ids, val_ids = train_ids[:-1], train_ids[-1:]
+    return train_ids, val_ids
+
+
+def _split_blocks(
+    cube: xr.Dataset, window: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation regions of a single cube in :func:`split_windows`."""
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    block = max(window + 1, min(ny, nx) // 2)
+    train_r, val_r = block_regions((ny, nx), block, (1 - val_fraction, val_fraction), seed)
+    return train_r, val_r
+
+
 def split_windows(
     cubes: Sequence[xr.Dataset],
     sensor: str = "s2",
@@ -378,18 +396,14 @@ def split_windows(
         "seed": seed,
     }
     if len(cubes) >= 2:
-        train_ids, val_ids = split_cubes(range(len(cubes)), (1 - val_fraction, val_fraction), seed)
-        if not val_ids:
-            train_ids, val_ids = train_ids[:-1], train_ids[-1:]
+        train_ids, val_ids = _split_cube_ids(len(cubes), val_fraction, seed)
         tr = [extract_windows(cubes[i], sensor, bands, mode="train", **common) for i in train_ids]
         va = [
             extract_windows(cubes[i], sensor, bands, mode="consecutive", **common) for i in val_ids
         ]
         return Windows.concat(tr), Windows.concat(va)
     cube = cubes[0]
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    block = max(window + 1, min(ny, nx) // 2)
-    train_r, val_r = block_regions((ny, nx), block, (1 - val_fraction, val_fraction), seed)
+    train_r, val_r = _split_blocks(cube, window, val_fraction, seed)
     arr = CubeArrays.from_cube(cube, sensor, bands)
     return (
         extract_windows(arr, sensor, mode="train", region=train_r, **common),
