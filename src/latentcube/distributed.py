@@ -20,7 +20,7 @@ Two ways to start it:
 from __future__ import annotations
 
 import os
-import socket
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -74,25 +74,20 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(
     rank: int,
     nproc: int,
-    port: int,
+    rendezvous: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     queue: Any,
 ) -> None:
     from latentcube.training import train
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=nproc)
+    # a file rendezvous: no TCP port to pick, so nothing another process can take first
+    dist.init_process_group(
+        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=nproc
+    )
     try:
         result = train(*args, **{**kwargs, "progress": kwargs.get("progress", True) and rank == 0})
         if rank == 0:
@@ -127,5 +122,7 @@ def train_distributed(nproc: int, *args: Any, **kwargs: Any) -> TrainResult:
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(nproc, _free_port(), args, kwargs, queue), nprocs=nproc, join=True)
+    with tempfile.TemporaryDirectory(prefix="latentcube-ddp-") as tmp:
+        rendezvous = os.path.join(tmp, "rendezvous")
+        mp.spawn(_worker, args=(nproc, rendezvous, args, kwargs, queue), nprocs=nproc, join=True)
     return queue.get()
