@@ -285,18 +285,20 @@ def train(
         variant = model_over.pop("variant", None) or variant or "fast"
         mcfg = AutoencoderConfig.preset(variant, sensor)
         mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), **model_over})
-        tcfg = train_config_preset(preset)
-        updates = {**(overrides.get("train") or {}), "seed": seed}
-        for key, val in (
-            ("max_seconds", max_seconds),
-            ("max_cpu_seconds", max_cpu_seconds),
-            ("max_epochs", max_epochs),
-        ):
-            if val is not None:
-                updates[key] = val
-        if hide_centre or hide_other:
-            updates.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
-        tcfg = type(tcfg).model_validate({**tcfg.model_dump(), **updates})
+        gap_fill = (
+            {"hide_centre_prob": hide_centre, "hide_prob": hide_other}
+            if hide_centre or hide_other
+            else {}
+        )
+        tcfg = _with_overrides(
+            train_config_preset(preset),
+            overrides,
+            seed,
+            max_seconds,
+            max_epochs,
+            max_cpu_seconds=max_cpu_seconds,
+            extra=gap_fill,
+        )
         loaded = [open_cube(c).load() for c in paths]
         tr, va = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
         typer.echo(
@@ -329,13 +331,23 @@ def _with_overrides(
     seed: int,
     max_seconds: float | None,
     max_epochs: int | None,
+    *,
+    max_cpu_seconds: float | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Any:
-    """A training configuration with the YAML ``train:`` section and the CLI options applied."""
-    updates = {**overrides.get("train", {}), "seed": seed}
-    if max_seconds is not None:
-        updates["max_seconds"] = max_seconds
-    if max_epochs is not None:
-        updates["max_epochs"] = max_epochs
+    """A training configuration with the YAML ``train:`` section and the CLI options applied.
+
+    Options left at ``None`` keep the YAML's or the preset's value; ``extra`` is applied last.
+    """
+    updates = {**(overrides.get("train") or {}), "seed": seed}
+    for key, val in (
+        ("max_seconds", max_seconds),
+        ("max_cpu_seconds", max_cpu_seconds),
+        ("max_epochs", max_epochs),
+    ):
+        if val is not None:
+            updates[key] = val
+    updates.update(extra or {})
     return type(tcfg).model_validate({**tcfg.model_dump(), **updates})
 
 
