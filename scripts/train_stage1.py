@@ -174,6 +174,13 @@ def main() -> None:
     ap.add_argument("--sensors", nargs="+", default=["s2", "s1"], choices=["s2", "s1"])
     ap.add_argument("--only", nargs="+", default=None, help="run only these models (names)")
     ap.add_argument("--report", action="store_true", help="print the tables of earlier runs")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="equal-samples mode: every model trains exactly this many epochs (no CPU budget)",
+    )
+    ap.add_argument("--epoch-windows", type=int, default=2000, help="training windows per epoch")
     args = ap.parse_args()
     if args.report:
         print(report(args.out))
@@ -187,7 +194,11 @@ def main() -> None:
         "test_cube": TEST_CUBE,
         "seed": SEED,
         "threads": args.threads,
-        "cpu_budget_seconds": {"s2": args.cpu_seconds_s2, "s1": args.cpu_seconds_s1},
+        "cpu_budget_seconds": None
+        if args.epochs
+        else {"s2": args.cpu_seconds_s2, "s1": args.cpu_seconds_s1},
+        "equal_epochs": args.epochs,
+        "epoch_windows": args.epoch_windows,
         "runs": {},
         "eval": {},
     }
@@ -209,7 +220,7 @@ def main() -> None:
         )
         # an epoch of 2000 windows keeps validation frequent under a small budget
         train_ep = train_w.subset(
-            np.sort(np.random.default_rng(SEED).permutation(len(train_w))[:2000])
+            np.sort(np.random.default_rng(SEED).permutation(len(train_w))[: args.epoch_windows])
         )
         val_w = extract_windows(
             tr_cube,
@@ -256,10 +267,14 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             budget = args.cpu_seconds_s2 if sensor == "s2" else args.cpu_seconds_s1
+            tcfg_default_epochs = train_config_preset("quick").max_epochs
             tcfg = train_config_preset("quick").model_copy(
                 update={
                     "seed": SEED,
-                    "max_cpu_seconds": budget,
+                    "max_cpu_seconds": None if args.epochs else budget,
+                    "max_epochs": args.epochs or tcfg_default_epochs,
+                    # equal samples: no model stops early, so every one sees the same data
+                    "early_stopping_patience": 10_000 if args.epochs else 8,
                     "num_threads": args.threads,
                     "val_batch_size": 64,
                     "hide_centre_prob": pc,
