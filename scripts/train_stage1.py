@@ -107,6 +107,43 @@ def predict_centre(path: Path, w: Windows, hide_centre: bool, batch: int = 64) -
     return np.concatenate(out)
 
 
+def score(
+    ckpt: Path,
+    variant: str,
+    test_w: Windows,
+    truth: np.ndarray,
+    test_big: Windows,
+    truth_big: np.ndarray,
+    ok: np.ndarray,
+) -> dict:
+    """Per-band centre MAE on the shared test windows (and, for cheap models, the big set)."""
+    pred = predict_centre(ckpt, test_w, hide_centre=False)
+    out = {"mae": np.abs(pred - truth).mean(0).tolist()}
+    if variant != "paper":
+        pred = predict_centre(ckpt, test_big, hide_centre=False)
+        out["mae_fast_set"] = np.abs(pred - truth_big).mean(0).tolist()
+        pred = predict_centre(ckpt, test_big, hide_centre=True)
+        out["mae_centre_hidden"] = np.abs(pred[ok] - truth_big[ok]).mean(0).tolist()
+    return out
+
+
+def earlier_run(run: Path) -> tuple[Path, dict[str, str]]:
+    """Checkpoint and last metrics row of a run folder written by :func:`train`.
+
+    The row gains ``best_val`` (lowest validation centre MAE so far) and
+    ``cpu_seconds`` (read from the checkpoint's training state when recorded).
+    """
+    import csv
+
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    if not rows:
+        raise SystemExit(f"{run} has no completed epoch")
+    row = dict(rows[-1])
+    row["best_val"] = str(min(float(r["val_centre_mae"]) for r in rows))
+    row["cpu_seconds"] = str(float("nan"))  # not in metrics.csv; its wall "seconds" is
+    return run / "best.pt", row
+
+
 def report(out: Path) -> str:
     """Markdown tables of every ``results_*.json`` in ``out``."""
     runs: dict = {}
@@ -181,12 +218,21 @@ def main() -> None:
         help="equal-samples mode: every model trains exactly this many epochs (no CPU budget)",
     )
     ap.add_argument("--epoch-windows", type=int, default=2000, help="training windows per epoch")
+    ap.add_argument(
+        "--evaluate",
+        nargs="+",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="score the checkpoint of an earlier run (e.g. one stopped after k epochs) "
+        "instead of training NAME; its metrics.csv gives the epochs and samples",
+    )
     args = ap.parse_args()
     if args.report:
         print(report(args.out))
         return
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    given = dict(item.split("=", 1) for item in args.evaluate)
 
     cubes = {k: open_cube(DATA / k).load() for k in (TRAIN_CUBE, TEST_CUBE)}
     results: dict = {
@@ -260,6 +306,7 @@ def main() -> None:
             "mae_centre_hidden": np.abs(interp[ok] - truth_big[ok]).mean(0).tolist(),
             "n": int(ok.sum()),
         }
+
         for s, variant, pc, po in runs:
             if s != sensor:
                 continue
@@ -282,6 +329,21 @@ def main() -> None:
                 }
             )
             mcfg = AutoencoderConfig.preset(variant, sensor)
+            if name in given:
+                ckpt, row = earlier_run(Path(given[name]))
+                results["runs"][name] = {
+                    "epochs": int(row["epoch"]),
+                    "steps": int(row["step"]),
+                    "samples": int(row["step"]) * tcfg.batch_size,
+                    "stopped": "evaluated_from " + given[name],
+                    "best_val_centre_mae": float(row["best_val"]),
+                    "wall_seconds_this_call": 0.0,
+                    "cpu_seconds_this_call": float(row["cpu_seconds"]),
+                }
+                print(name, results["runs"][name], flush=True)
+                ev[name] = score(ckpt, variant, test_w, truth, test_big, truth_big, ok)
+                print(name, ev[name], flush=True)
+                continue
             t0, c0 = time.perf_counter(), time.process_time()
             res = train(
                 mcfg,
@@ -308,14 +370,7 @@ def main() -> None:
                 "cpu_seconds_this_call": time.process_time() - c0,
             }
             print(name, results["runs"][name], flush=True)
-            pred = predict_centre(res.checkpoint, test_w, hide_centre=False)
-            ev[name] = {"mae": np.abs(pred - truth).mean(0).tolist()}
-            if variant != "paper":
-                pred = predict_centre(res.checkpoint, test_big, hide_centre=False)
-                ev[name]["mae_fast_set"] = np.abs(pred - truth_big).mean(0).tolist()
-                pred = predict_centre(res.checkpoint, test_big, hide_centre=True)
-                err = np.abs(pred[ok] - truth_big[ok])
-                ev[name]["mae_centre_hidden"] = err.mean(0).tolist()
+            ev[name] = score(res.checkpoint, variant, test_w, truth, test_big, truth_big, ok)
             print(name, ev[name], flush=True)
         results["eval"][sensor] = ev
         tag = "_".join(args.only or args.sensors)
