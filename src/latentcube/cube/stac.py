@@ -647,22 +647,27 @@ def _read_one(href: str, geobox: Any, out: np.ndarray, nodata: float | int) -> N
         c0, c1 = (j0 - ox) // k, -(-(j1 - ox) // k)
         arr = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
         src_nodata = src.nodata
-    if k > 1:
-        arr = np.repeat(np.repeat(arr, k, axis=0), k, axis=1)
-        di, dj = (i0 - oy) - r0 * k, (j0 - ox) - c0 * k
-        arr = arr[di : di + i1 - i0, dj : dj + j1 - j0]
+    if src_nodata is not None and not (
+        src_nodata == nodata or (np.isnan(src_nodata) and np.isnan(float(nodata)))
+    ):  # map the source's nodata at the source resolution
+        bad = np.isnan(arr) if np.isnan(src_nodata) else arr == src_nodata
+        arr = arr.astype(out.dtype)
+        arr[bad] = nodata
     for rows, cols in ((slice(0, i0), slice(None)), (slice(i1, ny), slice(None)),
                        (slice(i0, i1), slice(0, j0)), (slice(i0, i1), slice(j1, nx))):  # fmt: skip
         out[rows, cols] = nodata  # outside the source
     dst = out[i0:i1, j0:j1]
-    dst[...] = arr
-    if src_nodata is not None and not (
-        src_nodata == nodata or (np.isnan(src_nodata) and np.isnan(float(nodata)))
-    ):
-        if np.isnan(src_nodata):
-            dst[np.isnan(arr)] = nodata
-        else:
-            dst[arr == src_nodata] = nodata
+    di, dj = (i0 - oy) - r0 * k, (j0 - ox) - c0 * k
+    if k == 1:
+        dst[...] = arr
+    elif di == 0 and dj == 0 and dst.shape == (arr.shape[0] * k, arr.shape[1] * k):
+        # every source pixel fills k x k output pixels: one broadcast copy into a
+        # view of ``dst`` (splitting both axes never needs a copy)
+        dst.reshape(arr.shape[0], k, arr.shape[1], k)[...] = arr[:, None, :, None]
+    else:
+        dst[...] = np.repeat(np.repeat(arr, k, axis=0), k, axis=1)[
+            di : di + i1 - i0, dj : dj + j1 - j0
+        ]
 
 
 def read_aligned(
