@@ -23,16 +23,21 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
    at every call, each unit retried with backoff on transient errors. Per S2
    item: DN -> reflectance honouring the baseline-04.00 offset, mask (SCL with
    dilation by default, or any mask function), then the items of one day are
-   merged (a clear pixel wins). S1: linear gamma0 -> centred mean over 3
-   acquisitions of the same orbit direction -> dB -> clip [-30, 5] -> (dB + 30) / 35.
-6. Each unit writes its own chunks, compressed, straight into the cube's store
-   in a staging folder next to the output and is marked done (with its valid
-   pixel counts), so an interrupted build resumes without reading those units
-   again.
-7. **Finish**: the attributes (provenance) are added and the store is renamed
-   to the output. Only when a date ends below ``min_valid_fraction`` after
-   the full mask (custom mask functions are not screened) are the kept dates
-   copied into a new store (:func:`latentcube.io.write_zarr`).
+   merged (a clear pixel wins); with the default mask this runs one output
+   plane at a time, the bands read without the mask's halo. S1 (read on a
+   helper thread while S2 is read): linear gamma0 -> centred mean over 3
+   acquisitions of the same orbit direction -> dB -> clip [-30, 5] ->
+   (dB + 30) / 35, in float32.
+6. The cube's store (metadata, coordinates and attributes, written directly
+   in xarray's layout) is created in a staging folder next to the output on
+   the writer thread while the first unit is read. Each unit is checked and
+   writes its own chunks, compressed, straight into it on that thread while
+   the next unit is read, and is marked done (with its valid pixel counts), so
+   an interrupted build resumes without reading those units again.
+7. **Finish**: the store is renamed to the output. Only when a date ends
+   below ``min_valid_fraction`` after the full mask (custom mask functions
+   are not screened) are the kept dates copied into a new store
+   (:func:`latentcube.io.write_zarr`).
 """
 
 from __future__ import annotations
@@ -522,21 +527,27 @@ def _read(
     dtype: str,
     nodata: float | int,
     resampling: dict[str, str],
+    geoboxes: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Read bands onto ``gb``: without warping when the sources are aligned, else odc-stac."""
+    """Read bands onto ``gb``, or ``geoboxes[band]``: unwarped when aligned, else odc-stac."""
     patch = signer(plan.sign)
     if aligned:
         try:
             return read_aligned(
                 items, assets, gb, dtype=dtype, nodata=nodata, patch_url=patch,
-                pool=plan.spec.pool,
+                pool=plan.spec.pool, geoboxes=geoboxes,
             )  # fmt: skip
         except NotAligned:  # a file disagrees with its STAC metadata: warp it
             pass
-    return load_items(
-        items, assets, gb, dtype=dtype, nodata=nodata, resampling=resampling,
-        patch_url=patch, pool=plan.spec.pool,
-    )  # fmt: skip
+    other = {b: k for b, k in assets.items() if b not in (geoboxes or {})}
+    out = {}
+    for g, sub in [(gb, other)] + [(g, {b: assets[b]}) for b, g in (geoboxes or {}).items()]:
+        if sub:
+            out.update(load_items(
+                items, sub, g, dtype=dtype, nodata=nodata, resampling=resampling,
+                patch_url=patch, pool=plan.spec.pool,
+            ))  # fmt: skip
+    return out
 
 
 def _s2_luts(plan: _Plan, idx: Sequence[int]) -> list[np.ndarray]:
@@ -579,19 +590,15 @@ def _load_s2(
     gb = _padded(plan.info.geobox, ys, xs, 0) if planes else gb_scl
     bands = spec.s2_bands
 
-    def read() -> dict[str, np.ndarray]:
-        def one(assets: dict[str, str], g: Any) -> dict[str, np.ndarray]:
-            return _read(
-                plan, plan.s2_aligned, items, assets, g, dtype="uint16", nodata=0,
-                resampling={"*": spec.resampling_s2, "SCL": "nearest"},
-            )  # fmt: skip
-
-        if not planes or halo == 0:
-            return one(plan.s2_assets, gb)
-        scl = one({"SCL": plan.s2_assets["SCL"]}, gb_scl)
-        return {**one({b: plan.s2_assets[b] for b in bands}, gb), **scl}
-
-    arrays = _load_with_retries(read, spec, f"loading S2 dates {dates[0]}-{dates[-1]}")
+    arrays = _load_with_retries(
+        lambda: _read(
+            plan, plan.s2_aligned, items, plan.s2_assets, gb, dtype="uint16", nodata=0,
+            resampling={"*": spec.resampling_s2, "SCL": "nearest"},
+            geoboxes={"SCL": gb_scl} if gb_scl is not gb else None,
+        ),
+        spec,
+        f"loading S2 dates {dates[0]}-{dates[-1]}",
+    )  # fmt: skip
     scl = arrays["SCL"].astype(np.uint8, copy=False)
     crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
     luts = _s2_luts(plan, idx)
@@ -821,7 +828,12 @@ def _store_chunks(plan: _Plan, nt: int) -> tuple[int, int, int]:
 
 
 def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
-    """The cube of the candidate ``dates`` (lazy, all masked) and its encoding."""
+    """The cube of the candidate ``dates`` (lazy, all masked) and its encoding.
+
+    The reference definition of the store's layout: :func:`_write_store` writes
+    the same store without building this dataset (tested: identical documents
+    and coordinate chunks to ``_template(...).to_zarr(...)``).
+    """
     import dask.array as dsa
 
     gb = plan.info.geobox
@@ -1188,9 +1200,11 @@ def _run_serial(
                     made = None
                 finish()  # the previous unit, written while this one was read
                 pending = (unit, counts, futures)
+            if made is not None:  # no unit to run: the store is still made
+                made.result()
         finally:
             if made is not None:
-                made.result()
+                made.exception()  # wait for it, without hiding the error in flight
             finish()
 
 

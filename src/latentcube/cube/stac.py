@@ -679,6 +679,7 @@ def read_aligned(
     nodata: float | int,
     patch_url: Callable[[str], str] | None = None,
     pool: int | None = None,
+    geoboxes: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Read grid-aligned bands of items onto ``geobox`` without warping.
 
@@ -688,8 +689,9 @@ def read_aligned(
     for a source ``f`` times coarser than the grid (Sentinel-2's 20 m bands
     and SCL on the 10 m grid), which equals a nearest-neighbour warp.
     Pixels outside a source get ``nodata``; a source nodata value is mapped to
-    ``nodata``. Raises :class:`NotAligned` when an opened file does not match
-    its metadata.
+    ``nodata``. ``geoboxes`` gives some bands another grid of the same lattice
+    (e.g. a mask band with a halo), read in the same round of the pool.
+    Raises :class:`NotAligned` when an opened file does not match its metadata.
 
     Returns
     -------
@@ -698,14 +700,15 @@ def read_aligned(
     """
     if not items:
         raise StacError("nothing to load: no items")
-    out = {b: np.empty((len(items), *geobox.shape), dtype=dtype) for b in assets}
+    boxes = {b: (geoboxes or {}).get(b, geobox) for b in assets}
+    out = {b: np.empty((len(items), *boxes[b].shape), dtype=dtype) for b in assets}
     jobs = []
     for k, it in enumerate(items):
         for band, key in assets.items():
             href = it.assets[key].get_absolute_href() or it.assets[key].href
-            jobs.append((patch_url(href) if patch_url else href, out[band][k]))
+            jobs.append((patch_url(href) if patch_url else href, boxes[band], out[band][k]))
     ex = _executor(pool or 1)
-    for fut in [ex.submit(_read_one, h, geobox, o, nodata) for h, o in jobs]:
+    for fut in [ex.submit(_read_one, h, g, o, nodata) for h, g, o in jobs]:
         fut.result()
     return out
 
