@@ -827,15 +827,16 @@ def _store_chunks(plan: _Plan, nt: int) -> tuple[int, int, int]:
     return min(ct, nt), min(cy, ny), min(cx, nx)
 
 
-def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
-    """The cube of the candidate ``dates`` (lazy, all masked) and its encoding.
+_Coords = dict[str, tuple[str, np.ndarray]]
+_DataVars = dict[str, tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], Any]]
 
-    The reference definition of the store's layout: :func:`_write_store` writes
-    the same store without building this dataset (tested: identical documents
-    and coordinate chunks to ``_template(...).to_zarr(...)``).
+
+def _layout(plan: _Plan, dates: np.ndarray) -> tuple[_Coords, _DataVars]:
+    """The store of the candidate ``dates``: coordinates and data variables.
+
+    Coordinates as ``name -> (dim, values)``, data variables as
+    ``name -> (dims, shape, chunks, dtype)``.
     """
-    import dask.array as dsa
-
     gb = plan.info.geobox
     ny, nx = gb.shape
     nt = len(dates)
@@ -843,34 +844,40 @@ def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dic
     ct, cy, cx = _store_chunks(plan, nt)
     nb = len(spec.s2_bands)
     coords = gb.coordinates
-    data_vars: dict[str, Any] = {
-        "s2": (
-            ("time", "band", "y", "x"),
-            dsa.full((nt, nb, ny, nx), np.nan, dtype=np.float32, chunks=(ct, nb, cy, cx)),
-        ),
-        "s2_valid": (
-            ("time", "y", "x"),
-            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, cy, cx)),
-        ),
+    c: _Coords = {
+        "time": ("time", plan.s2_times[dates]),
+        "band": ("band", np.array(spec.s2_bands, dtype=object)),
+        "y": ("y", coords["y"].values.astype(np.float64)),
+        "x": ("x", coords["x"].values.astype(np.float64)),
     }
-    c: dict[str, Any] = {
-        "time": plan.s2_times[dates],
-        "band": np.array(spec.s2_bands, dtype=object),
-        "y": coords["y"].values.astype(np.float64),
-        "x": coords["x"].values.astype(np.float64),
+    data: _DataVars = {
+        "s2": (("time", "band", "y", "x"), (nt, nb, ny, nx), (ct, nb, cy, cx), np.float32),
+        "s2_valid": (("time", "y", "x"), (nt, ny, nx), (ct, cy, cx), np.bool_),
     }
     if plan.with_s1:
-        data_vars["s1"] = (
-            ("time", "s1_band", "y", "x"),
-            dsa.full((nt, 2, ny, nx), np.nan, dtype=np.float32, chunks=(ct, 2, cy, cx)),
-        )
-        data_vars["s1_valid"] = (
-            ("time", "y", "x"),
-            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, cy, cx)),
-        )
-        c["s1_band"] = np.array(S1_BANDS, dtype=object)
+        c["s1_band"] = ("s1_band", np.array(S1_BANDS, dtype=object))
         c["s1_time"] = ("time", plan.s1_time()[dates])
         c["s1_orbit"] = ("time", plan.s1_orbit()[dates].astype(object))
+        data["s1"] = (("time", "s1_band", "y", "x"), (nt, 2, ny, nx), (ct, 2, cy, cx), np.float32)
+        data["s1_valid"] = (("time", "y", "x"), (nt, ny, nx), (ct, cy, cx), np.bool_)
+    return c, data
+
+
+def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The cube of the candidate ``dates`` (lazy, all masked) and its encoding.
+
+    The store's layout as an xarray dataset: :func:`_write_store` writes the
+    same store without building it (tested: identical documents and
+    coordinate chunks to ``_template(...).to_zarr(...)``).
+    """
+    import dask.array as dsa
+
+    c, data = _layout(plan, dates)
+    data_vars = {
+        name: (dims, dsa.full(shape, np.nan if np.dtype(dt).kind == "f" else False, dtype=dt,
+                              chunks=chunks))
+        for name, (dims, shape, chunks, dt) in data.items()
+    }  # fmt: skip
     ds = xr.Dataset(data_vars, coords=c)
     ds = ds.rio.write_crs(f"EPSG:{plan.info.epsg}")
     ds = ds.rio.set_spatial_dims(x_dim="x", y_dim="y")
@@ -942,29 +949,7 @@ def _write_store(store: Path, plan: _Plan, dates: np.ndarray, attrs: dict[str, A
     from numcodecs import VLenUTF8, Zstd
     from xarray.conventions import encode_cf_variable
 
-    gb = plan.info.geobox
-    ny, nx = gb.shape
-    nt = len(dates)
-    spec = plan.spec
-    ct, cy, cx = _store_chunks(plan, nt)
-    nb = len(spec.s2_bands)
-    coords = gb.coordinates
-    c: dict[str, tuple[str, np.ndarray]] = {
-        "time": ("time", plan.s2_times[dates]),
-        "band": ("band", np.array(spec.s2_bands, dtype=object)),
-        "y": ("y", coords["y"].values.astype(np.float64)),
-        "x": ("x", coords["x"].values.astype(np.float64)),
-    }
-    data: dict[str, tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], Any]] = {
-        "s2": (("time", "band", "y", "x"), (nt, nb, ny, nx), (ct, nb, cy, cx), np.float32),
-        "s2_valid": (("time", "y", "x"), (nt, ny, nx), (ct, cy, cx), np.bool_),
-    }
-    if plan.with_s1:
-        c["s1_band"] = ("s1_band", np.array(S1_BANDS, dtype=object))
-        c["s1_time"] = ("time", plan.s1_time()[dates])
-        c["s1_orbit"] = ("time", plan.s1_orbit()[dates].astype(object))
-        data["s1"] = (("time", "s1_band", "y", "x"), (nt, 2, ny, nx), (ct, 2, cy, cx), np.float32)
-        data["s1_valid"] = (("time", "y", "x"), (nt, ny, nx), (ct, cy, cx), np.bool_)
+    c, data = _layout(plan, dates)
     group = {"attributes": attrs, "zarr_format": 3, "node_type": "group"}
     docs: dict[str, dict[str, Any]] = {"": group}
     chunks: dict[str, bytes] = {}
