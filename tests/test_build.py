@@ -639,6 +639,7 @@ def test_plane_merge_equals_item_merge_with_offsets_and_overlaps():
     assert ref_valid[0].sum() > ref_valid[1].sum()  # the merge took pixels of both items
     # by hand: a pixel of date 0 clear in item 0 only holds item 0's reflectance
     only0 = mask.clear(arrays["SCL"])[0] & ~mask.clear(arrays["SCL"])[1] & (arrays["B03"][0] > 0)
+    assert only0.any()
     np.testing.assert_array_equal(got[0, 0][only0], luts[0][arrays["B02"][0][only0]])
 
 
