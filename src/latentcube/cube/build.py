@@ -23,16 +23,21 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
    at every call, each unit retried with backoff on transient errors. Per S2
    item: DN -> reflectance honouring the baseline-04.00 offset, mask (SCL with
    dilation by default, or any mask function), then the items of one day are
-   merged (a clear pixel wins). S1: linear gamma0 -> centred mean over 3
-   acquisitions of the same orbit direction -> dB -> clip [-30, 5] -> (dB + 30) / 35.
-6. Each unit writes its own chunks, compressed, straight into the cube's store
-   in a staging folder next to the output and is marked done (with its valid
-   pixel counts), so an interrupted build resumes without reading those units
-   again.
-7. **Finish**: the attributes (provenance) are added and the store is renamed
-   to the output. Only when a date ends below ``min_valid_fraction`` after
-   the full mask (custom mask functions are not screened) are the kept dates
-   copied into a new store (:func:`latentcube.io.write_zarr`).
+   merged (a clear pixel wins); with the default mask this runs one output
+   plane at a time, the bands read without the mask's halo. S1 (read on a
+   helper thread while S2 is read): linear gamma0 -> centred mean over 3
+   acquisitions of the same orbit direction -> dB -> clip [-30, 5] ->
+   (dB + 30) / 35, in float32.
+6. The cube's store (metadata, coordinates and attributes, written directly
+   in xarray's layout) is created in a staging folder next to the output on
+   the writer thread while the first unit is read. Each unit is checked and
+   writes its own chunks, compressed, straight into it on that thread while
+   the next unit is read, and is marked done (with its valid pixel counts), so
+   an interrupted build resumes without reading those units again.
+7. **Finish**: the store is renamed to the output. Only when a date ends
+   below ``min_valid_fraction`` after the full mask (custom mask functions
+   are not screened) are the kept dates copied into a new store
+   (:func:`latentcube.io.write_zarr`).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
 from latentcube.cube.schema import provenance, validate_cube
-from latentcube.cube.sentinel1 import linear_to_db, match_dates, normalise_db
+from latentcube.cube.sentinel1 import DB_RANGE, match_dates
 from latentcube.cube.sentinel2 import SCL_INVALID, remove_baseline_offset, scl_valid
 from latentcube.cube.stac import (
     S1_ASSETS,
@@ -522,48 +527,152 @@ def _read(
     dtype: str,
     nodata: float | int,
     resampling: dict[str, str],
+    geoboxes: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Read bands onto ``gb``: without warping when the sources are aligned, else odc-stac."""
+    """Read bands onto ``gb``, or ``geoboxes[band]``: unwarped when aligned, else odc-stac."""
     patch = signer(plan.sign)
     if aligned:
         try:
             return read_aligned(
                 items, assets, gb, dtype=dtype, nodata=nodata, patch_url=patch,
-                pool=plan.spec.pool,
+                pool=plan.spec.pool, geoboxes=geoboxes,
             )  # fmt: skip
         except NotAligned:  # a file disagrees with its STAC metadata: warp it
             pass
-    return load_items(
-        items, assets, gb, dtype=dtype, nodata=nodata, resampling=resampling,
-        patch_url=patch, pool=plan.spec.pool,
-    )  # fmt: skip
+    other = {b: k for b, k in assets.items() if b not in (geoboxes or {})}
+    out = {}
+    for g, sub in [(gb, other)] + [(g, {b: assets[b]}) for b, g in (geoboxes or {}).items()]:
+        if sub:
+            out.update(load_items(
+                items, sub, g, dtype=dtype, nodata=nodata, resampling=resampling,
+                patch_url=patch, pool=plan.spec.pool,
+            ))  # fmt: skip
+    return out
 
 
-def _load_s2(plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction) -> Any:
+def _s2_luts(plan: _Plan, idx: Sequence[int]) -> list[np.ndarray]:
+    """DN -> reflectance of every item as a 65536-entry float32 table (one gather per band)."""
+    luts: dict[str | None, np.ndarray] = {}
+    for i in idx:
+        key = plan.s2_offsets[i]
+        if key not in luts:
+            luts[key] = remove_baseline_offset(np.arange(65536, dtype=np.uint16), key)
+    return [luts[plan.s2_offsets[i]] for i in idx]
+
+
+def _has_data(lut: np.ndarray, dn: np.ndarray) -> np.ndarray:
+    """Where ``lut[dn]`` is finite, from the DNs (no float pass): DN 0 is no data."""
+    bad = np.flatnonzero(~np.isfinite(lut))
+    if bad.size == 1 and bad[0] == 0:
+        return dn != 0
+    return np.isfinite(lut)[dn]
+
+
+def _load_s2(
+    plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction
+) -> tuple[np.ndarray, np.ndarray]:
+    """S2 reflectance (date, band, y, x) and its valid mask (date, y, x) of one unit.
+
+    With the default :class:`SCLMask` (and without NBAR) the bands are read
+    without the mask's halo (only SCL needs it), and every output plane is
+    gathered from its DN lookup table straight into the result, date by date
+    and band by band (:func:`_merge_s2_planes`). Other mask functions get the
+    reflectance of all items with the halo (:func:`_merge_s2_items`); both
+    give the same cube (tested).
+    """
     spec = plan.spec
     halo = int(getattr(mask, "halo", 0))
-    gb = _padded(plan.info.geobox, ys, xs, halo)
     groups = [plan.s2_groups[d] for d in dates]
     idx = [i for g in groups for i in g]
     items = [plan.s2_items[i] for i in idx]
-    patch = signer(plan.sign)
+    planes = type(mask) is SCLMask and all(h is None for h in plan.s2_metadata)
+    gb_scl = _padded(plan.info.geobox, ys, xs, halo)
+    gb = _padded(plan.info.geobox, ys, xs, 0) if planes else gb_scl
+    bands = spec.s2_bands
+
     arrays = _load_with_retries(
         lambda: _read(
             plan, plan.s2_aligned, items, plan.s2_assets, gb, dtype="uint16", nodata=0,
             resampling={"*": spec.resampling_s2, "SCL": "nearest"},
+            geoboxes={"SCL": gb_scl} if gb_scl is not gb else None,
         ),
         spec,
         f"loading S2 dates {dates[0]}-{dates[-1]}",
-    )
-    bands = spec.s2_bands
-    refl = np.empty((len(items), len(bands), *gb.shape), np.float32)
-    luts: dict[str | None, np.ndarray] = {}
-    for k, i in enumerate(idx):
-        key = plan.s2_offsets[i]
-        if key not in luts:  # DN -> reflectance as a 65536-entry table: one gather per band
-            luts[key] = remove_baseline_offset(np.arange(65536, dtype=np.uint16), key)
+    )  # fmt: skip
+    scl = arrays["SCL"].astype(np.uint8, copy=False)
+    crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
+    luts = _s2_luts(plan, idx)
+    if planes:
+        assert isinstance(mask, SCLMask)
+        clear = mask.clear(scl)[(..., *crop)]
+        return _merge_s2_planes(arrays, bands, luts, clear, groups)
+    return _merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
+
+
+def _merge_s2_planes(
+    arrays: dict[str, np.ndarray],
+    bands: Sequence[str],
+    luts: Sequence[np.ndarray],
+    clear: np.ndarray,
+    groups: Sequence[Sequence[int]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance and validity of a unit's dates, one output plane at a time.
+
+    An item's pixel is valid where ``clear`` and every band has data; the
+    items of one date are merged in order, the first valid pixel wins;
+    pixels no item covers are NaN. Same result as :func:`_merge_s2_items`
+    without its full-size float temporaries.
+    """
+    ny, nx = clear.shape[1:]
+    valid = clear.copy()
+    for k, lut in enumerate(luts):
+        for band in bands:
+            valid[k] &= _has_data(lut, arrays[band][k])
+    out = np.empty((len(groups), len(bands), ny, nx), np.float32)
+    out_valid = np.zeros((len(groups), ny, nx), bool)
+    takes: list[list[tuple[int, np.ndarray]]] = []
+    k = 0
+    for d, g in enumerate(groups):
+        take = []
+        for _ in g:
+            t = valid[k] & ~out_valid[d]
+            out_valid[d] |= t
+            take.append((k, t))
+            k += 1
+        takes.append(take)
+    tmp = np.empty((ny, nx), np.float32)
+    nan = np.float32(np.nan)
+    for d, take in enumerate(takes):
+        missing = ~out_valid[d]
         for b, band in enumerate(bands):
-            np.take(luts[key], arrays[band][k], out=refl[k, b])
+            dst = out[d, b]
+            (k0, _), *rest = take
+            np.take(luts[k0], arrays[band][k0], out=dst)
+            for kk, t in rest:
+                np.take(luts[kk], arrays[band][kk], out=tmp)
+                np.copyto(dst, tmp, where=t)
+            np.copyto(dst, nan, where=missing)
+    return out, out_valid
+
+
+def _merge_s2_items(
+    plan: _Plan,
+    arrays: dict[str, np.ndarray],
+    bands: Sequence[str],
+    luts: Sequence[np.ndarray],
+    idx: Sequence[int],
+    groups: Sequence[Sequence[int]],
+    gb: Any,
+    crop: tuple[slice, slice],
+    mask: MaskFunction,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance of every item (with the halo), NBAR, any mask function, then the merge."""
+    spec = plan.spec
+    patch = signer(plan.sign)
+    refl = np.empty((len(idx), len(bands), *gb.shape), np.float32)
+    for k, i in enumerate(idx):
+        for b, band in enumerate(bands):
+            np.take(luts[k], arrays[band][k], out=refl[k, b])
         href = plan.s2_metadata[i]
         if href is not None:
             from latentcube.cube.nbar import nbar_factor
@@ -580,7 +689,6 @@ def _load_s2(plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: Mask
     if valid.shape != scl.shape:
         raise StacError(f"the mask function returned shape {valid.shape}, expected {scl.shape}")
     valid &= np.isfinite(refl).all(axis=1)
-    crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
     refl, valid = refl[(..., *crop)], valid[(..., *crop)]
     # merge the items of one date: the first clear pixel (time, then id order) wins
     out = np.full((len(groups), len(bands), *refl.shape[2:]), np.nan, np.float32)
@@ -595,26 +703,58 @@ def _load_s2(plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: Mask
     return out, out_valid
 
 
+def _s1_linear(
+    plan: _Plan, order: Sequence[int], arrays: dict[str, np.ndarray]
+) -> dict[tuple[int, int], np.ndarray]:
+    """Linear power per (S1 group, band): the tiles of one acquisition fused, first finite wins.
+
+    Non-positive power (and no data) is NaN. Works in place on ``arrays``.
+    """
+    nan = np.float32(np.nan)
+    lin: dict[tuple[int, int], np.ndarray] = {}
+    for b, band in enumerate(S1_BANDS):
+        a = arrays[band].astype(np.float32, copy=False)
+        k = 0
+        for g in order:
+            acc = a[k]
+            np.copyto(acc, nan, where=~(acc > 0))
+            k += 1
+            for _ in plan.s1_groups[g][1:]:
+                nxt = a[k]
+                np.copyto(nxt, nan, where=~(nxt > 0))
+                np.copyto(acc, nxt, where=np.isnan(acc))
+                k += 1
+            lin[g, b] = acc
+    return lin
+
+
 def _load_s1(
     plan: _Plan, dates: Sequence[int], ys: slice, xs: slice
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised S1 backscatter (date, band, y, x) and its valid mask of one unit.
+
+    In float32 throughout (see ``docs/design.md``: within 5e-7 of the float64
+    chain, tested): centred NaN-aware mean of the linear power over
+    ``s1_window`` acquisitions of one orbit direction (pandas
+    ``rolling(window, center=True, min_periods=1).mean()``), dB, clip, scale.
+    """
     spec = plan.spec
     shape = (ys.stop - ys.start, xs.stop - xs.start)
     out = np.full((len(dates), len(S1_BANDS), *shape), np.nan, np.float32)
     match = plan.s1_match[np.asarray(dates, np.int64)]
-    need: set[int] = set()
-    for m in match[match >= 0]:
-        need.add(int(m))
-        for step in (plan.s1_prev, plan.s1_next):  # the window's neighbours
-            n = int(m)
-            for _ in range(spec.s1_window // 2):
-                n = int(step[n])
-                if n < 0:
-                    break
-                need.add(n)
-    if not need:
+    half = spec.s1_window // 2
+    windows: list[list[int]] = []  # per date: its acquisition, then prev/next pairs outwards
+    for m in match:
+        win = [int(m)] if m >= 0 else []
+        prev = nxt = int(m)
+        for _ in range(half if m >= 0 else 0):
+            prev = int(plan.s1_prev[prev]) if prev >= 0 else -1
+            nxt = int(plan.s1_next[nxt]) if nxt >= 0 else -1
+            win += [n for n in (prev, nxt) if n >= 0]
+        windows.append(win)
+    order = sorted({g for w in windows for g in w})
+    if not order:
         return out, np.zeros((len(dates), *shape), bool)
-    order = sorted(need)
     idx = [i for g in order for i in plan.s1_groups[g]]
     items = [plan.s1_items[i] for i in idx]
     gb = _padded(plan.info.geobox, ys, xs, 0)
@@ -625,40 +765,32 @@ def _load_s1(
         ),
         spec,
         f"loading S1 for S2 dates {dates[0]}-{dates[-1]}",
-    )
-    per_item = np.stack([arrays[b] for b in S1_BANDS], axis=1).astype(np.float32, copy=False)
-    per_item[~(per_item > 0)] = np.nan  # no data, and non-physical power
-    lin: dict[int, np.ndarray] = {}
-    k = 0
-    for g in order:  # fuse the tiles of one acquisition: first finite value wins
-        acc = per_item[k].copy()
-        k += 1
-        for _ in plan.s1_groups[g][1:]:
-            np.copyto(acc, per_item[k], where=np.isnan(acc))
-            k += 1
-        lin[g] = acc
-    half = spec.s1_window // 2
-    for d, m in enumerate(match):
-        if m < 0:
-            continue
-        # centred mean over the window of acquisitions of the same orbit direction,
-        # NaN-aware (pandas rolling(window, center=True, min_periods=1).mean())
-        total = np.where(np.isnan(lin[int(m)]), np.float32(0), lin[int(m)])
-        count = np.isfinite(lin[int(m)]).astype(np.float32)
-        prev, nxt = int(m), int(m)
-        for _ in range(half):
-            prev = int(plan.s1_prev[prev]) if prev >= 0 else -1
-            nxt = int(plan.s1_next[nxt]) if nxt >= 0 else -1
-            for n in (prev, nxt):
-                if n >= 0:
-                    fin = np.isfinite(lin[n])
-                    total += np.where(fin, lin[n], np.float32(0))
-                    count += fin
-        with np.errstate(invalid="ignore", divide="ignore"):
-            smooth = total / count
-        out[d] = normalise_db(linear_to_db(smooth))
+    )  # fmt: skip
+    lin = _s1_linear(plan, order, arrays)
+    lo, hi = (np.float32(v) for v in DB_RANGE)
+    total = np.empty(shape, np.float32)
+    count = np.empty(shape, np.float32)
+    fin = np.empty(shape, bool)
+    for d, win in enumerate(windows):
+        for b in range(len(S1_BANDS)):
+            if not win:
+                continue
+            total.fill(0)
+            count.fill(0)
+            for g in win:
+                np.isfinite(lin[g, b], out=fin)
+                np.add(total, lin[g, b], out=total, where=fin)
+                count += fin
+            dst = out[d, b]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                np.divide(total, count, out=dst)  # 0 / 0: NaN where no acquisition has data
+                np.log10(dst, out=dst)
+            dst *= np.float32(10.0)
+            np.clip(dst, lo, hi, out=dst)
+            dst -= lo
+            dst /= hi - lo
     valid = np.asarray(np.isfinite(out).all(axis=1))
-    out[~np.broadcast_to(valid[:, None], out.shape)] = np.nan
+    np.copyto(out, np.float32(np.nan), where=~valid[:, None])
     return out, valid
 
 
@@ -695,10 +827,16 @@ def _store_chunks(plan: _Plan, nt: int) -> tuple[int, int, int]:
     return min(ct, nt), min(cy, ny), min(cx, nx)
 
 
-def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
-    """The cube of the candidate ``dates`` (lazy, all masked) and its encoding."""
-    import dask.array as dsa
+_Coords = dict[str, tuple[str, np.ndarray]]
+_DataVars = dict[str, tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], Any]]
 
+
+def _layout(plan: _Plan, dates: np.ndarray) -> tuple[_Coords, _DataVars]:
+    """The store of the candidate ``dates``: coordinates and data variables.
+
+    Coordinates as ``name -> (dim, values)``, data variables as
+    ``name -> (dims, shape, chunks, dtype)``.
+    """
     gb = plan.info.geobox
     ny, nx = gb.shape
     nt = len(dates)
@@ -706,34 +844,40 @@ def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dic
     ct, cy, cx = _store_chunks(plan, nt)
     nb = len(spec.s2_bands)
     coords = gb.coordinates
-    data_vars: dict[str, Any] = {
-        "s2": (
-            ("time", "band", "y", "x"),
-            dsa.full((nt, nb, ny, nx), np.nan, dtype=np.float32, chunks=(ct, nb, cy, cx)),
-        ),
-        "s2_valid": (
-            ("time", "y", "x"),
-            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, cy, cx)),
-        ),
+    c: _Coords = {
+        "time": ("time", plan.s2_times[dates]),
+        "band": ("band", np.array(spec.s2_bands, dtype=object)),
+        "y": ("y", coords["y"].values.astype(np.float64)),
+        "x": ("x", coords["x"].values.astype(np.float64)),
     }
-    c: dict[str, Any] = {
-        "time": plan.s2_times[dates],
-        "band": np.array(spec.s2_bands, dtype=object),
-        "y": coords["y"].values.astype(np.float64),
-        "x": coords["x"].values.astype(np.float64),
+    data: _DataVars = {
+        "s2": (("time", "band", "y", "x"), (nt, nb, ny, nx), (ct, nb, cy, cx), np.float32),
+        "s2_valid": (("time", "y", "x"), (nt, ny, nx), (ct, cy, cx), np.bool_),
     }
     if plan.with_s1:
-        data_vars["s1"] = (
-            ("time", "s1_band", "y", "x"),
-            dsa.full((nt, 2, ny, nx), np.nan, dtype=np.float32, chunks=(ct, 2, cy, cx)),
-        )
-        data_vars["s1_valid"] = (
-            ("time", "y", "x"),
-            dsa.zeros((nt, ny, nx), dtype=bool, chunks=(ct, cy, cx)),
-        )
-        c["s1_band"] = np.array(S1_BANDS, dtype=object)
+        c["s1_band"] = ("s1_band", np.array(S1_BANDS, dtype=object))
         c["s1_time"] = ("time", plan.s1_time()[dates])
         c["s1_orbit"] = ("time", plan.s1_orbit()[dates].astype(object))
+        data["s1"] = (("time", "s1_band", "y", "x"), (nt, 2, ny, nx), (ct, 2, cy, cx), np.float32)
+        data["s1_valid"] = (("time", "y", "x"), (nt, ny, nx), (ct, cy, cx), np.bool_)
+    return c, data
+
+
+def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """The cube of the candidate ``dates`` (lazy, all masked) and its encoding.
+
+    The store's layout as an xarray dataset: :func:`_write_store` writes the
+    same store without building it (tested: identical documents and
+    coordinate chunks to ``_template(...).to_zarr(...)``).
+    """
+    import dask.array as dsa
+
+    c, data = _layout(plan, dates)
+    data_vars = {
+        name: (dims, dsa.full(shape, np.nan if np.dtype(dt).kind == "f" else False, dtype=dt,
+                              chunks=chunks))
+        for name, (dims, shape, chunks, dt) in data.items()
+    }  # fmt: skip
     ds = xr.Dataset(data_vars, coords=c)
     ds = ds.rio.write_crs(f"EPSG:{plan.info.epsg}")
     ds = ds.rio.set_spatial_dims(x_dim="x", y_dim="y")
@@ -744,6 +888,98 @@ def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dic
         if gm:  # an explicit encoding must keep the CRS link
             enc[str(name)]["grid_mapping"] = gm
     return ds, enc
+
+
+#: ``_FillValue`` attribute xarray writes for a NaN fill value (float64 NaN, base64).
+_NAN_ATTR = "AAAAAAAA+H8="
+
+
+def _array_doc(
+    shape: Sequence[int],
+    chunks: Sequence[int],
+    dtype: np.dtype[Any],
+    dims: Sequence[str],
+    attrs: dict[str, Any],
+    level: int,
+) -> dict[str, Any]:
+    """Zarr v3 ``zarr.json`` of an array, as xarray writes it (see ``_write_store``)."""
+    fill: str | bool | int
+    if dtype.kind in "OUT":
+        data_type, fill, codecs = "string", "", [{"name": "vlen-utf8", "configuration": {}}]
+    else:
+        data_type = dtype.name
+        fill = "NaN" if dtype.kind == "f" else (False if dtype.kind == "b" else 0)
+        endian = {} if dtype.itemsize == 1 else {"configuration": {"endian": "little"}}
+        codecs = [{"name": "bytes", **endian}]
+        if dtype.kind == "f":
+            attrs = {**attrs, "_FillValue": _NAN_ATTR}
+    return {
+        "shape": list(shape),
+        "data_type": data_type,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill,
+        "codecs": [*codecs, {"name": "zstd", "configuration": {"level": level, "checksum": False}}],
+        "attributes": attrs,
+        **({"dimension_names": list(dims)} if dims else {}),
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+@functools.cache
+def _crs_attrs(epsg: int) -> dict[str, Any]:
+    """The ``spatial_ref`` attributes rioxarray writes for a CRS (CF grid mapping)."""
+    ds = xr.Dataset(coords={"y": [0.0], "x": [0.0]}).rio.write_crs(f"EPSG:{epsg}")
+    return dict(_json_attrs(dict(ds["spatial_ref"].attrs)))
+
+
+def _write_store(store: Path, plan: _Plan, dates: np.ndarray, attrs: dict[str, Any]) -> None:
+    """Create the cube's empty store for the candidate ``dates``: metadata and coordinates.
+
+    Writes the ``zarr.json`` documents and coordinate chunks directly, with
+    the same layout, encodings and CF attributes as ``_template(...).to_zarr``
+    (tested: the same documents, an identical dataset when opened), without
+    building a dataset (most of a small build's fixed cost). Coordinates are
+    CF-encoded by xarray (:func:`xarray.conventions.encode_cf_variable`) and
+    compressed with zarr's default Zstandard level, data variables get the
+    cube's chunks and codec and hold no chunk yet (all fill value).
+    """
+    from numcodecs import VLenUTF8, Zstd
+    from xarray.conventions import encode_cf_variable
+
+    c, data = _layout(plan, dates)
+    group = {"attributes": attrs, "zarr_format": 3, "node_type": "group"}
+    docs: dict[str, dict[str, Any]] = {"": group}
+    chunks: dict[str, bytes] = {}
+    zstd = Zstd(level=0)  # zarr's default level, as xarray writes coordinates
+    for name, (dim, values) in c.items():
+        var = encode_cf_variable(xr.Variable(dim, values), name=name)
+        arr = np.asarray(var.values)
+        attrs_v = _json_attrs({k: v for k, v in var.attrs.items() if k != "_FillValue"})
+        docs[name] = _array_doc(arr.shape, arr.shape, arr.dtype, [dim], attrs_v, 0)
+        if arr.dtype.kind in "OUT":
+            empty, raw = bool((arr == "").all()), VLenUTF8().encode(arr)
+        else:
+            empty = bool(np.isnan(arr).all() if arr.dtype.kind == "f" else (arr == 0).all())
+            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        if not empty:  # zarr writes no chunk that holds only the fill value
+            chunks[f"{name}/c/0"] = bytes(zstd.encode(raw))
+    docs["spatial_ref"] = _array_doc((), (), np.dtype(np.int64), [], _crs_attrs(plan.info.epsg), 0)
+    link = {"grid_mapping": "spatial_ref"}
+    if plan.with_s1:
+        link = {"coordinates": "s1_orbit s1_time", **link}
+    for name, (dims, shape, chunk, dtype) in data.items():
+        docs[name] = _array_doc(shape, chunk, np.dtype(dtype), dims, dict(link), CODEC_LEVEL)
+    store.mkdir(parents=True, exist_ok=True)
+    for name, doc in docs.items():
+        folder = store / name if name else store
+        folder.mkdir(exist_ok=True)
+        (folder / "zarr.json").write_text(json.dumps(doc, allow_nan=False))
+    for key, blob in chunks.items():
+        (store / key).parent.mkdir(parents=True, exist_ok=True)
+        (store / key).write_bytes(blob)
 
 
 def _tiles(plan: _Plan) -> list[tuple[slice, slice]]:
@@ -810,16 +1046,23 @@ def _check_unit(sensor: str, data: np.ndarray, valid: np.ndarray) -> None:
     """The data model's value rules on one unit, while it is in memory.
 
     Valid pixels are finite and in [0, 1], invalid ones NaN; checked here so
-    that the finished store needs no second full read to be validated.
+    that the finished store needs no second full read to be validated. One
+    NaN-ignoring min/max pass over the data (an infinity falls outside
+    [0, 1]) and one NaN test per (date, band) plane against the valid mask,
+    without full-size temporaries.
     """
-    finite = np.isfinite(data)
-    vb = np.broadcast_to(valid[:, None], data.shape)
-    if (finite != vb).any():
-        raise StacError(f"internal error: {sensor} values and {sensor}_valid disagree")
-    with np.errstate(invalid="ignore"):  # NaN compares False: only finite values count
-        outside = bool((data < 0.0).any() or (data > 1.0).any())
-    if outside:
+    if data.size == 0:
+        return
+    lo, hi = np.fmin.reduce(data, axis=None), np.fmax.reduce(data, axis=None)
+    if bool(lo < 0.0) or bool(hi > 1.0):  # NaN (no valid pixel at all) compares False
         raise StacError(f"internal error: {sensor} values outside [0, 1]")
+    nan = np.empty(data.shape[2:], bool)
+    for t in range(data.shape[0]):
+        for b in range(data.shape[1]):
+            np.isnan(data[t, b], out=nan)
+            np.equal(nan, valid[t], out=nan)  # NaN at a valid pixel, or a value at an invalid one
+            if nan.any():
+                raise StacError(f"internal error: {sensor} values and {sensor}_valid disagree")
 
 
 def _run_unit(
@@ -841,14 +1084,14 @@ def _process_unit(
     candidates: np.ndarray,
     submit: Any,
 ) -> tuple[list[int], list[Any]]:
-    """Load and check one unit and write it, or hand its writes to ``submit``.
+    """Load one unit, then check and write it, or hand the check and write to ``submit``.
 
-    With ``submit`` (an executor's ``submit``) the S2 write runs while S1 is
-    read; the caller waits for the returned futures before it marks the unit
-    done. Returns the valid S2 pixel count per date and the futures.
+    With ``submit`` (the writer thread's ``submit``) S1 is loaded on a helper
+    thread while S2 is loaded here, and the checks and compressed writes run
+    on the writer thread while the next unit is read; the caller waits for
+    the returned futures (which raise what the checks raise) before it marks
+    the unit done. Returns the valid S2 pixel count per date and the futures.
     """
-    import zarr
-
     k, i, j = unit
     spec = plan.spec
     configure_http(spec.max_retries, max(spec.backoff, 0.01))  # also in Dask workers
@@ -857,29 +1100,46 @@ def _process_unit(
     dates = [int(d) for d in candidates[ts]]
     ys = slice(i * spec.tile, min((i + 1) * spec.tile, ny))
     xs = slice(j * spec.tile, min((j + 1) * spec.tile, nx))
-    group: Any = zarr.open_group(store, mode="r+")
-    futures: list[Any] = []
 
     def write(sensor: str, data: np.ndarray, valid: np.ndarray) -> None:
+        import zarr
+
+        _check_unit(sensor, data, valid)
+        group: Any = zarr.open_group(store, mode="r+")
         group[sensor][ts, :, ys, xs] = data
         group[f"{sensor}_valid"][ts, ys, xs] = valid
 
-    s2, s2v = _load_s2(plan, dates, ys, xs, mask)
-    _check_unit("s2", s2, s2v)
+    s1 = None
+    if plan.with_s1 and submit is not None:
+        s1 = _helper().submit(_load_s1, plan, dates, ys, xs)
+    try:
+        s2, s2v = _load_s2(plan, dates, ys, xs, mask)
+    except BaseException:
+        if s1 is not None:  # no load left running behind a failed unit
+            s1.cancel() or s1.exception()
+        raise
     counts = [int(v) for v in s2v.sum(axis=(1, 2))]
+    futures: list[Any] = []
     if submit is None:
         write("s2", s2, s2v)
     else:
         futures.append(submit(write, "s2", s2, s2v))
     del s2, s2v
     if plan.with_s1:
-        s1, s1v = _load_s1(plan, dates, ys, xs)
-        _check_unit("s1", s1, s1v)
+        s1a, s1v = _load_s1(plan, dates, ys, xs) if s1 is None else s1.result()
         if submit is None:
-            write("s1", s1, s1v)
+            write("s1", s1a, s1v)
         else:
-            futures.append(submit(write, "s1", s1, s1v))
+            futures.append(submit(write, "s1", s1a, s1v))
     return counts, futures
+
+
+@functools.cache
+def _helper() -> Any:
+    """One thread that loads a unit's S1 while its S2 is loaded (kept for the process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentcube-s1")
 
 
 def _run_serial(
@@ -889,13 +1149,15 @@ def _run_serial(
     mask: MaskFunction,
     candidates: np.ndarray,
     bar: Any,
+    create: Any = None,
 ) -> None:
     """Units one after the other in this process; a unit's writes overlap the next reads.
 
-    One writer thread compresses and writes a unit's chunks while the next
-    unit (or the unit's S1) is read; a unit is marked done only when all its
-    writes have finished, and at most one unit is being written while the
-    next is loaded (memory: two units).
+    One writer thread first creates the store (``create``, from
+    :meth:`_Staging.open`) while the first unit is read, then checks,
+    compresses and writes each unit's chunks while the next unit is read; a
+    unit is marked done only when all its writes have finished, and at most
+    one unit is being written while the next is loaded (memory: two units).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -912,14 +1174,22 @@ def _run_serial(
             bar.update(1)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentcube-write") as writer:
+        made = writer.submit(create) if create is not None else None
         try:
             for unit in todo:
                 counts, futures = _process_unit(
                     plan, unit, staging.store, mask, candidates, writer.submit
                 )
+                if made is not None:  # the store exists before any unit is marked
+                    futures.insert(0, made)
+                    made = None
                 finish()  # the previous unit, written while this one was read
                 pending = (unit, counts, futures)
+            if made is not None:  # no unit to run: the store is still made
+                made.result()
         finally:
+            if made is not None:
+                made.exception()  # wait for it, without hiding the error in flight
             finish()
 
 
@@ -948,14 +1218,22 @@ class _Staging:
     def counts(self, unit: tuple[int, int, int]) -> list[int]:
         return [int(v) for v in json.loads(self.marker(unit).read_text())]
 
-    def open(self, plan: _Plan, mask: MaskFunction) -> np.ndarray:
-        """Reuse a staging area of the same request, or start a new one; the candidate dates."""
+    def open(self, plan: _Plan, mask: MaskFunction) -> tuple[np.ndarray, Any]:
+        """Reuse a staging area of the same request, or start a new one.
+
+        Returns the candidate dates and, for a new area, the function that
+        creates its store (metadata, coordinates and the cube's attributes)
+        and then records the request; None when the area is reused. The
+        caller runs it before the first chunk write (in serial builds on the
+        writer thread, while the first unit is read). Until it has run the
+        area holds no ``request.json``, so a kill before it starts afresh.
+        """
         request = self.root / "request.json"
         fp = plan.fingerprint()
         if request.exists():
             doc = json.loads(request.read_text())
             if doc.get("fingerprint") == fp and "candidates" in doc:
-                return np.asarray(doc["candidates"], np.int64)
+                return np.asarray(doc["candidates"], np.int64), None
         if self.root.exists():
             shutil.rmtree(self.root)
         counts = _screen(plan, mask)
@@ -969,15 +1247,15 @@ class _Staging:
             if candidates.size == 0:
                 _all_cloudy(plan, frac)
         (self.root / "done").mkdir(parents=True)
-        tpl, enc = _template(plan, candidates)
-        tpl.to_zarr(
-            self.store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=enc
-        )
         doc = {"fingerprint": fp, "candidates": [int(v) for v in candidates]}
         if counts is not None:
             doc["screen_counts"] = [int(v) for v in counts]
-        request.write_text(json.dumps(doc))
-        return candidates
+
+        def create() -> None:
+            _write_store(self.store, plan, candidates, _final_attrs(plan, candidates))
+            request.write_text(json.dumps(doc))
+
+        return candidates, create
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -1030,6 +1308,23 @@ def _attrs(plan: _Plan) -> dict[str, Any]:
     )
     attrs.update(plan.info.attrs())
     return attrs
+
+
+def _final_attrs(plan: _Plan, kept: np.ndarray) -> dict[str, Any]:
+    """The attributes of a cube of the S2 dates ``kept``: provenance, dropped dates, GeoZarr."""
+    from latentcube.io import geozarr_attrs
+
+    dropped = np.ones(len(plan.s2_times), bool)
+    dropped[kept] = False
+    attrs = _attrs(plan)
+    attrs["dropped_dates"] = json.dumps(
+        [np.datetime_as_string(t, "D") for t in plan.s2_times[dropped]]
+    )
+    coords = plan.info.geobox.coordinates
+    grid = xr.Dataset(coords={"y": coords["y"].values, "x": coords["x"].values})
+    grid = grid.rio.write_crs(f"EPSG:{plan.info.epsg}")
+    geo = {k: v for k, v in geozarr_attrs(grid).items() if v is not None}
+    return _json_attrs({**attrs, **geo})
 
 
 def _encoding(ds: xr.Dataset, spec: CubeSpec) -> dict[str, dict[str, Any]]:
@@ -1241,9 +1536,9 @@ def _execute(
     import zarr
     from tqdm.auto import tqdm
 
-    from latentcube.io import geozarr_attrs, open_zarr, write_zarr
+    from latentcube.io import open_zarr, write_zarr
 
-    candidates = staging.open(plan, mask)
+    candidates, create = staging.open(plan, mask)
     units = _units(plan, len(candidates))
     todo = [u for u in units if not staging.marker(u).exists()]
     bar = tqdm(
@@ -1254,8 +1549,10 @@ def _execute(
         disable=not progress or not todo,
     )
     if scheduler is None or not todo:
-        _run_serial(plan, todo, staging, mask, candidates, bar)
+        _run_serial(plan, todo, staging, mask, candidates, bar, create)
     else:
+        if create is not None:
+            create()
         _run_on_dask(plan, todo, staging, mask, candidates, scheduler, workers, bar)
     bar.close()
     counts = np.zeros(len(candidates), np.int64)
@@ -1267,26 +1564,23 @@ def _execute(
     if not keep.any():
         staging.remove()
         _all_cloudy(plan, frac)
-    dropped = np.ones(len(plan.s2_times), bool)
-    dropped[candidates[keep]] = False
-    attrs = _attrs(plan)
-    attrs["dropped_dates"] = json.dumps(
-        [np.datetime_as_string(t, "D") for t in plan.s2_times[dropped]]
-    )
     if keep.all() and path is not None:
-        # the staging store already is the cube: add the attributes and move it in place
+        # the staging store already is the cube, with its attributes: move it in place
         group: Any = zarr.open_group(staging.store, mode="r+")
-        coords = plan.info.geobox.coordinates
-        grid = xr.Dataset(coords={"y": coords["y"].values, "x": coords["x"].values})
-        grid = grid.rio.write_crs(f"EPSG:{plan.info.epsg}")
-        geo = {k: v for k, v in geozarr_attrs(grid).items() if v is not None}
-        group.attrs.update(_json_attrs({**attrs, **geo}))
+        if group.attrs.get("latentcube_request") != plan.fingerprint():
+            group.attrs.update(_final_attrs(plan, candidates))  # an area of an older version
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(staging.store, path)
         staging.remove()
         # values were checked unit by unit (_check_unit); the layout is checked here
         return validate_cube(open_zarr(path), check_values=False)
+    dropped = np.ones(len(plan.s2_times), bool)
+    dropped[candidates[keep]] = False
+    attrs = _attrs(plan)
+    attrs["dropped_dates"] = json.dumps(
+        [np.datetime_as_string(t, "D") for t in plan.s2_times[dropped]]
+    )
     # some candidate date turned out below the threshold (a mask function other
     # than the default, or pixels without data in some band): copy the kept dates
     st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})

@@ -647,22 +647,27 @@ def _read_one(href: str, geobox: Any, out: np.ndarray, nodata: float | int) -> N
         c0, c1 = (j0 - ox) // k, -(-(j1 - ox) // k)
         arr = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
         src_nodata = src.nodata
-    if k > 1:
-        arr = np.repeat(np.repeat(arr, k, axis=0), k, axis=1)
-        di, dj = (i0 - oy) - r0 * k, (j0 - ox) - c0 * k
-        arr = arr[di : di + i1 - i0, dj : dj + j1 - j0]
+    if src_nodata is not None and not (
+        src_nodata == nodata or (np.isnan(src_nodata) and np.isnan(float(nodata)))
+    ):  # map the source's nodata at the source resolution
+        bad = np.isnan(arr) if np.isnan(src_nodata) else arr == src_nodata
+        arr = arr.astype(out.dtype)
+        arr[bad] = nodata
     for rows, cols in ((slice(0, i0), slice(None)), (slice(i1, ny), slice(None)),
                        (slice(i0, i1), slice(0, j0)), (slice(i0, i1), slice(j1, nx))):  # fmt: skip
         out[rows, cols] = nodata  # outside the source
     dst = out[i0:i1, j0:j1]
-    dst[...] = arr
-    if src_nodata is not None and not (
-        src_nodata == nodata or (np.isnan(src_nodata) and np.isnan(float(nodata)))
-    ):
-        if np.isnan(src_nodata):
-            dst[np.isnan(arr)] = nodata
-        else:
-            dst[arr == src_nodata] = nodata
+    di, dj = (i0 - oy) - r0 * k, (j0 - ox) - c0 * k
+    if k == 1:
+        dst[...] = arr
+    elif di == 0 and dj == 0 and dst.shape == (arr.shape[0] * k, arr.shape[1] * k):
+        # every source pixel fills k x k output pixels: one broadcast copy into a
+        # view of ``dst`` (splitting both axes never needs a copy)
+        dst.reshape(arr.shape[0], k, arr.shape[1], k)[...] = arr[:, None, :, None]
+    else:
+        dst[...] = np.repeat(np.repeat(arr, k, axis=0), k, axis=1)[
+            di : di + i1 - i0, dj : dj + j1 - j0
+        ]
 
 
 def read_aligned(
@@ -674,6 +679,7 @@ def read_aligned(
     nodata: float | int,
     patch_url: Callable[[str], str] | None = None,
     pool: int | None = None,
+    geoboxes: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Read grid-aligned bands of items onto ``geobox`` without warping.
 
@@ -683,8 +689,9 @@ def read_aligned(
     for a source ``f`` times coarser than the grid (Sentinel-2's 20 m bands
     and SCL on the 10 m grid), which equals a nearest-neighbour warp.
     Pixels outside a source get ``nodata``; a source nodata value is mapped to
-    ``nodata``. Raises :class:`NotAligned` when an opened file does not match
-    its metadata.
+    ``nodata``. ``geoboxes`` gives some bands another grid of the same lattice
+    (e.g. a mask band with a halo), read in the same round of the pool.
+    Raises :class:`NotAligned` when an opened file does not match its metadata.
 
     Returns
     -------
@@ -693,14 +700,15 @@ def read_aligned(
     """
     if not items:
         raise StacError("nothing to load: no items")
-    out = {b: np.empty((len(items), *geobox.shape), dtype=dtype) for b in assets}
+    boxes = {b: (geoboxes or {}).get(b, geobox) for b in assets}
+    out = {b: np.empty((len(items), *boxes[b].shape), dtype=dtype) for b in assets}
     jobs = []
     for k, it in enumerate(items):
         for band, key in assets.items():
             href = it.assets[key].get_absolute_href() or it.assets[key].href
-            jobs.append((patch_url(href) if patch_url else href, out[band][k]))
+            jobs.append((patch_url(href) if patch_url else href, boxes[band], out[band][k]))
     ex = _executor(pool or 1)
-    for fut in [ex.submit(_read_one, h, geobox, o, nodata) for h, o in jobs]:
+    for fut in [ex.submit(_read_one, h, g, o, nodata) for h, g, o in jobs]:
         fut.result()
     return out
 
