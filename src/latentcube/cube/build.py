@@ -1223,6 +1223,7 @@ def _finish_union(
         return validate_cube(cube.rio.write_crs(s2_cube.rio.crs))
     enc = _encoding(cube, plan.spec)
     cube = cube.chunk({d: enc["s2"]["chunks"][i] for i, d in enumerate(cube["s2"].dims)})
+    cube = cube.assign_coords({k: c.compute() for k, c in cube.coords.items() if c.chunks})
     write_zarr(cube, path, overwrite=True, encoding=enc)
     if target is not None and target != path:
         shutil.rmtree(target, ignore_errors=True)

@@ -154,7 +154,7 @@ def add_s1_dates(
             "s1_time": ("time", times),
             "s1_orbit": (
                 "time",
-                np.array([plan.s1_orbits[g] for g in groups], dtype=object),
+                np.array([plan.s1_orbits[g] for g in groups], dtype=str),
             ),
             "s2_observed": ("time", np.zeros(n, bool)),
             **{k: cube[k] for k in ("band", "s1_band", "y", "x", "spatial_ref") if k in cube},
@@ -163,7 +163,7 @@ def add_s1_dates(
     # (a store may give s1_orbit a dimension of its own: put it back on time)
     base = cube.drop_vars("s1_orbit").assign_coords(
         s2_observed=("time", observed),
-        s1_orbit=("time", np.asarray(cube["s1_orbit"].values).astype(object)),
+        s1_orbit=("time", np.array([str(v) for v in cube["s1_orbit"].values])),
     )
     union = xr.concat(
         [base, extra],
