@@ -135,3 +135,181 @@ def test_cube_without_s1_is_embedded_from_s2(setup):
         ds["embedding"].values, ref["embedding"].values, rtol=0, atol=1e-6, equal_nan=True
     )
     assert ds.attrs["missing_sensors"] == "s1" and not (ds["sensors"].values & 2).any()
+
+
+# ----------------------------------------------------------------------------------------
+# Large areas: fused bundles through embed_to_zarr (Dask), chunked in time and space
+
+
+def _union(cube, s1_only=(3, 8, 9)):
+    """``cube`` on a union time axis: some dates carry S1 only (S2 masked, not observed)."""
+    u = cube.copy(deep=True)
+    s2v = u["s2_valid"].values.copy()
+    s2v[list(s1_only)] = False
+    u["s2_valid"] = (("time", "y", "x"), s2v)
+    u["s2"] = u["s2"].where(u["s2_valid"])
+    observed = np.ones(u.sizes["time"], bool)
+    observed[list(s1_only)] = False
+    return u.assign_coords(s2_observed=("time", observed)).assign_attrs(time_axis="union")
+
+
+@pytest.fixture(scope="module")
+def stores(setup, tmp_path_factory):
+    from latentcube.bundle import save_fusion_checkpoint
+    from latentcube.io import write_zarr
+
+    cube, model = setup
+    root = tmp_path_factory.mktemp("fused-dask")
+    bundle = save_fusion_checkpoint(root / "fused.pt", model)
+    union = _union(cube)
+    return {
+        "bundle": bundle,
+        "s2": (write_zarr(cube, root / "s2.zarr"), embed_fused(cube, model)),
+        "union": (write_zarr(union, root / "union.zarr"), embed_fused(union, model)),
+    }
+
+
+def _to_zarr(src, bundle, out, chunk, time_chunk, **kw):
+    from latentcube.inference import embed_to_zarr, open_embedding
+
+    path = embed_to_zarr(
+        src,
+        bundle,
+        out,
+        chunk=chunk,
+        time_chunk=time_chunk,
+        workers=1,
+        processes=False,
+        progress=False,
+        **kw,
+    )
+    return open_embedding(path)
+
+
+def _assert_same(got, ref):
+    assert set(got.data_vars) == {"embedding", "valid", "sensors", "recon_mae"}
+    np.testing.assert_allclose(
+        got["embedding"].values, ref["embedding"].values, rtol=0, atol=1e-5, equal_nan=True
+    )
+    np.testing.assert_array_equal(got["sensors"].values, ref["sensors"].values)
+    np.testing.assert_array_equal(got["valid"].values, ref["valid"].values)
+    np.testing.assert_allclose(
+        got["recon_mae"].values, ref["recon_mae"].values, rtol=0, atol=1e-5, equal_nan=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("axis", "chunk", "time_chunk"),
+    [("s2", 4, 2), ("union", 4, 2), ("union", 7, 1), ("union", 64, 3), ("s2", 9, 64)],
+)
+def test_dask_store_equals_in_memory_for_any_chunking(stores, tmp_path, axis, chunk, time_chunk):
+    src, ref = stores[axis]
+    got = _to_zarr(src, stores["bundle"], tmp_path / "e.zarr", chunk, time_chunk)
+    _assert_same(got, ref)
+    assert got["sensors"].attrs["flag_meanings"] == "s2 s1"
+    assert got.attrs["time_axis"] == axis and got.rio.crs == ref.rio.crs
+    assert got["embedding"].encoding["chunks"] == (7, 1, min(chunk, 20), min(chunk, 19))
+    assert int(got["valid"].sum()) > 0
+
+
+def test_union_axis_in_chunks_encodes_s2_on_its_own_dates(setup, stores, tmp_path):
+    """Independent of the fused code's date bookkeeping: S2-only embeddings of the S2 dates
+    of a union cube, embedded one date per chunk, equal those of the cube without the
+    S1-only dates."""
+    cube, model = setup
+    src, _ = stores["union"]
+    got = _to_zarr(src, stores["bundle"], tmp_path / "u.zarr", 5, 1, hide=("s1",))
+    s2_dates = np.setdiff1d(np.arange(cube.sizes["time"]), [3, 8, 9])
+    ref = embed_fused(cube.isel(time=s2_dates), model, hide=("s1",))
+    np.testing.assert_allclose(
+        got["embedding"].values[:, s2_dates],
+        ref["embedding"].values,
+        rtol=0,
+        atol=1e-5,
+        equal_nan=True,
+    )
+    assert np.isnan(got["embedding"].values[:, [3, 8, 9]]).all()
+    assert int(got["valid"].sum()) > 0 and not (got["sensors"].values & 2).any()
+
+
+def test_hide_and_bad_options_on_dask(setup, stores, tmp_path):
+    from latentcube.bundle import save_checkpoint
+    from latentcube.errors import EmbeddingError, LatentcubeError
+    from latentcube.inference import progress_dir
+
+    cube, model = setup
+    src, _ = stores["s2"]
+    got = _to_zarr(src, stores["bundle"], tmp_path / "h.zarr", 6, 4, hide=("s2",))
+    _assert_same(got, embed_fused(cube, model, hide=("s2",)))
+    assert got.attrs["hidden_sensors"] == "s2" and not (got["sensors"].values & 1).any()
+    with pytest.raises(EmbeddingError, match="cannot hide"):
+        _to_zarr(src, stores["bundle"], tmp_path / "x.zarr", 6, 4, hide=("s3",))
+    with pytest.raises(EmbeddingError, match="'nan' edge policy only"):
+        _to_zarr(src, stores["bundle"], tmp_path / "x.zarr", 6, 4, edge="pad")
+    ae = save_checkpoint(tmp_path / "s2.pt", model.autoencoder("s2"))
+    with pytest.raises(EmbeddingError, match="needs a fused model"):
+        _to_zarr(src, ae, tmp_path / "x.zarr", 6, 4, hide=("s1",))
+    assert not (tmp_path / "x.zarr").exists()
+    # an unfinished store of another --hide is not resumed with other options
+    out = tmp_path / "r.zarr"
+    _to_zarr(src, stores["bundle"], out, 6, 4)
+    progress_dir(out).mkdir()
+    with pytest.raises(LatentcubeError, match="unfinished run of another"):
+        _to_zarr(src, stores["bundle"], out, 6, 4, hide=("s1",))
+
+
+SCRIPT = """
+import sys, time
+import latentcube.fusion_inference as fi
+real = fi.embed_fused_block
+def slow(*a, **k):
+    time.sleep(0.15)
+    return real(*a, **k)
+fi.embed_fused_block = slow
+from latentcube.inference import embed_to_zarr
+if __name__ == "__main__":
+    embed_to_zarr(sys.argv[1], sys.argv[2], sys.argv[3], chunk=5, time_chunk=4, workers=1,
+                  processes=False, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_fused_run_killed_and_rerun_gives_a_byte_identical_store(stores, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from latentcube.inference import progress_dir
+    from test_embed_dask import _store_files
+
+    src, ref = stores["union"]
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    want = _to_zarr(src, stores["bundle"], tmp_path / "ref.zarr", 5, 4)
+    _assert_same(want, ref)
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(src), str(stores["bundle"]), str(out)]
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        marks = progress_dir(out)
+        if marks.exists() and len(list(marks.iterdir())) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(progress_dir(out).iterdir()))
+    assert 3 <= n_done < 80, "the run must be killed part-way"  # 4 x 4 x 4 = 64 chunks
+    subprocess.run(
+        [sys.executable, str(script), str(src), str(stores["bundle"]), str(out)],
+        check=True,
+        timeout=300,
+    )
+    assert not progress_dir(out).exists()
+    a, b = _store_files(tmp_path / "ref.zarr"), _store_files(out)
+    assert sorted(a) == sorted(b) and sum(k.startswith("embedding/c/") for k in a) >= 10
+    for rel, data in a.items():
+        assert b[rel] == data, rel

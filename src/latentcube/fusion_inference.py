@@ -459,10 +459,11 @@ def embed_fused(
     }
     if with_error:
         out["recon_mae"] = np.full((n_t, ny, nx), np.nan, np.float32)
+    h = _halo_px(model)  # the border has no full context: only inner tiles are embedded
     tiles = [
-        (slice(y0, min(y0 + tile, ny)), slice(x0, min(x0 + tile, nx)))
-        for y0 in range(0, ny, tile)
-        for x0 in range(0, nx, tile)
+        (slice(y0, min(y0 + tile, ny - h)), slice(x0, min(x0 + tile, nx - h)))
+        for y0 in range(h, ny - h, tile)
+        for x0 in range(h, nx - h, tile)
     ]
     for ys, xs in tqdm(tiles, disable=not progress, desc="tiles"):
         layers = fused_chunk(
