@@ -109,6 +109,8 @@ def test_union_axis_embeds_s1_dates_and_keeps_s2_dates(setup, shared):
     u = read_worldcereal_patch(folder, time_axis="union").isel({**crop, "time": slice(0, 45)})
     s2 = read_worldcereal_patch(folder).isel(crop)
     s2 = s2.sel(time=s2["time"] <= u["time"][-1])
+    # the reader flags the S2 dates of the union axis
+    np.testing.assert_array_equal(u["time"].values[u["s2_observed"].values], s2["time"].values)
     a = embed_fused(s2, model, hide=("s1",))
     b = embed_fused(u, model, hide=("s1",))
     # S2 is encoded on its own dates on either axis, so S2-only embeddings agree
