@@ -546,8 +546,9 @@ def embed(
         model_path = model if model is not None else default_model_path()
         net, _meta = load_any(model_path)  # the only read of the checkpoint here
         fused = isinstance(net, FusionModel)
+        sensors = net.config.sensors if isinstance(net, FusionModel) else (net.config.sensor,)
         if model is None:
-            typer.echo(f"model: {model_path} (shipped default, sensors {'+'.join(net.sensors)})")
+            typer.echo(f"model: {model_path} (shipped default, sensors {'+'.join(sensors)})")
         if hide and not fused:
             raise LatentcubeError("--hide needs a fused model bundle")
         if cube is None:
@@ -558,11 +559,11 @@ def embed(
                 start,
                 end,
                 catalog,
-                tuple(net.sensors) if fused else (net.config.sensor,),
+                tuple(sensors),
                 cube_out or out.with_name(f"{out.stem}_cube.zarr"),
                 time_axis,
             )
-        if fused or net.supports_dense:
+        if isinstance(net, FusionModel) or net.supports_dense:
             path = embed_to_zarr(
                 cube,
                 model_path,
@@ -594,7 +595,7 @@ def embed(
     extra = ""
     if "sensors" in ds:  # fused: how many pixel-dates had no reference sensor
         only = int(((ds["sensors"] & 1) == 0).where(ds["valid"], False).sum())
-        extra = f" ({only} without {net.sensors[0]})"
+        extra = f" ({only} without {sensors[0]})"
     typer.echo(
         f"wrote {path}: {dict(ds['embedding'].sizes)}, {n} valid pixel-dates{extra}, "
         f"{time.perf_counter() - t0:.1f} s"

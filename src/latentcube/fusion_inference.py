@@ -29,7 +29,7 @@ without any present sensor are NaN (the stage-1 ``nan`` edge policy).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,7 @@ def _sensor_latents(
     want = np.flatnonzero(np.isin(dates, centres))
     if len(want):
         kw: dict[str, Any] = {"with_error": False}
+        fn: Callable[..., tuple[np.ndarray, np.ndarray]]
         if ae.supports_dense:
             kw["centres"] = want.tolist()
             fn = embed_block

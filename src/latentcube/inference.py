@@ -682,7 +682,10 @@ class EmbedJob(Protocol):
     :class:`latentcube.fusion_inference.FusedJob` (a fused bundle).
     """
 
-    bands: tuple[tuple[str, tuple[str, ...]], ...]
+    @property
+    def bands(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(sensor, bands) the tasks read from the cube."""
+        ...
 
     def identity(self) -> dict[str, Any]:
         """Options that make two runs' stores differ (beyond model, cube, chunks, dtype)."""
