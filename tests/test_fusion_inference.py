@@ -260,57 +260,18 @@ def test_hide_and_bad_options_on_dask(setup, stores, tmp_path):
         _to_zarr(src, stores["bundle"], out, 6, 4, hide=("s1",))
 
 
-SCRIPT = """
-import sys, time
-import latentcube.fusion_inference as fi
-real = fi.embed_fused_block
-def slow(*a, **k):
-    time.sleep(0.15)
-    return real(*a, **k)
-fi.embed_fused_block = slow
-from latentcube.inference import embed_to_zarr
-if __name__ == "__main__":
-    embed_to_zarr(sys.argv[1], sys.argv[2], sys.argv[3], chunk=5, time_chunk=4, workers=1,
-                  processes=False, progress=False)
-"""
-
-
 @pytest.mark.slow
 def test_fused_run_killed_and_rerun_gives_a_byte_identical_store(stores, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from latentcube.inference import progress_dir
-    from test_embed_dask import _store_files
+    from test_embed_dask import _store_files, kill_part_way_then_rerun
 
     src, ref = stores["union"]
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
     want = _to_zarr(src, stores["bundle"], tmp_path / "ref.zarr", 5, 4)
     _assert_same(want, ref)
-    out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(src), str(stores["bundle"]), str(out)]
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        marks = progress_dir(out)
-        if marks.exists() and len(list(marks.iterdir())) >= 3:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    n_done = len(list(progress_dir(out).iterdir()))
-    assert 3 <= n_done < 80, "the run must be killed part-way"  # 4 x 4 x 4 = 64 chunks
-    subprocess.run(
-        [sys.executable, str(script), str(src), str(stores["bundle"]), str(out)],
-        check=True,
-        timeout=300,
-    )
-    assert not progress_dir(out).exists()
+    out = tmp_path / "killed.zarr"  # 4 x 4 x 4 = 64 chunks
+    kill_part_way_then_rerun(
+        tmp_path, src, stores["bundle"], out, 64, module="latentcube.fusion_inference",
+        function="embed_fused_block", sleep=0.15, chunk=5, time_chunk=4,
+    )  # fmt: skip
     a, b = _store_files(tmp_path / "ref.zarr"), _store_files(out)
     assert sorted(a) == sorted(b) and sum(k.startswith("embedding/c/") for k in a) >= 10
     for rel, data in a.items():
