@@ -202,7 +202,7 @@ def _assert_same(got, ref):
 
 @pytest.mark.parametrize(
     ("axis", "chunk", "time_chunk"),
-    [("s2", 4, 2), ("union", 4, 2), ("union", 7, 1), ("union", 64, 3), ("s2", 9, 64)],
+    [("s2", 4, 2), ("union", 4, 2), ("union", 7, 1), ("union", 64, 3)],
 )
 def test_dask_store_equals_in_memory_for_any_chunking(stores, tmp_path, axis, chunk, time_chunk):
     src, ref = stores[axis]
