@@ -7,6 +7,8 @@ default of ``embed_to_zarr``). Prints wall time (cluster start-up and embedding)
 pixel-dates per second, the peak RSS of each worker process and of the driver, the
 fitted exponent of time vs area, and one chunking against another (same output).
 Usage: ``python benchmarks/bench_scale.py [--sides 256 512 1024] [--chunk 128]``.
+``--fused`` embeds an S2 + S1 cube with a fused bundle of two random ``fast``
+autoencoders instead (the same Dask machinery, :class:`latentcube.fusion_inference.FusedJob`).
 """
 
 from __future__ import annotations
@@ -35,9 +37,19 @@ CHILD = textwrap.dedent(
     from latentcube.sensors import S2_BANDS
 
     side, chunk, variant, root = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    fused = sys.argv[7] == "fused"
     if __name__ == "__main__":
         torch.manual_seed(0)
-        ckpt = save_checkpoint(f"{root}/m.pt", build_autoencoder(AutoencoderConfig.preset(variant)))
+        if fused:
+            from latentcube.bundle import save_fusion_checkpoint
+            from latentcube.models.fusion import FusionConfig, FusionModel
+            aes = {s: build_autoencoder(AutoencoderConfig.preset(variant, s)) for s in ("s2", "s1")}
+            model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
+            ckpt = save_fusion_checkpoint(f"{root}/fused.pt", model)
+        else:
+            ckpt = save_checkpoint(
+                f"{root}/m.pt", build_autoencoder(AutoencoderConfig.preset(variant))
+            )
         t = pd.date_range("2021-04-01", periods=11, freq="5D").values
         rs = da.random.RandomState(0)
         s2 = rs.uniform(0.02, 0.4, (11, 10, side, side), chunks=(11, 10, 512, 512))
@@ -52,7 +64,15 @@ CHILD = textwrap.dedent(
         # store chunks no larger than the smallest area, so every size reads whole chunks
         cs = int(sys.argv[6])
         enc = {"s2": {"chunks": (11, 10, cs, cs)}, "s2_valid": {"chunks": (11, cs, cs)}}
-        src = f"{root}/cube_{side}.zarr"
+        if fused:  # S1 on every date, matched on the day
+            s1 = rs.uniform(0.2, 0.8, (11, 2, side, side), chunks=(11, 2, 512, 512))
+            s1v = rs.uniform(0, 1, (11, side, side), chunks=(11, 512, 512)) > 0.05
+            cube["s1"] = (("time", "s1_band", "y", "x"), da.where(s1v[:, None], s1, np.nan)
+                          .astype("float32"))
+            cube["s1_valid"] = (("time", "y", "x"), s1v)
+            cube = cube.assign_coords(s1_band=["VV", "VH"], s1_time=("time", t))
+            enc.update(s1={"chunks": (11, 2, cs, cs)}, s1_valid={"chunks": (11, cs, cs)})
+        src = f"{root}/cube_{side}{'_fused' if fused else ''}.zarr"
         if not Path(src).exists():
             write_zarr(cube, src, encoding=enc)
         if sys.argv[5] == "make":
@@ -70,7 +90,7 @@ CHILD = textwrap.dedent(
         client = Client(cluster)
         worker_base = max(client.run(peak_rss).values())
         t1 = time.perf_counter()
-        out = embed_to_zarr(src, ckpt, f"{root}/emb_{side}_{chunk}.zarr", chunk=chunk,
+        out = embed_to_zarr(src, ckpt, f"{root}/emb_{side}_{chunk}_{sys.argv[7]}.zarr", chunk=chunk,
                             scheduler=cluster.scheduler_address, progress=False)
         t2 = time.perf_counter()
         worker_peak = max(client.run(peak_rss).values())
@@ -86,7 +106,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def run(side: int, chunk: int, variant: str, root: str, store_chunk: int) -> dict:
+def run(side: int, chunk: int, variant: str, root: str, store_chunk: int, kind: str) -> dict:
     script = Path(root) / "child.py"
     script.write_text(CHILD)
     # the cube is made in one process and embedded in a fresh one, so the peak RSS
@@ -102,6 +122,7 @@ def run(side: int, chunk: int, variant: str, root: str, store_chunk: int) -> dic
                 root,
                 step,
                 str(store_chunk),
+                kind,
             ],
             capture_output=True,
             text=True,
@@ -115,20 +136,31 @@ def main() -> None:
     ap.add_argument("--sides", type=int, nargs="+", default=[256, 512, 1024])
     ap.add_argument("--chunk", type=int, default=128)
     ap.add_argument("--variant", default="fast")
+    ap.add_argument("--fused", action="store_true", help="a fused S2 + S1 bundle")
+    ap.add_argument("--skip-chunking", action="store_true", help="no second chunking")
     args = ap.parse_args()
+    kind = "fused" if args.fused else "single"
     rows = []
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as root:
         for side in args.sides:
-            r = run(side, args.chunk, args.variant, root, min(args.sides))
+            r = run(side, args.chunk, args.variant, root, min(args.sides), kind)
             rows.append(r)
             print(
-                f"{side:5d}^2 px x 1 centre date (11 dates): wall {r['wall']:7.1f} s "
+                f"{kind:>6} {side:5d}^2 px x 1 centre date (11 dates): wall {r['wall']:7.1f} s "
                 f"(cluster start-up {r['startup']:.1f} s, embedding {r['embed']:.1f} s), "
                 f"{r['pixel_dates'] / r['embed']:7.0f} pixel-dates/s, peak RSS per worker "
                 f"{r['worker_peak_mib']:5.0f} MiB (at start {r['worker_start_mib']:.0f}), "
                 f"driver {r['peak_mib']:5.0f} MiB (after imports {r['before_mib']:.0f})"
             )
+            if args.fused:  # the single-sensor model on the same area, in the same run
+                one = run(side, args.chunk, args.variant, root, min(args.sides), "single")
+                print(
+                    f"single {side:5d}^2 px: embedding {one['embed']:.1f} s, "
+                    f"{one['pixel_dates'] / one['embed']:7.0f} pixel-dates/s, peak RSS per "
+                    f"worker {one['worker_peak_mib']:5.0f} MiB; fused/single time "
+                    f"{r['embed'] / one['embed']:.2f}"
+                )
         area = np.array([r["side"] ** 2 for r in rows], float)
         for what in ("embed", "wall"):
             t = np.array([r[what] for r in rows])
@@ -142,7 +174,10 @@ def main() -> None:
                 f"{peaks.max() / peaks.min():.2f} for {area.max() / area.min():.0f}x the area"
             )
         side = args.sides[min(1, len(args.sides) - 1)]
-        other = run(side, 100, args.variant, root, min(args.sides))
+        if args.skip_chunking:
+            print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+            return
+        other = run(side, 100, args.variant, root, min(args.sides), kind)
         import xarray as xr
 
         a = xr.open_zarr(rows[min(1, len(rows) - 1)]["out"], consolidated=False)["embedding"].values

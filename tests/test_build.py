@@ -737,3 +737,49 @@ def test_unit_value_check_catches_every_rule():
     d[t, 2, y, x] = 0.5  # a value under an invalid pixel
     with pytest.raises(StacError, match="disagree"):
         _check_unit("s2", d, valid)
+
+
+def test_union_time_axis_adds_s1_only_days(tmp_path, catalog, cube, src):
+    union = build_cube(
+        **_place(), start=START, end=END, catalog=str(catalog), progress=False, time_axis="union"
+    )
+    days = [str(d) for d in union["time"].values.astype("datetime64[D]")]
+    s2_days = ["2018-09-18", "2018-10-13", "2018-10-18"]
+    # S1 acquisition days in [START, END] without an S2 date (09-19 is a day after 09-18)
+    s1_only = [d for d in S1_DATES if START <= d <= END and d not in s2_days]
+    assert s1_only == ["2018-09-19", "2018-09-25", "2018-10-01", "2018-10-07"]
+    assert days == sorted(s2_days + s1_only)
+    assert union.attrs["time_axis"] == "union" and "time_axis" not in cube.attrs
+    observed = union["s2_observed"].values
+    assert [d for d, o in zip(days, observed, strict=True) if o] == s2_days
+    # S2 dates: the S2-axis cube unchanged
+    for name in ("s2", "s2_valid", "s1", "s1_valid"):
+        np.testing.assert_array_equal(union[name].values[observed], cube[name].values)
+    # S1-only dates: S2 masked, S1 is that acquisition (rolling mean with its neighbours)
+    assert not union["s2_valid"].values[~observed].any()
+    assert np.isnan(union["s2"].values[~observed]).all()
+    i = days.index("2018-09-25")
+    assert union["s1_time"].values[i] == src.s1_time["2018-09-25"]
+    exp = _s1_expected(src, ["2018-09-19", "2018-09-25", "2018-10-01"])
+    np.testing.assert_allclose(union["s1"].values[i], exp, atol=2e-6)
+    # 10-07's next neighbour is 10-25 (10-13 and 10-19 are missing from the catalog)
+    i = days.index("2018-10-07")
+    exp = _s1_expected(src, ["2018-10-01", "2018-10-07", "2018-10-25"])
+    np.testing.assert_allclose(union["s1"].values[i], exp, atol=2e-6)
+    assert union["s1_valid"].values[~observed].all()
+    # a store: written once, reused by the same request, S2-axis stores are another request
+    out = tmp_path / "u.zarr"
+    kw = {**_place(), "start": START, "end": END, "catalog": str(catalog), "progress": False}
+    stored = build_cube(**kw, out=out, time_axis="union")
+    np.testing.assert_array_equal(stored["s1"].values, union["s1"].values)
+    assert stored.attrs["time_axis"] == "union"
+    assert not (tmp_path / ".u.zarr.s2.zarr").exists()
+    mtime = (out / "zarr.json").stat().st_mtime_ns
+    build_cube(**kw, out=out, time_axis="union")
+    assert (out / "zarr.json").stat().st_mtime_ns == mtime
+    with pytest.raises(FileExistsError, match="not built for this request"):
+        build_cube(**kw, out=out)
+    with pytest.raises(StacError, match="needs sensors"):
+        build_cube(**kw, sensors=("s2",), time_axis="union")
+    with pytest.raises(StacError, match="time_axis must be one of"):
+        build_cube(**kw, time_axis="s1")

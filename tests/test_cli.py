@@ -327,3 +327,37 @@ def test_embed_from_a_place_through_the_real_cube_builder(tmp_path):
     np.testing.assert_array_equal(emb["x"].values, cube["x"].values)
     assert emb.rio.crs == cube.rio.crs
     assert int(emb["valid"].sum()) == int(cube["s2_valid"].sum()) > 0
+
+
+@pytest.mark.shared
+def test_time_axis_option_of_cube_and_embed(tmp_path):
+    """``cube --time-axis union`` and ``embed --lat ... --time-axis union`` (shipped fused model)
+    on a local static STAC catalog of real pixels."""
+    from stac_catalog import FLANDERS, PATCH, centre_lonlat, make_catalog, read_source
+
+    from conftest import shared_path
+
+    cat = make_catalog(tmp_path / "stac", read_source(shared_path(FLANDERS, PATCH)))
+    lon, lat = centre_lonlat()
+    place = ["--lat", str(lat), "--lon", str(lon), "--size-m", "320", "--start", "2018-09-01",
+             "--end", "2018-10-31", "--catalog", str(cat), "--no-progress"]  # fmt: skip
+    res = runner.invoke(app, ["cube", *place, "--out", str(tmp_path / "u.zarr"),
+                              "--time-axis", "union"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "11 dates x 32 x 32 px" in res.output and "(8 of them S1-only)" in res.output
+    res = runner.invoke(app, ["cube", *place, "--out", str(tmp_path / "b.zarr"),
+                              "--time-axis", "both"])  # fmt: skip
+    assert res.exit_code == 2 and "time_axis must be one of" in res.output
+    out = tmp_path / "e.zarr"
+    res = runner.invoke(app, ["embed", *place, "--out", str(out), "--time-axis", "union",
+                              "--workers", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cube = open_zarr(tmp_path / "e_cube.zarr")
+    assert cube.attrs["time_axis"] == "union" and cube.sizes["time"] == 11
+    emb = open_embedding(out)
+    assert emb.attrs["time_axis"] == "union" and emb["embedding"].shape == (7, 11, 32, 32)
+    # 11 dates, 3 of them S2: only the middle date (an S1-only day) has a full context
+    # (11 dates), and it is embedded from S1 alone on the 18 x 18 inner pixels
+    flags = emb["sensors"].values
+    assert (flags[5, 7:-7, 7:-7] == 2).all() and (flags.sum() == 2 * 18 * 18)
+    assert not cube["s2_observed"].values[5]

@@ -103,9 +103,13 @@ def test_fusion_cli_errors(tmp_path):
     assert res.exit_code == 2 and "--stage" in res.output
 
 
-def test_shipped_default_model(tmp_path):
+def test_shipped_default_model(tmp_path, monkeypatch):
+    import torch
+
     from latentcube.bundle import default_model_path
+    from latentcube.cli import _embeddings
     from latentcube.cube.readers import load_demo_cube
+    from latentcube.fusion_inference import embed_fused
 
     path = default_model_path()
     assert (path / "model.pt").stat().st_size < 5 * 2**20
@@ -116,11 +120,29 @@ def test_shipped_default_model(tmp_path):
     cube = load_demo_cube().isel(y=slice(0, 24), x=slice(0, 24), time=slice(0, 16))
     src = write_zarr(cube, tmp_path / "crop.zarr")
     out = tmp_path / "emb.zarr"
-    res = runner.invoke(app, ["embed", str(src), "--out", str(out), "--no-progress"])
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    res = runner.invoke(
+        app,
+        ["embed", str(src), "--out", str(out), "--no-progress", "--chunk", "8", "--time-chunk",
+         "5", "--workers", "1"],
+    )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "shipped default" in res.output
+    assert len(loads) == 1  # one read of the bundle in this process (the Dask worker has its own)
     ds = open_embedding(out)
     assert ds.sizes["feature"] == 7 and int(ds["valid"].sum()) > 0
+    # the Dask run (chunks smaller than the context) equals the in-memory fused path
+    ref = embed_fused(cube, model)
+    np.testing.assert_allclose(
+        ds["embedding"].values, ref["embedding"].values, rtol=0, atol=1e-5, equal_nan=True
+    )
+    np.testing.assert_array_equal(ds["sensors"].values, ref["sensors"].values)
+    loads.clear()
+    _embeddings([cube], path, None, "fused")  # evaluate --model: one read too
+    assert len(loads) == 1
+    monkeypatch.undo()
     args = ["demo", "--cube", str(src), "--out", str(tmp_path / "d"), "--pretrained"]
     res = runner.invoke(app, [*args, "--no-progress"])
     assert res.exit_code == 0, res.output

@@ -117,27 +117,29 @@ def _store_files(root: Path) -> dict[str, bytes]:
 
 SCRIPT = """
 import sys, time
-import latentcube.inference as inf
-real = inf.embed_block
+import {module} as mod
+real = mod.{function}
 def slow(*a, **k):
-    time.sleep(0.2)
+    time.sleep({sleep})
     return real(*a, **k)
-inf.embed_block = slow
+mod.{function} = slow
 from latentcube.inference import embed_to_zarr
 if __name__ == "__main__":
-    embed_to_zarr(sys.argv[1], sys.argv[2], sys.argv[3], chunk=8, time_chunk=7, workers=1,
-                  processes=False, progress=False)
+    embed_to_zarr(sys.argv[1], sys.argv[2], sys.argv[3], chunk={chunk}, time_chunk={time_chunk},
+                  workers=1, processes=False, progress=False)
 """
 
 
-@pytest.mark.slow
-def test_sigkill_and_rerun_gives_a_byte_identical_store(setup, tmp_path):
-    _, ckpt, src, _ = setup
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    ref = _run(setup, tmp_path / "ref.zarr", 8, 7)
-    out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([sys.executable, str(script), str(src), str(ckpt), str(out)])
+def kill_part_way_then_rerun(tmp_path, src, ckpt, out, n_chunks, **script):
+    """Run ``embed_to_zarr`` (slowed down) in a subprocess, SIGKILL it after 3 chunks, rerun.
+
+    ``script`` fills :data:`SCRIPT`: ``module`` and ``function`` to slow down, ``sleep``,
+    ``chunk`` and ``time_chunk``. Returns the number of chunks done before the kill.
+    """
+    path = tmp_path / "run.py"
+    path.write_text(SCRIPT.format(**script))
+    cmd = [sys.executable, str(path), str(src), str(ckpt), str(out)]
+    proc = subprocess.Popen(cmd)
     deadline = time.time() + 120
     while time.time() < deadline:
         marks = progress_dir(out)
@@ -147,11 +149,21 @@ def test_sigkill_and_rerun_gives_a_byte_identical_store(setup, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     n_done = len(list(progress_dir(out).iterdir()))
-    assert 3 <= n_done < 60, "the run must be killed part-way"
-    subprocess.run(
-        [sys.executable, str(script), str(src), str(ckpt), str(out)], check=True, timeout=300
-    )
+    assert 3 <= n_done < n_chunks, "the run must be killed part-way"
+    subprocess.run(cmd, check=True, timeout=300)
     assert not progress_dir(out).exists()
+    return n_done
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_gives_a_byte_identical_store(setup, tmp_path):
+    _, ckpt, src, _ = setup
+    ref = _run(setup, tmp_path / "ref.zarr", 8, 7)
+    out = tmp_path / "killed.zarr"
+    kill_part_way_then_rerun(
+        tmp_path, src, ckpt, out, 60, module="latentcube.inference", function="embed_block",
+        sleep=0.2, chunk=8, time_chunk=7,
+    )  # fmt: skip
     want, got = _store_files(Path(ref)), _store_files(out)
     # chunks holding only NaN are not stored (Zarr's fill value), the others are
     assert sum(k.startswith("embedding/c/") for k in want) >= 60

@@ -109,6 +109,8 @@ def test_union_axis_embeds_s1_dates_and_keeps_s2_dates(setup, shared):
     u = read_worldcereal_patch(folder, time_axis="union").isel({**crop, "time": slice(0, 45)})
     s2 = read_worldcereal_patch(folder).isel(crop)
     s2 = s2.sel(time=s2["time"] <= u["time"][-1])
+    # the reader flags the S2 dates of the union axis
+    np.testing.assert_array_equal(u["time"].values[u["s2_observed"].values], s2["time"].values)
     a = embed_fused(s2, model, hide=("s1",))
     b = embed_fused(u, model, hide=("s1",))
     # S2 is encoded on its own dates on either axis, so S2-only embeddings agree
@@ -135,3 +137,142 @@ def test_cube_without_s1_is_embedded_from_s2(setup):
         ds["embedding"].values, ref["embedding"].values, rtol=0, atol=1e-6, equal_nan=True
     )
     assert ds.attrs["missing_sensors"] == "s1" and not (ds["sensors"].values & 2).any()
+
+
+# ----------------------------------------------------------------------------------------
+# Large areas: fused bundles through embed_to_zarr (Dask), chunked in time and space
+
+
+def _union(cube, s1_only=(3, 8, 9)):
+    """``cube`` on a union time axis: some dates carry S1 only (S2 masked, not observed)."""
+    u = cube.copy(deep=True)
+    s2v = u["s2_valid"].values.copy()
+    s2v[list(s1_only)] = False
+    u["s2_valid"] = (("time", "y", "x"), s2v)
+    u["s2"] = u["s2"].where(u["s2_valid"])
+    observed = np.ones(u.sizes["time"], bool)
+    observed[list(s1_only)] = False
+    return u.assign_coords(s2_observed=("time", observed)).assign_attrs(time_axis="union")
+
+
+@pytest.fixture(scope="module")
+def stores(setup, tmp_path_factory):
+    from latentcube.bundle import save_fusion_checkpoint
+    from latentcube.io import write_zarr
+
+    cube, model = setup
+    root = tmp_path_factory.mktemp("fused-dask")
+    bundle = save_fusion_checkpoint(root / "fused.pt", model)
+    union = _union(cube)
+    return {
+        "bundle": bundle,
+        "s2": (write_zarr(cube, root / "s2.zarr"), embed_fused(cube, model)),
+        "union": (write_zarr(union, root / "union.zarr"), embed_fused(union, model)),
+    }
+
+
+def _to_zarr(src, bundle, out, chunk, time_chunk, **kw):
+    from latentcube.inference import embed_to_zarr, open_embedding
+
+    path = embed_to_zarr(
+        src,
+        bundle,
+        out,
+        chunk=chunk,
+        time_chunk=time_chunk,
+        workers=1,
+        processes=False,
+        progress=False,
+        **kw,
+    )
+    return open_embedding(path)
+
+
+def _assert_same(got, ref):
+    assert set(got.data_vars) == {"embedding", "valid", "sensors", "recon_mae"}
+    np.testing.assert_allclose(
+        got["embedding"].values, ref["embedding"].values, rtol=0, atol=1e-5, equal_nan=True
+    )
+    np.testing.assert_array_equal(got["sensors"].values, ref["sensors"].values)
+    np.testing.assert_array_equal(got["valid"].values, ref["valid"].values)
+    np.testing.assert_allclose(
+        got["recon_mae"].values, ref["recon_mae"].values, rtol=0, atol=1e-5, equal_nan=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("axis", "chunk", "time_chunk"),
+    [("s2", 4, 2), ("union", 4, 2), ("union", 7, 1), ("union", 64, 3)],
+)
+def test_dask_store_equals_in_memory_for_any_chunking(stores, tmp_path, axis, chunk, time_chunk):
+    src, ref = stores[axis]
+    got = _to_zarr(src, stores["bundle"], tmp_path / "e.zarr", chunk, time_chunk)
+    _assert_same(got, ref)
+    assert got["sensors"].attrs["flag_meanings"] == "s2 s1"
+    assert got.attrs["time_axis"] == axis and got.rio.crs == ref.rio.crs
+    assert got["embedding"].encoding["chunks"] == (7, 1, min(chunk, 20), min(chunk, 19))
+    assert int(got["valid"].sum()) > 0
+
+
+def test_union_axis_in_chunks_encodes_s2_on_its_own_dates(setup, stores, tmp_path):
+    """Independent of the fused code's date bookkeeping: S2-only embeddings of the S2 dates
+    of a union cube, embedded one date per chunk, equal those of the cube without the
+    S1-only dates."""
+    cube, model = setup
+    src, _ = stores["union"]
+    got = _to_zarr(src, stores["bundle"], tmp_path / "u.zarr", 5, 1, hide=("s1",))
+    s2_dates = np.setdiff1d(np.arange(cube.sizes["time"]), [3, 8, 9])
+    ref = embed_fused(cube.isel(time=s2_dates), model, hide=("s1",))
+    np.testing.assert_allclose(
+        got["embedding"].values[:, s2_dates],
+        ref["embedding"].values,
+        rtol=0,
+        atol=1e-5,
+        equal_nan=True,
+    )
+    assert np.isnan(got["embedding"].values[:, [3, 8, 9]]).all()
+    assert int(got["valid"].sum()) > 0 and not (got["sensors"].values & 2).any()
+
+
+def test_hide_and_bad_options_on_dask(setup, stores, tmp_path):
+    from latentcube.bundle import save_checkpoint
+    from latentcube.errors import EmbeddingError, LatentcubeError
+    from latentcube.inference import progress_dir
+
+    cube, model = setup
+    src, _ = stores["s2"]
+    got = _to_zarr(src, stores["bundle"], tmp_path / "h.zarr", 6, 4, hide=("s2",))
+    _assert_same(got, embed_fused(cube, model, hide=("s2",)))
+    assert got.attrs["hidden_sensors"] == "s2" and not (got["sensors"].values & 1).any()
+    with pytest.raises(EmbeddingError, match="cannot hide"):
+        _to_zarr(src, stores["bundle"], tmp_path / "x.zarr", 6, 4, hide=("s3",))
+    with pytest.raises(EmbeddingError, match="'nan' edge policy only"):
+        _to_zarr(src, stores["bundle"], tmp_path / "x.zarr", 6, 4, edge="pad")
+    ae = save_checkpoint(tmp_path / "s2.pt", model.autoencoder("s2"))
+    with pytest.raises(EmbeddingError, match="needs a fused model"):
+        _to_zarr(src, ae, tmp_path / "x.zarr", 6, 4, hide=("s1",))
+    assert not (tmp_path / "x.zarr").exists()
+    # an unfinished store of another --hide is not resumed with other options
+    out = tmp_path / "r.zarr"
+    _to_zarr(src, stores["bundle"], out, 6, 4)
+    progress_dir(out).mkdir()
+    with pytest.raises(LatentcubeError, match="unfinished run of another"):
+        _to_zarr(src, stores["bundle"], out, 6, 4, hide=("s1",))
+
+
+@pytest.mark.slow
+def test_fused_run_killed_and_rerun_gives_a_byte_identical_store(stores, tmp_path):
+    from test_embed_dask import _store_files, kill_part_way_then_rerun
+
+    src, ref = stores["union"]
+    want = _to_zarr(src, stores["bundle"], tmp_path / "ref.zarr", 5, 4)
+    _assert_same(want, ref)
+    out = tmp_path / "killed.zarr"  # 4 x 4 x 4 = 64 chunks
+    kill_part_way_then_rerun(
+        tmp_path, src, stores["bundle"], out, 64, module="latentcube.fusion_inference",
+        function="embed_fused_block", sleep=0.15, chunk=5, time_chunk=4,
+    )  # fmt: skip
+    a, b = _store_files(tmp_path / "ref.zarr"), _store_files(out)
+    assert sorted(a) == sorted(b) and sum(k.startswith("embedding/c/") for k in a) >= 10
+    for rel, data in a.items():
+        assert b[rel] == data, rel

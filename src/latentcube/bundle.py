@@ -194,7 +194,16 @@ def load_checkpoint(
         For a missing, corrupt or foreign file, another format version, another
         sensor or band set, or weights that do not fit the configuration.
     """
-    ck = read_checkpoint(path)
+    return _autoencoder_from(read_checkpoint(path), path, expect_bands, sensor)
+
+
+def _autoencoder_from(
+    ck: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    expect_bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+) -> tuple[ContextAutoencoder, dict[str, Any]]:
+    """The autoencoder of a checkpoint already read by :func:`read_checkpoint`."""
     meta = ck["meta"]
     try:
         config = AutoencoderConfig.model_validate(meta["model_config"])
@@ -308,7 +317,13 @@ def load_fusion_checkpoint(path: str | os.PathLike[str]) -> tuple[FusionModel, d
         For a missing, corrupt or foreign file, or weights that do not fit.
     """
     path = resolve_bundle(path)
-    ck = read_checkpoint(path, formats=(FUSION_FORMAT,))
+    return _fusion_from(read_checkpoint(path, formats=(FUSION_FORMAT,)), path)
+
+
+def _fusion_from(
+    ck: Mapping[str, Any], path: str | os.PathLike[str]
+) -> tuple[FusionModel, dict[str, Any]]:
+    """The fused model of a bundle already read by :func:`read_checkpoint`."""
     model = build_fusion_from_meta(ck["meta"], str(path))
     try:
         model.load_state_dict(ck["state_dict"], strict=True)
@@ -321,12 +336,12 @@ def load_fusion_checkpoint(path: str | os.PathLike[str]) -> tuple[FusionModel, d
 def load_any(
     path: str | os.PathLike[str],
 ) -> tuple[ContextAutoencoder | FusionModel, dict[str, Any]]:
-    """Load a stage-1 checkpoint or a fused bundle, whichever ``path`` holds."""
+    """Load a stage-1 checkpoint or a fused bundle, whichever ``path`` holds (one read)."""
     path = resolve_bundle(path)
     ck = read_checkpoint(path, formats=(FORMAT, FUSION_FORMAT))
     if ck["meta"]["format"] == FUSION_FORMAT:
-        return load_fusion_checkpoint(path)
-    return load_checkpoint(path)
+        return _fusion_from(ck, path)
+    return _autoencoder_from(ck, path)
 
 
 def default_model_path() -> Path:

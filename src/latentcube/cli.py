@@ -508,22 +508,32 @@ def embed(
         list[str] | None,
         typer.Option(help="Fused models: leave this sensor out (repeatable), e.g. --hide s2."),
     ] = None,
+    time_axis: Annotated[
+        str,
+        typer.Option(
+            help="With --lat/--lon: time axis of the cube to build, 's2' (S2 clear dates) or "
+            "'union' (also S1 days without S2; fused models)."
+        ),
+    ] = "s2",
 ) -> None:
     """Embed every pixel and cloud-free date of a cube into a Zarr store.
 
     The output holds 'embedding' (feature, time, y, x) on the cube's grid and CRS
     and the quality layers 'valid', 'recon_mae_<sensor>' (centre-pixel
-    reconstruction error) and, with --edge pad, 'padded'. Dense models (fast, tiny)
-    run on Dask, one task per output chunk, and a run that was stopped resumes
-    where it ended when started again with the same arguments; the paper model
-    runs window by window. With --lat/--lon/--start/--end instead of CUBE, the
-    cube is built first (and reused if it exists at --cube-out).
+    reconstruction error) and, with --edge pad, 'padded'; a fused bundle (the
+    default) writes 'valid', 'sensors' (bit mask of the contributing sensors) and
+    'recon_mae'. Dense models (fast, tiny) and fused bundles run on Dask, one task
+    per output chunk, and a run that was stopped resumes where it ended when
+    started again with the same arguments; the paper model runs window by window.
+    With --lat/--lon/--start/--end instead of CUBE, the cube is built first (and
+    reused if it exists at --cube-out).
     """
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import default_model_path, load_any
     from latentcube.cube.readers import open_cube
     from latentcube.errors import LatentcubeError
     from latentcube.inference import embed as run_embed
     from latentcube.inference import embed_to_zarr, open_embedding, write_embedding
+    from latentcube.models.fusion import FusionModel
 
     if out is None:
         _fail("--out is required")
@@ -532,26 +542,15 @@ def embed(
         _fail("give either a CUBE path or --lat/--lon/--start/--end to build one")
         return
     t0 = time.perf_counter()
-    if model is None or _is_fused(model):
-        if cube is None:
-            try:  # a fused model reads both sensors
-                cube = _build_cube_for_embed(
-                    lat,
-                    lon,
-                    size_m,
-                    start,
-                    end,
-                    catalog,
-                    "s1",
-                    cube_out or out.with_name(f"{out.stem}_cube.zarr"),
-                )
-            except (LatentcubeError, FileNotFoundError, FileExistsError, ValueError) as err:
-                _fail(str(err))
-                return
-        _embed_fused(cube, model, out, dtype, chunk, overwrite, progress, hide or [])
-        return
     try:
-        net, _meta = load_checkpoint(model)
+        model_path = model if model is not None else default_model_path()
+        net, _meta = load_any(model_path)  # the only read of the checkpoint here
+        fused = isinstance(net, FusionModel)
+        sensors = net.config.sensors if isinstance(net, FusionModel) else (net.config.sensor,)
+        if model is None:
+            typer.echo(f"model: {model_path} (shipped default, sensors {'+'.join(sensors)})")
+        if hide and not fused:
+            raise LatentcubeError("--hide needs a fused model bundle")
         if cube is None:
             cube = _build_cube_for_embed(
                 lat,
@@ -560,13 +559,14 @@ def embed(
                 start,
                 end,
                 catalog,
-                net.config.sensor,
+                tuple(sensors),
                 cube_out or out.with_name(f"{out.stem}_cube.zarr"),
+                time_axis,
             )
-        if net.supports_dense:
+        if isinstance(net, FusionModel) or net.supports_dense:
             path = embed_to_zarr(
                 cube,
-                model,
+                model_path,
                 out,
                 chunk=chunk,
                 time_chunk=time_chunk,
@@ -576,6 +576,8 @@ def embed(
                 workers=workers,
                 overwrite=overwrite,
                 progress=progress,
+                hide=hide or (),
+                loaded=net,
             )
         else:
             lazy = run_embed(
@@ -590,8 +592,12 @@ def embed(
         _fail(str(err))
         return
     n = int(ds["valid"].sum())
+    extra = ""
+    if "sensors" in ds:  # fused: how many pixel-dates had no reference sensor
+        only = int(((ds["sensors"] & 1) == 0).where(ds["valid"], False).sum())
+        extra = f" ({only} without {sensors[0]})"
     typer.echo(
-        f"wrote {path}: {dict(ds['embedding'].sizes)}, {n} valid pixel-dates, "
+        f"wrote {path}: {dict(ds['embedding'].sizes)}, {n} valid pixel-dates{extra}, "
         f"{time.perf_counter() - t0:.1f} s"
     )
 
@@ -649,6 +655,13 @@ def cube(
         bool, typer.Option(help="Replace an existing store built for another request.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    time_axis: Annotated[
+        str,
+        typer.Option(
+            help="'s2' (the S2 clear dates, the paper's) or 'union' (also every S1 "
+            "acquisition day without S2, S2 masked there; needs s1)."
+        ),
+    ] = "s2",
 ) -> None:
     """Build an analysis-ready Sentinel-2 (+ Sentinel-1) cube from a STAC catalog.
 
@@ -691,6 +704,7 @@ def cube(
                 nbar=nbar,
                 scheduler=scheduler,
                 workers=workers,
+                time_axis=time_axis,
             )
         for w in caught:
             if "zone" in str(w.message):
@@ -705,55 +719,9 @@ def cube(
     )
     if "s1" in ds:
         line += f", S1 matched on {int((~np.isnat(ds['s1_time'].values)).sum())} dates"
+    if "s2_observed" in ds.coords:
+        line += f" ({int((~ds['s2_observed'].values).sum())} of them S1-only)"
     typer.echo(f"{line}, {time.perf_counter() - t0:.1f} s")
-
-
-def _is_fused(model: Path) -> bool:
-    """Whether ``model`` is a fused bundle (False for anything else, errors included)."""
-    from latentcube.bundle import FUSION_FORMAT, read_checkpoint, resolve_bundle
-    from latentcube.errors import LatentcubeError
-
-    try:
-        meta = read_checkpoint(resolve_bundle(model), formats=(FUSION_FORMAT,))["meta"]
-    except LatentcubeError:
-        return False
-    return bool(meta)
-
-
-def _embed_fused(
-    cube: Path,
-    model: Path | None,
-    out: Path,
-    dtype: str,
-    chunk: int,
-    overwrite: bool,
-    progress: bool,
-    hide: list[str],
-) -> None:
-    """``latentcube embed`` with a fused bundle (default: the shipped model)."""
-    from latentcube.bundle import default_model_path, load_fusion_checkpoint
-    from latentcube.cube.readers import open_cube
-    from latentcube.errors import LatentcubeError
-    from latentcube.fusion_inference import embed_fused
-    from latentcube.inference import write_embedding
-
-    t0 = time.perf_counter()
-    try:
-        path = model if model is not None else default_model_path()
-        net, _meta = load_fusion_checkpoint(path)
-        if model is None:
-            typer.echo(f"model: {path} (shipped default, sensors {'+'.join(net.sensors)})")
-        ds = embed_fused(open_cube(cube), net, hide=hide, tile=chunk, progress=progress)
-        written = write_embedding(ds, out, dtype=dtype, overwrite=overwrite)
-    except (LatentcubeError, FileNotFoundError, FileExistsError, ValueError) as err:
-        _fail(str(err))
-        return
-    n = int(ds["valid"].sum())
-    only = int(((ds["sensors"] & 1) == 0).where(ds["valid"], False).sum())
-    typer.echo(
-        f"wrote {written}: {dict(ds['embedding'].sizes)}, {n} valid pixel-dates "
-        f"({only} without {net.sensors[0]}), {time.perf_counter() - t0:.1f} s"
-    )
 
 
 def _build_cube_for_embed(
@@ -763,8 +731,9 @@ def _build_cube_for_embed(
     start: str | None,
     end: str | None,
     catalog: str | None,
-    sensor: str,
+    sensors: tuple[str, ...],
     cube_out: Path,
+    time_axis: str = "s2",
 ) -> Path:
     """Build the cube of ``latentcube embed --lat --lon ...`` (or reuse the one at ``cube_out``)."""
     from latentcube.errors import LatentcubeError
@@ -795,7 +764,9 @@ def _build_cube_for_embed(
         start=start,
         end=end,
         out=cube_out,
-        sensors=("s2",) if sensor == "s2" else ("s2", sensor),  # S2 dates are the time axis
+        # S2 dates are the time axis; build_cube makes S2 and S1 (others stay absent)
+        sensors=("s2", *(s for s in sensors if s == "s1")),
+        time_axis=time_axis,
         **kwargs,
     )
     return cube_out
@@ -818,17 +789,15 @@ def _embeddings(cubes: list, model: Path | None, embedding: list[Path] | None, n
 
     if model is not None and embedding:
         raise ValueError("give either --model or --embedding, not both")
-    if model is not None and _is_fused(model):
-        from latentcube.bundle import load_fusion_checkpoint
-        from latentcube.fusion_inference import embed_fused
-
-        fused, _ = load_fusion_checkpoint(model)
-        return {name: [embed_fused(c, fused, progress=False)["embedding"] for c in cubes]}
     if model is not None:
-        from latentcube.bundle import load_checkpoint
+        from latentcube.bundle import load_any
+        from latentcube.fusion_inference import embed_fused
         from latentcube.inference import embed as run_embed
+        from latentcube.models.fusion import FusionModel
 
-        net, _ = load_checkpoint(model)
+        net, _ = load_any(model)  # one read, whichever kind of model it is
+        if isinstance(net, FusionModel):
+            return {name: [embed_fused(c, net, progress=False)["embedding"] for c in cubes]}
         return {name: [run_embed(c, net).compute() for c in cubes]}
     if embedding:
         if len(embedding) != len(cubes):

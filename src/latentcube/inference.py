@@ -30,6 +30,7 @@ centre date against the input, mean absolute error over bands) and, with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -39,7 +40,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -644,17 +645,17 @@ def progress_dir(out: str | os.PathLike[str]) -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_model(path: str) -> ContextAutoencoder:
-    """The model, loaded once per worker process."""
-    from latentcube.bundle import load_checkpoint
+def _worker_model(path: str) -> Any:
+    """The model (stage-1 autoencoder or fused bundle), loaded once per worker process."""
+    from latentcube.bundle import load_any
 
     torch.set_num_threads(1)
-    return load_checkpoint(path)[0]
+    return load_any(path)[0]
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_cube(path: str, sensor: str, bands: tuple[str, ...]) -> tuple[xr.Dataset, np.ndarray]:
-    """The cube and its days, opened once per worker process.
+def _worker_cube(path: str, bands: tuple[tuple[str, tuple[str, ...]], ...]) -> xr.Dataset:
+    """The cube with the bands a job needs, opened once per worker process.
 
     A Zarr store is opened without Dask (lazily indexed arrays), so a task reads
     only the store chunks its block touches, in the task itself. The driver has
@@ -668,21 +669,100 @@ def _worker_cube(path: str, sensor: str, bands: tuple[str, ...]) -> tuple[xr.Dat
         cube = open_zarr(p, chunks=None)
     else:
         cube = open_cube(p, check_values=False)
-    cube = select_bands(cube, {sensor: bands})
-    return cube, cube["time"].values.astype("datetime64[D]").astype(np.int64)
+    return select_bands(cube, dict(bands))
+
+
+class EmbedJob(Protocol):
+    """What one :func:`embed_to_zarr` run computes per output chunk, beside the shared machinery.
+
+    The machinery (one Dask task per chunk, halo reads, in-place writes, markers,
+    resume, progress) is the same for every model; a job says which bands the
+    tasks read, what a chunk's layers are and what the store looks like.
+    Implementations: :class:`SensorJob` (a stage-1 autoencoder) and
+    :class:`latentcube.fusion_inference.FusedJob` (a fused bundle).
+    """
+
+    @property
+    def bands(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(sensor, bands) the tasks read from the cube."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """Options that make two runs' stores differ (beyond model, cube, chunks, dtype)."""
+        ...
+
+    def layers(
+        self, model: Any, cube: xr.Dataset, ts: slice, ys: slice, xs: slice
+    ) -> dict[str, np.ndarray]:
+        """Every layer of the output chunk ``(ts, ys, xs)``, read from the lazy ``cube``."""
+        ...
+
+    def template(self, cube: xr.Dataset, model: Any, sizes: Mapping[str, int]) -> xr.Dataset:
+        """A lazy dataset with the store's variables, chunks ``sizes`` and metadata."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorJob:
+    """An :class:`EmbedJob` for a dense stage-1 autoencoder of one sensor."""
+
+    sensor: str
+    bands: tuple[tuple[str, tuple[str, ...]], ...]
+    edge: str = "nan"
+    batch_size: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {"edge": self.edge}
+
+    def layers(
+        self, model: Any, cube: xr.Dataset, ts: slice, ys: slice, xs: slice
+    ) -> dict[str, np.ndarray]:
+        cfg = model.config
+        days = cube["time"].values.astype("datetime64[D]").astype(np.int64)
+        c, h = cfg.n_dates // 2, cfg.window // 2
+        n_t, ny, nx = cube.sizes["time"], cube.sizes["y"], cube.sizes["x"]
+        (tsl, tp), (ysl, yp), (xsl, xp) = (
+            _halo(ts.start, ts.stop, n_t, c),
+            _halo(ys.start, ys.stop, ny, h),
+            _halo(xs.start, xs.stop, nx, h),
+        )
+        sub = cube.isel(time=tsl, y=ysl, x=xsl)
+        arr = CubeArrays.from_cube(sub, self.sensor)
+        out = _embed_region(
+            model,
+            arr.data,
+            arr.valid,
+            extended_days(days, c)[ts.start : ts.stop + 2 * c],
+            (tp, yp, xp),
+            ts,
+            ys,
+            xs,
+            (n_t, ny, nx),
+            self.edge,
+            self.batch_size,
+            True,
+        )
+        emb, err = out[:-1], out[-1]
+        ok = np.isfinite(emb).all(axis=0)
+        layers = {"embedding": emb, "valid": ok, f"recon_mae_{self.sensor}": err}
+        if self.edge == "pad":
+            layers["padded"] = _incomplete(ts, ys, xs, (n_t, ny, nx), c, h) & ok
+        return layers
+
+    def template(self, cube: xr.Dataset, model: Any, sizes: Mapping[str, int]) -> xr.Dataset:
+        lazy = embed(cube, model, sensor=self.sensor, chunks=sizes, edge=self.edge)  # type: ignore[arg-type]
+        return embedding_dataset(lazy)
 
 
 def _embed_chunk(
     model_path: str,
     cube_path: str,
     out_path: str,
-    sensor: str,
+    job: EmbedJob,
     ts: slice,
     ys: slice,
     xs: slice,
     key: str,
-    edge: str,
-    batch_size: int | None,
 ) -> int:
     """Embed one output chunk, write it into the store, then mark it done.
 
@@ -696,42 +776,12 @@ def _embed_chunk(
     marker = progress_dir(out_path) / key
     if marker.exists():
         return int(marker.read_text())
-    model = _worker_model(model_path)
-    cfg = model.config
-    cube, days = _worker_cube(cube_path, sensor, cfg.bands)
-    c, h = cfg.n_dates // 2, cfg.window // 2
-    n_t, ny, nx = cube.sizes["time"], cube.sizes["y"], cube.sizes["x"]
-    (tsl, tp), (ysl, yp), (xsl, xp) = (
-        _halo(ts.start, ts.stop, n_t, c),
-        _halo(ys.start, ys.stop, ny, h),
-        _halo(xs.start, xs.stop, nx, h),
-    )
-    sub = cube.isel(time=tsl, y=ysl, x=xsl)
-    arr = CubeArrays.from_cube(sub, sensor)
-    out = _embed_region(
-        model,
-        arr.data,
-        arr.valid,
-        extended_days(days, c)[ts.start : ts.stop + 2 * c],
-        (tp, yp, xp),
-        ts,
-        ys,
-        xs,
-        (n_t, ny, nx),
-        edge,
-        batch_size,
-        True,
-    )
-    emb, err = out[:-1], out[-1]
-    ok = np.isfinite(emb).all(axis=0)
-    layers: dict[str, np.ndarray] = {"embedding": emb, "valid": ok, f"recon_mae_{sensor}": err}
-    if edge == "pad":
-        layers["padded"] = _incomplete(ts, ys, xs, (n_t, ny, nx), c, h) & ok
+    layers = job.layers(_worker_model(model_path), _worker_cube(cube_path, job.bands), ts, ys, xs)
     for name, values in layers.items():
         arr_z = zarr.open_array(Path(out_path) / name, mode="r+", zarr_format=3)
         region = (slice(None),) * (values.ndim - 3) + (ts, ys, xs)
         arr_z[region] = values.astype(arr_z.dtype)
-    n = int(ok.size)
+    n = int(layers["valid"].size)
     marker.write_text(str(n))
     return n
 
@@ -760,11 +810,17 @@ def embed_to_zarr(
     batch_size: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    hide: Sequence[str] = (),
+    loaded: Any | None = None,
 ) -> Path:
     """Embed a cube of any size into a Zarr store with Dask, chunk by chunk, resumable.
 
-    Each task reads one output chunk of the cube plus its context halo (7 pixels,
-    5 dates), embeds it with the dense path and writes it into the store in place
+    The model is a dense stage-1 autoencoder (``fast``/``tiny``) or a fused bundle
+    (all its sensors, e.g. the shipped default model). Each task reads one output
+    chunk of the cube plus its context halo (7 pixels, 5 dates; for a fused
+    bundle the widest sensor window and every sensor's context on its own dates,
+    see :func:`latentcube.fusion_inference.fused_chunk`), embeds it with the dense
+    path and writes it into the store in place
     (the store's chunk files are (feature, 1, chunk, chunk) and every one of them
     belongs to exactly one task; Zarr writes each file to a temporary name and
     renames it), then leaves a marker. A run that is killed is resumed by calling
@@ -779,7 +835,9 @@ def embed_to_zarr(
     cube_path
         A cube :func:`latentcube.open_cube` can open lazily (a Zarr store).
     model_path
-        A checkpoint of a dense (``fast``/``tiny``) model.
+        A checkpoint of a dense (``fast``/``tiny``) model, or a fused bundle (file
+        or folder). A fused store holds ``embedding``, ``valid``, ``sensors`` (bit
+        mask of the contributing sensors) and ``recon_mae``.
     out
         The output store (directory).
     chunk, time_chunk
@@ -789,7 +847,8 @@ def embed_to_zarr(
     dtype
         ``float32`` or ``float16`` storage.
     edge
-        Edge policy, ``"nan"`` (default) or ``"pad"`` (see the module docstring).
+        Edge policy, ``"nan"`` (default) or ``"pad"`` (see the module docstring;
+        fused bundles: ``"nan"`` only).
     scheduler
         Address of a running Dask scheduler; default a new ``LocalCluster``.
     workers, threads_per_worker, processes
@@ -801,6 +860,11 @@ def embed_to_zarr(
         Replace a complete store at ``out``.
     progress
         Show a progress bar with chunks done and pixel-dates per second.
+    hide
+        Fused bundles: sensors to leave out on purpose (e.g. ``("s2",)``).
+    loaded
+        The model already loaded from ``model_path`` (the file is then not
+        deserialised again here; workers load their own copy).
 
     Returns
     -------
@@ -810,21 +874,41 @@ def embed_to_zarr(
     from dask.distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
 
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import load_any, resolve_bundle
     from latentcube.cube.readers import open_cube
+    from latentcube.fusion_inference import FusedJob
     from latentcube.io import open_zarr
+    from latentcube.models.fusion import FusionModel
 
     _check_edge(edge)
     if dtype not in ("float32", "float16"):
         raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-    model, _meta = load_checkpoint(model_path)
-    if not model.supports_dense:
-        raise EmbeddingError(
-            f"embed_to_zarr needs a dense model (fast/tiny); {model_path} is "
-            f"{model.config.variant!r}: use latentcube.embed for window-by-window inference"
-        )
-    cfg = model.config
+    model_path = resolve_bundle(model_path)
+    model = loaded if loaded is not None else load_any(model_path)[0]
     cube = open_cube(cube_path)
+    job: EmbedJob
+    if isinstance(model, FusionModel):
+        if edge != "nan":
+            raise EmbeddingError(
+                f"fused models embed with the 'nan' edge policy only, got edge={edge!r}"
+            )
+        try:
+            job = FusedJob.plan(cube, model, hide=hide, batch_size=batch_size)
+        except ValueError as err:
+            raise EmbeddingError(str(err)) from err
+    else:
+        if hide:
+            raise EmbeddingError(
+                f"hide={list(hide)} needs a fused model; {model_path} is a "
+                f"{model.config.sensor!r} autoencoder"
+            )
+        if not model.supports_dense:
+            raise EmbeddingError(
+                f"embed_to_zarr needs a dense model (fast/tiny); {model_path} is "
+                f"{model.config.variant!r}: use latentcube.embed for window-by-window inference"
+            )
+        cfg = model.config
+        job = SensorJob(cfg.sensor, ((cfg.sensor, cfg.bands),), edge, batch_size)
     out = Path(out)
     identity = json.dumps(
         {
@@ -833,7 +917,7 @@ def embed_to_zarr(
             "chunk": chunk,
             "time_chunk": time_chunk,
             "dtype": dtype,
-            "edge": edge,
+            **job.identity(),
         },
         sort_keys=True,
     )
@@ -850,15 +934,15 @@ def embed_to_zarr(
             shutil.rmtree(out)
         elif existing.attrs.get("latentcube_identity") != identity:
             raise EmbeddingError(
-                f"{out} holds an unfinished run of another model, cube, chunking, dtype or "
-                "edge policy; remove it or choose another output"
+                f"{out} holds an unfinished run of another model, cube, chunking, dtype, "
+                "edge policy or hidden sensors; remove it or choose another output"
             )
     sizes = _chunk_sizes(
         {"time": time_chunk, "y": chunk, "x": chunk},
         {str(k): int(v) for k, v in cube.sizes.items()},
     )
     if not out.exists():
-        template = embed(cube, model, chunks=sizes, edge=edge)
+        template = job.template(cube, model, sizes)
         if progress_dir(out).exists():  # markers of a store that was removed
             shutil.rmtree(progress_dir(out))
         write_embedding(
@@ -891,13 +975,11 @@ def embed_to_zarr(
                     str(Path(model_path).resolve()),
                     str(Path(cube_path).resolve()),
                     str(out.resolve()),
-                    cfg.sensor,
+                    job,
                     ts,
                     ys,
                     xs,
                     key,
-                    edge,
-                    batch_size,
                     key=f"latentcube-embed-{key}",
                     pure=False,
                 )

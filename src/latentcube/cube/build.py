@@ -82,6 +82,7 @@ from latentcube.cube.stac import (
     signer,
     with_retries,
 )
+from latentcube.cube.union import add_s1_dates, check_time_axis
 from latentcube.grid import GridInfo, grid_info, grid_info_bbox
 from latentcube.sensors import S1_BANDS, S2_BANDS
 
@@ -1358,6 +1359,7 @@ def build_cube(
     progress: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
+    time_axis: str = "s2",
     **options: Any,
 ) -> xr.Dataset:
     """Build a Sentinel-2 (+ Sentinel-1) cube in the latentcube data model from STAC.
@@ -1397,6 +1399,11 @@ def build_cube(
         scheduler. Each unit is one task that writes its own chunks.
     workers
         Worker processes of the local cluster (default: one per core).
+    time_axis
+        ``"s2"`` (default, the paper's): the S2 dates with a clear pixel, S1
+        matched to them. ``"union"``: those dates plus every S1 acquisition day
+        without one, S2 masked there (:mod:`latentcube.cube.union`; needs S1;
+        cube attribute ``time_axis``).
     **options
         Fields of :class:`CubeSpec`.
 
@@ -1434,6 +1441,7 @@ def build_cube(
         raise StacError(
             f"sensors must include 's2' (the S2 dates are the time axis), got {sensors}"
         )
+    check_time_axis(time_axis, spec.sensors)
     t0, t1 = _check_dates(start, end)
     info = _grid(lat, lon, size_m, bbox, spec.resolution)
     if mask is None:
@@ -1443,6 +1451,8 @@ def build_cube(
         mask_name = getattr(mask, "__qualname__", type(mask).__qualname__)
     configure_http(max_retries=spec.max_retries, retry_delay=max(spec.backoff, 0.01))
     plan = _plan(info, t0, t1, catalog, spec, mask_name)
+    union = time_axis == "union"
+    request = plan.fingerprint() + (":union" if union else "")
 
     path = Path(out) if out is not None else None
     if path is not None and path.exists():
@@ -1452,7 +1462,7 @@ def build_cube(
             done = open_zarr(path).attrs.get("latentcube_request")
         except Exception:
             done = None
-        if done == plan.fingerprint():
+        if done == request:
             return validate_cube(open_zarr(path), check_values=False)
         if not overwrite:
             raise FileExistsError(
@@ -1460,16 +1470,59 @@ def build_cube(
                 "(--overwrite) to replace it"
             )
     tmp_root = None
-    if path is not None:
-        staging = _Staging(path.parent / f".{path.name}.partial")
+    # the union axis is the S2-axis cube (built first, beside the target) plus S1 dates
+    target = path.with_name(f".{path.name}.s2.zarr") if union and path is not None else path
+    if target is not None:
+        staging = _Staging(target.parent / f".{target.name}.partial")
     else:
         tmp_root = Path(tempfile.mkdtemp(prefix="latentcube-cube-"))
         staging = _Staging(tmp_root / "partial")
     try:
-        return _execute(plan, staging, path, mask, progress, scheduler, workers)
+        if not union:
+            return _execute(plan, staging, target, mask, progress, scheduler, workers)
+        return _finish_union(
+            plan, staging, target, path, mask, progress, scheduler, workers, (t0, t1)
+        )
     finally:
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _finish_union(
+    plan: _Plan,
+    staging: _Staging,
+    target: Path | None,
+    path: Path | None,
+    mask: MaskFunction,
+    progress: bool,
+    scheduler: str | None,
+    workers: int | None,
+    dates: tuple[pd.Timestamp, pd.Timestamp],
+) -> xr.Dataset:
+    """Build (or reuse) the S2-axis cube at ``target``, then write it with the S1 dates."""
+    from latentcube.io import open_zarr, write_zarr
+
+    s2_cube = None
+    if target is not None and target.exists():
+        try:
+            if open_zarr(target).attrs.get("latentcube_request") == plan.fingerprint():
+                s2_cube = validate_cube(open_zarr(target), check_values=False)
+        except Exception:
+            s2_cube = None
+    if s2_cube is None:
+        s2_cube = _execute(plan, staging, target, mask, progress, scheduler, workers)
+    cube = add_s1_dates(plan, s2_cube, *dates)
+    cube.attrs["latentcube_request"] = plan.fingerprint() + ":union"
+    if path is None:
+        cube = cube.load()
+        return validate_cube(cube.rio.write_crs(s2_cube.rio.crs))
+    enc = _encoding(cube, plan.spec)
+    cube = cube.chunk({d: enc["s2"]["chunks"][i] for i, d in enumerate(cube["s2"].dims)})
+    cube = cube.assign_coords({k: c.compute() for k, c in cube.coords.items() if c.chunks})
+    write_zarr(cube, path, overwrite=True, encoding=enc)
+    if target is not None and target != path:
+        shutil.rmtree(target, ignore_errors=True)
+    return validate_cube(open_zarr(path), check_values=False)
 
 
 def _run_on_dask(

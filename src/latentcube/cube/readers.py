@@ -141,7 +141,7 @@ def read_worldcereal_patch(
     ):
         if d10.sizes["y"] != 2 * d20.sizes["y"] or d10.sizes["x"] != 2 * d20.sizes["x"]:
             raise CubeError(f"{f20.name} is not on a 2x coarser grid aligned with {f10.name}")
-        times = d10["timestamp"].values
+        times = s2_times = d10["timestamp"].values
         if not np.array_equal(times, d20["timestamp"].values):
             raise CubeError(f"{f10.name} and {f20.name} have different dates")
         planes = []
@@ -195,7 +195,11 @@ def read_worldcereal_patch(
         validate=False,
         **kw,
     )
-    ds = validate_cube(ds) if time_axis == "union" else _finish(ds, min_valid_fraction)
+    if time_axis == "union":  # the S2 dates (the others were added for S1)
+        observed = np.isin(ds["time"].values, np.asarray(s2_times, "datetime64[ns]"))
+        ds = validate_cube(ds.assign_coords(s2_observed=("time", observed)))
+    else:
+        ds = _finish(ds, min_valid_fraction)
     return attach_agera5(ds, folder) if with_agera5 else ds
 
 
