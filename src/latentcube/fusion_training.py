@@ -9,7 +9,9 @@ any moment resumes from its last epoch and ends as an uninterrupted run would.
 
 Frozen autoencoders give the same latent for a window in every epoch, so their
 latents are computed once per run and reused (``cache_latents``); a training step
-then runs only the fusion layers and, for the loss, the (frozen) decoders.
+then runs only the fusion layers and, for the loss, the (frozen) decoders: of the
+whole windows (objective ``"context"``) or of the centre pixel and date alone
+(``"centre"``, see :class:`~latentcube.models.fusion.FusionLoss`).
 """
 
 from __future__ import annotations
@@ -375,6 +377,7 @@ def fit_fusion(
     base: str | os.PathLike[str] | None = None,
     mode: str = "frozen",
     sensor_dropout: float = 0.0,
+    objective: str = "context",
     loss_weights: Mapping[str, float] | None = None,
     config: TrainConfig | None = None,
     resume: bool = True,
@@ -398,7 +401,7 @@ def fit_fusion(
         its autoencoders stay frozen, the new ones and the fusion layers train.
     mode
         ``"frozen"`` or ``"finetune"`` (see :class:`FusionConfig`).
-    sensor_dropout, loss_weights
+    sensor_dropout, objective, loss_weights
         See :class:`FusionConfig`.
     config
         Optimisation settings (default: ``fusion_train_config("quick")``).
@@ -412,7 +415,11 @@ def fit_fusion(
     aes: dict[str, ContextAutoencoder] = {}
     for s, path in autoencoders.items():
         aes[s] = load_checkpoint(path, sensor=s)[0]
-    extra = {"sensor_dropout": sensor_dropout, "loss_weights": dict(loss_weights or {})}
+    extra = {
+        "sensor_dropout": sensor_dropout,
+        "objective": objective,
+        "loss_weights": dict(loss_weights or {}),
+    }
     torch.manual_seed(cfg.seed)
     if base is not None:
         base_model, _ = load_fusion_checkpoint(base)
