@@ -110,13 +110,15 @@ def test_centre_objective_is_recorded_and_trains(tmp_path):
     assert got == pytest.approx(meta["metrics"]["val_centre_mae"], rel=1e-5)
 
 
-def test_frozen_cache_equals_uncached(tmp_path):
+@pytest.mark.parametrize("objective", ["context", "centre"])
+def test_frozen_cache_equals_uncached(tmp_path, objective):
+    # with the centre objective the cached run loads only the windows' centres
     tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=5)
     results = []
     for cache in (True, False):
         aes = _aes()
         torch.manual_seed(5)
-        model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
+        model = FusionModel(FusionConfig.for_autoencoders(aes, objective=objective), aes)
         r = train_fusion(
             model, tr, va, _cfg(), tmp_path / str(cache), cache_latents=cache, progress=False
         )

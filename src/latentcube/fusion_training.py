@@ -36,6 +36,7 @@ from latentcube.models.fusion import (
     FusionConfig,
     FusionLoss,
     FusionModel,
+    SensorBatch,
     centre_errors,
     drop_sensors,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "evaluate_fusion",
     "extend_fusion",
     "fit_fusion",
+    "fusion_centre_batches",
     "fusion_latents",
     "fusion_train_config",
     "train_fusion",
@@ -82,6 +84,26 @@ def fusion_latents(
             out[s].append(model.encode_sensor(s, b[s]))
     model.train(was)
     return {s: torch.cat(v) if v else torch.zeros(0) for s, v in out.items()}
+
+
+def fusion_centre_batches(
+    windows: FusionWindows, batch_size: int = 512
+) -> dict[str, SensorBatch]:
+    """Every window's centre pixel and date, gaps and offsets, per sensor.
+
+    With every autoencoder frozen, its latents cached and the ``"centre"``
+    objective, these are all a training step needs (see
+    :meth:`SensorBatch.centre_only`).
+    """
+    parts: dict[str, list[SensorBatch]] = {s: [] for s in windows.sensors}
+    for i in range(0, len(windows), batch_size):
+        b = windows.tensors(np.arange(i, min(i + batch_size, len(windows))))
+        for s in windows.sensors:
+            parts[s].append(b[s].centre_only())
+    return {
+        s: SensorBatch(*(torch.cat([getattr(p, k) for p in v]) for k in SensorBatch.FIELDS))
+        for s, v in parts.items()
+    }
 
 
 @torch.no_grad()
@@ -292,6 +314,10 @@ def train_fusion(
     if cache_latents and frozen:
         cached_tr = fusion_latents(model, train_windows, frozen)
         cached_va = fusion_latents(model, val_windows, frozen)
+    centre_tr: dict[str, SensorBatch] = {}
+    if fcfg.objective == "centre" and len(cached_tr) == len(fcfg.sensors):
+        # nothing is encoded or decoded beyond the centre: load only the centres
+        centre_tr = fusion_centre_batches(train_windows)
     n = len(train_windows)
     start_time = time.perf_counter() - state["seconds"]
     bar_total = math.ceil(n / cfg.batch_size)
@@ -306,7 +332,10 @@ def train_fusion(
         for i in range(0, n, cfg.batch_size):
             lr = _set_lr(opt, cfg, state)
             idx = perm[i : i + cfg.batch_size]
-            b = train_windows.tensors(idx)
+            if centre_tr:
+                b = {s: v.take(idx) for s, v in centre_tr.items()}
+            else:
+                b = train_windows.tensors(idx)
             present = torch.stack([b[s].centre_valid() for s in fcfg.sensors], dim=1)
             visible = drop_sensors(present, fcfg.sensor_dropout)
             lat = {s: v[idx] for s, v in cached_tr.items()} or None

@@ -30,8 +30,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import ClassVar, Literal, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -185,10 +186,32 @@ class SensorBatch:
     gaps: Tensor
     offset: Tensor
 
+    FIELDS: ClassVar[tuple[str, ...]] = ("x", "mask", "gaps", "offset")
+
     def centre_valid(self) -> Tensor:
         """(B,) whether the centre pixel is valid at the centre date."""
         t, w = self.mask.shape[1] // 2, self.mask.shape[-1] // 2
         return self.mask[:, t, w, w]
+
+    def centre_only(self) -> SensorBatch:
+        """The centre pixel at the centre date as a 1-date, 1 x 1 px window.
+
+        Enough for the ``"centre"`` objective once the latents are known (the
+        decoder needs only the day gaps): a fraction of the memory and of the
+        loading cost of the whole window.
+        """
+        t, w = self.mask.shape[1] // 2, self.mask.shape[-1] // 2
+        return SensorBatch(
+            self.x[:, t : t + 1, :, w : w + 1, w : w + 1],
+            self.mask[:, t : t + 1, w : w + 1, w : w + 1],
+            self.gaps,
+            self.offset,
+        )
+
+    def take(self, idx: Tensor | np.ndarray) -> SensorBatch:
+        """The samples ``idx``."""
+        i = torch.as_tensor(idx)
+        return SensorBatch(self.x[i], self.mask[i], self.gaps[i], self.offset[i])
 
 
 @dataclass
