@@ -100,8 +100,13 @@ def fusion(
     mode: str,
     epochs: int,
     objective: str = "context",
+    seed: int = SEED,
 ) -> Path:
-    """Train the S1 + S2 fusion model (``mode``: frozen or finetune); returns its bundle."""
+    """Train the S1 + S2 fusion model (``mode``: frozen or finetune); returns its bundle.
+
+    ``seed`` sets the initialisation and the data order; the training/validation split
+    is always the stage-1 split (seed 42).
+    """
     import time
 
     from latentcube.bundle import load_checkpoint
@@ -112,7 +117,7 @@ def fusion(
 
     cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
     aes = {s: load_checkpoint(ckpts[s], sensor=s)[0] for s in ("s2", "s1")}
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = FusionModel(
         FusionConfig.for_autoencoders(
             aes, mode=mode, sensor_dropout=SENSOR_DROPOUT, objective=objective
@@ -121,7 +126,7 @@ def fusion(
     )
     tr, va = split_fusion_windows([cube], model.sensors, seed=SEED)
     tcfg = fusion_train_config("quick").model_copy(
-        update={"max_epochs": epochs, "seed": SEED, "num_threads": 1}
+        update={"max_epochs": epochs, "seed": seed, "num_threads": 1}
     )
     name = f"fusion_{mode}" + ("" if objective == "context" else f"_{objective}")
     print(f"{name}: {len(tr)} training / {len(va)} validation windows")
@@ -216,19 +221,37 @@ def main() -> None:
         help="comma-separated steps to run (each resumes or is skipped when done); "
         "'export' instead of 'stage1' takes the stage-1 models from the shipped bundle",
     )
+    ap.add_argument(
+        "--fusion-seed",
+        type=int,
+        default=SEED,
+        help="seed of the fusion steps' initialisation and data order (not of the split)",
+    )
     args = ap.parse_args()
     steps = args.steps.split(",")
     torch.set_num_threads(1)
     ckpts = export_stage1(args.work) if "export" in steps else stage1(args.shared, args.work)
     frozen = args.work / "fusion_frozen" / "best.pt"
     if "fusion" in steps:
-        frozen = fusion(args.shared, args.work, ckpts, "frozen", FUSION_EPOCHS)
+        frozen = fusion(
+            args.shared, args.work, ckpts, "frozen", FUSION_EPOCHS, seed=args.fusion_seed
+        )
     if "ship" in steps:
         ship(args.work, frozen)
     if "finetune" in steps:
-        fusion(args.shared, args.work, ckpts, "finetune", FINETUNE_EPOCHS)
+        fusion(
+            args.shared, args.work, ckpts, "finetune", FINETUNE_EPOCHS, seed=args.fusion_seed
+        )
     if "centre" in steps:
-        fusion(args.shared, args.work, ckpts, "frozen", CENTRE_EPOCHS, objective="centre")
+        fusion(
+            args.shared,
+            args.work,
+            ckpts,
+            "frozen",
+            CENTRE_EPOCHS,
+            objective="centre",
+            seed=args.fusion_seed,
+        )
     if "agera5" in steps:
         add_agera5(args.shared, args.work, frozen)
 
