@@ -63,6 +63,27 @@ def test_train_fusion_and_embed(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert not (open_embedding(tmp_path / "e1")["sensors"].values & 1).any()
+    # the centre objective is selectable and recorded in the bundle
+    centre = tmp_path / "centre"
+    _train(
+        [
+            str(cube),
+            "--out",
+            str(centre),
+            "--stage",
+            "fusion",
+            "--autoencoder",
+            f"s2={tmp_path / 's2' / 'best.pt'}",
+            "--autoencoder",
+            f"s1={tmp_path / 's1' / 'best.pt'}",
+            "--fusion-objective",
+            "centre",
+            "--max-epochs",
+            "1",
+        ]
+    )
+    model, meta = load_fusion_checkpoint(centre)
+    assert meta["fusion_config"]["objective"] == "centre" and meta["mode"] == "frozen"
 
 
 def test_fusion_cli_errors(tmp_path):
@@ -101,6 +122,22 @@ def test_fusion_cli_errors(tmp_path):
     assert res.exit_code == 2 and "checkpoint not found" in res.output
     res = runner.invoke(app, ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "3"])
     assert res.exit_code == 2 and "--stage" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(cube),
+            "--out",
+            str(tmp_path / "f"),
+            "--stage",
+            "fusion",
+            "--autoencoder",
+            f"s2={tmp_path / 'missing.pt'}",
+            "--fusion-objective",
+            "window",
+        ],
+    )
+    assert res.exit_code == 2 and "--fusion-objective" in res.output
 
 
 def test_shipped_default_model(tmp_path):
