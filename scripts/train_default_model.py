@@ -9,9 +9,11 @@ of optimiser steps, as the shipped model), and AgERA5 weather added as a third s
 the shipped model (the how-to in docs/fusion.md). Every fusion step prints its wall and
 CPU time.
 
-``--steps export,...`` takes the stage-1 autoencoders from the shipped bundle instead of
-training them (frozen mode keeps them bit for bit, so they are the stage-1 weights the
-shipped model was trained on), so the comparison models can be rebuilt without stage 1.
+``--fusion-seed N`` repeats the fusion steps with another initialisation and data order
+(the split stays the stage-1 split). ``--steps export,...`` takes the stage-1
+autoencoders from the shipped bundle instead of training them (frozen mode keeps them
+bit for bit, so they are the stage-1 weights the shipped model was trained on), so the
+comparison models can be rebuilt without stage 1.
 
 Data: the real WorldCereal S1 + S2 patch 00002806639B424A (Flanders) for training and
 validation (spatial blocks, seed 42); patch 0000280849BAC91C is never seen in training
