@@ -1,7 +1,8 @@
 """Evidence for the fusion model on held-out real data (the tables of docs/fusion.md).
 
 Usage: ``nice -n 5 python scripts/evaluate_fusion.py [--shared DIR] [--work DIR]``
-after ``scripts/train_default_model.py``.
+after ``scripts/train_default_model.py`` (or its ``--steps export,fusion,finetune,centre``).
+Deterministic: no random draw but the probe's block split (seed 0).
 
 Test data: WorldCereal patch 0000280849BAC91C (Flanders, 2018-2019), never seen in
 training (the models were trained on patch 00002806639B424A). Windows: 11 consecutive
@@ -10,7 +11,9 @@ S2 dates x 15 x 15 px centred on every pixel-date whose S2 centre pixel is valid
 
 1. centre-pixel reconstruction MAE of S2 and S1 from the stage-1 latents (S2 9-d,
    S1 2-d) and from the fused 7-d embedding with both sensors, S2 only or S1 only
-   (the other sensor hidden although present), for the frozen and the fine-tuned model;
+   (the other sensor hidden although present), for the fused models of ``MODELS``
+   (frozen with the paper's context objective, frozen with the centre objective,
+   fine-tuned) and the shipped default model;
 2. the S1-only embedding against the S1+S2 embedding of the same pixel and date
    (Pearson r per feature, mean absolute difference in feature standard deviations);
 3. a crop-type probe (logistic regression on one embedding per pixel-date, labels of
@@ -31,6 +34,15 @@ FLANDERS = "worldcereal_s1_s2_training_patches_flanders"
 TEST_PATCH = "0000280849BAC91C"
 TRAIN_PATCH = "00002806639B424A"
 PROBE_CLASSES = (1110, 1200, 1510, 9120)  # wheat, maize, potatoes, grassland (>= 290 px each)
+#: Fused models compared (label: folder under --work), all trained by
+#: scripts/train_default_model.py on the same data, seed and number of optimiser steps.
+MODELS = {
+    "frozen": "fusion_frozen",
+    "frozen-centre": "fusion_frozen_centre",
+    "finetune": "fusion_finetune",
+}
+SHIPPED = "shipped"
+SHIP = ROOT / "src" / "latentcube" / "samples" / "default_model" / "model.pt"
 
 
 @torch.no_grad()
@@ -86,13 +98,23 @@ def run(shared: Path, work: Path) -> None:
         )
     )
     embeddings = {}
-    for mode in ("frozen", "finetune"):
-        path = work / f"fusion_{mode}" / "best.pt"
+    models = {label: work / folder / "best.pt" for label, folder in MODELS.items()}
+    models[SHIPPED] = SHIP
+    for mode, path in models.items():
         if not path.exists():
             continue
-        model, _ = load_fusion_checkpoint(path)
+        model, meta = load_fusion_checkpoint(path)
+        print(
+            f"{mode}: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}, "
+            f"mode {model.config.mode}, objective {model.config.objective}, "
+            f"best epoch {meta['metrics']['epoch']}"
+        )
         # frozen: the stage-1 latents; fine-tuned: its own encoders' latents (computed once)
-        mlat = lat if mode == "frozen" else {s: model.encode_sensor(s, b[s]) for s in lat}
+        mlat = (
+            lat
+            if model.config.mode == "frozen"
+            else {s: model.encode_sensor(s, b[s]) for s in lat}
+        )
         for name, vis in (
             ("S1+S2", (True, True)),
             ("S2 only", (True, False)),
@@ -126,7 +148,7 @@ def run(shared: Path, work: Path) -> None:
     print("\n### S1-only embedding vs S1+S2 embedding of the same pixel-date\n")
     print("| model | Pearson r per feature (F01..F07) | mean abs diff (feature std) |")
     print("|---|---|---|")
-    for mode in ("frozen", "finetune"):
+    for mode in models:
         if (mode, "S1+S2") not in embeddings:
             continue
         za, oka = embeddings[(mode, "S1+S2")]

@@ -3,8 +3,17 @@
 Usage: ``nice -n 5 python scripts/train_default_model.py [--shared DIR] [--work DIR]``.
 
 Steps: stage 1 (S2, S1 ``fast`` autoencoders), the frozen S1 + S2 fusion model (shipped),
-a fine-tuned fusion model (for comparison, not shipped), and AgERA5 weather added as a third
-sensor to the shipped model (the how-to in docs/fusion.md).
+a fine-tuned fusion model and a frozen model trained with the cheaper ``centre`` objective
+(both for comparison, not shipped; same data, seed, batch size and number of epochs, hence
+of optimiser steps, as the shipped model), and AgERA5 weather added as a third sensor to
+the shipped model (the how-to in docs/fusion.md). Every fusion step prints its wall and
+CPU time.
+
+``--fusion-seed N`` repeats the fusion steps with another initialisation and data order
+(the split stays the stage-1 split). ``--steps export,...`` takes the stage-1
+autoencoders from the shipped bundle instead of training them (frozen mode keeps them
+bit for bit, so they are the stage-1 weights the shipped model was trained on), so the
+comparison models can be rebuilt without stage 1.
 
 Data: the real WorldCereal S1 + S2 patch 00002806639B424A (Flanders) for training and
 validation (spatial blocks, seed 42); patch 0000280849BAC91C is never seen in training
@@ -28,7 +37,8 @@ TEST_PATCH = "0000280849BAC91C"
 SEED = 42
 STAGE1_EPOCHS = {"s2": 8, "s1": 6}
 FUSION_EPOCHS = 10
-FINETUNE_EPOCHS = 2
+FINETUNE_EPOCHS = FUSION_EPOCHS  # equal epochs, hence equal optimiser steps
+CENTRE_EPOCHS = FUSION_EPOCHS
 AGERA5_EPOCHS = 3
 AGERA5_FUSION_EPOCHS = 3
 SENSOR_DROPOUT = 0.3
@@ -64,8 +74,43 @@ def stage1(shared: Path, work: Path) -> dict[str, Path]:
     return out
 
 
-def fusion(shared: Path, work: Path, ckpts: dict[str, Path], mode: str, epochs: int) -> Path:
-    """Train the S1 + S2 fusion model (``mode``: frozen or finetune); returns its bundle."""
+def export_stage1(work: Path) -> dict[str, Path]:
+    """Write the shipped bundle's (frozen, hence stage-1) autoencoders as stage-1 checkpoints."""
+    from latentcube.bundle import load_fusion_checkpoint, save_checkpoint
+
+    model, _ = load_fusion_checkpoint(SHIP / "model.pt")
+    if model.config.mode != "frozen":
+        raise SystemExit("the shipped model is not frozen: its autoencoders are not stage 1's")
+    out: dict[str, Path] = {}
+    for s in ("s2", "s1"):
+        path = work / f"stage1_{s}" / "best.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(
+            path,
+            model.autoencoder(s),
+            extra={"provenance": {"exported_from": "latentcube/samples/default_model/model.pt"}},
+        )
+        out[s] = path
+    print(f"stage 1: autoencoders exported from {SHIP / 'model.pt'}")
+    return out
+
+
+def fusion(
+    shared: Path,
+    work: Path,
+    ckpts: dict[str, Path],
+    mode: str,
+    epochs: int,
+    objective: str = "context",
+    seed: int = SEED,
+) -> Path:
+    """Train the S1 + S2 fusion model (``mode``: frozen or finetune); returns its bundle.
+
+    ``seed`` sets the initialisation and the data order; the training/validation split
+    is always the stage-1 split (seed 42).
+    """
+    import time
+
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import read_worldcereal_patch
     from latentcube.data.multisensor import split_fusion_windows
@@ -74,28 +119,38 @@ def fusion(shared: Path, work: Path, ckpts: dict[str, Path], mode: str, epochs: 
 
     cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
     aes = {s: load_checkpoint(ckpts[s], sensor=s)[0] for s in ("s2", "s1")}
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = FusionModel(
-        FusionConfig.for_autoencoders(aes, mode=mode, sensor_dropout=SENSOR_DROPOUT), aes
+        FusionConfig.for_autoencoders(
+            aes, mode=mode, sensor_dropout=SENSOR_DROPOUT, objective=objective
+        ),
+        aes,
     )
     tr, va = split_fusion_windows([cube], model.sensors, seed=SEED)
     tcfg = fusion_train_config("quick").model_copy(
-        update={"max_epochs": epochs, "seed": SEED, "num_threads": 1}
+        update={"max_epochs": epochs, "seed": seed, "num_threads": 1}
     )
-    print(f"fusion ({mode}): {len(tr)} training / {len(va)} validation windows")
+    name = f"fusion_{mode}" + ("" if objective == "context" else f"_{objective}")
+    print(f"{name}: {len(tr)} training / {len(va)} validation windows")
+    wall, cpu = time.perf_counter(), time.process_time()
     res = train_fusion(
         model,
         tr,
         va,
         tcfg,
-        work / f"fusion_{mode}",
+        work / name,
         provenance={
             "cube": f"{FLANDERS}/{TRAIN_PATCH}",
             "split": "spatial blocks, seed 42 (as stage 1)",
             "autoencoders": {s: str(p.relative_to(work)) for s, p in ckpts.items()},
         },
     )
-    print(f"fusion ({mode}): best validation centre MAE {res.best_val:.4f} ({res.stopped})")
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(
+        f"{name}: best validation centre MAE {res.best_val:.4f} ({res.stopped}); "
+        f"{res.epochs} epochs, {res.steps} optimiser steps; this call: {wall:.0f} s wall, "
+        f"{cpu:.0f} s CPU (a resumed run counts only its remaining epochs)"
+    )
     return res.checkpoint
 
 
@@ -164,20 +219,41 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "default-model")
     ap.add_argument(
         "--steps",
-        default="stage1,fusion,ship,finetune,agera5",
-        help="comma-separated steps to run (each resumes or is skipped when done)",
+        default="stage1,fusion,ship,finetune,centre,agera5",
+        help="comma-separated steps to run (each resumes or is skipped when done); "
+        "'export' instead of 'stage1' takes the stage-1 models from the shipped bundle",
+    )
+    ap.add_argument(
+        "--fusion-seed",
+        type=int,
+        default=SEED,
+        help="seed of the fusion steps' initialisation and data order (not of the split)",
     )
     args = ap.parse_args()
     steps = args.steps.split(",")
     torch.set_num_threads(1)
-    ckpts = stage1(args.shared, args.work)
+    ckpts = export_stage1(args.work) if "export" in steps else stage1(args.shared, args.work)
     frozen = args.work / "fusion_frozen" / "best.pt"
     if "fusion" in steps:
-        frozen = fusion(args.shared, args.work, ckpts, "frozen", FUSION_EPOCHS)
+        frozen = fusion(
+            args.shared, args.work, ckpts, "frozen", FUSION_EPOCHS, seed=args.fusion_seed
+        )
     if "ship" in steps:
         ship(args.work, frozen)
     if "finetune" in steps:
-        fusion(args.shared, args.work, ckpts, "finetune", FINETUNE_EPOCHS)
+        fusion(
+            args.shared, args.work, ckpts, "finetune", FINETUNE_EPOCHS, seed=args.fusion_seed
+        )
+    if "centre" in steps:
+        fusion(
+            args.shared,
+            args.work,
+            ckpts,
+            "frozen",
+            CENTRE_EPOCHS,
+            objective="centre",
+            seed=args.fusion_seed,
+        )
     if "agera5" in steps:
         add_agera5(args.shared, args.work, frozen)
 

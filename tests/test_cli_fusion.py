@@ -27,17 +27,20 @@ def test_train_fusion_and_embed(tmp_path):
     for s in ("s2", "s1"):
         _train([str(cube), "--out", str(tmp_path / s), "--sensor", s, *common])
     fused = tmp_path / "fused"
+    stage2 = [
+        str(cube),
+        "--stage",
+        "fusion",
+        "--autoencoder",
+        f"s2={tmp_path / 's2' / 'best.pt'}",
+        "--autoencoder",
+        f"s1={tmp_path / 's1' / 'best.pt'}",
+    ]
     res = _train(
         [
-            str(cube),
+            *stage2,
             "--out",
             str(fused),
-            "--stage",
-            "fusion",
-            "--autoencoder",
-            f"s2={tmp_path / 's2' / 'best.pt'}",
-            "--autoencoder",
-            f"s1={tmp_path / 's1' / 'best.pt'}",
             "--fusion-mode",
             "finetune",
             "--sensor-dropout",
@@ -63,44 +66,27 @@ def test_train_fusion_and_embed(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert not (open_embedding(tmp_path / "e1")["sensors"].values & 1).any()
+    # the centre objective is selectable and recorded in the bundle
+    centre = tmp_path / "centre"
+    _train([*stage2, "--out", str(centre), "--fusion-objective", "centre", "--max-epochs", "1"])
+    model, meta = load_fusion_checkpoint(centre)
+    assert meta["fusion_config"]["objective"] == "centre" and meta["mode"] == "frozen"
 
 
 def test_fusion_cli_errors(tmp_path):
     cube = write_zarr(tiny_cube(n_time=14, ny=20, nx=20), tmp_path / "c.zarr")
-    res = runner.invoke(
-        app, ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "fusion"]
-    )
+    fusion = ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "fusion"]
+    res = runner.invoke(app, fusion)
     assert res.exit_code == 2 and "--autoencoder" in res.output
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            str(cube),
-            "--out",
-            str(tmp_path / "f"),
-            "--stage",
-            "fusion",
-            "--autoencoder",
-            "s2",
-        ],
-    )
+    res = runner.invoke(app, [*fusion, "--autoencoder", "s2"])
     assert res.exit_code == 2 and "SENSOR=CHECKPOINT" in res.output
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            str(cube),
-            "--out",
-            str(tmp_path / "f"),
-            "--stage",
-            "fusion",
-            "--autoencoder",
-            f"s2={tmp_path / 'missing.pt'}",
-        ],
-    )
+    fusion += ["--autoencoder", f"s2={tmp_path / 'missing.pt'}"]
+    res = runner.invoke(app, fusion)
     assert res.exit_code == 2 and "checkpoint not found" in res.output
     res = runner.invoke(app, ["train", str(cube), "--out", str(tmp_path / "f"), "--stage", "3"])
     assert res.exit_code == 2 and "--stage" in res.output
+    res = runner.invoke(app, [*fusion, "--fusion-objective", "window"])
+    assert res.exit_code == 2 and "--fusion-objective" in res.output
 
 
 def test_shipped_default_model(tmp_path, monkeypatch):

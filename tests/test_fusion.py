@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from latentcube.models.fusion import (
     FusionConfig,
     FusionLoss,
     FusionModel,
+    FusionOutput,
     SensorBatch,
     drop_sensors,
 )
@@ -144,3 +147,66 @@ def test_split_matches_stage1_split():
     b = tr.batch(np.arange(4))
     assert (b["s1"]["offset"] == 1).all()  # tiny_cube's S1 is acquired one day after S2
     assert (b["s2"]["offset"] == 0).all()
+
+
+def _window(centre, valid):
+    """A (B, 3, C, 3, 3) window with ``centre`` (B, C) at its centre pixel and date."""
+    centre = torch.tensor(centre)
+    b, c = centre.shape
+    x = torch.full((b, 3, c, 3, 3), 0.9)
+    x[:, 1, :, 1, 1] = centre
+    mask = torch.ones(b, 3, 3, 3, dtype=torch.bool)
+    mask[:, 1, 1, 1] = torch.tensor(valid)
+    x[:, 1, :, 1, 1][~torch.tensor(valid)] = float("nan")
+    return SensorBatch(x, mask, torch.ones(b, 2), torch.zeros(b))
+
+
+def test_centre_objective_loss_by_hand():
+    cfg = FusionConfig(
+        sensors=("s2", "s1"), latent_dims={"s2": 9, "s1": 2}, objective="centre"
+    )
+    # sample 0: both sensors; sample 1: S2 centre invalid (S1 only); sample 2: nothing
+    batch = {
+        "s2": _window([[0.3, 0.4], [0.5, 0.5], [0.1, 0.1]], [True, False, False]),
+        "s1": _window([[0.4], [0.9], [0.2]], [True, True, False]),
+    }
+    out = FusionOutput(
+        embedding=torch.zeros(3, 7),
+        present=torch.tensor([[True, True], [False, True], [False, False]]),
+        recon={},
+        latents={},
+        centre={
+            "s2": torch.tensor([[0.2, 0.4], [0.0, 0.0], [0.7, 0.7]]),
+            "s1": torch.tensor([[0.5], [0.7], [0.0]]),
+        },
+    )
+    total, parts = FusionLoss(cfg)(out, batch)
+    # S2: only sample 0 counts; |errors| 0.1 and 0, band mean 0.05;
+    # angle between (0.2, 0.4) and (0.3, 0.4): cos = 0.22 / (sqrt(0.2) * 0.5)
+    s2 = (0.665 + 1.75) * 0.05 + 0.315 * math.acos(0.22 / (math.sqrt(0.2) * 0.5))
+    # S1 (1 band, no angle, lambda_mae 1, lambda_center 1.5): samples 0 and 1, errors 0.1, 0.2
+    s1 = (1.0 + 1.5) * 0.15
+    assert float(parts["loss_s2"]) == pytest.approx(s2, rel=1e-5)
+    assert float(parts["loss_s1"]) == pytest.approx(s1, rel=1e-5)
+    assert float(parts["centre_mae_s2"]) == pytest.approx(0.05, rel=1e-5)
+    assert float(total) == pytest.approx(0.5 * s2 + 0.5 * s1, rel=1e-5)
+
+
+def test_centre_objective_decodes_only_the_centre():
+    b = _batch()
+    ctx = _model(seed=3).eval()
+    cen = _model(seed=3, objective="centre").eval()
+    cen.load_state_dict(ctx.state_dict())
+    out_ctx, out_cen = ctx(b), cen(b)
+    assert out_cen.recon == {} and set(out_cen.centre) == {"s2", "s1"}
+    for s in ("s2", "s1"):
+        torch.testing.assert_close(
+            out_cen.centre[s], out_ctx.centre_recon(s), rtol=1e-5, atol=1e-6
+        )
+    # frozen mode: the gradient of the centre loss reaches the fusion layers only
+    cen.train()
+    total, _ = FusionLoss(cen.config)(cen(b), b)
+    total.backward()
+    assert all(p.grad is None for p in cen.autoencoders.parameters())
+    assert cen.to_embedding.weight.grad is not None
+    assert float(cen.to_embedding.weight.grad.abs().sum()) > 0

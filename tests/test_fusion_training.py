@@ -93,13 +93,32 @@ def test_modes_and_bundle(tmp_path, mode):
     assert isinstance(load_any(res.checkpoint)[0], FusionModel)
 
 
-def test_frozen_cache_equals_uncached(tmp_path):
+def test_centre_objective_is_recorded_and_trains(tmp_path):
+    tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=4)
+    aes = _aes()
+    model = FusionModel(FusionConfig.for_autoencoders(aes, objective="centre"), aes)
+    before = _state(model.fuser)
+    res = train_fusion(model, tr, va, _cfg(max_epochs=1), tmp_path, progress=False)
+    assert not _same(before, _state(model.fuser))
+    loaded, meta = load_fusion_checkpoint(res.checkpoint)
+    assert meta["fusion_config"]["objective"] == "centre"
+    assert loaded.config.objective == "centre"
+    # the validation centre MAE means the same under both objectives
+    ctx = FusionModel(loaded.config.model_copy(update={"objective": "context"}), aes)
+    ctx.load_state_dict(loaded.state_dict())
+    got = evaluate_fusion(ctx, va, FusionLoss(ctx.config))["val_centre_mae"]
+    assert got == pytest.approx(meta["metrics"]["val_centre_mae"], rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["context", "centre"])
+def test_frozen_cache_equals_uncached(tmp_path, objective):
+    # with the centre objective the cached run loads only the windows' centres
     tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=5)
     results = []
     for cache in (True, False):
         aes = _aes()
         torch.manual_seed(5)
-        model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
+        model = FusionModel(FusionConfig.for_autoencoders(aes, objective=objective), aes)
         r = train_fusion(
             model, tr, va, _cfg(), tmp_path / str(cache), cache_latents=cache, progress=False
         )

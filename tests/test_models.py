@@ -169,3 +169,15 @@ def test_written_out_encoder_forward_equals_the_module():
         gaps = torch.randint(1, 20, (4, 10))
         z = model.encode_tokens(torch.randn(4, 11, model.config.d_model), gaps)
         assert z.requires_grad
+
+
+@pytest.mark.parametrize("variant", ["paper", "fast"])
+def test_decode_centre_equals_the_centre_of_decode(variant):
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig.preset(variant, "s2")
+    model = build_autoencoder(cfg).eval()
+    x, mask, gaps = _batch(cfg)
+    with torch.no_grad():
+        z = model.encode(x, mask, gaps)
+        full = model.decode(z, gaps)[:, cfg.n_dates // 2, :, cfg.window // 2, cfg.window // 2]
+        torch.testing.assert_close(model.decode_centre(z, gaps), full, rtol=1e-5, atol=1e-6)

@@ -212,6 +212,13 @@ def train(
         float,
         typer.Option(help="Stage fusion: probability of hiding each sensor per sample."),
     ] = 0.0,
+    fusion_objective: Annotated[
+        str,
+        typer.Option(
+            help="Stage fusion: 'context' (the paper's loss of whole windows) or 'centre' "
+            "(centre pixel and date only; far cheaper, for frozen mode)."
+        ),
+    ] = "context",
     sensor_config: Annotated[
         list[Path] | None,
         typer.Option(help="YAML declaration of a further sensor to register (repeatable)."),
@@ -246,6 +253,7 @@ def train(
             base=base,
             mode=fusion_mode,
             sensor_dropout=sensor_dropout,
+            objective=fusion_objective,
             preset=preset,
             config=Path(config) if config else None,
             max_seconds=max_seconds,
@@ -359,6 +367,7 @@ def _train_fusion(
     base: Path | None,
     mode: str,
     sensor_dropout: float,
+    objective: str,
     preset: str,
     config: Path | None,
     max_seconds: float | None,
@@ -384,6 +393,8 @@ def _train_fusion(
         _fail("--stage fusion needs --autoencoder SENSOR=CHECKPOINT (at least one)")
     if mode not in ("frozen", "finetune"):
         _fail(f"--fusion-mode must be 'frozen' or 'finetune', got {mode!r}")
+    if objective not in ("context", "centre"):
+        _fail(f"--fusion-objective must be 'context' or 'centre', got {objective!r}")
     try:
         overrides = yaml.safe_load(config.read_text()) if config else {}
         tcfg = _with_overrides(
@@ -397,6 +408,7 @@ def _train_fusion(
             base=base,
             mode=mode,
             sensor_dropout=sensor_dropout,
+            objective=objective,
             loss_weights=overrides.get("fusion", {}).get("loss_weights"),
             config=tcfg,
             resume=resume,

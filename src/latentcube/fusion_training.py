@@ -9,7 +9,9 @@ any moment resumes from its last epoch and ends as an uninterrupted run would.
 
 Frozen autoencoders give the same latent for a window in every epoch, so their
 latents are computed once per run and reused (``cache_latents``); a training step
-then runs only the fusion layers and, for the loss, the (frozen) decoders.
+then runs only the fusion layers and, for the loss, the (frozen) decoders: of the
+whole windows (objective ``"context"``) or of the centre pixel and date alone
+(``"centre"``, see :class:`~latentcube.models.fusion.FusionLoss`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from latentcube.models.fusion import (
     FusionConfig,
     FusionLoss,
     FusionModel,
+    SensorBatch,
     centre_errors,
     drop_sensors,
 )
@@ -60,6 +63,7 @@ __all__ = [
     "evaluate_fusion",
     "extend_fusion",
     "fit_fusion",
+    "fusion_centre_batches",
     "fusion_latents",
     "fusion_train_config",
     "train_fusion",
@@ -80,6 +84,26 @@ def fusion_latents(
             out[s].append(model.encode_sensor(s, b[s]))
     model.train(was)
     return {s: torch.cat(v) if v else torch.zeros(0) for s, v in out.items()}
+
+
+def fusion_centre_batches(
+    windows: FusionWindows, batch_size: int = 512
+) -> dict[str, SensorBatch]:
+    """Every window's centre pixel and date, gaps and offsets, per sensor.
+
+    With every autoencoder frozen, its latents cached and the ``"centre"``
+    objective, these are all a training step needs (see
+    :meth:`SensorBatch.centre_only`).
+    """
+    parts: dict[str, list[SensorBatch]] = {s: [] for s in windows.sensors}
+    for i in range(0, len(windows), batch_size):
+        b = windows.tensors(np.arange(i, min(i + batch_size, len(windows))))
+        for s in windows.sensors:
+            parts[s].append(b[s].centre_only())
+    return {
+        s: SensorBatch(*(torch.cat([getattr(p, k) for p in v]) for k in SensorBatch.FIELDS))
+        for s, v in parts.items()
+    }
 
 
 @torch.no_grad()
@@ -290,6 +314,10 @@ def train_fusion(
     if cache_latents and frozen:
         cached_tr = fusion_latents(model, train_windows, frozen)
         cached_va = fusion_latents(model, val_windows, frozen)
+    centre_tr: dict[str, SensorBatch] = {}
+    if fcfg.objective == "centre" and len(cached_tr) == len(fcfg.sensors):
+        # nothing is encoded or decoded beyond the centre: load only the centres
+        centre_tr = fusion_centre_batches(train_windows)
     n = len(train_windows)
     start_time = time.perf_counter() - state["seconds"]
     bar_total = math.ceil(n / cfg.batch_size)
@@ -304,7 +332,10 @@ def train_fusion(
         for i in range(0, n, cfg.batch_size):
             lr = _set_lr(opt, cfg, state)
             idx = perm[i : i + cfg.batch_size]
-            b = train_windows.tensors(idx)
+            if centre_tr:
+                b = {s: v.take(idx) for s, v in centre_tr.items()}
+            else:
+                b = train_windows.tensors(idx)
             present = torch.stack([b[s].centre_valid() for s in fcfg.sensors], dim=1)
             visible = drop_sensors(present, fcfg.sensor_dropout)
             lat = {s: v[idx] for s, v in cached_tr.items()} or None
@@ -375,6 +406,7 @@ def fit_fusion(
     base: str | os.PathLike[str] | None = None,
     mode: str = "frozen",
     sensor_dropout: float = 0.0,
+    objective: str = "context",
     loss_weights: Mapping[str, float] | None = None,
     config: TrainConfig | None = None,
     resume: bool = True,
@@ -398,7 +430,7 @@ def fit_fusion(
         its autoencoders stay frozen, the new ones and the fusion layers train.
     mode
         ``"frozen"`` or ``"finetune"`` (see :class:`FusionConfig`).
-    sensor_dropout, loss_weights
+    sensor_dropout, objective, loss_weights
         See :class:`FusionConfig`.
     config
         Optimisation settings (default: ``fusion_train_config("quick")``).
@@ -412,7 +444,11 @@ def fit_fusion(
     aes: dict[str, ContextAutoencoder] = {}
     for s, path in autoencoders.items():
         aes[s] = load_checkpoint(path, sensor=s)[0]
-    extra = {"sensor_dropout": sensor_dropout, "loss_weights": dict(loss_weights or {})}
+    extra = {
+        "sensor_dropout": sensor_dropout,
+        "objective": objective,
+        "loss_weights": dict(loss_weights or {}),
+    }
     torch.manual_seed(cfg.seed)
     if base is not None:
         base_model, _ = load_fusion_checkpoint(base)

@@ -343,6 +343,21 @@ class PaperAutoencoder(ContextAutoencoder):
         out = self.upscaler(h.reshape(b * c.n_dates, 16, 4, 4))
         return out.reshape(b, c.n_dates, c.n_bands, c.window, c.window)
 
+    def decode_centre(self, latent: Tensor, gaps: Tensor) -> Tensor:
+        """Reconstruction (B, C) of the centre pixel and date.
+
+        The temporal decoder runs over every date (attention mixes them), the
+        per-frame upscaler only on the centre date: same values as
+        :meth:`decode` at the centre, at about 1 / T of the upscaler's cost.
+        """
+        c = self.config
+        b = latent.shape[0]
+        h = F.softplus(self.dec_expand(latent)).reshape(b, 16, c.reduced_tokens)
+        h = self.dec_time(h).transpose(1, 2)
+        h = self.transformer(self.dec_token(h) + self._pos(gaps))[:, c.n_dates // 2]
+        out = self.upscaler(h.reshape(b, 16, 4, 4))
+        return out[:, :, c.window // 2, c.window // 2]
+
 
 def build_autoencoder(config: AutoencoderConfig) -> ContextAutoencoder:
     """Instantiate the autoencoder described by ``config``."""

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, cast
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 
 from latentcube.models.autoencoder import ContextAutoencoder
 from latentcube.models.config import LossConfig
-from latentcube.models.losses import ContextLoss, centre_abs_error
+from latentcube.models.losses import ContextLoss, centre_abs_error, spectral_angle
 
 __all__ = [
     "FusionConfig",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 FusionMode = Literal["frozen", "finetune"]
+FusionObjective = Literal["context", "centre"]
 
 
 class FusionConfig(BaseModel):
@@ -84,6 +86,17 @@ class FusionConfig(BaseModel):
         Training only: probability of hiding each present sensor's input from a
         sample (its reconstruction still counts), so that the model learns to
         embed from any subset. At least one sensor per sample stays visible.
+    objective
+        What the loss scores. ``"context"`` (default, the paper's loss): every
+        sensor's whole reconstructed context window through its decoder, with
+        the sensor's stage-1 context loss (MAE, SAM, SSIM, centre terms).
+        ``"centre"``: only what the embedding stands for, the centre pixel at the
+        centre date of each sensor, decoded without the rest of the window
+        (:meth:`~latentcube.models.autoencoder.ContextAutoencoder.decode_centre`),
+        scored by ``lambda_mae * |error| + lambda_sam * spectral angle`` with the
+        sensor's stage-1 weights (see :class:`FusionLoss`). Much cheaper per
+        step; meant for ``frozen`` mode, where the decoders already know how to
+        draw the context from a latent.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -101,6 +114,7 @@ class FusionConfig(BaseModel):
     frozen_sensors: tuple[str, ...] = ()
     loss_weights: dict[str, float] = Field(default_factory=dict)
     sensor_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    objective: FusionObjective = "context"
 
     @model_validator(mode="after")
     def _check(self) -> FusionConfig:
@@ -172,10 +186,32 @@ class SensorBatch:
     gaps: Tensor
     offset: Tensor
 
+    FIELDS: ClassVar[tuple[str, ...]] = ("x", "mask", "gaps", "offset")
+
     def centre_valid(self) -> Tensor:
         """(B,) whether the centre pixel is valid at the centre date."""
         t, w = self.mask.shape[1] // 2, self.mask.shape[-1] // 2
         return self.mask[:, t, w, w]
+
+    def centre_only(self) -> SensorBatch:
+        """The centre pixel at the centre date as a 1-date, 1 x 1 px window.
+
+        Enough for the ``"centre"`` objective once the latents are known (the
+        decoder needs only the day gaps): a fraction of the memory and of the
+        loading cost of the whole window.
+        """
+        t, w = self.mask.shape[1] // 2, self.mask.shape[-1] // 2
+        return SensorBatch(
+            self.x[:, t : t + 1, :, w : w + 1, w : w + 1],
+            self.mask[:, t : t + 1, w : w + 1, w : w + 1],
+            self.gaps,
+            self.offset,
+        )
+
+    def take(self, idx: Tensor | np.ndarray) -> SensorBatch:
+        """The samples ``idx``."""
+        i = torch.as_tensor(idx)
+        return SensorBatch(self.x[i], self.mask[i], self.gaps[i], self.offset[i])
 
 
 @dataclass
@@ -189,15 +225,28 @@ class FusionOutput:
     present
         (B, S) bool: which sensors contributed, in ``config.sensors`` order.
     recon
-        Per sensor, the reconstruction (B, T, C, W, W) of its context window.
+        Per sensor, the reconstruction (B, T, C, W, W) of its context window
+        (objective ``"context"``).
     latents
         Per sensor, its stage-1 latent (B, latent_dim).
+    centre
+        Per sensor, the reconstruction (B, C) of its centre pixel at the centre
+        date alone (objective ``"centre"``).
     """
 
     embedding: Tensor
     present: Tensor
     recon: dict[str, Tensor]
     latents: dict[str, Tensor]
+    centre: dict[str, Tensor] = field(default_factory=dict)
+
+    def centre_recon(self, sensor: str) -> Tensor:
+        """(B, C) reconstruction of ``sensor``'s centre pixel at the centre date."""
+        if sensor in self.centre:
+            return self.centre[sensor]
+        r = self.recon[sensor]
+        t, w = r.shape[1] // 2, r.shape[-1] // 2
+        return r[:, t, :, w, w]
 
 
 def drop_sensors(present: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
@@ -385,7 +434,9 @@ class FusionModel(nn.Module):
             Precomputed latents of some sensors (frozen autoencoders give the
             same latents every epoch); the others are encoded here.
         decode
-            Also reconstruct every sensor's window.
+            Also reconstruct, as the configured ``objective`` needs: every
+            sensor's whole window (``"context"``) or its centre pixel at the
+            centre date (``"centre"``).
 
         Returns
         -------
@@ -406,17 +457,31 @@ class FusionModel(nn.Module):
                 lat[s] = self.encode_sensor(s, batch[s])
         z = self.fuse(lat, {s: batch[s].offset for s in c.sensors}, present)
         recon: dict[str, Tensor] = {}
+        centre: dict[str, Tensor] = {}
         if decode:
             safe = torch.nan_to_num(z)
-            recon = self.decode(safe, {s: batch[s].gaps for s in c.sensors})
-        return FusionOutput(z, present, recon, lat)
+            if c.objective == "centre":
+                centre = {s: self.decode_centre(safe, s, batch[s].gaps) for s in c.sensors}
+            else:
+                recon = self.decode(safe, {s: batch[s].gaps for s in c.sensors})
+        return FusionOutput(z, present, recon, lat, centre)
 
 
 class FusionLoss(nn.Module):
-    """Weighted sum of the sensors' stage-1 context losses.
+    """Weighted sum of per-sensor losses: ``total = sum_s weight_s * L_s``.
 
-    ``total = sum_s weight_s * ContextLoss_s(recon_s, x_s, mask_s)``, where samples
-    without any present sensor are left out (their mask is cleared).
+    Objective ``"context"`` (the paper's): ``L_s = ContextLoss_s(recon_s, x_s,
+    mask_s)``, the sensor's stage-1 loss of its whole window. Objective
+    ``"centre"``: the same loss shrunk to the centre pixel at the centre date,
+    where the context weights are 1 and SSIM (which needs a neighbourhood)
+    drops out::
+
+        L_s = (lambda_mae + lambda_center) * mean |r_s - x_s|
+              + lambda_sam * mean angle(r_s, x_s)
+
+    over the samples whose centre pixel of ``s`` is valid (``r_s``, ``x_s``: the
+    (C,) centre spectra; the angle only for several bands). In both, samples
+    without any present sensor are left out.
 
     Parameters
     ----------
@@ -445,12 +510,31 @@ class FusionLoss(nn.Module):
         parts: dict[str, Tensor] = {}
         for s in self.config.sensors:
             b = batch[s]
-            mask = b.mask & ok[:, None, None, None]
-            loss, terms = self.losses[s](out.recon[s], b.x, mask)
+            if self.config.objective == "centre":
+                loss, centre = self._centre_loss(s, out.centre_recon(s), b, ok)
+            else:
+                mask = b.mask & ok[:, None, None, None]
+                loss, terms = self.losses[s](out.recon[s], b.x, mask)
+                centre = terms["center"]
             parts[f"loss_{s}"] = loss
-            parts[f"centre_mae_{s}"] = terms["center"]
+            parts[f"centre_mae_{s}"] = centre
             total = total + self.config.weight(s) * loss
         return total, parts
+
+    def _centre_loss(
+        self, sensor: str, pred: Tensor, batch: SensorBatch, ok: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The ``"centre"`` loss of one sensor and its centre MAE."""
+        cfg = cast(ContextLoss, self.losses[sensor]).config
+        t, w = batch.x.shape[1] // 2, batch.x.shape[-1] // 2
+        target = torch.nan_to_num(batch.x[:, t, :, w, w])
+        valid = (batch.centre_valid() & ok).to(pred.dtype)
+        n = valid.sum().clamp(min=1)
+        mae = ((pred - target).abs().mean(dim=1) * valid).sum() / n
+        loss = (cfg.lambda_mae + cfg.lambda_center) * mae
+        if cfg.lambda_sam > 0 and pred.shape[1] > 1:
+            loss = loss + cfg.lambda_sam * (spectral_angle(pred, target, dim=1) * valid).sum() / n
+        return loss, mae
 
 
 def centre_errors(
@@ -461,6 +545,10 @@ def centre_errors(
     res = {}
     for s in sensors:
         b = batch[s]
-        s_sum, n = centre_abs_error(out.recon[s], b.x, b.mask & ok[:, None, None, None])
+        pred = out.centre_recon(s)[:, None, :, None, None]  # a 1 x 1 window, 1 date
+        t, w = b.x.shape[1] // 2, b.x.shape[-1] // 2
+        target = b.x[:, t : t + 1, :, w : w + 1, w : w + 1]
+        mask = (b.centre_valid() & ok)[:, None, None, None]
+        s_sum, n = centre_abs_error(pred, target, mask)
         res[s] = (float(s_sum), int(n))
     return res

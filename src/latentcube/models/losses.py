@@ -27,7 +27,15 @@ from torch import Tensor, nn
 
 from latentcube.models.config import LossConfig
 
-__all__ = ["ContextLoss", "centre_abs_error", "centre_mae", "context_weights", "ssim", "ssim_map"]
+__all__ = [
+    "ContextLoss",
+    "centre_abs_error",
+    "centre_mae",
+    "context_weights",
+    "spectral_angle",
+    "ssim",
+    "ssim_map",
+]
 
 
 def context_weights(
@@ -52,6 +60,20 @@ def centre_abs_error(recon: Tensor, target: Tensor, mask: Tensor) -> tuple[Tenso
     valid = mask[:, t, c, c]
     err = (recon[:, t, :, c, c] - torch.nan_to_num(target[:, t, :, c, c])).abs().mean(dim=1)
     return torch.where(valid, err, torch.zeros_like(err)).sum(), valid.sum()
+
+
+def spectral_angle(recon: Tensor, target: Tensor, dim: int) -> Tensor:
+    """Angle (radians) between the spectra ``recon`` and ``target`` along ``dim``.
+
+    The cosine is clamped to (-1, 1) so that the gradient stays finite.
+    """
+    dot = (recon * target).sum(dim=dim)
+    # sqrt of the summed squares: same values as Tensor.norm, far faster over the band axis
+    norm = (recon * recon).sum(dim=dim).clamp_min(1e-30).sqrt() * (
+        (target * target).sum(dim=dim).sqrt()
+    )
+    cos = (dot / norm.clamp(min=1e-8)).clamp(-1 + 1e-6, 1 - 1e-6)
+    return torch.acos(cos)
 
 
 def centre_mae(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -142,13 +164,7 @@ class ContextLoss(nn.Module):
         parts = {"mae": mae}
         zero = recon.new_zeros(())
         if cfg.lambda_sam > 0 and ch > 1:
-            dot = (recon * target).sum(dim=2)
-            # sqrt of the summed squares: same values as Tensor.norm, far faster over dim 2
-            norm = (recon * recon).sum(dim=2).clamp_min(1e-30).sqrt() * (
-                (target * target).sum(dim=2).sqrt()
-            )
-            cos = (dot / norm.clamp(min=1e-8)).clamp(-1 + 1e-6, 1 - 1e-6)
-            parts["sam"] = (wts * torch.acos(cos)).sum(dim=(1, 2, 3)).mean()
+            parts["sam"] = (wts * spectral_angle(recon, target, dim=2)).sum(dim=(1, 2, 3)).mean()
         else:
             parts["sam"] = zero
         if cfg.lambda_ssim > 0:
