@@ -74,12 +74,13 @@ def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val)
     )
     c0, t0 = cpu_seconds(), time.perf_counter()
     res = train(cfg, tr, va, tcfg, out, progress=False)
-    model, meta = load_checkpoint(Path(out) / "best.pt", expect_bands=bands)
+    model, _ = load_checkpoint(Path(out) / "best.pt", expect_bands=bands)
+    rows = np.genfromtxt(Path(out) / "metrics.csv", delimiter=",", names=True)
     info = {
         "model": f"fast S2, latent {latent_dim}",
         "epochs": epochs,
         "epochs_run": res.epochs,
-        "best_epoch": meta.get("epoch"),
+        "best_epoch": int(np.atleast_1d(rows["epoch"])[np.argmin(rows["val_centre_mae"])]),
         "best_val_centre_mae": round(float(res.best_val), 5),
         "train_windows": len(tr),
         "val_windows": len(va),
@@ -105,7 +106,7 @@ def landcover(a, cmd):
         max_val=a.max_val,
     )
     name = f"S2 embedding (fast, {a.latent_dim}-d, {a.epochs} epochs)"
-    embs = [embed(c, model, sensor="s2")["embedding"] for c in cubes]
+    embs = [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]
     res = run_landcover(
         cubes, {name: embs}, a.out / "landcover", seed=a.seed, command=cmd, notes=f"Model: {info}"
     )
@@ -130,7 +131,7 @@ def croptype(a, cmd):
         for name, hide in zip(list(embs)[:3], ((), ("s2",), ("s1",)), strict=True):
             embs[name].append(embed_fused(c, model, hide=hide, with_error=False)["embedding"])
         s2 = embed(c, model.autoencoder("s2"), sensor="s2", with_error=False)
-        embs["S2 stage-1 latent (9-d)"].append(s2["embedding"])
+        embs["S2 stage-1 latent (9-d)"].append(s2.load())
     notes = (
         f"Model: {path} (shipped default, fused S1+S2 `fast`, mode "
         f"{meta.get('mode')}); trained without labels on patch 00002806639B424A, "
@@ -140,6 +141,52 @@ def croptype(a, cmd):
         cubes, labels, embs, a.out / "croptype", seed=a.seed, command=cmd, notes=notes
     )
     print(f"  wrote {a.out / 'croptype'}: {res['n_samples']} samples", flush=True)
+
+
+def tables(out: Path) -> str:
+    """Markdown tables of docs/evaluation.md from the reports' ``results.json``."""
+    import json
+
+    md = []
+    lc = out / "landcover" / "results.json"
+    if lc.exists():
+        r = json.loads(lc.read_text())["landcover"]
+        md += [
+            "| feature set | dims | macro-F1 logreg | macro-F1 k-NN | accuracy logreg "
+            "| accuracy k-NN |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, by in r["scores"].items():
+            md.append(
+                f"| {name} | {r['n_features'][name]} | {by['logreg']['macro_f1']:.3f} | "
+                f"{by['knn']['macro_f1']:.3f} | {by['logreg']['accuracy']:.3f} | "
+                f"{by['knn']['accuracy']:.3f} |"
+            )
+        md.append("")
+    ct = out / "croptype" / "results.json"
+    if ct.exists():
+        r = json.loads(ct.read_text())["croptype"]
+        sc, nf = r["scores"], r["n_features"]
+        names = [k[: -len(" / series")] for k in sc if k.endswith(" / series")]
+        md += [
+            "| feature set | dims (series / mean) | series logreg | series k-NN "
+            "| season mean logreg | season mean k-NN |",
+            "|---|---|---|---|---|---|",
+        ]
+        for n in names:
+            s_, m_ = sc[f"{n} / series"], sc[f"{n} / season mean"]
+            md.append(
+                f"| {n} | {nf[n + ' / series']} / {nf[n + ' / season mean']} | "
+                f"{s_['logreg']['macro_f1']:.3f} | {s_['knn']['macro_f1']:.3f} | "
+                f"{m_['logreg']['macro_f1']:.3f} | {m_['knn']['macro_f1']:.3f} |"
+            )
+        classes = list(r["class_counts"])
+        md += ["", "| feature set (series, logreg) | " + " | ".join(classes) + " |"]
+        md.append("|---|" + "---|" * len(classes))
+        for n in names:
+            pc = sc[f"{n} / series"]["logreg"]["per_class_f1"]
+            md.append(f"| {n} | " + " | ".join(f"{pc[c]:.2f}" for c in classes) + " |")
+    return "\n".join(md)
 
 
 def main(argv=None):
@@ -152,7 +199,13 @@ def main(argv=None):
     ap.add_argument("--max-val", type=int, default=1000)
     ap.add_argument("--model", default=None, help="fused bundle (default: the shipped model)")
     ap.add_argument("--tasks", default="landcover,croptype")
+    ap.add_argument(
+        "--tables", action="store_true", help="only print the docs tables of an earlier run"
+    )
     a = ap.parse_args(argv)
+    if a.tables:
+        print(tables(a.out))
+        return
     torch.set_num_threads(2)
     cmd = "PYTHONPATH=src nice -n 5 python scripts/evaluate_probes.py " + " ".join(
         sys.argv[1:] if argv is None else argv
@@ -163,6 +216,7 @@ def main(argv=None):
         landcover(a, cmd)
     if "croptype" in tasks:
         croptype(a, cmd)
+    print(tables(a.out), flush=True)
     print(
         f"CPU {cpu_seconds() - c0:.0f} s, wall {time.perf_counter() - t0:.0f} s, "
         f"load average {os.getloadavg()}",

@@ -107,18 +107,19 @@ def season_features(
     a = da.values[:, sel]  # (f, t, y, x)
     nf, _, ny, nx = a.shape
     fin = np.isfinite(a)
-    series = np.full((ny, nx, nf, len(grid)), np.nan, np.float32)
+    per_step = np.full((ny, nx, nf, len(grid)), np.nan, np.float32)
     mean = np.full((ny, nx, nf), np.nan, np.float32)
     ok = np.ones((ny, nx), bool)
     for feats in _validity_groups(fin):
+        ag = a[feats]
         ok_t = fin[feats].all(axis=0)  # (t, y, x): dates where this group is valid
         ok &= ok_t.sum(axis=0) >= min_dates
         for iy, ix in zip(*np.nonzero(ok_t.sum(axis=0) >= min_dates), strict=True):
             v = ok_t[:, iy, ix]
-            vals = a[feats][:, v, iy, ix].T  # (n_obs, f_group)
-            series[iy, ix, feats] = (_interp_matrix(days[v], grid) @ vals).T
+            vals = ag[:, v, iy, ix].T  # (n_obs, f_group)
+            per_step[iy, ix, feats] = (_interp_matrix(days[v], grid) @ vals).T
             mean[iy, ix, feats] = vals.mean(axis=0)
-    series = series.reshape(ny, nx, nf * len(grid))
+    series = per_step.reshape(ny, nx, nf * len(grid))
     series[~ok] = np.nan
     mean[~ok] = np.nan
     return series, mean, ok
