@@ -5,17 +5,28 @@ on machine speed)::
 
     PYTHONPATH=src nice -n 5 python scripts/evaluate_probes.py --out eval-probes
 
-It trains a ``fast`` S2 context autoencoder per task on the task's real cubes
-(no labels are used for training), embeds the cubes densely, then runs the
-probes of the S2 latents and of every baseline feature set and writes one
-report folder per task (``landcover/`` and ``croptype/``). Trained models are
-reused when the script is run again with the same output folder.
+Crop type (WorldCereal Flanders, S1 + S2): the shipped default model
+(``latentcube.bundle.default_model_path()``, fused S1 + S2, 7-d) embeds both
+patches three times: with both sensors, with S2 hidden (S1 only) and with S1
+hidden (S2 only); its own stage-1 S2 latent (9-d) is probed too. No training.
+
+Land cover (GreenEarthNet, 4 S2 bands, no S1): a ``fast`` S2 context
+autoencoder with a 7-d latent is trained on the two minicubes (no labels; a
+fixed number of epochs, seed 42; validation by spatial blocks), then embeds
+them densely. A trained model is reused (or a killed training resumed) when the
+script is run again with the same output folder.
+
+Every embedding is probed beside every baseline feature set on the same
+samples, spatial blocks and folds (logistic regression and k-NN, regularisation
+chosen by inner blocked CV on the training folds only); one report folder per
+task (``landcover/`` and ``croptype/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -23,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentcube.bundle import load_checkpoint
+from latentcube.bundle import default_model_path, load_checkpoint, load_fusion_checkpoint
 from latentcube.cube.readers import open_cube, read_worldcereal_labels
 from latentcube.data.windows import split_windows
 from latentcube.evaluation.croptype import run_croptype
 from latentcube.evaluation.landcover import run_landcover
+from latentcube.fusion_inference import embed_fused
 from latentcube.inference import embed
 from latentcube.models.config import AutoencoderConfig
 from latentcube.training import train, train_config_preset
@@ -37,99 +49,179 @@ SHARED = Path(
         "LATENTCUBE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"
     )
 )
-GEN = sorted((SHARED / "greenearthnet_replicated_minicubes").glob("*.nc"))
-FLANDERS = sorted(
-    p for p in (SHARED / "worldcereal_s1_s2_training_patches_flanders").iterdir() if p.is_dir()
-)
+GEN_DIR = SHARED / "greenearthnet_replicated_minicubes"
+FLANDERS_DIR = SHARED / "worldcereal_s1_s2_training_patches_flanders"
+GEN_BANDS = ("B02", "B03", "B04", "B8A")
 
 
-def train_and_embed(cubes, bands, out, *, epochs, seed, stride_xy, max_val):
-    cfg = AutoencoderConfig.preset("fast", "s2", bands=bands)
-    ck = out / "best.pt"
-    t0 = time.perf_counter()
-    if not ck.exists():
-        tr, va = split_windows(cubes, "s2", bands, seed=seed, stride_xy=stride_xy)
-        if len(va) > max_val:
-            va = va.subset(np.sort(np.random.default_rng(seed).choice(len(va), max_val, False)))
-        print(f"  {len(tr)} training / {len(va)} validation windows", flush=True)
-        tcfg = train_config_preset("quick").model_copy(
-            update={"max_epochs": epochs, "seed": seed, "num_threads": 2}
-        )
-        res = train(cfg, tr, va, tcfg, out, progress=False)
-        print(
-            f"  trained {res.epochs} epochs, val centre MAE {res.best_val:.4f}, "
-            f"{res.seconds:.0f} s",
-            flush=True,
-        )
-    model, meta = load_checkpoint(ck, expect_bands=bands)
-    embs = [embed(c, model, sensor="s2")["embedding"] for c in cubes]
-    return embs, {
-        "checkpoint": str(ck),
-        "train_seconds": time.perf_counter() - t0,
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    r = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(x.ru_utime + x.ru_stime for x in r)
+
+
+def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val):
+    """Train (or resume / reuse) a ``fast`` S2 autoencoder for a fixed number of epochs."""
+    cfg = AutoencoderConfig.preset("fast", "s2", bands=bands).model_copy(
+        update={"latent_dim": latent_dim}
+    )
+    tr, va = split_windows(cubes, "s2", bands, seed=seed, stride_xy=stride_xy)
+    if len(va) > max_val:
+        va = va.subset(np.sort(np.random.default_rng(seed).choice(len(va), max_val, False)))
+    print(f"  {len(tr)} training / {len(va)} validation windows", flush=True)
+    tcfg = train_config_preset("quick").model_copy(
+        update={"max_epochs": epochs, "seed": seed, "num_threads": 2}
+    )
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    res = train(cfg, tr, va, tcfg, out, progress=False)
+    model, _ = load_checkpoint(Path(out) / "best.pt", expect_bands=bands)
+    rows = np.genfromtxt(Path(out) / "metrics.csv", delimiter=",", names=True)
+    info = {
+        "model": f"fast S2, latent {latent_dim}",
         "epochs": epochs,
+        "epochs_run": res.epochs,
+        "best_epoch": int(np.atleast_1d(rows["epoch"])[np.argmin(rows["val_centre_mae"])]),
+        "best_val_centre_mae": round(float(res.best_val), 5),
+        "train_windows": len(tr),
+        "val_windows": len(va),
         "stride_xy": stride_xy,
-        **{k: meta.get(k) for k in ("best_val", "epoch") if k in meta},
+        "cpu_seconds_this_call": round(cpu_seconds() - c0, 1),
+        "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
     }
+    print(f"  {info}", flush=True)
+    return model, info
+
+
+def landcover(a, cmd):
+    print("land cover: GreenEarthNet minicubes (B02 B03 B04 B8A, 20 m; no S1)", flush=True)
+    cubes = [open_cube(p).load() for p in sorted(GEN_DIR.glob("*.nc"))]
+    model, info = train_s2(
+        cubes,
+        GEN_BANDS,
+        a.out / f"model_gen_fast{a.latent_dim}",
+        latent_dim=a.latent_dim,
+        epochs=a.epochs,
+        seed=a.seed,
+        stride_xy=a.stride_xy,
+        max_val=a.max_val,
+    )
+    name = f"S2 embedding (fast, {a.latent_dim}-d, {a.epochs} epochs)"
+    embs = [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]
+    res = run_landcover(
+        cubes, {name: embs}, a.out / "landcover", seed=a.seed, command=cmd, notes=f"Model: {info}"
+    )
+    print(f"  wrote {a.out / 'landcover'}: {res['n_samples']} samples", flush=True)
+
+
+def croptype(a, cmd):
+    print("crop type: WorldCereal Flanders patches (10 S2 bands + S1 VV/VH, 10 m)", flush=True)
+    folders = sorted(p for p in FLANDERS_DIR.iterdir() if p.is_dir())
+    cubes = [open_cube(p).load() for p in folders]
+    labels = [read_worldcereal_labels(p)["CT"].values for p in folders]
+    path = Path(a.model) if a.model else default_model_path()
+    model, meta = load_fusion_checkpoint(path)
+    torch.set_num_threads(2)
+    embs: dict[str, list] = {
+        "fused 7-d (S1+S2)": [],
+        "fused 7-d, S2 hidden (S1 only)": [],
+        "fused 7-d, S1 hidden (S2 only)": [],
+        "S2 stage-1 latent (9-d)": [],
+    }
+    for c in cubes:
+        for name, hide in zip(list(embs)[:3], ((), ("s2",), ("s1",)), strict=True):
+            embs[name].append(embed_fused(c, model, hide=hide, with_error=False)["embedding"])
+        s2 = embed(c, model.autoencoder("s2"), sensor="s2", with_error=False)
+        embs["S2 stage-1 latent (9-d)"].append(s2.load())
+    notes = (
+        f"Model: {path} (shipped default, fused S1+S2 `fast`, mode "
+        f"{meta.get('mode')}); trained without labels on patch 00002806639B424A, "
+        "patch 0000280849BAC91C never seen in training."
+    )
+    res = run_croptype(
+        cubes, labels, embs, a.out / "croptype", seed=a.seed, command=cmd, notes=notes
+    )
+    print(f"  wrote {a.out / 'croptype'}: {res['n_samples']} samples", flush=True)
+
+
+def tables(out: Path) -> str:
+    """Markdown tables of docs/evaluation.md from the reports' ``results.json``."""
+    import json
+
+    md = []
+    lc = out / "landcover" / "results.json"
+    if lc.exists():
+        r = json.loads(lc.read_text())["landcover"]
+        md += [
+            "| feature set | dims | macro-F1 logreg | macro-F1 k-NN | accuracy logreg "
+            "| accuracy k-NN |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, by in r["scores"].items():
+            md.append(
+                f"| {name} | {r['n_features'][name]} | {by['logreg']['macro_f1']:.3f} | "
+                f"{by['knn']['macro_f1']:.3f} | {by['logreg']['accuracy']:.3f} | "
+                f"{by['knn']['accuracy']:.3f} |"
+            )
+        md.append("")
+    ct = out / "croptype" / "results.json"
+    if ct.exists():
+        r = json.loads(ct.read_text())["croptype"]
+        sc, nf = r["scores"], r["n_features"]
+        names = [k[: -len(" / series")] for k in sc if k.endswith(" / series")]
+        md += [
+            "| feature set | dims (series / mean) | series logreg | series k-NN "
+            "| season mean logreg | season mean k-NN |",
+            "|---|---|---|---|---|---|",
+        ]
+        for n in names:
+            s_, m_ = sc[f"{n} / series"], sc[f"{n} / season mean"]
+            md.append(
+                f"| {n} | {nf[n + ' / series']} / {nf[n + ' / season mean']} | "
+                f"{s_['logreg']['macro_f1']:.3f} | {s_['knn']['macro_f1']:.3f} | "
+                f"{m_['logreg']['macro_f1']:.3f} | {m_['knn']['macro_f1']:.3f} |"
+            )
+        classes = list(r["class_counts"])
+        md += ["", "| feature set (series, logreg) | " + " | ".join(classes) + " |"]
+        md.append("|---|" + "---|" * len(classes))
+        for n in names:
+            pc = sc[f"{n} / series"]["logreg"]["per_class_f1"]
+            md.append(f"| {n} | " + " | ".join(f"{pc[c]:.2f}" for c in classes) + " |")
+    return "\n".join(md)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("eval-probes"))
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=8, help="land-cover model epochs (fixed)")
+    ap.add_argument("--latent-dim", type=int, default=7, help="land-cover model latent size")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--stride-xy", type=int, default=4)
     ap.add_argument("--max-val", type=int, default=1000)
+    ap.add_argument("--model", default=None, help="fused bundle (default: the shipped model)")
     ap.add_argument("--tasks", default="landcover,croptype")
+    ap.add_argument(
+        "--tables", action="store_true", help="only print the docs tables of an earlier run"
+    )
     a = ap.parse_args(argv)
+    if a.tables:
+        print(tables(a.out))
+        return
     torch.set_num_threads(2)
     cmd = "PYTHONPATH=src nice -n 5 python scripts/evaluate_probes.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
+    c0, t0 = cpu_seconds(), time.perf_counter()
     tasks = a.tasks.split(",")
     if "landcover" in tasks:
-        print("land cover: GreenEarthNet minicubes (B02 B03 B04 B8A, 20 m)", flush=True)
-        cubes = [open_cube(p).load() for p in GEN]
-        embs, info = train_and_embed(
-            cubes,
-            ("B02", "B03", "B04", "B8A"),
-            a.out / "model_gen",
-            epochs=a.epochs,
-            seed=a.seed,
-            stride_xy=a.stride_xy,
-            max_val=a.max_val,
-        )
-        res = run_landcover(
-            cubes,
-            {"S2 latents (fast, 9-d)": embs},
-            a.out / "landcover",
-            seed=a.seed,
-            command=cmd,
-            notes=f"Model: {info}",
-        )
-        print(f"  wrote {a.out / 'landcover'}: {res['n_samples']} samples", flush=True)
+        landcover(a, cmd)
     if "croptype" in tasks:
-        print("crop type: WorldCereal Flanders patches (10 S2 bands, 10 m)", flush=True)
-        cubes = [open_cube(p, with_s1=False).load() for p in FLANDERS]
-        labels = [read_worldcereal_labels(p)["CT"].values for p in FLANDERS]
-        embs, info = train_and_embed(
-            cubes,
-            tuple(str(b) for b in cubes[0]["band"].values),
-            a.out / "model_flanders",
-            epochs=a.epochs,
-            seed=a.seed,
-            stride_xy=a.stride_xy,
-            max_val=a.max_val,
-        )
-        res = run_croptype(
-            cubes,
-            labels,
-            {"S2 latents (fast, 9-d)": embs},
-            a.out / "croptype",
-            seed=a.seed,
-            command=cmd,
-            notes=f"Model: {info}",
-        )
-        print(f"  wrote {a.out / 'croptype'}: {res['n_samples']} samples", flush=True)
+        croptype(a, cmd)
+    print(tables(a.out), flush=True)
+    print(
+        f"CPU {cpu_seconds() - c0:.0f} s, wall {time.perf_counter() - t0:.0f} s, "
+        f"load average {os.getloadavg()}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from latentcube.evaluation.baselines import (
     feature_sets,
     pca_bands,
     raw_bands,
+    s1_backscatter,
     spectral_indices,
 )
 
@@ -67,13 +68,30 @@ def test_pca_components_are_uncorrelated_and_sized(cube):
 
 
 def test_feature_sets_and_checks(cube):
-    sets = baseline_feature_cubes(cube)
+    sets = baseline_feature_cubes(cube, with_s1=False)
     assert list(sets) == ["S2 bands", "NDVI", "EVI", "NIRv", "kNDVI", "indices (4)", "PCA-7"]
+    with_s1 = baseline_feature_cubes(cube)  # the cube holds S1: its inputs without a model
+    assert list(with_s1)[-2:] == ["S1 VV/VH", "PCA-7 + S1 VV/VH"]
+    assert with_s1["PCA-7 + S1 VV/VH"].sizes["feature"] == 9
     emb = raw_bands(cube).isel(feature=[0, 1])
     per = feature_sets([cube], {"emb": [emb]})
     assert next(iter(per[0])) == "emb"
     with pytest.raises(EvaluationError, match="embeddings for"):
         feature_sets([cube, cube], {"emb": [emb]})
+
+
+def test_s1_backscatter_masks_invalid_dates(cube):
+    c = cube.copy()
+    ok = c["s1_valid"].values.copy()
+    ok[1, 0, :] = False
+    c["s1_valid"] = (c["s1_valid"].dims, ok)
+    s1 = s1_backscatter(c)
+    assert s1.dims == ("feature", "time", "y", "x") and s1.sizes["feature"] == 2
+    raw = c["s1"].transpose("time", ..., "y", "x").values  # (time, band, y, x)
+    np.testing.assert_array_equal(s1.values[:, ok], raw.transpose(1, 0, 2, 3)[:, ok])
+    assert np.isnan(s1.values[:, 1, 0, :]).all()
+    with pytest.raises(EvaluationError, match="no 's1'"):
+        s1_backscatter(c.drop_vars(["s1", "s1_valid"]))
 
 
 def test_climatology_is_the_smoothed_day_of_year_mean():

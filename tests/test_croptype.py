@@ -34,6 +34,21 @@ def test_season_features_by_hand():
         season_features(fc(v, t), ("2018-05-01", "2018-04-01"))
 
 
+def test_feature_groups_are_interpolated_over_their_own_dates():
+    # feature 0 (an "S2" feature) is cloudy on 03-21; feature 1 (an "S1" feature) is not
+    t = ["2018-03-01", "2018-03-21", "2018-04-10"]
+    v = np.zeros((2, 3, 1, 1))
+    v[0, :, 0, 0] = [0, np.nan, 4]
+    v[1, :, 0, 0] = [10, 30, 10]
+    s, m, ok = season_features(fc(v, t), ("2018-03-01", "2018-04-10"), step_days=20, min_dates=2)
+    np.testing.assert_allclose(s[0, 0], [0, 2, 4, 10, 30, 10])  # S2 interpolated, S1 observed
+    np.testing.assert_allclose(m[0, 0], [2, 50 / 3], rtol=1e-6)
+    assert ok[0, 0]
+    # a pixel is dropped when any group has too few dates
+    s, m, ok = season_features(fc(v, t), ("2018-03-01", "2018-04-10"), step_days=20, min_dates=3)
+    assert not ok[0, 0] and np.isnan(s).all() and np.isnan(m).all()
+
+
 def test_series_beats_season_mean_when_classes_differ_in_timing():
     # two crops with the same mean greenness but the peak early or late in the season
     rng = np.random.default_rng(0)
@@ -45,7 +60,12 @@ def test_series_beats_season_mean_when_classes_differ_in_timing():
     v = np.sin(x + phase[None]) + rng.normal(0, 0.3, (len(t), ny, nx))
     v[rng.random(v.shape) < 0.3] = np.nan  # clouds
     res = croptype_probe(
-        [{"ndvi": fc(v[None], t)}], [lab], [("2018-03-01", "2018-10-31")], block=16, seed=0
+        [{"ndvi": fc(v[None], t)}],
+        [lab],
+        [("2018-03-01", "2018-10-31")],
+        block=16,
+        seed=0,
+        tune=False,
     )
     s = res["scores"]
     assert s["ndvi / series"]["logreg"]["macro_f1"] > 0.9

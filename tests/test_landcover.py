@@ -9,7 +9,13 @@ import xarray as xr
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.landcover import landcover_probe, landcover_samples, run_landcover
-from latentcube.evaluation.probes import block_ids, blocked_cv, filter_classes
+from latentcube.evaluation.probes import (
+    PARAM_GRIDS,
+    block_ids,
+    blocked_cv,
+    filter_classes,
+    tuned_probe,
+)
 
 from conftest import shared_path
 
@@ -47,13 +53,77 @@ def test_block_ids_and_class_filter():
 
 def test_probe_separates_informative_from_noise_features():
     sets, lab = labelled_scene()
-    res = landcover_probe([sets], [lab], block=16, max_samples=3000, seed=0)
+    res = landcover_probe([sets], [lab], block=16, max_samples=3000, seed=0, tune=False)
     s = res["scores"]
     assert s["good"]["logreg"]["macro_f1"] > 0.95 and s["good"]["knn"]["macro_f1"] > 0.95
     assert s["noise"]["logreg"]["macro_f1"] < 0.45  # chance is 0.25
     assert set(res["classes"]) == {"10", "30", "40", "50"}
     assert res["n_blocks"] == 16 and res["n_samples"] == 3000
     assert set(s["good"]["logreg"]["per_class_f1"]) == {"10", "30", "40", "50"}
+
+
+def test_inner_cv_uses_training_blocks_only_and_picks_from_the_grid():
+    rng = np.random.default_rng(0)
+    n = 240
+    y = rng.integers(0, 2, n)
+    x = np.c_[y + rng.normal(0, 0.7, n), rng.normal(size=(n, 3))]
+    groups = rng.integers(0, 12, n)
+    model, chosen = tuned_probe("logreg", x, y, groups, seed=0)
+    assert chosen["C"] in PARAM_GRIDS["logreg"]["C"]
+    assert model.steps[-1][1].C == chosen["C"]
+    # with the grid reduced to one value the fitted model equals the untuned probe's
+    m1, c1 = tuned_probe("knn", x, y, groups, grid={"n_neighbors": [7]})
+    assert c1 == {"n_neighbors": 7}
+    from latentcube.evaluation.probes import make_probe
+
+    ref = make_probe("knn", n_neighbors=7).fit(x, y)
+    np.testing.assert_array_equal(m1.predict(x), ref.predict(x))
+    # the outer loop records the choice of every fold, made without its test blocks
+    res = blocked_cv({"a": x}, y, groups, n_splits=3, seed=0)
+    assert len(res["a"]["logreg"]["chosen"]) == 3
+    knn = res["a"]["knn"]["chosen"]
+    assert all(c["n_neighbors"] in PARAM_GRIDS["knn"]["n_neighbors"] for c in knn)
+
+
+def test_inner_scores_match_scikit_learn_fitted_per_value():
+    from sklearn.metrics import f1_score
+
+    from latentcube.evaluation.probes import _inner_scores, make_probe
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    x = np.c_[y + rng.normal(0, 1.0, 300), rng.normal(size=(300, 2))]
+    tr, va = np.arange(200), np.arange(200, 300)
+    ks = [1, 4, 9]
+    got = _inner_scores("knn", "n_neighbors", ks, x[tr], y[tr], x[va], y[va], 0)
+    want = [
+        f1_score(
+            y[va],
+            make_probe("knn", n_neighbors=k).fit(x[tr], y[tr]).predict(x[va]),
+            average="macro",
+        )
+        for k in ks
+    ]
+    np.testing.assert_allclose(got, want)
+    cs = [0.01, 1.0]
+    got = _inner_scores("logreg", "C", cs, x[tr], y[tr], x[va], y[va], 0)
+    want = []
+    for c in cs:  # cold fits; warm starts reach the same optimum
+        m = make_probe("logreg")
+        m.set_params(logisticregression__C=c)
+        want.append(f1_score(y[va], m.fit(x[tr], y[tr]).predict(x[va]), average="macro"))
+    np.testing.assert_allclose(got, want, atol=0.02)
+
+
+def test_inner_cv_rejects_a_regularisation_that_kills_the_signal():
+    rng = np.random.default_rng(1)
+    n = 300
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 60))
+    groups = np.arange(n) % 10
+    x[:, 0] += 3 * y  # a tiny C shrinks this weight to ~0 and must lose
+    _, chosen = tuned_probe("logreg", x, y, groups, seed=0, grid={"C": [1e-6, 1.0]})
+    assert chosen == {"C": 1.0}
 
 
 def test_samples_common_validity_and_legend():
@@ -83,7 +153,7 @@ def test_real_greenearthnet_cube_baselines(tmp_path):
 
     path = sorted(shared_path("greenearthnet_replicated_minicubes").glob("JAS*.nc"))[0]
     cube = open_cube(path).load()
-    res = run_landcover([cube], {}, tmp_path, max_samples=1500, seed=0)
+    res = run_landcover([cube], {}, tmp_path, max_samples=1500, seed=0, tune=False)
     assert "PCA-4" in res["scores"] and "kNDVI" in res["scores"]
     assert set(res["classes"]) <= {"10", "20", "30", "40", "50", "60"}
     # all reflectance bands carry more land-cover information than NDVI alone

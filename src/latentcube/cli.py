@@ -874,7 +874,7 @@ def evaluate_croptype(
     from latentcube.evaluation.croptype import run_croptype
 
     try:
-        loaded = [open_cube(p, with_s1=False).load() for p in patches]
+        loaded = [open_cube(p).load() for p in patches]  # S1 too: fused models and S1 baselines
         labels = [read_worldcereal_labels(p)["CT"].values for p in patches]
         res = run_croptype(loaded, labels, _embeddings(loaded, model, embedding, name), out,
                            block=block, seed=seed, command=_command())

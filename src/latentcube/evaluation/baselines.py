@@ -6,7 +6,9 @@ embedding, so the GPP task and the probes treat them identically:
 - :func:`raw_bands`: the S2 surface reflectance of each pixel and date;
 - :func:`spectral_indices`: NDVI, EVI, NIRv and kNDVI computed with ``spyndex``;
 - :func:`pca_bands`: the first 7 principal components of the raw bands
-  (same size as the paper's 7-d embedding).
+  (same size as the paper's 7-d embedding);
+- :func:`s1_backscatter`: the S1 VV/VH values of cubes that hold S1, alone and
+  stacked with PCA-7 (the inputs a fused S1 + S2 embedding sees, without a model).
 
 :func:`climatology` is the GPP predictor without any imagery (the mean seasonal
 cycle of the training years), and :func:`carbonfluxbench_reference` summarises
@@ -32,6 +34,7 @@ __all__ = [
     "feature_sets",
     "pca_bands",
     "raw_bands",
+    "s1_backscatter",
     "spectral_indices",
 ]
 
@@ -60,6 +63,25 @@ def raw_bands(cube: xr.Dataset, bands: Sequence[str] | None = None) -> xr.DataAr
         dims=("feature", "time", "y", "x"),
         coords={"feature": [str(b) for b in s2["band"].values], **_coords(cube)},
         name="S2 bands",
+    )
+
+
+def s1_backscatter(cube: xr.Dataset) -> xr.DataArray:
+    """S1 values (the cube's ``s1``, e.g. normalised VV/VH dB) as a feature cube.
+
+    NaN where ``s1_valid`` is False; on the cube's (S2) time axis.
+    """
+    if "s1" not in cube:
+        raise EvaluationError(f"cube has no 's1' variable (has {list(cube.data_vars)})")
+    s1 = cube["s1"]
+    band_dim = next(d for d in s1.dims if d not in ("time", "y", "x"))
+    s1 = s1.transpose("time", band_dim, "y", "x")
+    a = np.where(cube["s1_valid"].values[:, None], s1.values, np.nan).astype(np.float32)
+    return xr.DataArray(
+        a.transpose(1, 0, 2, 3),
+        dims=("feature", "time", "y", "x"),
+        coords={"feature": [f"S1 {b}" for b in s1[band_dim].values], **_coords(cube)},
+        name="S1",
     )
 
 
@@ -177,9 +199,18 @@ def pca_bands(
 
 
 def baseline_feature_cubes(
-    cube: xr.Dataset, *, pca_fit_cubes: Sequence[xr.Dataset] | None = None, seed: int = 0
+    cube: xr.Dataset,
+    *,
+    pca_fit_cubes: Sequence[xr.Dataset] | None = None,
+    seed: int = 0,
+    with_s1: bool | None = None,
 ) -> dict[str, xr.DataArray]:
-    """Every baseline feature set of one cube: bands, each index, all indices, PCA-7."""
+    """Every baseline feature set of one cube.
+
+    S2 bands, each index, all indices, PCA-7; with S1 (default: when the cube
+    has ``s1``) also ``S1 VV/VH`` and ``PCA-7 + S1 VV/VH`` (9 features: the
+    inputs of a fused S1 + S2 embedding, reduced without a model).
+    """
     idx = spectral_indices(cube)
     out: dict[str, xr.DataArray] = {"S2 bands": raw_bands(cube)}
     for name in INDICES:
@@ -187,6 +218,11 @@ def baseline_feature_cubes(
     out["indices (4)"] = idx
     pca = pca_bands(cube, fit_cubes=pca_fit_cubes, seed=seed)
     out[str(pca.name)] = pca
+    if with_s1 if with_s1 is not None else "s1" in cube:
+        s1 = s1_backscatter(cube)
+        out["S1 VV/VH"] = s1
+        both = xr.concat([pca, s1], dim="feature")
+        out[f"{pca.name} + S1 VV/VH"] = both.rename(f"{pca.name} + S1 VV/VH")
     return out
 
 
@@ -282,6 +318,7 @@ def feature_sets(
         for name, da in sets.items():
             if da.sizes["time"] != cube.sizes["time"] or da.sizes["y"] != cube.sizes["y"]:
                 raise EvaluationError(f"{name!r} of cube {i} is not on the cube's grid/dates")
-        sets.update(baseline_feature_cubes(cube, pca_fit_cubes=cubes, seed=seed))
+        with_s1 = all("s1" in c for c in cubes)
+        sets.update(baseline_feature_cubes(cube, pca_fit_cubes=cubes, seed=seed, with_s1=with_s1))
         out.append(sets)
     return out

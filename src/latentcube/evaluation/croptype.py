@@ -47,6 +47,23 @@ def _interp_matrix(t_obs: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return w
 
 
+def _validity_groups(finite: np.ndarray) -> list[np.ndarray]:
+    """Indices of features sharing one validity mask (f, t, y, x) -> groups of features.
+
+    An embedding or the S2 bands form one group (valid together); a stacked set
+    such as S2 PCA + S1 backscatter forms two, each interpolated over its own dates.
+    """
+    groups: list[list[int]] = []
+    for f in range(finite.shape[0]):
+        for g in groups:
+            if np.array_equal(finite[g[0]], finite[f]):
+                g.append(f)
+                break
+        else:
+            groups.append([f])
+    return [np.asarray(g) for g in groups]
+
+
 def season_features(
     cube: xr.DataArray,
     season: tuple[str, str],
@@ -55,6 +72,11 @@ def season_features(
     min_dates: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel season series and season mean of a feature cube.
+
+    Features that are valid on the same dates (e.g. all bands of S2, all
+    features of an embedding) are interpolated together over those dates; a
+    feature cube stacking sources with different dates (S2 PCA + S1) interpolates
+    each source over its own valid dates.
 
     Parameters
     ----------
@@ -65,7 +87,8 @@ def season_features(
     step_days
         Spacing of the series grid.
     min_dates
-        Fewest valid in-season dates for a pixel to get features.
+        Fewest valid in-season dates (of every feature group) for a pixel to get
+        features.
 
     Returns
     -------
@@ -83,15 +106,22 @@ def season_features(
     grid = np.arange(0.0, (t1 - t0).days + 1, step_days)
     a = da.values[:, sel]  # (f, t, y, x)
     nf, _, ny, nx = a.shape
-    ok_t = np.isfinite(a).all(axis=0)  # (t, y, x)
-    series = np.full((ny, nx, nf * len(grid)), np.nan, np.float32)
+    fin = np.isfinite(a)
+    per_step = np.full((ny, nx, nf, len(grid)), np.nan, np.float32)
     mean = np.full((ny, nx, nf), np.nan, np.float32)
-    ok = ok_t.sum(axis=0) >= min_dates
-    for iy, ix in zip(*np.nonzero(ok), strict=True):
-        v = ok_t[:, iy, ix]
-        vals = a[:, v, iy, ix].T  # (n_obs, f)
-        series[iy, ix] = (_interp_matrix(days[v], grid) @ vals).T.ravel()
-        mean[iy, ix] = vals.mean(axis=0)
+    ok = np.ones((ny, nx), bool)
+    for feats in _validity_groups(fin):
+        ag = a[feats]
+        ok_t = fin[feats].all(axis=0)  # (t, y, x): dates where this group is valid
+        ok &= ok_t.sum(axis=0) >= min_dates
+        for iy, ix in zip(*np.nonzero(ok_t.sum(axis=0) >= min_dates), strict=True):
+            v = ok_t[:, iy, ix]
+            vals = ag[:, v, iy, ix].T  # (n_obs, f_group)
+            per_step[iy, ix, feats] = (_interp_matrix(days[v], grid) @ vals).T
+            mean[iy, ix, feats] = vals.mean(axis=0)
+    series = per_step.reshape(ny, nx, nf * len(grid))
+    series[~ok] = np.nan
+    mean[~ok] = np.nan
     return series, mean, ok
 
 
@@ -107,6 +137,7 @@ def croptype_probe(
     n_splits: int = 5,
     min_samples: int = 30,
     seed: int = 0,
+    tune: bool = True,
 ) -> dict[str, Any]:
     """Blocked-CV crop-type probe: per-date series vs season mean, for each feature set.
 
@@ -118,8 +149,9 @@ def croptype_probe(
         For each cube, its (y, x) crop-type codes (0 = no label).
     seasons
         For each cube, the growing season (first, last day) of its labels.
-    block, probes, n_splits, seed
-        Spatial blocks (> 15 px) and CV settings.
+    block, probes, n_splits, seed, tune
+        Spatial blocks (> 15 px) and CV settings
+        (:func:`latentcube.evaluation.probes.blocked_cv`).
     step_days, min_dates
         See :func:`season_features`.
     min_samples
@@ -166,6 +198,7 @@ def croptype_probe(
         n_splits=n_splits,
         min_samples=min_samples,
         seed=seed,
+        tune=tune,
     )
     return {
         "task": "croptype",
@@ -192,6 +225,7 @@ def run_croptype(
     seed: int = 0,
     command: str | None = None,
     notes: str = "",
+    tune: bool = True,
 ) -> dict[str, Any]:
     """Crop-type probe of embeddings and every baseline, written as a report folder.
 
@@ -211,13 +245,16 @@ def run_croptype(
         See :func:`croptype_probe`.
     command, notes
         Reproducing command and extra markdown for the report.
+    tune
+        Choose each probe's regularisation by inner blocked CV on the training
+        folds (see :func:`latentcube.evaluation.probes.blocked_cv`).
     """
     from latentcube.evaluation.baselines import feature_sets
     from latentcube.evaluation.report import write_probe_report
 
     seasons = list(seasons) if seasons is not None else [default_season(c) for c in cubes]
     sets = feature_sets(cubes, embeddings, seed=seed)
-    res = croptype_probe(sets, labels, seasons, block=block, seed=seed)
+    res = croptype_probe(sets, labels, seasons, block=block, seed=seed, tune=tune)
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
     write_probe_report(
         res,

@@ -92,6 +92,7 @@ def landcover_probe(
     n_splits: int = 5,
     min_samples: int = 30,
     seed: int = 0,
+    tune: bool = True,
 ) -> dict[str, Any]:
     """Blocked-CV land-cover probe over one or more cubes.
 
@@ -103,7 +104,7 @@ def landcover_probe(
         For each cube, its (y, x) WorldCover codes.
     block, max_samples
         See :func:`landcover_samples`.
-    probes, n_splits, seed
+    probes, n_splits, seed, tune
         See :func:`latentcube.evaluation.probes.blocked_cv`.
     min_samples
         Classes with fewer samples (or in fewer than 2 blocks) are dropped.
@@ -140,6 +141,7 @@ def landcover_probe(
         n_splits=n_splits,
         min_samples=min_samples,
         seed=seed,
+        tune=tune,
     )
     names_ = {c: WORLDCOVER.get(int(c), c) for c in res["class_counts"]}
     return {"task": "landcover", "classes": names_, **res}
@@ -155,6 +157,7 @@ def run_landcover(
     seed: int = 0,
     command: str | None = None,
     notes: str = "",
+    tune: bool = True,
 ) -> dict[str, Any]:
     """Land-cover probe of embeddings and every baseline, written as a report folder.
 
@@ -170,6 +173,9 @@ def run_landcover(
         See :func:`landcover_probe`.
     command, notes
         Reproducing command and extra markdown for the report.
+    tune
+        Choose each probe's regularisation by inner blocked CV on the training
+        folds (see :func:`latentcube.evaluation.probes.blocked_cv`).
 
     Returns
     -------
@@ -189,6 +195,7 @@ def run_landcover(
         block=block,
         max_samples=max_samples,
         seed=seed,
+        tune=tune,
     )
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
     write_probe_report(

@@ -6,6 +6,13 @@ with a class label and a spatial block id; the folds keep whole blocks
 together, and blocks are larger than the 15 px model context, so a test pixel's
 context never overlaps a training pixel's block interior (neighbouring pixels
 cannot leak). Predictions of all folds are pooled before scoring.
+
+Every feature set gets the same treatment: features are standardised (fitted on
+the training folds), and the probe's one hyper-parameter (the inverse
+regularisation ``C`` of the logistic regression, the number of neighbours of
+k-NN) is chosen per outer fold by an inner blocked cross-validation on that
+fold's training blocks only (macro-F1), from the same grid for every set. The
+test folds are never used for any choice.
 """
 
 from __future__ import annotations
@@ -17,10 +24,25 @@ import numpy as np
 
 from latentcube.errors import EvaluationError
 
-__all__ = ["PROBES", "block_ids", "blocked_cv", "filter_classes", "make_probe", "score_pooled"]
+__all__ = [
+    "PARAM_GRIDS",
+    "PROBES",
+    "block_ids",
+    "blocked_cv",
+    "filter_classes",
+    "make_probe",
+    "score_pooled",
+    "tuned_probe",
+]
 
 #: Probe classifiers: scaled logistic regression and scaled k-NN.
 PROBES: tuple[str, ...] = ("logreg", "knn")
+
+#: Hyper-parameter grid of each probe, searched by inner blocked CV (same for every set).
+PARAM_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "logreg": {"C": [0.01, 0.1, 1.0, 10.0]},
+    "knn": {"n_neighbors": [5, 10, 20, 40]},
+}
 
 
 def block_ids(iy: np.ndarray, ix: np.ndarray, block: int, *, offset: int = 0) -> np.ndarray:
@@ -45,6 +67,118 @@ def make_probe(kind: str, seed: int = 0, n_neighbors: int = 10) -> Any:
     else:
         raise EvaluationError(f"unknown probe {kind!r}; expected one of {PROBES}")
     return make_pipeline(StandardScaler(), clf)
+
+
+def tuned_probe(
+    kind: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    seed: int = 0,
+    inner_splits: int = 3,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit a probe whose hyper-parameter is chosen by inner blocked CV on ``x`` only.
+
+    Parameters
+    ----------
+    kind
+        ``logreg`` or ``knn``.
+    x, y, groups
+        Training samples, labels and spatial block ids (of the outer training fold).
+    seed
+        Seed of the inner fold assignment and the classifier.
+    inner_splits
+        Inner folds (capped by the training blocks; with fewer than two blocks
+        the grid's middle value is used untuned). Each inner fold standardises
+        its own training part.
+    grid
+        Values of the probe's one parameter (default :data:`PARAM_GRIDS`): ``C``
+        for ``logreg``, ``n_neighbors`` for ``knn``. The value with the best mean
+        inner macro-F1 is refitted on all of ``x``.
+
+    Returns
+    -------
+    tuple
+        The fitted pipeline and the chosen parameters.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    grid = {k: list(v) for k, v in (grid if grid is not None else PARAM_GRIDS[kind]).items()}
+    if len(grid) != 1:
+        raise EvaluationError(f"a probe grid has one parameter, got {list(grid)}")
+    ((param, values),) = grid.items()
+    n_blocks = len(np.unique(groups))
+    if n_blocks < 2:
+        best = values[len(values) // 2]
+    else:
+        folds = GroupKFold(
+            n_splits=min(inner_splits, n_blocks), shuffle=True, random_state=seed
+        ).split(x, y, groups)
+        scores = np.zeros(len(values))
+        for tr, va in folds:
+            scores += _inner_scores(kind, param, values, x[tr], y[tr], x[va], y[va], seed)
+        best = values[int(np.argmax(scores))]  # ties: the first (strongest regularisation)
+    model = make_probe(kind, seed)
+    model.set_params(**{f"{model.steps[-1][0]}__{param}": best})
+    return model.fit(x, y), {param: best}
+
+
+def _inner_scores(
+    kind: str,
+    param: str,
+    values: Sequence[Any],
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    seed: int,
+) -> np.ndarray:
+    """Macro-F1 on one inner validation fold for every grid value.
+
+    Logistic regression walks the grid of ``C`` with warm starts; k-NN queries the
+    largest k once and votes with the first k neighbours for every k (uniform
+    weights, ties to the smallest label, as scikit-learn).
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.unique(np.concatenate([y_tr, y_va]))
+    sc = StandardScaler().fit(x_tr)
+    xt, xv = sc.transform(x_tr), sc.transform(x_va)
+    out = np.zeros(len(values))
+    if kind == "logreg":
+        if param != "C":
+            raise EvaluationError(f"logreg grid must be over C, got {param!r}")
+        model = make_probe("logreg", seed).steps[-1][1]
+        model.set_params(warm_start=True)
+        order = np.argsort(values)  # weak to strong fits: warm starts help
+        for i in order:
+            model.set_params(C=values[i])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(xt, y_tr)
+            pred = model.predict(xv)
+            out[i] = f1_score(y_va, pred, labels=labels, average="macro", zero_division=0)
+        return out
+    if param != "n_neighbors":
+        raise EvaluationError(f"knn grid must be over n_neighbors, got {param!r}")
+    from sklearn.neighbors import NearestNeighbors
+
+    kmax = min(max(values), len(y_tr))
+    nn = NearestNeighbors(n_neighbors=kmax).fit(xt)
+    idx = nn.kneighbors(xv, return_distance=False)
+    classes, y_code = np.unique(y_tr, return_inverse=True)
+    onehot = np.eye(len(classes))[y_code[idx]]  # (n_va, kmax, n_classes)
+    votes = np.cumsum(onehot, axis=1)
+    for i, k in enumerate(values):
+        pred = classes[np.argmax(votes[:, min(k, kmax) - 1], axis=1)]
+        out[i] = f1_score(y_va, pred, labels=labels, average="macro", zero_division=0)
+    return out
 
 
 def filter_classes(
@@ -77,6 +211,7 @@ def blocked_cv(
     probes: Sequence[str] = PROBES,
     n_splits: int = 5,
     seed: int = 0,
+    tune: bool = True,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Cross-validated macro-F1 and per-class F1 of each probe on each feature set.
 
@@ -94,11 +229,16 @@ def blocked_cv(
         Folds (capped by the number of blocks).
     seed
         Seed of the fold assignment and the classifiers.
+    tune
+        Choose each probe's hyper-parameter per outer fold by inner blocked CV on
+        the training blocks (:func:`tuned_probe`); ``False`` uses the defaults
+        (``C`` = 1, 10 neighbours).
 
     Returns
     -------
     dict
-        ``result[feature_set][probe]`` = ``{"macro_f1", "per_class_f1", "accuracy"}``.
+        ``result[feature_set][probe]`` = ``{"macro_f1", "per_class_f1", "accuracy",
+        "chosen"}`` (``chosen``: the hyper-parameters of each outer fold).
     """
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import GroupKFold
@@ -123,14 +263,20 @@ def blocked_cv(
         out[name] = {}
         for kind in probes:
             pred = np.empty_like(labels)
+            chosen = []
             for tr, te in folds:
-                model = make_probe(kind, seed).fit(x[tr], labels[tr])
+                if tune:
+                    model, params = tuned_probe(kind, x[tr], labels[tr], groups[tr], seed=seed)
+                else:
+                    model, params = make_probe(kind, seed).fit(x[tr], labels[tr]), {}
+                chosen.append(params)
                 pred[te] = model.predict(x[te])
             per = f1_score(labels, pred, labels=classes, average=None, zero_division=0)
             out[name][kind] = {
                 "macro_f1": float(np.mean(per)),
                 "accuracy": float(accuracy_score(labels, pred)),
                 "per_class_f1": {str(c): float(v) for c, v in zip(classes, per, strict=True)},
+                "chosen": chosen,
             }
     return out
 
@@ -145,6 +291,7 @@ def score_pooled(
     n_splits: int = 5,
     min_samples: int = 30,
     seed: int = 0,
+    tune: bool = True,
 ) -> dict[str, Any]:
     """Pool the samples of several cubes, drop rare classes and run :func:`blocked_cv`.
 
@@ -156,7 +303,7 @@ def score_pooled(
         One array of labels and of block ids per cube.
     block
         Block side in pixels (recorded in the result).
-    probes, n_splits, seed
+    probes, n_splits, seed, tune
         See :func:`blocked_cv`.
     min_samples
         Classes with fewer samples (or in fewer than 2 blocks) are dropped.
@@ -173,7 +320,7 @@ def score_pooled(
     keep, dropped = filter_classes(y_all, g_all, min_samples=min_samples)
     x_all = {k: np.concatenate(v)[keep] for k, v in features.items()}
     y_all, g_all = y_all[keep], g_all[keep]
-    scores = blocked_cv(x_all, y_all, g_all, probes=probes, n_splits=n_splits, seed=seed)
+    scores = blocked_cv(x_all, y_all, g_all, probes=probes, n_splits=n_splits, seed=seed, tune=tune)
     kept = sorted(int(c) for c in np.unique(y_all))
     return {
         "scores": scores,
@@ -183,4 +330,5 @@ def score_pooled(
         "n_blocks": len(np.unique(g_all)),
         "block_px": block,
         "n_features": {k: int(v.shape[1]) for k, v in x_all.items()},
+        "tuned": tune,
     }

@@ -195,6 +195,25 @@ def write_report(
     return path
 
 
+def _chosen_note(res: Mapping[str, Any]) -> str:
+    """One line per feature set: the hyper-parameters the inner CV chose per outer fold."""
+    if not res.get("tuned"):
+        return "\n\nProbe hyper-parameters fixed (C = 1, 10 neighbours).\n"
+    lines = [
+        "\n\nHyper-parameters chosen by inner blocked CV on the training folds only "
+        "(one value per outer fold):\n",
+        "| feature set | logreg C | k-NN k |",
+        "|---|---|---|",
+    ]
+    for name, by_probe in res["scores"].items():
+        cells = [
+            ", ".join(str(v) for c in by_probe.get(p, {}).get("chosen", []) for v in c.values())
+            for p in ("logreg", "knn")
+        ]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_probe_report(
     res: Mapping[str, Any],
     out_dir: str | os.PathLike[str],
@@ -215,6 +234,7 @@ def write_probe_report(
         + ", ".join(f"{k} {v} ({res['class_counts'][k]})" for k, v in res["classes"].items())
         + f". Dropped (too rare or in one block): {res['dropped_classes'] or 'none'}.\n\n"
         + probe_table(res)
+        + _chosen_note(res)
     )
     sections = [("Results", body), *([("Notes", notes)] if notes else [])]
     return write_report(
