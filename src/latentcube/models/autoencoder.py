@@ -241,7 +241,10 @@ class FastAutoencoder(ContextAutoencoder):
         """Reconstruction (B, C) of the centre pixel and date, without the other outputs."""
         c = self.config
         h = self.from_latent(latent).unsqueeze(1) + self._positions(gaps)
-        h = self.dec_norm(self._run(self.dec_temporal, h))[:, c.n_dates // 2]
+        if self.training:
+            h = self.dec_norm(self._run(self.dec_temporal, h))[:, c.n_dates // 2]
+        else:  # no dropout: only the centre token's output (frozen decoders in fusion)
+            h = self.dec_norm(encoder_inference(self.dec_temporal, h, c.n_dates // 2))[:, 0]
         pix = (c.window // 2) * c.window + c.window // 2
         rows = torch.arange(c.n_bands, device=h.device) * c.window * c.window + pix
         return torch.sigmoid(F.linear(h, self.to_patch.weight[rows], self.to_patch.bias[rows]))

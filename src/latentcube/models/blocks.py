@@ -111,13 +111,17 @@ def sinusoidal_encoding(offsets: Tensor, dim: int, max_period: float = 1000.0) -
     return enc
 
 
-def encoder_inference(stack: nn.TransformerEncoder, x: Tensor) -> Tensor:
+def encoder_inference(
+    stack: nn.TransformerEncoder, x: Tensor, query: int | None = None
+) -> Tensor:
     """Inference forward of a batch-first, pre-norm ``nn.TransformerEncoder`` (no dropout).
 
     The same arithmetic as the module in eval mode, written out so that the
     attention softmax over the short date axis (11 tokens) is a few vectorised
     element-wise operations; ``torch.softmax`` over rows of 11 values is several
     times slower on CPU and dominated dense inference. Tested against the module.
+    Plain tensor operations, so autograd works through it too (frozen decoders
+    in fusion training).
 
     Parameters
     ----------
@@ -125,22 +129,37 @@ def encoder_inference(stack: nn.TransformerEncoder, x: Tensor) -> Tensor:
         Encoder whose layers have ``batch_first=True`` and ``norm_first=True``.
     x
         (B, T, d) tokens.
+    query
+        If given, only this token's output is computed: the last layer then
+        projects queries, attention output and feed-forward for that token alone
+        (keys and values still come from every token), the same values as
+        ``stack(x)[:, query:query + 1]``.
 
     Returns
     -------
     torch.Tensor
-        (B, T, d), as ``stack(x)`` in eval mode.
+        (B, T, d), as ``stack(x)`` in eval mode; (B, 1, d) with ``query``.
     """
-    for layer in stack.layers:
+    n = len(stack.layers)
+    for i, layer in enumerate(stack.layers):
         attn = layer.self_attn
         if not (layer.norm_first and attn.batch_first):
             raise ValueError("encoder_inference needs batch_first, norm_first layers")
         b, t, d = x.shape
         heads = attn.num_heads
         y = layer.norm1(x)
-        qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-        s = torch.matmul(q * (d // heads) ** -0.5, k.transpose(-1, -2))  # (B, H, T, T)
+        if query is not None and i == n - 1:
+            w, bias = attn.in_proj_weight, attn.in_proj_bias
+            q = F.linear(y[:, query : query + 1], w[:d], None if bias is None else bias[:d])
+            q = q.view(b, 1, heads, d // heads).transpose(1, 2)
+            kv = F.linear(y, w[d:], None if bias is None else bias[d:])
+            k, v = kv.view(b, t, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
+            x = x[:, query : query + 1]
+            t = 1
+        else:
+            qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+            q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        s = torch.matmul(q * (d // heads) ** -0.5, k.transpose(-1, -2))  # (B, H, t, T)
         s = torch.exp(s - s.amax(dim=-1, keepdim=True))
         s = s / s.sum(dim=-1, keepdim=True)
         o = torch.matmul(s, v).transpose(1, 2).reshape(b, t, d)
