@@ -27,11 +27,15 @@ COG reads go through GDAL with ``GDAL_HTTP_MAX_RETRY`` and
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as _dt
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ __all__ = [
     "S1_ASSETS",
     "S2_ASSETS",
     "CatalogSpec",
+    "DatasetPool",
     "StacError",
     "configure_http",
     "grid_aligned",
@@ -57,6 +62,7 @@ __all__ = [
     "read_aligned",
     "resolve_assets",
     "resolve_catalog",
+    "reuse_datasets",
     "search_items",
     "signer",
     "with_retries",
@@ -622,12 +628,118 @@ def grid_aligned(
     return True
 
 
-def _read_one(href: str, geobox: Any, out: np.ndarray, nodata: float | int) -> None:
+class DatasetPool:
+    """Open rasterio datasets kept for reuse by :func:`read_aligned` (one build's reads).
+
+    A build reads every file once per loading tile (and the SCL once more for
+    the screening); opening a COG (header, tile offsets) is a large part of
+    reading a small window of it. The pool lends an open dataset to one thread
+    at a time (GDAL datasets are not thread-safe), takes it back after the
+    read, and keeps at most ``max_idle`` idle datasets (the least recently
+    used are closed first, so open files stay bounded whatever the number of
+    items). A read that fails closes its dataset instead of returning it, so a
+    retry opens the file afresh. :meth:`close` closes every idle dataset; a
+    dataset still lent out is closed when it comes back.
+
+    Parameters
+    ----------
+    max_idle
+        Idle datasets kept open at most.
+    """
+
+    def __init__(self, max_idle: int = 128) -> None:
+        self.max_idle = max_idle
+        self._idle: OrderedDict[int, tuple[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.opened = 0  # datasets opened so far (for tests and benchmarks)
+
+    def _take(self, href: str) -> Any:
+        with self._lock:
+            for key, (h, ds) in reversed(self._idle.items()):
+                if h == href:
+                    del self._idle[key]
+                    return ds
+            self.opened += 1
+        return None
+
+    def _give(self, href: str, ds: Any) -> None:
+        evicted = []
+        with self._lock:
+            if self._closed:
+                evicted.append(ds)
+            else:
+                self._idle[id(ds)] = (href, ds)
+                while len(self._idle) > self.max_idle:
+                    evicted.append(self._idle.popitem(last=False)[1][1])
+        for old in evicted:
+            old.close()
+
+    @contextlib.contextmanager
+    def checkout(self, href: str) -> Iterator[Any]:
+        """An open dataset of ``href`` for the calling thread alone, returned afterwards."""
+        import rasterio
+
+        ds = self._take(href)
+        if ds is None:
+            ds = rasterio.open(href, sharing=False)
+        ok = False
+        try:
+            yield ds
+            ok = True
+        finally:
+            if ok:
+                self._give(href, ds)
+            else:  # a failed read: a retry opens the file afresh
+                ds.close()
+
+    def close(self) -> None:
+        """Close every idle dataset; datasets lent out are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            idle = [ds for _, ds in self._idle.values()]
+            self._idle.clear()
+        for ds in idle:
+            ds.close()
+
+    @property
+    def idle(self) -> int:
+        """Idle datasets currently open."""
+        return len(self._idle)
+
+
+_DATASETS: contextvars.ContextVar[DatasetPool | None] = contextvars.ContextVar(
+    "latentcube_datasets", default=None
+)
+
+
+@contextlib.contextmanager
+def reuse_datasets(max_idle: int = 128) -> Iterator[DatasetPool]:
+    """Reuse open datasets across :func:`read_aligned` calls in this context.
+
+    Calls made in this context (and in threads started with a copy of it,
+    :func:`contextvars.copy_context`) read through one :class:`DatasetPool`;
+    every dataset is closed when the context ends. Without it each read
+    opens and closes its file.
+    """
+    pool = DatasetPool(max_idle)
+    token = _DATASETS.set(pool)
+    try:
+        yield pool
+    finally:
+        _DATASETS.reset(token)
+        pool.close()
+
+
+def _read_one(
+    href: str, geobox: Any, out: np.ndarray, nodata: float | int, pool: DatasetPool | None = None
+) -> None:
     """Read one aligned single-band raster into ``out`` (the whole ``geobox``), in place."""
     import rasterio
     from rasterio.windows import Window
 
-    with rasterio.Env(**_GDAL_ENV), rasterio.open(href, sharing=False) as src:
+    opened = pool.checkout(href) if pool is not None else rasterio.open(href, sharing=False)
+    with rasterio.Env(**_GDAL_ENV), opened as src:
         if src.crs is None or geobox.crs.epsg is None or src.crs.to_epsg() != geobox.crs.epsg:
             raise NotAligned(f"{href}: CRS {src.crs} differs from the grid's {geobox.crs}")
         k = _factor(tuple(src.transform)[:6], geobox)
@@ -691,6 +803,7 @@ def read_aligned(
     Pixels outside a source get ``nodata``; a source nodata value is mapped to
     ``nodata``. ``geoboxes`` gives some bands another grid of the same lattice
     (e.g. a mask band with a halo), read in the same round of the pool.
+    Inside :func:`reuse_datasets` the files stay open between calls.
     Raises :class:`NotAligned` when an opened file does not match its metadata.
 
     Returns
@@ -708,7 +821,8 @@ def read_aligned(
             href = it.assets[key].get_absolute_href() or it.assets[key].href
             jobs.append((patch_url(href) if patch_url else href, boxes[band], out[band][k]))
     ex = _executor(pool or 1)
-    for fut in [ex.submit(_read_one, h, g, o, nodata) for h, g, o in jobs]:
+    datasets = _DATASETS.get()  # the reader threads do not see this thread's context
+    for fut in [ex.submit(_read_one, h, g, o, nodata, datasets) for h, g, o in jobs]:
         fut.result()
     return out
 
