@@ -32,8 +32,8 @@ import contextvars
 import datetime as _dt
 import functools
 import os
-import warnings
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
