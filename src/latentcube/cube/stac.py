@@ -634,10 +634,13 @@ class DatasetPool:
     A build reads every file once per loading tile (and the SCL once more for
     the screening); opening a COG (header, tile offsets) is a large part of
     reading a small window of it. The pool lends an open dataset to one thread
-    at a time (GDAL datasets are not thread-safe), takes it back after the
-    read, and keeps at most ``max_idle`` idle datasets (the least recently
-    used are closed first, so open files stay bounded whatever the number of
-    items). A read that fails closes its dataset instead of returning it, so a
+    at a time (GDAL datasets are not thread-safe) and takes it back after the
+    read. An open dataset keeps the blocks it decoded in GDAL's block cache
+    (freed when it is closed), so the pool bounds what its idle datasets hold:
+    at most ``max_idle`` of them, having read blocks of at most ``max_bytes`` in all
+    (the least recently used are closed first; a dataset that alone read more
+    is closed when it comes back). Memory therefore stays flat whatever the
+    area. A read that fails closes its dataset instead of returning it, so a
     retry opens the file afresh. :meth:`close` closes every idle dataset; a
     dataset still lent out is closed when it comes back.
 
@@ -645,11 +648,17 @@ class DatasetPool:
     ----------
     max_idle
         Idle datasets kept open at most.
+    max_bytes
+        Bytes of the blocks read (see :meth:`charge`) through the idle datasets
+        at most.
     """
 
-    def __init__(self, max_idle: int = 128) -> None:
+    def __init__(self, max_idle: int = 128, max_bytes: int = 64 * 2**20) -> None:
         self.max_idle = max_idle
+        self.max_bytes = max_bytes
         self._idle: OrderedDict[int, tuple[str, Any]] = OrderedDict()
+        self._read: dict[int, int] = {}  # bytes read through each dataset since it opened
+        self._idle_bytes = 0
         self._lock = threading.Lock()
         self._closed = False
         self.opened = 0  # datasets opened so far (for tests and benchmarks)
@@ -659,21 +668,35 @@ class DatasetPool:
             for key, (h, ds) in reversed(self._idle.items()):
                 if h == href:
                     del self._idle[key]
+                    self._idle_bytes -= self._read[key]
                     return ds
             self.opened += 1
         return None
 
+    def _forget(self, ds: Any) -> Any:
+        self._read.pop(id(ds), None)
+        return ds
+
     def _give(self, href: str, ds: Any) -> None:
         evicted = []
         with self._lock:
-            if self._closed:
-                evicted.append(ds)
+            key = id(ds)
+            if self._closed or self._read.get(key, 0) > self.max_bytes:
+                evicted.append(self._forget(ds))
             else:
-                self._idle[id(ds)] = (href, ds)
-                while len(self._idle) > self.max_idle:
-                    evicted.append(self._idle.popitem(last=False)[1][1])
+                self._idle[key] = (href, ds)
+                self._idle_bytes += self._read.setdefault(key, 0)
+                while len(self._idle) > self.max_idle or self._idle_bytes > self.max_bytes:
+                    old_key, (_, old) = self._idle.popitem(last=False)
+                    self._idle_bytes -= self._read[old_key]
+                    evicted.append(self._forget(old))
         for old in evicted:
             old.close()
+
+    def charge(self, ds: Any, nbytes: int) -> None:
+        """Count ``nbytes`` of blocks read through ``ds`` (lent by :meth:`checkout`)."""
+        with self._lock:
+            self._read[id(ds)] = self._read.get(id(ds), 0) + int(nbytes)
 
     @contextlib.contextmanager
     def checkout(self, href: str) -> Iterator[Any]:
@@ -691,14 +714,17 @@ class DatasetPool:
             if ok:
                 self._give(href, ds)
             else:  # a failed read: a retry opens the file afresh
+                with self._lock:
+                    self._forget(ds)
                 ds.close()
 
     def close(self) -> None:
         """Close every idle dataset; datasets lent out are closed when they come back."""
         with self._lock:
             self._closed = True
-            idle = [ds for _, ds in self._idle.values()]
+            idle = [self._forget(ds) for _, ds in self._idle.values()]
             self._idle.clear()
+            self._idle_bytes = 0
         for ds in idle:
             ds.close()
 
@@ -714,7 +740,7 @@ _DATASETS: contextvars.ContextVar[DatasetPool | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def reuse_datasets(max_idle: int = 128) -> Iterator[DatasetPool]:
+def reuse_datasets(max_idle: int = 128, max_bytes: int = 64 * 2**20) -> Iterator[DatasetPool]:
     """Reuse open datasets across :func:`read_aligned` calls in this context.
 
     Calls made in this context (and in threads started with a copy of it,
@@ -722,7 +748,7 @@ def reuse_datasets(max_idle: int = 128) -> Iterator[DatasetPool]:
     every dataset is closed when the context ends. Without it each read
     opens and closes its file.
     """
-    pool = DatasetPool(max_idle)
+    pool = DatasetPool(max_idle, max_bytes)
     token = _DATASETS.set(pool)
     try:
         yield pool
@@ -759,6 +785,10 @@ def _read_one(
         c0, c1 = (j0 - ox) // k, -(-(j1 - ox) // k)
         arr = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
         src_nodata = src.nodata
+        if pool is not None:  # the blocks it decoded stay in GDAL's cache while it is open
+            bh, bw = src.block_shapes[0]
+            blocks = (-(-r1 // bh) - r0 // bh) * (-(-c1 // bw) - c0 // bw)
+            pool.charge(src, blocks * bh * bw * arr.itemsize)
     if src_nodata is not None and not (
         src_nodata == nodata or (np.isnan(src_nodata) and np.isnan(float(nodata)))
     ):  # map the source's nodata at the source resolution
