@@ -156,6 +156,27 @@ def test_dataset_pool_lends_reuses_evicts_and_closes(tmp_path):
     assert mine.closed
 
 
+def test_dataset_pool_bounds_the_blocks_its_idle_datasets_hold(tmp_path):
+    from latentcube.cube.stac import DatasetPool
+
+    a, b, c = _tifs(tmp_path)
+    pool = DatasetPool(max_idle=8, max_bytes=100)
+    with pool.checkout(a) as da:
+        pool.charge(da, 60)
+    with pool.checkout(b) as db:
+        pool.charge(db, 30)
+    assert pool.idle == 2 and not da.closed  # 90 bytes: both kept
+    with pool.checkout(a) as again:
+        assert again is da
+        pool.charge(da, 20)  # 110 with b's: the least recently used (b) is closed
+    assert db.closed and not da.closed and pool.idle == 1
+    with pool.checkout(c) as dc:
+        pool.charge(dc, 101)  # more than the whole budget alone: closed on return
+    assert dc.closed and pool.idle == 1 and not da.closed
+    pool.close()
+    assert da.closed
+
+
 def test_read_aligned_reuses_open_files_with_the_same_values(tmp_path):
     from affine import Affine
     from odc.geo.geobox import GeoBox
