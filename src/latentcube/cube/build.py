@@ -1602,8 +1602,8 @@ def _execute(
 
     from latentcube.io import open_zarr, write_zarr
 
-    # every file stays open for the whole build (screening and all tiles), in this
-    # process; Dask workers open theirs per read
+    # files stay open between the build's reads (screening and every tile), within the
+    # pool's bounds, in this process; Dask workers open theirs per read
     with reuse_datasets():
         candidates, create = staging.open(plan, mask)
         units = _units(plan, len(candidates))
