@@ -833,7 +833,8 @@ def read_aligned(
     Pixels outside a source get ``nodata``; a source nodata value is mapped to
     ``nodata``. ``geoboxes`` gives some bands another grid of the same lattice
     (e.g. a mask band with a halo), read in the same round of the pool.
-    Inside :func:`reuse_datasets` the files stay open between calls.
+    Inside :func:`reuse_datasets` local files stay open between calls (remote
+    ones are opened per read).
     Raises :class:`NotAligned` when an opened file does not match its metadata.
 
     Returns
@@ -852,7 +853,13 @@ def read_aligned(
             jobs.append((patch_url(href) if patch_url else href, boxes[band], out[band][k]))
     ex = _executor(pool or 1)
     datasets = _DATASETS.get()  # the reader threads do not see this thread's context
-    for fut in [ex.submit(_read_one, h, g, o, nodata, datasets) for h, g, o in jobs]:
+    # local files only: a remote (/vsicurl/) dataset is opened per read, as GDAL's HTTP
+    # connections belong to the thread that opened them (a kept one hung a test server)
+    futures = [
+        ex.submit(_read_one, h, g, o, nodata, None if "://" in h else datasets)
+        for h, g, o in jobs
+    ]
+    for fut in futures:
         fut.result()
     return out
 
