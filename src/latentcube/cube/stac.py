@@ -757,6 +757,19 @@ def reuse_datasets(max_idle: int = 128, max_bytes: int = 64 * 2**20) -> Iterator
         pool.close()
 
 
+@contextlib.contextmanager
+def _opened(href: str, pool: DatasetPool | None) -> Iterator[Any]:
+    """``href`` opened when entered (inside the caller's GDAL environment), from ``pool``."""
+    import rasterio
+
+    if pool is not None:
+        with pool.checkout(href) as ds:
+            yield ds
+    else:
+        with rasterio.open(href, sharing=False) as ds:
+            yield ds
+
+
 def _read_one(
     href: str, geobox: Any, out: np.ndarray, nodata: float | int, pool: DatasetPool | None = None
 ) -> None:
@@ -764,8 +777,7 @@ def _read_one(
     import rasterio
     from rasterio.windows import Window
 
-    opened = pool.checkout(href) if pool is not None else rasterio.open(href, sharing=False)
-    with rasterio.Env(**_GDAL_ENV), opened as src:
+    with rasterio.Env(**_GDAL_ENV), _opened(href, pool) as src:
         if src.crs is None or geobox.crs.epsg is None or src.crs.to_epsg() != geobox.crs.epsg:
             raise NotAligned(f"{href}: CRS {src.crs} differs from the grid's {geobox.crs}")
         k = _factor(tuple(src.transform)[:6], geobox)
