@@ -783,3 +783,28 @@ def test_union_time_axis_adds_s1_only_days(tmp_path, catalog, cube, src):
         build_cube(**kw, sensors=("s2",), time_axis="union")
     with pytest.raises(StacError, match="time_axis must be one of"):
         build_cube(**kw, time_axis="s1")
+
+
+def test_build_opens_each_file_once_and_closes_it(tmp_path, catalog, cube, monkeypatch):
+    import rasterio
+
+    opened = []
+    plain_open = rasterio.open
+
+    def recording_open(path, *args, **kwargs):
+        ds = plain_open(path, *args, **kwargs)
+        opened.append((str(path), ds))
+        return ds
+
+    monkeypatch.setattr(rasterio, "open", recording_open)
+    # four loading tiles, each reading every file; the SCL is read again after the screening
+    c = build_cube(
+        **_place(), start=START, end=END, catalog=str(catalog), out=tmp_path / "c.zarr",
+        progress=False, tile=32,
+    )  # fmt: skip
+    hrefs = [h for h, _ in opened]
+    assert any(h.endswith("SCL.tif") for h in hrefs) and any("S1_" in h for h in hrefs)
+    assert len(hrefs) == len(set(hrefs))  # each file opened once for the whole build
+    assert all(ds.closed for _, ds in opened)  # and closed by the end of it
+    for name in ("s2", "s2_valid", "s1", "s1_valid"):
+        np.testing.assert_array_equal(c[name].values, cube[name].values, err_msg=name)

@@ -94,3 +94,115 @@ def test_with_retries_backs_off_on_transient_errors_only():
             lambda: (_ for _ in ()).throw(OSError("connection reset by peer")),
             what="y", max_retries=2, backoff=0.0, sleep=waits.append,
         )  # fmt: skip
+
+
+# ------------------------------------------------------------ open datasets kept per build
+
+
+def _tifs(tmp_path, n=3):
+    """``n`` tiny single-band GeoTIFFs: 8 x 8 px at 20 m, values i * 100 + pixel index."""
+    import rasterio
+    from affine import Affine
+
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"f{i}.tif"
+        data = (i * 100 + np.arange(64, dtype=np.uint16)).reshape(8, 8)
+        with rasterio.open(
+            p, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16",
+            crs="EPSG:32631", transform=Affine(20.0, 0, 500000.0, 0, -20.0, 5600000.0),
+        ) as ds:  # fmt: skip
+            ds.write(data, 1)
+        paths.append(str(p))
+    return paths
+
+
+def test_dataset_pool_lends_reuses_evicts_and_closes(tmp_path):
+    import threading
+
+    from latentcube.cube.stac import DatasetPool
+
+    a, b, c = _tifs(tmp_path)
+    pool = DatasetPool(max_idle=2)
+    with pool.checkout(a) as ds1:
+        assert ds1.read(1)[0, 0] == 0
+        with pool.checkout(a) as ds2:  # lent out: a second dataset of the same file
+            assert ds2 is not ds1
+    with pool.checkout(a) as again:
+        assert again is ds1  # the most recently returned one
+    assert pool.opened == 2 and pool.idle == 2
+    with pool.checkout(b) as db:  # a third idle one: the least recently used is closed
+        pass
+    assert ds2.closed and not ds1.closed and not db.closed and pool.idle == 2
+    # a failed read closes its dataset; the next checkout opens the file again
+    with pytest.raises(ZeroDivisionError), pool.checkout(b) as bad:
+        assert bad is db
+        raise ZeroDivisionError
+    assert db.closed
+    with pool.checkout(b) as db2:
+        assert db2 is not db and db2.read(1)[0, 0] == 100
+    # another thread gets its own dataset while one is lent out
+    seen = []
+    with pool.checkout(c) as mine:
+        t = threading.Thread(target=lambda: seen.append(pool.checkout(c).__enter__()))
+        t.start()
+        t.join()
+        assert seen[0] is not mine
+        seen[0].close()
+        # closing the pool closes the idle datasets; a lent one when it comes back
+        pool.close()
+        assert ds1.closed and db2.closed and pool.idle == 0
+        assert not mine.closed
+    assert mine.closed
+
+
+def test_dataset_pool_bounds_the_blocks_its_idle_datasets_hold(tmp_path):
+    from latentcube.cube.stac import DatasetPool
+
+    a, b, c = _tifs(tmp_path)
+    pool = DatasetPool(max_idle=8, max_bytes=100)
+    with pool.checkout(a) as da:
+        pool.charge(da, 60)
+    with pool.checkout(b) as db:
+        pool.charge(db, 30)
+    assert pool.idle == 2 and not da.closed  # 90 bytes: both kept
+    with pool.checkout(a) as again:
+        assert again is da
+        pool.charge(da, 20)  # 110 with b's: the least recently used (b) is closed
+    assert db.closed and not da.closed and pool.idle == 1
+    with pool.checkout(c) as dc:
+        pool.charge(dc, 101)  # more than the whole budget alone: closed on return
+    assert dc.closed and pool.idle == 1 and not da.closed
+    pool.close()
+    assert da.closed
+
+
+def test_read_aligned_reuses_open_files_with_the_same_values(tmp_path):
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from latentcube.cube.stac import read_aligned, reuse_datasets
+
+    paths = _tifs(tmp_path)
+    t = dt.datetime(2020, 5, 1, tzinfo=dt.UTC)
+    items = [_item(f"i{k}", t, href=p) for k, p in enumerate(paths)]
+    # two 10 m tiles of the 20 m files, the second one reaching 2 px beyond them
+    tiles = [
+        GeoBox((6, 8), Affine(10.0, 0, 500020.0, 0, -10.0, 5599980.0), "EPSG:32631"),
+        GeoBox((6, 8), Affine(10.0, 0, 500140.0, 0, -10.0, 5599900.0), "EPSG:32631"),
+    ]
+    plain = [read_aligned(items, {"B02": "B02"}, g, dtype="uint16", nodata=0)["B02"] for g in tiles]
+    with reuse_datasets() as pool:
+        kept = [read_aligned(items, {"B02": "B02"}, g, dtype="uint16", nodata=0, pool=2)["B02"]
+                for g in tiles]  # fmt: skip
+        assert pool.opened == len(paths)  # each file once for both tiles
+        handles = [ds for _, ds in pool._idle.values()]
+    assert pool.idle == 0 and handles and all(ds.closed for ds in handles)
+    for k in range(len(paths)):
+        full = np.repeat(np.repeat(k * 100 + np.arange(64).reshape(8, 8), 2, 0), 2, 1)
+        np.testing.assert_array_equal(plain[0][k], full[2:8, 2:10])  # by hand
+        expected = np.zeros((6, 8), np.int64)  # rows 10-15 and columns 14-21: 2 beyond
+        expected[:, :2] = full[10:16, 14:16]
+        np.testing.assert_array_equal(plain[1][k], expected)
+        for a, b in zip(plain, kept, strict=True):
+            np.testing.assert_array_equal(a[k], b[k])

@@ -42,6 +42,7 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import itertools
@@ -78,6 +79,7 @@ from latentcube.cube.stac import (
     read_aligned,
     resolve_assets,
     resolve_catalog,
+    reuse_datasets,
     search_items,
     signer,
     with_retries,
@@ -805,6 +807,10 @@ def _load_s1(
 #: (measured in benchmarks/bench_cube.py).
 CODEC_LEVEL = 1
 
+#: Write every chunk of a unit, also one holding only fill values (see
+#: ``_process_unit``): zarr's test for such chunks costs more than it saves here.
+WRITE_EMPTY_CHUNKS = True
+
 
 def _codecs() -> dict[str, Any]:
     from zarr.codecs import ZstdCodec
@@ -1107,12 +1113,17 @@ def _process_unit(
 
         _check_unit(sensor, data, valid)
         group: Any = zarr.open_group(store, mode="r+")
-        group[sensor][ts, :, ys, xs] = data
-        group[f"{sensor}_valid"][ts, ys, xs] = valid
+        # every chunk is encoded and written, without zarr's test for a chunk of
+        # fill values only (a full pass over the data; such chunks are rare in a
+        # cube, whose chunks hold all bands of several dates, and a few bytes each)
+        config = {"write_empty_chunks": WRITE_EMPTY_CHUNKS}
+        group[sensor].with_config(config)[ts, :, ys, xs] = data
+        group[f"{sensor}_valid"].with_config(config)[ts, ys, xs] = valid
 
     s1 = None
     if plan.with_s1 and submit is not None:
-        s1 = _helper().submit(_load_s1, plan, dates, ys, xs)
+        # in a copy of this context: the helper reads through the same open datasets
+        s1 = _helper().submit(contextvars.copy_context().run, _load_s1, plan, dates, ys, xs)
     try:
         s2, s2v = _load_s2(plan, dates, ys, xs, mask)
     except BaseException:
@@ -1591,23 +1602,26 @@ def _execute(
 
     from latentcube.io import open_zarr, write_zarr
 
-    candidates, create = staging.open(plan, mask)
-    units = _units(plan, len(candidates))
-    todo = [u for u in units if not staging.marker(u).exists()]
-    bar = tqdm(
-        total=len(units),
-        initial=len(units) - len(todo),
-        desc="cube",
-        unit="unit",
-        disable=not progress or not todo,
-    )
-    if scheduler is None or not todo:
-        _run_serial(plan, todo, staging, mask, candidates, bar, create)
-    else:
-        if create is not None:
-            create()
-        _run_on_dask(plan, todo, staging, mask, candidates, scheduler, workers, bar)
-    bar.close()
+    # files stay open between the build's reads (screening and every tile), within the
+    # pool's bounds, in this process; Dask workers open theirs per read
+    with reuse_datasets():
+        candidates, create = staging.open(plan, mask)
+        units = _units(plan, len(candidates))
+        todo = [u for u in units if not staging.marker(u).exists()]
+        bar = tqdm(
+            total=len(units),
+            initial=len(units) - len(todo),
+            desc="cube",
+            unit="unit",
+            disable=not progress or not todo,
+        )
+        if scheduler is None or not todo:
+            _run_serial(plan, todo, staging, mask, candidates, bar, create)
+        else:
+            if create is not None:
+                create()
+            _run_on_dask(plan, todo, staging, mask, candidates, scheduler, workers, bar)
+        bar.close()
     counts = np.zeros(len(candidates), np.int64)
     tc = plan.spec.time_chunk
     for unit in units:

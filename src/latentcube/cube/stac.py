@@ -27,11 +27,15 @@ COG reads go through GDAL with ``GDAL_HTTP_MAX_RETRY`` and
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as _dt
 import functools
 import os
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ __all__ = [
     "S1_ASSETS",
     "S2_ASSETS",
     "CatalogSpec",
+    "DatasetPool",
     "StacError",
     "configure_http",
     "grid_aligned",
@@ -57,6 +62,7 @@ __all__ = [
     "read_aligned",
     "resolve_assets",
     "resolve_catalog",
+    "reuse_datasets",
     "search_items",
     "signer",
     "with_retries",
@@ -622,12 +628,156 @@ def grid_aligned(
     return True
 
 
-def _read_one(href: str, geobox: Any, out: np.ndarray, nodata: float | int) -> None:
+class DatasetPool:
+    """Open rasterio datasets kept for reuse by :func:`read_aligned` (one build's reads).
+
+    A build reads every file once per loading tile (and the SCL once more for
+    the screening); opening a COG (header, tile offsets) is a large part of
+    reading a small window of it. The pool lends an open dataset to one thread
+    at a time (GDAL datasets are not thread-safe) and takes it back after the
+    read. An open dataset keeps the blocks it decoded in GDAL's block cache
+    (freed when it is closed), so the pool bounds what its idle datasets hold:
+    at most ``max_idle`` of them, having read blocks of at most ``max_bytes`` in all
+    (the least recently used are closed first; a dataset that alone read more
+    is closed when it comes back). Memory therefore stays flat whatever the
+    area. A read that fails closes its dataset instead of returning it, so a
+    retry opens the file afresh. :meth:`close` closes every idle dataset; a
+    dataset still lent out is closed when it comes back.
+
+    Parameters
+    ----------
+    max_idle
+        Idle datasets kept open at most.
+    max_bytes
+        Bytes of the blocks read (see :meth:`charge`) through the idle datasets
+        at most.
+    """
+
+    def __init__(self, max_idle: int = 128, max_bytes: int = 64 * 2**20) -> None:
+        self.max_idle = max_idle
+        self.max_bytes = max_bytes
+        self._idle: OrderedDict[int, tuple[str, Any]] = OrderedDict()
+        self._read: dict[int, int] = {}  # bytes read through each dataset since it opened
+        self._idle_bytes = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.opened = 0  # datasets opened so far (for tests and benchmarks)
+
+    def _take(self, href: str) -> Any:
+        with self._lock:
+            for key, (h, ds) in reversed(self._idle.items()):
+                if h == href:
+                    del self._idle[key]
+                    self._idle_bytes -= self._read[key]
+                    return ds
+            self.opened += 1
+        return None
+
+    def _forget(self, ds: Any) -> Any:
+        self._read.pop(id(ds), None)
+        return ds
+
+    def _give(self, href: str, ds: Any) -> None:
+        evicted = []
+        with self._lock:
+            key = id(ds)
+            if self._closed or self._read.get(key, 0) > self.max_bytes:
+                evicted.append(self._forget(ds))
+            else:
+                self._idle[key] = (href, ds)
+                self._idle_bytes += self._read.setdefault(key, 0)
+                while len(self._idle) > self.max_idle or self._idle_bytes > self.max_bytes:
+                    old_key, (_, old) = self._idle.popitem(last=False)
+                    self._idle_bytes -= self._read[old_key]
+                    evicted.append(self._forget(old))
+        for old in evicted:
+            old.close()
+
+    def charge(self, ds: Any, nbytes: int) -> None:
+        """Count ``nbytes`` of blocks read through ``ds`` (lent by :meth:`checkout`)."""
+        with self._lock:
+            self._read[id(ds)] = self._read.get(id(ds), 0) + int(nbytes)
+
+    @contextlib.contextmanager
+    def checkout(self, href: str) -> Iterator[Any]:
+        """An open dataset of ``href`` for the calling thread alone, returned afterwards."""
+        import rasterio
+
+        ds = self._take(href)
+        if ds is None:
+            ds = rasterio.open(href, sharing=False)
+        ok = False
+        try:
+            yield ds
+            ok = True
+        finally:
+            if ok:
+                self._give(href, ds)
+            else:  # a failed read: a retry opens the file afresh
+                with self._lock:
+                    self._forget(ds)
+                ds.close()
+
+    def close(self) -> None:
+        """Close every idle dataset; datasets lent out are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            idle = [self._forget(ds) for _, ds in self._idle.values()]
+            self._idle.clear()
+            self._idle_bytes = 0
+        for ds in idle:
+            ds.close()
+
+    @property
+    def idle(self) -> int:
+        """Idle datasets currently open."""
+        return len(self._idle)
+
+
+_DATASETS: contextvars.ContextVar[DatasetPool | None] = contextvars.ContextVar(
+    "latentcube_datasets", default=None
+)
+
+
+@contextlib.contextmanager
+def reuse_datasets(max_idle: int = 128, max_bytes: int = 64 * 2**20) -> Iterator[DatasetPool]:
+    """Reuse open datasets across :func:`read_aligned` calls in this context.
+
+    Calls made in this context (and in threads started with a copy of it,
+    :func:`contextvars.copy_context`) read through one :class:`DatasetPool`;
+    every dataset is closed when the context ends. Without it each read
+    opens and closes its file.
+    """
+    pool = DatasetPool(max_idle, max_bytes)
+    token = _DATASETS.set(pool)
+    try:
+        yield pool
+    finally:
+        _DATASETS.reset(token)
+        pool.close()
+
+
+@contextlib.contextmanager
+def _opened(href: str, pool: DatasetPool | None) -> Iterator[Any]:
+    """``href`` opened when entered (inside the caller's GDAL environment), from ``pool``."""
+    import rasterio
+
+    if pool is not None:
+        with pool.checkout(href) as ds:
+            yield ds
+    else:
+        with rasterio.open(href, sharing=False) as ds:
+            yield ds
+
+
+def _read_one(
+    href: str, geobox: Any, out: np.ndarray, nodata: float | int, pool: DatasetPool | None = None
+) -> None:
     """Read one aligned single-band raster into ``out`` (the whole ``geobox``), in place."""
     import rasterio
     from rasterio.windows import Window
 
-    with rasterio.Env(**_GDAL_ENV), rasterio.open(href, sharing=False) as src:
+    with rasterio.Env(**_GDAL_ENV), _opened(href, pool) as src:
         if src.crs is None or geobox.crs.epsg is None or src.crs.to_epsg() != geobox.crs.epsg:
             raise NotAligned(f"{href}: CRS {src.crs} differs from the grid's {geobox.crs}")
         k = _factor(tuple(src.transform)[:6], geobox)
@@ -647,6 +797,10 @@ def _read_one(href: str, geobox: Any, out: np.ndarray, nodata: float | int) -> N
         c0, c1 = (j0 - ox) // k, -(-(j1 - ox) // k)
         arr = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
         src_nodata = src.nodata
+        if pool is not None:  # the blocks it decoded stay in GDAL's cache while it is open
+            bh, bw = src.block_shapes[0]
+            blocks = (-(-r1 // bh) - r0 // bh) * (-(-c1 // bw) - c0 // bw)
+            pool.charge(src, blocks * bh * bw * arr.itemsize)
     if src_nodata is not None and not (
         src_nodata == nodata or (np.isnan(src_nodata) and np.isnan(float(nodata)))
     ):  # map the source's nodata at the source resolution
@@ -691,6 +845,8 @@ def read_aligned(
     Pixels outside a source get ``nodata``; a source nodata value is mapped to
     ``nodata``. ``geoboxes`` gives some bands another grid of the same lattice
     (e.g. a mask band with a halo), read in the same round of the pool.
+    Inside :func:`reuse_datasets` local files stay open between calls (remote
+    ones are opened per read).
     Raises :class:`NotAligned` when an opened file does not match its metadata.
 
     Returns
@@ -708,7 +864,14 @@ def read_aligned(
             href = it.assets[key].get_absolute_href() or it.assets[key].href
             jobs.append((patch_url(href) if patch_url else href, boxes[band], out[band][k]))
     ex = _executor(pool or 1)
-    for fut in [ex.submit(_read_one, h, g, o, nodata) for h, g, o in jobs]:
+    datasets = _DATASETS.get()  # the reader threads do not see this thread's context
+    # local files only: a remote (/vsicurl/) dataset is opened per read, as GDAL's HTTP
+    # connections belong to the thread that opened them (a kept one hung a test server)
+    futures = [
+        ex.submit(_read_one, h, g, o, nodata, None if "://" in h else datasets)
+        for h, g, o in jobs
+    ]
+    for fut in futures:
         fut.result()
     return out
 
