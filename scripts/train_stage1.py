@@ -27,6 +27,7 @@ pixel's neighbouring valid dates. Everything is seeded; the runs resume after a 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
@@ -130,17 +131,13 @@ def score(
 def earlier_run(run: Path) -> tuple[Path, dict[str, str]]:
     """Checkpoint and last metrics row of a run folder written by :func:`train`.
 
-    The row gains ``best_val`` (lowest validation centre MAE so far) and
-    ``cpu_seconds`` (read from the checkpoint's training state when recorded).
+    The row gains ``best_val``, the lowest validation centre MAE of its epochs.
     """
-    import csv
-
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     if not rows:
         raise SystemExit(f"{run} has no completed epoch")
     row = dict(rows[-1])
     row["best_val"] = str(min(float(r["val_centre_mae"]) for r in rows))
-    row["cpu_seconds"] = str(float("nan"))  # not in metrics.csv; its wall "seconds" is
     return run / "best.pt", row
 
 
@@ -337,8 +334,8 @@ def main() -> None:
                     "samples": int(row["step"]) * tcfg.batch_size,
                     "stopped": "evaluated_from " + given[name],
                     "best_val_centre_mae": float(row["best_val"]),
-                    "wall_seconds_this_call": 0.0,
-                    "cpu_seconds_this_call": float(row["cpu_seconds"]),
+                    "wall_seconds_this_call": 0.0,  # no training in this call
+                    "cpu_seconds_this_call": float("nan"),  # not in metrics.csv
                 }
                 print(name, results["runs"][name], flush=True)
                 ev[name] = score(ckpt, variant, test_w, truth, test_big, truth_big, ok)
