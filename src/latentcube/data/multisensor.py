@@ -22,9 +22,8 @@ import xarray as xr
 from latentcube.data.windows import (
     CubeArrays,
     Windows,
-    _split_blocks,
-    _split_cube_ids,
     extract_windows,
+    split_by_place,
 )
 
 __all__ = ["FusionWindows", "extract_fusion_windows", "sensor_offsets", "split_fusion_windows"]
@@ -169,28 +168,16 @@ def split_fusion_windows(
     split), so a fusion model is validated on the places its stage-1 models were
     validated on.
     """
-    if not cubes:
-        raise ValueError("no cubes given")
     common: dict[str, Any] = {
         "window": window,
         "stride_t": stride_t,
         "stride_xy": stride_xy,
         "seed": seed,
     }
-    if len(cubes) >= 2:
-        train_ids, val_ids = _split_cube_ids(len(cubes), val_fraction, seed)
-        tr = [
-            extract_fusion_windows(cubes[i], sensors, bands, mode="train", **common)
-            for i in train_ids
-        ]
-        va = [
-            extract_fusion_windows(cubes[i], sensors, bands, mode="consecutive", **common)
-            for i in val_ids
-        ]
-        return FusionWindows.concat(tr), FusionWindows.concat(va)
-    cube = cubes[0]
-    train_r, val_r = _split_blocks(cube, window, val_fraction, seed)
-    return (
-        extract_fusion_windows(cube, sensors, bands, mode="train", region=train_r, **common),
-        extract_fusion_windows(cube, sensors, bands, mode="consecutive", region=val_r, **common),
+
+    def extract(cube: xr.Dataset, mode: str, region: np.ndarray | None) -> FusionWindows:
+        return extract_fusion_windows(cube, sensors, bands, mode=mode, region=region, **common)
+
+    return split_by_place(
+        cubes, extract, FusionWindows.concat, window=window, val_fraction=val_fraction, seed=seed
     )

@@ -15,7 +15,7 @@ window, so overlapping neighbours cannot leak between training and validation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from latentcube.cube.schema import select_bands
 from latentcube.sensors import band_dim
 
 T = TypeVar("T")
+W = TypeVar("W")  # windows of one kind: Windows, FusionWindows
 
 __all__ = [
     "CubeArrays",
@@ -346,22 +347,54 @@ def extract_windows(
     )
 
 
-def _split_cube_ids(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Training and validation cube indices of :func:`split_windows` (at least one each)."""
-    train_ids, val_ids = split_cubes(range(n), (1 - val_fraction, val_fraction), seed)
-    if not val_ids:
-        train_ids, val_ids = train_ids[:-1], train_ids[-1:]
-    return train_ids, val_ids
+def split_by_place(
+    cubes: Sequence[xr.Dataset],
+    extract: Callable[[xr.Dataset, str, np.ndarray | None], W],
+    concat: Callable[[list[W]], W],
+    *,
+    window: int,
+    val_fraction: float,
+    seed: int,
+) -> tuple[W, W]:
+    """The leakage-free split shared by stage 1 and fusion: cubes or blocks, never windows.
 
+    With two cubes or more, whole cubes go to one split (:func:`split_cubes`, at
+    least one each); with a single cube, square blocks larger than the window do
+    (2 x 2 blocks at least, :func:`block_regions`).
 
-def _split_blocks(
-    cube: xr.Dataset, window: int, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation regions of a single cube in :func:`split_windows`."""
+    Parameters
+    ----------
+    cubes
+        The cubes.
+    extract
+        ``extract(cube, mode, region)``: the windows of one cube in ``mode``
+        (``"train"`` or ``"consecutive"``), inside ``region`` when it is given.
+    concat
+        Joins the windows of several cubes.
+    window, val_fraction, seed
+        Window side (blocks are larger), validation share, seed of the split.
+
+    Returns
+    -------
+    tuple
+        ``(train, validation)``: training windows in ``"train"`` mode, validation
+        windows in ``"consecutive"`` mode.
+    """
+    if not cubes:
+        raise ValueError("no cubes given")
+    if len(cubes) >= 2:
+        train_ids, val_ids = split_cubes(range(len(cubes)), (1 - val_fraction, val_fraction), seed)
+        if not val_ids:
+            train_ids, val_ids = train_ids[:-1], train_ids[-1:]
+        return (
+            concat([extract(cubes[i], "train", None) for i in train_ids]),
+            concat([extract(cubes[i], "consecutive", None) for i in val_ids]),
+        )
+    cube = cubes[0]
     ny, nx = cube.sizes["y"], cube.sizes["x"]
     block = max(window + 1, min(ny, nx) // 2)
     train_r, val_r = block_regions((ny, nx), block, (1 - val_fraction, val_fraction), seed)
-    return train_r, val_r
+    return extract(cube, "train", train_r), extract(cube, "consecutive", val_r)
 
 
 def split_windows(
@@ -387,27 +420,21 @@ def split_windows(
     tuple
         ``(train, validation)`` windows.
     """
-    if not cubes:
-        raise ValueError("no cubes given")
     common: dict[str, Any] = {
         "window": window,
         "stride_t": stride_t,
         "stride_xy": stride_xy,
         "seed": seed,
     }
-    if len(cubes) >= 2:
-        train_ids, val_ids = _split_cube_ids(len(cubes), val_fraction, seed)
-        tr = [extract_windows(cubes[i], sensor, bands, mode="train", **common) for i in train_ids]
-        va = [
-            extract_windows(cubes[i], sensor, bands, mode="consecutive", **common) for i in val_ids
-        ]
-        return Windows.concat(tr), Windows.concat(va)
-    cube = cubes[0]
-    train_r, val_r = _split_blocks(cube, window, val_fraction, seed)
-    arr = CubeArrays.from_cube(cube, sensor, bands)
-    return (
-        extract_windows(arr, sensor, mode="train", region=train_r, **common),
-        extract_windows(arr, sensor, mode="consecutive", region=val_r, **common),
+    arrays: dict[int, CubeArrays] = {}  # each cube converted once, for both its splits
+
+    def extract(cube: xr.Dataset, mode: str, region: np.ndarray | None) -> Windows:
+        if id(cube) not in arrays:
+            arrays[id(cube)] = CubeArrays.from_cube(cube, sensor, bands)
+        return extract_windows(arrays[id(cube)], sensor, mode=mode, region=region, **common)
+
+    return split_by_place(
+        cubes, extract, Windows.concat, window=window, val_fraction=val_fraction, seed=seed
     )
 
 
