@@ -1516,8 +1516,9 @@ def _finish_union(
     s2_cube = None
     if target is not None and target.exists():
         try:
-            if open_zarr(target).attrs.get("latentcube_request") == plan.fingerprint():
-                s2_cube = validate_cube(open_zarr(target), check_values=False)
+            done = open_zarr(target)
+            if done.attrs.get("latentcube_request") == plan.fingerprint():
+                s2_cube = validate_cube(done, check_values=False)
         except Exception:
             s2_cube = None
     if s2_cube is None:
