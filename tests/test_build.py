@@ -406,7 +406,7 @@ from latentcube.cube.build import build_cube, SCLMask
 
 class SlowMask(SCLMask):
     def __call__(self, refl, scl, bands):
-        time.sleep(0.3)
+        time.sleep(1.0)  # a wide window to kill in between two units
         return super().__call__(refl, scl, bands)
 
 SlowMask.__qualname__ = "FlakyMask"  # the same request as the rerun below
