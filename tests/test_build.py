@@ -617,7 +617,7 @@ def test_plane_merge_equals_item_merge_with_offsets_and_overlaps():
     from types import SimpleNamespace
 
     from latentcube.cube.build import CubeSpec, _merge_s2_items, _merge_s2_planes
-    from latentcube.cube.sentinel2 import remove_baseline_offset
+    from latentcube.cube.sentinel2 import baseline_offset, remove_baseline_offset
 
     rng = np.random.default_rng(0)
     bands = ("B02", "B03", "B04")
@@ -633,7 +633,9 @@ def test_plane_merge_equals_item_merge_with_offsets_and_overlaps():
     crop = (slice(0, ny), slice(0, nx))
     gb = SimpleNamespace(shape=(ny, nx))
     ref, ref_valid = _merge_s2_items(plan, arrays, bands, luts, [0, 1, 2], groups, gb, crop, mask)
-    got, got_valid = _merge_s2_planes(arrays, bands, luts, mask.clear(arrays["SCL"]), groups)
+    offsets = [baseline_offset(k) for k in keys]
+    assert offsets == [0.0, 1000.0, 0.0]
+    got, got_valid = _merge_s2_planes(arrays, bands, offsets, mask.clear(arrays["SCL"]), groups)
     np.testing.assert_array_equal(got_valid, ref_valid)
     np.testing.assert_array_equal(got, ref)
     assert ref_valid[0].sum() > ref_valid[1].sum()  # the merge took pixels of both items

@@ -115,6 +115,22 @@ def test_remove_baseline_offset():
     assert remove_baseline_offset(dn, None)[1] == pytest.approx(0.1)
 
 
+def test_reflectance_into_all_digital_numbers():
+    """Every uint16 DN against the float64 formula: float32 rounding at most."""
+    from latentcube.cube.sentinel2 import baseline_offset, reflectance_into
+
+    dn = np.arange(65536, dtype=np.uint16)
+    for baseline, offset in (("04.00", 1000.0), ("02.09", 0.0), (None, 0.0)):
+        assert baseline_offset(baseline) == offset
+        out = np.full(dn.shape, np.nan, np.float32)
+        assert reflectance_into(dn, offset, out) is out
+        ref = np.clip((dn.astype(np.float64) - offset) / 10000.0, 0.0, 1.0)
+        np.testing.assert_allclose(out, ref, rtol=1.2e-7, atol=0)
+        assert out[0] == 0.0  # no NaN step: DN 0 is masked by the caller
+        # remove_baseline_offset is the same arithmetic plus NaN at DN 0
+        np.testing.assert_array_equal(remove_baseline_offset(dn, baseline)[1:], out[1:])
+
+
 def test_merge_same_day_takes_first_valid():
     t = np.array(["2020-01-01T10:00", "2020-01-01T10:05", "2020-01-03T10:00"], "datetime64[ns]")
     data = np.arange(3 * 1 * 2 * 2, dtype=np.float32).reshape(3, 1, 2, 2)

@@ -64,7 +64,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from latentcube.cube.schema import provenance, validate_cube
 from latentcube.cube.sentinel1 import DB_RANGE, match_dates
-from latentcube.cube.sentinel2 import SCL_INVALID, remove_baseline_offset, scl_valid
+from latentcube.cube.sentinel2 import (
+    SCL_INVALID,
+    baseline_offset,
+    reflectance_into,
+    remove_baseline_offset,
+    scl_valid,
+)
 from latentcube.cube.stac import (
     S1_ASSETS,
     S2_ASSETS,
@@ -222,7 +228,7 @@ class CubeSpec(BaseModel):
         Zarr chunks of the output, ``{"time", "y", "x"}`` (all bands in one chunk).
         Units write whole chunks, so the store written in place is chunked
         ``gcd(time_chunk, chunks["time"])`` dates and ``gcd(tile, chunks["y"])``
-        pixels (8 x 128 x 128 by default); these chunks are used as given
+        pixels (8 x 256 x 256 by default); these chunks are used as given
         only when dates are dropped after the full read (the cube is copied).
     max_retries, backoff
         Retries of HTTP requests and of whole loading units (exponential backoff
@@ -248,7 +254,7 @@ class CubeSpec(BaseModel):
     nbar: bool = False
     time_chunk: int = Field(default=8, ge=1)
     tile: int = Field(default=512, ge=16)
-    chunks: dict[str, int] = Field(default_factory=lambda: {"time": 16, "y": 128, "x": 128})
+    chunks: dict[str, int] = Field(default_factory=lambda: {"time": 16, "y": 256, "x": 256})
     max_retries: int = Field(default=5, ge=0)
     backoff: float = Field(default=0.5, ge=0.0)
     pool: int = Field(default=4, ge=1)
@@ -563,14 +569,6 @@ def _s2_luts(plan: _Plan, idx: Sequence[int]) -> list[np.ndarray]:
     return [luts[plan.s2_offsets[i]] for i in idx]
 
 
-def _has_data(lut: np.ndarray, dn: np.ndarray) -> np.ndarray:
-    """Where ``lut[dn]`` is finite, from the DNs (no float pass): DN 0 is no data."""
-    bad = np.flatnonzero(~np.isfinite(lut))
-    if bad.size == 1 and bad[0] == 0:
-        return dn != 0
-    return np.isfinite(lut)[dn]
-
-
 def _load_s2(
     plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -578,8 +576,8 @@ def _load_s2(
 
     With the default :class:`SCLMask` (and without NBAR) the bands are read
     without the mask's halo (only SCL needs it), and every output plane is
-    gathered from its DN lookup table straight into the result, date by date
-    and band by band (:func:`_merge_s2_planes`). Other mask functions get the
+    computed from its DNs straight into the result, date by date and band by
+    band (:func:`_merge_s2_planes`). Other mask functions get the
     reflectance of all items with the halo (:func:`_merge_s2_items`); both
     give the same cube (tested).
     """
@@ -604,33 +602,38 @@ def _load_s2(
     )  # fmt: skip
     scl = arrays["SCL"].astype(np.uint8, copy=False)
     crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
-    luts = _s2_luts(plan, idx)
     if planes:
         assert isinstance(mask, SCLMask)
         clear = mask.clear(scl)[(..., *crop)]
-        return _merge_s2_planes(arrays, bands, luts, clear, groups)
+        offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
+        return _merge_s2_planes(arrays, bands, offsets, clear, groups)
+    luts = _s2_luts(plan, idx)
     return _merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
 
 
 def _merge_s2_planes(
     arrays: dict[str, np.ndarray],
     bands: Sequence[str],
-    luts: Sequence[np.ndarray],
+    offsets: Sequence[float],
     clear: np.ndarray,
     groups: Sequence[Sequence[int]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reflectance and validity of a unit's dates, one output plane at a time.
 
-    An item's pixel is valid where ``clear`` and every band has data; the
-    items of one date are merged in order, the first valid pixel wins;
-    pixels no item covers are NaN. Same result as :func:`_merge_s2_items`
-    without its full-size float temporaries.
+    An item's pixel is valid where ``clear`` and every band has data (DN > 0);
+    the items of one date are merged in order, the first valid pixel wins;
+    pixels no item covers are NaN. Reflectance is computed with
+    :func:`~latentcube.cube.sentinel2.reflectance_into` from each item's DN
+    ``offsets`` (a few arithmetic passes: about 5x faster than a gather from a
+    65536-entry table, which numpy does through an int64 copy of the DNs).
+    Same result as :func:`_merge_s2_items` without its full-size float
+    temporaries.
     """
     ny, nx = clear.shape[1:]
     valid = clear.copy()
-    for k, lut in enumerate(luts):
+    for k in range(len(offsets)):
         for band in bands:
-            valid[k] &= _has_data(lut, arrays[band][k])
+            valid[k] &= arrays[band][k] != 0
     out = np.empty((len(groups), len(bands), ny, nx), np.float32)
     out_valid = np.zeros((len(groups), ny, nx), bool)
     takes: list[list[tuple[int, np.ndarray]]] = []
@@ -650,9 +653,9 @@ def _merge_s2_planes(
         for b, band in enumerate(bands):
             dst = out[d, b]
             (k0, _), *rest = take
-            np.take(luts[k0], arrays[band][k0], out=dst)
+            reflectance_into(arrays[band][k0], offsets[k0], dst)
             for kk, t in rest:
-                np.take(luts[kk], arrays[band][kk], out=tmp)
+                reflectance_into(arrays[band][kk], offsets[kk], tmp)
                 np.copyto(dst, tmp, where=t)
             np.copyto(dst, nan, where=missing)
     return out, out_valid
@@ -829,8 +832,8 @@ def _store_chunks(plan: _Plan, nt: int) -> tuple[int, int, int]:
     spec = plan.spec
     ny, nx = plan.info.geobox.shape
     ct = math.gcd(spec.time_chunk, spec.chunks.get("time", 16))
-    cy = math.gcd(spec.tile, spec.chunks.get("y", 128))
-    cx = math.gcd(spec.tile, spec.chunks.get("x", 128))
+    cy = math.gcd(spec.tile, spec.chunks.get("y", 256))
+    cx = math.gcd(spec.tile, spec.chunks.get("x", 256))
     return min(ct, nt), min(cy, ny), min(cx, nx)
 
 
@@ -1341,8 +1344,8 @@ def _final_attrs(plan: _Plan, kept: np.ndarray) -> dict[str, Any]:
 
 def _encoding(ds: xr.Dataset, spec: CubeSpec) -> dict[str, dict[str, Any]]:
     ct = min(spec.chunks.get("time", 16), ds.sizes["time"])
-    cy = min(spec.chunks.get("y", 128), ds.sizes["y"])
-    cx = min(spec.chunks.get("x", 128), ds.sizes["x"])
+    cy = min(spec.chunks.get("y", 256), ds.sizes["y"])
+    cx = min(spec.chunks.get("x", 256), ds.sizes["x"])
     enc: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         sizes = {"time": ct, "y": cy, "x": cx}

@@ -71,10 +71,26 @@ def remove_baseline_offset(dn: np.ndarray, baseline: str | float | None) -> np.n
         float32 reflectance clipped to [0, 1], NaN where ``dn == 0``.
     """
     dn = np.asarray(dn)
-    offset = 1000.0 if _baseline_number(baseline) >= 4.0 else 0.0
-    refl = (dn.astype(np.float32) - np.float32(offset)) / np.float32(10000.0)
-    refl = np.clip(refl, 0.0, 1.0)
+    refl = np.empty(dn.shape, np.float32)
+    reflectance_into(dn, baseline_offset(baseline), refl)
     return np.where(dn == 0, np.float32(np.nan), refl).astype(np.float32)
+
+
+def baseline_offset(baseline: str | float | None) -> float:
+    """The DN offset of a processing baseline: 1000 from 04.00 on, else 0."""
+    return 1000.0 if _baseline_number(baseline) >= 4.0 else 0.0
+
+
+def reflectance_into(dn: np.ndarray, offset: float, out: np.ndarray) -> np.ndarray:
+    """``clip((DN - offset) / 10000, 0, 1)`` in float32, written into ``out``.
+
+    The arithmetic of :func:`remove_baseline_offset` without its no-data
+    step (DN 0 gives 0 here, not NaN): three passes over ``out``, no
+    temporaries; callers mask DN 0 themselves.
+    """
+    np.subtract(dn, np.float32(offset), out=out, dtype=np.float32)
+    np.divide(out, np.float32(10000.0), out=out)
+    return np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
 
 
 def _baseline_number(baseline: str | float | None) -> float:
