@@ -251,3 +251,45 @@ def test_a_lost_worker_costs_only_its_chunks(setup, tmp_path):
     got = open_embedding(out)
     np.testing.assert_allclose(got["embedding"].values, ref["nan"]["embedding"].values, atol=1e-6)
     np.testing.assert_array_equal(got["valid"].values, ref["nan"]["valid"].values)
+
+
+def test_resume_refuses_a_cube_replaced_at_the_same_path(setup, tmp_path):
+    """An unfinished run does not continue on another cube written to the same path."""
+    from latentcube.inference import cube_fingerprint
+
+    _, ckpt, _, _ = setup
+    src = write_zarr(tiny_cube(n_time=14, ny=37, nx=41, seed=3, cloud_fraction=0.15),
+                     tmp_path / "cube.zarr")  # fmt: skip
+    before = cube_fingerprint(src)
+    assert cube_fingerprint(src) == before  # stable while the cube stays
+    out = tmp_path / "e.zarr"
+    kw = {"chunk": 16, "workers": 1, "processes": False, "progress": False}
+    embed_to_zarr(src, ckpt, out, **kw)
+    progress_dir(out).mkdir()  # pretend the run stopped half way
+    # the same path now holds a cube of other values (another seed) and fewer dates
+    write_zarr(tiny_cube(n_time=12, ny=37, nx=41, seed=4, cloud_fraction=0.15), src,
+               overwrite=True)  # fmt: skip
+    assert cube_fingerprint(src) != before
+    with pytest.raises(LatentcubeError, match="unfinished run of another"):
+        embed_to_zarr(src, ckpt, out, **kw)
+
+
+def test_worker_caches_follow_the_file_contents(setup, tmp_path):
+    """A checkpoint or cube replaced at the same path is loaded afresh by a worker."""
+    from latentcube.inference import _file_digest, _worker_cube, _worker_model, cube_fingerprint
+
+    _, ckpt, _, _ = setup
+    path = tmp_path / "m.pt"
+    path.write_bytes(Path(ckpt).read_bytes())
+    first = _worker_model(str(path), _file_digest(path))
+    torch.manual_seed(1)
+    save_checkpoint(path, build_autoencoder(AutoencoderConfig.preset("tiny")).eval())
+    second = _worker_model(str(path), _file_digest(path))
+    w1, w2 = (next(iter(m.state_dict().values())) for m in (first, second))
+    assert not torch.equal(w1, w2)
+    bands = (("s2", ("B02", "B03")),)
+    src = write_zarr(tiny_cube(n_time=5, ny=9, nx=9, seed=0), tmp_path / "c.zarr")
+    a = _worker_cube(str(src), cube_fingerprint(src), bands)
+    write_zarr(tiny_cube(n_time=7, ny=9, nx=9, seed=1), src, overwrite=True)
+    b = _worker_cube(str(src), cube_fingerprint(src), bands)
+    assert a.sizes["time"] == 5 and b.sizes["time"] == 7

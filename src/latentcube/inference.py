@@ -645,8 +645,13 @@ def progress_dir(out: str | os.PathLike[str]) -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_model(path: str) -> Any:
-    """The model (stage-1 autoencoder or fused bundle), loaded once per worker process."""
+def _worker_model(path: str, digest: str) -> Any:
+    """The model (stage-1 autoencoder or fused bundle), loaded once per worker process.
+
+    Keyed by the file's SHA-256 (``digest``, from the driver) as well as its path,
+    so a worker of a long-lived cluster loads a checkpoint replaced at the same
+    path afresh instead of reusing the old weights.
+    """
     from latentcube.bundle import load_any
 
     torch.set_num_threads(1)
@@ -654,8 +659,13 @@ def _worker_model(path: str) -> Any:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_cube(path: str, bands: tuple[tuple[str, tuple[str, ...]], ...]) -> xr.Dataset:
+def _worker_cube(
+    path: str, fingerprint: str, bands: tuple[tuple[str, tuple[str, ...]], ...]
+) -> xr.Dataset:
     """The cube with the bands a job needs, opened once per worker process.
+
+    Keyed by :func:`cube_fingerprint` (from the driver) as well as the path, so a
+    cube rebuilt at the same path is opened again, not read through stale metadata.
 
     A Zarr store is opened without Dask (lazily indexed arrays), so a task reads
     only the store chunks its block touches, in the task itself. The driver has
@@ -756,7 +766,9 @@ class SensorJob:
 
 def _embed_chunk(
     model_path: str,
+    model_digest: str,
     cube_path: str,
+    cube_print: str,
     out_path: str,
     job: EmbedJob,
     ts: slice,
@@ -776,7 +788,8 @@ def _embed_chunk(
     marker = progress_dir(out_path) / key
     if marker.exists():
         return int(marker.read_text())
-    layers = job.layers(_worker_model(model_path), _worker_cube(cube_path, job.bands), ts, ys, xs)
+    model = _worker_model(model_path, model_digest)
+    layers = job.layers(model, _worker_cube(cube_path, cube_print, job.bands), ts, ys, xs)
     for name, values in layers.items():
         arr_z = zarr.open_array(Path(out_path) / name, mode="r+", zarr_format=3)
         region = (slice(None),) * (values.ndim - 3) + (ts, ys, xs)
@@ -791,6 +804,32 @@ def _file_digest(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def cube_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A digest that changes when the cube at ``path`` is replaced by another one.
+
+    For a Zarr store: the SHA-256 of every ``zarr.json`` in it (shapes, chunks,
+    coordinates' metadata and the cube's attributes, which hold the build request,
+    the item ids and the creation time), so a store replaced by another build, even
+    of the same request, has another fingerprint, while reading or embedding it
+    leaves its fingerprint unchanged. For other inputs (a ``.zip``
+    store, a folder of per-date files): the SHA-256 of every file's relative
+    path, size and modification time.
+    """
+    root = Path(path)
+    h = hashlib.sha256()
+    if root.is_dir() and (root / "zarr.json").exists():
+        for meta in sorted(root.rglob("zarr.json")):
+            h.update(meta.relative_to(root).as_posix().encode())
+            h.update(meta.read_bytes())
+        return h.hexdigest()
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for f in files:
+        st = f.stat()
+        name = f.relative_to(root) if root.is_dir() else f.name
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -910,10 +949,12 @@ def embed_to_zarr(
         cfg = model.config
         job = SensorJob(cfg.sensor, ((cfg.sensor, cfg.bands),), edge, batch_size)
     out = Path(out)
+    model_digest, cube_print = _file_digest(model_path), cube_fingerprint(cube_path)
     identity = json.dumps(
         {
-            "model_sha256": _file_digest(model_path),
+            "model_sha256": model_digest,
             "cube": str(Path(cube_path).resolve()),
+            "cube_fingerprint": cube_print,
             "chunk": chunk,
             "time_chunk": time_chunk,
             "dtype": dtype,
@@ -973,7 +1014,9 @@ def embed_to_zarr(
                 client.submit(
                     _embed_chunk,
                     str(Path(model_path).resolve()),
+                    model_digest,
                     str(Path(cube_path).resolve()),
+                    cube_print,
                     str(out.resolve()),
                     job,
                     ts,
