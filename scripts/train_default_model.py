@@ -9,6 +9,12 @@ of optimiser steps, as the shipped model), and AgERA5 weather added as a third s
 the shipped model (the how-to in docs/fusion.md). Every fusion step prints its wall and
 CPU time.
 
+``--variants s2w08,...`` also trains named fusion recipes (``VARIANTS``: loss weights,
+objective, sensor dropout, epochs) into ``WORK/fusion_NAME``, not shipped; e.g. the
+S2-weighted recipe of docs/evaluation.md (crop type) over the shipped stage-1 models::
+
+    nice -n 5 python scripts/train_default_model.py --steps export --variants s2w08
+
 ``--fusion-seed N`` repeats the fusion steps with another initialisation and data order
 (the split stays the stage-1 split). ``--steps export,...`` takes the stage-1
 autoencoders from the shipped bundle instead of training them (frozen mode keeps them
