@@ -113,8 +113,10 @@ def landcover(a, cmd):
         max_val=a.max_val,
         early_stop=a.early_stop,
     )
-    ran = f"{info['epochs_run']} epochs, best {info['best_epoch']}" if a.early_stop else (
-        f"{a.epochs} epochs"
+    ran = (
+        f"{info['epochs_run']} epochs, best {info['best_epoch']}"
+        if a.early_stop
+        else f"{a.epochs} epochs"
     )
     name = f"S2 embedding (fast, {a.latent_dim}-d, {ran})"
     embs = [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]
