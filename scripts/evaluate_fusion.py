@@ -46,7 +46,7 @@ SHIP = ROOT / "src" / "latentcube" / "samples" / "default_model" / "model.pt"
 
 
 @torch.no_grad()
-def run(shared: Path, work: Path) -> None:
+def run(shared: Path, work: Path, variants: tuple[str, ...] = ()) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.preprocessing import StandardScaler
@@ -99,6 +99,7 @@ def run(shared: Path, work: Path) -> None:
     )
     embeddings = {}
     models = {label: work / folder / "best.pt" for label, folder in MODELS.items()}
+    models.update({v: work / f"fusion_{v}" / "best.pt" for v in variants})
     models[SHIPPED] = SHIP
     for mode, path in models.items():
         if not path.exists():
@@ -188,8 +189,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "default-model")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated recipes of train_default_model.py --variants to add "
+        "(folders work/fusion_NAME)",
+    )
     args = ap.parse_args()
-    run(args.shared, args.work)
+    run(args.shared, args.work, tuple(filter(None, args.variants.split(","))))
 
 
 if __name__ == "__main__":

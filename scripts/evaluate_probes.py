@@ -60,8 +60,12 @@ def cpu_seconds() -> float:
     return sum(x.ru_utime + x.ru_stime for x in r)
 
 
-def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val):
-    """Train (or resume / reuse) a ``fast`` S2 autoencoder for a fixed number of epochs."""
+def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val, early_stop=None):
+    """Train (or resume / reuse) a ``fast`` S2 autoencoder for at most ``epochs`` epochs.
+
+    ``early_stop``: stop after this many epochs without a better validation centre
+    MAE (``None``: the preset's patience, 8, i.e. in effect a fixed epoch count).
+    """
     cfg = AutoencoderConfig.preset("fast", "s2", bands=bands).model_copy(
         update={"latent_dim": latent_dim}
     )
@@ -69,9 +73,10 @@ def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val)
     if len(va) > max_val:
         va = va.subset(np.sort(np.random.default_rng(seed).choice(len(va), max_val, False)))
     print(f"  {len(tr)} training / {len(va)} validation windows", flush=True)
-    tcfg = train_config_preset("quick").model_copy(
-        update={"max_epochs": epochs, "seed": seed, "num_threads": 2}
-    )
+    update: dict[str, object] = {"max_epochs": epochs, "seed": seed, "num_threads": 2}
+    if early_stop is not None:
+        update["early_stopping_patience"] = early_stop
+    tcfg = train_config_preset("quick").model_copy(update=update)
     c0, t0 = cpu_seconds(), time.perf_counter()
     res = train(cfg, tr, va, tcfg, out, progress=False)
     model, _ = load_checkpoint(Path(out) / "best.pt", expect_bands=bands)
@@ -80,6 +85,8 @@ def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val)
         "model": f"fast S2, latent {latent_dim}",
         "epochs": epochs,
         "epochs_run": res.epochs,
+        "stopped": res.stopped,
+        "early_stopping_patience": tcfg.early_stopping_patience,
         "best_epoch": int(np.atleast_1d(rows["epoch"])[np.argmin(rows["val_centre_mae"])]),
         "best_val_centre_mae": round(float(res.best_val), 5),
         "train_windows": len(tr),
@@ -104,8 +111,14 @@ def landcover(a, cmd):
         seed=a.seed,
         stride_xy=a.stride_xy,
         max_val=a.max_val,
+        early_stop=a.early_stop,
     )
-    name = f"S2 embedding (fast, {a.latent_dim}-d, {a.epochs} epochs)"
+    ran = (
+        f"{info['epochs_run']} epochs, best {info['best_epoch']}"
+        if a.early_stop
+        else f"{a.epochs} epochs"
+    )
+    name = f"S2 embedding (fast, {a.latent_dim}-d, {ran})"
     embs = [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]
     res = run_landcover(
         cubes, {name: embs}, a.out / "landcover", seed=a.seed, command=cmd, notes=f"Model: {info}"
@@ -119,26 +132,42 @@ def croptype(a, cmd):
     cubes = [open_cube(p).load() for p in folders]
     labels = [read_worldcereal_labels(p)["CT"].values for p in folders]
     path = Path(a.model) if a.model else default_model_path()
-    model, meta = load_fusion_checkpoint(path)
+    model, _ = load_fusion_checkpoint(path)
     torch.set_num_threads(2)
-    embs: dict[str, list] = {
-        "fused 7-d (S1+S2)": [],
-        "fused 7-d, S2 hidden (S1 only)": [],
-        "fused 7-d, S1 hidden (S2 only)": [],
-        "S2 stage-1 latent (9-d)": [],
+    hides = {
+        "fused 7-d (S1+S2)": (),
+        "fused 7-d, S2 hidden (S1 only)": ("s2",),
+        "fused 7-d, S1 hidden (S2 only)": ("s1",),
     }
+    if a.only_model:
+        hides = {k: v for k, v in hides.items() if k in a.only_model}
+    embs: dict[str, list] = {k: [] for k in hides}
+    if not a.only_model:
+        embs["S2 stage-1 latent (9-d)"] = []
     for c in cubes:
-        for name, hide in zip(list(embs)[:3], ((), ("s2",), ("s1",)), strict=True):
+        for name, hide in hides.items():
             embs[name].append(embed_fused(c, model, hide=hide, with_error=False)["embedding"])
-        s2 = embed(c, model.autoencoder("s2"), sensor="s2", with_error=False)
-        embs["S2 stage-1 latent (9-d)"].append(s2.load())
+        if "S2 stage-1 latent (9-d)" in embs:
+            s2 = embed(c, model.autoencoder("s2"), sensor="s2", with_error=False)
+            embs["S2 stage-1 latent (9-d)"].append(s2.load())
+    cfg = model.config
     notes = (
-        f"Model: {path} (shipped default, fused S1+S2 `fast`, mode "
-        f"{meta.get('mode')}); trained without labels on patch 00002806639B424A, "
+        f"Model: {path} ({'shipped default' if not a.model else 'fused bundle'}, S1+S2 "
+        f"`fast`, mode {cfg.mode}, objective {cfg.objective}, loss weights "
+        f"{ {s: round(cfg.weight(s), 3) for s in cfg.sensors} }, sensor dropout "
+        f"{cfg.sensor_dropout}); trained without labels on patch 00002806639B424A, "
         "patch 0000280849BAC91C never seen in training."
     )
+    only = [f"{k} / series" for k in embs] if a.only_model else None
     res = run_croptype(
-        cubes, labels, embs, a.out / "croptype", seed=a.seed, command=cmd, notes=notes
+        cubes,
+        labels,
+        embs,
+        a.out / "croptype",
+        seed=a.seed,
+        command=cmd,
+        notes=notes,
+        score_only=only,
     )
     print(f"  wrote {a.out / 'croptype'}: {res['n_samples']} samples", flush=True)
 
@@ -168,6 +197,16 @@ def tables(out: Path) -> str:
         r = json.loads(ct.read_text())["croptype"]
         sc, nf = r["scores"], r["n_features"]
         names = [k[: -len(" / series")] for k in sc if k.endswith(" / series")]
+        if any(f"{n} / season mean" not in sc for n in names):  # a screening run
+            md += ["| feature set | dims | series logreg | series k-NN |", "|---|---|---|---|"]
+            for n in names:
+                s_ = sc[f"{n} / series"]
+                md.append(
+                    f"| {n} | {nf[n + ' / series']} | {s_['logreg']['macro_f1']:.3f} | "
+                    f"{s_['knn']['macro_f1']:.3f} |"
+                )
+            md.append(f"\n{r['n_samples']} samples, {r['n_blocks']} blocks")
+            return "\n".join(md)
         md += [
             "| feature set | dims (series / mean) | series logreg | series k-NN "
             "| season mean logreg | season mean k-NN |",
@@ -200,9 +239,27 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="fused bundle (default: the shipped model)")
     ap.add_argument("--tasks", default="landcover,croptype")
     ap.add_argument(
+        "--early-stop",
+        type=int,
+        default=None,
+        help="land cover: stop after this many epochs without a better validation MAE "
+        "(default: the preset's 8, in effect the fixed --epochs)",
+    )
+    ap.add_argument(
+        "--only-model",
+        nargs="*",
+        default=None,
+        metavar="SET",
+        help="crop type screening: embed only these fused sets of --model (default with "
+        "no names: 'fused 7-d (S1+S2)') and score only their series, on the same samples "
+        "and folds as a full run (baselines and the stage-1 latent are not scored)",
+    )
+    ap.add_argument(
         "--tables", action="store_true", help="only print the docs tables of an earlier run"
     )
     a = ap.parse_args(argv)
+    if a.only_model == []:
+        a.only_model = ["fused 7-d (S1+S2)"]
     if a.tables:
         print(tables(a.out))
         return

@@ -9,6 +9,12 @@ of optimiser steps, as the shipped model), and AgERA5 weather added as a third s
 the shipped model (the how-to in docs/fusion.md). Every fusion step prints its wall and
 CPU time.
 
+``--variants s2w08,...`` also trains named fusion recipes (``VARIANTS``: loss weights,
+objective, sensor dropout, epochs) into ``WORK/fusion_NAME``, not shipped; e.g. the
+S2-weighted recipe of docs/evaluation.md (crop type) over the shipped stage-1 models::
+
+    nice -n 5 python scripts/train_default_model.py --steps export --variants s2w08
+
 ``--fusion-seed N`` repeats the fusion steps with another initialisation and data order
 (the split stays the stage-1 split). ``--steps export,...`` takes the stage-1
 autoencoders from the shipped bundle instead of training them (frozen mode keeps them
@@ -43,6 +49,22 @@ AGERA5_EPOCHS = 3
 AGERA5_FUSION_EPOCHS = 3
 SENSOR_DROPOUT = 0.3
 SHIP = ROOT / "src" / "latentcube" / "samples" / "default_model"
+#: Named fusion recipes compared on the crop-type probe (docs/evaluation.md), each over
+#: the same stage-1 autoencoders, data, split and batch size as the shipped model:
+#: keyword arguments of :func:`fusion` (mode, epochs, objective, loss weights, dropout).
+VARIANTS: dict[str, dict] = {
+    "s2w08": {"mode": "frozen", "epochs": FUSION_EPOCHS, "loss_weights": {"s2": 0.8}},
+    "s2w09": {"mode": "frozen", "epochs": FUSION_EPOCHS, "loss_weights": {"s2": 0.9}},
+    "drop05": {"mode": "frozen", "epochs": FUSION_EPOCHS, "sensor_dropout": 0.5},
+    "centre_s2w08": {
+        "mode": "frozen",
+        "epochs": FUSION_EPOCHS,
+        "objective": "centre",
+        "loss_weights": {"s2": 0.8},
+    },
+    "finetune_s2w08": {"mode": "finetune", "epochs": FUSION_EPOCHS, "loss_weights": {"s2": 0.8}},
+    "s2w08_e20": {"mode": "frozen", "epochs": 2 * FUSION_EPOCHS, "loss_weights": {"s2": 0.8}},
+}
 
 
 def stage1(shared: Path, work: Path) -> dict[str, Path]:
@@ -103,11 +125,17 @@ def fusion(
     epochs: int,
     objective: str = "context",
     seed: int = SEED,
+    *,
+    name: str | None = None,
+    loss_weights: dict[str, float] | None = None,
+    sensor_dropout: float = SENSOR_DROPOUT,
 ) -> Path:
     """Train the S1 + S2 fusion model (``mode``: frozen or finetune); returns its bundle.
 
     ``seed`` sets the initialisation and the data order; the training/validation split
-    is always the stage-1 split (seed 42).
+    is always the stage-1 split (seed 42). ``name`` is the output folder under ``work``
+    (default from mode and objective); ``loss_weights`` and ``sensor_dropout`` as in
+    :class:`~latentcube.models.fusion.FusionConfig` (default: equal weights, 0.3).
     """
     import time
 
@@ -122,7 +150,11 @@ def fusion(
     torch.manual_seed(seed)
     model = FusionModel(
         FusionConfig.for_autoencoders(
-            aes, mode=mode, sensor_dropout=SENSOR_DROPOUT, objective=objective
+            aes,
+            mode=mode,
+            sensor_dropout=sensor_dropout,
+            objective=objective,
+            loss_weights=loss_weights or {},
         ),
         aes,
     )
@@ -130,7 +162,7 @@ def fusion(
     tcfg = fusion_train_config("quick").model_copy(
         update={"max_epochs": epochs, "seed": seed, "num_threads": 1}
     )
-    name = f"fusion_{mode}" + ("" if objective == "context" else f"_{objective}")
+    name = name or f"fusion_{mode}" + ("" if objective == "context" else f"_{objective}")
     print(f"{name}: {len(tr)} training / {len(va)} validation windows")
     wall, cpu = time.perf_counter(), time.process_time()
     res = train_fusion(
@@ -229,7 +261,16 @@ def main() -> None:
         default=SEED,
         help="seed of the fusion steps' initialisation and data order (not of the split)",
     )
+    ap.add_argument(
+        "--variants",
+        default="",
+        help=f"comma-separated fusion recipes to train after the steps, into work/fusion_NAME "
+        f"(not shipped): {', '.join(VARIANTS)}",
+    )
     args = ap.parse_args()
+    unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     steps = args.steps.split(",")
     torch.set_num_threads(1)
     ckpts = export_stage1(args.work) if "export" in steps else stage1(args.shared, args.work)
@@ -241,9 +282,7 @@ def main() -> None:
     if "ship" in steps:
         ship(args.work, frozen)
     if "finetune" in steps:
-        fusion(
-            args.shared, args.work, ckpts, "finetune", FINETUNE_EPOCHS, seed=args.fusion_seed
-        )
+        fusion(args.shared, args.work, ckpts, "finetune", FINETUNE_EPOCHS, seed=args.fusion_seed)
     if "centre" in steps:
         fusion(
             args.shared,
@@ -256,6 +295,10 @@ def main() -> None:
         )
     if "agera5" in steps:
         add_agera5(args.shared, args.work, frozen)
+    for v in filter(None, args.variants.split(",")):
+        fusion(
+            args.shared, args.work, ckpts, seed=args.fusion_seed, name=f"fusion_{v}", **VARIANTS[v]
+        )
 
 
 if __name__ == "__main__":

@@ -79,3 +79,25 @@ def test_default_season_and_errors():
     assert default_season(da) == ("2018-03-01", "2018-10-31")
     with pytest.raises(EvaluationError, match="one label map"):
         croptype_probe([{"a": da}], [], [("2018-03-01", "2018-10-31")])
+
+
+def test_score_only_scores_a_subset_on_the_samples_and_folds_of_the_full_run():
+    rng = np.random.default_rng(1)
+    t = pd.date_range("2018-03-01", "2018-10-31", freq="20D")
+    ny = nx = 48
+    lab = np.where((np.arange(nx) // 8) % 2 == 0, 1110, 1200)[None].repeat(ny, 0)
+    x = np.linspace(0, 2 * np.pi, len(t))[:, None, None]
+    a = np.sin(x + np.where(lab == 1110, 0.0, 1.0)[None]) + rng.normal(0, 0.8, (len(t), ny, nx))
+    b = rng.normal(0, 1, (len(t), ny, nx))
+    b[:, :, :5] = np.nan  # set "b" is never valid in the first 5 columns
+    sets = {"a": fc(a[None], t), "b": fc(b[None], t)}
+    kw = {"block": 16, "seed": 0, "tune": False}
+    season = [("2018-03-01", "2018-10-31")]
+    full = croptype_probe([sets], [lab], season, **kw)
+    part = croptype_probe([sets], [lab], season, score_only=["a / series"], **kw)
+    assert list(part["scores"]) == ["a / series"]
+    # same samples as the full run: the pixels where "b" is invalid stay out
+    assert part["n_samples"] == full["n_samples"] == ny * (nx - 5)
+    assert part["scores"]["a / series"] == full["scores"]["a / series"]
+    with pytest.raises(EvaluationError, match="unknown feature sets"):
+        croptype_probe([sets], [lab], season, score_only=["c / series"], **kw)

@@ -138,6 +138,7 @@ def croptype_probe(
     min_samples: int = 30,
     seed: int = 0,
     tune: bool = True,
+    score_only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Blocked-CV crop-type probe: per-date series vs season mean, for each feature set.
 
@@ -156,6 +157,11 @@ def croptype_probe(
         See :func:`season_features`.
     min_samples
         Classes with fewer pixels (or in fewer than 2 blocks) are dropped.
+    score_only
+        Score only these keys (``"<set> / series"`` or ``"<set> / season mean"``).
+        The samples are still those valid in *every* set and the folds are the
+        same, so the scores equal those of a full run: a cheap way to screen one
+        embedding against the baselines of an earlier full run.
 
     Returns
     -------
@@ -189,6 +195,11 @@ def croptype_probe(
             feats.setdefault(f"{k} / season mean", []).append(m[iy, ix])
         labs.append(lab[iy, ix])
         groups.append(block_ids(iy, ix, block, offset=i * 10**9))
+    if score_only is not None:
+        unknown = sorted(set(score_only) - set(feats))
+        if unknown:
+            raise EvaluationError(f"score_only names unknown feature sets: {unknown}")
+        feats = {k: v for k, v in feats.items() if k in score_only}
     res = score_pooled(
         feats,
         labs,
@@ -226,6 +237,7 @@ def run_croptype(
     command: str | None = None,
     notes: str = "",
     tune: bool = True,
+    score_only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Crop-type probe of embeddings and every baseline, written as a report folder.
 
@@ -248,13 +260,17 @@ def run_croptype(
     tune
         Choose each probe's regularisation by inner blocked CV on the training
         folds (see :func:`latentcube.evaluation.probes.blocked_cv`).
+    score_only
+        See :func:`croptype_probe`.
     """
     from latentcube.evaluation.baselines import feature_sets
     from latentcube.evaluation.report import write_probe_report
 
     seasons = list(seasons) if seasons is not None else [default_season(c) for c in cubes]
     sets = feature_sets(cubes, embeddings, seed=seed)
-    res = croptype_probe(sets, labels, seasons, block=block, seed=seed, tune=tune)
+    res = croptype_probe(
+        sets, labels, seasons, block=block, seed=seed, tune=tune, score_only=score_only
+    )
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
     write_probe_report(
         res,
