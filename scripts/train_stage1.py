@@ -216,6 +216,12 @@ def main() -> None:
     )
     ap.add_argument("--epoch-windows", type=int, default=2000, help="training windows per epoch")
     ap.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate of every model (default: the 'quick' preset's 2e-3)",
+    )
+    ap.add_argument(
         "--evaluate",
         nargs="+",
         default=[],
@@ -242,6 +248,7 @@ def main() -> None:
         else {"s2": args.cpu_seconds_s2, "s1": args.cpu_seconds_s1},
         "equal_epochs": args.epochs,
         "epoch_windows": args.epoch_windows,
+        "lr": args.lr if args.lr is not None else train_config_preset("quick").lr,
         "runs": {},
         "eval": {},
     }
@@ -323,6 +330,7 @@ def main() -> None:
                     "val_batch_size": 64,
                     "hide_centre_prob": pc,
                     "hide_prob": po,
+                    **({"lr": args.lr} if args.lr is not None else {}),
                 }
             )
             mcfg = AutoencoderConfig.preset(variant, sensor)
