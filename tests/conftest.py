@@ -100,6 +100,15 @@ def tiny_cube(
     )
 
 
+def embed_to_zarr_in_process(cube_path, model_path, out, **kw):
+    """``embed_to_zarr`` on one in-process worker, without a progress bar (tests)."""
+    from latentcube.inference import embed_to_zarr
+
+    return embed_to_zarr(
+        cube_path, model_path, out, **{"workers": 1, "processes": False, "progress": False, **kw}
+    )
+
+
 @pytest.fixture
 def cube():
     """A fresh tiny cube (14 dates, 24 x 20 px, S1 and S2)."""

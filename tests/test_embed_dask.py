@@ -18,7 +18,6 @@ from latentcube.bundle import save_checkpoint
 from latentcube.errors import LatentcubeError
 from latentcube.inference import (
     embed,
-    embed_to_zarr,
     embedding_dataset,
     open_embedding,
     progress_dir,
@@ -27,7 +26,7 @@ from latentcube.io import write_zarr
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig
 
-from conftest import tiny_cube
+from conftest import embed_to_zarr_in_process, tiny_cube
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +43,7 @@ def setup(tmp_path_factory):
 
 def _run(setup, out, chunk, time_chunk=64, **kw):
     _, ckpt, src, _ = setup
-    return embed_to_zarr(
-        src,
-        ckpt,
-        out,
-        chunk=chunk,
-        time_chunk=time_chunk,
-        workers=1,
-        processes=False,
-        progress=False,
-        **kw,
-    )
+    return embed_to_zarr_in_process(src, ckpt, out, chunk=chunk, time_chunk=time_chunk, **kw)
 
 
 @pytest.mark.parametrize(
@@ -263,15 +252,14 @@ def test_resume_refuses_a_cube_replaced_at_the_same_path(setup, tmp_path):
     before = cube_fingerprint(src)
     assert cube_fingerprint(src) == before  # stable while the cube stays
     out = tmp_path / "e.zarr"
-    kw = {"chunk": 16, "workers": 1, "processes": False, "progress": False}
-    embed_to_zarr(src, ckpt, out, **kw)
+    embed_to_zarr_in_process(src, ckpt, out, chunk=16)
     progress_dir(out).mkdir()  # pretend the run stopped half way
     # the same path now holds a cube of other values (another seed) and fewer dates
     write_zarr(tiny_cube(n_time=12, ny=37, nx=41, seed=4, cloud_fraction=0.15), src,
                overwrite=True)  # fmt: skip
     assert cube_fingerprint(src) != before
     with pytest.raises(LatentcubeError, match="unfinished run of another"):
-        embed_to_zarr(src, ckpt, out, **kw)
+        embed_to_zarr_in_process(src, ckpt, out, chunk=16)
 
 
 def test_worker_caches_follow_the_file_contents(setup, tmp_path):

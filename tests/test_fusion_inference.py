@@ -12,7 +12,7 @@ from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig
 from latentcube.models.fusion import FusionConfig, FusionModel
 
-from conftest import tiny_cube
+from conftest import embed_to_zarr_in_process, tiny_cube
 
 
 @pytest.fixture(scope="module")
@@ -172,19 +172,9 @@ def stores(setup, tmp_path_factory):
 
 
 def _to_zarr(src, bundle, out, chunk, time_chunk, **kw):
-    from latentcube.inference import embed_to_zarr, open_embedding
+    from latentcube.inference import open_embedding
 
-    path = embed_to_zarr(
-        src,
-        bundle,
-        out,
-        chunk=chunk,
-        time_chunk=time_chunk,
-        workers=1,
-        processes=False,
-        progress=False,
-        **kw,
-    )
+    path = embed_to_zarr_in_process(src, bundle, out, chunk=chunk, time_chunk=time_chunk, **kw)
     return open_embedding(path)
 
 
