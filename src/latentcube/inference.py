@@ -810,18 +810,19 @@ def _file_digest(path: str | os.PathLike[str]) -> str:
 def cube_fingerprint(path: str | os.PathLike[str]) -> str:
     """A digest that changes when the cube at ``path`` is replaced by another one.
 
-    For a Zarr store: the SHA-256 of every ``zarr.json`` in it (shapes, chunks,
-    coordinates' metadata and the cube's attributes, which hold the build request,
-    the item ids and the creation time), so a store replaced by another build, even
-    of the same request, has another fingerprint, while reading or embedding it
-    leaves its fingerprint unchanged. For other inputs (a ``.zip``
-    store, a folder of per-date files): the SHA-256 of every file's relative
-    path, size and modification time.
+    For a Zarr store: the SHA-256 of the ``zarr.json`` of its root group and of each
+    array in it (a cube is one flat group): shapes, chunks, coordinates' metadata
+    and the cube's attributes, which hold the build request, the item ids and the
+    creation time. So a store replaced by another build, even of the same request,
+    has another fingerprint, while reading or embedding it leaves its fingerprint
+    unchanged. For other inputs (a ``.zip`` store, a folder of per-date files): the
+    SHA-256 of every file's relative path, size and modification time.
     """
     root = Path(path)
     h = hashlib.sha256()
     if root.is_dir() and (root / "zarr.json").exists():
-        for meta in sorted(root.rglob("zarr.json")):
+        # the metadata files only: a walk of the whole store would visit every chunk file
+        for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
             h.update(meta.relative_to(root).as_posix().encode())
             h.update(meta.read_bytes())
         return h.hexdigest()
