@@ -236,6 +236,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     given = dict(item.split("=", 1) for item in args.evaluate)
+    lr = args.lr if args.lr is not None else train_config_preset("quick").lr
 
     cubes = {k: open_cube(DATA / k).load() for k in (TRAIN_CUBE, TEST_CUBE)}
     results: dict = {
@@ -248,7 +249,7 @@ def main() -> None:
         else {"s2": args.cpu_seconds_s2, "s1": args.cpu_seconds_s1},
         "equal_epochs": args.epochs,
         "epoch_windows": args.epoch_windows,
-        "lr": args.lr if args.lr is not None else train_config_preset("quick").lr,
+        "lr": lr,
         "runs": {},
         "eval": {},
     }
@@ -330,7 +331,7 @@ def main() -> None:
                     "val_batch_size": 64,
                     "hide_centre_prob": pc,
                     "hide_prob": po,
-                    **({"lr": args.lr} if args.lr is not None else {}),
+                    "lr": lr,
                 }
             )
             mcfg = AutoencoderConfig.preset(variant, sensor)
