@@ -64,6 +64,12 @@ VARIANTS: dict[str, dict] = {
     },
     "finetune_s2w08": {"mode": "finetune", "epochs": FUSION_EPOCHS, "loss_weights": {"s2": 0.8}},
     "s2w08_e20": {"mode": "frozen", "epochs": 2 * FUSION_EPOCHS, "loss_weights": {"s2": 0.8}},
+    "centre_s2w08_e30": {
+        "mode": "frozen",
+        "epochs": 3 * FUSION_EPOCHS,
+        "objective": "centre",
+        "loss_weights": {"s2": 0.8},
+    },
 }
 
 
