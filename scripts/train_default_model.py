@@ -70,6 +70,13 @@ VARIANTS: dict[str, dict] = {
         "objective": "centre",
         "loss_weights": {"s2": 0.8},
     },
+    "centre_s2w08_e30_d05": {
+        "mode": "frozen",
+        "epochs": 3 * FUSION_EPOCHS,
+        "objective": "centre",
+        "loss_weights": {"s2": 0.8},
+        "sensor_dropout": 0.5,
+    },
 }
 
 

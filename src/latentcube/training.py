@@ -19,6 +19,7 @@ Data-parallel training on several processes (DDP, gloo): see
 from __future__ import annotations
 
 import csv
+import gc
 import math
 import os
 import random
@@ -208,7 +209,7 @@ def train(
     """
     own_group = init_from_env()
     try:
-        return _train(
+        result = _train(
             model_config,
             train_windows,
             val_windows,
@@ -219,6 +220,12 @@ def train(
             progress=progress,
             provenance=provenance,
         )
+        if own_group:
+            # as in distributed._worker: free DDP's hold on the group, then tear it
+            # down only when every process is done with it
+            gc.collect()
+            torch.distributed.barrier()
+        return result
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
