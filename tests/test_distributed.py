@@ -59,3 +59,40 @@ def test_two_processes_equal_one_process(tmp_path):
     torch.manual_seed(cfg.seed)
     init = type(m1)(mcfg).state_dict()
     assert any(not torch.allclose(init[k], v, atol=1e-3) for k, v in m1.state_dict().items())
+
+
+@pytest.mark.slow
+def test_torchrun_launch_equals_one_process(tmp_path):
+    """``torchrun ... -m latentcube train``: each process joins the group from the
+    environment (``init_from_env``) and the two-process run equals a one-process run."""
+    import os
+    import subprocess
+    import sys
+
+    from latentcube.cube.readers import load_demo_cube
+    from latentcube.io import write_zarr
+
+    cube = load_demo_cube().isel(time=slice(0, 24))
+    path = write_zarr(cube, tmp_path / "cube.zarr")
+    (tmp_path / "cfg.yaml").write_text("train:\n  batch_size: 16\n  lr: 0.003\n  num_threads: 1\n")
+    args = ["train", str(path), "--model", "tiny", "--max-epochs", "2", "--no-progress",
+            "--config", str(tmp_path / "cfg.yaml")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {
+        "one": [sys.executable, "-m", "latentcube", *args],
+        "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "latentcube", *args],
+    }  # fmt: skip
+    for name, cmd in runs.items():
+        res = subprocess.run(
+            [*cmd, "--out", str(tmp_path / name)], env=env, capture_output=True, text=True
+        )
+        assert res.returncode == 0, (name, res.stdout[-2000:], res.stderr[-4000:])
+    a, b = _rows(tmp_path / "one" / "metrics.csv"), _rows(tmp_path / "two" / "metrics.csv")
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("train_loss", "val_loss", "val_centre_mae"):
+            assert float(rb[k]) == pytest.approx(float(ra[k]), rel=2e-4), (k, ra, rb)
+    _, meta1 = load_checkpoint(tmp_path / "one" / "last.pt")
+    _, meta2 = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert meta1["processes"] == 1 and meta2["processes"] == 2
