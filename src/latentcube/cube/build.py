@@ -52,7 +52,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -581,6 +581,17 @@ def _load_s2(
     reflectance of all items with the halo (:func:`_merge_s2_items`); both
     give the same cube (tested).
     """
+    return _read_s2(plan, dates, ys, xs, mask)()
+
+
+def _read_s2(
+    plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction
+) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    """Read one unit's S2 DNs; returns the function that makes them :func:`_load_s2`'s result.
+
+    The split lets a serial build compute one unit's reflectance, masks and
+    merge on its writer thread while the next unit is read.
+    """
     spec = plan.spec
     halo = int(getattr(mask, "halo", 0))
     groups = [plan.s2_groups[d] for d in dates]
@@ -600,15 +611,19 @@ def _load_s2(
         spec,
         f"loading S2 dates {dates[0]}-{dates[-1]}",
     )  # fmt: skip
-    scl = arrays["SCL"].astype(np.uint8, copy=False)
     crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
-    if planes:
-        assert isinstance(mask, SCLMask)
-        clear = mask.clear(scl)[(..., *crop)]
-        offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
-        return _merge_s2_planes(arrays, bands, offsets, clear, groups)
-    luts = _s2_luts(plan, idx)
-    return _merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
+
+    def merged() -> tuple[np.ndarray, np.ndarray]:
+        scl = arrays["SCL"].astype(np.uint8, copy=False)
+        if planes:
+            assert isinstance(mask, SCLMask)
+            clear = mask.clear(scl)[(..., *crop)]
+            offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
+            return _merge_s2_planes(arrays, bands, offsets, clear, groups)
+        luts = _s2_luts(plan, idx)
+        return _merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
+
+    return merged
 
 
 def _merge_s2_planes(
@@ -1093,14 +1108,16 @@ def _process_unit(
     mask: MaskFunction,
     candidates: np.ndarray,
     submit: Any,
-) -> tuple[list[int], list[Any]]:
+) -> tuple[Any, list[Any]]:
     """Load one unit, then check and write it, or hand the check and write to ``submit``.
 
     With ``submit`` (the writer thread's ``submit``) S1 is loaded on a helper
-    thread while S2 is loaded here, and the checks and compressed writes run
-    on the writer thread while the next unit is read; the caller waits for
-    the returned futures (which raise what the checks raise) before it marks
-    the unit done. Returns the valid S2 pixel count per date and the futures.
+    thread while S2 is read here, and the S2 reflectance, masks and merge,
+    the checks and the compressed writes run on the writer thread while the
+    next unit is read; the caller waits for the returned futures (which raise
+    what the merge and the checks raise) before it marks the unit done.
+    Returns the valid S2 pixel count per date (without ``submit``; with it, a
+    future of the counts, also among the futures) and the futures.
     """
     k, i, j = unit
     spec = plan.spec
@@ -1123,23 +1140,31 @@ def _process_unit(
         group[sensor].with_config(config)[ts, :, ys, xs] = data
         group[f"{sensor}_valid"].with_config(config)[ts, ys, xs] = valid
 
+    def write_s2(merge: Callable[[], tuple[np.ndarray, np.ndarray]]) -> list[int]:
+        s2, s2v = merge()
+        write("s2", s2, s2v)
+        return [int(v) for v in s2v.sum(axis=(1, 2))]
+
     s1 = None
     if plan.with_s1 and submit is not None:
         # in a copy of this context: the helper reads through the same open datasets
         s1 = _helper().submit(contextvars.copy_context().run, _load_s1, plan, dates, ys, xs)
     try:
-        s2, s2v = _load_s2(plan, dates, ys, xs, mask)
+        merge = _read_s2(plan, dates, ys, xs, mask)
     except BaseException:
         if s1 is not None:  # no load left running behind a failed unit
             s1.cancel() or s1.exception()
         raise
-    counts = [int(v) for v in s2v.sum(axis=(1, 2))]
     futures: list[Any] = []
+    counts: Any
     if submit is None:
-        write("s2", s2, s2v)
+        counts = write_s2(merge)
     else:
-        futures.append(submit(write, "s2", s2, s2v))
-    del s2, s2v
+        # the reflectance, masks and merge run on the writer thread, with the writes,
+        # while this thread reads the next unit; the counts come with the future
+        counts = submit(write_s2, merge)
+        futures.append(counts)
+    del merge
     if plan.with_s1:
         s1a, s1v = _load_s1(plan, dates, ys, xs) if s1 is None else s1.result()
         if submit is None:
@@ -1166,17 +1191,18 @@ def _run_serial(
     bar: Any,
     create: Any = None,
 ) -> None:
-    """Units one after the other in this process; a unit's writes overlap the next reads.
+    """Units one after the other in this process; merges and writes overlap the next reads.
 
     One writer thread first creates the store (``create``, from
-    :meth:`_Staging.open`) while the first unit is read, then checks,
-    compresses and writes each unit's chunks while the next unit is read; a
-    unit is marked done only when all its writes have finished, and at most
-    one unit is being written while the next is loaded (memory: two units).
+    :meth:`_Staging.open`) while the first unit is read, then computes each
+    unit's S2 reflectance, masks and merge, checks, compresses and writes its
+    chunks while the next unit is read; a unit is marked done only when all
+    its writes have finished, and at most one unit is being merged and written
+    while the next is read (memory: two units).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    pending: tuple[tuple[int, int, int], list[int], list[Any]] | None = None
+    pending: tuple[tuple[int, int, int], Any, list[Any]] | None = None
 
     def finish() -> None:
         nonlocal pending
@@ -1185,7 +1211,7 @@ def _run_serial(
             pending = None
             for fut in futures:
                 fut.result()
-            staging.mark(unit, counts)
+            staging.mark(unit, counts.result())
             bar.update(1)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentcube-write") as writer:
