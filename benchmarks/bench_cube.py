@@ -292,18 +292,18 @@ def main() -> None:
             if ("odc/stac" in f and name == "load") or (
                 "latentcube" in f
                 and name
-                in ("_load_s2", "_merge_s2_planes", "_load_s1", "write_zarr", "_plan", "_screen",
-                    "read_aligned", "_write_store")
+                in ("_read_s2", "_load_s1", "write_zarr", "_plan", "_screen", "read_aligned",
+                    "_write_store")
             ):
                 key = name if name != "load" else "odc.stac.load"
                 cum[key] = cum.get(key, 0.0) + ct
         parts = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(cum.items()))
         print(
-            f"profiled build {total:.2f} s (main thread only): {parts} (_load_s2 and _screen "
-            "include their reads: read_aligned, or odc.stac.load when the sources are not "
-            "grid-aligned; _load_s1 runs on a helper thread and _write_store and the chunk "
-            "writes on the writer thread, so they do not show here; write_zarr only runs when a "
-            "date is dropped after the full read)"
+            f"profiled build {total:.2f} s (main thread only): {parts} (_read_s2 and _screen "
+            "are their reads: read_aligned, or odc.stac.load when the sources are not "
+            "grid-aligned; _load_s1 runs on a helper thread, and the S2 merge, _write_store "
+            "and the chunk writes on the writer thread, so they do not show here; write_zarr "
+            "only runs when a date is dropped after the full read)"
         )
         # 2) peak memory per area, each build in a fresh process
         rows = []

@@ -569,28 +569,20 @@ def _s2_luts(plan: _Plan, idx: Sequence[int]) -> list[np.ndarray]:
     return [luts[plan.s2_offsets[i]] for i in idx]
 
 
-def _load_s2(
-    plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction
-) -> tuple[np.ndarray, np.ndarray]:
-    """S2 reflectance (date, band, y, x) and its valid mask (date, y, x) of one unit.
-
-    With the default :class:`SCLMask` (and without NBAR) the bands are read
-    without the mask's halo (only SCL needs it), and every output plane is
-    computed from its DNs straight into the result, date by date and band by
-    band (:func:`_merge_s2_planes`). Other mask functions get the
-    reflectance of all items with the halo (:func:`_merge_s2_items`); both
-    give the same cube (tested).
-    """
-    return _read_s2(plan, dates, ys, xs, mask)()
-
-
 def _read_s2(
     plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction
 ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-    """Read one unit's S2 DNs; returns the function that makes them :func:`_load_s2`'s result.
+    """Read one unit's S2 DNs; returns the function that computes its S2 from them.
 
-    The split lets a serial build compute one unit's reflectance, masks and
-    merge on its writer thread while the next unit is read.
+    That function gives the reflectance (date, band, y, x) and the valid mask
+    (date, y, x) of the unit. With the default :class:`SCLMask` (and without
+    NBAR) the bands are read without the mask's halo (only SCL needs it), and
+    every output plane is computed from its DNs straight into the result, date
+    by date and band by band (:func:`_merge_s2_planes`). Other mask functions
+    get the reflectance of all items with the halo (:func:`_merge_s2_items`);
+    both give the same cube (tested). The split lets a serial build compute one
+    unit's reflectance, masks and merge on its writer thread while the next
+    unit is read.
     """
     spec = plan.spec
     halo = int(getattr(mask, "halo", 0))
