@@ -67,6 +67,17 @@ def all_reduce_sums(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
+def settle_group() -> None:
+    """Make the process group safe to destroy, after a successful run.
+
+    Frees what training left behind (DDP's reducer holds the group), then waits
+    for every process, so that none tears the group down while another still
+    uses it.
+    """
+    gc.collect()
+    dist.barrier()
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """``obj`` of every process, in rank order; ``[obj]`` outside a process group."""
     if rank_and_size()[1] == 1:
@@ -94,10 +105,7 @@ def _worker(
         result = train(*args, **{**kwargs, "progress": kwargs.get("progress", True) and rank == 0})
         if rank == 0:
             queue.put(result)
-        # free what training left behind (DDP's reducer holds the group) before the
-        # teardown, and let no process tear the group down while another still uses it
-        gc.collect()
-        dist.barrier()
+        settle_group()
     finally:
         dist.destroy_process_group()
     # Leave without interpreter finalisation: a worker was once aborted at exit (SIGABRT,

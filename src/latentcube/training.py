@@ -19,7 +19,6 @@ Data-parallel training on several processes (DDP, gloo): see
 from __future__ import annotations
 
 import csv
-import gc
 import math
 import os
 import random
@@ -40,6 +39,7 @@ from latentcube.distributed import (
     all_reduce_sums,
     init_from_env,
     rank_and_size,
+    settle_group,
 )
 from latentcube.errors import ModelError
 from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
@@ -221,10 +221,7 @@ def train(
             provenance=provenance,
         )
         if own_group:
-            # as in distributed._worker: free DDP's hold on the group, then tear it
-            # down only when every process is done with it
-            gc.collect()
-            torch.distributed.barrier()
+            settle_group()
         return result
     finally:
         if own_group:
