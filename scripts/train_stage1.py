@@ -197,6 +197,54 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def compare(files: list[Path]) -> str:
+    """Per-band held-out table of ``paper`` against ``fast``, each from its own results file.
+
+    For runs trained at different learning rates (each architecture at the rate it
+    trains best with): every file is a ``results_*.json`` of this script; the last file
+    naming a run wins. Both runs are scored on the same held-out windows (same seed).
+    """
+    runs: dict = {}
+    evals: dict = {}
+    for f in files:
+        r = json.loads(f.read_text())
+        for name, run in r["runs"].items():
+            runs[name] = {**run, "lr": r["lr"], "file": str(f)}
+        for sensor, ev in r["eval"].items():
+            evals.setdefault(sensor, {}).update(ev)
+    lines = [
+        "| run | peak lr | epochs | steps | stopped | best val centre MAE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in sorted(runs.items()):
+        lines.append(
+            f"| {name} | {r['lr']:g} | {r['epochs']} | {r['steps']} | {r['stopped']} | "
+            f"{r['best_val_centre_mae']:.4f} |"
+        )
+    for sensor, ev in evals.items():
+        paper, fast = ev.get(f"{sensor}-paper"), ev.get(f"{sensor}-fast")
+        if paper is None or fast is None:
+            continue
+        ratios = [q / p for p, q in zip(paper["mae"], fast["mae"], strict=True)]
+        lines += [
+            "",
+            f"**{sensor.upper()}**, held-out cube {TEST_CUBE}, centre-pixel MAE, "
+            f"{ev['n_test_windows']} windows shared by both runs "
+            f"(`paper` at lr {runs[sensor + '-paper']['lr']:g}, "
+            f"`fast` at lr {runs[sensor + '-fast']['lr']:g}):",
+            "",
+            "| band | `paper` | `fast` | `fast` / `paper` |",
+            "|---|---|---|---|",
+        ]
+        for b, p, q, k in zip(ev["bands"], paper["mae"], fast["mae"], ratios, strict=True):
+            lines.append(f"| {b} | {p:.4f} | {q:.4f} | {k:.2f} |")
+        lines.append(
+            f"\nlargest `fast` / `paper` ratio: {max(ratios):.2f} (target <= 1.10: "
+            f"{'met' if max(ratios) <= 1.10 else 'missed'})"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "stage1")
@@ -229,7 +277,19 @@ def main() -> None:
         help="score the checkpoint of an earlier run (e.g. one stopped after k epochs) "
         "instead of training NAME; its metrics.csv gives the epochs and samples",
     )
+    ap.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="print the per-band held-out table of paper against fast from these results "
+        "files (e.g. each model trained at its own learning rate) and exit",
+    )
     args = ap.parse_args()
+    if args.compare:
+        print(compare(args.compare))
+        return
     if args.report:
         print(report(args.out))
         return
