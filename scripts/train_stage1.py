@@ -38,6 +38,7 @@ import torch
 from latentcube.bundle import load_checkpoint
 from latentcube.cube.readers import open_cube
 from latentcube.data.windows import CubeArrays, Windows, block_regions, extract_windows
+from latentcube.evaluation.reconstruction import trivial_centre
 from latentcube.models.config import AutoencoderConfig
 from latentcube.training import train, train_config_preset
 
@@ -54,6 +55,25 @@ def centre_spectra(w: Windows) -> np.ndarray:
     for k, cube in enumerate(w.cubes):
         m = w.cube_id == k
         out[m] = cube.data[w.t_idx[m, w.n_dates // 2], :, w.iy[m] + c, w.ix[m] + c]
+    return out
+
+
+def trivial_mae(w: Windows) -> dict[str, list[float]]:
+    """Per-band centre MAE of the context mean and persistence (no model) on ``w``.
+
+    ``*_all`` is the mean over bands and windows, the figure the training loop
+    reports as ``val_centre_mae`` for a model.
+    """
+    x, m, _ = w.batch(np.arange(len(w)))
+    t, c = x.shape[1] // 2, x.shape[-1] // 2
+    ok = m[:, t, c, c]
+    target = x[ok, t, :, c, c]
+    out: dict[str, list[float]] = {}
+    preds = trivial_centre(x[ok], m[ok])
+    for name, pred in zip(("context_mean", "persistence"), preds, strict=True):
+        err = np.abs(pred - target)
+        out[name] = err.mean(0).tolist()
+        out[f"{name}_all"] = [float(err.mean())]
     return out
 
 
@@ -222,9 +242,18 @@ def compare(files: list[Path]) -> str:
             f"{r['best_val_centre_mae']:.4f} |"
         )
     for sensor, ev in evals.items():
+        if "trivial_val" in ev:
+            v = ev["trivial_val"]
+            lines.append(
+                f"| {sensor} context mean (no model) | | | | | "
+                f"{v['context_mean_all'][0]:.4f} |\n| {sensor} persistence (no model) | | | | | "
+                f"{v['persistence_all'][0]:.4f} |"
+            )
+    for sensor, ev in evals.items():
         paper, fast = ev.get(f"{sensor}-paper"), ev.get(f"{sensor}-fast")
         if paper is None or fast is None:
             continue
+        triv = ev.get("trivial")
         ratios = [q / p for p, q in zip(paper["mae"], fast["mae"], strict=True)]
         lines += [
             "",
@@ -233,11 +262,17 @@ def compare(files: list[Path]) -> str:
             f"(`paper` at lr {runs[sensor + '-paper']['lr']:g}, "
             f"`fast` at lr {runs[sensor + '-fast']['lr']:g}):",
             "",
-            "| band | `paper` | `fast` | `fast` / `paper` |",
-            "|---|---|---|---|",
+            "| band | `paper` | `fast` | `fast` / `paper` |"
+            + (" context mean | persistence |" if triv else ""),
+            "|---|---|---|---|" + ("---|---|" if triv else ""),
         ]
-        for b, p, q, k in zip(ev["bands"], paper["mae"], fast["mae"], ratios, strict=True):
-            lines.append(f"| {b} | {p:.4f} | {q:.4f} | {k:.2f} |")
+        for i, (b, p, q, k) in enumerate(
+            zip(ev["bands"], paper["mae"], fast["mae"], ratios, strict=True)
+        ):
+            row = f"| {b} | {p:.4f} | {q:.4f} | {k:.2f} |"
+            if triv:
+                row += f" {triv['context_mean'][i]:.4f} | {triv['persistence'][i]:.4f} |"
+            lines.append(row)
         lines.append(
             f"\nlargest `fast` / `paper` ratio: {max(ratios):.2f} (target <= 1.10: "
             f"{'met' if max(ratios) <= 1.10 else 'missed'})"
@@ -365,6 +400,8 @@ def main() -> None:
             "mae": pca_mae(train_centres, truth, k).tolist(),
             "mae_fast_set": pca_mae(train_centres, truth_big, k).tolist(),
         }
+        ev["trivial"] = trivial_mae(test_w)  # the 200 windows every model is scored on
+        ev["trivial_val"] = trivial_mae(val_w)
         interp = linear_interp_centre(test_big)
         ok = np.isfinite(interp).all(1)  # pixels with another valid date (nearly all)
         ev["linear_interp"] = {

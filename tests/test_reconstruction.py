@@ -59,3 +59,32 @@ def test_errors(checkpoint, tmp_path):
         reconstruction_errors(tmp_path / "missing.pt", tiny_cube())
     with pytest.raises(EvaluationError, match="no complete context"):
         reconstruction_errors(path, tiny_cube(n_time=8))
+
+
+def test_trivial_centre_by_hand():
+    from latentcube.evaluation.reconstruction import trivial_centre
+
+    # 1 window, 3 dates, 2 bands, 3 x 3 px; the target is date 1, pixel (1, 1)
+    x = np.zeros((1, 3, 2, 3, 3), np.float32)
+    m = np.zeros((1, 3, 3, 3), bool)
+    x[0, 1, :, 1, 1] = [9.0, 9.0]  # the target: never part of its own context
+    m[0, 1, 1, 1] = True
+    x[0, 0, :, 1, 1] = [1.0, 2.0]  # the pixel one date earlier
+    m[0, 0, 1, 1] = True
+    x[0, 2, :, 1, 1] = [3.0, 4.0]  # ... one date later (a tie: the earlier one wins)
+    m[0, 2, 1, 1] = True
+    x[0, 1, :, 0, 0] = [5.0, 6.0]  # a neighbour on the centre date
+    m[0, 1, 0, 0] = True
+    x[0, 2, :, 2, 2] = [100.0, 100.0]  # not valid: ignored
+    ctx, pers = trivial_centre(x, m)
+    np.testing.assert_allclose(ctx, [[(1 + 3 + 5) / 3, (2 + 4 + 6) / 3]])
+    np.testing.assert_allclose(pers, [[1.0, 2.0]])
+    # without another valid date of the pixel, persistence falls back to the context mean
+    m[0, 0, 1, 1] = m[0, 2, 1, 1] = False
+    ctx, pers = trivial_centre(x, m)
+    np.testing.assert_allclose(pers, [[5.0, 6.0]])
+    np.testing.assert_allclose(ctx, pers)
+    # no valid context at all: NaN, no warning
+    m[0, 1, 0, 0] = False
+    ctx, pers = trivial_centre(x, m)
+    assert np.isnan(ctx).all() and np.isnan(pers).all()

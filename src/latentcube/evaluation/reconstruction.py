@@ -11,6 +11,7 @@ nearest other valid date of the window (persistence).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,41 @@ import xarray as xr
 
 from latentcube.errors import EvaluationError
 
-__all__ = ["reconstruction_errors", "run_reconstruction"]
+__all__ = ["reconstruction_errors", "run_reconstruction", "trivial_centre"]
+
+
+def trivial_centre(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two model-free reconstructions of each window's centre pixel at the centre date.
+
+    Parameters
+    ----------
+    x
+        Windows ``(n, dates, bands, y, x)``.
+    m
+        Their validity ``(n, dates, y, x)``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(n, bands)`` each: the per-band mean of the window's valid entries other
+        than the target (context mean), and the same pixel on the nearest other
+        valid date, the earlier one first on a tie (persistence; the context mean
+        where the pixel has no other valid date). NaN where the window has no
+        valid context at all.
+    """
+    n_dates, c = x.shape[1], x.shape[-1] // 2
+    t = n_dates // 2
+    ctx = np.where(m[:, :, None], x, np.nan)
+    ctx[:, t, :, c, c] = np.nan  # the target itself is not context
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a window without context: NaN
+        ctx_mean = np.nanmean(ctx, axis=(1, 3, 4))
+    pix = ctx[:, :, :, c, c]  # (n, dates, bands)
+    pers = np.full_like(ctx_mean, np.nan)
+    for k in sorted(range(n_dates), key=lambda k: (abs(k - t), k))[1:]:
+        fill = np.isnan(pers) & np.isfinite(pix[:, k])
+        pers[fill] = pix[:, k][fill]
+    return ctx_mean, np.where(np.isnan(pers), ctx_mean, pers)
 
 
 @torch.no_grad()
@@ -83,17 +118,8 @@ def reconstruction_errors(
             continue
         target = x[ok, t, :, c, c]
         sums["model"] += np.abs(recon.numpy()[ok, t, :, c, c] - target).sum(0)
-        ctx = np.where(m[ok][:, :, None], x[ok], np.nan)
-        ctx[:, t, :, c, c] = np.nan  # the target itself is not context
-        sums["context_mean"] += np.abs(np.nanmean(ctx, axis=(1, 3, 4)) - target).sum(0)
-        # persistence: the same pixel on the nearest valid other date
-        pix = ctx[:, :, :, c, c]  # (n, T, C)
-        order = sorted(range(cfg.n_dates), key=lambda k: (abs(k - t), k))[1:]
-        pers = np.full_like(target, np.nan)
-        for k in order:
-            fill = np.isnan(pers) & np.isfinite(pix[:, k])
-            pers[fill] = pix[:, k][fill]
-        pers = np.where(np.isnan(pers), np.nanmean(ctx, axis=(1, 3, 4)), pers)
+        ctx_mean, pers = trivial_centre(x[ok], m[ok])
+        sums["context_mean"] += np.abs(ctx_mean - target).sum(0)
         sums["persistence"] += np.abs(pers - target).sum(0)
         n += int(ok.sum())
     if n == 0:
