@@ -60,11 +60,27 @@ def cpu_seconds() -> float:
     return sum(x.ru_utime + x.ru_stime for x in r)
 
 
-def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val, early_stop=None):
+def train_s2(
+    cubes,
+    bands,
+    out,
+    *,
+    latent_dim,
+    epochs,
+    seed,
+    stride_xy,
+    max_val,
+    early_stop=None,
+    hide_centre=0.0,
+    hide_other=0.0,
+):
     """Train (or resume / reuse) a ``fast`` S2 autoencoder for at most ``epochs`` epochs.
 
     ``early_stop``: stop after this many epochs without a better validation centre
     MAE (``None``: the preset's patience, 8, i.e. in effect a fixed epoch count).
+    ``hide_centre``, ``hide_other``: the gap-filling option of training (the centre
+    pixel-date, and other valid entries, hidden from the input with these
+    probabilities while the loss still scores them).
     """
     cfg = AutoencoderConfig.preset("fast", "s2", bands=bands).model_copy(
         update={"latent_dim": latent_dim}
@@ -73,7 +89,13 @@ def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val,
     if len(va) > max_val:
         va = va.subset(np.sort(np.random.default_rng(seed).choice(len(va), max_val, False)))
     print(f"  {len(tr)} training / {len(va)} validation windows", flush=True)
-    update: dict[str, object] = {"max_epochs": epochs, "seed": seed, "num_threads": 2}
+    update: dict[str, object] = {
+        "max_epochs": epochs,
+        "seed": seed,
+        "num_threads": 2,
+        "hide_centre_prob": hide_centre,
+        "hide_prob": hide_other,
+    }
     if early_stop is not None:
         update["early_stopping_patience"] = early_stop
     tcfg = train_config_preset("quick").model_copy(update=update)
@@ -83,6 +105,8 @@ def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val,
     rows = np.genfromtxt(Path(out) / "metrics.csv", delimiter=",", names=True)
     info = {
         "model": f"fast S2, latent {latent_dim}",
+        "hide_centre_prob": hide_centre,
+        "hide_prob": hide_other,
         "epochs": epochs,
         "epochs_run": res.epochs,
         "stopped": res.stopped,
@@ -102,23 +126,27 @@ def train_s2(cubes, bands, out, *, latent_dim, epochs, seed, stride_xy, max_val,
 def landcover(a, cmd):
     print("land cover: GreenEarthNet minicubes (B02 B03 B04 B8A, 20 m; no S1)", flush=True)
     cubes = [open_cube(p).load() for p in sorted(GEN_DIR.glob("*.nc"))]
+    gap = f"_hide{a.hide_centre:g}-{a.hide_other:g}" if a.hide_centre or a.hide_other else ""
     model, info = train_s2(
         cubes,
         GEN_BANDS,
-        a.out / f"model_gen_fast{a.latent_dim}",
+        a.out / f"model_gen_fast{a.latent_dim}{gap}",
         latent_dim=a.latent_dim,
         epochs=a.epochs,
         seed=a.seed,
         stride_xy=a.stride_xy,
         max_val=a.max_val,
         early_stop=a.early_stop,
+        hide_centre=a.hide_centre,
+        hide_other=a.hide_other,
     )
     ran = (
         f"{info['epochs_run']} epochs, best {info['best_epoch']}"
         if a.early_stop
         else f"{a.epochs} epochs"
     )
-    name = f"S2 embedding (fast, {a.latent_dim}-d, {ran})"
+    hid = f", centre hidden {a.hide_centre:g} / other {a.hide_other:g}" if gap else ""
+    name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid})"
     embs = [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]
     res = run_landcover(
         cubes, {name: embs}, a.out / "landcover", seed=a.seed, command=cmd, notes=f"Model: {info}"
@@ -244,6 +272,19 @@ def main(argv=None):
         default=None,
         help="land cover: stop after this many epochs without a better validation MAE "
         "(default: the preset's 8, in effect the fixed --epochs)",
+    )
+    ap.add_argument(
+        "--hide-centre",
+        type=float,
+        default=0.0,
+        help="land cover: train with the centre pixel-date hidden from the input with this "
+        "probability (the gap-filling option; default 0, the paper's training)",
+    )
+    ap.add_argument(
+        "--hide-other",
+        type=float,
+        default=0.0,
+        help="land cover: with --hide-centre, also hide other valid entries with this probability",
     )
     ap.add_argument(
         "--only-model",
