@@ -8,7 +8,7 @@ the context mean and persistence of the same windows (no model). A model that
 cannot go below the context mean on windows it is trained on is not learning the
 centre pixel at all.
 
-    PYTHONPATH=src python scripts/overfit_check.py --windows 4 --steps 60 --lr 1e-3
+    PYTHONPATH=src python scripts/overfit_check.py --windows 4 --steps 240 --every 20 --lr 1e-3
 """
 
 from __future__ import annotations
