@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 import torch
-from train_stage1 import DATA, SEED, TRAIN_CUBE
+from train_stage1 import DATA, SEED, TRAIN_CUBE, training_windows
 
 from latentcube.cube.readers import open_cube
-from latentcube.data.windows import CubeArrays, block_regions, extract_windows
+from latentcube.data.windows import CubeArrays
 from latentcube.evaluation.reconstruction import trivial_centre
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
@@ -40,9 +40,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cube = CubeArrays.from_cube(open_cube(DATA / TRAIN_CUBE).load(), a.sensor)
-    tr_r, _ = block_regions(cube.valid.shape[1:], 32, (0.75, 0.25), seed=SEED)
-    w = extract_windows(cube, a.sensor, mode="train", region=tr_r, stride_t=2, stride_xy=3,
-                        seed=SEED, window=15)  # fmt: skip
+    w, _ = training_windows(cube, a.sensor)
     pick = np.sort(np.random.default_rng(SEED).choice(len(w), a.windows, replace=False))
     x, m, g = (torch.from_numpy(v) for v in w.batch(pick))
     t, c = x.shape[1] // 2, x.shape[-1] // 2

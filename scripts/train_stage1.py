@@ -58,6 +58,30 @@ def centre_spectra(w: Windows) -> np.ndarray:
     return out
 
 
+def training_windows(cube: CubeArrays, sensor: str) -> tuple[Windows, Windows]:
+    """Training and validation windows of the training cube, split by 32 px spatial blocks.
+
+    Training windows draw 11 of 20 consecutive dates (strides 2 dates, 3 px);
+    validation windows take 11 consecutive dates (at most 128); seeded.
+    """
+    tr_r, va_r = block_regions(cube.valid.shape[1:], 32, (0.75, 0.25), seed=SEED)
+    common = {"seed": SEED, "window": 15}
+    train_w = extract_windows(
+        cube, sensor, mode="train", region=tr_r, stride_t=2, stride_xy=3, **common
+    )
+    val_w = extract_windows(
+        cube,
+        sensor,
+        mode="consecutive",
+        region=va_r,
+        stride_t=3,
+        stride_xy=4,
+        max_windows=128,
+        **common,
+    )
+    return train_w, val_w
+
+
 def trivial_mae(w: Windows) -> dict[str, list[float]]:
     """Per-band centre MAE of the context mean and persistence (no model) on ``w``.
 
@@ -161,15 +185,25 @@ def earlier_run(run: Path) -> tuple[Path, dict[str, str]]:
     return run / "best.pt", row
 
 
-def report(out: Path) -> str:
-    """Markdown tables of every ``results_*.json`` in ``out``."""
+def load_results(files: list[Path]) -> tuple[dict, dict]:
+    """Runs (with their file's learning rate) and evaluations of ``results_*.json`` files.
+
+    A later file's run or evaluation of the same name replaces an earlier one's.
+    """
     runs: dict = {}
     evals: dict = {}
-    for f in sorted(out.glob("results_*.json")):
+    for f in files:
         r = json.loads(f.read_text())
-        runs.update(r["runs"])
+        for name, run in r["runs"].items():
+            runs[name] = {**run, "lr": r.get("lr")}
         for sensor, ev in r["eval"].items():
             evals.setdefault(sensor, {}).update(ev)
+    return runs, evals
+
+
+def report(out: Path) -> str:
+    """Markdown tables of every ``results_*.json`` in ``out``."""
+    runs, evals = load_results(sorted(out.glob("results_*.json")))
     lines = ["| run | steps | samples | CPU s | stopped | best val centre MAE |", "|---" * 6 + "|"]
     for name, r in runs.items():
         lines.append(
@@ -224,14 +258,7 @@ def compare(files: list[Path]) -> str:
     trains best with): every file is a ``results_*.json`` of this script; the last file
     naming a run wins. Both runs are scored on the same held-out windows (same seed).
     """
-    runs: dict = {}
-    evals: dict = {}
-    for f in files:
-        r = json.loads(f.read_text())
-        for name, run in r["runs"].items():
-            runs[name] = {**run, "lr": r["lr"], "file": str(f)}
-        for sensor, ev in r["eval"].items():
-            evals.setdefault(sensor, {}).update(ev)
+    runs, evals = load_results(files)
     lines = [
         "| run | peak lr | epochs | steps | stopped | best val centre MAE |",
         "|---|---|---|---|---|---|",
@@ -242,13 +269,10 @@ def compare(files: list[Path]) -> str:
             f"{r['best_val_centre_mae']:.4f} |"
         )
     for sensor, ev in evals.items():
-        if "trivial_val" in ev:
-            v = ev["trivial_val"]
-            lines.append(
-                f"| {sensor} context mean (no model) | | | | | "
-                f"{v['context_mean_all'][0]:.4f} |\n| {sensor} persistence (no model) | | | | | "
-                f"{v['persistence_all'][0]:.4f} |"
-            )
+        for ref in ("context_mean", "persistence") if "trivial_val" in ev else ():
+            name = ref.replace("_", " ")
+            value = ev["trivial_val"][f"{ref}_all"][0]
+            lines.append(f"| {sensor} {name} (no model) | | | | | {value:.4f} |")
     for sensor, ev in evals.items():
         paper, fast = ev.get(f"{sensor}-paper"), ev.get(f"{sensor}-fast")
         if paper is None or fast is None:
@@ -358,25 +382,10 @@ def main() -> None:
     for sensor in args.sensors:
         tr_cube = CubeArrays.from_cube(cubes[TRAIN_CUBE], sensor)
         te_cube = CubeArrays.from_cube(cubes[TEST_CUBE], sensor)
-        ny, nx = tr_cube.valid.shape[1:]
-        tr_r, va_r = block_regions((ny, nx), 32, (0.75, 0.25), seed=SEED)
-        common = {"seed": SEED, "window": 15}
-        train_w = extract_windows(
-            tr_cube, sensor, mode="train", region=tr_r, stride_t=2, stride_xy=3, **common
-        )
+        train_w, val_w = training_windows(tr_cube, sensor)
         # an epoch of 2000 windows keeps validation frequent under a small budget
         train_ep = train_w.subset(
             np.sort(np.random.default_rng(SEED).permutation(len(train_w))[: args.epoch_windows])
-        )
-        val_w = extract_windows(
-            tr_cube,
-            sensor,
-            mode="consecutive",
-            region=va_r,
-            stride_t=3,
-            stride_xy=4,
-            max_windows=128,
-            **common,
         )
         test_all = extract_windows(te_cube, sensor, mode="consecutive", stride_t=1, stride_xy=1)
         order = np.random.default_rng(SEED + 1).permutation(len(test_all))

@@ -47,7 +47,7 @@ def trivial_centre(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray
     t = n_dates // 2
     ctx = np.where(m[:, :, None], x, np.nan)
     ctx[:, t, :, c, c] = np.nan  # the target itself is not context
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a window without context: NaN
         ctx_mean = np.nanmean(ctx, axis=(1, 3, 4))
     pix = ctx[:, :, :, c, c]  # (n, dates, bands)
