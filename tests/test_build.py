@@ -670,8 +670,14 @@ def test_s1_float32_chain_within_tolerance_of_float64(catalog):
         items = [plan.s1_items[i] for g in win for i in plan.s1_groups[g]]
         assert len(items) == len(win)  # one item per acquisition here
         arrays = _read(
-            plan, plan.s1_aligned, items, plan.s1_assets, plan.info.geobox, dtype="float32",
-            nodata=float("nan"), resampling={"*": "bilinear"},
+            plan,
+            plan.s1_aligned,
+            items,
+            plan.s1_assets,
+            plan.info.geobox,
+            dtype="float32",
+            nodata=float("nan"),
+            resampling={"*": "bilinear"},
         )  # fmt: skip  (the builder's input, then float64 from here on)
         lin = np.stack([arrays[b] for b in ("VV", "VH")], axis=1).astype(np.float64)
         lin[~(lin > 0)] = np.nan
@@ -716,6 +722,46 @@ def test_store_metadata_equals_the_xarray_template(tmp_path, catalog, sensors, g
     xr.testing.assert_identical(open_zarr(new).load(), open_zarr(ref).load())
     if gap == 0.0:
         assert np.isnat(open_zarr(new)["s1_time"].values).all()
+
+
+@pytest.mark.parametrize("kind", ["f4", "bool"])
+def test_chunk_writer_equals_zarr_byte_for_byte(tmp_path, kind):
+    """_write_chunks writes the files zarr writes, edge chunks (padded) included."""
+    import zarr
+
+    from latentcube.cube.build import CODEC_LEVEL, _array_doc, _write_chunks
+
+    rng = np.random.default_rng(3)
+    shape, chunks = (11, 3, 70, 45), (4, 3, 32, 32)  # partial chunks on t, y and x
+    if kind == "bool":
+        shape, chunks = (shape[0], *shape[2:]), (chunks[0], *chunks[2:])
+        data = rng.random(shape) < 0.5
+    else:
+        data = np.where(rng.random(shape) < 0.3, np.nan, rng.random(shape)).astype(np.float32)
+    dims = ("time", "band", "y", "x")[-len(shape) :]
+    doc = _array_doc(shape, chunks, np.dtype(kind), dims, {}, CODEC_LEVEL)
+    ours, ref = tmp_path / "ours", tmp_path / "ref"
+    for d in (ours, ref):
+        d.mkdir()
+        (d / "zarr.json").write_text(__import__("json").dumps(doc))
+    z = zarr.open_array(ref, mode="r+")
+    # units as a build writes them: whole chunks, the last ones cut by the array's edge
+    for t0 in range(0, shape[0], 8):
+        for y0 in range(0, shape[-2], 64):
+            sel = (slice(t0, t0 + 8), ..., slice(y0, y0 + 64), slice(0, 32))
+            block = data[sel]
+            z.with_config({"write_empty_chunks": True})[sel] = block
+            origin = (t0, *([0] * (len(shape) - 3)), y0, 0)
+            _write_chunks(ours, block, origin, chunks, shape)
+    files = sorted(str(f.relative_to(ref)) for f in ref.rglob("c/**/*") if f.is_file())
+    assert len(files) == 3 * 3 * 1  # chunks of t x y for x chunk 0
+    assert files == sorted(str(f.relative_to(ours)) for f in ours.rglob("c/**/*") if f.is_file())
+    for f in files:
+        assert (ref / f).read_bytes() == (ours / f).read_bytes(), f
+    got = zarr.open_array(ours, mode="r")[...]
+    np.testing.assert_array_equal(got[..., :32], data[..., :32])
+    with pytest.raises(ValueError, match="chunk grid"):
+        _write_chunks(ours, data[:4], (2, *([0] * (len(shape) - 1))), chunks, shape)
 
 
 def test_unit_value_check_catches_every_rule():
