@@ -206,3 +206,39 @@ def test_read_aligned_reuses_open_files_with_the_same_values(tmp_path):
         np.testing.assert_array_equal(plain[1][k], expected)
         for a, b in zip(plain, kept, strict=True):
             np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.parametrize(
+    "dtype,src_nodata,nodata", [("uint16", 5, 0), ("float32", -9999.0, np.nan), ("uint8", 5, 0)]
+)
+def test_read_aligned_maps_source_nodata(tmp_path, dtype, src_nodata, nodata):
+    """Source nodata becomes ``nodata`` whether GDAL decodes into the output (whole 10 m
+    planes of the same dtype) or through a temporary (part of a plane, another dtype)."""
+    import rasterio
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from latentcube.cube.stac import read_aligned, reuse_datasets
+
+    data = (np.arange(48) % 7).astype(dtype).reshape(6, 8)
+    data[data == 3] = src_nodata
+    path = tmp_path / "f.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=8, height=6, count=1, dtype=dtype, nodata=src_nodata,
+        crs="EPSG:32631", transform=Affine(10.0, 0, 500000.0, 0, -10.0, 5600000.0),
+    ) as ds:  # fmt: skip
+        ds.write(data, 1)
+    items = [_item("i0", dt.datetime(2020, 5, 1, tzinfo=dt.UTC), assets=("B",), href=str(path))]
+    out_dtype = "uint16" if dtype == "uint8" else dtype
+    expected = np.where(data == src_nodata, nodata, data).astype(out_dtype)
+    whole = GeoBox((6, 8), Affine(10.0, 0, 500000.0, 0, -10.0, 5600000.0), "EPSG:32631")
+    # 3 px beyond the file's right edge and 1 row above it: a part of each plane
+    beyond = GeoBox((7, 8), Affine(10.0, 0, 500030.0, 0, -10.0, 5600010.0), "EPSG:32631")
+    part = np.full((7, 8), nodata, out_dtype)
+    part[1:, :5] = expected[:, 3:]
+    for pool in (None, 2):
+        with reuse_datasets():
+            got = read_aligned(items, {"B": "B"}, whole, dtype=out_dtype, nodata=nodata, pool=pool)
+            np.testing.assert_array_equal(got["B"][0], expected)
+            got = read_aligned(items, {"B": "B"}, beyond, dtype=out_dtype, nodata=nodata, pool=pool)
+            np.testing.assert_array_equal(got["B"][0], part)

@@ -795,7 +795,11 @@ def _read_one(
             return
         r0, r1 = (i0 - oy) // k, -(-(i1 - oy) // k)
         c0, c1 = (j0 - ox) // k, -(-(j1 - ox) // k)
-        arr = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        dst = out[i0:i1, j0:j1]
+        # same pixels and dtype: GDAL decodes straight into the output (no temporary)
+        direct = k == 1 and src.dtypes[0] == out.dtype.name and dst.flags.c_contiguous
+        arr = src.read(1, window=window, out=dst) if direct else src.read(1, window=window)
         src_nodata = src.nodata
         if pool is not None:  # the blocks it decoded stay in GDAL's cache while it is open
             bh, bw = src.block_shapes[0]
@@ -805,14 +809,15 @@ def _read_one(
         src_nodata == nodata or (np.isnan(src_nodata) and np.isnan(float(nodata)))
     ):  # map the source's nodata at the source resolution
         bad = np.isnan(arr) if np.isnan(src_nodata) else arr == src_nodata
-        arr = arr.astype(out.dtype)
+        arr = arr if direct else arr.astype(out.dtype)
         arr[bad] = nodata
     for rows, cols in ((slice(0, i0), slice(None)), (slice(i1, ny), slice(None)),
                        (slice(i0, i1), slice(0, j0)), (slice(i0, i1), slice(j1, nx))):  # fmt: skip
         out[rows, cols] = nodata  # outside the source
-    dst = out[i0:i1, j0:j1]
     di, dj = (i0 - oy) - r0 * k, (j0 - ox) - c0 * k
-    if k == 1:
+    if direct:
+        pass  # already in place
+    elif k == 1:
         dst[...] = arr
     elif di == 0 and dj == 0 and dst.shape == (arr.shape[0] * k, arr.shape[1] * k):
         # every source pixel fills k x k output pixels: one broadcast copy into a
