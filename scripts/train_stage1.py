@@ -175,13 +175,18 @@ def score(
 def earlier_run(run: Path) -> tuple[Path, dict[str, str]]:
     """Checkpoint and last metrics row of a run folder written by :func:`train`.
 
-    The row gains ``best_val``, the lowest validation centre MAE of its epochs.
+    The row gains ``best_val``, ``best_epoch`` and ``best_step``: the lowest
+    validation centre MAE of its epochs and where it was reached, i.e. the
+    checkpoint ``best.pt`` that is scored (the first such epoch, as training
+    keeps a new best only when it is lower).
     """
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     if not rows:
         raise SystemExit(f"{run} has no completed epoch")
+    best = min(rows, key=lambda r: float(r["val_centre_mae"]))
     row = dict(rows[-1])
-    row["best_val"] = str(min(float(r["val_centre_mae"]) for r in rows))
+    row["best_val"] = best["val_centre_mae"]
+    row["best_epoch"], row["best_step"] = best["epoch"], best["step"]
     return run / "best.pt", row
 
 
@@ -444,9 +449,12 @@ def main() -> None:
             if name in given:
                 ckpt, row = earlier_run(Path(given[name]))
                 results["runs"][name] = {
-                    "epochs": int(row["epoch"]),
+                    "epochs": int(row["epoch"]),  # of the run so far
                     "steps": int(row["step"]),
                     "samples": int(row["step"]) * tcfg.batch_size,
+                    # the checkpoint scored: best.pt, from the best validation epoch
+                    "best_epoch": int(row["best_epoch"]),
+                    "best_step": int(row["best_step"]),
                     "stopped": "evaluated_from " + given[name],
                     "best_val_centre_mae": float(row["best_val"]),
                     "wall_seconds_this_call": 0.0,  # no training in this call
@@ -472,10 +480,13 @@ def main() -> None:
                     "script": "scripts/train_stage1.py",
                 },
             )
+            _, row = earlier_run(res.out_dir)
             results["runs"][name] = {
                 "epochs": res.epochs,
                 "steps": res.steps,
                 "samples": res.steps * tcfg.batch_size,
+                "best_epoch": int(row["best_epoch"]),  # the checkpoint scored below
+                "best_step": int(row["best_step"]),
                 "stopped": res.stopped,
                 "best_val_centre_mae": res.best_val,
                 "wall_seconds_this_call": time.perf_counter() - t0,
