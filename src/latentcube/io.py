@@ -8,7 +8,6 @@ as a single-file zipped Zarr store (used for the shipped demo cube).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -127,19 +126,6 @@ def write_zarr(
     return path
 
 
-def _consolidated(path: Path) -> bool:
-    """Whether the directory store at ``path`` holds zarr's consolidated metadata.
-
-    Cubes written by :func:`latentcube.build_cube` in place do (one document to read
-    when opened); stores written through xarray here do not.
-    """
-    try:
-        doc = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and doc.get("consolidated_metadata") is not None
-
-
 def open_zarr(path: str | os.PathLike[str], *, chunks: Any = "store") -> xr.Dataset:
     """Open a store written by :func:`write_zarr`, with its CRS restored.
 
@@ -162,10 +148,7 @@ def open_zarr(path: str | os.PathLike[str], *, chunks: Any = "store") -> xr.Data
         raise FileNotFoundError(f"no Zarr store at {path}")
     store: Any = zarr.storage.ZipStore(path, mode="r") if path.suffix == ".zip" else path
     ds = xr.open_zarr(
-        store,
-        decode_coords="all",
-        consolidated=_consolidated(path),
-        chunks={} if chunks == "store" else chunks,
+        store, decode_coords="all", consolidated=False, chunks={} if chunks == "store" else chunks
     )
     for name, coord in ds.coords.items():
         if coord.ndim == 1 and (coord.dtype.kind in "OT" or "StringDType" in str(coord.dtype)):

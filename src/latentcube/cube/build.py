@@ -983,14 +983,6 @@ def _write_store(store: Path, plan: _Plan, dates: np.ndarray, attrs: dict[str, A
         link = {"coordinates": "s1_orbit s1_time", **link}
     for name, (dims, shape, chunk, dtype) in data.items():
         docs[name] = _array_doc(shape, chunk, np.dtype(dtype), dims, dict(link), CODEC_LEVEL)
-    # every array's document inline in the group's too (zarr's consolidated metadata), so
-    # that opening the cube reads one document instead of one per array
-    children = {name: doc for name, doc in sorted(docs.items()) if name}
-    group["consolidated_metadata"] = {
-        "kind": "inline",
-        "must_understand": False,
-        "metadata": children,
-    }
     store.mkdir(parents=True, exist_ok=True)
     for name, doc in docs.items():
         folder = store / name if name else store
