@@ -1011,7 +1011,8 @@ def _write_chunks(
     own write path is not used here: for each chunk it copies the block into a
     fill-value chunk, and it hands every chunk between its event-loop and
     worker threads; on a 1024 x 1024 px build that was about 0.22 CPU-s
-    against about 0.09 CPU-s for the encoding itself (benchmarks/bench_cube.py).
+    against about 0.09 CPU-s for the encoding itself (per-thread CPU times; see
+    docs/design.md, "Chunk writes").
     A chunk torn by a kill is rewritten whole on resume (its unit has no
     marker yet).
     """

@@ -816,8 +816,8 @@ def _read_one(
         out[rows, cols] = nodata  # outside the source
     di, dj = (i0 - oy) - r0 * k, (j0 - ox) - c0 * k
     if direct:
-        pass  # already in place
-    elif k == 1:
+        return  # already in place
+    if k == 1:
         dst[...] = arr
     elif di == 0 and dj == 0 and dst.shape == (arr.shape[0] * k, arr.shape[1] * k):
         # every source pixel fills k x k output pixels: one broadcast copy into a
