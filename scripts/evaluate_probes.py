@@ -296,9 +296,20 @@ def main(argv=None):
         "and folds as a full run (baselines and the stage-1 latent are not scored)",
     )
     ap.add_argument(
+        "--knn-grid",
+        default=None,
+        metavar="K,K,...",
+        help="k values the inner CV chooses from for every feature set's k-NN probe "
+        "(default: PARAM_GRIDS of latentcube.evaluation.probes, 5,10,20,40)",
+    )
+    ap.add_argument(
         "--tables", action="store_true", help="only print the docs tables of an earlier run"
     )
     a = ap.parse_args(argv)
+    if a.knn_grid:
+        from latentcube.evaluation import probes
+
+        probes.PARAM_GRIDS["knn"] = {"n_neighbors": [int(k) for k in a.knn_grid.split(",")]}
     if a.only_model == []:
         a.only_model = ["fused 7-d (S1+S2)"]
     if a.tables:
