@@ -670,14 +670,8 @@ def test_s1_float32_chain_within_tolerance_of_float64(catalog):
         items = [plan.s1_items[i] for g in win for i in plan.s1_groups[g]]
         assert len(items) == len(win)  # one item per acquisition here
         arrays = _read(
-            plan,
-            plan.s1_aligned,
-            items,
-            plan.s1_assets,
-            plan.info.geobox,
-            dtype="float32",
-            nodata=float("nan"),
-            resampling={"*": "bilinear"},
+            plan, plan.s1_aligned, items, plan.s1_assets, plan.info.geobox, dtype="float32",
+            nodata=float("nan"), resampling={"*": "bilinear"},
         )  # fmt: skip  (the builder's input, then float64 from here on)
         lin = np.stack([arrays[b] for b in ("VV", "VH")], axis=1).astype(np.float64)
         lin[~(lin > 0)] = np.nan
@@ -727,6 +721,8 @@ def test_store_metadata_equals_the_xarray_template(tmp_path, catalog, sensors, g
 @pytest.mark.parametrize("kind", ["f4", "bool"])
 def test_chunk_writer_equals_zarr_byte_for_byte(tmp_path, kind):
     """_write_chunks writes the files zarr writes, edge chunks (padded) included."""
+    import json
+
     import zarr
 
     from latentcube.cube.build import CODEC_LEVEL, _array_doc, _write_chunks
@@ -743,7 +739,7 @@ def test_chunk_writer_equals_zarr_byte_for_byte(tmp_path, kind):
     ours, ref = tmp_path / "ours", tmp_path / "ref"
     for d in (ours, ref):
         d.mkdir()
-        (d / "zarr.json").write_text(__import__("json").dumps(doc))
+        (d / "zarr.json").write_text(json.dumps(doc))
     z = zarr.open_array(ref, mode="r+")
     # units as a build writes them: whole chunks, the last ones cut by the array's edge
     for t0 in range(0, shape[0], 8):
