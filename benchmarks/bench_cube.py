@@ -19,8 +19,12 @@ catalog is a static STAC catalog on disk.
   interleaved (read, build, read, build, ...) so that both sides see the same
   background load.
 * Peak memory: each build runs in a fresh process; its peak RSS is reported for
-  two area sizes with the same loading tile (512 px, the default). Target: the difference
-  stays within about one loading unit's arrays, i.e. no growth with area.
+  every area size with the same loading tile (512 px, the default). Target: the
+  difference between the smallest and the largest stays within about one loading
+  unit's arrays, i.e. no growth with area.
+
+Both are measured at 512, 1024 and 2048 px a side by default (``--sizes``): 1, 4 and
+16 loading units.
 
 Usage: ``nice -n 5 python benchmarks/bench_cube.py`` (from the repository root).
 """
@@ -216,7 +220,7 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=8)
     ap.add_argument("--work", default=None)
-    ap.add_argument("--sizes", default="8,16", help="repeat factors for the memory test")
+    ap.add_argument("--sizes", default="8,16,32", help="repeat factors (64 px each)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
@@ -279,7 +283,8 @@ def main() -> None:
             )
         r = sizes[0]
         cat = _catalog(work, r)
-        print("codecs, " + _codecs(work / f"cube-time-{sizes[-1]}.zarr", args.repeats))
+        mid = sizes[min(1, len(sizes) - 1)]  # 1024 px: 120 MiB of S2
+        print("codecs, " + _codecs(work / f"cube-time-{mid}.zarr", args.repeats))
         # where the time goes: one profiled build
         import cProfile
         import pstats
@@ -293,18 +298,19 @@ def main() -> None:
             if ("odc/stac" in f and name == "load") or (
                 "latentcube" in f
                 and name
-                in ("_read_s2", "_load_s1", "write_zarr", "_plan", "_screen", "read_aligned",
-                    "_write_store")
+                in ("_load_s2", "_merge_s2_planes", "_load_s1", "write_zarr", "_plan",
+                    "_screen", "read_aligned", "_write_store")
             ):
                 key = name if name != "load" else "odc.stac.load"
                 cum[key] = cum.get(key, 0.0) + ct
         parts = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(cum.items()))
         print(
-            f"profiled build {total:.2f} s (main thread only): {parts} (_read_s2 and _screen "
-            "are their reads: read_aligned, or odc.stac.load when the sources are not "
-            "grid-aligned; _load_s1 runs on a helper thread, and the S2 merge, _write_store "
-            "and the chunk writes on the writer thread, so they do not show here; write_zarr "
-            "only runs when a date is dropped after the full read)"
+            f"profiled build {total:.2f} s (main thread only): {parts} (_load_s2 and _screen "
+            "include their reads: read_aligned, or odc.stac.load when the sources are not "
+            "grid-aligned; _load_s2 also the S2 merge, _merge_s2_planes; _load_s1 runs on a "
+            "helper thread, and _write_store and the chunk writes on the writer thread, so "
+            "they do not show here; write_zarr only runs when a date is dropped after the "
+            "full read)"
         )
         # 2) peak memory per area, each build in a fresh process
         rows = []

@@ -177,6 +177,28 @@ def test_dataset_pool_bounds_the_blocks_its_idle_datasets_hold(tmp_path):
     assert da.closed
 
 
+def test_reuse_datasets_caps_gdal_block_cache_and_restores_it():
+    """Files stay open for a whole build, so GDAL's block cache (one per process) is
+    capped meanwhile instead: the blocks they decoded cannot grow with the area."""
+    import rasterio
+    from rasterio.env import get_gdal_config
+
+    from latentcube.cube.stac import CACHE_BYTES, reuse_datasets
+
+    def cache() -> int:
+        return int(get_gdal_config("GDAL_CACHEMAX"))
+
+    with rasterio.Env(GDAL_CACHEMAX=3 * CACHE_BYTES):  # the caller's own setting
+        with reuse_datasets() as pool:
+            assert cache() == CACHE_BYTES and pool.max_bytes is None
+            with reuse_datasets(cache_bytes=2**20):
+                assert cache() == 2**20
+            assert cache() == CACHE_BYTES
+        assert cache() == 3 * CACHE_BYTES
+        with reuse_datasets(cache_bytes=None, max_bytes=100) as pool:
+            assert cache() == 3 * CACHE_BYTES and pool.max_bytes == 100
+
+
 def test_read_aligned_reuses_open_files_with_the_same_values(tmp_path):
     from affine import Affine
     from odc.geo.geobox import GeoBox

@@ -32,8 +32,8 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
    in xarray's layout) is created in a staging folder next to the output on
    the writer thread while the first unit is read. Each unit is checked and
    writes its own chunks, compressed, straight into it on that thread while
-   the next unit is read, and is marked done (with its valid pixel counts), so
-   an interrupted build resumes without reading those units again.
+   the next unit is read and merged, and is marked done (with its valid pixel
+   counts), so an interrupted build resumes without reading those units again.
 7. **Finish**: the store is renamed to the output. Only when a date ends
    below ``min_valid_fraction`` after the full mask (custom mask functions
    are not screened) are the kept dates copied into a new store
@@ -52,7 +52,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -569,20 +569,17 @@ def _s2_luts(plan: _Plan, idx: Sequence[int]) -> list[np.ndarray]:
     return [luts[plan.s2_offsets[i]] for i in idx]
 
 
-def _read_s2(
+def _load_s2(
     plan: _Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction
-) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-    """Read one unit's S2 DNs; returns the function that computes its S2 from them.
+) -> tuple[np.ndarray, np.ndarray]:
+    """One unit's S2: reflectance (date, band, y, x) and valid mask (date, y, x).
 
-    That function gives the reflectance (date, band, y, x) and the valid mask
-    (date, y, x) of the unit. With the default :class:`SCLMask` (and without
-    NBAR) the bands are read without the mask's halo (only SCL needs it), and
-    every output plane is computed from its DNs straight into the result, date
-    by date and band by band (:func:`_merge_s2_planes`). Other mask functions
-    get the reflectance of all items with the halo (:func:`_merge_s2_items`);
-    both give the same cube (tested). The split lets a serial build compute one
-    unit's reflectance, masks and merge on its writer thread while the next
-    unit is read.
+    With the default :class:`SCLMask` (and without NBAR) the bands are read
+    without the mask's halo (only SCL needs it), and every output plane is
+    computed from its DNs straight into the result, date by date and band by
+    band (:func:`_merge_s2_planes`). Other mask functions get the reflectance
+    of all items with the halo (:func:`_merge_s2_items`); both give the same
+    cube (tested).
     """
     spec = plan.spec
     halo = int(getattr(mask, "halo", 0))
@@ -604,18 +601,14 @@ def _read_s2(
         f"loading S2 dates {dates[0]}-{dates[-1]}",
     )  # fmt: skip
     crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
-
-    def merged() -> tuple[np.ndarray, np.ndarray]:
-        scl = arrays["SCL"].astype(np.uint8, copy=False)
-        if planes:
-            assert isinstance(mask, SCLMask)
-            clear = mask.clear(scl)[(..., *crop)]
-            offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
-            return _merge_s2_planes(arrays, bands, offsets, clear, groups)
-        luts = _s2_luts(plan, idx)
-        return _merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
-
-    return merged
+    scl = arrays["SCL"].astype(np.uint8, copy=False)
+    if planes:
+        assert isinstance(mask, SCLMask)
+        clear = mask.clear(scl)[(..., *crop)]
+        offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
+        return _merge_s2_planes(arrays, bands, offsets, clear, groups)
+    luts = _s2_luts(plan, idx)
+    return _merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
 
 
 def _merge_s2_planes(
@@ -1146,16 +1139,15 @@ def _process_unit(
     mask: MaskFunction,
     candidates: np.ndarray,
     submit: Any,
-) -> tuple[Any, list[Any]]:
+) -> tuple[list[int], list[Any]]:
     """Load one unit, then check and write it, or hand the check and write to ``submit``.
 
     With ``submit`` (the writer thread's ``submit``) S1 is loaded on a helper
-    thread while S2 is read here, and the S2 reflectance, masks and merge,
-    the checks and the compressed writes run on the writer thread while the
-    next unit is read; the caller waits for the returned futures (which raise
-    what the merge and the checks raise) before it marks the unit done.
-    Returns the valid S2 pixel count per date (without ``submit``; with it, a
-    future of the counts, also among the futures) and the futures.
+    thread while S2 is read and merged here, and the checks and compressed
+    writes run on the writer thread while the next unit is read; the caller
+    waits for the returned futures (which raise what the checks raise) before
+    it marks the unit done. Returns the valid S2 pixel count per date and the
+    futures.
     """
     k, i, j = unit
     spec = plan.spec
@@ -1177,31 +1169,23 @@ def _process_unit(
         _write_chunks(store / f"{sensor}_valid", valid, (ts.start, ys.start, xs.start),
                       (ct, cy, cx), (nt, ny, nx))  # fmt: skip
 
-    def write_s2(merge: Callable[[], tuple[np.ndarray, np.ndarray]]) -> list[int]:
-        s2, s2v = merge()
-        write("s2", s2, s2v)
-        return [int(v) for v in s2v.sum(axis=(1, 2))]
-
     s1 = None
     if plan.with_s1 and submit is not None:
         # in a copy of this context: the helper reads through the same open datasets
         s1 = _helper().submit(contextvars.copy_context().run, _load_s1, plan, dates, ys, xs)
     try:
-        merge = _read_s2(plan, dates, ys, xs, mask)
+        s2, s2v = _load_s2(plan, dates, ys, xs, mask)
     except BaseException:
         if s1 is not None:  # no load left running behind a failed unit
             s1.cancel() or s1.exception()
         raise
+    counts = [int(v) for v in s2v.sum(axis=(1, 2))]
     futures: list[Any] = []
-    counts: Any
     if submit is None:
-        counts = write_s2(merge)
-    else:
-        # the reflectance, masks and merge run on the writer thread, with the writes,
-        # while this thread reads the next unit; the counts come with the future
-        counts = submit(write_s2, merge)
-        futures.append(counts)
-    del merge
+        write("s2", s2, s2v)
+    else:  # checked and written on the writer thread while this one reads the next unit
+        futures.append(submit(write, "s2", s2, s2v))
+    del s2, s2v
     if plan.with_s1:
         s1a, s1v = _load_s1(plan, dates, ys, xs) if s1 is None else s1.result()
         if submit is None:
@@ -1228,18 +1212,18 @@ def _run_serial(
     bar: Any,
     create: Any = None,
 ) -> None:
-    """Units one after the other in this process; merges and writes overlap the next reads.
+    """Units one after the other in this process; checks and writes overlap the next reads.
 
     One writer thread first creates the store (``create``, from
-    :meth:`_Staging.open`) while the first unit is read, then computes each
-    unit's S2 reflectance, masks and merge, checks, compresses and writes its
-    chunks while the next unit is read; a unit is marked done only when all
-    its writes have finished, and at most one unit is being merged and written
-    while the next is read (memory: two units).
+    :meth:`_Staging.open`) while the first unit is read, then checks,
+    compresses and writes each unit's chunks while this thread reads and
+    merges the next unit; a unit is marked done only when all its writes have
+    finished, and at most one unit is being written while the next is loaded
+    (memory: two units).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    pending: tuple[tuple[int, int, int], Any, list[Any]] | None = None
+    pending: tuple[tuple[int, int, int], list[int], list[Any]] | None = None
 
     def finish() -> None:
         nonlocal pending
@@ -1248,7 +1232,7 @@ def _run_serial(
             pending = None
             for fut in futures:
                 fut.result()
-            staging.mark(unit, counts.result())
+            staging.mark(unit, counts)
             bar.update(1)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentcube-write") as writer:

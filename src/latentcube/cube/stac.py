@@ -635,14 +635,17 @@ class DatasetPool:
     the screening); opening a COG (header, tile offsets) is a large part of
     reading a small window of it. The pool lends an open dataset to one thread
     at a time (GDAL datasets are not thread-safe) and takes it back after the
-    read. An open dataset keeps the blocks it decoded in GDAL's block cache
-    (freed when it is closed), so the pool bounds what its idle datasets hold:
-    at most ``max_idle`` of them, having read blocks of at most ``max_bytes`` in all
-    (the least recently used are closed first; a dataset that alone read more
-    is closed when it comes back). Memory therefore stays flat whatever the
-    area. A read that fails closes its dataset instead of returning it, so a
-    retry opens the file afresh. :meth:`close` closes every idle dataset; a
-    dataset still lent out is closed when it comes back.
+    read. It keeps at most ``max_idle`` idle datasets (the least recently
+    used are closed first). An open dataset keeps the blocks it decoded in
+    GDAL's block cache until it is closed or GDAL evicts them: under
+    :func:`reuse_datasets` GDAL's cache is capped, so memory stays flat
+    whatever the area with the files left open. Without such a cap
+    ``max_bytes`` bounds what the idle datasets hold: blocks of at most
+    ``max_bytes`` read through them in all (see :meth:`charge`; the least
+    recently used are closed first; a dataset that alone read more is closed
+    when it comes back). A read that fails closes its dataset instead of
+    returning it, so a retry opens the file afresh. :meth:`close` closes
+    every idle dataset; a dataset still lent out is closed when it comes back.
 
     Parameters
     ----------
@@ -650,10 +653,10 @@ class DatasetPool:
         Idle datasets kept open at most.
     max_bytes
         Bytes of the blocks read (see :meth:`charge`) through the idle datasets
-        at most.
+        at most; None: no such bound.
     """
 
-    def __init__(self, max_idle: int = 128, max_bytes: int = 64 * 2**20) -> None:
+    def __init__(self, max_idle: int = 128, max_bytes: int | None = 64 * 2**20) -> None:
         self.max_idle = max_idle
         self.max_bytes = max_bytes
         self._idle: OrderedDict[int, tuple[str, Any]] = OrderedDict()
@@ -681,12 +684,13 @@ class DatasetPool:
         evicted = []
         with self._lock:
             key = id(ds)
-            if self._closed or self._read.get(key, 0) > self.max_bytes:
+            budget = float("inf") if self.max_bytes is None else self.max_bytes
+            if self._closed or self._read.get(key, 0) > budget:
                 evicted.append(self._forget(ds))
             else:
                 self._idle[key] = (href, ds)
                 self._idle_bytes += self._read.setdefault(key, 0)
-                while len(self._idle) > self.max_idle or self._idle_bytes > self.max_bytes:
+                while len(self._idle) > self.max_idle or self._idle_bytes > budget:
                     old_key, (_, old) = self._idle.popitem(last=False)
                     self._idle_bytes -= self._read[old_key]
                     evicted.append(self._forget(old))
@@ -739,19 +743,41 @@ _DATASETS: contextvars.ContextVar[DatasetPool | None] = contextvars.ContextVar(
 )
 
 
+#: GDAL's block cache during a build (:func:`reuse_datasets`): a few loading units' blocks.
+CACHE_BYTES = 64 * 2**20
+
+
 @contextlib.contextmanager
-def reuse_datasets(max_idle: int = 128, max_bytes: int = 64 * 2**20) -> Iterator[DatasetPool]:
+def reuse_datasets(
+    max_idle: int = 128, max_bytes: int | None = None, cache_bytes: int | None = CACHE_BYTES
+) -> Iterator[DatasetPool]:
     """Reuse open datasets across :func:`read_aligned` calls in this context.
 
     Calls made in this context (and in threads started with a copy of it,
     :func:`contextvars.copy_context`) read through one :class:`DatasetPool`;
     every dataset is closed when the context ends. Without it each read
     opens and closes its file.
+
+    Parameters
+    ----------
+    max_idle, max_bytes
+        The pool's bounds (:class:`DatasetPool`).
+    cache_bytes
+        GDAL's block cache (``GDAL_CACHEMAX``) while the context lasts, in
+        bytes: blocks decoded through the open datasets beyond it are evicted
+        (least recently used first), so memory stays flat whatever the area
+        while the files stay open. GDAL has one block cache per process: its
+        other reads share the cap meanwhile, and the previous setting is
+        restored afterwards. None: GDAL's setting is left as it is.
     """
+    import rasterio
+
     pool = DatasetPool(max_idle, max_bytes)
     token = _DATASETS.set(pool)
+    env = rasterio.Env(GDAL_CACHEMAX=cache_bytes) if cache_bytes else contextlib.nullcontext()
     try:
-        yield pool
+        with env:
+            yield pool
     finally:
         _DATASETS.reset(token)
         pool.close()
@@ -801,7 +827,7 @@ def _read_one(
         direct = k == 1 and src.dtypes[0] == out.dtype.name and dst.flags.c_contiguous
         arr = src.read(1, window=window, out=dst) if direct else src.read(1, window=window)
         src_nodata = src.nodata
-        if pool is not None:  # the blocks it decoded stay in GDAL's cache while it is open
+        if pool is not None and pool.max_bytes is not None:  # blocks kept while it is open
             bh, bw = src.block_shapes[0]
             blocks = (-(-r1 // bh) - r0 // bh) * (-(-c1 // bw) - c0 // bw)
             pool.charge(src, blocks * bh * bw * arr.itemsize)
