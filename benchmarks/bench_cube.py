@@ -2,7 +2,12 @@
 
 The COGs hold the real WorldCereal Flanders pixels of tests/stac_catalog.py,
 tiled ``repeat x repeat`` times (so an area of 64 * repeat pixels a side); the
-catalog is a static STAC catalog on disk.
+catalog is a static STAC catalog on disk. ``--data varied`` (default) changes each
+copy slightly (S2 DNs + 1..97, S1 power x 1.001..1.097; ``make_catalog(vary=True)``)
+so that the files and the cube compress about as well as one real patch (Zstandard
+on a real 64 px S2 patch: ~1.9x); ``--data tiled`` uses exact copies, which compress
+~29x and so make decoding and writing unrealistically cheap on both sides (the
+data of the runs before 2026-12-02 15:30 UTC).
 
 * Wall time: ``build_cube`` (search, SCL screening, loading, offsets, masks,
   same-day merge, S1 smoothing and matching, compressed Zarr writes and
@@ -54,9 +59,13 @@ def _catalog(work: Path, repeat: int) -> Path:
 
     from conftest import SHARED
 
-    cat = work / f"stac-{repeat}" / "catalog.json"
+    data = os.environ.get("BENCH_CUBE_DATA", "varied")
+    cat = work / f"stac-{data}-{repeat}" / "catalog.json"
     if not cat.exists():
-        make_catalog(cat.parent, read_source(SHARED / FLANDERS / PATCH), repeat=repeat)
+        make_catalog(
+            cat.parent, read_source(SHARED / FLANDERS / PATCH), repeat=repeat,
+            vary=data == "varied",
+        )  # fmt: skip
     return cat
 
 
@@ -224,12 +233,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
+        "--data",
+        choices=("varied", "tiled"),
+        default=None,
+        help="copies of the patch changed slightly (default) or exact (see above)",
+    )
+    ap.add_argument(
         "--baseline-src",
         default=None,
         help="the src folder of another version (e.g. from `git archive <rev> src`): its "
         "build time is measured in the same run, alternating with this version's",
     )
     args = ap.parse_args()
+    if args.data is not None:  # children inherit it
+        os.environ["BENCH_CUBE_DATA"] = args.data
     if args.child:
         _child(args)
         return
@@ -238,7 +255,8 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
         import numpy as np
 
-        print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared)")
+        data = os.environ.get("BENCH_CUBE_DATA", "varied")
+        print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared); data: {data}")
         # 1) wall time vs a plain rasterio read, in this process, best of N, both sizes
         for r in sizes:
             cat = _catalog(work, r)

@@ -16,7 +16,8 @@ needs a property the patch does not have, each listed here:
   10 m grid (each 20 m pixel repeated 2 x 2).
 
 Also used by ``benchmarks/bench_cube.py`` (``repeat`` tiles the patch to a
-larger area).
+larger area; ``vary`` makes the copies differ slightly, so that they compress no
+better than one real patch).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -218,6 +220,7 @@ def make_catalog(
     *,
     href_base: str | None = None,
     repeat: int = 1,
+    vary: bool = False,
     drop_asset: tuple[str, str] | None = None,
     collections: tuple[str, ...] = ("sentinel-2-l2a", "sentinel-1-rtc"),
 ) -> Path:
@@ -230,6 +233,13 @@ def make_catalog(
         default relative hrefs.
     repeat
         Tile the patch ``repeat x repeat`` times (benchmarks).
+    vary
+        With ``repeat``: each copy of the patch gets its own small change (S2 DNs
+        + 1 to 97 where > 0, i.e. at most ~0.01 reflectance; S1 power x 1.001 to
+        1.097), so that no two copies within 768 px hold the same bytes and the
+        copies compress (DEFLATE in the COGs, Zstandard in the cube) about as
+        well as a single real patch instead of as exact repeats. SCL is tiled
+        unchanged.
     drop_asset
         ``(item id, asset key)`` to leave out.
     collections
@@ -246,8 +256,18 @@ def make_catalog(
     cat = pystac.Catalog("flanders", "Real S1/S2 pixels of a WorldCereal Flanders patch")
     size = 640.0 * repeat
 
-    def tile(a: np.ndarray) -> np.ndarray:
-        return np.tile(a, (repeat, repeat))
+    def tile(a: np.ndarray, change: Any = None) -> np.ndarray:
+        if not vary or change is None or repeat == 1:
+            return np.tile(a, (repeat, repeat))
+        # copy (i, j) changed by k = 1 + (7 i + 13 j) mod 97: equal only 12+ copies apart
+        return np.block([[change(a, 1 + (7 * i + 13 * j) % 97) for j in range(repeat)]
+                         for i in range(repeat)])  # fmt: skip
+
+    def dn_plus(a: np.ndarray, k: int) -> np.ndarray:
+        return np.where(a > 0, a + k, 0).astype(a.dtype)
+
+    def power_times(a: np.ndarray, k: int) -> np.ndarray:
+        return (a * np.float32(1.0 + k * 1e-3)).astype(a.dtype)
 
     def href(rel: str) -> str:
         return f"{href_base.rstrip('/')}/{rel}" if href_base else str(root / rel)
@@ -288,7 +308,7 @@ def make_catalog(
                 )
                 for k, arr in [*dn.items(), ("SCL", scl_piece)]:
                     fine = k in S2_10M
-                    a = tile(arr)
+                    a = tile(arr, None if k == "SCL" else dn_plus)
                     if repeat == 1:
                         a = a[:, c0:c1] if fine else a[:, c0 // 2 : c1 // 2]
                     res = 10.0 if fine else 20.0
@@ -314,7 +334,7 @@ def make_catalog(
             )
             for pol in ("VV", "VH"):
                 lin = np.power(10.0, src.s1_db[d][pol] / 10.0).astype(np.float32)
-                a = up2(tile(lin))
+                a = up2(tile(lin, power_times))
                 rel = f"cogs/{iid}/{pol.lower()}.tif"
                 if drop_asset == (iid, pol.lower()):
                     continue
