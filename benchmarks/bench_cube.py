@@ -170,9 +170,9 @@ def _codecs(cube: Path, repeats: int) -> str:
     for name, comp in [
         ("none", None),
         ("zstd 0 (zarr default)", ZstdCodec(level=0)),
-        ("zstd 1 (used)", ZstdCodec(level=1)),
+        ("zstd 1 (used until 2026-12-02)", ZstdCodec(level=1)),
         ("zstd -3", ZstdCodec(level=-3)),
-        ("blosc lz4", BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")),
+        ("blosc lz4 5 shuffle (used)", BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")),
         ("blosc lz4 1", BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")),
         ("blosc zstd 1", BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")),
         ("blosc zstd 1 bitshuffle", BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")),

@@ -803,18 +803,33 @@ def _load_s1(
 # --------------------------------------------------------------------------- stores
 
 
-#: Codec of the cube's data variables: Zstandard level 1. Units are compressed
-#: as they are written (there is no second pass over the data), so the codec is
-#: on the critical path; level 1 writes several times faster than zarr's default
-#: level and compresses the NaN-padded float32 reflectance about as well
-#: (measured in benchmarks/bench_cube.py).
-CODEC_LEVEL = 1
+#: Codec of the cube's data variables: Blosc with LZ4 (level 5) after a byte
+#: shuffle. Units are compressed as they are written (there is no second pass
+#: over the data), so the codec is on the critical path. On real reflectance
+#: (a 1024 x 1024 px S2 cube, benchmarks/bench_cube.py) it encodes 3.9x and
+#: decodes 3.8x faster than Zstandard level 1 (the codec until 2026-12-02) for a
+#: 23 % larger store (1.83x against 2.25x); docs/design.md, "Chunk writes".
+CODEC: dict[str, Any] = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 
 
 def _codecs() -> dict[str, Any]:
-    from zarr.codecs import ZstdCodec
+    from zarr.codecs import BloscCodec
 
-    return {"compressors": (ZstdCodec(level=CODEC_LEVEL),)}
+    return {"compressors": (BloscCodec(**CODEC),)}
+
+
+def _compressor_doc(dtype: np.dtype[Any]) -> dict[str, Any]:
+    """The ``zarr.json`` entry of :data:`CODEC` for ``dtype``, as zarr writes it."""
+    return {"name": "blosc", "configuration": {"typesize": dtype.itemsize, **CODEC, "blocksize": 0}}
+
+
+def _compressor() -> Any:
+    """:data:`CODEC` as the numcodecs codec that encodes a chunk (typesize: its itemsize)."""
+    from numcodecs import Blosc
+
+    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE,
+               "bitshuffle": Blosc.BITSHUFFLE}[CODEC["shuffle"]]  # fmt: skip
+    return Blosc(cname=CODEC["cname"], clevel=CODEC["clevel"], shuffle=shuffle)
 
 
 def _store_chunks(plan: _Plan, nt: int) -> tuple[int, int, int]:
@@ -896,6 +911,9 @@ def _template(plan: _Plan, dates: np.ndarray) -> tuple[xr.Dataset, dict[str, dic
     return ds, enc
 
 
+#: Zarr's default compressor, with which xarray writes the coordinates.
+_ZSTD0 = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
+
 #: ``_FillValue`` attribute xarray writes for a NaN fill value (float64 NaN, base64).
 _NAN_ATTR = "AAAAAAAA+H8="
 
@@ -906,9 +924,13 @@ def _array_doc(
     dtype: np.dtype[Any],
     dims: Sequence[str],
     attrs: dict[str, Any],
-    level: int,
+    compressor: dict[str, Any],
 ) -> dict[str, Any]:
-    """Zarr v3 ``zarr.json`` of an array, as xarray writes it (see ``_write_store``)."""
+    """Zarr v3 ``zarr.json`` of an array, as xarray writes it (see ``_write_store``).
+
+    ``compressor`` is the codec entry after ``bytes``: :data:`_ZSTD0` for
+    coordinates, :func:`_compressor_doc` for data variables.
+    """
     fill: str | bool | int
     if dtype.kind in "OUT":
         data_type, fill, codecs = "string", "", [{"name": "vlen-utf8", "configuration": {}}]
@@ -925,7 +947,7 @@ def _array_doc(
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill,
-        "codecs": [*codecs, {"name": "zstd", "configuration": {"level": level, "checksum": False}}],
+        "codecs": [*codecs, compressor],
         "attributes": attrs,
         **({"dimension_names": list(dims)} if dims else {}),
         "zarr_format": 3,
@@ -964,7 +986,7 @@ def _write_store(store: Path, plan: _Plan, dates: np.ndarray, attrs: dict[str, A
         var = encode_cf_variable(xr.Variable(dim, values), name=name)
         arr = np.asarray(var.values)
         attrs_v = _json_attrs({k: v for k, v in var.attrs.items() if k != "_FillValue"})
-        docs[name] = _array_doc(arr.shape, arr.shape, arr.dtype, [dim], attrs_v, 0)
+        docs[name] = _array_doc(arr.shape, arr.shape, arr.dtype, [dim], attrs_v, _ZSTD0)
         if arr.dtype.kind in "OUT":
             empty, raw = bool((arr == "").all()), VLenUTF8().encode(arr)
         else:
@@ -972,12 +994,16 @@ def _write_store(store: Path, plan: _Plan, dates: np.ndarray, attrs: dict[str, A
             raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
         if not empty:  # zarr writes no chunk that holds only the fill value
             chunks[f"{name}/c/0"] = bytes(zstd.encode(raw))
-    docs["spatial_ref"] = _array_doc((), (), np.dtype(np.int64), [], _crs_attrs(plan.info.epsg), 0)
+    docs["spatial_ref"] = _array_doc(
+        (), (), np.dtype(np.int64), [], _crs_attrs(plan.info.epsg), _ZSTD0
+    )
     link = {"grid_mapping": "spatial_ref"}
     if plan.with_s1:
         link = {"coordinates": "s1_orbit s1_time", **link}
     for name, (dims, shape, chunk, dtype) in data.items():
-        docs[name] = _array_doc(shape, chunk, np.dtype(dtype), dims, dict(link), CODEC_LEVEL)
+        docs[name] = _array_doc(
+            shape, chunk, np.dtype(dtype), dims, dict(link), _compressor_doc(np.dtype(dtype))
+        )
     store.mkdir(parents=True, exist_ok=True)
     for name, doc in docs.items():
         folder = store / name if name else store
@@ -999,8 +1025,8 @@ def _write_chunks(
 
     The block of a unit covers whole chunks of its store (:func:`_store_chunks`),
     so every chunk is encoded and written once, as zarr writes it for this
-    store's metadata (:func:`_array_doc`): C order, little endian, Zstandard
-    at ``CODEC_LEVEL`` without checksum, key ``c/i/j/...``, a chunk at the
+    store's metadata (:func:`_array_doc`): C order, little endian, :data:`CODEC`
+    (typesize: the itemsize), key ``c/i/j/...``, a chunk at the
     array's edge padded to the full chunk shape with the fill value (NaN,
     False). Tested byte for byte against ``zarr.Array.__setitem__``. Zarr's
     own write path is not used here: for each chunk it copies the block into a
@@ -1011,11 +1037,9 @@ def _write_chunks(
     A chunk torn by a kill is rewritten whole on resume (its unit has no
     marker yet).
     """
-    from numcodecs import Zstd
-
     if any(o % c for o, c in zip(origin, chunks, strict=True)):
         raise ValueError(f"internal error: block at {tuple(origin)} is not on the chunk grid")
-    codec = Zstd(level=CODEC_LEVEL)
+    codec = _compressor()
     fill = np.nan if data.dtype.kind == "f" else 0
     dtype = data.dtype.newbyteorder("<")
     starts = [range(0, n, c) for n, c in zip(data.shape, chunks, strict=True)]
@@ -1294,7 +1318,8 @@ class _Staging:
         fp = plan.fingerprint()
         if request.exists():
             doc = json.loads(request.read_text())
-            if doc.get("fingerprint") == fp and "candidates" in doc:
+            # chunks already written must be in the codec this version writes
+            if doc.get("fingerprint") == fp and "candidates" in doc and doc.get("codec") == CODEC:
                 return np.asarray(doc["candidates"], np.int64), None
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -1309,7 +1334,7 @@ class _Staging:
             if candidates.size == 0:
                 _all_cloudy(plan, frac)
         (self.root / "done").mkdir(parents=True)
-        doc = {"fingerprint": fp, "candidates": [int(v) for v in candidates]}
+        doc = {"fingerprint": fp, "candidates": [int(v) for v in candidates], "codec": CODEC}
         if counts is not None:
             doc["screen_counts"] = [int(v) for v in counts]
 
