@@ -239,6 +239,19 @@ def test_store_resumes_by_time_chunk_and_is_idempotent(tmp_path, catalog, cube):
         build_cube(**{**kw, "min_valid_fraction": 0.5}, out=out)
 
 
+def test_last_unit_written_from_two_threads_gives_the_same_cube(tmp_path, catalog, cube):
+    """The last unit's S2 chunk rows are written half on each thread (here 4 rows of
+    16 px chunks in the only unit), its S1 on the calling one: every chunk is there."""
+    out = tmp_path / "cube.zarr"
+    c = build_cube(
+        **_place(), start=START, end=END, catalog=str(catalog), out=out, progress=False,
+        chunks={"time": 16, "y": 16, "x": 16},
+    )  # fmt: skip
+    assert open_zarr(out)["s2"].encoding["chunks"][2:] == (16, 16)
+    for name in ("s2", "s2_valid", "s1", "s1_valid"):
+        np.testing.assert_array_equal(c[name].values, cube[name].values)
+
+
 def test_staging_area_of_another_codec_starts_afresh(tmp_path, catalog, cube):
     """Units written by a version with another chunk codec are not mixed with new ones."""
     out = tmp_path / "cube.zarr"
