@@ -808,7 +808,7 @@ def _load_s1(
 #: over the data), so the codec is on the critical path. On real reflectance
 #: (a 1024 x 1024 px S2 cube, benchmarks/bench_cube.py) it encodes 3.9x and
 #: decodes 3.8x faster than Zstandard level 1 (the codec until 2026-12-02) for a
-#: 23 % larger store (1.83x against 2.25x); docs/design.md, "Chunk writes".
+#: 23 % larger store (1.83x against 2.25x); docs/design.md, "Chunks".
 CODEC: dict[str, Any] = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 
 
