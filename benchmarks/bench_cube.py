@@ -54,12 +54,17 @@ sys.path.insert(0, os.environ.get("BENCH_CUBE_SRC", str(ROOT / "src")))
 START, END = "2018-09-15", "2018-10-20"
 
 
+def _data() -> str:
+    """The benchmark's data: ``--data``, passed to children through the environment."""
+    return os.environ.get("BENCH_CUBE_DATA", "varied")
+
+
 def _catalog(work: Path, repeat: int) -> Path:
     from stac_catalog import FLANDERS, PATCH, make_catalog, read_source
 
     from conftest import SHARED
 
-    data = os.environ.get("BENCH_CUBE_DATA", "varied")
+    data = _data()
     cat = work / f"stac-{data}-{repeat}" / "catalog.json"
     if not cat.exists():
         make_catalog(
@@ -255,8 +260,7 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
         import numpy as np
 
-        data = os.environ.get("BENCH_CUBE_DATA", "varied")
-        print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared); data: {data}")
+        print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared); data: {_data()}")
         # 1) wall time vs a plain rasterio read, in this process, best of N, both sizes
         for r in sizes:
             cat = _catalog(work, r)

@@ -252,6 +252,37 @@ def test_last_unit_written_from_two_threads_gives_the_same_cube(tmp_path, catalo
         np.testing.assert_array_equal(c[name].values, cube[name].values)
 
 
+def test_failed_check_of_the_last_unit_leaves_no_s1_load_running(
+    tmp_path, catalog, monkeypatch
+):
+    """The last unit is checked on the calling thread: when that fails, the unit's S1
+    load on the helper thread has ended before the error reaches the caller."""
+    import time
+
+    from latentcube.cube import build
+
+    load_s1, ended = build._load_s1, []
+
+    def slow_load_s1(*args, **kwargs):
+        time.sleep(0.5)
+        try:
+            return load_s1(*args, **kwargs)
+        finally:
+            ended.append(True)
+
+    def failing_check(sensor, data, valid):
+        raise StacError(f"internal error: {sensor} test failure")
+
+    monkeypatch.setattr(build, "_load_s1", slow_load_s1)
+    monkeypatch.setattr(build, "_check_unit", failing_check)
+    with pytest.raises(StacError, match="s2 test failure"):
+        build_cube(
+            **_place(), start=START, end=END, catalog=str(catalog), out=tmp_path / "c.zarr",
+            progress=False, chunks={"time": 16, "y": 16, "x": 16},
+        )  # fmt: skip
+    assert ended == [True]
+
+
 def test_staging_area_of_another_codec_starts_afresh(tmp_path, catalog, cube):
     """Units written by a version with another chunk codec are not mixed with new ones."""
     out = tmp_path / "cube.zarr"

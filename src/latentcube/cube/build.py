@@ -1207,23 +1207,23 @@ def _process_unit(
     if plan.with_s1 and submit is not None:
         # in a copy of this context: the helper reads through the same open datasets
         s1 = _helper().submit(contextvars.copy_context().run, _load_s1, plan, dates, ys, xs)
+    futures: list[Any] = []
     try:
         s2, s2v = _load_s2(plan, dates, ys, xs, mask)
+        counts = [int(v) for v in s2v.sum(axis=(1, 2))]
+        half = cy * (-(-s2.shape[-2] // cy) // 2)  # the first half of the unit's chunk rows
+        if submit is None:
+            write("s2", s2, s2v)
+        elif last and half:  # no next unit to read: this thread writes half of the rows
+            _check_unit("s2", s2, s2v)
+            futures.append(submit(write, "s2", s2, s2v, slice(0, half), False))
+            write("s2", s2, s2v, slice(half, None), False)
+        else:  # checked and written on the writer thread while this one reads the next unit
+            futures.append(submit(write, "s2", s2, s2v))
     except BaseException:
         if s1 is not None:  # no load left running behind a failed unit
             s1.cancel() or s1.exception()
         raise
-    counts = [int(v) for v in s2v.sum(axis=(1, 2))]
-    futures: list[Any] = []
-    half = cy * (-(-s2.shape[-2] // cy) // 2)  # the first half of the unit's chunk rows
-    if submit is None:
-        write("s2", s2, s2v)
-    elif last and half:  # no next unit to read: this thread writes half of the rows
-        _check_unit("s2", s2, s2v)
-        futures.append(submit(write, "s2", s2, s2v, slice(0, half), False))
-        write("s2", s2, s2v, slice(half, None), False)
-    else:  # checked and written on the writer thread while this one reads the next unit
-        futures.append(submit(write, "s2", s2, s2v))
     del s2, s2v
     if plan.with_s1:
         s1a, s1v = _load_s1(plan, dates, ys, xs) if s1 is None else s1.result()
