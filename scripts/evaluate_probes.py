@@ -39,6 +39,7 @@ from latentcube.cube.readers import open_cube, read_worldcereal_labels
 from latentcube.data.windows import split_windows
 from latentcube.evaluation.croptype import run_croptype
 from latentcube.evaluation.landcover import run_landcover
+from latentcube.evaluation.report import f1_cell, paired_table
 from latentcube.fusion_inference import embed_fused
 from latentcube.inference import embed
 from latentcube.models.config import AutoencoderConfig
@@ -149,7 +150,13 @@ def landcover(a, cmd):
     name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid})"
     embs = [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]
     res = run_landcover(
-        cubes, {name: embs}, a.out / "landcover", seed=a.seed, command=cmd, notes=f"Model: {info}"
+        cubes,
+        {name: embs},
+        a.out / "landcover",
+        seed=a.seed,
+        command=cmd,
+        notes=f"Model: {info}",
+        repeats=a.repeats,
     )
     print(f"  wrote {a.out / 'landcover'}: {res['n_samples']} samples", flush=True)
 
@@ -186,7 +193,7 @@ def croptype(a, cmd):
         f"{cfg.sensor_dropout}); trained without labels on patch 00002806639B424A, "
         "patch 0000280849BAC91C never seen in training."
     )
-    only = [f"{k} / series" for k in embs] if a.only_model else None
+    only = [f"{k} / series" for k in [*embs, *a.also]] if a.only_model else None
     res = run_croptype(
         cubes,
         labels,
@@ -196,6 +203,7 @@ def croptype(a, cmd):
         command=cmd,
         notes=notes,
         score_only=only,
+        repeats=a.repeats,
     )
     print(f"  wrote {a.out / 'croptype'}: {res['n_samples']} samples", flush=True)
 
@@ -215,11 +223,12 @@ def tables(out: Path) -> str:
         ]
         for name, by in r["scores"].items():
             md.append(
-                f"| {name} | {r['n_features'][name]} | {by['logreg']['macro_f1']:.3f} | "
-                f"{by['knn']['macro_f1']:.3f} | {by['logreg']['accuracy']:.3f} | "
+                f"| {name} | {r['n_features'][name]} | {f1_cell(by['logreg'])} | "
+                f"{f1_cell(by['knn'])} | {by['logreg']['accuracy']:.3f} | "
                 f"{by['knn']['accuracy']:.3f} |"
             )
         md.append("")
+        md += [paired_table(r), ""] if r.get("repeats", 1) > 1 else []
     ct = out / "croptype" / "results.json"
     if ct.exists():
         r = json.loads(ct.read_text())["croptype"]
@@ -230,10 +239,11 @@ def tables(out: Path) -> str:
             for n in names:
                 s_ = sc[f"{n} / series"]
                 md.append(
-                    f"| {n} | {nf[n + ' / series']} | {s_['logreg']['macro_f1']:.3f} | "
-                    f"{s_['knn']['macro_f1']:.3f} |"
+                    f"| {n} | {nf[n + ' / series']} | {f1_cell(s_['logreg'])} | "
+                    f"{f1_cell(s_['knn'])} |"
                 )
             md.append(f"\n{r['n_samples']} samples, {r['n_blocks']} blocks")
+            md += ["", paired_table(r)] if r.get("repeats", 1) > 1 else []
             return "\n".join(md)
         md += [
             "| feature set | dims (series / mean) | series logreg | series k-NN "
@@ -244,8 +254,8 @@ def tables(out: Path) -> str:
             s_, m_ = sc[f"{n} / series"], sc[f"{n} / season mean"]
             md.append(
                 f"| {n} | {nf[n + ' / series']} / {nf[n + ' / season mean']} | "
-                f"{s_['logreg']['macro_f1']:.3f} | {s_['knn']['macro_f1']:.3f} | "
-                f"{m_['logreg']['macro_f1']:.3f} | {m_['knn']['macro_f1']:.3f} |"
+                f"{f1_cell(s_['logreg'])} | {f1_cell(s_['knn'])} | "
+                f"{f1_cell(m_['logreg'])} | {f1_cell(m_['knn'])} |"
             )
         classes = list(r["class_counts"])
         md += ["", "| feature set (series, logreg) | " + " | ".join(classes) + " |"]
@@ -294,6 +304,21 @@ def main(argv=None):
         help="crop type screening: embed only these fused sets of --model (default with "
         "no names: 'fused 7-d (S1+S2)') and score only their series, on the same samples "
         "and folds as a full run (baselines and the stage-1 latent are not scored)",
+    )
+    ap.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        metavar="SET",
+        help="crop type screening: also score the series of these baseline sets (e.g. "
+        "PCA-7 NDVI EVI NIRv kNDVI) on the same samples and folds",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="repeat the blocked CV with this many fold assignments (fold seeds seed, "
+        "seed+1, ...): mean ± sd and each embedding's paired differences to every set",
     )
     ap.add_argument(
         "--knn-grid",

@@ -161,3 +161,25 @@ def test_evaluation_embeds_with_the_shipped_fused_model():
     (emb,) = out["fused"]
     assert emb.dims == ("feature", "time", "y", "x") and emb.shape == (7, 12, 20, 20)
     assert np.isfinite(emb.values[:, 5, 7:13, 7:13]).any()
+
+
+def test_evaluate_landcover_repeats_reports_spread_and_paired_differences(tmp_path):
+    """``--repeats``: mean ± sd per set, and the embedding paired with every baseline."""
+    from latentcube.bundle import default_model_path
+    from latentcube.cube.readers import load_demo_cube
+    from latentcube.io import write_zarr
+
+    cube = load_demo_cube().isel(time=slice(0, 12), y=slice(0, 48), x=slice(0, 48)).load()
+    lab = np.where(np.arange(48) // 8 % 2, 10, 40)[None, :].repeat(48, 0)  # both in every block
+    cube["landcover"] = (("y", "x"), lab.astype(np.uint8))
+    write_zarr(cube, tmp_path / "lc.zarr")
+    args = ["evaluate", "landcover", str(tmp_path / "lc.zarr"), "--out", str(tmp_path / "r")]
+    args += ["--model", str(default_model_path()), "--name", "emb", "--max-samples", "500"]
+    res = runner.invoke(app, [*args, "--repeats", "2", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    assert " ± " in res.output
+    out = json.loads((tmp_path / "r" / "results.json").read_text())["landcover"]
+    assert out["repeats"] == 2
+    assert out["scores"]["emb"]["knn"]["fold_seeds"] == [3, 4]
+    assert set(out["paired"]["emb"]) == set(out["scores"]) - {"emb"}
+    assert "Embeddings against every other set" in (tmp_path / "r" / "report.md").read_text()

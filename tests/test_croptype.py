@@ -101,3 +101,26 @@ def test_score_only_scores_a_subset_on_the_samples_and_folds_of_the_full_run():
     assert part["scores"]["a / series"] == full["scores"]["a / series"]
     with pytest.raises(EvaluationError, match="unknown feature sets"):
         croptype_probe([sets], [lab], season, score_only=["c / series"], **kw)
+
+
+def test_paired_by_kind_pairs_series_with_series_and_means_with_means():
+    from latentcube.evaluation.croptype import paired_by_kind
+
+    def s(*f1):
+        return {"knn": {"macro_f1": float(np.mean(f1)), "macro_f1_repeats": list(f1)}}
+
+    scores = {
+        "emb / series": s(0.8, 0.7),
+        "emb / season mean": s(0.5, 0.5),
+        "PCA-7 / series": s(0.75, 0.72),
+        "PCA-7 / season mean": s(0.6, 0.4),
+    }
+    got = paired_by_kind(scores, ["emb", "absent"])
+    assert set(got) == {"emb / series", "emb / season mean"}
+    assert list(got["emb / series"]) == ["PCA-7 / series"]
+    d = got["emb / series"]["PCA-7 / series"]["knn"]
+    assert d["mean"] == pytest.approx(0.015) and d["wins"] == 1
+    assert got["emb / season mean"]["PCA-7 / season mean"]["knn"]["mean"] == pytest.approx(0.0)
+    # a screening run without season means pairs the series only
+    only = paired_by_kind({k: v for k, v in scores.items() if "series" in k}, ["emb"])
+    assert list(only) == ["emb / series"]

@@ -160,3 +160,75 @@ def test_real_greenearthnet_cube_baselines(tmp_path):
     assert res["scores"]["S2 bands"]["knn"]["macro_f1"] > res["scores"]["NDVI"]["knn"]["macro_f1"]
     assert (tmp_path / "figures" / "landcover_macro_f1.png").exists()
     assert "| S2 bands |" in (tmp_path / "report.md").read_text()
+
+
+def test_repeated_cv_repeat_r_equals_a_single_run_with_seed_plus_r():
+    rng = np.random.default_rng(3)
+    n = 360
+    y = rng.integers(0, 3, n)
+    groups = rng.integers(0, 18, n)
+    x = {"a": np.c_[y + rng.normal(0, 1.0, n)], "b": np.c_[y + rng.normal(0, 2.0, n)]}
+    single = blocked_cv(x, y, groups, n_splits=3, seed=7)
+    assert "macro_f1_repeats" not in single["a"]["knn"]  # one repeat: output as before
+    rep = blocked_cv(x, y, groups, n_splits=3, seed=7, repeats=3)
+    for name in x:
+        for kind in ("logreg", "knn"):
+            runs = [blocked_cv(x, y, groups, n_splits=3, seed=7 + r)[name][kind] for r in range(3)]
+            got = rep[name][kind]
+            f1 = [r["macro_f1"] for r in runs]
+            assert got["macro_f1_repeats"] == f1 and got["fold_seeds"] == [7, 8, 9]
+            assert got["macro_f1"] == pytest.approx(sum(f1) / 3)
+            assert got["macro_f1_sd"] == pytest.approx(np.std(f1, ddof=1))
+            assert got["accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in runs]))
+            assert got["chosen"] == [c for r in runs for c in r["chosen"]]
+            cls0 = next(iter(got["per_class_f1"]))
+            assert got["per_class_f1"][cls0] == pytest.approx(
+                np.mean([r["per_class_f1"][cls0] for r in runs])
+            )
+    # other fold assignments do change the score (the repeats are not copies)
+    assert len(set(rep["b"]["knn"]["macro_f1_repeats"])) > 1
+    with pytest.raises(EvaluationError, match="repeats"):
+        blocked_cv(x, y, groups, repeats=0)
+
+
+def test_paired_differences_by_hand():
+    from latentcube.evaluation.probes import paired_differences
+
+    scores = {
+        "emb": {"knn": {"macro_f1": 0.5, "macro_f1_repeats": [0.50, 0.40, 0.60]}},
+        "pca": {"knn": {"macro_f1": 0.5, "macro_f1_repeats": [0.45, 0.42, 0.63]}},
+        "one": {"knn": {"macro_f1": 0.3}},
+    }
+    d = paired_differences(scores, "emb", ["pca"])["pca"]["knn"]
+    # differences +0.05, -0.02, -0.03: mean 0, sd sqrt((0.05^2 + 0.02^2 + 0.03^2) / 2)
+    assert d["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert d["sd"] == pytest.approx(np.sqrt(0.0038 / 2))
+    assert (d["min"], d["max"]) == (pytest.approx(-0.03), pytest.approx(0.05))
+    assert d["wins"] == 1 and d["repeats"] == 3
+    with pytest.raises(EvaluationError, match="different repeats"):
+        paired_differences(scores, "emb", ["one"])
+    single = paired_differences({"a": scores["one"], "b": {"knn": {"macro_f1": 0.1}}}, "a")
+    assert single["b"]["knn"]["mean"] == pytest.approx(0.2) and single["b"]["knn"]["sd"] == 0
+    with pytest.raises(EvaluationError, match="unknown reference"):
+        paired_differences(scores, "nope")
+
+
+def test_repeated_probe_report_shows_spread_and_paired_differences(tmp_path):
+    import json
+
+    from latentcube.evaluation.probes import paired_differences
+    from latentcube.evaluation.report import write_probe_report
+
+    sets, lab = labelled_scene(ny=32, nx=48)
+    res = landcover_probe([sets], [lab], block=16, max_samples=1200, seed=0, tune=False, repeats=3)
+    assert res["repeats"] == 3
+    res["paired"] = {"good": paired_differences(res["scores"], "good")}
+    write_probe_report(res, tmp_path, "Land cover", "Synthetic.", seed=0)
+    md = (tmp_path / "report.md").read_text()
+    good = res["scores"]["good"]["knn"]
+    assert f"{good['macro_f1']:.3f} ± {good['macro_f1_sd']:.3f}" in md
+    assert "## Embeddings against every other set" in md
+    assert "| good | noise | knn | +" in md and "3 of 3 |" in md
+    saved = json.loads((tmp_path / "results.json").read_text())["landcover"]
+    assert saved["scores"]["good"]["knn"]["macro_f1_repeats"] == good["macro_f1_repeats"]
+    assert saved["paired"]["good"]["noise"]["knn"]["wins"] == 3

@@ -824,6 +824,15 @@ def _command() -> str:
     return " ".join(["latentcube", *sys.argv[1:]])
 
 
+def _echo_scores(res: dict, width: int) -> None:
+    """One line per feature set: macro-F1 of both probes (± sd over CV repeats)."""
+    from latentcube.evaluation.report import f1_cell
+
+    for k, v in res["scores"].items():
+        typer.echo(f"{k:<{width}} macro-F1 logreg {f1_cell(v['logreg'])}  "
+                   f"knn {f1_cell(v['knn'])}")
+
+
 @evaluate_app.command("landcover")
 def evaluate_landcover(
     cubes: Annotated[list[Path], typer.Argument(help="GreenEarthNet minicubes (.nc) or stores "
@@ -837,6 +846,9 @@ def evaluate_landcover(
     block: Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")] = 16,
     max_samples: Annotated[int, typer.Option(help="Pixel-dates drawn per cube.")] = 20000,
     seed: Annotated[int, typer.Option(help="Seed of sampling, folds and probes.")] = 0,
+    repeats: Annotated[int, typer.Option(
+        help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
+             "mean ± sd per set and paired differences of the embedding to every set.")] = 1,
 ) -> None:
     """Land-cover probe (ESA WorldCover) of an embedding and every baseline feature set."""
     from latentcube.cube.readers import open_cube
@@ -846,13 +858,12 @@ def evaluate_landcover(
     try:
         loaded = [open_cube(c).load() for c in cubes]
         res = run_landcover(loaded, _embeddings(loaded, model, embedding, name), out,
-                            block=block, max_samples=max_samples, seed=seed, command=_command())
+                            block=block, max_samples=max_samples, seed=seed, command=_command(),
+                            repeats=repeats)
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
-    for k, v in res["scores"].items():
-        typer.echo(f"{k:<28} macro-F1 logreg {v['logreg']['macro_f1']:.3f}  "
-                   f"knn {v['knn']['macro_f1']:.3f}")
+    _echo_scores(res, 28)
     typer.echo(f"report: {out / 'report.md'}")
 
 
@@ -867,6 +878,9 @@ def evaluate_croptype(
     name: Annotated[str, typer.Option(help="Name of the embedding feature set.")] = "embedding",
     block: Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of folds and probes.")] = 0,
+    repeats: Annotated[int, typer.Option(
+        help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
+             "mean ± sd per set and paired differences of the embedding to every set.")] = 1,
 ) -> None:
     """Crop-type probe: per-date series vs season mean, embedding vs every baseline."""
     from latentcube.cube.readers import open_cube, read_worldcereal_labels
@@ -877,13 +891,11 @@ def evaluate_croptype(
         loaded = [open_cube(p).load() for p in patches]  # S1 too: fused models and S1 baselines
         labels = [read_worldcereal_labels(p)["CT"].values for p in patches]
         res = run_croptype(loaded, labels, _embeddings(loaded, model, embedding, name), out,
-                           block=block, seed=seed, command=_command())
+                           block=block, seed=seed, command=_command(), repeats=repeats)
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
-    for k, v in res["scores"].items():
-        typer.echo(f"{k:<40} macro-F1 logreg {v['logreg']['macro_f1']:.3f}  "
-                   f"knn {v['knn']['macro_f1']:.3f}")
+    _echo_scores(res, 40)
     typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -27,9 +27,15 @@ import xarray as xr
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.features import as_feature_cube
-from latentcube.evaluation.probes import PROBES, block_ids, score_pooled
+from latentcube.evaluation.probes import PROBES, block_ids, paired_differences, score_pooled
 
-__all__ = ["croptype_probe", "default_season", "run_croptype", "season_features"]
+__all__ = [
+    "croptype_probe",
+    "default_season",
+    "paired_by_kind",
+    "run_croptype",
+    "season_features",
+]
 
 
 def _interp_matrix(t_obs: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -139,6 +145,7 @@ def croptype_probe(
     seed: int = 0,
     tune: bool = True,
     score_only: Sequence[str] | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Blocked-CV crop-type probe: per-date series vs season mean, for each feature set.
 
@@ -150,7 +157,7 @@ def croptype_probe(
         For each cube, its (y, x) crop-type codes (0 = no label).
     seasons
         For each cube, the growing season (first, last day) of its labels.
-    block, probes, n_splits, seed, tune
+    block, probes, n_splits, seed, tune, repeats
         Spatial blocks (> 15 px) and CV settings
         (:func:`latentcube.evaluation.probes.blocked_cv`).
     step_days, min_dates
@@ -210,6 +217,7 @@ def croptype_probe(
         min_samples=min_samples,
         seed=seed,
         tune=tune,
+        repeats=repeats,
     )
     return {
         "task": "croptype",
@@ -217,6 +225,26 @@ def croptype_probe(
         "seasons": [list(s) for s in seasons],
         **res,
     }
+
+
+def paired_by_kind(
+    scores: Mapping[str, Any], embeddings: Sequence[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each embedding's paired differences to the other sets of its own kind.
+
+    The series of an embedding is compared with every other series, its season
+    mean with every other season mean
+    (:func:`latentcube.evaluation.probes.paired_differences`); keys absent from
+    ``scores`` (a screening run) are skipped.
+    """
+    out = {}
+    for kind in ("series", "season mean"):
+        keys = [k for k in scores if k.endswith(f" / {kind}")]
+        for emb in embeddings:
+            ref = f"{emb} / {kind}"
+            if ref in scores:
+                out[ref] = paired_differences(scores, ref, [k for k in keys if k != ref])
+    return out
 
 
 def default_season(cube: xr.Dataset | xr.DataArray) -> tuple[str, str]:
@@ -238,6 +266,7 @@ def run_croptype(
     notes: str = "",
     tune: bool = True,
     score_only: Sequence[str] | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Crop-type probe of embeddings and every baseline, written as a report folder.
 
@@ -262,6 +291,10 @@ def run_croptype(
         folds (see :func:`latentcube.evaluation.probes.blocked_cv`).
     score_only
         See :func:`croptype_probe`.
+    repeats
+        Repeat the CV with this many fold assignments; each embedding's paired
+        differences (series to series, season mean to season mean) are then in
+        ``paired`` (:func:`latentcube.evaluation.probes.paired_differences`).
     """
     from latentcube.evaluation.baselines import feature_sets
     from latentcube.evaluation.report import write_probe_report
@@ -269,8 +302,16 @@ def run_croptype(
     seasons = list(seasons) if seasons is not None else [default_season(c) for c in cubes]
     sets = feature_sets(cubes, embeddings, seed=seed)
     res = croptype_probe(
-        sets, labels, seasons, block=block, seed=seed, tune=tune, score_only=score_only
+        sets,
+        labels,
+        seasons,
+        block=block,
+        seed=seed,
+        tune=tune,
+        score_only=score_only,
+        repeats=repeats,
     )
+    res["paired"] = paired_by_kind(res["scores"], list(embeddings))
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
     write_probe_report(
         res,

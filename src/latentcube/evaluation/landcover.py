@@ -18,7 +18,7 @@ import xarray as xr
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.features import as_feature_cube
-from latentcube.evaluation.probes import PROBES, block_ids, score_pooled
+from latentcube.evaluation.probes import PROBES, block_ids, paired_differences, score_pooled
 
 __all__ = ["WORLDCOVER", "landcover_probe", "landcover_samples", "run_landcover"]
 
@@ -93,6 +93,7 @@ def landcover_probe(
     min_samples: int = 30,
     seed: int = 0,
     tune: bool = True,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Blocked-CV land-cover probe over one or more cubes.
 
@@ -104,7 +105,7 @@ def landcover_probe(
         For each cube, its (y, x) WorldCover codes.
     block, max_samples
         See :func:`landcover_samples`.
-    probes, n_splits, seed, tune
+    probes, n_splits, seed, tune, repeats
         See :func:`latentcube.evaluation.probes.blocked_cv`.
     min_samples
         Classes with fewer samples (or in fewer than 2 blocks) are dropped.
@@ -142,6 +143,7 @@ def landcover_probe(
         min_samples=min_samples,
         seed=seed,
         tune=tune,
+        repeats=repeats,
     )
     names_ = {c: WORLDCOVER.get(int(c), c) for c in res["class_counts"]}
     return {"task": "landcover", "classes": names_, **res}
@@ -158,6 +160,7 @@ def run_landcover(
     command: str | None = None,
     notes: str = "",
     tune: bool = True,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Land-cover probe of embeddings and every baseline, written as a report folder.
 
@@ -176,6 +179,10 @@ def run_landcover(
     tune
         Choose each probe's regularisation by inner blocked CV on the training
         folds (see :func:`latentcube.evaluation.probes.blocked_cv`).
+    repeats
+        Repeat the CV with this many fold assignments; each embedding's paired
+        differences to every other set are then in ``paired``
+        (:func:`latentcube.evaluation.probes.paired_differences`).
 
     Returns
     -------
@@ -196,7 +203,9 @@ def run_landcover(
         max_samples=max_samples,
         seed=seed,
         tune=tune,
+        repeats=repeats,
     )
+    res["paired"] = {k: paired_differences(res["scores"], k) for k in embeddings}
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
     write_probe_report(
         res,

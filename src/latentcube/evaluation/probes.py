@@ -31,6 +31,7 @@ __all__ = [
     "blocked_cv",
     "filter_classes",
     "make_probe",
+    "paired_differences",
     "score_pooled",
     "tuned_probe",
 ]
@@ -212,6 +213,7 @@ def blocked_cv(
     n_splits: int = 5,
     seed: int = 0,
     tune: bool = True,
+    repeats: int = 1,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Cross-validated macro-F1 and per-class F1 of each probe on each feature set.
 
@@ -233,13 +235,66 @@ def blocked_cv(
         Choose each probe's hyper-parameter per outer fold by inner blocked CV on
         the training blocks (:func:`tuned_probe`); ``False`` uses the defaults
         (``C`` = 1, 10 neighbours).
+    repeats
+        Repeated CV: the whole cross-validation is run ``repeats`` times with the
+        fold seeds ``seed``, ``seed + 1``, ... (other assignments of the blocks
+        to folds, and other inner folds); repeat ``r`` equals a single run with
+        seed ``seed + r``. Every feature set sees the same assignments, so the
+        differences between two sets can be paired per repeat
+        (:func:`paired_differences`).
 
     Returns
     -------
     dict
         ``result[feature_set][probe]`` = ``{"macro_f1", "per_class_f1", "accuracy",
-        "chosen"}`` (``chosen``: the hyper-parameters of each outer fold).
+        "chosen"}`` (``chosen``: the hyper-parameters of each outer fold). With
+        ``repeats > 1`` the scores are means over the repeats, ``chosen`` lists
+        the folds of every repeat in turn, and ``macro_f1_repeats`` (one value per
+        repeat), ``macro_f1_sd`` (their sample standard deviation) and
+        ``fold_seeds`` are added.
     """
+    if repeats < 1:
+        raise EvaluationError(f"repeats must be >= 1, got {repeats}")
+    runs = [
+        _blocked_cv_once(
+            features, labels, groups, probes=probes, n_splits=n_splits, seed=seed + r, tune=tune
+        )
+        for r in range(repeats)
+    ]
+    if repeats == 1:
+        return runs[0]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, by_probe in runs[0].items():
+        out[name] = {}
+        for kind, first in by_probe.items():
+            rs = [run[name][kind] for run in runs]
+            f1 = [r["macro_f1"] for r in rs]
+            out[name][kind] = {
+                "macro_f1": float(np.mean(f1)),
+                "accuracy": float(np.mean([r["accuracy"] for r in rs])),
+                "per_class_f1": {
+                    c: float(np.mean([r["per_class_f1"][c] for r in rs]))
+                    for c in first["per_class_f1"]
+                },
+                "chosen": [c for r in rs for c in r["chosen"]],
+                "macro_f1_repeats": f1,
+                "macro_f1_sd": float(np.std(f1, ddof=1)),
+                "fold_seeds": [seed + r for r in range(repeats)],
+            }
+    return out
+
+
+def _blocked_cv_once(
+    features: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    *,
+    probes: Sequence[str],
+    n_splits: int,
+    seed: int,
+    tune: bool,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """One blocked cross-validation with the fold seed ``seed`` (see :func:`blocked_cv`)."""
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import GroupKFold
 
@@ -292,6 +347,7 @@ def score_pooled(
     min_samples: int = 30,
     seed: int = 0,
     tune: bool = True,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Pool the samples of several cubes, drop rare classes and run :func:`blocked_cv`.
 
@@ -303,7 +359,7 @@ def score_pooled(
         One array of labels and of block ids per cube.
     block
         Block side in pixels (recorded in the result).
-    probes, n_splits, seed, tune
+    probes, n_splits, seed, tune, repeats
         See :func:`blocked_cv`.
     min_samples
         Classes with fewer samples (or in fewer than 2 blocks) are dropped.
@@ -312,7 +368,7 @@ def score_pooled(
     -------
     dict
         ``scores``, ``class_counts``, ``dropped_classes``, ``n_samples``, ``n_blocks``,
-        ``block_px`` and ``n_features``.
+        ``block_px``, ``n_features``, ``tuned`` and ``repeats``.
     """
     y_all, g_all = np.concatenate(labels), np.concatenate(groups)
     if len(y_all) == 0:
@@ -320,7 +376,16 @@ def score_pooled(
     keep, dropped = filter_classes(y_all, g_all, min_samples=min_samples)
     x_all = {k: np.concatenate(v)[keep] for k, v in features.items()}
     y_all, g_all = y_all[keep], g_all[keep]
-    scores = blocked_cv(x_all, y_all, g_all, probes=probes, n_splits=n_splits, seed=seed, tune=tune)
+    scores = blocked_cv(
+        x_all,
+        y_all,
+        g_all,
+        probes=probes,
+        n_splits=n_splits,
+        seed=seed,
+        tune=tune,
+        repeats=repeats,
+    )
     kept = sorted(int(c) for c in np.unique(y_all))
     return {
         "scores": scores,
@@ -331,4 +396,60 @@ def score_pooled(
         "block_px": block,
         "n_features": {k: int(v.shape[1]) for k, v in x_all.items()},
         "tuned": tune,
+        "repeats": repeats,
     }
+
+
+def paired_differences(
+    scores: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    reference: str,
+    others: Sequence[str] | None = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Macro-F1 of ``reference`` minus that of each other set, paired per CV repeat.
+
+    Parameters
+    ----------
+    scores
+        :func:`blocked_cv` output; with ``repeats > 1`` the per-repeat scores
+        (``macro_f1_repeats``) are paired, as every set saw the same folds.
+    reference
+        The feature set compared (e.g. an embedding).
+    others
+        Sets it is compared with (default: every other set).
+
+    Returns
+    -------
+    dict
+        ``result[other][probe]`` = ``{"mean", "sd", "min", "max", "wins",
+        "repeats"}``: the mean, sample standard deviation (0 for one repeat),
+        smallest and largest difference over the repeats, and in how many repeats
+        ``reference`` scored higher.
+    """
+    if reference not in scores:
+        raise EvaluationError(f"unknown reference feature set {reference!r}")
+    others = [k for k in scores if k != reference] if others is None else list(others)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for other in others:
+        if other not in scores:
+            raise EvaluationError(f"unknown feature set {other!r}")
+        out[other] = {}
+        for kind, ref in scores[reference].items():
+            if kind not in scores[other]:
+                continue
+            a = np.asarray(ref.get("macro_f1_repeats", [ref["macro_f1"]]), float)
+            oth = scores[other][kind]
+            b = np.asarray(oth.get("macro_f1_repeats", [oth["macro_f1"]]), float)
+            if a.shape != b.shape:
+                raise EvaluationError(
+                    f"{reference!r} and {other!r} were scored with different repeats"
+                )
+            d = a - b
+            out[other][kind] = {
+                "mean": float(d.mean()),
+                "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                "min": float(d.min()),
+                "max": float(d.max()),
+                "wins": int((d > 0).sum()),
+                "repeats": len(d),
+            }
+    return out

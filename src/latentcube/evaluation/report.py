@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "f1_cell",
+    "paired_table",
     "plot_gpp_scatter",
     "plot_gpp_series",
     "plot_probe_scores",
@@ -38,15 +40,26 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def f1_cell(score: Mapping[str, Any]) -> str:
+    """Macro-F1, with its standard deviation over CV repeats when there are several."""
+    if "macro_f1_sd" in score:
+        return f"{score['macro_f1']:.3f} ± {score['macro_f1_sd']:.3f}"
+    return f"{score['macro_f1']:.3f}"
+
+
 def probe_table(result: Mapping[str, Any], probes: Sequence[str] = ("logreg", "knn")) -> str:
-    """Markdown table of macro-F1 and per-class F1 of every feature set and probe."""
+    """Markdown table of macro-F1 and per-class F1 of every feature set and probe.
+
+    With repeated CV (``result["repeats"] > 1``) macro-F1 is the mean over the
+    repeats ± the standard deviation of the repeats.
+    """
     classes = list(result["classes"])
     head = ["feature set", "dims", *[f"macro-F1 {p}" for p in probes]]
     head += [f"F1 {c} ({probes[0]})" for c in classes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, by_probe in result["scores"].items():
         row = [name.replace("|", "\\|"), str(result.get("n_features", {}).get(name, ""))]
-        row += [f"{by_probe[p]['macro_f1']:.3f}" for p in probes if p in by_probe]
+        row += [f1_cell(by_probe[p]) for p in probes if p in by_probe]
         row += [f"{by_probe[probes[0]]['per_class_f1'][c]:.2f}" for c in classes]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -214,6 +227,22 @@ def _chosen_note(res: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table(res: Mapping[str, Any]) -> str:
+    """Markdown table of each embedding's paired macro-F1 differences (``res["paired"]``)."""
+    rows = [
+        "| embedding | compared with | probe | mean difference | sd | min | max | repeats won |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for ref, by_other in res.get("paired", {}).items():
+        for other, by_probe in by_other.items():
+            for kind, d in by_probe.items():
+                rows.append(
+                    f"| {ref} | {other} | {kind} | {d['mean']:+.3f} | {d['sd']:.3f} | "
+                    f"{d['min']:+.3f} | {d['max']:+.3f} | {d['wins']} of {d['repeats']} |"
+                )
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def write_probe_report(
     res: Mapping[str, Any],
     out_dir: str | os.PathLike[str],
@@ -236,7 +265,21 @@ def write_probe_report(
         + probe_table(res)
         + _chosen_note(res)
     )
-    sections = [("Results", body), *([("Notes", notes)] if notes else [])]
+    sections = [("Results", body)]
+    n = int(res.get("repeats", 1))
+    paired = paired_table(res) if n > 1 else ""
+    if paired:
+        sections.append(
+            (
+                "Embeddings against every other set",
+                f"Macro-F1 of the embedding minus that of the other set, paired per "
+                f"cross-validation repeat ({n} fold assignments, the same for every set; "
+                "sd is the standard deviation of the paired differences over the repeats).\n\n"
+                + paired,
+            )
+        )
+    if notes:
+        sections.append(("Notes", notes))
     return write_report(
         out, title, {task: res}, sections, figures=[fig], command=command, seed=seed
     )
