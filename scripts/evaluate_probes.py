@@ -74,6 +74,7 @@ def train_s2(
     early_stop=None,
     hide_centre=0.0,
     hide_other=0.0,
+    train_seed=None,
 ):
     """Train (or resume / reuse) a ``fast`` S2 autoencoder for at most ``epochs`` epochs.
 
@@ -82,6 +83,8 @@ def train_s2(
     ``hide_centre``, ``hide_other``: the gap-filling option of training (the centre
     pixel-date, and other valid entries, hidden from the input with these
     probabilities while the loss still scores them).
+    ``train_seed``: seed of the initialisation and data order (default ``seed``);
+    the split and the validation subset always follow ``seed``.
     """
     cfg = AutoencoderConfig.preset("fast", "s2", bands=bands).model_copy(
         update={"latent_dim": latent_dim}
@@ -92,7 +95,7 @@ def train_s2(
     print(f"  {len(tr)} training / {len(va)} validation windows", flush=True)
     update: dict[str, object] = {
         "max_epochs": epochs,
-        "seed": seed,
+        "seed": seed if train_seed is None else train_seed,
         "num_threads": 2,
         "hide_centre_prob": hide_centre,
         "hide_prob": hide_other,
@@ -109,6 +112,7 @@ def train_s2(
         "hide_centre_prob": hide_centre,
         "hide_prob": hide_other,
         "epochs": epochs,
+        "train_seed": update["seed"],
         "epochs_run": res.epochs,
         "stopped": res.stopped,
         "early_stopping_patience": tcfg.early_stopping_patience,
@@ -128,10 +132,11 @@ def landcover(a, cmd):
     print("land cover: GreenEarthNet minicubes (B02 B03 B04 B8A, 20 m; no S1)", flush=True)
     cubes = [open_cube(p).load() for p in sorted(GEN_DIR.glob("*.nc"))]
     gap = f"_hide{a.hide_centre:g}-{a.hide_other:g}" if a.hide_centre or a.hide_other else ""
+    ts = f"_seed{a.train_seed}" if a.train_seed is not None else ""
     model, info = train_s2(
         cubes,
         GEN_BANDS,
-        a.out / f"model_gen_fast{a.latent_dim}{gap}",
+        a.out / f"model_gen_fast{a.latent_dim}{gap}{ts}",
         latent_dim=a.latent_dim,
         epochs=a.epochs,
         seed=a.seed,
@@ -140,6 +145,7 @@ def landcover(a, cmd):
         early_stop=a.early_stop,
         hide_centre=a.hide_centre,
         hide_other=a.hide_other,
+        train_seed=a.train_seed,
     )
     ran = (
         f"{info['epochs_run']} epochs, best {info['best_epoch']}"
@@ -147,7 +153,8 @@ def landcover(a, cmd):
         else f"{a.epochs} epochs"
     )
     hid = f", centre hidden {a.hide_centre:g} / other {a.hide_other:g}" if gap else ""
-    name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid})"
+    seed_ = f", training seed {a.train_seed}" if ts else ""
+    name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid}{seed_})"
     embs = [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]
     res = run_landcover(
         cubes,
@@ -206,6 +213,36 @@ def croptype(a, cmd):
         repeats=a.repeats,
     )
     print(f"  wrote {a.out / 'croptype'}: {res['n_samples']} samples", flush=True)
+    if a.pair_with:
+        out = a.out / "croptype" / "paired_with_earlier.json"
+        pair_with_earlier(res, a.pair_with, out, a.seed)
+
+
+def pair_with_earlier(res, earlier: Path, out: Path, seed: int) -> dict:
+    """Pair this screen's embeddings with the sets scored by an earlier run.
+
+    Both runs must have scored the same samples with the same fold assignments
+    (same sample count, blocks, class counts, repeats and seed), so each
+    repeat's scores can be paired as in one run.
+    """
+    import json
+
+    from latentcube.evaluation.probes import paired_differences
+
+    saved = json.loads(Path(earlier).read_text())
+    old, meta_seed = saved["croptype"], saved["meta"]["seed"]
+    for key in ("n_samples", "n_blocks", "class_counts", "repeats"):
+        if old[key] != res[key]:
+            raise SystemExit(f"--pair-with: {key} differs ({old[key]} vs {res[key]})")
+    new_sets = list(res["scores"])
+    if meta_seed != seed:
+        raise SystemExit(f"--pair-with: the earlier run used seed {meta_seed}, this one {seed}")
+    merged = {**old["scores"], **res["scores"]}
+    others = [k for k in old["scores"] if k not in new_sets]
+    paired = {k: paired_differences(merged, k, others) for k in new_sets}
+    out.write_text(json.dumps({"earlier": str(earlier), "paired": paired}, indent=2))
+    print(paired_table({"paired": paired}), flush=True)
+    return paired
 
 
 def tables(out: Path) -> str:
@@ -272,6 +309,13 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=8, help="land-cover model epochs (fixed)")
     ap.add_argument("--latent-dim", type=int, default=7, help="land-cover model latent size")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="land cover: seed of the model's initialisation and data order only (default "
+        "--seed); the window split, the probe samples and the folds keep --seed",
+    )
     ap.add_argument("--stride-xy", type=int, default=4)
     ap.add_argument("--max-val", type=int, default=1000)
     ap.add_argument("--model", default=None, help="fused bundle (default: the shipped model)")
@@ -312,6 +356,15 @@ def main(argv=None):
         metavar="SET",
         help="crop type screening: also score the series of these baseline sets (e.g. "
         "PCA-7 NDVI EVI NIRv kNDVI) on the same samples and folds",
+    )
+    ap.add_argument(
+        "--pair-with",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="crop type screening: pair this run's embedding with every set of an earlier "
+        "run's croptype/results.json scored on the same samples, folds and repeats "
+        "(written to croptype/paired_with_earlier.json)",
     )
     ap.add_argument(
         "--repeats",

@@ -28,3 +28,30 @@ def test_earlier_run_names_the_epoch_of_the_scored_checkpoint(tmp_path):
     assert ckpt == tmp_path / "best.pt"
     assert (row["epoch"], row["step"]) == ("4", "128")
     assert (row["best_epoch"], row["best_step"], float(row["best_val"])) == ("2", "64", 0.1)
+
+
+def test_probe_screen_pairs_with_an_earlier_run_on_the_same_folds_only(tmp_path):
+    """``evaluate_probes.py --pair-with``: paired per repeat, refused for other folds."""
+    import json
+
+    import pytest
+
+    probes = _script("evaluate_probes")
+
+    def sc(*f1):
+        return {"knn": {"macro_f1": sum(f1) / len(f1), "macro_f1_repeats": list(f1)}}
+
+    common = {"n_samples": 100, "n_blocks": 9, "class_counts": {"1": 60, "2": 40}, "repeats": 2}
+    earlier = {"scores": {"emb / series": sc(0.1, 0.1), "PCA-7 / series": sc(0.70, 0.60)}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"meta": {"seed": 42}, "croptype": {**earlier, **common}}))
+    screen = {"scores": {"emb / series": sc(0.72, 0.58)}, **common}
+    got = probes.pair_with_earlier(screen, path, tmp_path / "p.json", 42)
+    d = got["emb / series"]["PCA-7 / series"]["knn"]  # +0.02 and -0.02
+    assert abs(d["mean"]) < 1e-12 and d["wins"] == 1 and d["repeats"] == 2
+    assert list(got["emb / series"]) == ["PCA-7 / series"]  # not with its own earlier score
+    assert json.loads((tmp_path / "p.json").read_text())["paired"] == got
+    with pytest.raises(SystemExit, match="seed"):
+        probes.pair_with_earlier(screen, path, tmp_path / "p.json", 43)
+    with pytest.raises(SystemExit, match="n_samples"):
+        probes.pair_with_earlier({**screen, "n_samples": 99}, path, tmp_path / "p.json", 42)
