@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from latentcube.evaluation.report import (
     plot_gpp_scatter,
@@ -69,3 +70,29 @@ def test_probe_table_escapes_pipes():
     res = {**RESULT, "scores": {"a|b": RESULT["scores"]["emb"]}, "n_features": {"a|b": 2}}
     row = probe_table(res).splitlines()[2]
     assert row.startswith("| a\\|b | 2 |")
+
+
+def test_probe_figure_error_bars_are_the_sd_over_fold_assignments():
+    from matplotlib.container import ErrorbarContainer
+
+    from latentcube.evaluation.report import probe_figure
+
+    sd = {"logreg": 0.03, "knn": 0.07}
+    rep = {
+        **RESULT,
+        "repeats": 4,
+        "scores": {
+            "emb": {p: {**v, "macro_f1_sd": sd[p]} for p, v in RESULT["scores"]["emb"].items()}
+        },
+    }
+    ax = probe_figure(rep, "probe").axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    half = sorted(
+        float(np.ptp(seg[:, 0])) / 2 for c in bars for seg in c.lines[2][0].get_segments()
+    )
+    assert half == pytest.approx(sorted(sd.values()))
+    assert "4 fold assignments" in ax.get_xlabel()
+    # a single run has no error bars and says nothing about repeats
+    ax1 = probe_figure(RESULT, "probe").axes[0]
+    assert not [c for c in ax1.containers if isinstance(c, ErrorbarContainer)]
+    assert "fold assignments" not in ax1.get_xlabel()

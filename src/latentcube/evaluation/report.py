@@ -14,9 +14,12 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "f1_cell",
@@ -24,6 +27,7 @@ __all__ = [
     "plot_gpp_scatter",
     "plot_gpp_series",
     "plot_probe_scores",
+    "probe_figure",
     "probe_table",
     "write_probe_report",
     "write_report",
@@ -66,7 +70,20 @@ def probe_table(result: Mapping[str, Any], probes: Sequence[str] = ("logreg", "k
 
 
 def plot_probe_scores(result: Mapping[str, Any], path: str | os.PathLike[str], title: str) -> Path:
-    """Horizontal bars of macro-F1 per feature set and probe."""
+    """Horizontal bars of macro-F1 per feature set and probe, saved as a PNG.
+
+    With repeated blocked CV (``macro_f1_sd`` in the scores) each bar carries an
+    error bar of one standard deviation over the fold assignments.
+    """
+    fig = probe_figure(result, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def probe_figure(result: Mapping[str, Any], title: str) -> Figure:
+    """The figure of :func:`plot_probe_scores` (one axes), not saved."""
     from matplotlib.figure import Figure
 
     names = list(result["scores"])
@@ -76,17 +93,20 @@ def plot_probe_scores(result: Mapping[str, Any], path: str | os.PathLike[str], t
     h = 0.8 / len(probes)
     for k, p in enumerate(probes):
         vals = [result["scores"][n][p]["macro_f1"] for n in names]
-        ax.barh(np.arange(len(names)) + k * h, vals, height=h, label=p)
+        sd = [result["scores"][n][p].get("macro_f1_sd") for n in names]
+        err = None if any(v is None for v in sd) else sd
+        ax.barh(np.arange(len(names)) + k * h, vals, height=h, label=p, xerr=err, capsize=2)
     ax.set_yticks(np.arange(len(names)) + h * (len(probes) - 1) / 2, names)
     ax.invert_yaxis()
-    ax.set_xlabel("macro-F1 (spatially blocked CV)")
+    reps = result.get("repeats", 1)
+    ax.set_xlabel(
+        "macro-F1 (spatially blocked CV"
+        + (f"; mean ± sd over {reps} fold assignments)" if reps > 1 else ")")
+    )
     ax.set_xlim(0, 1)
     ax.set_title(title)
     ax.legend(loc="lower right")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def plot_gpp_series(
