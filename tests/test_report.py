@@ -64,6 +64,8 @@ def test_report_folder(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["probe"] == RESULT and data["x"] == 1.5 and data["meta"]["seed"] == 7
     assert all(f.stat().st_size > 3000 for f in figs)
+    env = data["meta"]["environment"]
+    assert env["packages"]["numpy"] == np.__version__ and env["cpu"]
 
 
 def test_probe_table_escapes_pipes():
@@ -96,3 +98,18 @@ def test_probe_figure_error_bars_are_the_sd_over_fold_assignments():
     ax1 = probe_figure(RESULT, "probe").axes[0]
     assert not [c for c in ax1.containers if isinstance(c, ErrorbarContainer)]
     assert "fold assignments" not in ax1.get_xlabel()
+
+
+def test_environment_reads_torch_only_when_loaded(monkeypatch):
+    import sys
+
+    import torch
+
+    from latentcube.evaluation.report import environment
+
+    env = environment()
+    assert env["packages"]["torch"] == torch.__version__
+    assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["torch_threads"] == torch.get_num_threads()
+    monkeypatch.delitem(sys.modules, "torch")
+    assert "torch_cpu_capability" not in environment()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "environment",
     "f1_cell",
     "paired_table",
     "plot_gpp_scatter",
@@ -32,6 +33,38 @@ __all__ = [
     "write_probe_report",
     "write_report",
 ]
+
+
+def environment() -> dict[str, Any]:
+    """Where a report's numbers were computed: platform, CPU and package versions.
+
+    Trained weights, and so every score downstream of them, are bit-identical
+    for the same code, seed and thread count on one machine, but not across CPUs
+    whose vector instructions differ (PyTorch makes no such promise), so a report
+    records them. Nothing is imported for this: torch's CPU capability and
+    thread count are read only when torch is already loaded.
+    """
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+            cpu = next(names, cpu)
+    except OSError:
+        pass
+    packages = {}
+    for name in ("numpy", "torch", "scikit-learn", "xarray", "zarr", "statsmodels"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    env: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "packages": packages}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        env["torch_threads"] = torch.get_num_threads()
+    return env
 
 
 def _json_default(o: Any) -> Any:
@@ -208,6 +241,7 @@ def write_report(
     meta = {
         "latentcube_version": __version__,
         "python": platform.python_version(),
+        "environment": environment(),
         "seed": seed,
         "command": command or " ".join(["latentcube", *sys.argv[1:]]),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
