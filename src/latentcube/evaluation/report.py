@@ -133,8 +133,8 @@ def probe_figure(result: Mapping[str, Any], title: str) -> Figure:
     ax.invert_yaxis()
     reps = result.get("repeats", 1)
     ax.set_xlabel(
-        "macro-F1 (spatially blocked CV"
-        + (f"; mean ± sd over {reps} fold assignments)" if reps > 1 else ")")
+        "macro-F1 (spatially blocked CV)"
+        + (f"\nmean ± sd over {reps} fold assignments" if reps > 1 else "")
     )
     ax.set_xlim(0, 1)
     ax.set_title(title)
