@@ -34,16 +34,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentcube.bundle import default_model_path, load_checkpoint, load_fusion_checkpoint
+from latentcube.bundle import (
+    default_model_path,
+    load_checkpoint,
+    load_fusion_checkpoint,
+    save_checkpoint,
+)
 from latentcube.cube.readers import open_cube, read_worldcereal_labels
+from latentcube.data.multisensor import split_fusion_windows
 from latentcube.data.windows import split_windows
 from latentcube.evaluation.croptype import run_croptype
 from latentcube.evaluation.landcover import run_landcover
 from latentcube.evaluation.report import f1_cell, paired_table
 from latentcube.fusion_inference import embed_fused
+from latentcube.fusion_training import fit_fusion_whitening
 from latentcube.inference import embed
-from latentcube.models.config import AutoencoderConfig
-from latentcube.training import train, train_config_preset
+from latentcube.models.config import AutoencoderConfig, LossConfig
+from latentcube.training import fit_whitening, train, train_config_preset
 
 SHARED = Path(
     os.environ.get(
@@ -53,6 +60,7 @@ SHARED = Path(
 GEN_DIR = SHARED / "greenearthnet_replicated_minicubes"
 FLANDERS_DIR = SHARED / "worldcereal_s1_s2_training_patches_flanders"
 GEN_BANDS = ("B02", "B03", "B04", "B8A")
+TRAIN_PATCH = "00002806639B424A"  # the Flanders patch the shipped model was trained on
 
 
 def cpu_seconds() -> float:
@@ -75,6 +83,7 @@ def train_s2(
     hide_centre=0.0,
     hide_other=0.0,
     train_seed=None,
+    loss=None,
 ):
     """Train (or resume / reuse) a ``fast`` S2 autoencoder for at most ``epochs`` epochs.
 
@@ -85,6 +94,7 @@ def train_s2(
     probabilities while the loss still scores them).
     ``train_seed``: seed of the initialisation and data order (default ``seed``);
     the split and the validation subset always follow ``seed``.
+    ``loss``: overrides of the S2 context-loss weights (:class:`LossConfig` fields).
     """
     cfg = AutoencoderConfig.preset("fast", "s2", bands=bands).model_copy(
         update={"latent_dim": latent_dim}
@@ -104,7 +114,8 @@ def train_s2(
         update["early_stopping_patience"] = early_stop
     tcfg = train_config_preset("quick").model_copy(update=update)
     c0, t0 = cpu_seconds(), time.perf_counter()
-    res = train(cfg, tr, va, tcfg, out, progress=False)
+    loss_cfg = LossConfig.for_sensor("s2").model_copy(update=loss or {})
+    res = train(cfg, tr, va, tcfg, out, loss_config=loss_cfg, progress=False)
     model, _ = load_checkpoint(Path(out) / "best.pt", expect_bands=bands)
     rows = np.genfromtxt(Path(out) / "metrics.csv", delimiter=",", names=True)
     info = {
@@ -113,6 +124,7 @@ def train_s2(
         "hide_prob": hide_other,
         "epochs": epochs,
         "train_seed": update["seed"],
+        "loss_overrides": dict(loss or {}),
         "epochs_run": res.epochs,
         "stopped": res.stopped,
         "early_stopping_patience": tcfg.early_stopping_patience,
@@ -125,7 +137,21 @@ def train_s2(
         "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
     }
     print(f"  {info}", flush=True)
-    return model, info
+    return model, info, tr
+
+
+def whitened_copy(model, windows, seed):
+    """A copy of ``model`` with its output whitening fitted on ``windows`` (no labels)."""
+    import copy
+
+    wm = copy.deepcopy(model)
+    if hasattr(wm, "fuse"):
+        fit_fusion_whitening(wm, windows, seed=seed)
+    else:
+        fit_whitening(wm, windows, seed=seed)
+    v = wm.whitening.variance
+    print(f"  whitening fitted on {len(windows)} windows; axis variances {v.numpy().round(4)}")
+    return wm
 
 
 def landcover(a, cmd):
@@ -133,7 +159,8 @@ def landcover(a, cmd):
     cubes = [open_cube(p).load() for p in sorted(GEN_DIR.glob("*.nc"))]
     gap = f"_hide{a.hide_centre:g}-{a.hide_other:g}" if a.hide_centre or a.hide_other else ""
     ts = f"_seed{a.train_seed}" if a.train_seed is not None else ""
-    model, info = train_s2(
+    ts += "".join(f"_{k}{v:g}" for k, v in a.loss.items())
+    model, info, tr = train_s2(
         cubes,
         GEN_BANDS,
         a.out / f"model_gen_fast{a.latent_dim}{gap}{ts}",
@@ -146,6 +173,7 @@ def landcover(a, cmd):
         hide_centre=a.hide_centre,
         hide_other=a.hide_other,
         train_seed=a.train_seed,
+        loss=a.loss,
     )
     ran = (
         f"{info['epochs_run']} epochs, best {info['best_epoch']}"
@@ -153,12 +181,23 @@ def landcover(a, cmd):
         else f"{a.epochs} epochs"
     )
     hid = f", centre hidden {a.hide_centre:g} / other {a.hide_other:g}" if gap else ""
-    seed_ = f", training seed {a.train_seed}" if ts else ""
+    seed_ = f", training seed {a.train_seed}" if a.train_seed is not None else ""
+    seed_ += "".join(f", {k} {v:g}" for k, v in a.loss.items())
     name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid}{seed_})"
-    embs = [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]
+    sets = {name: [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]}
+    if a.whiten:
+        wm = whitened_copy(model, tr, a.seed)
+        save_checkpoint(
+            a.out / f"model_gen_fast{a.latent_dim}{gap}{ts}" / "best_whitened.pt",
+            wm,
+            extra={"whitening": {"fitted_on": f"{len(tr)} training windows", "seed": a.seed}},
+        )
+        sets[f"{name[:-1]}, whitened)"] = [
+            embed(c, wm, sensor="s2", with_error=False).load() for c in cubes
+        ]
     res = run_landcover(
         cubes,
-        {name: embs},
+        sets,
         a.out / "landcover",
         seed=a.seed,
         command=cmd,
@@ -184,11 +223,20 @@ def croptype(a, cmd):
     if a.only_model:
         hides = {k: v for k, v in hides.items() if k in a.only_model}
     embs: dict[str, list] = {k: [] for k in hides}
+    models = {k: model for k in hides}
+    if a.whiten:
+        train_cube = cubes[[p.name for p in folders].index(TRAIN_PATCH)]
+        tr, _ = split_fusion_windows([train_cube], model.sensors, seed=42)
+        wname = "fused 7-d (S1+S2), whitened"
+        hides[wname] = ()
+        models[wname] = whitened_copy(model, tr, a.seed)
+        embs[wname] = []
     if not a.only_model:
         embs["S2 stage-1 latent (9-d)"] = []
     for c in cubes:
         for name, hide in hides.items():
-            embs[name].append(embed_fused(c, model, hide=hide, with_error=False)["embedding"])
+            emb = embed_fused(c, models[name], hide=hide, with_error=False)["embedding"]
+            embs[name].append(emb)
         if "S2 stage-1 latent (9-d)" in embs:
             s2 = embed(c, model.autoencoder("s2"), sensor="s2", with_error=False)
             embs["S2 stage-1 latent (9-d)"].append(s2.load())
@@ -303,6 +351,16 @@ def tables(out: Path) -> str:
     return "\n".join(md)
 
 
+def parse_loss(items) -> dict[str, float]:
+    """``["field=value", ...]`` -> the overridden S2 loss weights (checked by LossConfig)."""
+    try:
+        cfg = LossConfig.from_overrides("s2", items)
+    except ValueError as err:
+        raise SystemExit(f"--loss: {err}") from None
+    fields = [it.partition("=")[0] for it in items]
+    return {k: getattr(cfg, k) for k in dict.fromkeys(fields)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("eval-probes"))
@@ -381,9 +439,24 @@ def main(argv=None):
         "(default: PARAM_GRIDS of latentcube.evaluation.probes, 5,10,20,40)",
     )
     ap.add_argument(
+        "--loss",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="land cover: override weights of the S2 context loss (LossConfig fields, e.g. "
+        "temporal_decay=0.7 spatial_scale=0.1); default the paper's weights",
+    )
+    ap.add_argument(
+        "--whiten",
+        action="store_true",
+        help="also score each embedding with its output whitening fitted on the model's "
+        "training windows (decorrelated, unit-variance axes; no labels)",
+    )
+    ap.add_argument(
         "--tables", action="store_true", help="only print the docs tables of an earlier run"
     )
     a = ap.parse_args(argv)
+    a.loss = parse_loss(a.loss)
     if a.knn_grid:
         from latentcube.evaluation import probes
 

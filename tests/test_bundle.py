@@ -30,6 +30,12 @@ def test_round_trip_and_sidecar(ckpt):
     assert meta["provenance"] == {"cube": "x"} and meta["latentcube_version"]
     side = json.loads(path.with_suffix(".json").read_text())
     assert side["model_config"]["variant"] == "tiny" and side["bands"][0] == "B02"
+    # where the weights were written: CPU capability, threads and versions, in both copies
+    env = side["environment"]
+    assert env == meta["environment"]
+    assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["torch_threads"] == torch.get_num_threads()
+    assert env["packages"]["torch"] == torch.__version__ and env["cpu"]
 
 
 def test_loads_with_weights_only(ckpt):

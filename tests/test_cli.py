@@ -361,3 +361,54 @@ def test_time_axis_option_of_cube_and_embed(tmp_path):
     flags = emb["sensors"].values
     assert (flags[5, 7:-7, 7:-7] == 2).all() and (flags.sum() == 2 * 18 * 18)
     assert not cube["s2_observed"].values[5]
+
+
+def test_whiten_a_stage1_model_and_the_shipped_bundle(tmp_path):
+    """``latentcube whiten``: a copy whose outputs on the training windows have identity
+    covariance, the original's metadata kept, the input never overwritten."""
+    import torch
+
+    from latentcube.bundle import default_model_path, load_any, load_checkpoint
+    from latentcube.data.multisensor import split_fusion_windows
+    from latentcube.data.windows import split_windows
+
+    from conftest import tiny_cube
+
+    cube = tiny_cube(n_time=18, ny=40, nx=40, seed=3)
+    path = write_zarr(cube, tmp_path / "c.zarr")
+    args = ["train", str(path), "--sensor", "s1", "--config", "tiny", "--out", str(tmp_path / "m")]
+    res = runner.invoke(app, [*args, "--max-epochs", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    src = tmp_path / "m" / "best.pt"
+    before = src.read_bytes()
+    res = runner.invoke(app, ["whiten", str(src), str(path), "--out", str(tmp_path / "w.pt")])
+    assert res.exit_code == 0, res.output
+    assert "whitened on" in res.output and src.read_bytes() == before
+    model, meta = load_checkpoint(tmp_path / "w.pt", sensor="s1")
+    assert model.whitening.is_fitted
+    assert meta["normalisation"]["bands"] == ["VV", "VH"]  # carried over
+    assert meta["whitening"]["cubes"] == [str(path)] and meta["whitening"]["windows"] > 7
+    tr, _ = split_windows([cube], "s1", ("VV", "VH"), seed=42)
+    with torch.no_grad():
+        z = model.encode(*(torch.from_numpy(a) for a in tr.batch(np.arange(len(tr)))))
+    assert np.allclose(np.cov(z.double().numpy().T), np.eye(z.shape[1]), atol=1e-3)
+
+    # the shipped fused bundle (a folder)
+    res = runner.invoke(
+        app, ["whiten", str(default_model_path()), str(path), "-o", str(tmp_path / "f.pt")]
+    )
+    assert res.exit_code == 0, res.output
+    fused, fmeta = load_any(tmp_path / "f.pt")
+    assert fused.whitening.is_fitted and fmeta["sensors"] == ["s2", "s1"]
+    ftr, _ = split_fusion_windows([cube], fused.sensors, seed=42)
+    with torch.no_grad():
+        e = fused(ftr.tensors(np.arange(len(ftr))), decode=False).embedding
+    e = e[torch.isfinite(e).all(1)]
+    assert np.allclose(np.cov(e.double().numpy().T), np.eye(7), atol=1e-3)
+
+    # refused: overwriting the input, a file that is not .pt
+    res = runner.invoke(app, ["whiten", str(src), str(path), "--out", str(src)])
+    assert res.exit_code == 2 and "is the input model" in res.output
+    assert src.read_bytes() == before
+    res = runner.invoke(app, ["whiten", str(src), str(path), "--out", str(tmp_path / "w.zarr")])
+    assert res.exit_code == 2 and ".pt file" in res.output

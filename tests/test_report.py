@@ -105,7 +105,10 @@ def test_environment_reads_torch_only_when_loaded(monkeypatch):
 
     import torch
 
-    from latentcube.evaluation.report import environment
+    from latentcube.evaluation.report import environment as reexported
+    from latentcube.provenance import environment
+
+    assert reexported is environment
 
     env = environment()
     assert env["packages"]["torch"] == torch.__version__

@@ -55,3 +55,27 @@ def test_probe_screen_pairs_with_an_earlier_run_on_the_same_folds_only(tmp_path)
         probes.pair_with_earlier(screen, path, tmp_path / "p.json", 43)
     with pytest.raises(SystemExit, match="n_samples"):
         probes.pair_with_earlier({**screen, "n_samples": 99}, path, tmp_path / "p.json", 42)
+
+
+def test_loss_overrides_of_the_probe_script():
+    """``--loss FIELD=VALUE``: the S2 weights with those fields replaced, bad items named."""
+    import pytest
+
+    from latentcube.models.config import LossConfig
+
+    probes = _script("evaluate_probes")
+    assert probes.parse_loss([]) == {}
+    assert probes.parse_loss(["temporal_decay=0.7", "spatial_scale=3e-1"]) == {
+        "temporal_decay": 0.7,
+        "spatial_scale": 0.3,
+    }
+    cfg = LossConfig.from_overrides("s2", ["temporal_decay=0.7"])
+    assert cfg.temporal_decay == 0.7 and cfg.lambda_sam == LossConfig.for_sensor("s2").lambda_sam
+    s1 = LossConfig.from_overrides("s1", ["spatial_decay=0.5"])
+    assert (s1.lambda_sam, s1.lambda_center, s1.spatial_decay) == (0.0, 1.5, 0.5)
+    with pytest.raises(SystemExit, match=r"'temporal=0\.7'.*temporal_decay"):
+        probes.parse_loss(["temporal=0.7"])
+    with pytest.raises(SystemExit, match=r"'temporal_decay=high'.*not a number"):
+        probes.parse_loss(["temporal_decay=high"])
+    with pytest.raises(SystemExit, match=r"'temporal_decay'.*FIELD=VALUE"):
+        probes.parse_loss(["temporal_decay"])

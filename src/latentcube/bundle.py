@@ -62,9 +62,13 @@ def _write_model_file(
 ) -> Path:
     """Write weights + metadata atomically, and the metadata as a ``.json`` sidecar.
 
-    The metadata are the format header, ``fields`` and ``extra`` (made JSON-safe).
+    The metadata are the format header, ``fields``, ``extra`` (made JSON-safe) and the
+    machine and package versions that wrote the file (``environment``, from
+    :func:`latentcube.provenance.environment`): weights trained from one seed are
+    bit-identical on one machine but not across CPUs.
     """
     from latentcube import __version__
+    from latentcube.provenance import environment
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +79,7 @@ def _write_model_file(
         **fields,
         **json.loads(json.dumps(dict(extra or {}), default=str)),
     }
+    meta.setdefault("environment", environment())
     payload = {
         "meta_json": json.dumps(meta),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -87,6 +92,21 @@ def _write_model_file(
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, sidecar)
     return path
+
+
+def _with_identity_whitening(
+    model: torch.nn.Module, state: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``state`` with the whitening buffers of files older than them, as the identity.
+
+    Only a whitening missing as a whole is filled in (as the model is built);
+    any other missing weight is left to fail.
+    """
+    own = model.state_dict()
+    prefixes = {p for p in (k.rsplit(".", 1)[0] for k in own) if p.split(".")[-1] == "whitening"}
+    absent = {p for p in prefixes if not any(k.startswith(f"{p}.") for k in state)}
+    fill = {k: own[k] for k in own if k.rsplit(".", 1)[0] in absent}
+    return {**fill, **state}
 
 
 def save_checkpoint(
@@ -217,7 +237,7 @@ def _autoencoder_from(
         )
     model = build_autoencoder(config)
     try:
-        model.load_state_dict(ck["state_dict"], strict=True)
+        model.load_state_dict(_with_identity_whitening(model, ck["state_dict"]), strict=True)
     except RuntimeError as err:
         raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
     model.eval()
@@ -326,7 +346,7 @@ def _fusion_from(
     """The fused model of a bundle already read by :func:`read_checkpoint`."""
     model = build_fusion_from_meta(ck["meta"], str(path))
     try:
-        model.load_state_dict(ck["state_dict"], strict=True)
+        model.load_state_dict(_with_identity_whitening(model, ck["state_dict"]), strict=True)
     except RuntimeError as err:
         raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
     model.eval()

@@ -425,6 +425,98 @@ def _train_fusion(
     )
 
 
+#: Metadata that :func:`latentcube.bundle.save_checkpoint` and ``save_fusion_checkpoint``
+#: write themselves; everything else in a checkpoint's metadata is carried over.
+_OWN_META = {
+    "format",
+    "format_version",
+    "latentcube_version",
+    "environment",
+    "model_config",
+    "sensor",
+    "bands",
+    "fusion_config",
+    "mode",
+    "sensors",
+    "autoencoder_configs",
+    "sensor_specs",
+}
+
+
+@app.command()
+def whiten(
+    model: Annotated[Path, typer.Argument(help="Stage-1 checkpoint or fused bundle.")],
+    cubes: Annotated[
+        list[Path], typer.Argument(help="The cubes the model was trained on (windows to fit on).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The whitened model file (.pt).")],
+    seed: Annotated[
+        int, typer.Option(help="Seed of the training split (as in training) and the draw.")
+    ] = 42,
+    max_windows: Annotated[int, typer.Option(help="Windows drawn to fit on.")] = 20_000,
+) -> None:
+    """Write a copy of a model whose embedding axes are decorrelated with unit variance.
+
+    The model's output (a stage-1 latent or the fused embedding) is whitened by a
+    fixed affine map fitted without labels on the training windows of CUBES
+    (the split of training with --seed): principal axes, largest variance first,
+    each scaled to unit variance. The decoders undo the map, so reconstructions
+    stay the same; Euclidean distances between embeddings (k-NN, clustering,
+    similarity search) stop counting correlated axes several times over.
+    Example: latentcube whiten runs/s2/best.pt a.zarr b.zarr -o runs/s2/whitened.pt
+    """
+    from latentcube.bundle import (
+        load_any,
+        resolve_bundle,
+        save_checkpoint,
+        save_fusion_checkpoint,
+    )
+    from latentcube.cube.readers import open_cube
+    from latentcube.data.multisensor import split_fusion_windows
+    from latentcube.data.windows import split_windows
+    from latentcube.errors import LatentcubeError
+    from latentcube.fusion_training import fit_fusion_whitening
+    from latentcube.models.fusion import FusionModel
+    from latentcube.training import fit_whitening
+
+    if out.suffix != ".pt":
+        _fail(f"--out must be a .pt file, got {out}")
+    try:
+        if out.resolve() == resolve_bundle(model).resolve():
+            _fail(f"--out {out} is the input model: write the whitened copy elsewhere")
+        net, meta = load_any(model)
+        loaded = [open_cube(c).load() for c in cubes]
+        if isinstance(net, FusionModel):
+            ftr, _ = split_fusion_windows(loaded, net.sensors, seed=seed)
+            fit_fusion_whitening(net, ftr, max_windows=max_windows, seed=seed)
+            n_windows = len(ftr)
+        else:
+            c = net.config
+            tr, _ = split_windows(loaded, c.sensor, c.bands, seed=seed, window=c.window)
+            fit_whitening(net, tr, max_windows=max_windows, seed=seed)
+            n_windows = len(tr)
+    except (LatentcubeError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    var = [round(float(v), 6) for v in net.whitening.variance.tolist()]
+    extra = {k: v for k, v in meta.items() if k not in _OWN_META}
+    extra["whitening"] = {
+        "source_model": str(model),
+        "cubes": [str(c) for c in cubes],
+        "seed": seed,
+        "windows": min(n_windows, max_windows),
+        "axis_variances": var,
+    }
+    if isinstance(net, FusionModel):
+        save_fusion_checkpoint(out, net, extra=extra)
+    else:
+        save_checkpoint(out, net, extra=extra)
+    typer.echo(
+        f"whitened on {extra['whitening']['windows']} training windows; variance of the "
+        f"axes before scaling {', '.join(f'{v:.4g}' for v in var)}; model: {out}"
+    )
+
+
 @app.command()
 def models(
     sensor: Annotated[

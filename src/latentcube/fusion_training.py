@@ -63,6 +63,7 @@ __all__ = [
     "evaluate_fusion",
     "extend_fusion",
     "fit_fusion",
+    "fit_fusion_whitening",
     "fusion_centre_batches",
     "fusion_latents",
     "fusion_train_config",
@@ -104,6 +105,42 @@ def fusion_centre_batches(
         s: SensorBatch(*(torch.cat([getattr(p, k) for p in v]) for k in SensorBatch.FIELDS))
         for s, v in parts.items()
     }
+
+
+@torch.no_grad()
+def fit_fusion_whitening(
+    model: FusionModel,
+    windows: FusionWindows,
+    *,
+    max_windows: int = 20_000,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> FusionModel:
+    """Fit the fused model's output whitening on the embeddings of ``windows`` (in place).
+
+    As :func:`latentcube.training.fit_whitening`, for the fused embedding: every
+    sensor visible, windows without any present sensor left out. The stage-1
+    autoencoders are not changed.
+
+    Returns
+    -------
+    FusionModel
+        ``model``, in eval mode.
+    """
+    idx = np.arange(len(windows))
+    if len(idx) > max_windows:
+        idx = np.sort(np.random.default_rng(seed).choice(len(idx), max_windows, replace=False))
+    model.eval()
+    model.whitening.fitted.fill_(False)
+    parts = []
+    for i in range(0, len(idx), batch_size):
+        e = model(windows.tensors(idx[i : i + batch_size]), decode=False).embedding
+        parts.append(e[torch.isfinite(e).all(dim=1)])
+    emb = torch.cat(parts) if parts else torch.zeros(0, model.config.embed_dim)
+    if len(emb) == 0:
+        raise ValueError("no window with a present sensor to fit the whitening on")
+    model.whitening.fit_(emb)
+    return model
 
 
 @torch.no_grad()
@@ -213,7 +250,10 @@ def extend_fusion(
     aes.update({s: copy.deepcopy(autoencoders[s]) for s in new})
     model = FusionModel(cfg, aes)
     own = model.state_dict()
-    inherited = {k: v for k, v in base.state_dict().items() if k in own}
+    # the fusion layers are retrained, so the base model's output whitening no longer fits
+    inherited = {
+        k: v for k, v in base.state_dict().items() if k in own and not k.startswith("whitening.")
+    }
     model.load_state_dict({**own, **inherited})
     return model
 

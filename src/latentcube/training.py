@@ -32,7 +32,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from latentcube.bundle import FORMAT, read_checkpoint, save_checkpoint
+from latentcube.bundle import (
+    FORMAT,
+    _with_identity_whitening,
+    read_checkpoint,
+    save_checkpoint,
+)
 from latentcube.data.windows import Windows, hide_entries
 from latentcube.distributed import (
     all_gather_objects,
@@ -47,7 +52,14 @@ from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.models.losses import ContextLoss, centre_abs_error
 from latentcube.sensors import SENSORS
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "train", "train_config_preset"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "fit_whitening",
+    "train",
+    "train_config_preset",
+]
 
 METRIC_FIELDS = (
     "epoch",
@@ -160,6 +172,44 @@ def evaluate(
         "val_loss": t_loss / max(t_n, 1),
         "val_centre_mae": t_err / t_cnt if t_cnt else float("nan"),
     }
+
+
+@torch.no_grad()
+def fit_whitening(
+    model: ContextAutoencoder,
+    windows: Windows,
+    *,
+    max_windows: int = 20_000,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> ContextAutoencoder:
+    """Fit the model's output whitening on the latents of ``windows`` (in place).
+
+    The latents of at most ``max_windows`` windows (a seeded draw) are computed
+    without whitening, then :meth:`~latentcube.models.whitening.Whitening.fit_`
+    sets the transform: from then on the model's latents are decorrelated with
+    unit variance (largest-variance axis first) and its decoder undoes the map,
+    so reconstructions are unchanged up to float rounding. No labels are used;
+    fit on the training windows.
+
+    Returns
+    -------
+    ContextAutoencoder
+        ``model``, in eval mode.
+    """
+    if len(windows) == 0:
+        raise ValueError("no windows to fit the whitening on")
+    idx = np.arange(len(windows))
+    if len(idx) > max_windows:
+        idx = np.sort(np.random.default_rng(seed).choice(len(idx), max_windows, replace=False))
+    model.eval()
+    model.whitening.fitted.fill_(False)
+    parts = []
+    for i in range(0, len(idx), batch_size):
+        x, m, g = (torch.from_numpy(a) for a in windows.batch(idx[i : i + batch_size]))
+        parts.append(model.encode(x, m, g))
+    model.whitening.fit_(torch.cat(parts))
+    return model
 
 
 def _seed_everything(seed: int) -> None:
@@ -426,7 +476,8 @@ def _start_run(
                 f"{last} belongs to another model, training configuration or data; "
                 "use another out_dir or resume=False"
             )
-        model.load_state_dict(ck["state_dict"])
+        # a run started before the output whitening existed resumes with it as the identity
+        model.load_state_dict(_with_identity_whitening(model, ck["state_dict"]))
         opt.load_state_dict(ts["optimizer"])
         state.update({k: ts["state"][k] for k in state if k in ts["state"]})
         rngs = ts.get("torch_rng_ranks", [ts["torch_rng"]])

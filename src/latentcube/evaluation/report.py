@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from latentcube.provenance import environment
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -33,38 +35,6 @@ __all__ = [
     "write_probe_report",
     "write_report",
 ]
-
-
-def environment() -> dict[str, Any]:
-    """Where a report's numbers were computed: platform, CPU and package versions.
-
-    Trained weights, and so every score downstream of them, are bit-identical
-    for the same code, seed and thread count on one machine, but not across CPUs
-    whose vector instructions differ (PyTorch makes no such promise), so a report
-    records them. Nothing is imported for this: torch's CPU capability and
-    thread count are read only when torch is already loaded.
-    """
-    from importlib import metadata
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-            cpu = next(names, cpu)
-    except OSError:
-        pass
-    packages = {}
-    for name in ("numpy", "torch", "scikit-learn", "xarray", "zarr", "statsmodels"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    env: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "packages": packages}
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        env["torch_threads"] = torch.get_num_threads()
-    return env
 
 
 def _json_default(o: Any) -> Any:

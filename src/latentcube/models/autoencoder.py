@@ -6,7 +6,8 @@ Common interface (:class:`ContextAutoencoder`):
   reflectance-like values (anything, also NaN, where ``mask`` is False),
   ``mask`` (B, T, W, W) bool pixel validity, ``gaps`` (B, T-1) integer day
   gaps between consecutive dates; ``recon`` (B, T, C, W, W), ``latent``
-  (B, latent_dim), non-negative (Softplus).
+  (B, latent_dim), non-negative (Softplus) unless the model's output
+  whitening (:mod:`latentcube.models.whitening`) has been fitted.
 * ``encode`` / ``decode``.
 * Dense path (``supports_dense``): ``frame_features(x, mask)`` maps a whole
   tile of one date (N, C, H, W) to features (N, F, H-W+1, W'-W+1) with
@@ -32,6 +33,7 @@ from latentcube.models.blocks import (
     sinusoidal_encoding,
 )
 from latentcube.models.config import AutoencoderConfig
+from latentcube.models.whitening import Whitening
 
 __all__ = [
     "ContextAutoencoder",
@@ -75,6 +77,9 @@ class ContextAutoencoder(nn.Module):
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
         self.config = config
+        #: Output whitening (identity until fitted, see :mod:`latentcube.models.whitening`):
+        #: encoders apply it last, decoders undo it first.
+        self.whitening = Whitening(config.latent_dim)
 
     def encode(self, x: Tensor, mask: Tensor, gaps: Tensor) -> Tensor:
         """Latent (B, latent_dim) of the centre pixel at the centre date."""
@@ -221,7 +226,8 @@ class FastAutoencoder(ContextAutoencoder):
         h = tokens + self._positions(gaps)
         h = self.norm(self._run(self.temporal, h))
         centre = h[:, self.config.n_dates // 2]
-        return F.softplus(self.to_latent(torch.cat([centre, h.mean(dim=1)], dim=-1)))
+        z = F.softplus(self.to_latent(torch.cat([centre, h.mean(dim=1)], dim=-1)))
+        return self.whitening(z)
 
     def encode(self, x: Tensor, mask: Tensor, gaps: Tensor) -> Tensor:
         """Latent (B, latent_dim) of the centre pixel at the centre date."""
@@ -232,6 +238,7 @@ class FastAutoencoder(ContextAutoencoder):
     def decode(self, latent: Tensor, gaps: Tensor) -> Tensor:
         """Reconstruction (B, T, C, W, W) of the context window, in [0, 1]."""
         c = self.config
+        latent = self.whitening.inverse_transform(latent)
         h = self.from_latent(latent).unsqueeze(1) + self._positions(gaps)
         h = self.dec_norm(self._run(self.dec_temporal, h))
         out = torch.sigmoid(self.to_patch(h))
@@ -240,7 +247,8 @@ class FastAutoencoder(ContextAutoencoder):
     def decode_centre(self, latent: Tensor, gaps: Tensor) -> Tensor:
         """Reconstruction (B, C) of the centre pixel and date, without the other outputs."""
         c = self.config
-        h = self.from_latent(latent).unsqueeze(1) + self._positions(gaps)
+        h = self.from_latent(self.whitening.inverse_transform(latent)).unsqueeze(1)
+        h = h + self._positions(gaps)
         if self.training:
             h = self.dec_norm(self._run(self.dec_temporal, h))[:, c.n_dates // 2]
         else:  # no dropout: only the centre token's output (frozen decoders in fusion)
@@ -334,13 +342,14 @@ class PaperAutoencoder(ContextAutoencoder):
         f = self.transformer(f + self._pos(gaps))
         tok = self.enc_token(f).transpose(1, 2)  # (B, 16, T)
         red = self.enc_time(tok).flatten(1)  # (B, 16 R)
-        return F.softplus(self.bottleneck(red))
+        return self.whitening(F.softplus(self.bottleneck(red)))
 
     def decode(self, latent: Tensor, gaps: Tensor) -> Tensor:
         """Reconstruction (B, T, C, 15, 15)."""
         c = self.config
         b = latent.shape[0]
-        h = F.softplus(self.dec_expand(latent)).reshape(b, 16, c.reduced_tokens)
+        h = F.softplus(self.dec_expand(self.whitening.inverse_transform(latent)))
+        h = h.reshape(b, 16, c.reduced_tokens)
         h = self.dec_time(h).transpose(1, 2)  # (B, T, 16)
         h = self.transformer(self.dec_token(h) + self._pos(gaps))
         out = self.upscaler(h.reshape(b * c.n_dates, 16, 4, 4))
@@ -355,7 +364,8 @@ class PaperAutoencoder(ContextAutoencoder):
         """
         c = self.config
         b = latent.shape[0]
-        h = F.softplus(self.dec_expand(latent)).reshape(b, 16, c.reduced_tokens)
+        h = F.softplus(self.dec_expand(self.whitening.inverse_transform(latent)))
+        h = h.reshape(b, 16, c.reduced_tokens)
         h = self.dec_time(h).transpose(1, 2)
         h = self.transformer(self.dec_token(h) + self._pos(gaps))[:, c.n_dates // 2]
         out = self.upscaler(h.reshape(b, 16, 4, 4))

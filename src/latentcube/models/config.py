@@ -172,3 +172,33 @@ class LossConfig(BaseModel):
         if sensor == "s1":
             return cls(lambda_mae=1.0, lambda_sam=0.0, lambda_ssim=0.0, lambda_center=1.5)
         return cls()
+
+    @classmethod
+    def from_overrides(cls, sensor: str, items: Sequence[str]) -> LossConfig:
+        """The sensor's weights with ``FIELD=VALUE`` overrides (command-line options).
+
+        Parameters
+        ----------
+        sensor
+            Sensor whose weights (:meth:`for_sensor`) are overridden.
+        items
+            Overrides such as ``["temporal_decay=0.7", "spatial_scale=0.3"]``.
+
+        Raises
+        ------
+        ValueError
+            Naming the item, for an unknown field or a value that is not a number.
+        """
+        update: dict[str, float] = {}
+        for item in items:
+            key, sep, val = item.partition("=")
+            if not sep or key not in cls.model_fields:
+                raise ValueError(
+                    f"loss override {item!r}: expected FIELD=VALUE with FIELD one of "
+                    f"{', '.join(cls.model_fields)}"
+                )
+            try:
+                update[key] = float(val)
+            except ValueError:
+                raise ValueError(f"loss override {item!r}: {val!r} is not a number") from None
+        return cls.model_validate({**cls.for_sensor(sensor).model_dump(), **update})

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from latentcube.models.autoencoder import ContextAutoencoder
 from latentcube.models.config import LossConfig
 from latentcube.models.losses import ContextLoss, centre_abs_error, spectral_angle
+from latentcube.models.whitening import Whitening
 
 __all__ = [
     "FusionConfig",
@@ -329,6 +330,8 @@ class FusionModel(nn.Module):
         self.heads = nn.ModuleDict(
             {s: nn.Linear(config.embed_dim, config.latent_dims[s]) for s in config.sensors}
         )
+        #: Output whitening (identity until fitted, see :mod:`latentcube.models.whitening`).
+        self.whitening = Whitening(config.embed_dim)
         self.apply_mode()
 
     def autoencoder(self, sensor: str) -> ContextAutoencoder:
@@ -384,7 +387,8 @@ class FusionModel(nn.Module):
         Returns
         -------
         torch.Tensor
-            (B, embed_dim), non-negative; NaN where no sensor is present.
+            (B, embed_dim), non-negative (whitened instead once :attr:`whitening` is
+            fitted); NaN where no sensor is present.
         """
         c = self.config
         tokens = []
@@ -401,16 +405,18 @@ class FusionModel(nn.Module):
         h = self.fuser(h, src_key_padding_mask=~attend)
         w = attend.to(h.dtype).unsqueeze(-1)
         pooled = (h * w).sum(dim=1) / w.sum(dim=1)
-        z = F.softplus(self.to_embedding(self.norm(pooled)))
+        z = self.whitening(F.softplus(self.to_embedding(self.norm(pooled))))
         return torch.where(any_present[:, None], z, torch.full_like(z, float("nan")))
 
     def decode(self, embedding: Tensor, gaps: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Per-sensor reconstructions of the whole context window from the embedding."""
-        return {s: self.autoencoder(s).decode(self.heads[s](embedding), gaps[s]) for s in gaps}
+        z = self.whitening.inverse_transform(embedding)
+        return {s: self.autoencoder(s).decode(self.heads[s](z), gaps[s]) for s in gaps}
 
     def decode_centre(self, embedding: Tensor, sensor: str, gaps: Tensor) -> Tensor:
         """Reconstruction (B, C) of one sensor's centre pixel and date from the embedding."""
-        return self.autoencoder(sensor).decode_centre(self.heads[sensor](embedding), gaps)
+        z = self.whitening.inverse_transform(embedding)
+        return self.autoencoder(sensor).decode_centre(self.heads[sensor](z), gaps)
 
     def forward(
         self,
