@@ -273,7 +273,7 @@ def test_worker_caches_follow_the_file_contents(setup, tmp_path):
     torch.manual_seed(1)
     save_checkpoint(path, build_autoencoder(AutoencoderConfig.preset("tiny")).eval())
     second = _worker_model(str(path), _file_digest(path))
-    w1, w2 = (next(iter(m.state_dict().values())) for m in (first, second))
+    w1, w2 = (next(m.parameters()).detach() for m in (first, second))
     assert not torch.equal(w1, w2)
     bands = (("s2", ("B02", "B03")),)
     src = write_zarr(tiny_cube(n_time=5, ny=9, nx=9, seed=0), tmp_path / "c.zarr")
