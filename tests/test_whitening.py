@@ -193,3 +193,21 @@ def test_a_run_started_before_whitening_existed_resumes(tmp_path):
     for k, v in want.state_dict().items():
         assert torch.equal(got.state_dict()[k], v), k
     assert res.best_val == ref.best_val
+
+
+def test_a_failed_refit_leaves_the_fitted_whitening():
+    from latentcube.models.whitening import fit_on_outputs
+
+    w = Whitening(3).fit_(torch.randn(200, 3) @ torch.tensor([[2.0, 0, 0], [1, 1, 0], [0, 0, 1]]))
+    before = {k: v.clone() for k, v in w.state_dict().items()}
+
+    def bad(idx):
+        assert not w.is_fitted  # outputs are computed with the whitening off
+        return torch.full((len(idx), 3), float("nan"))
+
+    with pytest.raises(ValueError, match="NaN"):
+        fit_on_outputs(w, 50, bad, max_windows=20, seed=0, batch_size=8)
+    with pytest.raises(ValueError, match="no windows"):
+        fit_on_outputs(w, 0, bad, max_windows=20, seed=0, batch_size=8)
+    for k, v in w.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -94,21 +94,6 @@ def _write_model_file(
     return path
 
 
-def _with_identity_whitening(
-    model: torch.nn.Module, state: Mapping[str, Any]
-) -> dict[str, Any]:
-    """``state`` with the whitening buffers of files older than them, as the identity.
-
-    Only a whitening missing as a whole is filled in (as the model is built);
-    any other missing weight is left to fail.
-    """
-    own = model.state_dict()
-    prefixes = {p for p in (k.rsplit(".", 1)[0] for k in own) if p.split(".")[-1] == "whitening"}
-    absent = {p for p in prefixes if not any(k.startswith(f"{p}.") for k in state)}
-    fill = {k: own[k] for k in own if k.rsplit(".", 1)[0] in absent}
-    return {**fill, **state}
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: ContextAutoencoder,
@@ -237,7 +222,7 @@ def _autoencoder_from(
         )
     model = build_autoencoder(config)
     try:
-        model.load_state_dict(_with_identity_whitening(model, ck["state_dict"]), strict=True)
+        model.load_state_dict(ck["state_dict"], strict=True)
     except RuntimeError as err:
         raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
     model.eval()
@@ -346,7 +331,7 @@ def _fusion_from(
     """The fused model of a bundle already read by :func:`read_checkpoint`."""
     model = build_fusion_from_meta(ck["meta"], str(path))
     try:
-        model.load_state_dict(_with_identity_whitening(model, ck["state_dict"]), strict=True)
+        model.load_state_dict(ck["state_dict"], strict=True)
     except RuntimeError as err:
         raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
     model.eval()

@@ -40,6 +40,7 @@ from latentcube.models.fusion import (
     centre_errors,
     drop_sensors,
 )
+from latentcube.models.whitening import fit_on_outputs
 from latentcube.training import (
     TrainConfig,
     TrainResult,
@@ -127,19 +128,21 @@ def fit_fusion_whitening(
     FusionModel
         ``model``, in eval mode.
     """
-    idx = np.arange(len(windows))
-    if len(idx) > max_windows:
-        idx = np.sort(np.random.default_rng(seed).choice(len(idx), max_windows, replace=False))
     model.eval()
-    model.whitening.fitted.fill_(False)
-    parts = []
-    for i in range(0, len(idx), batch_size):
-        e = model(windows.tensors(idx[i : i + batch_size]), decode=False).embedding
-        parts.append(e[torch.isfinite(e).all(dim=1)])
-    emb = torch.cat(parts) if parts else torch.zeros(0, model.config.embed_dim)
-    if len(emb) == 0:
-        raise ValueError("no window with a present sensor to fit the whitening on")
-    model.whitening.fit_(emb)
+
+    def embeddings(idx: np.ndarray) -> torch.Tensor:
+        e = model(windows.tensors(idx), decode=False).embedding
+        return e[torch.isfinite(e).all(dim=1)]
+
+    fit_on_outputs(
+        model.whitening,
+        len(windows),
+        embeddings,
+        max_windows=max_windows,
+        seed=seed,
+        batch_size=batch_size,
+        what="window with a present sensor",
+    )
     return model
 
 

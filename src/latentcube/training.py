@@ -32,12 +32,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from latentcube.bundle import (
-    FORMAT,
-    _with_identity_whitening,
-    read_checkpoint,
-    save_checkpoint,
-)
+from latentcube.bundle import FORMAT, read_checkpoint, save_checkpoint
 from latentcube.data.windows import Windows, hide_entries
 from latentcube.distributed import (
     all_gather_objects,
@@ -50,6 +45,7 @@ from latentcube.errors import ModelError
 from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.models.losses import ContextLoss, centre_abs_error
+from latentcube.models.whitening import fit_on_outputs
 from latentcube.sensors import SENSORS
 
 __all__ = [
@@ -197,18 +193,19 @@ def fit_whitening(
     ContextAutoencoder
         ``model``, in eval mode.
     """
-    if len(windows) == 0:
-        raise ValueError("no windows to fit the whitening on")
-    idx = np.arange(len(windows))
-    if len(idx) > max_windows:
-        idx = np.sort(np.random.default_rng(seed).choice(len(idx), max_windows, replace=False))
     model.eval()
-    model.whitening.fitted.fill_(False)
-    parts = []
-    for i in range(0, len(idx), batch_size):
-        x, m, g = (torch.from_numpy(a) for a in windows.batch(idx[i : i + batch_size]))
-        parts.append(model.encode(x, m, g))
-    model.whitening.fit_(torch.cat(parts))
+
+    def latents(idx: np.ndarray) -> torch.Tensor:
+        return model.encode(*(torch.from_numpy(a) for a in windows.batch(idx)))
+
+    fit_on_outputs(
+        model.whitening,
+        len(windows),
+        latents,
+        max_windows=max_windows,
+        seed=seed,
+        batch_size=batch_size,
+    )
     return model
 
 
@@ -476,8 +473,7 @@ def _start_run(
                 f"{last} belongs to another model, training configuration or data; "
                 "use another out_dir or resume=False"
             )
-        # a run started before the output whitening existed resumes with it as the identity
-        model.load_state_dict(_with_identity_whitening(model, ck["state_dict"]))
+        model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ts["optimizer"])
         state.update({k: ts["state"][k] for k in state if k in ts["state"]})
         rngs = ts.get("torch_rng_ranks", [ts["torch_rng"]])

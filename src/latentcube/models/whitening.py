@@ -19,10 +19,14 @@ bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Whitening"]
+__all__ = ["Whitening", "fit_on_outputs"]
 
 
 class Whitening(nn.Module):
@@ -104,6 +108,67 @@ class Whitening(nn.Module):
         self.fitted.fill_(True)
         return self
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Load as usual, but keep the identity when the state has none of the buffers.
+
+        Files written before the buffers existed load unchanged; a state with
+        only some of them still fails.
+        """
+        if not any(prefix + name in state_dict for name in self._buffers):
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def extra_repr(self) -> str:
         """Size and state, for ``repr``."""
         return f"dim={self.mean.numel()}, fitted={self.is_fitted}"
+
+
+@torch.no_grad()
+def fit_on_outputs(
+    whitening: Whitening,
+    n: int,
+    outputs: Callable[[np.ndarray], Tensor],
+    *,
+    max_windows: int,
+    seed: int,
+    batch_size: int,
+    what: str = "windows",
+) -> Whitening:
+    """Fit ``whitening`` on a model's unwhitened outputs for at most ``max_windows`` of ``n``.
+
+    The windows are a seeded draw (all of them when there are few enough);
+    ``outputs(idx)`` returns the rows to fit on for the window indices ``idx``,
+    computed while ``whitening`` is switched off. If anything fails, the
+    whitening is left as it was.
+
+    Raises
+    ------
+    ValueError
+        If there is no row to fit on (``what`` names what was missing), or as
+        :meth:`Whitening.fit_`.
+    """
+    idx = np.arange(n)
+    if n > max_windows:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_windows, replace=False))
+    was = whitening.is_fitted
+    whitening.fitted.fill_(False)
+    try:
+        parts = [outputs(idx[i : i + batch_size]) for i in range(0, len(idx), batch_size)]
+        rows = torch.cat(parts) if parts else torch.zeros(0, whitening.mean.numel())
+        if len(rows) == 0:
+            raise ValueError(f"no {what} to fit the whitening on")
+        return whitening.fit_(rows)
+    except BaseException:
+        whitening.fitted.fill_(was)
+        raise
