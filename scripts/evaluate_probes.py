@@ -84,7 +84,6 @@ def train_s2(
     hide_other=0.0,
     train_seed=None,
     loss=None,
-    latent_noise=0.0,
 ):
     """Train (or resume / reuse) a ``fast`` S2 autoencoder for at most ``epochs`` epochs.
 
@@ -96,7 +95,6 @@ def train_s2(
     ``train_seed``: seed of the initialisation and data order (default ``seed``);
     the split and the validation subset always follow ``seed``.
     ``loss``: overrides of the S2 context-loss weights (:class:`LossConfig` fields).
-    ``latent_noise``: :attr:`TrainConfig.latent_noise` (noise on the decoded latent).
     """
     cfg = AutoencoderConfig.preset("fast", "s2", bands=bands).model_copy(
         update={"latent_dim": latent_dim}
@@ -111,7 +109,6 @@ def train_s2(
         "num_threads": 2,
         "hide_centre_prob": hide_centre,
         "hide_prob": hide_other,
-        "latent_noise": latent_noise,
     }
     if early_stop is not None:
         update["early_stopping_patience"] = early_stop
@@ -128,7 +125,6 @@ def train_s2(
         "epochs": epochs,
         "train_seed": update["seed"],
         "loss_overrides": dict(loss or {}),
-        "latent_noise": latent_noise,
         "epochs_run": res.epochs,
         "stopped": res.stopped,
         "early_stopping_patience": tcfg.early_stopping_patience,
@@ -164,7 +160,6 @@ def landcover(a, cmd):
     gap = f"_hide{a.hide_centre:g}-{a.hide_other:g}" if a.hide_centre or a.hide_other else ""
     ts = f"_seed{a.train_seed}" if a.train_seed is not None else ""
     ts += "".join(f"_{k}{v:g}" for k, v in a.loss.items())
-    ts += f"_noise{a.latent_noise:g}" if a.latent_noise else ""
     model, info, tr = train_s2(
         cubes,
         GEN_BANDS,
@@ -179,7 +174,6 @@ def landcover(a, cmd):
         hide_other=a.hide_other,
         train_seed=a.train_seed,
         loss=a.loss,
-        latent_noise=a.latent_noise,
     )
     ran = (
         f"{info['epochs_run']} epochs, best {info['best_epoch']}"
@@ -189,7 +183,6 @@ def landcover(a, cmd):
     hid = f", centre hidden {a.hide_centre:g} / other {a.hide_other:g}" if gap else ""
     seed_ = f", training seed {a.train_seed}" if a.train_seed is not None else ""
     seed_ += "".join(f", {k} {v:g}" for k, v in a.loss.items())
-    seed_ += f", latent noise {a.latent_noise:g}" if a.latent_noise else ""
     name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid}{seed_})"
     sets = {name: [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]}
     if a.whiten:
@@ -452,14 +445,6 @@ def main(argv=None):
         metavar="FIELD=VALUE",
         help="land cover: override weights of the S2 context loss (LossConfig fields, e.g. "
         "temporal_decay=0.7 spatial_scale=0.1); default the paper's weights",
-    )
-    ap.add_argument(
-        "--latent-noise",
-        type=float,
-        default=0.0,
-        metavar="SD",
-        help="land cover: train with Gaussian noise of this relative sd on the decoded "
-        "latent (TrainConfig.latent_noise; default 0, the paper's training)",
     )
     ap.add_argument(
         "--whiten",

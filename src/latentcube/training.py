@@ -84,11 +84,6 @@ class TrainConfig(BaseModel):
         Gap-filling training (beyond the paper; 0 = off): probability of hiding
         a window's centre pixel-date, and any other valid pixel-date, from the
         input while keeping it in the loss.
-    latent_noise
-        Beyond the paper (0 = off): decode each training latent plus Gaussian
-        noise with this sd relative to each latent dimension's sd over the batch,
-        so directions of small variance cannot carry what the decoder needs
-        (see :meth:`~latentcube.models.autoencoder.ContextAutoencoder.forward`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -112,7 +107,6 @@ class TrainConfig(BaseModel):
     num_threads: int | None = None
     hide_centre_prob: float = Field(default=0.0, ge=0, le=1)
     hide_prob: float = Field(default=0.0, ge=0, lt=1)
-    latent_noise: float = Field(default=0.0, ge=0)
 
 
 def train_config_preset(name: str) -> TrainConfig:
@@ -354,8 +348,8 @@ def _train(
                     np.ones(shape, bool), rng, cfg.hide_centre_prob, cfg.hide_prob
                 )
                 m_in = m & ~torch.from_numpy(hidden[shards[rank]])
-            recon, z = net(x, m_in, g, latent_noise=cfg.latent_noise)
-            loss, parts = loss_fn(recon, x, m, latent=z)
+            recon, _ = net(x, m_in, g)
+            loss, parts = loss_fn(recon, x, m)
             opt.zero_grad(set_to_none=True)
             # DDP averages gradients over processes: weight each shard by its share
             (loss * (len(x) * world / len(batch))).backward()

@@ -110,22 +110,11 @@ class ContextAutoencoder(nn.Module):
         c = self.config
         return self.decode(latent, gaps)[:, c.n_dates // 2, :, c.window // 2, c.window // 2]
 
-    def forward(
-        self, x: Tensor, mask: Tensor, gaps: Tensor, latent_noise: float = 0.0
-    ) -> tuple[Tensor, Tensor]:
-        """Encode and decode; returns ``(recon, latent)``.
-
-        ``latent_noise`` > 0 (training only; ignored in eval mode) decodes the
-        latent plus Gaussian noise whose sd is ``latent_noise`` times each
-        dimension's sd over the batch; the returned latent is noise-free.
-        """
+    def forward(self, x: Tensor, mask: Tensor, gaps: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode and decode; returns ``(recon, latent)``."""
         self._check(x, mask, gaps)
         z = self.encode(x, mask, gaps)
-        zd = z
-        if latent_noise > 0 and self.training and z.shape[0] > 1:
-            sd = z.detach().std(dim=0, keepdim=True)
-            zd = z + latent_noise * sd * torch.randn_like(z)
-        return self.decode(zd, gaps), z
+        return self.decode(z, gaps), z
 
     def _check(self, x: Tensor, mask: Tensor, gaps: Tensor) -> None:
         c = self.config
