@@ -46,20 +46,27 @@ SHIP = ROOT / "src" / "latentcube" / "samples" / "default_model" / "model.pt"
 
 
 @torch.no_grad()
-def run(shared: Path, work: Path, variants: tuple[str, ...] = ()) -> None:
+def run(
+    shared: Path, work: Path, variants: tuple[str, ...] = (), *, held_out_blocks: bool = False
+) -> None:
+    """Print the tables; ``held_out_blocks``: test on the validation blocks of the test
+    patch only (the split of seed 42), which a recipe trained on both patches never saw."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.preprocessing import StandardScaler
 
     from latentcube.bundle import load_checkpoint, load_fusion_checkpoint
     from latentcube.cube.readers import read_worldcereal_labels, read_worldcereal_patch
-    from latentcube.data.multisensor import extract_fusion_windows
+    from latentcube.data.multisensor import extract_fusion_windows, split_fusion_windows
     from latentcube.data.windows import block_regions
 
     torch.set_num_threads(1)
     cube = read_worldcereal_patch(shared / FLANDERS / TEST_PATCH)
     train_cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
-    w = extract_fusion_windows(cube, ("s2", "s1"), mode="consecutive", stride_t=2, stride_xy=3)
+    if held_out_blocks:
+        _, w = split_fusion_windows([cube], ("s2", "s1"), stride_t=2, stride_xy=3, seed=42)
+    else:
+        w = extract_fusion_windows(cube, ("s2", "s1"), mode="consecutive", stride_t=2, stride_xy=3)
     b = w.tensors(np.arange(len(w)))
     n = len(w)
     ws = w.windows["s2"]
@@ -67,7 +74,8 @@ def run(shared: Path, work: Path, variants: tuple[str, ...] = ()) -> None:
     s2c = b["s2"].x[:, 5, :, 7, 7]
     s1c = b["s1"].x[:, 5, :, 7, 7]
     s1_ok = b["s1"].centre_valid()
-    print(f"test windows: {n} pixel-dates of patch {TEST_PATCH} ({cube.sizes['time']} S2 dates)")
+    where = "the validation blocks (seed 42) of patch" if held_out_blocks else "patch"
+    print(f"test windows: {n} pixel-dates of {where} {TEST_PATCH} ({cube.sizes['time']} S2 dates)")
 
     def mae(pred: torch.Tensor, truth: torch.Tensor, ok: torch.Tensor | None = None) -> float:
         e = (pred - truth).abs().mean(dim=1)
@@ -160,6 +168,8 @@ def run(shared: Path, work: Path, variants: tuple[str, ...] = ()) -> None:
         d = np.mean(np.abs(a - c) / (a.std(axis=0) + 1e-12))
         print(f"| {mode} | {', '.join(f'{v:.2f}' for v in r)} | {d:.2f} |")
 
+    if held_out_blocks:  # too few pixel-dates for the probe's own block split
+        return
     labels = read_worldcereal_labels(shared / FLANDERS / TEST_PATCH)["CT"].values
     y = labels[cy, cx]
     keep = np.isin(y, PROBE_CLASSES)
@@ -195,8 +205,19 @@ def main() -> None:
         help="comma-separated recipes of train_default_model.py --variants to add "
         "(folders work/fusion_NAME)",
     )
+    ap.add_argument(
+        "--held-out-blocks",
+        action="store_true",
+        help="test on the validation blocks of the test patch only (seed 42): held out "
+        "for the recipes trained on blocks of both patches too",
+    )
     args = ap.parse_args()
-    run(args.shared, args.work, tuple(filter(None, args.variants.split(","))))
+    run(
+        args.shared,
+        args.work,
+        tuple(filter(None, args.variants.split(","))),
+        held_out_blocks=args.held_out_blocks,
+    )
 
 
 if __name__ == "__main__":

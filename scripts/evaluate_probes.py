@@ -42,7 +42,7 @@ from latentcube.bundle import (
 )
 from latentcube.cube.readers import open_cube, read_worldcereal_labels
 from latentcube.data.multisensor import split_fusion_windows
-from latentcube.data.windows import split_windows
+from latentcube.data.windows import Windows, split_windows
 from latentcube.evaluation.croptype import run_croptype
 from latentcube.evaluation.landcover import run_landcover
 from latentcube.evaluation.report import f1_cell, paired_table
@@ -69,6 +69,20 @@ def cpu_seconds() -> float:
     return sum(x.ru_utime + x.ru_stime for x in r)
 
 
+def probe_model_windows(cubes, bands, *, seed, stride_xy, split_by="cube"):
+    """Training and validation windows of the land-cover model.
+
+    ``split_by="cube"``: the library's split of several cubes (whole cubes);
+    ``"block"``: each cube split by its own spatial blocks, then joined.
+    """
+    if split_by == "cube":
+        return split_windows(cubes, "s2", bands, seed=seed, stride_xy=stride_xy)
+    if split_by != "block":
+        raise ValueError(f"split_by must be 'cube' or 'block', not {split_by!r}")
+    parts = [split_windows([c], "s2", bands, seed=seed, stride_xy=stride_xy) for c in cubes]
+    return Windows.concat([p[0] for p in parts]), Windows.concat([p[1] for p in parts])
+
+
 def train_s2(
     cubes,
     bands,
@@ -84,6 +98,7 @@ def train_s2(
     hide_other=0.0,
     train_seed=None,
     loss=None,
+    split_by="cube",
 ):
     """Train (or resume / reuse) a ``fast`` S2 autoencoder for at most ``epochs`` epochs.
 
@@ -95,11 +110,15 @@ def train_s2(
     ``train_seed``: seed of the initialisation and data order (default ``seed``);
     the split and the validation subset always follow ``seed``.
     ``loss``: overrides of the S2 context-loss weights (:class:`LossConfig` fields).
+    ``split_by``: ``"cube"`` trains on one cube and validates on the other (the
+    library's split of several cubes); ``"block"`` splits each cube by its own
+    spatial blocks, so the model trains on part of every cube it embeds (as the
+    PCA baseline is fitted on all cubes; no labels either way).
     """
     cfg = AutoencoderConfig.preset("fast", "s2", bands=bands).model_copy(
         update={"latent_dim": latent_dim}
     )
-    tr, va = split_windows(cubes, "s2", bands, seed=seed, stride_xy=stride_xy)
+    tr, va = probe_model_windows(cubes, bands, seed=seed, stride_xy=stride_xy, split_by=split_by)
     if len(va) > max_val:
         va = va.subset(np.sort(np.random.default_rng(seed).choice(len(va), max_val, False)))
     print(f"  {len(tr)} training / {len(va)} validation windows", flush=True)
@@ -133,6 +152,7 @@ def train_s2(
         "train_windows": len(tr),
         "val_windows": len(va),
         "stride_xy": stride_xy,
+        "split_by": split_by,
         "cpu_seconds_this_call": round(cpu_seconds() - c0, 1),
         "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
     }
@@ -160,6 +180,7 @@ def landcover(a, cmd):
     gap = f"_hide{a.hide_centre:g}-{a.hide_other:g}" if a.hide_centre or a.hide_other else ""
     ts = f"_seed{a.train_seed}" if a.train_seed is not None else ""
     ts += "".join(f"_{k}{v:g}" for k, v in a.loss.items())
+    ts += "_splitblock" if a.split_by == "block" else ""
     model, info, tr = train_s2(
         cubes,
         GEN_BANDS,
@@ -174,6 +195,7 @@ def landcover(a, cmd):
         hide_other=a.hide_other,
         train_seed=a.train_seed,
         loss=a.loss,
+        split_by=a.split_by,
     )
     ran = (
         f"{info['epochs_run']} epochs, best {info['best_epoch']}"
@@ -183,6 +205,7 @@ def landcover(a, cmd):
     hid = f", centre hidden {a.hide_centre:g} / other {a.hide_other:g}" if gap else ""
     seed_ = f", training seed {a.train_seed}" if a.train_seed is not None else ""
     seed_ += "".join(f", {k} {v:g}" for k, v in a.loss.items())
+    seed_ += ", trained on blocks of both cubes" if a.split_by == "block" else ""
     name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid}{seed_})"
     sets = {name: [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]}
     if a.whiten:
@@ -445,6 +468,14 @@ def main(argv=None):
         metavar="FIELD=VALUE",
         help="land cover: override weights of the S2 context loss (LossConfig fields, e.g. "
         "temporal_decay=0.7 spatial_scale=0.1); default the paper's weights",
+    )
+    ap.add_argument(
+        "--split-by",
+        choices=("cube", "block"),
+        default="cube",
+        help="land cover: 'cube' trains the model on one minicube and validates on the "
+        "other (default); 'block' splits each minicube by its own spatial blocks, so the "
+        "model trains on part of both (no labels; the PCA baseline is fitted on both)",
     )
     ap.add_argument(
         "--whiten",

@@ -70,6 +70,15 @@ VARIANTS: dict[str, dict] = {
         "objective": "centre",
         "loss_weights": {"s2": 0.8},
     },
+    # trained on spatial blocks of both Flanders patches (3/4 of each; no labels), as
+    # the PCA baseline of the probes is fitted on both
+    "centre_s2w08_e30_both": {
+        "mode": "frozen",
+        "epochs": 3 * FUSION_EPOCHS,
+        "objective": "centre",
+        "loss_weights": {"s2": 0.8},
+        "patches": (TRAIN_PATCH, TEST_PATCH),
+    },
     "centre_s2w08_e30_d05": {
         "mode": "frozen",
         "epochs": 3 * FUSION_EPOCHS,
@@ -142,6 +151,7 @@ def fusion(
     name: str | None = None,
     loss_weights: dict[str, float] | None = None,
     sensor_dropout: float = SENSOR_DROPOUT,
+    patches: tuple[str, ...] = (TRAIN_PATCH,),
 ) -> Path:
     """Train the S1 + S2 fusion model (``mode``: frozen or finetune); returns its bundle.
 
@@ -149,16 +159,18 @@ def fusion(
     is always the stage-1 split (seed 42). ``name`` is the output folder under ``work``
     (default from mode and objective); ``loss_weights`` and ``sensor_dropout`` as in
     :class:`~latentcube.models.fusion.FusionConfig` (default: equal weights, 0.3).
+    ``patches``: the Flanders patches trained on, each split by its own spatial blocks
+    (default: the training patch alone).
     """
     import time
 
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import read_worldcereal_patch
-    from latentcube.data.multisensor import split_fusion_windows
+    from latentcube.data.multisensor import FusionWindows, split_fusion_windows
     from latentcube.fusion_training import fusion_train_config, train_fusion
     from latentcube.models.fusion import FusionConfig, FusionModel
 
-    cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
+    cubes = [read_worldcereal_patch(shared / FLANDERS / p) for p in patches]
     aes = {s: load_checkpoint(ckpts[s], sensor=s)[0] for s in ("s2", "s1")}
     torch.manual_seed(seed)
     model = FusionModel(
@@ -171,7 +183,8 @@ def fusion(
         ),
         aes,
     )
-    tr, va = split_fusion_windows([cube], model.sensors, seed=SEED)
+    parts = [split_fusion_windows([c], model.sensors, seed=SEED) for c in cubes]
+    tr, va = (FusionWindows.concat([p[k] for p in parts]) for k in (0, 1))
     tcfg = fusion_train_config("quick").model_copy(
         update={"max_epochs": epochs, "seed": seed, "num_threads": 1}
     )
@@ -185,8 +198,10 @@ def fusion(
         tcfg,
         work / name,
         provenance={
-            "cube": f"{FLANDERS}/{TRAIN_PATCH}",
-            "split": "spatial blocks, seed 42 (as stage 1)",
+            "cube": ", ".join(f"{FLANDERS}/{p}" for p in patches),
+            "split": "spatial blocks"
+            + (" of each cube" if len(patches) > 1 else "")
+            + ", seed 42 (as stage 1)",
             "autoencoders": {s: str(p.relative_to(work)) for s, p in ckpts.items()},
         },
     )

@@ -57,6 +57,31 @@ def test_probe_screen_pairs_with_an_earlier_run_on_the_same_folds_only(tmp_path)
         probes.pair_with_earlier({**screen, "n_samples": 99}, path, tmp_path / "p.json", 42)
 
 
+def test_probe_model_windows_split_by_cube_or_by_blocks_of_each_cube():
+    """``--split-by block``: every cube gives training and validation windows, and no
+    validation window overlaps a training window of its cube; ``cube``: whole cubes."""
+    import numpy as np
+    import pytest
+
+    from conftest import tiny_cube
+
+    probes = _script("evaluate_probes")
+    cubes = [tiny_cube(n_time=24, ny=35, nx=35, seed=s) for s in (1, 2)]
+    bands = tuple(str(b) for b in cubes[0]["band"].values)
+    tr, va = probes.probe_model_windows(cubes, bands, seed=42, stride_xy=2, split_by="cube")
+    assert len(set(tr.cube_id.tolist())) == 1 and len(set(va.cube_id.tolist())) == 1
+    tr, va = probes.probe_model_windows(cubes, bands, seed=42, stride_xy=2, split_by="block")
+    assert set(tr.cube_id.tolist()) == {0, 1} == set(va.cube_id.tolist())
+    for c in (0, 1):
+        foot = np.zeros((35, 35), bool)
+        for y, x in zip(tr.iy[tr.cube_id == c], tr.ix[tr.cube_id == c], strict=True):
+            foot[y : y + 15, x : x + 15] = True
+        for y, x in zip(va.iy[va.cube_id == c], va.ix[va.cube_id == c], strict=True):
+            assert not foot[y : y + 15, x : x + 15].any()
+    with pytest.raises(ValueError, match="split_by"):
+        probes.probe_model_windows(cubes, bands, seed=42, stride_xy=2, split_by="pixel")
+
+
 def test_loss_overrides_of_the_probe_script():
     """``--loss FIELD=VALUE``: the S2 weights with those fields replaced, bad items named."""
     import pytest

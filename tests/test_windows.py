@@ -77,6 +77,33 @@ def test_block_split_has_no_overlapping_footprints(cube):
     assert len(tr) + len(va) > 0
 
 
+def test_block_split_of_one_cube_never_leaves_validation_empty():
+    """A side that is not a multiple of the block gave a 1-px strip of its own, and a
+    validation split of strips alone held no window (131 px: 12 of 50 seeds)."""
+    from latentcube.data.windows import _inside, split_windows
+
+    for n in (131, 64, 97):
+        block = max(16, n // 2)
+        for seed in range(50):
+            tr, va = block_regions((n, n), block, (0.75, 0.25), seed, merge_remainder=True)
+            assert not (tr & va).any() and (tr | va).all()
+            assert _inside(va, 15).any() and _inside(tr, 15).any(), (n, seed)
+    old = [block_regions((131, 131), 65, (0.75, 0.25), s) for s in range(50)]
+    assert sum(not _inside(va, 15).any() for _, va in old) == 12  # the strips it replaces
+    # no remainder: the regions are those of the default (the shipped 64 px training split)
+    for a, b in zip(
+        block_regions((64, 64), 32, seed=42),
+        block_regions((64, 64), 32, seed=42, merge_remainder=True),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    # seed 42 of a 35 x 35 cube put only 1-px strips in validation before
+    odd = tiny_cube(n_time=24, ny=35, nx=35, seed=7)
+    assert not _inside(block_regions((35, 35), 17, (0.75, 0.25), 42)[1], 15).any()
+    tr, va = split_windows([odd], "s2", seed=42, stride_xy=2, stride_t=4)
+    assert len(tr) > 0 and len(va) > 0
+
+
 def test_split_cubes_is_seeded_and_disjoint():
     a = split_cubes(range(100), seed=42)
     assert [len(g) for g in a] == [75, 17, 8]

@@ -188,7 +188,12 @@ class Windows:
 
 
 def block_regions(
-    shape: tuple[int, int], block_px: int, fractions: Sequence[float] = (0.75, 0.25), seed: int = 42
+    shape: tuple[int, int],
+    block_px: int,
+    fractions: Sequence[float] = (0.75, 0.25),
+    seed: int = 42,
+    *,
+    merge_remainder: bool = False,
 ) -> list[np.ndarray]:
     """Assign square blocks of a grid to splits.
 
@@ -203,6 +208,11 @@ def block_regions(
         Share of blocks per split (normalised).
     seed
         Seed of the block shuffle.
+    merge_remainder
+        If True, the pixels left over when an axis is not a multiple of
+        ``block_px`` join the last whole block of that axis instead of forming a
+        strip of their own (a strip narrower than the window holds no window, so
+        a split made only of strips would be empty).
 
     Returns
     -------
@@ -210,7 +220,10 @@ def block_regions(
         One (ny, nx) bool region per split; pass to ``extract_windows(region=...)``.
     """
     ny, nx = shape
-    by, bx = -(-ny // block_px), -(-nx // block_px)
+    if merge_remainder:
+        by, bx = max(1, ny // block_px), max(1, nx // block_px)
+    else:
+        by, bx = -(-ny // block_px), -(-nx // block_px)
     n = by * bx
     order = np.random.default_rng(seed).permutation(n)
     frac = np.asarray(fractions, float) / np.sum(fractions)
@@ -222,7 +235,9 @@ def block_regions(
         label[order[start:stop]] = k
         start = stop
     grid = label.reshape(by, bx)
-    full = np.repeat(np.repeat(grid, block_px, 0), block_px, 1)[:ny, :nx]
+    iy = np.minimum(np.arange(ny) // block_px, by - 1)
+    ix = np.minimum(np.arange(nx) // block_px, bx - 1)
+    full = grid[np.ix_(iy, ix)]
     return [full == k for k in range(len(fractions))]
 
 
@@ -393,7 +408,9 @@ def split_by_place(
     cube = cubes[0]
     ny, nx = cube.sizes["y"], cube.sizes["x"]
     block = max(window + 1, min(ny, nx) // 2)
-    train_r, val_r = block_regions((ny, nx), block, (1 - val_fraction, val_fraction), seed)
+    train_r, val_r = block_regions(
+        (ny, nx), block, (1 - val_fraction, val_fraction), seed, merge_remainder=True
+    )
     return extract(cube, "train", train_r), extract(cube, "consecutive", val_r)
 
 
