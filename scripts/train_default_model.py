@@ -184,7 +184,10 @@ def fusion(
         aes,
     )
     parts = [split_fusion_windows([c], model.sensors, seed=SEED) for c in cubes]
-    tr, va = (FusionWindows.concat([p[k] for p in parts]) for k in (0, 1))
+    if len(parts) == 1:  # the single-patch recipes: the split exactly as before
+        tr, va = parts[0]
+    else:
+        tr, va = (FusionWindows.concat([p[k] for p in parts]) for k in (0, 1))
     tcfg = fusion_train_config("quick").model_copy(
         update={"max_epochs": epochs, "seed": seed, "num_threads": 1}
     )
