@@ -42,7 +42,7 @@ from latentcube.bundle import (
 )
 from latentcube.cube.readers import open_cube, read_worldcereal_labels
 from latentcube.data.multisensor import split_fusion_windows
-from latentcube.data.windows import Windows, split_windows
+from latentcube.data.windows import split_windows
 from latentcube.evaluation.croptype import run_croptype
 from latentcube.evaluation.landcover import run_landcover
 from latentcube.evaluation.report import f1_cell, paired_table
@@ -75,12 +75,11 @@ def probe_model_windows(cubes, bands, *, seed, stride_xy, split_by="cube"):
     ``split_by="cube"``: the library's split of several cubes (whole cubes);
     ``"block"``: each cube split by its own spatial blocks, then joined.
     """
-    if split_by == "cube":
-        return split_windows(cubes, "s2", bands, seed=seed, stride_xy=stride_xy)
-    if split_by != "block":
+    if split_by not in ("cube", "block"):
         raise ValueError(f"split_by must be 'cube' or 'block', not {split_by!r}")
-    parts = [split_windows([c], "s2", bands, seed=seed, stride_xy=stride_xy) for c in cubes]
-    return Windows.concat([p[0] for p in parts]), Windows.concat([p[1] for p in parts])
+    return split_windows(
+        cubes, "s2", bands, seed=seed, stride_xy=stride_xy, within_cubes=split_by == "block"
+    )
 
 
 def train_s2(

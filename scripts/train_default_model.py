@@ -166,7 +166,7 @@ def fusion(
 
     from latentcube.bundle import load_checkpoint
     from latentcube.cube.readers import read_worldcereal_patch
-    from latentcube.data.multisensor import FusionWindows, split_fusion_windows
+    from latentcube.data.multisensor import split_fusion_windows
     from latentcube.fusion_training import fusion_train_config, train_fusion
     from latentcube.models.fusion import FusionConfig, FusionModel
 
@@ -183,11 +183,7 @@ def fusion(
         ),
         aes,
     )
-    parts = [split_fusion_windows([c], model.sensors, seed=SEED) for c in cubes]
-    if len(parts) == 1:  # the single-patch recipes: the split exactly as before
-        tr, va = parts[0]
-    else:
-        tr, va = (FusionWindows.concat([p[k] for p in parts]) for k in (0, 1))
+    tr, va = split_fusion_windows(cubes, model.sensors, seed=SEED, within_cubes=True)
     tcfg = fusion_train_config("quick").model_copy(
         update={"max_epochs": epochs, "seed": seed, "num_threads": 1}
     )

@@ -104,6 +104,29 @@ def test_block_split_of_one_cube_never_leaves_validation_empty():
     assert len(tr) > 0 and len(va) > 0
 
 
+def test_split_within_cubes_gives_every_cube_to_both_splits():
+    """``within_cubes``: each cube split by its own blocks, as splitting each alone and
+    joining the parts; whole cubes by default; the fusion split alike."""
+    from latentcube.data.multisensor import split_fusion_windows
+    from latentcube.data.windows import split_windows
+
+    cubes = [tiny_cube(n_time=24, ny=35, nx=35, seed=s) for s in (1, 2)]
+    tr, va = split_windows(cubes, seed=42, stride_xy=2, stride_t=4, within_cubes=True)
+    alone = [split_windows([c], seed=42, stride_xy=2, stride_t=4) for c in cubes]
+    for got, k in ((tr, 0), (va, 1)):
+        want = Windows.concat([a[k] for a in alone])
+        for f in ("cube_id", "t_idx", "iy", "ix"):
+            np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
+    assert set(tr.cube_id.tolist()) == {0, 1} == set(va.cube_id.tolist())
+    tr, va = split_windows(cubes, seed=42, stride_xy=2, stride_t=4)
+    assert len(set(tr.cube_id.tolist())) == 1 == len(set(va.cube_id.tolist()))
+    ftr, fva = split_fusion_windows(
+        cubes, ("s2", "s1"), seed=42, stride_xy=2, stride_t=4, within_cubes=True
+    )
+    for w in (ftr, fva):
+        assert set(w.windows["s2"].cube_id.tolist()) == {0, 1}
+
+
 def test_split_cubes_is_seeded_and_disjoint():
     a = split_cubes(range(100), seed=42)
     assert [len(g) for g in a] == [75, 17, 8]

@@ -160,13 +160,14 @@ def split_fusion_windows(
     stride_t: int = 3,
     stride_xy: int = 3,
     seed: int = 42,
+    within_cubes: bool = False,
 ) -> tuple[FusionWindows, FusionWindows]:
     """Training and validation windows of several sensors, split without leakage.
 
     The same split as :func:`~latentcube.data.windows.split_windows` (whole cubes
-    with two cubes or more, spatial blocks of one cube otherwise; same seed, same
-    split), so a fusion model is validated on the places its stage-1 models were
-    validated on.
+    with two cubes or more, spatial blocks of one cube or, with ``within_cubes``,
+    of every cube otherwise; same seed, same split), so a fusion model is
+    validated on the places its stage-1 models were validated on.
     """
     common: dict[str, Any] = {
         "window": window,
@@ -179,5 +180,11 @@ def split_fusion_windows(
         return extract_fusion_windows(cube, sensors, bands, mode=mode, region=region, **common)
 
     return split_by_place(
-        cubes, extract, FusionWindows.concat, window=window, val_fraction=val_fraction, seed=seed
+        cubes,
+        extract,
+        FusionWindows.concat,
+        window=window,
+        val_fraction=val_fraction,
+        seed=seed,
+        within_cubes=within_cubes,
     )

@@ -370,12 +370,14 @@ def split_by_place(
     window: int,
     val_fraction: float,
     seed: int,
+    within_cubes: bool = False,
 ) -> tuple[W, W]:
     """The leakage-free split shared by stage 1 and fusion: cubes or blocks, never windows.
 
     With two cubes or more, whole cubes go to one split (:func:`split_cubes`, at
-    least one each); with a single cube, square blocks larger than the window do
-    (2 x 2 blocks at least, :func:`block_regions`).
+    least one each); with a single cube, or with ``within_cubes``, square blocks
+    larger than the window do (2 x 2 blocks at least per cube,
+    :func:`block_regions`), so that every cube gives windows to both splits.
 
     Parameters
     ----------
@@ -388,6 +390,9 @@ def split_by_place(
         Joins the windows of several cubes.
     window, val_fraction, seed
         Window side (blocks are larger), validation share, seed of the split.
+    within_cubes
+        Split every cube by its own blocks even when there are several (to train
+        on part of every place to be embedded); default: whole cubes.
 
     Returns
     -------
@@ -397,7 +402,7 @@ def split_by_place(
     """
     if not cubes:
         raise ValueError("no cubes given")
-    if len(cubes) >= 2:
+    if len(cubes) >= 2 and not within_cubes:
         train_ids, val_ids = split_cubes(range(len(cubes)), (1 - val_fraction, val_fraction), seed)
         if not val_ids:
             train_ids, val_ids = train_ids[:-1], train_ids[-1:]
@@ -405,13 +410,19 @@ def split_by_place(
             concat([extract(cubes[i], "train", None) for i in train_ids]),
             concat([extract(cubes[i], "consecutive", None) for i in val_ids]),
         )
-    cube = cubes[0]
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    block = max(window + 1, min(ny, nx) // 2)
-    train_r, val_r = block_regions(
-        (ny, nx), block, (1 - val_fraction, val_fraction), seed, merge_remainder=True
-    )
-    return extract(cube, "train", train_r), extract(cube, "consecutive", val_r)
+
+    def by_blocks(cube: xr.Dataset) -> tuple[W, W]:
+        ny, nx = cube.sizes["y"], cube.sizes["x"]
+        block = max(window + 1, min(ny, nx) // 2)
+        train_r, val_r = block_regions(
+            (ny, nx), block, (1 - val_fraction, val_fraction), seed, merge_remainder=True
+        )
+        return extract(cube, "train", train_r), extract(cube, "consecutive", val_r)
+
+    if len(cubes) == 1:
+        return by_blocks(cubes[0])
+    parts = [by_blocks(c) for c in cubes]
+    return concat([p[0] for p in parts]), concat([p[1] for p in parts])
 
 
 def split_windows(
@@ -424,13 +435,15 @@ def split_windows(
     stride_t: int = 3,
     stride_xy: int = 3,
     seed: int = 42,
+    within_cubes: bool = False,
 ) -> tuple[Windows, Windows]:
     """Training and validation windows from cubes, split without leakage.
 
     With two cubes or more, whole cubes go to one split (:func:`split_cubes`);
-    with a single cube, square blocks larger than the window do (2 x 2 blocks at
-    least, :func:`block_regions`). Training windows draw 11 of 20 dates at random,
-    validation windows take consecutive dates.
+    with a single cube, or with ``within_cubes``, square blocks larger than the
+    window do (2 x 2 blocks at least per cube, :func:`block_regions`).
+    Training windows draw 11 of 20 dates at random, validation windows take
+    consecutive dates.
 
     Returns
     -------
@@ -451,7 +464,13 @@ def split_windows(
         return extract_windows(arrays[id(cube)], sensor, mode=mode, region=region, **common)
 
     return split_by_place(
-        cubes, extract, Windows.concat, window=window, val_fraction=val_fraction, seed=seed
+        cubes,
+        extract,
+        Windows.concat,
+        window=window,
+        val_fraction=val_fraction,
+        seed=seed,
+        within_cubes=within_cubes,
     )
 
 
