@@ -61,6 +61,15 @@ GEN_DIR = SHARED / "greenearthnet_replicated_minicubes"
 FLANDERS_DIR = SHARED / "worldcereal_s1_s2_training_patches_flanders"
 GEN_BANDS = ("B02", "B03", "B04", "B8A")
 TRAIN_PATCH = "00002806639B424A"  # the Flanders patch the shipped model was trained on
+# land cover: the ``fast`` spatial encoder of each context window (receptive field
+# 1 + 2 * sum(dilations) = window); 15 is the preset
+SPATIAL_ENCODERS = {
+    15: {"conv_channels": (32, 48, 64, 64), "conv_dilations": (1, 1, 2, 3)},
+    11: {"conv_channels": (32, 48, 64, 64), "conv_dilations": (1, 1, 1, 2)},
+    9: {"conv_channels": (32, 48, 64, 64), "conv_dilations": (1, 1, 1, 1)},
+    7: {"conv_channels": (32, 48, 64), "conv_dilations": (1, 1, 1)},
+}
+SPATIAL_ENCODERS_DEFAULT = 15
 
 
 def cpu_seconds() -> float:
@@ -69,7 +78,7 @@ def cpu_seconds() -> float:
     return sum(x.ru_utime + x.ru_stime for x in r)
 
 
-def probe_model_windows(cubes, bands, *, seed, stride_xy, split_by="cube"):
+def probe_model_windows(cubes, bands, *, seed, stride_xy, split_by="cube", window=15):
     """Training and validation windows of the land-cover model.
 
     ``split_by="cube"``: the library's split of several cubes (whole cubes);
@@ -78,7 +87,13 @@ def probe_model_windows(cubes, bands, *, seed, stride_xy, split_by="cube"):
     if split_by not in ("cube", "block"):
         raise ValueError(f"split_by must be 'cube' or 'block', not {split_by!r}")
     return split_windows(
-        cubes, "s2", bands, seed=seed, stride_xy=stride_xy, within_cubes=split_by == "block"
+        cubes,
+        "s2",
+        bands,
+        seed=seed,
+        stride_xy=stride_xy,
+        window=window,
+        within_cubes=split_by == "block",
     )
 
 
@@ -98,6 +113,7 @@ def train_s2(
     train_seed=None,
     loss=None,
     split_by="cube",
+    window=15,
 ):
     """Train (or resume / reuse) a ``fast`` S2 autoencoder for at most ``epochs`` epochs.
 
@@ -113,11 +129,21 @@ def train_s2(
     library's split of several cubes); ``"block"`` splits each cube by its own
     spatial blocks, so the model trains on part of every cube it embeds (as the
     PCA baseline is fitted on all cubes; no labels either way).
+    ``window``: the context window in pixels (a key of :data:`SPATIAL_ENCODERS`).
     """
-    cfg = AutoencoderConfig.preset("fast", "s2", bands=bands).model_copy(
-        update={"latent_dim": latent_dim}
+    if window not in SPATIAL_ENCODERS:
+        raise ValueError(f"window must be one of {sorted(SPATIAL_ENCODERS)}, not {window}")
+    cfg = AutoencoderConfig.model_validate(
+        {
+            **AutoencoderConfig.preset("fast", "s2", bands=bands).model_dump(),
+            "latent_dim": latent_dim,
+            "window": window,
+            **SPATIAL_ENCODERS[window],
+        }
     )
-    tr, va = probe_model_windows(cubes, bands, seed=seed, stride_xy=stride_xy, split_by=split_by)
+    tr, va = probe_model_windows(
+        cubes, bands, seed=seed, stride_xy=stride_xy, split_by=split_by, window=window
+    )
     if len(va) > max_val:
         va = va.subset(np.sort(np.random.default_rng(seed).choice(len(va), max_val, False)))
     print(f"  {len(tr)} training / {len(va)} validation windows", flush=True)
@@ -152,6 +178,7 @@ def train_s2(
         "val_windows": len(va),
         "stride_xy": stride_xy,
         "split_by": split_by,
+        "window": window,
         "cpu_seconds_this_call": round(cpu_seconds() - c0, 1),
         "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
     }
@@ -173,6 +200,19 @@ def whitened_copy(model, windows, seed):
     return wm
 
 
+def same_pixels(emb, border=SPATIAL_ENCODERS_DEFAULT // 2):
+    """``emb`` loaded, NaN within ``border`` pixels of the cube's edge.
+
+    A model with a window under 15 px embeds pixels nearer the edge than the
+    15 px model does; masking them keeps the probe's samples and folds (pixel-dates
+    where every set is finite) equal to those of the other runs.
+    """
+    emb = emb.load()
+    inner = np.zeros((emb.sizes["y"], emb.sizes["x"]), bool)
+    inner[border:-border, border:-border] = True
+    return emb.where(inner[None, None] if emb.ndim == 4 else inner)
+
+
 def landcover(a, cmd):
     print("land cover: GreenEarthNet minicubes (B02 B03 B04 B8A, 20 m; no S1)", flush=True)
     cubes = [open_cube(p).load() for p in sorted(GEN_DIR.glob("*.nc"))]
@@ -180,6 +220,7 @@ def landcover(a, cmd):
     ts = f"_seed{a.train_seed}" if a.train_seed is not None else ""
     ts += "".join(f"_{k}{v:g}" for k, v in a.loss.items())
     ts += "_splitblock" if a.split_by == "block" else ""
+    ts += f"_w{a.window}" if a.window != 15 else ""
     model, info, tr = train_s2(
         cubes,
         GEN_BANDS,
@@ -195,6 +236,7 @@ def landcover(a, cmd):
         train_seed=a.train_seed,
         loss=a.loss,
         split_by=a.split_by,
+        window=a.window,
     )
     ran = (
         f"{info['epochs_run']} epochs, best {info['best_epoch']}"
@@ -205,8 +247,9 @@ def landcover(a, cmd):
     seed_ = f", training seed {a.train_seed}" if a.train_seed is not None else ""
     seed_ += "".join(f", {k} {v:g}" for k, v in a.loss.items())
     seed_ += ", trained on blocks of both cubes" if a.split_by == "block" else ""
+    seed_ += f", {a.window} px window" if a.window != 15 else ""
     name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid}{seed_})"
-    sets = {name: [embed(c, model, sensor="s2", with_error=False).load() for c in cubes]}
+    sets = {name: [same_pixels(embed(c, model, sensor="s2", with_error=False)) for c in cubes]}
     if a.whiten:
         wm = whitened_copy(model, tr, a.seed)
         save_checkpoint(
@@ -215,7 +258,7 @@ def landcover(a, cmd):
             extra={"whitening": {"fitted_on": f"{len(tr)} training windows", "seed": a.seed}},
         )
         sets[f"{name[:-1]}, whitened)"] = [
-            embed(c, wm, sensor="s2", with_error=False).load() for c in cubes
+            same_pixels(embed(c, wm, sensor="s2", with_error=False)) for c in cubes
         ]
     res = run_landcover(
         cubes,
@@ -475,6 +518,14 @@ def main(argv=None):
         help="land cover: 'cube' trains the model on one minicube and validates on the "
         "other (default); 'block' splits each minicube by its own spatial blocks, so the "
         "model trains on part of both (no labels; the PCA baseline is fitted on both)",
+    )
+    ap.add_argument(
+        "--window",
+        type=int,
+        choices=sorted(SPATIAL_ENCODERS),
+        default=15,
+        help="land cover: the model's context window in pixels (default 15, the paper's; "
+        "the GreenEarthNet pixels are 20 m, so 7 px covers about the paper's 150 m)",
     )
     ap.add_argument(
         "--whiten",

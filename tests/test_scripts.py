@@ -104,3 +104,35 @@ def test_loss_overrides_of_the_probe_script():
         probes.parse_loss(["temporal_decay=high"])
     with pytest.raises(SystemExit, match=r"'temporal_decay'.*FIELD=VALUE"):
         probes.parse_loss(["temporal_decay"])
+
+
+def test_probe_window_option_embeds_the_pixels_of_the_15px_model():
+    """``--window``: every spatial encoder has the window as receptive field, and its
+    embedding, masked by ``same_pixels``, is finite on exactly the pixels (and dates)
+    where the 15 px model's is, so the probe's samples and folds stay the same."""
+    import numpy as np
+    import torch
+
+    from latentcube.inference import embed
+    from latentcube.models.autoencoder import build_autoencoder
+    from latentcube.models.config import AutoencoderConfig
+
+    from conftest import tiny_cube
+
+    probes = _script("evaluate_probes")
+    cube = tiny_cube(n_time=14, ny=24, nx=22, seed=3)
+    bands = tuple(str(b) for b in cube["band"].values)
+    finite = {}
+    for w, enc in probes.SPATIAL_ENCODERS.items():
+        cfg = AutoencoderConfig.model_validate(
+            {**AutoencoderConfig.preset("tiny", "s2", bands=bands).model_dump(), "window": w, **enc}
+        )
+        torch.manual_seed(0)
+        emb = embed(cube, build_autoencoder(cfg).eval(), sensor="s2", with_error=False)
+        raw = np.isfinite(emb.values).all(axis=0)
+        finite[w] = np.isfinite(probes.same_pixels(emb).values).all(axis=0)
+        if w < 15:
+            assert raw.sum() > finite[w].sum()  # the smaller window embeds nearer the edge
+    assert finite[15].any()
+    for w in probes.SPATIAL_ENCODERS:
+        np.testing.assert_array_equal(finite[w], finite[15])
