@@ -211,3 +211,24 @@ def test_a_failed_refit_leaves_the_fitted_whitening():
         fit_on_outputs(w, 0, bad, max_windows=20, seed=0, batch_size=8)
     for k, v in w.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_whiten_command_knows_every_field_the_checkpoint_writers_set(tmp_path):
+    """``latentcube whiten`` carries a checkpoint's metadata over except what the
+    writers set themselves (``cli._OWN_META``); a field a writer adds later must be
+    listed there too, or the whitened copy would keep the source's stale value."""
+    import json
+
+    from latentcube.cli import _OWN_META
+
+    aes = {s: build_autoencoder(AutoencoderConfig.preset("tiny", s)) for s in ("s2", "s1")}
+    fused = FusionModel(FusionConfig.for_autoencoders(aes), aes)
+    written = set()
+    for path in (
+        save_checkpoint(tmp_path / "s2.pt", aes["s2"]),
+        save_fusion_checkpoint(tmp_path / "f.pt", fused),
+    ):
+        keys = set(json.loads(path.with_suffix(".json").read_text()))
+        assert keys - _OWN_META == set(), path.name
+        written |= keys
+    assert _OWN_META - written == set()  # no stale names either
