@@ -70,6 +70,13 @@ VARIANTS: dict[str, dict] = {
         "objective": "centre",
         "loss_weights": {"s2": 0.8},
     },
+    # twice as long: the 30-epoch runs of fusion seeds 42-46 kept epoch 25-27 of 30
+    "centre_s2w08_e60": {
+        "mode": "frozen",
+        "epochs": 6 * FUSION_EPOCHS,
+        "objective": "centre",
+        "loss_weights": {"s2": 0.8},
+    },
     # trained on spatial blocks of both Flanders patches (3/4 of each; no labels), as
     # the PCA baseline of the probes is fitted on both
     "centre_s2w08_e30_both": {
