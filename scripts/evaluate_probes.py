@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
 from latentcube.bundle import (
     default_model_path,
@@ -61,15 +62,15 @@ GEN_DIR = SHARED / "greenearthnet_replicated_minicubes"
 FLANDERS_DIR = SHARED / "worldcereal_s1_s2_training_patches_flanders"
 GEN_BANDS = ("B02", "B03", "B04", "B8A")
 TRAIN_PATCH = "00002806639B424A"  # the Flanders patch the shipped model was trained on
-# land cover: the ``fast`` spatial encoder of each context window (receptive field
-# 1 + 2 * sum(dilations) = window); 15 is the preset
+# land cover: the context window of the model (the preset's, 15 px) and the ``fast``
+# spatial encoder of each other window (receptive field 1 + 2 * sum(dilations) = window)
+DEFAULT_WINDOW = AutoencoderConfig.model_fields["window"].default
 SPATIAL_ENCODERS = {
-    15: {"conv_channels": (32, 48, 64, 64), "conv_dilations": (1, 1, 2, 3)},
+    DEFAULT_WINDOW: {},  # the preset's own encoder
     11: {"conv_channels": (32, 48, 64, 64), "conv_dilations": (1, 1, 1, 2)},
     9: {"conv_channels": (32, 48, 64, 64), "conv_dilations": (1, 1, 1, 1)},
     7: {"conv_channels": (32, 48, 64), "conv_dilations": (1, 1, 1)},
 }
-SPATIAL_ENCODERS_DEFAULT = 15
 
 
 def cpu_seconds() -> float:
@@ -78,7 +79,7 @@ def cpu_seconds() -> float:
     return sum(x.ru_utime + x.ru_stime for x in r)
 
 
-def probe_model_windows(cubes, bands, *, seed, stride_xy, split_by="cube", window=15):
+def probe_model_windows(cubes, bands, *, seed, stride_xy, split_by="cube", window=DEFAULT_WINDOW):
     """Training and validation windows of the land-cover model.
 
     ``split_by="cube"``: the library's split of several cubes (whole cubes);
@@ -113,7 +114,7 @@ def train_s2(
     train_seed=None,
     loss=None,
     split_by="cube",
-    window=15,
+    window=DEFAULT_WINDOW,
 ):
     """Train (or resume / reuse) a ``fast`` S2 autoencoder for at most ``epochs`` epochs.
 
@@ -200,7 +201,7 @@ def whitened_copy(model, windows, seed):
     return wm
 
 
-def same_pixels(emb, border=SPATIAL_ENCODERS_DEFAULT // 2):
+def same_pixels(emb, border=DEFAULT_WINDOW // 2):
     """``emb`` loaded, NaN within ``border`` pixels of the cube's edge.
 
     A model with a window under 15 px embeds pixels nearer the edge than the
@@ -210,7 +211,7 @@ def same_pixels(emb, border=SPATIAL_ENCODERS_DEFAULT // 2):
     emb = emb.load()
     inner = np.zeros((emb.sizes["y"], emb.sizes["x"]), bool)
     inner[border:-border, border:-border] = True
-    return emb.where(inner[None, None] if emb.ndim == 4 else inner)
+    return emb.where(xr.DataArray(inner, dims=("y", "x")))
 
 
 def landcover(a, cmd):
@@ -220,7 +221,7 @@ def landcover(a, cmd):
     ts = f"_seed{a.train_seed}" if a.train_seed is not None else ""
     ts += "".join(f"_{k}{v:g}" for k, v in a.loss.items())
     ts += "_splitblock" if a.split_by == "block" else ""
-    ts += f"_w{a.window}" if a.window != 15 else ""
+    ts += f"_w{a.window}" if a.window != DEFAULT_WINDOW else ""
     model, info, tr = train_s2(
         cubes,
         GEN_BANDS,
@@ -247,7 +248,7 @@ def landcover(a, cmd):
     seed_ = f", training seed {a.train_seed}" if a.train_seed is not None else ""
     seed_ += "".join(f", {k} {v:g}" for k, v in a.loss.items())
     seed_ += ", trained on blocks of both cubes" if a.split_by == "block" else ""
-    seed_ += f", {a.window} px window" if a.window != 15 else ""
+    seed_ += f", {a.window} px window" if a.window != DEFAULT_WINDOW else ""
     name = f"S2 embedding (fast, {a.latent_dim}-d, {ran}{hid}{seed_})"
     sets = {name: [same_pixels(embed(c, model, sensor="s2", with_error=False)) for c in cubes]}
     if a.whiten:
@@ -523,7 +524,7 @@ def main(argv=None):
         "--window",
         type=int,
         choices=sorted(SPATIAL_ENCODERS),
-        default=15,
+        default=DEFAULT_WINDOW,
         help="land cover: the model's context window in pixels (default 15, the paper's; "
         "the GreenEarthNet pixels are 20 m, so 7 px covers about the paper's 150 m)",
     )
