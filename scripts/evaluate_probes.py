@@ -62,6 +62,9 @@ GEN_DIR = SHARED / "greenearthnet_replicated_minicubes"
 FLANDERS_DIR = SHARED / "worldcereal_s1_s2_training_patches_flanders"
 GEN_BANDS = ("B02", "B03", "B04", "B8A")
 TRAIN_PATCH = "00002806639B424A"  # the Flanders patch the shipped model was trained on
+# crop type: the fused embedding kept only where S2 contributed (bit 0 of ``sensors``);
+# elsewhere (S2 cloudy or missing at the pixel) it was embedded from S1 alone
+S2_PIXEL_DATES = "fused 7-d (S1+S2), S2 pixel-dates"
 # land cover: the context window of the model (the preset's, 15 px) and the ``fast``
 # spatial encoder of each other window (receptive field 1 + 2 * sum(dilations) = window)
 DEFAULT_WINDOW = AutoencoderConfig.model_fields["window"].default
@@ -273,10 +276,19 @@ def landcover(a, cmd):
     print(f"  wrote {a.out / 'landcover'}: {res['n_samples']} samples", flush=True)
 
 
+def s2_pixel_dates(fused: xr.Dataset, sensors) -> xr.DataArray:
+    """The fused embedding where S2 contributed (``sensors`` flag bit of S2), else NaN.
+
+    Elsewhere (S2 cloudy or missing at the pixel) the model embedded S1 alone.
+    """
+    bit = 1 << list(sensors).index("s2")
+    return fused["embedding"].where((fused["sensors"] & bit) > 0)
+
+
 def croptype(a, cmd):
     print("crop type: WorldCereal Flanders patches (10 S2 bands + S1 VV/VH, 10 m)", flush=True)
     folders = sorted(p for p in FLANDERS_DIR.iterdir() if p.is_dir())
-    cubes = [open_cube(p).load() for p in folders]
+    cubes = [open_cube(p, time_axis=a.time_axis).load() for p in folders]
     labels = [read_worldcereal_labels(p)["CT"].values for p in folders]
     path = Path(a.model) if a.model else default_model_path()
     model, _ = load_fusion_checkpoint(path)
@@ -288,6 +300,8 @@ def croptype(a, cmd):
     }
     if a.only_model:
         hides = {k: v for k, v in hides.items() if k in a.only_model}
+    if a.s2_pixel_dates:
+        hides[S2_PIXEL_DATES] = ()
     embs: dict[str, list] = {k: [] for k in hides}
     models = {k: model for k in hides}
     if a.whiten:
@@ -300,8 +314,14 @@ def croptype(a, cmd):
     if not a.only_model:
         embs["S2 stage-1 latent (9-d)"] = []
     for c in cubes:
+        fused: dict[tuple, xr.Dataset] = {}  # one embedding per (model, hidden sensors)
         for name, hide in hides.items():
-            emb = embed_fused(c, models[name], hide=hide, with_error=False)["embedding"]
+            key = (id(models[name]), hide)
+            if key not in fused:
+                fused[key] = embed_fused(c, models[name], hide=hide, with_error=False)
+            emb = fused[key]["embedding"]
+            if name == S2_PIXEL_DATES:
+                emb = s2_pixel_dates(fused[key], models[name].config.sensors)
             embs[name].append(emb)
         if "S2 stage-1 latent (9-d)" in embs:
             s2 = embed(c, model.autoencoder("s2"), sensor="s2", with_error=False)
@@ -533,6 +553,20 @@ def main(argv=None):
         action="store_true",
         help="also score each embedding with its output whitening fitted on the model's "
         "training windows (decorrelated, unit-variance axes; no labels)",
+    )
+    ap.add_argument(
+        "--s2-pixel-dates",
+        action="store_true",
+        help="crop type: also score the fused embedding kept only on the pixel-dates S2 "
+        "contributed to (its `sensors` flag), so each series is interpolated over the "
+        "pixel's clear S2 dates as the S2 baselines are, not over S1-only embeddings",
+    )
+    ap.add_argument(
+        "--time-axis",
+        choices=("s2", "union"),
+        default="s2",
+        help="crop type: the patches' time axis; 'union' adds every S1-only day, which the "
+        "fused model embeds from S1 (the S2 baselines stay on the clear S2 dates)",
     )
     ap.add_argument(
         "--tables", action="store_true", help="only print the docs tables of an earlier run"

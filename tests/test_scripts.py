@@ -136,3 +136,33 @@ def test_probe_window_option_embeds_the_pixels_of_the_15px_model():
     assert finite[15].any()
     for w in probes.SPATIAL_ENCODERS:
         np.testing.assert_array_equal(finite[w], finite[15])
+
+
+def test_s2_pixel_dates_keeps_the_fused_embedding_where_s2_contributed():
+    """``--s2-pixel-dates``: the fused embedding stays where S2 was valid at the
+    pixel-date, bit for bit, and is NaN where it was made from S1 alone."""
+    import numpy as np
+    import torch
+
+    from latentcube.fusion_inference import embed_fused
+    from latentcube.models.autoencoder import build_autoencoder
+    from latentcube.models.config import AutoencoderConfig
+    from latentcube.models.fusion import FusionConfig, FusionModel
+
+    from conftest import tiny_cube
+
+    ep = _script("evaluate_probes")
+    cube = tiny_cube(n_time=12, ny=18, nx=18, seed=5, cloud_fraction=0.3)
+    torch.manual_seed(0)
+    aes = {s: build_autoencoder(AutoencoderConfig.preset("tiny", s)) for s in ("s2", "s1")}
+    model = FusionModel(FusionConfig.for_autoencoders(aes), aes).eval()
+    ds = embed_fused(cube, model, with_error=False)
+    got = ep.s2_pixel_dates(ds, model.config.sensors).values
+    full = ds["embedding"].values
+    s2v = cube["s2_valid"].values
+    cloudy = np.isfinite(full).all(0) & ~s2v  # embedded from S1 alone
+    assert cloudy.any() and (np.isfinite(full).all(0) & s2v).any()
+    assert np.isnan(got[:, cloudy]).all()
+    keep = np.isfinite(got).all(0)
+    assert keep.tolist() == (np.isfinite(full).all(0) & s2v).tolist()
+    np.testing.assert_array_equal(got[:, keep], full[:, keep])
