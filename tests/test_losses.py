@@ -185,3 +185,53 @@ def test_ssim_map_equals_a_2d_gaussian_convolution():
     c1, c2 = 1e-4, 9e-4
     ref = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
     torch.testing.assert_close(ssim_map(a, b), ref, rtol=1e-12, atol=1e-12)
+
+
+def _hand_decorrelation(z):
+    """Mean squared off-diagonal Pearson correlation, with numpy."""
+    r = np.corrcoef(np.asarray(z, float), rowvar=False)
+    d = r.shape[0]
+    return (r[~np.eye(d, dtype=bool)] ** 2).sum() / (d * (d - 1))
+
+
+def test_latent_decorrelation_by_hand():
+    from latentcube.models.losses import latent_decorrelation
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(64, 5))
+    z[:, 1] = 0.7 * z[:, 0] + 0.3 * z[:, 1]  # one correlated pair
+    got = float(latent_decorrelation(torch.tensor(z)))
+    assert got == pytest.approx(_hand_decorrelation(z), rel=1e-5)
+    # scale and offset of a dimension do not matter
+    z2 = z * np.array([1, 100, 0.01, 3, 1]) + 5
+    assert float(latent_decorrelation(torch.tensor(z2))) == pytest.approx(got, rel=1e-5)
+    # two copies of one dimension: 1; an orthogonal design: 0; degenerate batches: 0
+    a = rng.normal(size=(16, 1))
+    assert float(latent_decorrelation(torch.tensor(np.hstack([a, -2 * a])))) == pytest.approx(
+        1.0, rel=1e-4
+    )
+    h = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert float(latent_decorrelation(h)) == pytest.approx(0.0, abs=1e-7)
+    assert float(latent_decorrelation(torch.ones(1, 4))) == 0.0
+    assert float(latent_decorrelation(torch.ones(8, 4))) == 0.0  # constant: no NaN
+
+
+def test_decorrelation_term_is_added_only_when_weighted_and_given():
+    rng = np.random.default_rng(4)
+    recon = torch.tensor(rng.random((6, 3, 2, 5, 5)), dtype=torch.float32)
+    target = torch.tensor(rng.random((6, 3, 2, 5, 5)), dtype=torch.float32)
+    mask = torch.ones(6, 3, 5, 5, dtype=torch.bool)
+    z = torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32)
+    base, parts = ContextLoss(LossConfig())(recon, target, mask, latent=z)
+    assert "decorrelation" not in parts  # weight 0: the paper's loss
+    cfg = LossConfig(lambda_decorrelation=0.5)
+    total, parts = ContextLoss(cfg)(recon, target, mask, latent=z)
+    assert float(parts["decorrelation"]) == pytest.approx(_hand_decorrelation(z.numpy()), rel=1e-5)
+    assert float(total) == pytest.approx(
+        float(base) + 0.5 * float(parts["decorrelation"]), rel=1e-5
+    )
+    # validation passes no latent: reconstruction terms only
+    val, parts = ContextLoss(cfg)(recon, target, mask)
+    assert float(val) == pytest.approx(float(base), rel=1e-6) and "decorrelation" not in parts
+    with pytest.raises(ValueError):
+        LossConfig(lambda_decorrelation=-1)

@@ -18,7 +18,7 @@ import torch
 from latentcube.bundle import load_checkpoint
 from latentcube.data.windows import block_regions, extract_windows
 from latentcube.errors import ModelError
-from latentcube.models.config import AutoencoderConfig
+from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.training import TrainConfig, train, train_config_preset
 
 from conftest import tiny_cube
@@ -81,6 +81,32 @@ def test_resume_refuses_another_configuration(tmp_path):
     with pytest.raises(ModelError, match="belongs to another model"):
         train(AutoencoderConfig.preset("tiny"), tr, va, other, tmp_path, progress=False)
     train(AutoencoderConfig.preset("tiny"), tr, va, other, tmp_path, resume=False, progress=False)
+    # another loss is another run too; the checkpoint records the loss it was trained with
+    loss = LossConfig(lambda_decorrelation=0.5)
+    with pytest.raises(ModelError, match="belongs to another model"):
+        train(
+            AutoencoderConfig.preset("tiny"),
+            tr,
+            va,
+            other,
+            tmp_path,
+            loss_config=loss,
+            progress=False,
+        )
+    train(
+        AutoencoderConfig.preset("tiny"),
+        tr,
+        va,
+        other,
+        tmp_path / "l",
+        loss_config=loss,
+        progress=False,
+    )
+    _, meta = load_checkpoint(tmp_path / "l" / "last.pt")
+    assert LossConfig(**meta["loss_config"]) == loss
+    _, meta = load_checkpoint(tmp_path / "last.pt")
+    assert LossConfig(**meta["loss_config"]) == LossConfig.for_sensor("s2")
+    assert "loss_config" not in meta["identity"]  # the default loss: identities as before
 
 
 def test_empty_windows_are_refused(tmp_path):
@@ -195,3 +221,28 @@ def test_gap_filling_hides_the_centre_from_the_input_but_not_the_loss(tmp_path, 
     cfg = cfg.model_copy(update={"hide_centre_prob": 0.0})
     train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "n", progress=False)
     assert torch.cat(seen).all()  # off: the (valid) centres are visible
+
+
+def test_decorrelation_weight_decorrelates_the_trained_latent(tmp_path):
+    from latentcube.models.config import LossConfig
+    from latentcube.models.losses import latent_decorrelation
+
+    tr, va = _data()
+    cfg = TrainConfig(lr=3e-3, warmup_steps=5, batch_size=16, max_epochs=8, seed=0)
+    x, m, g = (torch.from_numpy(a) for a in tr.batch(np.arange(len(tr))))
+    scores = {}
+    for lam in (0.0, 5.0):
+        loss = LossConfig(lambda_decorrelation=lam)
+        train(
+            AutoencoderConfig.preset("tiny"),
+            tr,
+            va,
+            cfg,
+            tmp_path / str(lam),
+            loss_config=loss,
+            progress=False,
+        )
+        model, _ = load_checkpoint(tmp_path / str(lam) / "last.pt")
+        with torch.no_grad():
+            scores[lam] = float(latent_decorrelation(model.encode(x, m, g)))
+    assert scores[5.0] < 0.2 * scores[0.0], scores  # measured: 0.025 against 0.38

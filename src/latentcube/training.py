@@ -304,7 +304,8 @@ def _train(
         # same initial weights everywhere (DDP also broadcasts them); own dropout stream
         torch.manual_seed(cfg.seed * 1000 + rank)
         net = torch.nn.parallel.DistributedDataParallel(model)
-    loss_fn = ContextLoss(loss_config or LossConfig.for_sensor(model_config.sensor))
+    default_loss = LossConfig.for_sensor(model_config.sensor)
+    loss_fn = ContextLoss(loss_config or default_loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {**_fresh_state(), "cpu_seconds": 0.0}
     identity = {
@@ -315,6 +316,8 @@ def _train(
         "n_train": len(train_windows),
         "n_val": len(val_windows),
     }
+    if loss_fn.config != default_loss:  # the sensor's default loss keeps older identities
+        identity["loss_config"] = loss_fn.config.model_dump(mode="json")
     rows = _start_run(
         out, identity, model, opt, state, resume=resume, formats=(FORMAT,), rank=rank, world=world
     )
@@ -348,8 +351,8 @@ def _train(
                     np.ones(shape, bool), rng, cfg.hide_centre_prob, cfg.hide_prob
                 )
                 m_in = m & ~torch.from_numpy(hidden[shards[rank]])
-            recon, _ = net(x, m_in, g)
-            loss, parts = loss_fn(recon, x, m)
+            recon, z = net(x, m_in, g)
+            loss, parts = loss_fn(recon, x, m, latent=z)
             opt.zero_grad(set_to_none=True)
             # DDP averages gradients over processes: weight each shard by its share
             (loss * (len(x) * world / len(batch))).backward()
@@ -391,6 +394,7 @@ def _train(
             "identity": identity,
             "provenance": dict(provenance or {}),
             "train_config": cfg.model_dump(mode="json"),
+            "loss_config": loss_fn.config.model_dump(mode="json"),
             "processes": world,
             "metrics": {"epoch": state["epoch"], "best_val_centre_mae": state["best"], **val},
             "normalisation": {

@@ -165,6 +165,9 @@ class LossConfig(BaseModel):
     spatial_decay: float = 0.1
     spatial_scale: float = 0.01
     temporal_decay: float = 0.1
+    #: Weight of the latent decorrelation term (not in the paper; 0 = the paper's loss):
+    #: the mean squared off-diagonal correlation of the latent dimensions over a batch.
+    lambda_decorrelation: float = Field(default=0.0, ge=0.0)
 
     @classmethod
     def for_sensor(cls, sensor: str) -> LossConfig:

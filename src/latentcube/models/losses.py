@@ -18,6 +18,11 @@ Terms (each averaged over the batch):
 * ``center``: MAE at the centre pixel and date, over samples where it is valid.
 
 Total = ``lambda_mae * mae + lambda_sam * sam + lambda_ssim * ssim + lambda_center * center``.
+
+Not in the paper, off by default: with ``lambda_decorrelation > 0`` and the
+batch's latents passed, the total also holds ``lambda_decorrelation *
+decorrelation`` (:func:`latent_decorrelation`), which keeps the latent
+dimensions from repeating one another.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "centre_abs_error",
     "centre_mae",
     "context_weights",
+    "latent_decorrelation",
     "spectral_angle",
     "ssim",
     "ssim_map",
@@ -135,6 +141,33 @@ def ssim(
     return ssim_map(a, b, window, sigma, data_range).mean()
 
 
+def latent_decorrelation(latent: Tensor, eps: float = 1e-12) -> Tensor:
+    """Mean squared off-diagonal correlation of the latent dimensions over a batch.
+
+    Parameters
+    ----------
+    latent
+        (B, D) latents of one batch.
+    eps
+        Floor of each dimension's variance, so a constant dimension gives 0.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar in [0, 1]: 0 when the D dimensions are uncorrelated over the
+        batch, 1 when they are all perfectly (anti-)correlated; 0 for B < 2 or D < 2.
+        It does not depend on the scale or offset of any dimension.
+    """
+    b, d = latent.shape
+    if b < 2 or d < 2:
+        return latent.new_zeros(())
+    zc = latent - latent.mean(dim=0)
+    zs = zc / zc.pow(2).mean(dim=0).clamp(min=eps).sqrt()
+    corr = zs.T @ zs / b
+    off = corr - torch.diag(torch.diagonal(corr))
+    return off.pow(2).sum() / (d * (d - 1))
+
+
 class ContextLoss(nn.Module):
     """Weighted masked context loss; see the module docstring."""
 
@@ -143,15 +176,18 @@ class ContextLoss(nn.Module):
         self.config = config or LossConfig()
 
     def forward(
-        self, recon: Tensor, target: Tensor, mask: Tensor
+        self, recon: Tensor, target: Tensor, mask: Tensor, latent: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of ``recon`` against ``target`` (B, T, C, W, W) under ``mask`` (B, T, W, W).
+
+        ``latent`` (B, D) adds the decorrelation term when ``lambda_decorrelation
+        > 0`` (training passes it; validation scores the reconstruction only).
 
         Returns
         -------
         tuple
             The total (scalar) and a dict of the terms ``mae``, ``sam``,
-            ``ssim`` and ``center``.
+            ``ssim`` and ``center`` (and ``decorrelation`` when it was added).
         """
         cfg = self.config
         b, t, ch, w, _ = recon.shape
@@ -183,4 +219,7 @@ class ContextLoss(nn.Module):
             + cfg.lambda_ssim * parts["ssim"]
             + cfg.lambda_center * parts["center"]
         )
+        if cfg.lambda_decorrelation > 0 and latent is not None:
+            parts["decorrelation"] = latent_decorrelation(latent)
+            total = total + cfg.lambda_decorrelation * parts["decorrelation"]
         return total, parts
