@@ -50,6 +50,7 @@ from latentcube.evaluation.report import f1_cell, paired_table
 from latentcube.fusion_inference import embed_fused
 from latentcube.fusion_training import fit_fusion_whitening
 from latentcube.inference import embed
+from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.training import fit_whitening, train, train_config_preset
 
@@ -160,6 +161,11 @@ def train_s2(
     }
     if early_stop is not None:
         update["early_stopping_patience"] = early_stop
+    if epochs == 0:  # the control: the encoder as initialised, never trained
+        torch.manual_seed(update["seed"])
+        info = {"model": f"fast S2, latent {latent_dim}, untrained", "train_seed": update["seed"]}
+        print(f"  {info}", flush=True)
+        return build_autoencoder(cfg).eval(), info, tr
     tcfg = train_config_preset("quick").model_copy(update=update)
     c0, t0 = cpu_seconds(), time.perf_counter()
     loss_cfg = LossConfig.for_sensor("s2").model_copy(update=loss or {})
@@ -246,6 +252,8 @@ def landcover(a, cmd):
         f"{info['epochs_run']} epochs, best {info['best_epoch']}"
         if a.early_stop
         else f"{a.epochs} epochs"
+        if a.epochs
+        else "untrained"
     )
     hid = f", centre hidden {a.hide_centre:g} / other {a.hide_other:g}" if gap else ""
     seed_ = f", training seed {a.train_seed}" if a.train_seed is not None else ""
@@ -450,7 +458,13 @@ def parse_loss(items) -> dict[str, float]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("eval-probes"))
-    ap.add_argument("--epochs", type=int, default=8, help="land-cover model epochs (fixed)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=8,
+        help="land-cover model epochs (fixed); 0 scores the untrained encoder (its "
+        "initial weights, seed --train-seed): the control for what the context alone gives",
+    )
     ap.add_argument("--latent-dim", type=int, default=7, help="land-cover model latent size")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(

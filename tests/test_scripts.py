@@ -166,3 +166,23 @@ def test_s2_pixel_dates_keeps_the_fused_embedding_where_s2_contributed():
     keep = np.isfinite(got).all(0)
     assert keep.tolist() == (np.isfinite(full).all(0) & s2v).tolist()
     np.testing.assert_array_equal(got[:, keep], full[:, keep])
+
+
+def test_zero_epochs_give_the_untrained_encoder_of_the_training_seed(tmp_path):
+    """``--epochs 0``: the encoder as initialised (the same weights for the same seed,
+    others for another), and nothing is trained or written."""
+    import torch
+
+    from conftest import tiny_cube
+
+    probes = _script("evaluate_probes")
+    cubes = [tiny_cube(n_time=24, ny=35, nx=35, seed=s) for s in (1, 2)]
+    bands = tuple(str(b) for b in cubes[0]["band"].values)
+    kw = {"latent_dim": 7, "epochs": 0, "seed": 42, "stride_xy": 4, "max_val": 50}
+    m1, info, _ = probes.train_s2(cubes, bands, tmp_path / "a", train_seed=1, **kw)
+    m1b, _, _ = probes.train_s2(cubes, bands, tmp_path / "b", train_seed=1, **kw)
+    m2, _, _ = probes.train_s2(cubes, bands, tmp_path / "c", train_seed=2, **kw)
+    a, b, c = (m.state_dict() for m in (m1, m1b, m2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert not m1.training and "untrained" in info["model"] and not list(tmp_path.iterdir())
