@@ -224,7 +224,6 @@ def test_gap_filling_hides_the_centre_from_the_input_but_not_the_loss(tmp_path, 
 
 
 def test_decorrelation_weight_decorrelates_the_trained_latent(tmp_path):
-    from latentcube.models.config import LossConfig
     from latentcube.models.losses import latent_decorrelation
 
     tr, va = _data()
