@@ -245,3 +245,8 @@ def test_decorrelation_weight_decorrelates_the_trained_latent(tmp_path):
         with torch.no_grad():
             scores[lam] = float(latent_decorrelation(model.encode(x, m, g)))
     assert scores[5.0] < 0.2 * scores[0.0], scores  # measured: 0.025 against 0.38
+    # metrics.csv logs the term's training mean when it is on, and leaves it blank when off
+    off = _rows(tmp_path / "0.0" / "metrics.csv")
+    on = [float(r["train_decorrelation"]) for r in _rows(tmp_path / "5.0" / "metrics.csv")]
+    assert all(r["train_decorrelation"] == "" for r in off)
+    assert len(on) == 8 and on[-1] < 0.5 * on[0], on

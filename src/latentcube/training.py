@@ -66,6 +66,7 @@ METRIC_FIELDS = (
     "train_sam",
     "train_ssim",
     "train_center",
+    "train_decorrelation",
     "val_loss",
     "val_centre_mae",
     "seconds",
@@ -373,7 +374,9 @@ def _train(
                 state["stopped"] = "time_budget"
                 break
         bar.close()
-        keys = ("loss", "mae", "sam", "ssim", "center")
+        keys: tuple[str, ...] = ("loss", "mae", "sam", "ssim", "center")
+        if loss_fn.config.lambda_decorrelation > 0:
+            keys += ("decorrelation",)  # blank in metrics.csv when the term is off
         *tot, seen_all = all_reduce_sums([*(sums.get(k, 0.0) for k in keys), seen])
         sums, seen = dict(zip(keys, tot, strict=True)), int(seen_all)
         val = evaluate(model, val_windows, loss_fn, cfg.val_batch_size)
@@ -598,7 +601,7 @@ def _write_rows(path: Path, fields: Sequence[str], rows: list[dict[str, Any]]) -
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in fields})
+            w.writerow({k: r.get(k, "") for k in fields})
     os.replace(tmp, path)
 
 
