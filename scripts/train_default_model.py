@@ -98,31 +98,36 @@ VARIANTS: dict[str, dict] = {
 
 def stage1(shared: Path, work: Path) -> dict[str, Path]:
     """Train the S2 and S1 ``fast`` autoencoders; returns their best checkpoints."""
+    return {
+        s: train_stage1(shared, work / f"stage1_{s}", s, epochs)
+        for s, epochs in STAGE1_EPOCHS.items()
+    }
+
+
+def train_stage1(shared: Path, out: Path, sensor: str, epochs: int) -> Path:
+    """Train one ``fast`` autoencoder for ``epochs`` (seed 42) into ``out``; its best checkpoint."""
     from latentcube.cube.readers import read_worldcereal_patch
     from latentcube.data.windows import split_windows
     from latentcube.models.config import AutoencoderConfig
     from latentcube.training import train, train_config_preset
 
     cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
-    out: dict[str, Path] = {}
-    for sensor, epochs in STAGE1_EPOCHS.items():
-        mcfg = AutoencoderConfig.preset("fast", sensor)
-        tr, va = split_windows([cube], sensor, mcfg.bands, seed=SEED)
-        tcfg = train_config_preset("quick").model_copy(
-            update={"max_epochs": epochs, "seed": SEED, "num_threads": 1}
-        )
-        print(f"stage 1 {sensor}: {len(tr)} training / {len(va)} validation windows")
-        res = train(
-            mcfg,
-            tr,
-            va,
-            tcfg,
-            work / f"stage1_{sensor}",
-            provenance={"cube": f"{FLANDERS}/{TRAIN_PATCH}", "split": "spatial blocks, seed 42"},
-        )
-        print(f"stage 1 {sensor}: best validation centre MAE {res.best_val:.4f} ({res.stopped})")
-        out[sensor] = res.checkpoint
-    return out
+    mcfg = AutoencoderConfig.preset("fast", sensor)
+    tr, va = split_windows([cube], sensor, mcfg.bands, seed=SEED)
+    tcfg = train_config_preset("quick").model_copy(
+        update={"max_epochs": epochs, "seed": SEED, "num_threads": 1}
+    )
+    print(f"stage 1 {sensor}: {len(tr)} training / {len(va)} validation windows")
+    res = train(
+        mcfg,
+        tr,
+        va,
+        tcfg,
+        out,
+        provenance={"cube": f"{FLANDERS}/{TRAIN_PATCH}", "split": "spatial blocks, seed 42"},
+    )
+    print(f"stage 1 {sensor}: best validation centre MAE {res.best_val:.4f} ({res.stopped})")
+    return res.checkpoint
 
 
 def export_stage1(work: Path) -> dict[str, Path]:
@@ -301,6 +306,14 @@ def main() -> None:
         help=f"comma-separated fusion recipes to train after the steps, into work/fusion_NAME "
         f"(not shipped): {', '.join(VARIANTS)}",
     )
+    ap.add_argument(
+        "--s2-stage1-epochs",
+        type=int,
+        default=None,
+        help="with --steps export: train the S2 autoencoder afresh for this many epochs "
+        "(seed 42, into work/stage1_s2_eN) and build the fusion steps on it, keeping the "
+        "exported S1 autoencoder",
+    )
     args = ap.parse_args()
     unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
     if unknown:
@@ -308,6 +321,11 @@ def main() -> None:
     steps = args.steps.split(",")
     torch.set_num_threads(1)
     ckpts = export_stage1(args.work) if "export" in steps else stage1(args.shared, args.work)
+    if args.s2_stage1_epochs is not None:
+        if "export" not in steps:
+            raise SystemExit("--s2-stage1-epochs needs --steps export (S1 from the bundle)")
+        n = args.s2_stage1_epochs
+        ckpts["s2"] = train_stage1(args.shared, args.work / f"stage1_s2_e{n}", "s2", n)
     frozen = args.work / "fusion_frozen" / "best.pt"
     if "fusion" in steps:
         frozen = fusion(
