@@ -319,11 +319,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     steps = args.steps.split(",")
+    if args.s2_stage1_epochs is not None and "export" not in steps:
+        raise SystemExit("--s2-stage1-epochs needs --steps export (S1 from the bundle)")
     torch.set_num_threads(1)
     ckpts = export_stage1(args.work) if "export" in steps else stage1(args.shared, args.work)
     if args.s2_stage1_epochs is not None:
-        if "export" not in steps:
-            raise SystemExit("--s2-stage1-epochs needs --steps export (S1 from the bundle)")
         n = args.s2_stage1_epochs
         ckpts["s2"] = train_stage1(args.shared, args.work / f"stage1_s2_e{n}", "s2", n)
     frozen = args.work / "fusion_frozen" / "best.pt"

@@ -186,3 +186,18 @@ def test_zero_epochs_give_the_untrained_encoder_of_the_training_seed(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert not m1.training and "untrained" in info["model"] and not list(tmp_path.iterdir())
+
+
+def test_default_model_script_refuses_a_fresh_s2_stage1_without_the_exported_s1(
+    tmp_path, monkeypatch
+):
+    """``--s2-stage1-epochs`` pairs a fresh S2 autoencoder with the shipped S1 one, so it
+    needs ``--steps export``; refused before anything is trained or written."""
+    import pytest
+
+    script = _script("train_default_model")
+    argv = ["x", "--work", str(tmp_path / "w"), "--steps", "stage1", "--s2-stage1-epochs", "1"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match="needs --steps export"):
+        script.main()
+    assert not (tmp_path / "w").exists()
