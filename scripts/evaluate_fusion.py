@@ -120,9 +120,7 @@ def run(
         )
         # frozen: the stage-1 latents; fine-tuned: its own encoders' latents (computed once)
         mlat = (
-            lat
-            if model.config.mode == "frozen"
-            else {s: model.encode_sensor(s, b[s]) for s in lat}
+            lat if model.config.mode == "frozen" else {s: model.encode_sensor(s, b[s]) for s in lat}
         )
         for name, vis in (
             ("S1+S2", (True, True)),
