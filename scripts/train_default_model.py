@@ -98,20 +98,27 @@ VARIANTS: dict[str, dict] = {
 
 def stage1(shared: Path, work: Path) -> dict[str, Path]:
     """Train the S2 and S1 ``fast`` autoencoders; returns their best checkpoints."""
+    cube = training_patch(shared)  # read once for both sensors
     return {
-        s: train_stage1(shared, work / f"stage1_{s}", s, epochs)
+        s: train_stage1(cube, work / f"stage1_{s}", s, epochs)
         for s, epochs in STAGE1_EPOCHS.items()
     }
 
 
-def train_stage1(shared: Path, out: Path, sensor: str, epochs: int) -> Path:
-    """Train one ``fast`` autoencoder for ``epochs`` (seed 42) into ``out``; its best checkpoint."""
+def training_patch(shared: Path):
+    """The Flanders patch stage 1 and the fusion steps train on."""
     from latentcube.cube.readers import read_worldcereal_patch
+
+    return read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
+
+
+def train_stage1(cube, out: Path, sensor: str, epochs: int) -> Path:
+    """Train one ``fast`` autoencoder on ``cube`` for ``epochs`` (seed 42) into ``out``;
+    returns its best checkpoint."""
     from latentcube.data.windows import split_windows
     from latentcube.models.config import AutoencoderConfig
     from latentcube.training import train, train_config_preset
 
-    cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
     mcfg = AutoencoderConfig.preset("fast", sensor)
     tr, va = split_windows([cube], sensor, mcfg.bands, seed=SEED)
     tcfg = train_config_preset("quick").model_copy(
@@ -325,7 +332,9 @@ def main() -> None:
     ckpts = export_stage1(args.work) if "export" in steps else stage1(args.shared, args.work)
     if args.s2_stage1_epochs is not None:
         n = args.s2_stage1_epochs
-        ckpts["s2"] = train_stage1(args.shared, args.work / f"stage1_s2_e{n}", "s2", n)
+        ckpts["s2"] = train_stage1(
+            training_patch(args.shared), args.work / f"stage1_s2_e{n}", "s2", n
+        )
     frozen = args.work / "fusion_frozen" / "best.pt"
     if "fusion" in steps:
         frozen = fusion(
