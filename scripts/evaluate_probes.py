@@ -66,6 +66,15 @@ TRAIN_PATCH = "00002806639B424A"  # the Flanders patch the shipped model was tra
 # crop type: the fused embedding kept only where S2 contributed (bit 0 of ``sensors``);
 # elsewhere (S2 cloudy or missing at the pixel) it was embedded from S1 alone
 S2_PIXEL_DATES = "fused 7-d (S1+S2), S2 pixel-dates"
+#: The fused crop-type sets of a bundle: name -> the sensors hidden from the model.
+FUSED_SETS: dict[str, tuple[str, ...]] = {
+    "fused 7-d (S1+S2)": (),
+    "fused 7-d, S2 hidden (S1 only)": ("s2",),
+    "fused 7-d, S1 hidden (S2 only)": ("s1",),
+}
+#: ``--only-model`` name of the bundle's stage-1 S2 latent (scored as "S2 stage-1 latent (D-d)").
+S2_LATENT = "S2 stage-1 latent"
+ONLY_MODEL_SETS = (*FUSED_SETS, S2_LATENT)
 # land cover: the context window of the model (the preset's, 15 px) and the ``fast``
 # spatial encoder of each other window (receptive field 1 + 2 * sum(dilations) = window)
 DEFAULT_WINDOW = AutoencoderConfig.model_fields["window"].default
@@ -301,11 +310,7 @@ def croptype(a, cmd):
     path = Path(a.model) if a.model else default_model_path()
     model, _ = load_fusion_checkpoint(path)
     torch.set_num_threads(2)
-    hides = {
-        "fused 7-d (S1+S2)": (),
-        "fused 7-d, S2 hidden (S1 only)": ("s2",),
-        "fused 7-d, S1 hidden (S2 only)": ("s1",),
-    }
+    hides = dict(FUSED_SETS)
     if a.only_model:
         hides = {k: v for k, v in hides.items() if k in a.only_model}
     if a.s2_pixel_dates:
@@ -319,8 +324,9 @@ def croptype(a, cmd):
         hides[wname] = ()
         models[wname] = whitened_copy(model, tr, a.seed)
         embs[wname] = []
-    if not a.only_model:
-        embs["S2 stage-1 latent (9-d)"] = []
+    s2_latent = f"S2 stage-1 latent ({model.autoencoder('s2').config.latent_dim}-d)"
+    if not a.only_model or S2_LATENT in a.only_model:
+        embs[s2_latent] = []
     for c in cubes:
         fused: dict[tuple, xr.Dataset] = {}  # one embedding per (model, hidden sensors)
         for name, hide in hides.items():
@@ -331,9 +337,9 @@ def croptype(a, cmd):
             if name == S2_PIXEL_DATES:
                 emb = s2_pixel_dates(fused[key], models[name].config.sensors)
             embs[name].append(emb)
-        if "S2 stage-1 latent (9-d)" in embs:
+        if s2_latent in embs:
             s2 = embed(c, model.autoencoder("s2"), sensor="s2", with_error=False)
-            embs["S2 stage-1 latent (9-d)"].append(s2.load())
+            embs[s2_latent].append(s2.load())
     cfg = model.config
     notes = (
         f"Model: {path} ({'shipped default' if not a.model else 'fused bundle'}, S1+S2 "
@@ -503,9 +509,10 @@ def main(argv=None):
         nargs="*",
         default=None,
         metavar="SET",
-        help="crop type screening: embed only these fused sets of --model (default with "
-        "no names: 'fused 7-d (S1+S2)') and score only their series, on the same samples "
-        "and folds as a full run (baselines and the stage-1 latent are not scored)",
+        help="crop type screening: embed only these sets of --model (default with no "
+        f"names: 'fused 7-d (S1+S2)'; known: {', '.join(ONLY_MODEL_SETS)}) and score only "
+        "their series, on the same samples and folds as a full run (baselines are not "
+        f"scored; '{S2_LATENT}' is the bundle's stage-1 S2 latent, of its own size)",
     )
     ap.add_argument(
         "--also",
@@ -593,6 +600,9 @@ def main(argv=None):
         probes.PARAM_GRIDS["knn"] = {"n_neighbors": [int(k) for k in a.knn_grid.split(",")]}
     if a.only_model == []:
         a.only_model = ["fused 7-d (S1+S2)"]
+    unknown = [n for n in a.only_model or () if n not in ONLY_MODEL_SETS]
+    if unknown:
+        ap.error(f"--only-model: unknown sets {unknown}; known: {list(ONLY_MODEL_SETS)}")
     if a.tables:
         print(tables(a.out))
         return

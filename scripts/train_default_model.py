@@ -112,14 +112,16 @@ def training_patch(shared: Path):
     return read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH)
 
 
-def train_stage1(cube, out: Path, sensor: str, epochs: int) -> Path:
+def train_stage1(cube, out: Path, sensor: str, epochs: int, latent_dim: int | None = None) -> Path:
     """Train one ``fast`` autoencoder on ``cube`` for ``epochs`` (seed 42) into ``out``;
-    returns its best checkpoint."""
+    returns its best checkpoint. ``latent_dim``: the latent size (default the sensor's)."""
     from latentcube.data.windows import split_windows
     from latentcube.models.config import AutoencoderConfig
     from latentcube.training import train, train_config_preset
 
     mcfg = AutoencoderConfig.preset("fast", sensor)
+    if latent_dim is not None:
+        mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), "latent_dim": latent_dim})
     tr, va = split_windows([cube], sensor, mcfg.bands, seed=SEED)
     tcfg = train_config_preset("quick").model_copy(
         update={"max_epochs": epochs, "seed": SEED, "num_threads": 1}
@@ -321,6 +323,13 @@ def main() -> None:
         "(seed 42, into work/stage1_s2_eN) and build the fusion steps on it, keeping the "
         "exported S1 autoencoder",
     )
+    ap.add_argument(
+        "--s2-latent-dim",
+        type=int,
+        default=None,
+        help="with --s2-stage1-epochs: the fresh S2 autoencoder's latent size (default the "
+        "paper's 9; into work/stage1_s2_eN_zD)",
+    )
     args = ap.parse_args()
     unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
     if unknown:
@@ -328,13 +337,16 @@ def main() -> None:
     steps = args.steps.split(",")
     if args.s2_stage1_epochs is not None and "export" not in steps:
         raise SystemExit("--s2-stage1-epochs needs --steps export (S1 from the bundle)")
+    if args.s2_latent_dim is not None and args.s2_stage1_epochs is None:
+        raise SystemExit("--s2-latent-dim needs --s2-stage1-epochs (a fresh S2 autoencoder)")
+    if args.s2_latent_dim is not None and args.s2_latent_dim < 1:
+        raise SystemExit(f"--s2-latent-dim must be >= 1, got {args.s2_latent_dim}")
     torch.set_num_threads(1)
     ckpts = export_stage1(args.work) if "export" in steps else stage1(args.shared, args.work)
     if args.s2_stage1_epochs is not None:
-        n = args.s2_stage1_epochs
-        ckpts["s2"] = train_stage1(
-            training_patch(args.shared), args.work / f"stage1_s2_e{n}", "s2", n
-        )
+        n, d = args.s2_stage1_epochs, args.s2_latent_dim
+        out = args.work / (f"stage1_s2_e{n}" if d is None else f"stage1_s2_e{n}_z{d}")
+        ckpts["s2"] = train_stage1(training_patch(args.shared), out, "s2", n, latent_dim=d)
     frozen = args.work / "fusion_frozen" / "best.pt"
     if "fusion" in steps:
         frozen = fusion(

@@ -6,6 +6,8 @@ import csv
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -188,16 +190,57 @@ def test_zero_epochs_give_the_untrained_encoder_of_the_training_seed(tmp_path):
     assert not m1.training and "untrained" in info["model"] and not list(tmp_path.iterdir())
 
 
-def test_default_model_script_refuses_a_fresh_s2_stage1_without_the_exported_s1(
-    tmp_path, monkeypatch
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "stage1", "--s2-stage1-epochs", "1"], "needs --steps export"),
+        (["--steps", "export", "--s2-latent-dim", "7"], "needs --s2-stage1-epochs"),
+        (["--steps", "export", "--s2-stage1-epochs", "1", "--s2-latent-dim", "0"], ">= 1"),
+    ],
+)
+def test_default_model_script_refuses_inconsistent_fresh_s2_options(
+    tmp_path, monkeypatch, args, message
 ):
     """``--s2-stage1-epochs`` pairs a fresh S2 autoencoder with the shipped S1 one, so it
-    needs ``--steps export``; refused before anything is trained or written."""
-    import pytest
-
+    needs ``--steps export``; ``--s2-latent-dim`` sizes that fresh autoencoder, so it needs
+    ``--s2-stage1-epochs`` and a positive size. Refused before anything is trained or
+    written."""
     script = _script("train_default_model")
-    argv = ["x", "--work", str(tmp_path / "w"), "--steps", "stage1", "--s2-stage1-epochs", "1"]
-    monkeypatch.setattr("sys.argv", argv)
-    with pytest.raises(SystemExit, match="needs --steps export"):
+    monkeypatch.setattr("sys.argv", ["x", "--work", str(tmp_path / "w"), *args])
+    with pytest.raises(SystemExit, match=message):
         script.main()
     assert not (tmp_path / "w").exists()
+
+
+def test_default_model_script_trains_an_s2_autoencoder_of_the_asked_latent_size(
+    tmp_path, monkeypatch
+):
+    """``train_stage1(..., latent_dim=7)`` (``--s2-latent-dim 7``) writes a ``fast`` S2
+    checkpoint with a 7-d latent, and the default keeps the sensor's 9."""
+    import numpy as np
+    import torch
+
+    from latentcube.bundle import load_checkpoint
+
+    from conftest import tiny_cube
+
+    script = _script("train_default_model")
+    cube = tiny_cube(n_time=12, ny=48, nx=48, seed=3)
+    ck7 = script.train_stage1(cube, tmp_path / "z7", "s2", 1, latent_dim=7)
+    ck9 = script.train_stage1(cube, tmp_path / "z9", "s2", 1)
+    m7, m9 = load_checkpoint(ck7, sensor="s2")[0], load_checkpoint(ck9, sensor="s2")[0]
+    assert (m7.config.variant, m7.config.latent_dim, m9.config.latent_dim) == ("fast", 7, 9)
+    w = m7.config.window
+    x = torch.from_numpy(np.random.default_rng(0).random((2, 11, 10, w, w), dtype=np.float32))
+    z = m7.encode(x, torch.ones(2, 11, w, w, dtype=torch.bool), torch.full((2, 10), 5))
+    assert z.shape == (2, 7)
+
+
+def test_probe_script_refuses_unknown_only_model_sets(monkeypatch, capsys):
+    """A misspelt ``--only-model`` set would score nothing; it is refused, naming the
+    known sets (the stage-1 S2 latent among them)."""
+    ep = _script("evaluate_probes")
+    with pytest.raises(SystemExit):
+        ep.main(["--tasks", "croptype", "--only-model", "fused 7-d"])
+    err = capsys.readouterr().err
+    assert "unknown sets ['fused 7-d']" in err and "'S2 stage-1 latent'" in err
