@@ -317,16 +317,22 @@ def croptype(a, cmd):
         hides[S2_PIXEL_DATES] = ()
     embs: dict[str, list] = {k: [] for k in hides}
     models = {k: model for k in hides}
-    if a.whiten:
-        train_cube = cubes[[p.name for p in folders].index(TRAIN_PATCH)]
+    train_cube = cubes[[p.name for p in folders].index(TRAIN_PATCH)]
+    if a.whiten and "fused 7-d (S1+S2)" in hides:
         tr, _ = split_fusion_windows([train_cube], model.sensors, seed=42)
         wname = "fused 7-d (S1+S2), whitened"
         hides[wname] = ()
         models[wname] = whitened_copy(model, tr, a.seed)
         embs[wname] = []
-    s2_latent = f"S2 stage-1 latent ({model.autoencoder('s2').config.latent_dim}-d)"
+    s2_ae = model.autoencoder("s2")
+    s2_latent = f"S2 stage-1 latent ({s2_ae.config.latent_dim}-d)"
+    s2_aes = {}
     if not a.only_model or S2_LATENT in a.only_model:
-        embs[s2_latent] = []
+        s2_aes[s2_latent] = s2_ae
+        if a.whiten:  # fitted on the stage-1 training windows (the split of seed 42)
+            tr, _ = split_windows([train_cube], "s2", s2_ae.config.bands, seed=42)
+            s2_aes[f"{s2_latent}, whitened"] = whitened_copy(s2_ae, tr, a.seed)
+    embs.update({k: [] for k in s2_aes})
     for c in cubes:
         fused: dict[tuple, xr.Dataset] = {}  # one embedding per (model, hidden sensors)
         for name, hide in hides.items():
@@ -337,9 +343,8 @@ def croptype(a, cmd):
             if name == S2_PIXEL_DATES:
                 emb = s2_pixel_dates(fused[key], models[name].config.sensors)
             embs[name].append(emb)
-        if s2_latent in embs:
-            s2 = embed(c, model.autoencoder("s2"), sensor="s2", with_error=False)
-            embs[s2_latent].append(s2.load())
+        for name, ae in s2_aes.items():
+            embs[name].append(embed(c, ae, sensor="s2", with_error=False).load())
     cfg = model.config
     notes = (
         f"Model: {path} ({'shipped default' if not a.model else 'fused bundle'}, S1+S2 "
@@ -573,7 +578,8 @@ def main(argv=None):
         "--whiten",
         action="store_true",
         help="also score each embedding with its output whitening fitted on the model's "
-        "training windows (decorrelated, unit-variance axes; no labels)",
+        "training windows (decorrelated, unit-variance axes; no labels); crop type: the "
+        "fused S1+S2 set and the stage-1 S2 latent, when scored",
     )
     ap.add_argument(
         "--s2-pixel-dates",
