@@ -466,6 +466,22 @@ def parse_loss(items) -> dict[str, float]:
     return {k: getattr(cfg, k) for k in dict.fromkeys(fields)}
 
 
+def set_probe_grid(kind: str, text: str) -> list[float] | list[int]:
+    """Set the inner-CV grid of one probe from ``"v,v,..."`` (k >= 1 for knn, C > 0)."""
+    from latentcube.evaluation import probes
+
+    param = "n_neighbors" if kind == "knn" else "C"
+    try:
+        values = [int(v) if kind == "knn" else float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of numbers") from None
+    bad = [v for v in values if (v < 1 if kind == "knn" else not 0 < v < float("inf"))]
+    if bad:
+        raise ValueError(f"{param} must be {'>= 1' if kind == 'knn' else 'finite and > 0'}: {bad}")
+    probes.PARAM_GRIDS[kind] = {param: sorted(set(values))}
+    return probes.PARAM_GRIDS[kind][param]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("eval-probes"))
@@ -551,6 +567,14 @@ def main(argv=None):
         "(default: PARAM_GRIDS of latentcube.evaluation.probes, 5,10,20,40)",
     )
     ap.add_argument(
+        "--c-grid",
+        default=None,
+        metavar="C,C,...",
+        help="inverse regularisation values the inner CV chooses from for every feature "
+        "set's logistic regression (default: PARAM_GRIDS of "
+        "latentcube.evaluation.probes, 0.01,0.1,1,10)",
+    )
+    ap.add_argument(
         "--loss",
         nargs="*",
         default=[],
@@ -600,10 +624,12 @@ def main(argv=None):
     )
     a = ap.parse_args(argv)
     a.loss = parse_loss(a.loss)
-    if a.knn_grid:
-        from latentcube.evaluation import probes
-
-        probes.PARAM_GRIDS["knn"] = {"n_neighbors": [int(k) for k in a.knn_grid.split(",")]}
+    for kind, text in (("knn", a.knn_grid), ("logreg", a.c_grid)):
+        if text:
+            try:
+                set_probe_grid(kind, text)
+            except ValueError as err:
+                ap.error(f"--{'knn' if kind == 'knn' else 'c'}-grid: {err}")
     if a.only_model == []:
         a.only_model = ["fused 7-d (S1+S2)"]
     unknown = [n for n in a.only_model or () if n not in ONLY_MODEL_SETS]

@@ -244,3 +244,28 @@ def test_probe_script_refuses_unknown_only_model_sets(monkeypatch, capsys):
         ep.main(["--tasks", "croptype", "--only-model", "fused 7-d"])
     err = capsys.readouterr().err
     assert "unknown sets ['fused 7-d']" in err and "'S2 stage-1 latent'" in err
+
+
+def test_probe_script_sets_the_inner_cv_grids_and_refuses_bad_values(monkeypatch, capsys):
+    """``--c-grid`` / ``--knn-grid`` replace the probe grids (sorted, so ties still go to
+    the strongest regularisation); zero, negative, infinite or non-numeric values are
+    refused before any work."""
+    from latentcube.evaluation import probes
+
+    ep = _script("evaluate_probes")
+    monkeypatch.setattr(probes, "PARAM_GRIDS", {k: dict(v) for k, v in probes.PARAM_GRIDS.items()})
+    assert ep.set_probe_grid("logreg", "0.1,0.001,0.01,0.003") == [0.001, 0.003, 0.01, 0.1]
+    assert probes.PARAM_GRIDS["logreg"] == {"C": [0.001, 0.003, 0.01, 0.1]}
+    assert ep.set_probe_grid("knn", "3,1,5") == [1, 3, 5]
+    assert probes.PARAM_GRIDS["knn"] == {"n_neighbors": [1, 3, 5]}
+    for kind, text, msg in [
+        ("logreg", "0,1", "finite and > 0: [0.0]"),
+        ("logreg", "-1,inf", "finite and > 0: [-1.0, inf]"),
+        ("knn", "0,5", ">= 1: [0]"),
+        ("knn", "5,x", "not a comma-separated list"),
+    ]:
+        with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            ep.set_probe_grid(kind, text)
+    with pytest.raises(SystemExit):
+        ep.main(["--tasks", "croptype", "--c-grid", "0,1"])
+    assert "--c-grid: C must be finite and > 0: [0.0]" in capsys.readouterr().err
