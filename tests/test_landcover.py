@@ -232,3 +232,37 @@ def test_repeated_probe_report_shows_spread_and_paired_differences(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())["landcover"]
     assert saved["scores"]["good"]["knn"]["macro_f1_repeats"] == good["macro_f1_repeats"]
     assert saved["paired"]["good"]["noise"]["knn"]["wins"] == 3
+
+
+def test_probes_fit_with_one_blas_thread_by_default_and_score_the_same(monkeypatch):
+    """``blocked_cv`` limits the BLAS/OpenMP pools while it fits (default 1 thread),
+    restores them after, and ``threads=None`` leaves them alone; the scores agree."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from latentcube.evaluation import probes
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 60)
+    x = {"f": y[:, None] + rng.normal(0, 0.8, (180, 4))}
+    groups = np.arange(180) % 6
+    seen: list[set[int]] = []
+    once = probes._blocked_cv_once
+
+    def spy(*args, **kwargs):
+        seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+        return once(*args, **kwargs)
+
+    monkeypatch.setattr(probes, "_blocked_cv_once", spy)
+    with threadpool_limits(limits=2):  # a process with more than one thread per pool
+        default = blocked_cv(x, y, groups, seed=0)
+        assert seen[-1] == {1}
+        unlimited = blocked_cv(x, y, groups, seed=0, threads=None)
+        assert seen[-1] == {2}
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
+    for kind in ("logreg", "knn"):
+        assert default["f"][kind]["macro_f1"] == pytest.approx(
+            unlimited["f"][kind]["macro_f1"], abs=1e-9
+        )
+        assert default["f"][kind]["chosen"] == unlimited["f"][kind]["chosen"]
+    with pytest.raises(EvaluationError, match="threads must be >= 1"):
+        blocked_cv(x, y, groups, threads=0)

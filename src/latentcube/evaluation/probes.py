@@ -13,6 +13,10 @@ regularisation ``C`` of the logistic regression, the number of neighbours of
 k-NN) is chosen per outer fold by an inner blocked cross-validation on that
 fold's training blocks only (macro-F1), from the same grid for every set. The
 test folds are never used for any choice.
+
+The fits run with one BLAS/OpenMP thread (``blocked_cv(threads=1)``): they are
+small, and on the project's 2-core machine the process's default pools made them
+5.8x slower in wall time (``benchmarks/bench_probes.py``).
 """
 
 from __future__ import annotations
@@ -214,6 +218,7 @@ def blocked_cv(
     seed: int = 0,
     tune: bool = True,
     repeats: int = 1,
+    threads: int | None = 1,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Cross-validated macro-F1 and per-class F1 of each probe on each feature set.
 
@@ -242,6 +247,11 @@ def blocked_cv(
         seed ``seed + r``. Every feature set sees the same assignments, so the
         differences between two sets can be paired per repeat
         (:func:`paired_differences`).
+    threads
+        BLAS and OpenMP threads of the probe fits (default 1: the fits are small,
+        and more threads mostly add synchronisation; ``benchmarks/bench_probes.py``
+        measures it). ``None`` keeps the process's settings. The scores do not
+        depend on it beyond floating-point rounding.
 
     Returns
     -------
@@ -253,14 +263,21 @@ def blocked_cv(
         repeat), ``macro_f1_sd`` (their sample standard deviation) and
         ``fold_seeds`` are added.
     """
+    from contextlib import nullcontext
+
+    from threadpoolctl import threadpool_limits
+
     if repeats < 1:
         raise EvaluationError(f"repeats must be >= 1, got {repeats}")
-    runs = [
-        _blocked_cv_once(
-            features, labels, groups, probes=probes, n_splits=n_splits, seed=seed + r, tune=tune
-        )
-        for r in range(repeats)
-    ]
+    if threads is not None and threads < 1:
+        raise EvaluationError(f"threads must be >= 1 or None, got {threads}")
+    with threadpool_limits(limits=threads) if threads is not None else nullcontext():
+        runs = [
+            _blocked_cv_once(
+                features, labels, groups, probes=probes, n_splits=n_splits, seed=seed + r, tune=tune
+            )
+            for r in range(repeats)
+        ]
     if repeats == 1:
         return runs[0]
     out: dict[str, dict[str, dict[str, Any]]] = {}
