@@ -250,8 +250,9 @@ def blocked_cv(
     threads
         BLAS and OpenMP threads of the probe fits (default 1: the fits are small,
         and more threads mostly add synchronisation; ``benchmarks/bench_probes.py``
-        measures it). ``None`` keeps the process's settings. The scores do not
-        depend on it beyond floating-point rounding.
+        measures it). ``None`` keeps the process's settings. The thread count
+        changes only floating-point rounding, which can still tip the inner
+        search's choice in a few folds (docs/evaluation.md: 3 of 350 on crop type).
 
     Returns
     -------
