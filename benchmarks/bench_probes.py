@@ -69,7 +69,6 @@ def main() -> None:
     print(f"load average before: {load()}")
     features, y, groups = crop_type_like()
     print(f"data: {len(y)} samples, {features['series'].shape[1]} features, 7 classes, 29 blocks")
-    torch_workload()
     times: dict[str, list[tuple[float, float]]] = {"1 thread": [], "process default": []}
     scores: dict[str, dict] = {}
     for _ in range(a.rounds):

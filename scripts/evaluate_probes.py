@@ -470,7 +470,7 @@ def set_probe_grid(kind: str, text: str) -> list[float] | list[int]:
     """Set the inner-CV grid of one probe from ``"v,v,..."`` (k >= 1 for knn, C > 0)."""
     from latentcube.evaluation import probes
 
-    param = "n_neighbors" if kind == "knn" else "C"
+    ((param, _),) = probes.PARAM_GRIDS[kind].items()
     try:
         values = [int(v) if kind == "knn" else float(v) for v in text.split(",")]
     except ValueError:
@@ -624,12 +624,12 @@ def main(argv=None):
     )
     a = ap.parse_args(argv)
     a.loss = parse_loss(a.loss)
-    for kind, text in (("knn", a.knn_grid), ("logreg", a.c_grid)):
+    for kind, flag, text in (("knn", "--knn-grid", a.knn_grid), ("logreg", "--c-grid", a.c_grid)):
         if text:
             try:
                 set_probe_grid(kind, text)
             except ValueError as err:
-                ap.error(f"--{'knn' if kind == 'knn' else 'c'}-grid: {err}")
+                ap.error(f"{flag}: {err}")
     if a.only_model == []:
         a.only_model = ["fused 7-d (S1+S2)"]
     unknown = [n for n in a.only_model or () if n not in ONLY_MODEL_SETS]

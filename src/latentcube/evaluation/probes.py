@@ -22,6 +22,7 @@ small, and on the project's 2-core machine the process's default pools made them
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -264,8 +265,6 @@ def blocked_cv(
         repeat), ``macro_f1_sd`` (their sample standard deviation) and
         ``fold_seeds`` are added.
     """
-    from contextlib import nullcontext
-
     from threadpoolctl import threadpool_limits
 
     if repeats < 1:
