@@ -107,6 +107,19 @@ def test_evaluate_bad_inputs(tmp_path):
     assert res.exit_code == 2 and "landcover" in res.output
 
 
+def without_run_details(obj):
+    """A results.json without what differs between two runs: time stamps, paths, seconds."""
+    if isinstance(obj, dict):
+        return {
+            k: without_run_details(v)
+            for k, v in obj.items()
+            if k not in {"written", "command", "seconds"}
+        }
+    if isinstance(obj, list):
+        return [without_run_details(v) for v in obj]
+    return obj
+
+
 def test_evaluate_gpp_with_cube_model_and_baselines(tmp_path):
     """The whole --cube path: embed with a checkpoint, add every baseline, same windows."""
     import torch
@@ -134,20 +147,85 @@ def test_evaluate_gpp_with_cube_model_and_baselines(tmp_path):
     gpp = 1 + 8 * (0.5 + 0.4 * np.sin(2 * np.pi * (days.dayofyear.to_numpy() - 100) / 365))
     f = write_fullset(tmp_path / "FLX_XX-Cub_FLUXNET2015_FULLSET_DD_2019-2020_beta-3.csv",
                       gpp, np.ones(len(days)), start="2019-01-01")
-    out = tmp_path / "rep"
-    res = runner.invoke(app, ["evaluate", "gpp", "--flux", str(f), "--lat", "50", "--cube",
-                              str(store), "--model", str(ck), "--name", "tiny latents",
-                              "--test-years", "2020", "--n-trials", "1", "--max-epochs", "1",
-                              "--models", "transformer",
-                              "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    data = json.loads((out / "results.json").read_text())["gpp"]
+    runs = []
+    for out in (tmp_path / "rep", tmp_path / "again"):
+        res = runner.invoke(app, ["evaluate", "gpp", "--flux", str(f), "--lat", "50", "--cube",
+                                  str(store), "--model", str(ck), "--name", "tiny latents",
+                                  "--test-years", "2020", "--n-trials", "2", "--max-epochs", "1",
+                                  "--time-budget", "0", "--models", "transformer,gbr",
+                                  "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        runs.append(json.loads((out / "results.json").read_text()))
+    # one command with a fixed seed reproduces every number (timings and paths aside)
+    assert without_run_details(runs[0]) == without_run_details(runs[1])
+    data = runs[0]["gpp"]
     assert set(data["scores"]) == {"climatology", "potential radiation", "tiny latents",
                                    "S2 bands", "NDVI", "EVI", "NIRv", "kNDVI", "indices (4)",
                                    "PCA-7"}
     n = {s["overall"]["n"] for by in data["scores"].values() for s in by.values()}
     assert n == {data["n_windows"]["test"]}  # every set scored on the same test windows
     assert data["feature_sets"]["PCA-7"] == [f"PCA-7:PC{i}" for i in range(1, 8)]
+
+
+def crop_worldcereal_patch(src, dst, size=32):
+    """Copy a WorldCereal patch folder cut to its first ``size`` x ``size`` 10 m pixels."""
+    import xarray as xr
+
+    dst.mkdir(parents=True)
+    for f in sorted(src.glob("*.nc")):
+        if f.name.startswith("AgERA5"):
+            continue
+        k = 2 if "_20m_" in f.name else 1  # each 20 m pixel covers 2 x 2 pixels of 10 m
+        with xr.open_dataset(f, mask_and_scale=False) as d:
+            c = d.isel(y=slice(0, size // k), x=slice(0, size // k)).load()
+        for v in c.variables.values():
+            v.attrs.pop("bounds", None)  # the uncut patch's bounding box
+        c.to_netcdf(dst / f.name)
+    return dst
+
+
+def test_evaluate_croptype_on_cut_real_patches_with_the_shipped_model(tmp_path, shared):
+    """The command end to end on two real patches cut to 32 x 32 px (4 blocks each).
+
+    So few blocks leave inner folds whose training blocks hold one class only, which
+    the inner search must skip (it used to fail there).
+    """
+    from latentcube.bundle import default_model_path
+    from latentcube.cube.readers import read_worldcereal_labels
+
+    names = ("00002806639B424A", "0000280849BAC91C")
+    folders = [
+        crop_worldcereal_patch(
+            shared.path("worldcereal_s1_s2_training_patches_flanders", n), tmp_path / n
+        )
+        for n in names
+    ]
+    out = tmp_path / "ct"
+    res = runner.invoke(
+        app,
+        ["evaluate", "croptype", *map(str, folders), "--model", str(default_model_path()),
+         "--name", "fused", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / "report.md").exists() and (out / "figures" / "croptype_macro_f1.png").exists()
+    data = json.loads((out / "results.json").read_text())["croptype"]
+    assert data["seasons"] == [["2018-03-01", "2018-10-31"], ["2019-03-01", "2019-10-31"]]
+    sets = ["fused", "S2 bands", "NDVI", "EVI", "NIRv", "kNDVI", "indices (4)", "PCA-7",
+            "S1 VV/VH", "PCA-7 + S1 VV/VH"]
+    assert set(data["scores"]) == {f"{s} / {k}" for s in sets for k in ("series", "season mean")}
+    # the kept classes are labelled in the cut patches, and every kept one has >= 30 pixels
+    labelled = np.concatenate([read_worldcereal_labels(f)["CT"].values.ravel() for f in folders])
+    codes, counts = np.unique(labelled[labelled > 0], return_counts=True)
+    kept = data["class_counts"]
+    assert set(kept) <= {str(c) for c in codes} and len(kept) >= 2
+    assert all(n >= 30 for n in kept.values()) and sum(kept.values()) == data["n_samples"]
+    # classes under 30 labelled pixels in all can never be kept
+    assert not set(kept) & {str(c) for c, n in zip(codes, counts, strict=True) if n < 30}
+    for s in data["scores"].values():
+        for probe in ("logreg", "knn"):
+            assert 0 <= s[probe]["macro_f1"] <= 1
+            assert len(s[probe]["chosen"]) == min(5, data["n_blocks"])  # one per outer fold
+    assert "fused / series" in res.output and "report:" in res.output
 
 
 def test_evaluation_embeds_with_the_shipped_fused_model():

@@ -126,6 +126,44 @@ def test_inner_cv_rejects_a_regularisation_that_kills_the_signal():
     assert chosen == {"C": 1.0}
 
 
+def test_inner_folds_with_one_training_class_are_skipped_and_outer_ones_refused(monkeypatch):
+    """Small areas: an inner fold whose training blocks hold one class cannot rank C."""
+    from sklearn.model_selection import GroupKFold
+
+    from latentcube.evaluation import probes
+
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(4), 40)
+    # class 1 lies in blocks 0 and 1 only: an inner fold holding out both trains on class 0
+    y = (groups < 2).astype(int)
+    x = np.c_[y + rng.normal(0, 0.5, len(y)), rng.normal(size=(len(y), 2))]
+    splits = list(GroupKFold(n_splits=3, shuffle=True, random_state=0).split(x, y, groups))
+    one_class = [len(np.unique(y[tr])) < 2 for tr, _ in splits]
+    assert any(one_class) and not all(one_class)  # the case under test
+    seen = []
+    real = probes._inner_scores
+
+    def spy(kind, param, values, x_tr, y_tr, *rest):
+        seen.append(len(np.unique(y_tr)))
+        return real(kind, param, values, x_tr, y_tr, *rest)
+
+    monkeypatch.setattr(probes, "_inner_scores", spy)
+    for kind in ("logreg", "knn"):
+        seen.clear()
+        _, chosen = tuned_probe(kind, x, y, groups, seed=0)
+        assert seen == [2] * one_class.count(False)  # only the folds with both classes
+        ((param, value),) = chosen.items()
+        assert value in PARAM_GRIDS[kind][param]
+    # no usable inner fold (each of two blocks holds one class): the grid's middle value
+    y2 = (groups == 0).astype(int)
+    seen.clear()
+    _, chosen = tuned_probe("logreg", x[:80], y2[:80], groups[:80], seed=0)
+    assert seen == [] and chosen == {"C": PARAM_GRIDS["logreg"]["C"][2]}
+    # an outer training fold of one class is refused with the reason
+    with pytest.raises(EvaluationError, match=r"fold \d of 4 \(fold seed 0\).*only class"):
+        blocked_cv({"a": x}, y2, groups, n_splits=4, seed=0)
+
+
 def test_samples_common_validity_and_legend():
     sets, lab = labelled_scene(ny=32, nx=32)
     lab = lab.copy()

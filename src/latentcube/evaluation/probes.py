@@ -96,9 +96,11 @@ def tuned_probe(
     seed
         Seed of the inner fold assignment and the classifier.
     inner_splits
-        Inner folds (capped by the training blocks; with fewer than two blocks
-        the grid's middle value is used untuned). Each inner fold standardises
-        its own training part.
+        Inner folds (capped by the training blocks). Each inner fold standardises
+        its own training part. An inner fold whose training part holds one class
+        only (small areas: few blocks per class) cannot rank the values and is
+        skipped; with fewer than two blocks, or no inner fold left, the grid's
+        middle value is used untuned.
     grid
         Values of the probe's one parameter (default :data:`PARAM_GRIDS`): ``C``
         for ``logreg``, ``n_neighbors`` for ``knn``. The value with the best mean
@@ -116,12 +118,18 @@ def tuned_probe(
         raise EvaluationError(f"a probe grid has one parameter, got {list(grid)}")
     ((param, values),) = grid.items()
     n_blocks = len(np.unique(groups))
-    if n_blocks < 2:
+    folds: list[tuple[np.ndarray, np.ndarray]] = []
+    if n_blocks >= 2:
+        folds = [
+            (tr, va)
+            for tr, va in GroupKFold(
+                n_splits=min(inner_splits, n_blocks), shuffle=True, random_state=seed
+            ).split(x, y, groups)
+            if len(np.unique(y[tr])) >= 2
+        ]
+    if not folds:
         best = values[len(values) // 2]
     else:
-        folds = GroupKFold(
-            n_splits=min(inner_splits, n_blocks), shuffle=True, random_state=seed
-        ).split(x, y, groups)
         scores = np.zeros(len(values))
         for tr, va in folds:
             scores += _inner_scores(kind, param, values, x[tr], y[tr], x[va], y[va], seed)
@@ -327,6 +335,15 @@ def _blocked_cv_once(
             labels, labels, groups
         )
     )
+    for i, (tr, _) in enumerate(folds):
+        held = np.unique(labels[tr])
+        if len(held) < 2:
+            raise EvaluationError(
+                f"fold {i + 1} of {len(folds)} (fold seed {seed}): its training blocks hold "
+                f"only class {held.tolist()}, so no probe can be fitted; {len(classes)} "
+                f"classes lie in {n_blocks} blocks. Use more area, smaller blocks or "
+                "fewer folds"
+            )
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, x in features.items():
         x = np.asarray(x, np.float64)
