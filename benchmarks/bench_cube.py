@@ -206,8 +206,10 @@ def _child(args: argparse.Namespace) -> None:
     secs = _build(cat, args.repeat, work / f"cube-{args.repeat}-{os.getpid()}.zarr")
     import latentcube
 
-    assert Path(latentcube.__file__).resolve().is_relative_to(
-        Path(os.environ.get("BENCH_CUBE_SRC", ROOT / "src")).resolve()
+    assert (
+        Path(latentcube.__file__)
+        .resolve()
+        .is_relative_to(Path(os.environ.get("BENCH_CUBE_SRC", ROOT / "src")).resolve())
     ), latentcube.__file__
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": secs, "peak_mib": peak_kib / 1024}))
@@ -320,8 +322,16 @@ def main() -> None:
             if ("odc/stac" in f and name == "load") or (
                 "latentcube" in f
                 and name
-                in ("_load_s2", "_merge_s2_planes", "_load_s1", "write_zarr", "_plan",
-                    "_screen", "read_aligned", "_write_store")
+                in (
+                    "_load_s2",
+                    "_merge_s2_planes",
+                    "_load_s1",
+                    "write_zarr",
+                    "_plan",
+                    "_screen",
+                    "read_aligned",
+                    "_write_store",
+                )
             ):
                 key = name if name != "load" else "odc.stac.load"
                 cum[key] = cum.get(key, 0.0) + ct

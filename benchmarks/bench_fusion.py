@@ -94,9 +94,7 @@ def measure(variant: str, tr: FusionWindows, n_steps: int) -> dict[str, float]:
     runs.append(("finetune", "context", False))
     for mode, objective, cached in runs:
         aes = {s: build_autoencoder(AutoencoderConfig.preset(variant, s)) for s in SENSORS}
-        cfg = FusionConfig.for_autoencoders(
-            aes, mode=mode, objective=objective, sensor_dropout=0.3
-        )
+        cfg = FusionConfig.for_autoencoders(aes, mode=mode, objective=objective, sensor_dropout=0.3)
         model = FusionModel(cfg, aes).train()
         loss_fn = FusionLoss(cfg)
         params = model.trainable_parameters()

@@ -252,9 +252,7 @@ def test_last_unit_written_from_two_threads_gives_the_same_cube(tmp_path, catalo
         np.testing.assert_array_equal(c[name].values, cube[name].values)
 
 
-def test_failed_check_of_the_last_unit_leaves_no_s1_load_running(
-    tmp_path, catalog, monkeypatch
-):
+def test_failed_check_of_the_last_unit_leaves_no_s1_load_running(tmp_path, catalog, monkeypatch):
     """The last unit is checked on the calling thread: when that fails, the unit's S1
     load on the helper thread has ended before the error reaches the caller."""
     import time
@@ -735,8 +733,14 @@ def test_s1_float32_chain_within_tolerance_of_float64(catalog):
         items = [plan.s1_items[i] for g in win for i in plan.s1_groups[g]]
         assert len(items) == len(win)  # one item per acquisition here
         arrays = _read(
-            plan, plan.s1_aligned, items, plan.s1_assets, plan.info.geobox, dtype="float32",
-            nodata=float("nan"), resampling={"*": "bilinear"},
+            plan,
+            plan.s1_aligned,
+            items,
+            plan.s1_assets,
+            plan.info.geobox,
+            dtype="float32",
+            nodata=float("nan"),
+            resampling={"*": "bilinear"},
         )  # fmt: skip  (the builder's input, then float64 from here on)
         lin = np.stack([arrays[b] for b in ("VV", "VH")], axis=1).astype(np.float64)
         lin[~(lin > 0)] = np.nan

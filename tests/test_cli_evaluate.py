@@ -134,34 +134,82 @@ def test_evaluate_gpp_with_cube_model_and_baselines(tmp_path):
     rng = np.random.default_rng(0)
     t = pd.date_range("2019-01-01", "2020-12-31", freq="12D")
     season = 0.5 + 0.4 * np.sin(2 * np.pi * (t.dayofyear.to_numpy() - 100) / 365)
-    s2 = (0.1 + 0.3 * season[:, None, None, None] * np.linspace(0.5, 1.5, 10)[None, :, None, None]
-          + rng.normal(0, 0.01, (len(t), 10, 16, 16))).astype(np.float32)
-    cube = make_cube(np.clip(s2, 0, 1), rng.random((len(t), 16, 16)) > 0.1, time=t.values,
-                     y=5600005.0 - 10 * np.arange(16), x=500005.0 + 10 * np.arange(16),
-                     crs="EPSG:32631", bands=S2_BANDS, attrs=provenance("generated"))
+    s2 = (
+        0.1
+        + 0.3 * season[:, None, None, None] * np.linspace(0.5, 1.5, 10)[None, :, None, None]
+        + rng.normal(0, 0.01, (len(t), 10, 16, 16))
+    ).astype(np.float32)
+    cube = make_cube(
+        np.clip(s2, 0, 1),
+        rng.random((len(t), 16, 16)) > 0.1,
+        time=t.values,
+        y=5600005.0 - 10 * np.arange(16),
+        x=500005.0 + 10 * np.arange(16),
+        crs="EPSG:32631",
+        bands=S2_BANDS,
+        attrs=provenance("generated"),
+    )
     store = write_zarr(cube, tmp_path / "cube.zarr")
     torch.manual_seed(0)
-    ck = save_checkpoint(tmp_path / "m.pt",
-                         build_autoencoder(AutoencoderConfig.preset("tiny", "s2")))
+    ck = save_checkpoint(
+        tmp_path / "m.pt", build_autoencoder(AutoencoderConfig.preset("tiny", "s2"))
+    )
     days = pd.date_range("2019-01-01", "2020-12-31")
     gpp = 1 + 8 * (0.5 + 0.4 * np.sin(2 * np.pi * (days.dayofyear.to_numpy() - 100) / 365))
-    f = write_fullset(tmp_path / "FLX_XX-Cub_FLUXNET2015_FULLSET_DD_2019-2020_beta-3.csv",
-                      gpp, np.ones(len(days)), start="2019-01-01")
+    f = write_fullset(
+        tmp_path / "FLX_XX-Cub_FLUXNET2015_FULLSET_DD_2019-2020_beta-3.csv",
+        gpp,
+        np.ones(len(days)),
+        start="2019-01-01",
+    )
     runs = []
     for out in (tmp_path / "rep", tmp_path / "again"):
-        res = runner.invoke(app, ["evaluate", "gpp", "--flux", str(f), "--lat", "50", "--cube",
-                                  str(store), "--model", str(ck), "--name", "tiny latents",
-                                  "--test-years", "2020", "--n-trials", "2", "--max-epochs", "1",
-                                  "--time-budget", "0", "--models", "transformer,gbr",
-                                  "--out", str(out)])
+        res = runner.invoke(
+            app,
+            [
+                "evaluate",
+                "gpp",
+                "--flux",
+                str(f),
+                "--lat",
+                "50",
+                "--cube",
+                str(store),
+                "--model",
+                str(ck),
+                "--name",
+                "tiny latents",
+                "--test-years",
+                "2020",
+                "--n-trials",
+                "2",
+                "--max-epochs",
+                "1",
+                "--time-budget",
+                "0",
+                "--models",
+                "transformer,gbr",
+                "--out",
+                str(out),
+            ],
+        )
         assert res.exit_code == 0, res.output
         runs.append(json.loads((out / "results.json").read_text()))
     # one command with a fixed seed reproduces every number (timings and paths aside)
     assert without_run_details(runs[0]) == without_run_details(runs[1])
     data = runs[0]["gpp"]
-    assert set(data["scores"]) == {"climatology", "potential radiation", "tiny latents",
-                                   "S2 bands", "NDVI", "EVI", "NIRv", "kNDVI", "indices (4)",
-                                   "PCA-7"}
+    assert set(data["scores"]) == {
+        "climatology",
+        "potential radiation",
+        "tiny latents",
+        "S2 bands",
+        "NDVI",
+        "EVI",
+        "NIRv",
+        "kNDVI",
+        "indices (4)",
+        "PCA-7",
+    }
     n = {s["overall"]["n"] for by in data["scores"].values() for s in by.values()}
     assert n == {data["n_windows"]["test"]}  # every set scored on the same test windows
     assert data["feature_sets"]["PCA-7"] == [f"PCA-7:PC{i}" for i in range(1, 8)]
@@ -203,15 +251,34 @@ def test_evaluate_croptype_on_cut_real_patches_with_the_shipped_model(tmp_path, 
     out = tmp_path / "ct"
     res = runner.invoke(
         app,
-        ["evaluate", "croptype", *map(str, folders), "--model", str(default_model_path()),
-         "--name", "fused", "--out", str(out)],
+        [
+            "evaluate",
+            "croptype",
+            *map(str, folders),
+            "--model",
+            str(default_model_path()),
+            "--name",
+            "fused",
+            "--out",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     assert (out / "report.md").exists() and (out / "figures" / "croptype_macro_f1.png").exists()
     data = json.loads((out / "results.json").read_text())["croptype"]
     assert data["seasons"] == [["2018-03-01", "2018-10-31"], ["2019-03-01", "2019-10-31"]]
-    sets = ["fused", "S2 bands", "NDVI", "EVI", "NIRv", "kNDVI", "indices (4)", "PCA-7",
-            "S1 VV/VH", "PCA-7 + S1 VV/VH"]
+    sets = [
+        "fused",
+        "S2 bands",
+        "NDVI",
+        "EVI",
+        "NIRv",
+        "kNDVI",
+        "indices (4)",
+        "PCA-7",
+        "S1 VV/VH",
+        "PCA-7 + S1 VV/VH",
+    ]
     assert set(data["scores"]) == {f"{s} / {k}" for s in sets for k in ("series", "season mean")}
     # the kept classes are labelled in the cut patches, and every kept one has >= 30 pixels
     labelled = np.concatenate([read_worldcereal_labels(f)["CT"].values.ravel() for f in folders])

@@ -129,8 +129,9 @@ def test_embedding_store_path_is_a_feature_cube(tmp_path, cube):
     from latentcube.io import write_zarr
 
     emb = raw_bands(cube).isel(feature=slice(0, 3))
-    store = write_zarr(emb.to_dataset(name="embedding").rio.write_crs("EPSG:32631"),
-                       tmp_path / "e.zarr")
+    store = write_zarr(
+        emb.to_dataset(name="embedding").rio.write_crs("EPSG:32631"), tmp_path / "e.zarr"
+    )
     got = as_feature_cube(store, "emb")
     assert got.dims == ("feature", "time", "y", "x") and got.dtype == np.float32
     np.testing.assert_array_equal(got.values, emb.values)

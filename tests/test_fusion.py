@@ -162,9 +162,7 @@ def _window(centre, valid):
 
 
 def test_centre_objective_loss_by_hand():
-    cfg = FusionConfig(
-        sensors=("s2", "s1"), latent_dims={"s2": 9, "s1": 2}, objective="centre"
-    )
+    cfg = FusionConfig(sensors=("s2", "s1"), latent_dims={"s2": 9, "s1": 2}, objective="centre")
     # sample 0: both sensors; sample 1: S2 centre invalid (S1 only); sample 2: nothing
     batch = {
         "s2": _window([[0.3, 0.4], [0.5, 0.5], [0.1, 0.1]], [True, False, False]),
@@ -200,9 +198,7 @@ def test_centre_objective_decodes_only_the_centre():
     out_ctx, out_cen = ctx(b), cen(b)
     assert out_cen.recon == {} and set(out_cen.centre) == {"s2", "s1"}
     for s in ("s2", "s1"):
-        torch.testing.assert_close(
-            out_cen.centre[s], out_ctx.centre_recon(s), rtol=1e-5, atol=1e-6
-        )
+        torch.testing.assert_close(out_cen.centre[s], out_ctx.centre_recon(s), rtol=1e-5, atol=1e-6)
     # frozen mode: the gradient of the centre loss reaches the fusion layers only
     cen.train()
     total, _ = FusionLoss(cen.config)(cen(b), b)

@@ -100,6 +100,7 @@ def test_autoencoder_whitening_keeps_reconstructions_and_the_dense_path(cube, tm
     b, _ = embed_windows(model, arr.data, arr.valid, arr.days)
     ok = np.isfinite(b)
     assert ok.any() and np.array_equal(ok, np.isfinite(a))
+
     # compared in the raw latent: whitening scales float rounding by 1 / sd of the
     # weakest axis, which is large for an untrained model
     def raw_of(e):

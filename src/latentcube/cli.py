@@ -196,9 +196,7 @@ def train(
     ] = "1",
     autoencoder: Annotated[
         list[str] | None,
-        typer.Option(
-            help="Stage fusion: SENSOR=CHECKPOINT of a stage-1 model (repeat; S2 first)."
-        ),
+        typer.Option(help="Stage fusion: SENSOR=CHECKPOINT of a stage-1 model (repeat; S2 first)."),
     ] = None,
     base: Annotated[
         Path | None,
@@ -921,14 +919,15 @@ def _echo_scores(res: dict, width: int) -> None:
     from latentcube.evaluation.report import f1_cell
 
     for k, v in res["scores"].items():
-        typer.echo(f"{k:<{width}} macro-F1 logreg {f1_cell(v['logreg'])}  "
-                   f"knn {f1_cell(v['knn'])}")
+        typer.echo(f"{k:<{width}} macro-F1 logreg {f1_cell(v['logreg'])}  knn {f1_cell(v['knn'])}")
 
 
 @evaluate_app.command("landcover")
 def evaluate_landcover(
-    cubes: Annotated[list[Path], typer.Argument(help="GreenEarthNet minicubes (.nc) or stores "
-                                                     "with a 'landcover' variable.")],
+    cubes: Annotated[
+        list[Path],
+        typer.Argument(help="GreenEarthNet minicubes (.nc) or stores with a 'landcover' variable."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
     model: Annotated[Path | None, typer.Option(help="Checkpoint to embed the cubes with.")] = None,
     embedding: Annotated[
@@ -938,9 +937,13 @@ def evaluate_landcover(
     block: Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")] = 16,
     max_samples: Annotated[int, typer.Option(help="Pixel-dates drawn per cube.")] = 20000,
     seed: Annotated[int, typer.Option(help="Seed of sampling, folds and probes.")] = 0,
-    repeats: Annotated[int, typer.Option(
-        help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
-             "mean ± sd per set and paired differences of the embedding to every set.")] = 1,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
+            "mean ± sd per set and paired differences of the embedding to every set."
+        ),
+    ] = 1,
 ) -> None:
     """Land-cover probe (ESA WorldCover) of an embedding and every baseline feature set."""
     from latentcube.cube.readers import open_cube
@@ -949,9 +952,16 @@ def evaluate_landcover(
 
     try:
         loaded = [open_cube(c).load() for c in cubes]
-        res = run_landcover(loaded, _embeddings(loaded, model, embedding, name), out,
-                            block=block, max_samples=max_samples, seed=seed, command=_command(),
-                            repeats=repeats)
+        res = run_landcover(
+            loaded,
+            _embeddings(loaded, model, embedding, name),
+            out,
+            block=block,
+            max_samples=max_samples,
+            seed=seed,
+            command=_command(),
+            repeats=repeats,
+        )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
@@ -970,9 +980,13 @@ def evaluate_croptype(
     name: Annotated[str, typer.Option(help="Name of the embedding feature set.")] = "embedding",
     block: Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of folds and probes.")] = 0,
-    repeats: Annotated[int, typer.Option(
-        help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
-             "mean ± sd per set and paired differences of the embedding to every set.")] = 1,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
+            "mean ± sd per set and paired differences of the embedding to every set."
+        ),
+    ] = 1,
 ) -> None:
     """Crop-type probe: per-date series vs season mean, embedding vs every baseline."""
     from latentcube.cube.readers import open_cube, read_worldcereal_labels
@@ -982,8 +996,16 @@ def evaluate_croptype(
     try:
         loaded = [open_cube(p).load() for p in patches]  # S1 too: fused models and S1 baselines
         labels = [read_worldcereal_labels(p)["CT"].values for p in patches]
-        res = run_croptype(loaded, labels, _embeddings(loaded, model, embedding, name), out,
-                           block=block, seed=seed, command=_command(), repeats=repeats)
+        res = run_croptype(
+            loaded,
+            labels,
+            _embeddings(loaded, model, embedding, name),
+            out,
+            block=block,
+            seed=seed,
+            command=_command(),
+            repeats=repeats,
+        )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
@@ -1000,8 +1022,12 @@ def evaluate_gpp(
     locations: Annotated[
         Path | None, typer.Option(help="location_fluxnet.csv with site coordinates.")
     ] = None,
-    cube: Annotated[Path | None, typer.Option(help="S2 cube at the site: its bands, indices "
-                                                   "and PCA-7 are added as baselines.")] = None,
+    cube: Annotated[
+        Path | None,
+        typer.Option(
+            help="S2 cube at the site: its bands, indices and PCA-7 are added as baselines."
+        ),
+    ] = None,
     model: Annotated[Path | None, typer.Option(help="Checkpoint to embed --cube with.")] = None,
     embedding: Annotated[Path | None, typer.Option(help="Embedding store at the site.")] = None,
     name: Annotated[str, typer.Option(help="Name of the embedding feature set.")] = "embedding",
@@ -1011,8 +1037,10 @@ def evaluate_gpp(
     n_trials: Annotated[int, typer.Option(help="Random-search trials per set.")] = 4,
     time_budget: Annotated[
         float,
-        typer.Option(help="Search budget per set in seconds; 0 = none (run all --n-trials, "
-                     "so the result does not depend on machine speed)."),
+        typer.Option(
+            help="Search budget per set in seconds; 0 = none (run all --n-trials, "
+            "so the result does not depend on machine speed)."
+        ),
     ] = 60.0,
     max_epochs: Annotated[int, typer.Option(help="Epoch limit of each transformer trial.")] = 40,
     models: Annotated[
@@ -1049,8 +1077,14 @@ def evaluate_gpp(
             from latentcube.evaluation.features import as_feature_cube
 
             cubes = {name: as_feature_cube(embedding)}
-        feats = site_features(cubes, lat=lat, start=table.index.min(), end=table.index.max(),
-                              method=gap_fill, footprint=footprint)  # type: ignore[arg-type]
+        feats = site_features(
+            cubes,
+            lat=lat,
+            start=table.index.min(),
+            end=table.index.max(),
+            method=gap_fill,  # type: ignore[arg-type]
+            footprint=footprint,
+        )
         sets = {"potential radiation": ["rad:Rso"]}
         for k in cubes:
             sets[k] = [c for c in feats.columns if c.startswith(f"{k}:")]
@@ -1058,19 +1092,29 @@ def evaluate_gpp(
             int(table.index.year.max())
         ]
         ref = carbonfluxbench_reference(carbonfluxbench, [code]) if carbonfluxbench else None
-        res = run_gpp({code: site_table(table, feats)}, sets, out, test_years=years,
-                      n_trials=n_trials, time_budget=time_budget if time_budget > 0 else None,
-                      max_epochs=max_epochs, models=[m for m in models.split(",") if m],
-                      seed=seed, reference=ref,
-                      command=_command(), title=f"GPP evaluation at {code}")
+        res = run_gpp(
+            {code: site_table(table, feats)},
+            sets,
+            out,
+            test_years=years,
+            n_trials=n_trials,
+            time_budget=time_budget if time_budget > 0 else None,
+            max_epochs=max_epochs,
+            models=[m for m in models.split(",") if m],
+            seed=seed,
+            reference=ref,
+            command=_command(),
+            title=f"GPP evaluation at {code}",
+        )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
     for k, v in res["scores"].items():
         for m, s in v.items():
             o = s["overall"]
-            typer.echo(f"{k:<24} {m:<20} R2 {o['r2']:.3f}  RMSE {o['rmse']:.3f}  "
-                       f"bias {o['bias']:+.3f}")
+            typer.echo(
+                f"{k:<24} {m:<20} R2 {o['r2']:.3f}  RMSE {o['rmse']:.3f}  bias {o['bias']:+.3f}"
+            )
     typer.echo(f"report: {out / 'report.md'}")
 
 
@@ -1087,14 +1131,15 @@ def evaluate_reconstruction(
     from latentcube.evaluation.reconstruction import run_reconstruction
 
     try:
-        res = run_reconstruction(model, open_cube(cube).load(), out, seed=seed,
-                                 command=_command())
+        res = run_reconstruction(model, open_cube(cube).load(), out, seed=seed, command=_command())
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
-    typer.echo(f"centre MAE model {res['model_mean']:.4f}, context mean "
-               f"{res['context_mean_mean']:.4f}, persistence {res['persistence_mean']:.4f} "
-               f"({res['n_windows']} windows)")
+    typer.echo(
+        f"centre MAE model {res['model_mean']:.4f}, context mean "
+        f"{res['context_mean_mean']:.4f}, persistence {res['persistence_mean']:.4f} "
+        f"({res['n_windows']} windows)"
+    )
     typer.echo(f"report: {out / 'report.md'}")
 
 

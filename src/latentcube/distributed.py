@@ -98,9 +98,7 @@ def _worker(
     from latentcube.training import train
 
     # a file rendezvous: no TCP port to pick, so nothing another process can take first
-    dist.init_process_group(
-        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=nproc
-    )
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=nproc)
     try:
         result = train(*args, **{**kwargs, "progress": kwargs.get("progress", True) and rank == 0})
         if rank == 0:

@@ -88,9 +88,7 @@ def fusion_latents(
     return {s: torch.cat(v) if v else torch.zeros(0) for s, v in out.items()}
 
 
-def fusion_centre_batches(
-    windows: FusionWindows, batch_size: int = 512
-) -> dict[str, SensorBatch]:
+def fusion_centre_batches(windows: FusionWindows, batch_size: int = 512) -> dict[str, SensorBatch]:
     """Every window's centre pixel and date, gaps and offsets, per sensor.
 
     With every autoencoder frozen, its latents cached and the ``"centre"``

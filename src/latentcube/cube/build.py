@@ -155,9 +155,7 @@ class SCLMask:
         if scl.dtype != np.uint8:
             valid = scl_valid(scl, invalid_classes=self.invalid_classes)
             if self.dilation > 0:
-                valid &= scl_valid(
-                    scl, invalid_classes=self.dilate_classes, dilation=self.dilation
-                )
+                valid &= scl_valid(scl, invalid_classes=self.dilate_classes, dilation=self.dilation)
             return valid
         lut = np.zeros(256, np.uint8)  # bit 0: invalid, bit 1: dilated
         lut[[c for c in self.invalid_classes if 0 <= c < 256]] |= 1

@@ -899,8 +899,7 @@ def read_aligned(
     # local files only: a remote (/vsicurl/) dataset is opened per read, as GDAL's HTTP
     # connections belong to the thread that opened them (a kept one hung a test server)
     futures = [
-        ex.submit(_read_one, h, g, o, nodata, None if "://" in h else datasets)
-        for h, g, o in jobs
+        ex.submit(_read_one, h, g, o, nodata, None if "://" in h else datasets) for h, g, o in jobs
     ]
     for fut in futures:
         fut.result()

@@ -106,9 +106,7 @@ def add_s1_dates(
     attrs = {
         **cube.attrs,
         "time_axis": "union",
-        "s1_only_dates": json.dumps(
-            [np.datetime_as_string(t, "D") for t in plan.s1_times[groups]]
-        ),
+        "s1_only_dates": json.dumps([np.datetime_as_string(t, "D") for t in plan.s1_times[groups]]),
     }
     observed = np.ones(cube.sizes["time"], bool)
     if n == 0:

@@ -111,9 +111,7 @@ def sinusoidal_encoding(offsets: Tensor, dim: int, max_period: float = 1000.0) -
     return enc
 
 
-def encoder_inference(
-    stack: nn.TransformerEncoder, x: Tensor, query: int | None = None
-) -> Tensor:
+def encoder_inference(stack: nn.TransformerEncoder, x: Tensor, query: int | None = None) -> Tensor:
     """Inference forward of a batch-first, pre-norm ``nn.TransformerEncoder`` (no dropout).
 
     The same arithmetic as the module in eval mode, written out so that the
