@@ -9,6 +9,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from latentcube.cli import app
+from latentcube.evaluation.baselines import INDICES
 from test_flux import write_fullset
 
 runner = CliRunner()
@@ -162,37 +163,12 @@ def test_evaluate_gpp_with_cube_model_and_baselines(tmp_path):
         np.ones(len(days)),
         start="2019-01-01",
     )
+    fixed = "--lat 50 --test-years 2020 --n-trials 2 --max-epochs 1 --time-budget 0"
     runs = []
     for out in (tmp_path / "rep", tmp_path / "again"):
-        res = runner.invoke(
-            app,
-            [
-                "evaluate",
-                "gpp",
-                "--flux",
-                str(f),
-                "--lat",
-                "50",
-                "--cube",
-                str(store),
-                "--model",
-                str(ck),
-                "--name",
-                "tiny latents",
-                "--test-years",
-                "2020",
-                "--n-trials",
-                "2",
-                "--max-epochs",
-                "1",
-                "--time-budget",
-                "0",
-                "--models",
-                "transformer,gbr",
-                "--out",
-                str(out),
-            ],
-        )
+        paths = ["--flux", str(f), "--cube", str(store), "--model", str(ck), "--out", str(out)]
+        opts = [*fixed.split(), "--models", "transformer,gbr", "--name", "tiny latents"]
+        res = runner.invoke(app, ["evaluate", "gpp", *paths, *opts])
         assert res.exit_code == 0, res.output
         runs.append(json.loads((out / "results.json").read_text()))
     # one command with a fixed seed reproduces every number (timings and paths aside)
@@ -267,18 +243,8 @@ def test_evaluate_croptype_on_cut_real_patches_with_the_shipped_model(tmp_path, 
     assert (out / "report.md").exists() and (out / "figures" / "croptype_macro_f1.png").exists()
     data = json.loads((out / "results.json").read_text())["croptype"]
     assert data["seasons"] == [["2018-03-01", "2018-10-31"], ["2019-03-01", "2019-10-31"]]
-    sets = [
-        "fused",
-        "S2 bands",
-        "NDVI",
-        "EVI",
-        "NIRv",
-        "kNDVI",
-        "indices (4)",
-        "PCA-7",
-        "S1 VV/VH",
-        "PCA-7 + S1 VV/VH",
-    ]
+    baselines = ["S2 bands", *INDICES, "indices (4)", "PCA-7", "S1 VV/VH", "PCA-7 + S1 VV/VH"]
+    sets = ["fused", *baselines]
     assert set(data["scores"]) == {f"{s} / {k}" for s in sets for k in ("series", "season mean")}
     # the kept classes are labelled in the cut patches, and every kept one has >= 30 pixels
     labelled = np.concatenate([read_worldcereal_labels(f)["CT"].values.ravel() for f in folders])

@@ -922,6 +922,17 @@ def _echo_scores(res: dict, width: int) -> None:
         typer.echo(f"{k:<{width}} macro-F1 logreg {f1_cell(v['logreg'])}  knn {f1_cell(v['knn'])}")
 
 
+#: Options shared by the probe commands (land cover, crop type).
+BlockOption = Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")]
+RepeatsOption = Annotated[
+    int,
+    typer.Option(
+        help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
+        "mean ± sd per set and paired differences of the embedding to every set."
+    ),
+]
+
+
 @evaluate_app.command("landcover")
 def evaluate_landcover(
     cubes: Annotated[
@@ -934,16 +945,10 @@ def evaluate_landcover(
         list[Path] | None, typer.Option(help="Embedding store per cube (instead of --model).")
     ] = None,
     name: Annotated[str, typer.Option(help="Name of the embedding feature set.")] = "embedding",
-    block: Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")] = 16,
+    block: BlockOption = 16,
     max_samples: Annotated[int, typer.Option(help="Pixel-dates drawn per cube.")] = 20000,
     seed: Annotated[int, typer.Option(help="Seed of sampling, folds and probes.")] = 0,
-    repeats: Annotated[
-        int,
-        typer.Option(
-            help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
-            "mean ± sd per set and paired differences of the embedding to every set."
-        ),
-    ] = 1,
+    repeats: RepeatsOption = 1,
 ) -> None:
     """Land-cover probe (ESA WorldCover) of an embedding and every baseline feature set."""
     from latentcube.cube.readers import open_cube
@@ -978,15 +983,9 @@ def evaluate_croptype(
         list[Path] | None, typer.Option(help="Embedding store per patch (instead of --model).")
     ] = None,
     name: Annotated[str, typer.Option(help="Name of the embedding feature set.")] = "embedding",
-    block: Annotated[int, typer.Option(help="Spatial CV block side in px (> 15).")] = 16,
+    block: BlockOption = 16,
     seed: Annotated[int, typer.Option(help="Seed of folds and probes.")] = 0,
-    repeats: Annotated[
-        int,
-        typer.Option(
-            help="Repeat the blocked CV with this many fold assignments (seed, seed+1, ...): "
-            "mean ± sd per set and paired differences of the embedding to every set."
-        ),
-    ] = 1,
+    repeats: RepeatsOption = 1,
 ) -> None:
     """Crop-type probe: per-date series vs season mean, embedding vs every baseline."""
     from latentcube.cube.readers import open_cube, read_worldcereal_labels
