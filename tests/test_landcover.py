@@ -304,3 +304,30 @@ def test_probes_fit_with_one_blas_thread_by_default_and_score_the_same(monkeypat
         assert default["f"][kind]["chosen"] == unlimited["f"][kind]["chosen"]
     with pytest.raises(EvaluationError, match="threads must be >= 1"):
         blocked_cv(x, y, groups, threads=0)
+
+
+def test_tuned_probe_called_directly_also_fits_with_one_thread(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from latentcube.evaluation import probes
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 60)
+    x = y[:, None] + rng.normal(0, 0.8, (120, 3))
+    groups = np.arange(120) % 6
+    seen: list[set[int]] = []
+    inner = probes._tuned_probe
+
+    def spy(*args, **kwargs):
+        seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(probes, "_tuned_probe", spy)
+    with threadpool_limits(limits=2):
+        _, one = tuned_probe("logreg", x, y, groups)
+        _, kept = tuned_probe("logreg", x, y, groups, threads=None)
+        blocked_cv({"f": x}, y, groups, seed=0, threads=None)  # passes its own setting on
+    assert seen[0] == {1} and all(s == {2} for s in seen[1:]) and len(seen) > 2
+    assert one == kept
+    with pytest.raises(EvaluationError, match="threads must be >= 1"):
+        tuned_probe("knn", x, y, groups, threads=0)

@@ -84,6 +84,7 @@ def tuned_probe(
     seed: int = 0,
     inner_splits: int = 3,
     grid: Mapping[str, Sequence[Any]] | None = None,
+    threads: int | None = 1,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit a probe whose hyper-parameter is chosen by inner blocked CV on ``x`` only.
 
@@ -105,17 +106,38 @@ def tuned_probe(
         Values of the probe's one parameter (default :data:`PARAM_GRIDS`): ``C``
         for ``logreg``, ``n_neighbors`` for ``knn``. The value with the best mean
         inner macro-F1 is refitted on all of ``x``.
+    threads
+        BLAS and OpenMP threads of the fits (see :func:`blocked_cv`); ``None``
+        keeps the process's settings.
 
     Returns
     -------
     tuple
         The fitted pipeline and the chosen parameters.
     """
+    from threadpoolctl import threadpool_limits
+
+    values = {k: list(v) for k, v in (grid if grid is not None else PARAM_GRIDS[kind]).items()}
+    if len(values) != 1:
+        raise EvaluationError(f"a probe grid has one parameter, got {list(values)}")
+    if threads is not None and threads < 1:
+        raise EvaluationError(f"threads must be >= 1 or None, got {threads}")
+    with threadpool_limits(limits=threads) if threads is not None else nullcontext():
+        return _tuned_probe(kind, x, y, groups, values, seed, inner_splits)
+
+
+def _tuned_probe(
+    kind: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    grid: dict[str, list[Any]],
+    seed: int,
+    inner_splits: int,
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`tuned_probe` under its thread limit."""
     from sklearn.model_selection import GroupKFold
 
-    grid = {k: list(v) for k, v in (grid if grid is not None else PARAM_GRIDS[kind]).items()}
-    if len(grid) != 1:
-        raise EvaluationError(f"a probe grid has one parameter, got {list(grid)}")
     ((param, values),) = grid.items()
     n_blocks = len(np.unique(groups))
     folds: list[tuple[np.ndarray, np.ndarray]] = []
@@ -355,7 +377,9 @@ def _blocked_cv_once(
             chosen = []
             for tr, te in folds:
                 if tune:
-                    model, params = tuned_probe(kind, x[tr], labels[tr], groups[tr], seed=seed)
+                    model, params = tuned_probe(  # blocked_cv has set the threads
+                        kind, x[tr], labels[tr], groups[tr], seed=seed, threads=None
+                    )
                 else:
                     model, params = make_probe(kind, seed).fit(x[tr], labels[tr]), {}
                 chosen.append(params)
