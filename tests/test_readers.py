@@ -15,6 +15,7 @@ from latentcube.cube.readers import (
     open_cube,
     read_geotiff_stack,
     read_greenearthnet,
+    read_labels,
     read_openeo_mol,
     read_worldcereal_labels,
     read_worldcereal_patch,
@@ -88,6 +89,87 @@ def test_worldcereal_second_patch_and_labels():
     labels = read_worldcereal_labels(folder)
     assert labels["CT"].shape == (64, 64) and (labels["CT"].values > 0).any()
     np.testing.assert_array_equal(labels["x"].values, c["x"].values)
+
+
+def write_labels(path, values, x, y, crs="EPSG:32631", nodata=None, dtype="int16"):
+    """A single-band GeoTIFF of ``values`` on pixel centres ``x``, ``y`` (written by hand)."""
+    res_x, res_y = x[1] - x[0], y[0] - y[1]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=len(x),
+        height=len(y),
+        count=np.shape(values)[0] if np.ndim(values) == 3 else 1,
+        dtype=dtype,
+        crs=crs,
+        nodata=nodata,
+        transform=from_origin(x[0] - res_x / 2, y[0] + res_y / 2, res_x, res_y),
+    ) as dst:
+        if np.ndim(values) == 3:
+            dst.write(np.asarray(values, dtype))
+        else:
+            dst.write(np.asarray(values, dtype), 1)
+    return path
+
+
+def test_read_labels_on_the_cube_grid_resampled_and_bad_input(tmp_path):
+    cube = tiny_cube(ny=24, nx=20)
+    x, y = cube["x"].values, cube["y"].values
+    rng = np.random.default_rng(0)
+    codes = rng.choice([-1, 0, 1110, 1200, 9120], size=(24, 20))  # -1: the raster's nodata
+    got = read_labels(write_labels(tmp_path / "same.tif", codes, x, y, nodata=-1), cube)
+    assert got.dims == ("y", "x") and got.dtype == np.int32 and not got.attrs["resampled"]
+    np.testing.assert_array_equal(got.values, np.where(codes == -1, 0, codes))
+    np.testing.assert_array_equal(got["x"].values, x)
+    # 20 m labels aligned with the 10 m grid: every label covers 2 x 2 cube pixels
+    coarse = rng.choice([0, 1, 2, 3], size=(12, 10))
+    got = read_labels(write_labels(tmp_path / "c.tif", coarse, x[::2] + 5, y[::2] - 5), cube)
+    assert got.attrs["resampled"]
+    np.testing.assert_array_equal(got.values, np.repeat(np.repeat(coarse, 2, 0), 2, 1))
+    # a larger raster, shifted by 3 pixels: the overlapping part, 0 outside
+    big = rng.choice([5, 6], size=(30, 30))
+    got = read_labels(
+        write_labels(
+            tmp_path / "b.tif", big, x[0] + 30 + 10 * np.arange(30), y[0] - 10 * np.arange(30)
+        ),
+        cube,
+    )
+    np.testing.assert_array_equal(got.values[:, :3], 0)
+    np.testing.assert_array_equal(got.values[:, 3:], big[:24, :17])
+    # NetCDF with a named variable
+    da = xr.DataArray(
+        np.where(codes < 0, 0, codes).astype("int32"), coords={"y": y, "x": x}, dims=("y", "x")
+    ).rio.write_crs("EPSG:32631")
+    da.to_dataset(name="CT").to_netcdf(tmp_path / "l.nc")
+    got = read_labels(tmp_path / "l.nc", cube, variable="CT")
+    np.testing.assert_array_equal(got.values, da.values)
+    with pytest.raises(CubeError, match="no variable 'LC'"):
+        read_labels(tmp_path / "l.nc", cube, variable="LC")
+    # bad input, each named
+    two = write_labels(tmp_path / "two.tif", np.stack([codes, codes]), x, y)
+    with pytest.raises(CubeError, match="2 bands"):
+        read_labels(two, cube)
+    frac = write_labels(tmp_path / "f.tif", codes + 0.5, x, y, dtype="float32")
+    with pytest.raises(CubeError, match="integer class codes"):
+        read_labels(frac, cube)
+    far = write_labels(tmp_path / "far.tif", codes, x + 1e5, y)
+    with pytest.raises(CubeError, match="no labelled pixel"):
+        read_labels(far, cube)
+    nocrs = write_labels(tmp_path / "n.tif", codes, x, y, crs=None)
+    with pytest.raises(CubeError, match="no CRS"):
+        read_labels(nocrs, cube)
+    with pytest.raises(FileNotFoundError, match="no label raster"):
+        read_labels(tmp_path / "none.tif", cube)
+
+
+def test_read_labels_of_a_real_patch_equal_its_worldcereal_labels(tmp_path):
+    """The WorldCereal crop codes written as a GeoTIFF come back unchanged on the patch grid."""
+    folder = shared_path(FLANDERS, "0000280849BAC91C")
+    ct = read_worldcereal_labels(folder)["CT"]
+    ct.rio.write_nodata(0).rio.to_raster(tmp_path / "ct.tif")
+    got = read_labels(tmp_path / "ct.tif", read_worldcereal_patch(folder, with_s1=False))
+    np.testing.assert_array_equal(got.values, ct.values)
 
 
 def test_openeo_mol():

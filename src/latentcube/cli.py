@@ -976,8 +976,28 @@ def evaluate_landcover(
 
 @evaluate_app.command("croptype")
 def evaluate_croptype(
-    patches: Annotated[list[Path], typer.Argument(help="WorldCereal patch folders (with labels).")],
+    patches: Annotated[
+        list[Path],
+        typer.Argument(help="WorldCereal patch folders (with labels), or any cubes with --labels."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
+    labels: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Label raster per cube (integer crop codes; 0 or nodata = no label), put on "
+            "the cube's grid by nearest neighbour. Default: each WorldCereal patch's labels."
+        ),
+    ] = None,
+    label_variable: Annotated[
+        str | None, typer.Option(help="Label variable when --labels are NetCDF files or Zarr.")
+    ] = None,
+    season: Annotated[
+        str | None,
+        typer.Option(
+            help="START,END dates of the labels' season for every cube "
+            "(default: 1 March - 31 October of each cube's last year)."
+        ),
+    ] = None,
     model: Annotated[Path | None, typer.Option(help="Checkpoint to embed the cubes with.")] = None,
     embedding: Annotated[
         list[Path] | None, typer.Option(help="Embedding store per patch (instead of --model).")
@@ -988,18 +1008,31 @@ def evaluate_croptype(
     repeats: RepeatsOption = 1,
 ) -> None:
     """Crop-type probe: per-date series vs season mean, embedding vs every baseline."""
-    from latentcube.cube.readers import open_cube, read_worldcereal_labels
+    from latentcube.cube.readers import open_cube, read_labels, read_worldcereal_labels
     from latentcube.errors import LatentcubeError
     from latentcube.evaluation.croptype import run_croptype
 
     try:
+        if labels and len(labels) != len(patches):
+            raise ValueError(f"{len(labels)} --labels for {len(patches)} cubes: give one per cube")
+        seasons = None
+        if season is not None:
+            bounds = _season(season)
+            seasons = [bounds] * len(patches)
         loaded = [open_cube(p).load() for p in patches]  # S1 too: fused models and S1 baselines
-        labels = [read_worldcereal_labels(p)["CT"].values for p in patches]
+        if labels:
+            maps = [
+                read_labels(f, c, variable=label_variable).values
+                for f, c in zip(labels, loaded, strict=True)
+            ]
+        else:
+            maps = [read_worldcereal_labels(p)["CT"].values for p in patches]
         res = run_croptype(
             loaded,
-            labels,
+            maps,
             _embeddings(loaded, model, embedding, name),
             out,
+            seasons=seasons,
             block=block,
             seed=seed,
             command=_command(),
@@ -1010,6 +1043,23 @@ def evaluate_croptype(
         return
     _echo_scores(res, 40)
     typer.echo(f"report: {out / 'report.md'}")
+
+
+def _season(text: str) -> tuple[str, str]:
+    """``START,END`` (ISO dates, START before END) -> the two dates as ISO strings."""
+    import pandas as pd
+
+    parts = [p.strip() for p in text.split(",")]
+    bad = f"--season must be START,END dates, e.g. 2019-03-01,2019-10-31; got {text!r}"
+    try:
+        start, end = (pd.Timestamp(p) for p in parts)
+    except ValueError:
+        raise ValueError(bad) from None
+    if pd.isna(start) or pd.isna(end):
+        raise ValueError(bad)
+    if start >= end:
+        raise ValueError(f"--season: {parts[0]} is not before {parts[1]}")
+    return start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
 
 
 @evaluate_app.command("gpp")

@@ -33,6 +33,7 @@ __all__ = [
     "read_agera5",
     "read_geotiff_stack",
     "read_greenearthnet",
+    "read_labels",
     "read_openeo_mol",
     "read_worldcereal_labels",
     "read_worldcereal_patch",
@@ -296,6 +297,100 @@ def attach_agera5(cube: xr.Dataset, folder: str | os.PathLike[str]) -> xr.Datase
         bands=AGERA5.bands,
         sensor_time=days.values,
     )
+
+
+def read_labels(
+    path: str | os.PathLike[str],
+    like: xr.Dataset | xr.DataArray,
+    *,
+    variable: str | None = None,
+) -> xr.DataArray:
+    """Class labels from a raster, on the grid of the cube ``like``.
+
+    Parameters
+    ----------
+    path
+        A single-band raster GDAL reads (e.g. a GeoTIFF of rasterised parcels),
+        or, with ``variable``, a NetCDF file or Zarr store holding that (y, x)
+        variable with its CRS.
+    like
+        The cube (or any array with ``y``/``x`` coordinates and a CRS) whose
+        grid the labels are put on.
+    variable
+        The label variable of a NetCDF file or Zarr store.
+
+    Returns
+    -------
+    xarray.DataArray
+        (y, x) int32 class codes on ``like``'s grid, 0 = no label (the raster's
+        0, its nodata value and NaN). A raster on another grid or CRS is
+        resampled to the cube's grid by nearest neighbour, so codes are never
+        mixed.
+
+    Raises
+    ------
+    CubeError
+        Several bands, no CRS (raster or cube), fractional or out-of-range
+        codes, or no labelled pixel on the cube's grid.
+    """
+    import rioxarray as rxr
+    from rasterio.enums import Resampling
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no label raster at {p}")
+    if variable is None:
+        da = rxr.open_rasterio(p, masked=False)
+        if not isinstance(da, xr.DataArray):
+            raise CubeError(f"{p} holds several rasters; pass one single-band raster")
+        if da.sizes.get("band", 1) != 1:
+            raise CubeError(f"{p} has {da.sizes['band']} bands; labels need one")
+        da = da.squeeze("band", drop=True)
+    else:
+        ds = (
+            xr.open_zarr(p, decode_coords="all")
+            if p.is_dir()
+            else xr.open_dataset(p, mask_and_scale=False, decode_coords="all")
+        )
+        if variable not in ds:
+            raise CubeError(f"{p} has no variable {variable!r}: {sorted(map(str, ds.data_vars))}")
+        da = ds[variable].squeeze(drop=True)
+        if da.dims != ("y", "x"):
+            raise CubeError(f"{p}: {variable!r} has dims {da.dims}, expected ('y', 'x')")
+    if da.rio.crs is None:
+        raise CubeError(f"label raster {p} has no CRS")
+    crs = like.rio.crs
+    if crs is None:
+        raise CubeError("the cube has no CRS, so labels cannot be put on its grid")
+    v = np.asarray(da.values, np.float64)
+    nodata = da.rio.nodata
+    none = ~np.isfinite(v) | ((v == nodata) if nodata is not None else False)
+    codes = v[~none]
+    if codes.size and (np.any(codes != np.round(codes)) or np.abs(codes).max() > 2**31 - 1):
+        raise CubeError(
+            f"labels in {p} must be integer class codes (found {codes.dtype} values "
+            "with fractions or beyond int32)"
+        )
+    lab = da.copy(data=np.where(none, 0, v).astype(np.int32)).rio.write_nodata(0)
+    y, x = like["y"].values, like["x"].values
+    same = (
+        lab.rio.crs == crs
+        and lab.shape == (len(y), len(x))
+        and np.allclose(lab["y"].values, y)
+        and np.allclose(lab["x"].values, x)
+    )
+    if not same:
+        grid = xr.DataArray(
+            np.zeros((len(y), len(x)), np.int32), coords={"y": y, "x": x}, dims=("y", "x")
+        ).rio.write_crs(crs)
+        lab = lab.rio.reproject_match(grid, resampling=Resampling.nearest)
+    out = xr.DataArray(
+        np.asarray(lab.values, np.int32), coords={"y": y, "x": x}, dims=("y", "x"), name="labels"
+    )
+    if not (out.values > 0).any():
+        raise CubeError(f"no labelled pixel of {p} falls on the cube's grid")
+    out.attrs = provenance(f"labels {p.name}", reader="read_labels", resampled=not same)
+    return out.rio.write_crs(crs)
 
 
 def read_worldcereal_labels(folder: str | os.PathLike[str]) -> xr.Dataset:
