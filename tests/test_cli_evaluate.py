@@ -261,34 +261,56 @@ def test_evaluate_croptype_on_cut_real_patches_with_the_shipped_model(tmp_path, 
     assert "fused / series" in res.output and "report:" in res.output
 
 
-def test_evaluate_croptype_on_any_cube_with_a_label_raster_and_a_season(tmp_path):
-    """A generated S2 cube and a 20 m GeoTIFF of parcel codes: the same command, any area."""
+def striped_store(path, codes, s2_of_class, times, valid, crs, x0=500005.0, y0=5600005.0):
+    """A generated S2 cube whose 16 px vertical stripes alternate between ``codes``.
+
+    ``s2_of_class(code)`` gives the (time, band) reflectance of a class; returns the
+    store, the class map and the pixel-centre coordinates.
+    """
     from latentcube.cube.schema import make_cube, provenance
     from latentcube.io import write_zarr
     from latentcube.sensors import S2_BANDS
-    from test_readers import write_labels
 
     rng = np.random.default_rng(0)
     n = 48
-    t = pd.date_range("2020-02-01", "2020-11-30", freq="10D")
-    doy = t.dayofyear.to_numpy()
-    crop = np.where((np.arange(n) // 16) % 2 == 0, 11, 22)[None, :].repeat(n, 0)  # 16 px stripes
-    peak = np.where(crop == 11, 150, 220)  # the two crops green up at different times
-    green = np.exp(-0.5 * ((doy[:, None, None] - peak[None]) / 30) ** 2)
-    s2 = 0.05 + 0.3 * green[:, None] * np.linspace(0.2, 1.0, 10)[None, :, None, None]
-    s2 = (s2 + rng.normal(0, 0.01, s2.shape)).astype(np.float32)
-    x, y = 500005.0 + 10 * np.arange(n), 5600005.0 - 10 * np.arange(n)
+    classes = np.array(codes)[(np.arange(n) // 16) % 2][None, :].repeat(n, 0)
+    s2 = np.stack([s2_of_class(c) for c in codes])[(np.arange(n) // 16) % 2]  # (x, t, band)
+    s2 = np.broadcast_to(s2.transpose(1, 2, 0)[:, :, None, :], (len(times), 10, n, n))
+    s2 = np.clip(s2 + rng.normal(0, 0.01, s2.shape), 0, 1).astype(np.float32)
+    x, y = x0 + 10 * np.arange(n), y0 - 10 * np.arange(n)
     cube = make_cube(
-        np.clip(s2, 0, 1),
-        rng.random((len(t), n, n)) > 0.1,
-        time=t.values,
+        s2,
+        valid(rng, (len(times), n, n)),
+        time=times.values,
         y=y,
         x=x,
-        crs="EPSG:32631",
+        crs=crs,
         bands=S2_BANDS,
         attrs=provenance("generated"),
     )
-    store = write_zarr(cube, tmp_path / "cube.zarr")
+    return write_zarr(cube, path), classes, x, y
+
+
+def test_evaluate_croptype_on_any_cube_with_a_label_raster_and_a_season(tmp_path):
+    """A generated S2 cube and a 20 m GeoTIFF of parcel codes: the same command, any area."""
+    from test_readers import write_labels
+
+    t = pd.date_range("2020-02-01", "2020-11-30", freq="10D")
+    doy = t.dayofyear.to_numpy()
+    bands = np.linspace(0.2, 1.0, 10)
+
+    def s2_of(code):  # the two crops green up at different times
+        green = np.exp(-0.5 * ((doy - (150 if code == 11 else 220)) / 30) ** 2)
+        return 0.05 + 0.3 * green[:, None] * bands[None, :]
+
+    store, crop, x, y = striped_store(
+        tmp_path / "cube.zarr",
+        (11, 22),
+        s2_of,
+        t,
+        lambda rng, shape: rng.random(shape) > 0.1,
+        "EPSG:32631",
+    )
     coarse = crop[::2, ::2].copy()
     coarse[:4] = 0  # the first 8 rows are not labelled
     lab = write_labels(tmp_path / "parcels.tif", coarse, x[::2] + 5, y[::2] - 5, nodata=0)
@@ -311,6 +333,47 @@ def test_evaluate_croptype_on_any_cube_with_a_label_raster_and_a_season(tmp_path
     ]:
         res = runner.invoke(app, [*args, *extra])
         assert res.exit_code == 2 and msg in res.output, res.output
+
+
+def test_evaluate_landcover_on_any_cube_with_a_worldcover_raster(tmp_path):
+    """--labels gives the classes of a cube without a 'landcover' variable."""
+    from test_readers import write_labels
+
+    t = pd.date_range("2021-04-01", periods=8, freq="12D")
+
+    def s2_of(code):  # tree cover darker than cropland
+        return np.full((len(t), 10), 0.08 if code == 10 else 0.25) * np.linspace(0.5, 1.5, 10)
+
+    store, cls, x, y = striped_store(
+        tmp_path / "cube.zarr",
+        (10, 40),
+        s2_of,
+        t,
+        lambda rng, shape: np.ones(shape, bool),
+        "EPSG:32632",
+        x0=600005.0,
+        y0=5500005.0,
+    )
+    coarse = cls[::2, ::2].copy()
+    coarse[:, :2] = 255  # WorldCover's nodata
+    wc = write_labels(
+        tmp_path / "wc.tif",
+        coarse,
+        x[::2] + 5,
+        y[::2] - 5,
+        crs="EPSG:32632",
+        nodata=255,
+        dtype="uint8",
+    )
+    out = tmp_path / "lc"
+    args = ["evaluate", "landcover", str(store), "--out", str(out), "--max-samples", "3000"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "no 'landcover' variable" in res.output
+    res = runner.invoke(app, [*args, "--labels", str(wc)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "results.json").read_text())["landcover"]
+    assert set(data["class_counts"]) == {"10", "40"} and data["n_samples"] == 3000
+    assert data["scores"]["S2 bands"]["logreg"]["macro_f1"] > 0.95
 
 
 def test_evaluation_embeds_with_the_shipped_fused_model():

@@ -163,6 +163,27 @@ def test_read_labels_on_the_cube_grid_resampled_and_bad_input(tmp_path):
         read_labels(tmp_path / "none.tif", cube)
 
 
+def test_read_labels_from_another_crs_by_nearest_neighbour(tmp_path):
+    """A WorldCover-like tile in EPSG:4326 onto a UTM cube: each pixel takes the class at
+    its centre, except within one label pixel of the class boundary."""
+    from pyproj import Transformer
+
+    cube = tiny_cube(ny=24, nx=20)
+    xx, yy = np.meshgrid(cube["x"].values, cube["y"].values)
+    lon, lat = Transformer.from_crs(32631, 4326, always_xy=True).transform(xx, yy)
+    res = 2e-5  # degrees: about 1.4 m east-west, 2.2 m north-south here
+    lons = np.arange(lon.min() - 0.001, lon.max() + 0.001, res)
+    lats = np.arange(lat.max() + 0.001, lat.min() - 0.001, -res)
+    mid = float(np.median(lon))
+    tile = np.where(lons[None, :] < mid, 10, 40).repeat(len(lats), 0)
+    tif = write_labels(tmp_path / "wc.tif", tile, lons, lats, crs="EPSG:4326", dtype="uint8")
+    got = read_labels(tif, cube)
+    assert got.attrs["resampled"] and set(np.unique(got.values)) == {10, 40}
+    want = np.where(lon < mid, 10, 40)
+    near = np.abs(lon - mid) < 2 * res
+    np.testing.assert_array_equal(got.values[~near], want[~near])
+
+
 def test_read_labels_of_a_real_patch_equal_its_worldcereal_labels(tmp_path):
     """The WorldCereal crop codes written as a GeoTIFF come back unchanged on the patch grid."""
     folder = shared_path(FLANDERS, "0000280849BAC91C")

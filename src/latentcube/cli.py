@@ -931,15 +931,39 @@ RepeatsOption = Annotated[
         "mean ± sd per set and paired differences of the embedding to every set."
     ),
 ]
+LabelsOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        help="Label raster per cube (integer class codes; 0 or nodata = no label), put on the "
+        "cube's grid by nearest neighbour (any grid and CRS)."
+    ),
+]
+LabelVariableOption = Annotated[
+    str | None, typer.Option(help="The label variable when --labels are NetCDF files or Zarr.")
+]
+
+
+def _label_maps(labels: list[Path], cubes: list, variable: str | None) -> list:
+    """One (y, x) label array per cube from ``--labels`` (see ``read_labels``)."""
+    from latentcube.cube.readers import read_labels
+
+    if len(labels) != len(cubes):
+        raise ValueError(f"{len(labels)} --labels for {len(cubes)} cubes: give one per cube")
+    return [read_labels(f, c, variable=variable) for f, c in zip(labels, cubes, strict=True)]
 
 
 @evaluate_app.command("landcover")
 def evaluate_landcover(
     cubes: Annotated[
         list[Path],
-        typer.Argument(help="GreenEarthNet minicubes (.nc) or stores with a 'landcover' variable."),
+        typer.Argument(
+            help="GreenEarthNet minicubes (.nc) or stores with a 'landcover' variable, "
+            "or any cubes with --labels."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
+    labels: LabelsOption = None,
+    label_variable: LabelVariableOption = None,
     model: Annotated[Path | None, typer.Option(help="Checkpoint to embed the cubes with.")] = None,
     embedding: Annotated[
         list[Path] | None, typer.Option(help="Embedding store per cube (instead of --model).")
@@ -950,13 +974,23 @@ def evaluate_landcover(
     seed: Annotated[int, typer.Option(help="Seed of sampling, folds and probes.")] = 0,
     repeats: RepeatsOption = 1,
 ) -> None:
-    """Land-cover probe (ESA WorldCover) of an embedding and every baseline feature set."""
+    """Land-cover probe (ESA WorldCover) of an embedding and every baseline feature set.
+
+    The classes are each cube's 'landcover' variable, or with --labels a raster per
+    cube, such as an ESA WorldCover tile (codes outside its legend are ignored).
+    """
     from latentcube.cube.readers import open_cube
     from latentcube.errors import LatentcubeError
     from latentcube.evaluation.landcover import run_landcover
 
     try:
         loaded = [open_cube(c).load() for c in cubes]
+        if labels:
+            maps = _label_maps(labels, loaded, label_variable)
+            loaded = [
+                c.assign(landcover=(("y", "x"), m.values))
+                for c, m in zip(loaded, maps, strict=True)
+            ]
         res = run_landcover(
             loaded,
             _embeddings(loaded, model, embedding, name),
@@ -981,16 +1015,8 @@ def evaluate_croptype(
         typer.Argument(help="WorldCereal patch folders (with labels), or any cubes with --labels."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
-    labels: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Label raster per cube (integer crop codes; 0 or nodata = no label), put on "
-            "the cube's grid by nearest neighbour. Default: each WorldCereal patch's labels."
-        ),
-    ] = None,
-    label_variable: Annotated[
-        str | None, typer.Option(help="Label variable when --labels are NetCDF files or Zarr.")
-    ] = None,
+    labels: LabelsOption = None,
+    label_variable: LabelVariableOption = None,
     season: Annotated[
         str | None,
         typer.Option(
@@ -1007,24 +1033,20 @@ def evaluate_croptype(
     seed: Annotated[int, typer.Option(help="Seed of folds and probes.")] = 0,
     repeats: RepeatsOption = 1,
 ) -> None:
-    """Crop-type probe: per-date series vs season mean, embedding vs every baseline."""
-    from latentcube.cube.readers import open_cube, read_labels, read_worldcereal_labels
+    """Crop-type probe: per-date series vs season mean, embedding vs every baseline.
+
+    The classes are each WorldCereal patch's crop-type labels, or with --labels a
+    raster per cube (e.g. rasterised parcels with crop codes).
+    """
+    from latentcube.cube.readers import open_cube, read_worldcereal_labels
     from latentcube.errors import LatentcubeError
     from latentcube.evaluation.croptype import run_croptype
 
     try:
-        if labels and len(labels) != len(patches):
-            raise ValueError(f"{len(labels)} --labels for {len(patches)} cubes: give one per cube")
-        seasons = None
-        if season is not None:
-            bounds = _season(season)
-            seasons = [bounds] * len(patches)
+        seasons = [_season(season)] * len(patches) if season is not None else None
         loaded = [open_cube(p).load() for p in patches]  # S1 too: fused models and S1 baselines
         if labels:
-            maps = [
-                read_labels(f, c, variable=label_variable).values
-                for f, c in zip(labels, loaded, strict=True)
-            ]
+            maps = [m.values for m in _label_maps(labels, loaded, label_variable)]
         else:
             maps = [read_worldcereal_labels(p)["CT"].values for p in patches]
         res = run_croptype(
