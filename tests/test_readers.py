@@ -184,6 +184,22 @@ def test_read_labels_from_another_crs_by_nearest_neighbour(tmp_path):
     np.testing.assert_array_equal(got.values[~near], want[~near])
 
 
+def test_read_labels_reads_only_the_window_of_the_cube(tmp_path):
+    """A raster far larger than the cube (a WorldCover tile) is clipped before it is read:
+    fractional values 100 pixels away from the cube are never seen."""
+    cube = tiny_cube(ny=24, nx=20)
+    x, y = cube["x"].values, cube["y"].values
+    xs, ys = x[0] - 1000 + 10 * np.arange(300), y[0] + 1000 - 10 * np.arange(300)
+    tile = np.full((300, 300), 0.5, np.float32)  # not a class code
+    tile[90:134, 90:130] = 30  # the cube's 24 x 20 pixels start at row and column 100
+    tif = write_labels(tmp_path / "tile.tif", tile, xs, ys, dtype="float32")
+    got = read_labels(tif, cube)
+    np.testing.assert_array_equal(got.values, 30)
+    tile[100, 100] = 0.5  # inside the cube: refused
+    with pytest.raises(CubeError, match="integer class codes"):
+        read_labels(write_labels(tmp_path / "t2.tif", tile, xs, ys, dtype="float32"), cube)
+
+
 def test_read_labels_of_a_real_patch_equal_its_worldcereal_labels(tmp_path):
     """The WorldCereal crop codes written as a GeoTIFF come back unchanged on the patch grid."""
     folder = shared_path(FLANDERS, "0000280849BAC91C")

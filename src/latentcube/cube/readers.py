@@ -323,8 +323,10 @@ def read_labels(
     -------
     xarray.DataArray
         (y, x) int32 class codes on ``like``'s grid, 0 = no label (the raster's
-        0, its nodata value and NaN). A raster on another grid or CRS is
-        resampled to the cube's grid by nearest neighbour, so codes are never
+        0, its nodata value and NaN). Only the window of the raster that covers
+        the cube (and 2 pixels around it) is read, so a whole land-cover tile
+        costs no more than the cube's part of it. A raster on another grid or CRS
+        is resampled to the cube's grid by nearest neighbour, so codes are never
         mixed.
 
     Raises
@@ -362,6 +364,8 @@ def read_labels(
     crs = like.rio.crs
     if crs is None:
         raise CubeError("the cube has no CRS, so labels cannot be put on its grid")
+    y, x = like["y"].values, like["x"].values
+    da = _clip_to(da, x, y, crs, p)  # a whole WorldCover tile is never read
     v = np.asarray(da.values, np.float64)
     nodata = da.rio.nodata
     none = ~np.isfinite(v) | ((v == nodata) if nodata is not None else False)
@@ -372,7 +376,6 @@ def read_labels(
             "with fractions or beyond int32)"
         )
     lab = da.copy(data=np.where(none, 0, v).astype(np.int32)).rio.write_nodata(0)
-    y, x = like["y"].values, like["x"].values
     same = (
         lab.rio.crs == crs
         and lab.shape == (len(y), len(x))
@@ -391,6 +394,22 @@ def read_labels(
         raise CubeError(f"no labelled pixel of {p} falls on the cube's grid")
     out.attrs = provenance(f"labels {p.name}", reader="read_labels", resampled=not same)
     return out.rio.write_crs(crs)
+
+
+def _clip_to(da: xr.DataArray, x: np.ndarray, y: np.ndarray, crs: Any, path: Path) -> xr.DataArray:
+    """The part of a (lazy) raster that covers the pixels ``x``, ``y`` in ``crs``, plus 2 pixels."""
+    from rasterio.warp import transform_bounds
+    from rioxarray.exceptions import NoDataInBounds, OneDimensionalRaster
+
+    hx = abs(float(x[1] - x[0])) / 2 if len(x) > 1 else 5.0
+    hy = abs(float(y[1] - y[0])) / 2 if len(y) > 1 else 5.0
+    box = (x.min() - hx, y.min() - hy, x.max() + hx, y.max() + hy)
+    left, bottom, right, top = transform_bounds(crs, da.rio.crs, *box, densify_pts=21)
+    rx, ry = (abs(r) for r in da.rio.resolution())
+    try:
+        return da.rio.clip_box(left - 2 * rx, bottom - 2 * ry, right + 2 * rx, top + 2 * ry)
+    except (NoDataInBounds, OneDimensionalRaster):
+        raise CubeError(f"no labelled pixel of {path} falls on the cube's grid") from None
 
 
 def read_worldcereal_labels(folder: str | os.PathLike[str]) -> xr.Dataset:
