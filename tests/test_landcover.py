@@ -331,3 +331,16 @@ def test_tuned_probe_called_directly_also_fits_with_one_thread(monkeypatch):
     assert one == kept
     with pytest.raises(EvaluationError, match="threads must be >= 1"):
         tuned_probe("knn", x, y, groups, threads=0)
+
+
+def test_blocked_cv_progress_bar_counts_every_set_probe_and_repeat(capsys):
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1], 60)
+    x = {"a": y[:, None] + rng.normal(0, 0.8, (120, 2)), "b": rng.normal(size=(120, 2))}
+    groups = np.arange(120) % 6
+    quiet = blocked_cv(x, y, groups, seed=0, repeats=2, n_splits=3)
+    assert capsys.readouterr().err == ""  # off by default
+    shown = blocked_cv(x, y, groups, seed=0, repeats=2, n_splits=3, progress=True)
+    err = capsys.readouterr().err
+    assert "probes" in err and "8/8" in err  # 2 repeats x 2 sets x 2 probes
+    assert shown == quiet

@@ -1000,6 +1000,7 @@ def evaluate_landcover(
             seed=seed,
             command=_command(),
             repeats=repeats,
+            progress=True,
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -1059,6 +1060,7 @@ def evaluate_croptype(
             seed=seed,
             command=_command(),
             repeats=repeats,
+            progress=True,
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))

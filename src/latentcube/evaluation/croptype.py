@@ -146,6 +146,7 @@ def croptype_probe(
     tune: bool = True,
     score_only: Sequence[str] | None = None,
     repeats: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Blocked-CV crop-type probe: per-date series vs season mean, for each feature set.
 
@@ -157,7 +158,7 @@ def croptype_probe(
         For each cube, its (y, x) crop-type codes (0 = no label).
     seasons
         For each cube, the growing season (first, last day) of its labels.
-    block, probes, n_splits, seed, tune, repeats
+    block, probes, n_splits, seed, tune, repeats, progress
         Spatial blocks (> 15 px) and CV settings
         (:func:`latentcube.evaluation.probes.blocked_cv`).
     step_days, min_dates
@@ -218,6 +219,7 @@ def croptype_probe(
         seed=seed,
         tune=tune,
         repeats=repeats,
+        progress=progress,
     )
     return {
         "task": "croptype",
@@ -267,6 +269,7 @@ def run_croptype(
     tune: bool = True,
     score_only: Sequence[str] | None = None,
     repeats: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Crop-type probe of embeddings and every baseline, written as a report folder.
 
@@ -295,6 +298,8 @@ def run_croptype(
         Repeat the CV with this many fold assignments; each embedding's paired
         differences (series to series, season mean to season mean) are then in
         ``paired`` (:func:`latentcube.evaluation.probes.paired_differences`).
+    progress
+        Show a progress bar of the probe fits (stderr).
     """
     from latentcube.evaluation.baselines import feature_sets
     from latentcube.evaluation.report import write_probe_report
@@ -310,6 +315,7 @@ def run_croptype(
         tune=tune,
         score_only=score_only,
         repeats=repeats,
+        progress=progress,
     )
     res["paired"] = paired_by_kind(res["scores"], list(embeddings))
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]

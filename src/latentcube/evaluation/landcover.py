@@ -94,6 +94,7 @@ def landcover_probe(
     seed: int = 0,
     tune: bool = True,
     repeats: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Blocked-CV land-cover probe over one or more cubes.
 
@@ -105,7 +106,7 @@ def landcover_probe(
         For each cube, its (y, x) WorldCover codes.
     block, max_samples
         See :func:`landcover_samples`.
-    probes, n_splits, seed, tune, repeats
+    probes, n_splits, seed, tune, repeats, progress
         See :func:`latentcube.evaluation.probes.blocked_cv`.
     min_samples
         Classes with fewer samples (or in fewer than 2 blocks) are dropped.
@@ -144,6 +145,7 @@ def landcover_probe(
         seed=seed,
         tune=tune,
         repeats=repeats,
+        progress=progress,
     )
     names_ = {c: WORLDCOVER.get(int(c), c) for c in res["class_counts"]}
     return {"task": "landcover", "classes": names_, **res}
@@ -161,6 +163,7 @@ def run_landcover(
     notes: str = "",
     tune: bool = True,
     repeats: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Land-cover probe of embeddings and every baseline, written as a report folder.
 
@@ -183,6 +186,8 @@ def run_landcover(
         Repeat the CV with this many fold assignments; each embedding's paired
         differences to every other set are then in ``paired``
         (:func:`latentcube.evaluation.probes.paired_differences`).
+    progress
+        Show a progress bar of the probe fits (stderr).
 
     Returns
     -------
@@ -204,6 +209,7 @@ def run_landcover(
         seed=seed,
         tune=tune,
         repeats=repeats,
+        progress=progress,
     )
     res["paired"] = {k: paired_differences(res["scores"], k) for k in embeddings}
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]

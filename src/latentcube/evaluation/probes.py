@@ -250,6 +250,7 @@ def blocked_cv(
     tune: bool = True,
     repeats: int = 1,
     threads: int | None = 1,
+    progress: bool = False,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Cross-validated macro-F1 and per-class F1 of each probe on each feature set.
 
@@ -284,6 +285,9 @@ def blocked_cv(
         measures it). ``None`` keeps the process's settings. The thread count
         changes only floating-point rounding, which can still tip the inner
         search's choice in a few folds (docs/evaluation.md: 3 of 350 on crop type).
+    progress
+        Show a progress bar (stderr) with one step per feature set, probe and
+        repeat (each step fits all outer folds).
 
     Returns
     -------
@@ -296,15 +300,27 @@ def blocked_cv(
         ``fold_seeds`` are added.
     """
     from threadpoolctl import threadpool_limits
+    from tqdm.auto import tqdm
 
     if repeats < 1:
         raise EvaluationError(f"repeats must be >= 1, got {repeats}")
     if threads is not None and threads < 1:
         raise EvaluationError(f"threads must be >= 1 or None, got {threads}")
-    with threadpool_limits(limits=threads) if threads is not None else nullcontext():
+    total = repeats * len(features) * len(probes)
+    with (
+        threadpool_limits(limits=threads) if threads is not None else nullcontext(),
+        tqdm(total=total, desc="probes", unit="fit", disable=not progress) as bar,
+    ):
         runs = [
             _blocked_cv_once(
-                features, labels, groups, probes=probes, n_splits=n_splits, seed=seed + r, tune=tune
+                features,
+                labels,
+                groups,
+                probes=probes,
+                n_splits=n_splits,
+                seed=seed + r,
+                tune=tune,
+                bar=bar,
             )
             for r in range(repeats)
         ]
@@ -340,8 +356,12 @@ def _blocked_cv_once(
     n_splits: int,
     seed: int,
     tune: bool,
+    bar: Any = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """One blocked cross-validation with the fold seed ``seed`` (see :func:`blocked_cv`)."""
+    """One blocked cross-validation with the fold seed ``seed`` (see :func:`blocked_cv`).
+
+    ``bar`` (a tqdm bar) advances by one per feature set and probe.
+    """
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import GroupKFold
 
@@ -391,6 +411,9 @@ def _blocked_cv_once(
                 "per_class_f1": {str(c): float(v) for c, v in zip(classes, per, strict=True)},
                 "chosen": chosen,
             }
+            if bar is not None:
+                bar.set_postfix_str(f"{name} / {kind}, fold seed {seed}", refresh=False)
+                bar.update(1)
     return out
 
 
@@ -406,6 +429,7 @@ def score_pooled(
     seed: int = 0,
     tune: bool = True,
     repeats: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Pool the samples of several cubes, drop rare classes and run :func:`blocked_cv`.
 
@@ -417,7 +441,7 @@ def score_pooled(
         One array of labels and of block ids per cube.
     block
         Block side in pixels (recorded in the result).
-    probes, n_splits, seed, tune, repeats
+    probes, n_splits, seed, tune, repeats, progress
         See :func:`blocked_cv`.
     min_samples
         Classes with fewer samples (or in fewer than 2 blocks) are dropped.
@@ -443,6 +467,7 @@ def score_pooled(
         seed=seed,
         tune=tune,
         repeats=repeats,
+        progress=progress,
     )
     kept = sorted(int(c) for c in np.unique(y_all))
     return {
