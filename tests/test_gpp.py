@@ -180,12 +180,14 @@ def test_pipeline_on_real_se_htm_flux_with_real_s2_ndvi_features(tmp_path):
     assert f"{clim['rmse']:.3f}" in md
 
 
-def test_leave_one_site_out_run_excludes_the_test_site(tmp_path):
+def test_leave_one_site_out_run_excludes_the_test_site(tmp_path, capsys):
     # site C has a doubled GPP: a model or climatology that never saw C under-predicts it
     # (bias about -5.5); A's climatology comes from B and C, so it over-predicts by ~2.5
     sites = {s: daily(500, seed=i) for i, s in enumerate("ABC")}
     sites["C"]["GPP"] = 2 * sites["C"]["GPP"]
-    res = run_gpp(sites, {"a": ["a:x"]}, None, models=("gbr",), seed=0)
+    res = run_gpp(sites, {"a": ["a:x"]}, None, models=("gbr",), seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert "GPP fits" in err and "3/3" in err  # 1 set x 1 model x 3 left-out sites
     assert res["split"] == {"type": "leave-one-site-out"}
     per = res["scores"]["climatology"]["mean seasonal cycle"]["per_site"]
     assert set(per) == {"A", "B", "C"}

@@ -1177,6 +1177,7 @@ def evaluate_gpp(
             seed=seed,
             reference=ref,
             command=_command(),
+            progress=True,
             title=f"GPP evaluation at {code}",
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:

@@ -492,6 +492,7 @@ def run_gpp(
     title: str = "GPP evaluation",
     notes: str = "",
     command: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The GPP comparison: every feature set x model on the same windows and split.
 
@@ -518,6 +519,8 @@ def run_gpp(
         Published scores shown beside ours (e.g. CarbonFluxBench rows of the sites).
     title, notes, command
         Report text.
+    progress
+        Show a progress bar (stderr) with one step per feature set, model and fold.
 
     Returns
     -------
@@ -525,6 +528,8 @@ def run_gpp(
         ``scores[set][model]`` = ``{"overall": metrics, "per_site": {...}}``,
         the split, window counts and search records.
     """
+    from tqdm.auto import tqdm
+
     from latentcube.evaluation.baselines import climatology
 
     unknown = set(models) - {"transformer", "gbr"}
@@ -564,12 +569,14 @@ def run_gpp(
         clim[te] = climatology(pd.concat(train_days), pd.DatetimeIndex(w.end[te]))
     scores["climatology"] = {"mean seasonal cycle": _score(w, all_te, clim[all_te])}
     preds["climatology"] = clim[all_te]
+    bar = tqdm(total=len(sets) * len(models) * len(folds), desc="GPP fits", disable=not progress)
     for name in sets:
         scores[name] = {}
         for model in models:
             pred = np.full(len(w), np.nan)
             info: dict[str, Any] = {}
             for fold, tr, te in folds:
+                bar.set_postfix_str(f"{name} / {model}, {fold}")
                 pred[te], info[fold] = _fit_predict(
                     w,
                     name,
@@ -582,10 +589,12 @@ def run_gpp(
                     max_epochs=max_epochs,
                     space=space,
                 )
+                bar.update(1)
             scores[name][model] = _score(w, all_te, pred[all_te])
             preds[f"{name} / {model}"] = pred[all_te]
             if model == "transformer":
                 search[name] = info
+    bar.close()
     result: dict[str, Any] = {
         "task": "gpp",
         "split": split,
