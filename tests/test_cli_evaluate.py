@@ -291,7 +291,7 @@ def striped_store(path, codes, s2_of_class, times, valid, crs, x0=500005.0, y0=5
     return write_zarr(cube, path), classes, x, y
 
 
-def test_evaluate_croptype_on_any_cube_with_a_label_raster_and_a_season(tmp_path):
+def test_evaluate_croptype_on_any_cube_with_a_label_raster_and_a_season(tmp_path, monkeypatch):
     """A generated S2 cube and a 20 m GeoTIFF of parcel codes: the same command, any area."""
     from test_readers import write_labels
 
@@ -316,9 +316,16 @@ def test_evaluate_croptype_on_any_cube_with_a_label_raster_and_a_season(tmp_path
     lab = write_labels(tmp_path / "parcels.tif", coarse, x[::2] + 5, y[::2] - 5, nodata=0)
     out = tmp_path / "ct"
     args = ["evaluate", "croptype", str(store), "--labels", str(lab), "--out", str(out)]
+    from latentcube.evaluation.probes import _StepCache
+
+    stored = []
+    put = _StepCache.put
+    monkeypatch.setattr(_StepCache, "put", lambda self, k, v: stored.append(k) or put(self, k, v))
     res = runner.invoke(app, [*args, "--season", "2020-04-01,2020-09-30"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())["croptype"]
+    # every probe step was kept for a resume, and the cache went with the finished report
+    assert len(stored) == len(data["scores"]) * 2 and not (out / ".probe-cache").exists()
     assert data["seasons"] == [["2020-04-01", "2020-09-30"]]  # not the default, Mar-Oct
     assert data["n_features"]["NDVI / series"] == 13  # 1 April + 12 steps of 15 days
     # every labelled pixel (rows 8-47, with >= 3 clear dates in the season) is a sample

@@ -344,3 +344,84 @@ def test_blocked_cv_progress_bar_counts_every_set_probe_and_repeat(capsys):
     err = capsys.readouterr().err
     assert "probes" in err and "8/8" in err  # 2 repeats x 2 sets x 2 probes
     assert shown == quiet
+
+
+def probe_steps(n_sets=4, n=160, seed=3):
+    """Generated samples for the cache tests: n_sets feature sets, 2 classes, 8 blocks."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    x = {f"s{i}": y[:, None] * (i + 1) / n_sets + rng.normal(0, 1, (n, 3)) for i in range(n_sets)}
+    return x, y, np.arange(n) % 8
+
+
+def counting_fits(monkeypatch, name):
+    """Count the calls of ``probes.<name>`` (the fits of one outer fold each)."""
+    from latentcube.evaluation import probes
+
+    calls = []
+    real = getattr(probes, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probes, name, counted)
+    return calls
+
+
+def test_blocked_cv_cache_serves_every_step_and_never_a_changed_one(tmp_path, monkeypatch):
+    x, y, groups = probe_steps()
+    kw = {"seed": 0, "repeats": 2, "tune": False, "n_splits": 3}
+    plain = blocked_cv(x, y, groups, **kw)
+    assert blocked_cv(x, y, groups, **kw, cache=tmp_path / "c") == plain
+    entries = sorted((tmp_path / "c").glob("*.json"))
+    assert len(entries) == 2 * 4 * 2  # repeats x sets x probes
+    fits = counting_fits(monkeypatch, "make_probe")
+    assert blocked_cv(x, y, groups, **kw, cache=tmp_path / "c") == plain
+    assert fits == []  # every step from the cache
+    entries[0].unlink()
+    entries[1].write_text('{"macro_f1": 0.5, "accu')  # cut short
+    assert blocked_cv(x, y, groups, **kw, cache=tmp_path / "c") == plain
+    assert len(fits) == 2 * 3  # two steps fitted again, each over its 3 outer folds
+    # other labels, a changed set, another seed or setting: nothing served from the cache
+    fits.clear()
+    y2 = y.copy()
+    y2[:5] = 1
+    blocked_cv(x, y2, groups, **kw, cache=tmp_path / "c")
+    blocked_cv({"s0": x["s0"] + 1e-9}, y, groups, **kw, cache=tmp_path / "c")
+    blocked_cv({"s0": x["s0"]}, y, groups, **{**kw, "n_splits": 2}, cache=tmp_path / "c")
+    assert len(fits) == (2 * 4 * 2 + 2 * 2) * 3 + 2 * 2 * 2
+
+
+def test_blocked_cv_killed_mid_run_resumes_with_the_same_scores(tmp_path, monkeypatch):
+    import os
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    x, y, groups = probe_steps(n_sets=6, n=80)
+    data = tmp_path / "data.pkl"
+    data.write_bytes(pickle.dumps((x, y, groups)))
+    cache = tmp_path / "cache"
+    kw = {"seed": 0, "repeats": 2, "n_splits": 3}
+    script = (
+        "import pickle; from latentcube.evaluation.probes import blocked_cv; "
+        f"x, y, g = pickle.load(open({str(data)!r}, 'rb')); "
+        f"blocked_cv(x, y, g, cache={str(cache)!r}, **{kw!r})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while len(list(cache.glob("*.json"))) < 4 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(cache.glob("*.json")))
+    assert 4 <= done < 2 * 6 * 2
+    fits = counting_fits(monkeypatch, "tuned_probe")
+    resumed = blocked_cv(x, y, groups, **kw, cache=cache)
+    assert len(fits) == (2 * 6 * 2 - done) * 3  # only the missing steps are fitted
+    monkeypatch.undo()
+    assert resumed == blocked_cv(x, y, groups, **kw)

@@ -1001,6 +1001,7 @@ def evaluate_landcover(
             command=_command(),
             repeats=repeats,
             progress=True,
+            resume=True,
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -1061,6 +1062,7 @@ def evaluate_croptype(
             command=_command(),
             repeats=repeats,
             progress=True,
+            resume=True,
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))

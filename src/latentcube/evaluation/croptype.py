@@ -18,7 +18,9 @@ type codes (``CT`` of :func:`latentcube.cube.readers.read_worldcereal_labels`).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,6 +149,7 @@ def croptype_probe(
     score_only: Sequence[str] | None = None,
     repeats: int = 1,
     progress: bool = False,
+    cache: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Blocked-CV crop-type probe: per-date series vs season mean, for each feature set.
 
@@ -158,7 +161,7 @@ def croptype_probe(
         For each cube, its (y, x) crop-type codes (0 = no label).
     seasons
         For each cube, the growing season (first, last day) of its labels.
-    block, probes, n_splits, seed, tune, repeats, progress
+    block, probes, n_splits, seed, tune, repeats, progress, cache
         Spatial blocks (> 15 px) and CV settings
         (:func:`latentcube.evaluation.probes.blocked_cv`).
     step_days, min_dates
@@ -220,6 +223,7 @@ def croptype_probe(
         tune=tune,
         repeats=repeats,
         progress=progress,
+        cache=cache,
     )
     return {
         "task": "croptype",
@@ -270,6 +274,7 @@ def run_croptype(
     score_only: Sequence[str] | None = None,
     repeats: int = 1,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Crop-type probe of embeddings and every baseline, written as a report folder.
 
@@ -300,12 +305,17 @@ def run_croptype(
         ``paired`` (:func:`latentcube.evaluation.probes.paired_differences`).
     progress
         Show a progress bar of the probe fits (stderr).
+    resume
+        Keep each probe result in ``<out_dir>/.probe-cache`` as it is computed, so
+        that the same call after a kill fits only what is missing; the folder is
+        removed once the report is written.
     """
     from latentcube.evaluation.baselines import feature_sets
     from latentcube.evaluation.report import write_probe_report
 
     seasons = list(seasons) if seasons is not None else [default_season(c) for c in cubes]
     sets = feature_sets(cubes, embeddings, seed=seed)
+    cache = Path(out_dir) / ".probe-cache" if resume else None
     res = croptype_probe(
         sets,
         labels,
@@ -316,6 +326,7 @@ def run_croptype(
         score_only=score_only,
         repeats=repeats,
         progress=progress,
+        cache=cache,
     )
     res["paired"] = paired_by_kind(res["scores"], list(embeddings))
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
@@ -328,4 +339,6 @@ def run_croptype(
         command=command,
         seed=seed,
     )
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)  # the report holds every result now
     return res

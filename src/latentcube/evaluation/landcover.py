@@ -10,7 +10,9 @@ few half-way values such as 35, from resampling) are excluded, as is class 0.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +97,7 @@ def landcover_probe(
     tune: bool = True,
     repeats: int = 1,
     progress: bool = False,
+    cache: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Blocked-CV land-cover probe over one or more cubes.
 
@@ -106,7 +109,7 @@ def landcover_probe(
         For each cube, its (y, x) WorldCover codes.
     block, max_samples
         See :func:`landcover_samples`.
-    probes, n_splits, seed, tune, repeats, progress
+    probes, n_splits, seed, tune, repeats, progress, cache
         See :func:`latentcube.evaluation.probes.blocked_cv`.
     min_samples
         Classes with fewer samples (or in fewer than 2 blocks) are dropped.
@@ -146,6 +149,7 @@ def landcover_probe(
         tune=tune,
         repeats=repeats,
         progress=progress,
+        cache=cache,
     )
     names_ = {c: WORLDCOVER.get(int(c), c) for c in res["class_counts"]}
     return {"task": "landcover", "classes": names_, **res}
@@ -164,6 +168,7 @@ def run_landcover(
     tune: bool = True,
     repeats: int = 1,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Land-cover probe of embeddings and every baseline, written as a report folder.
 
@@ -188,6 +193,10 @@ def run_landcover(
         (:func:`latentcube.evaluation.probes.paired_differences`).
     progress
         Show a progress bar of the probe fits (stderr).
+    resume
+        Keep each probe result in ``<out_dir>/.probe-cache`` as it is computed, so
+        that the same call after a kill fits only what is missing; the folder is
+        removed once the report is written.
 
     Returns
     -------
@@ -201,6 +210,7 @@ def run_landcover(
         if "landcover" not in c:
             raise EvaluationError(f"cube {i} has no 'landcover' variable (WorldCover classes)")
     sets = feature_sets(cubes, embeddings, seed=seed)
+    cache = Path(out_dir) / ".probe-cache" if resume else None
     res = landcover_probe(
         sets,
         [c["landcover"].values for c in cubes],
@@ -210,6 +220,7 @@ def run_landcover(
         tune=tune,
         repeats=repeats,
         progress=progress,
+        cache=cache,
     )
     res["paired"] = {k: paired_differences(res["scores"], k) for k in embeddings}
     res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
@@ -222,4 +233,6 @@ def run_landcover(
         command=command,
         seed=seed,
     )
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)  # the report holds every result now
     return res

@@ -21,8 +21,12 @@ small, and on the project's 2-core machine the process's default pools made them
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -251,6 +255,7 @@ def blocked_cv(
     repeats: int = 1,
     threads: int | None = 1,
     progress: bool = False,
+    cache: str | os.PathLike[str] | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Cross-validated macro-F1 and per-class F1 of each probe on each feature set.
 
@@ -288,6 +293,12 @@ def blocked_cv(
     progress
         Show a progress bar (stderr) with one step per feature set, probe and
         repeat (each step fits all outer folds).
+    cache
+        A folder where the result of each step is stored as soon as it is
+        computed; a rerun with the same inputs reads it instead of fitting again,
+        so a killed run resumes where it stopped. Each entry is keyed by a hash of
+        the features, labels, blocks, fold seed, probe, grid, settings and the
+        scikit-learn version, so changed inputs are never served from it.
 
     Returns
     -------
@@ -307,6 +318,7 @@ def blocked_cv(
     if threads is not None and threads < 1:
         raise EvaluationError(f"threads must be >= 1 or None, got {threads}")
     total = repeats * len(features) * len(probes)
+    store = _StepCache(cache, labels, groups, n_splits, tune, threads) if cache else None
     with (
         threadpool_limits(limits=threads) if threads is not None else nullcontext(),
         tqdm(total=total, desc="probes", unit="fit", disable=not progress) as bar,
@@ -321,6 +333,7 @@ def blocked_cv(
                 seed=seed + r,
                 tune=tune,
                 bar=bar,
+                cache=store,
             )
             for r in range(repeats)
         ]
@@ -347,6 +360,52 @@ def blocked_cv(
     return out
 
 
+class _StepCache:
+    """Results of blocked-CV steps (one feature set, probe and fold seed) in a folder."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        labels: np.ndarray,
+        groups: np.ndarray,
+        n_splits: int,
+        tune: bool,
+        threads: int | None,
+    ) -> None:
+        import sklearn
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        for a in (np.asarray(labels), np.asarray(groups)):
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        settings = [n_splits, tune, threads, PARAM_GRIDS, sklearn.__version__]
+        h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        self.base = h.digest()
+
+    def key(self, x: np.ndarray, kind: str, seed: int) -> str:
+        h = hashlib.sha256(self.base)
+        h.update(str((x.dtype.str, x.shape, kind, seed)).encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        f = self.folder / f"{key}.json"
+        try:
+            return dict(json.loads(f.read_text()))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # an entry cut short: computed again
+            f.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        tmp = self.folder / f"{key}.json.tmp"
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, self.folder / f"{key}.json")  # never a half-written entry
+
+
 def _blocked_cv_once(
     features: Mapping[str, np.ndarray],
     labels: np.ndarray,
@@ -357,10 +416,12 @@ def _blocked_cv_once(
     seed: int,
     tune: bool,
     bar: Any = None,
+    cache: _StepCache | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """One blocked cross-validation with the fold seed ``seed`` (see :func:`blocked_cv`).
 
-    ``bar`` (a tqdm bar) advances by one per feature set and probe.
+    ``bar`` (a tqdm bar) advances by one per feature set and probe; ``cache``
+    serves and stores the result of each.
     """
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import GroupKFold
@@ -393,24 +454,31 @@ def _blocked_cv_once(
             raise EvaluationError(f"feature set {name!r}: wrong length or non-finite values")
         out[name] = {}
         for kind in probes:
-            pred = np.empty_like(labels)
-            chosen = []
-            for tr, te in folds:
-                if tune:
-                    model, params = tuned_probe(  # blocked_cv has set the threads
-                        kind, x[tr], labels[tr], groups[tr], seed=seed, threads=None
-                    )
-                else:
-                    model, params = make_probe(kind, seed).fit(x[tr], labels[tr]), {}
-                chosen.append(params)
-                pred[te] = model.predict(x[te])
-            per = f1_score(labels, pred, labels=classes, average=None, zero_division=0)
-            out[name][kind] = {
-                "macro_f1": float(np.mean(per)),
-                "accuracy": float(accuracy_score(labels, pred)),
-                "per_class_f1": {str(c): float(v) for c, v in zip(classes, per, strict=True)},
-                "chosen": chosen,
-            }
+            key = cache.key(x, kind, seed) if cache is not None else ""
+            hit = cache.get(key) if cache is not None else None
+            if hit is not None:
+                out[name][kind] = hit
+            else:
+                pred = np.empty_like(labels)
+                chosen = []
+                for tr, te in folds:
+                    if tune:
+                        model, params = tuned_probe(  # blocked_cv has set the threads
+                            kind, x[tr], labels[tr], groups[tr], seed=seed, threads=None
+                        )
+                    else:
+                        model, params = make_probe(kind, seed).fit(x[tr], labels[tr]), {}
+                    chosen.append(params)
+                    pred[te] = model.predict(x[te])
+                per = f1_score(labels, pred, labels=classes, average=None, zero_division=0)
+                out[name][kind] = {
+                    "macro_f1": float(np.mean(per)),
+                    "accuracy": float(accuracy_score(labels, pred)),
+                    "per_class_f1": {str(c): float(v) for c, v in zip(classes, per, strict=True)},
+                    "chosen": chosen,
+                }
+                if cache is not None:
+                    cache.put(key, out[name][kind])
             if bar is not None:
                 bar.set_postfix_str(f"{name} / {kind}, fold seed {seed}", refresh=False)
                 bar.update(1)
@@ -430,6 +498,7 @@ def score_pooled(
     tune: bool = True,
     repeats: int = 1,
     progress: bool = False,
+    cache: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Pool the samples of several cubes, drop rare classes and run :func:`blocked_cv`.
 
@@ -441,7 +510,7 @@ def score_pooled(
         One array of labels and of block ids per cube.
     block
         Block side in pixels (recorded in the result).
-    probes, n_splits, seed, tune, repeats, progress
+    probes, n_splits, seed, tune, repeats, progress, cache
         See :func:`blocked_cv`.
     min_samples
         Classes with fewer samples (or in fewer than 2 blocks) are dropped.
@@ -468,6 +537,7 @@ def score_pooled(
         tune=tune,
         repeats=repeats,
         progress=progress,
+        cache=cache,
     )
     kept = sorted(int(c) for c in np.unique(y_all))
     return {
