@@ -316,11 +316,11 @@ def test_evaluate_croptype_on_any_cube_with_a_label_raster_and_a_season(tmp_path
     lab = write_labels(tmp_path / "parcels.tif", coarse, x[::2] + 5, y[::2] - 5, nodata=0)
     out = tmp_path / "ct"
     args = ["evaluate", "croptype", str(store), "--labels", str(lab), "--out", str(out)]
-    from latentcube.evaluation.probes import _StepCache
+    from latentcube.evaluation.cache import StepCache
 
     stored = []
-    put = _StepCache.put
-    monkeypatch.setattr(_StepCache, "put", lambda self, k, v: stored.append(k) or put(self, k, v))
+    put = StepCache.put
+    monkeypatch.setattr(StepCache, "put", lambda self, k, v: stored.append(k) or put(self, k, v))
     res = runner.invoke(app, [*args, "--season", "2020-04-01,2020-09-30"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())["croptype"]

@@ -193,3 +193,35 @@ def test_leave_one_site_out_run_excludes_the_test_site(tmp_path, capsys):
     assert set(per) == {"A", "B", "C"}
     assert per["C"]["bias"] < -3.0 and 1.5 < per["A"]["bias"] < 3.5
     assert res["scores"]["a"]["gbr"]["per_site"]["C"]["bias"] < -3.0
+
+
+def test_run_gpp_resumes_after_a_crash_with_the_same_numbers(tmp_path, monkeypatch):
+    """Steps finished before a crash are read back; only the others are fitted again."""
+    from latentcube.evaluation import gpp
+
+    sites = {s: daily(500, seed=i) for i, s in enumerate("AB")}
+    sets = {"a": ["a:x"], "b": ["a:x", "b:y"]}
+    kw = {"models": ("transformer", "gbr"), "n_trials": 1, "max_epochs": 2, "seed": 0}
+    out = tmp_path / "rep"
+    real = gpp._fit_predict
+    calls = []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(args[1:3])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill between steps
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpp, "_fit_predict", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        gpp.run_gpp(sites, sets, out, resume=True, **kw)
+    assert len(list((out / ".gpp-cache").glob("*.json"))) == 2
+    calls.clear()
+    monkeypatch.setattr(gpp, "_fit_predict", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    resumed = gpp.run_gpp(sites, sets, out, resume=True, **kw)
+    # 2 sets x 2 models x 2 left-out sites = 8 steps, 2 of them from the cache
+    assert len(calls) == 6 and not (out / ".gpp-cache").exists()
+    monkeypatch.undo()
+    fresh = gpp.run_gpp(sites, sets, None, **kw)
+    assert resumed["scores"] == fresh["scores"]
+    assert resumed["test_predictions"] == fresh["test_predictions"]

@@ -1180,6 +1180,7 @@ def evaluate_gpp(
             reference=ref,
             command=_command(),
             progress=True,
+            resume=True,
             title=f"GPP evaluation at {code}",
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from latentcube.errors import EvaluationError
+from latentcube.evaluation.cache import StepCache
 
 __all__ = [
     "SEARCH_SPACE",
@@ -493,6 +495,7 @@ def run_gpp(
     notes: str = "",
     command: str | None = None,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """The GPP comparison: every feature set x model on the same windows and split.
 
@@ -521,6 +524,11 @@ def run_gpp(
         Report text.
     progress
         Show a progress bar (stderr) with one step per feature set, model and fold.
+    resume
+        Keep each step's predictions in ``<out_dir>/.gpp-cache`` as they are
+        computed (:class:`~latentcube.evaluation.cache.StepCache`), so that the
+        same call after a kill fits only what is missing; the folder is removed
+        once the report is written. Needs ``out_dir``.
 
     Returns
     -------
@@ -570,6 +578,13 @@ def run_gpp(
     scores["climatology"] = {"mean seasonal cycle": _score(w, all_te, clim[all_te])}
     preds["climatology"] = clim[all_te]
     bar = tqdm(total=len(sets) * len(models) * len(folds), desc="GPP fits", disable=not progress)
+    cache = None
+    if resume and out_dir is not None:
+        import sklearn
+
+        settings = [seed, n_trials, time_budget, max_epochs, space, seq_len, stride]
+        versions = [sklearn.__version__, torch.__version__]
+        cache = StepCache(Path(out_dir) / ".gpp-cache", w.y, w.end, settings, versions)
     for name in sets:
         scores[name] = {}
         for model in models:
@@ -577,18 +592,25 @@ def run_gpp(
             info: dict[str, Any] = {}
             for fold, tr, te in folds:
                 bar.set_postfix_str(f"{name} / {model}, {fold}")
-                pred[te], info[fold] = _fit_predict(
-                    w,
-                    name,
-                    model,
-                    tr,
-                    te,
-                    seed=seed,
-                    n_trials=n_trials,
-                    time_budget=time_budget,
-                    max_epochs=max_epochs,
-                    space=space,
-                )
+                key = cache.key(w.x[name], model, tr, te) if cache is not None else ""
+                hit = cache.get(key) if cache is not None else None
+                if hit is not None:
+                    pred[te], info[fold] = hit["pred"], hit["info"]
+                else:
+                    pred[te], info[fold] = _fit_predict(
+                        w,
+                        name,
+                        model,
+                        tr,
+                        te,
+                        seed=seed,
+                        n_trials=n_trials,
+                        time_budget=time_budget,
+                        max_epochs=max_epochs,
+                        space=space,
+                    )
+                    if cache is not None:
+                        cache.put(key, {"pred": pred[te].tolist(), "info": info[fold]})
                 bar.update(1)
             scores[name][model] = _score(w, all_te, pred[all_te])
             preds[f"{name} / {model}"] = pred[all_te]
@@ -619,6 +641,8 @@ def run_gpp(
     }
     if out_dir is not None:
         _gpp_report(result, w, all_te, preds, Path(out_dir), title, notes, command, seed)
+    if cache is not None:
+        shutil.rmtree(cache.folder, ignore_errors=True)  # the report holds every result now
     return result
 
 

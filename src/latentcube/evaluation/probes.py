@@ -21,17 +21,15 @@ small, and on the project's 2-core machine the process's default pools made them
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from latentcube.errors import EvaluationError
+from latentcube.evaluation.cache import StepCache
 
 __all__ = [
     "PARAM_GRIDS",
@@ -318,7 +316,12 @@ def blocked_cv(
     if threads is not None and threads < 1:
         raise EvaluationError(f"threads must be >= 1 or None, got {threads}")
     total = repeats * len(features) * len(probes)
-    store = _StepCache(cache, labels, groups, n_splits, tune, threads) if cache else None
+    store = None
+    if cache is not None:
+        import sklearn
+
+        context = (np.asarray(labels), np.asarray(groups), n_splits, tune, threads, PARAM_GRIDS)
+        store = StepCache(cache, *context, sklearn.__version__)
     with (
         threadpool_limits(limits=threads) if threads is not None else nullcontext(),
         tqdm(total=total, desc="probes", unit="fit", disable=not progress) as bar,
@@ -360,52 +363,6 @@ def blocked_cv(
     return out
 
 
-class _StepCache:
-    """Results of blocked-CV steps (one feature set, probe and fold seed) in a folder."""
-
-    def __init__(
-        self,
-        folder: str | os.PathLike[str],
-        labels: np.ndarray,
-        groups: np.ndarray,
-        n_splits: int,
-        tune: bool,
-        threads: int | None,
-    ) -> None:
-        import sklearn
-
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256()
-        for a in (np.asarray(labels), np.asarray(groups)):
-            h.update(str((a.dtype.str, a.shape)).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-        settings = [n_splits, tune, threads, PARAM_GRIDS, sklearn.__version__]
-        h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-        self.base = h.digest()
-
-    def key(self, x: np.ndarray, kind: str, seed: int) -> str:
-        h = hashlib.sha256(self.base)
-        h.update(str((x.dtype.str, x.shape, kind, seed)).encode())
-        h.update(np.ascontiguousarray(x).tobytes())
-        return h.hexdigest()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        f = self.folder / f"{key}.json"
-        try:
-            return dict(json.loads(f.read_text()))
-        except FileNotFoundError:
-            return None
-        except ValueError:  # an entry cut short: computed again
-            f.unlink(missing_ok=True)
-            return None
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        tmp = self.folder / f"{key}.json.tmp"
-        tmp.write_text(json.dumps(value))
-        os.replace(tmp, self.folder / f"{key}.json")  # never a half-written entry
-
-
 def _blocked_cv_once(
     features: Mapping[str, np.ndarray],
     labels: np.ndarray,
@@ -416,7 +373,7 @@ def _blocked_cv_once(
     seed: int,
     tune: bool,
     bar: Any = None,
-    cache: _StepCache | None = None,
+    cache: StepCache | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """One blocked cross-validation with the fold seed ``seed`` (see :func:`blocked_cv`).
 

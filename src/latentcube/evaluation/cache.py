@@ -1,0 +1,74 @@
+"""Step results of long evaluations kept on disk, so that a killed run resumes.
+
+An evaluation is a loop of independent steps (a probe on one feature set and fold
+assignment, a GPP regressor on one feature set and fold). :class:`StepCache`
+stores each step's JSON result as soon as it is computed, under a SHA-256 of
+everything the step depends on; a rerun reads it instead of computing again.
+Entries are written atomically, and an unreadable one is computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["StepCache"]
+
+
+def _update(h: Any, obj: Any) -> None:
+    """Feed an array (dtype, shape and bytes) or any JSON-able value into the hash ``h``."""
+    if isinstance(obj, np.ndarray):
+        h.update(str((obj.dtype.str, obj.shape)).encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
+    else:
+        h.update(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+class StepCache:
+    """JSON results of evaluation steps in ``folder``, keyed by what they depend on.
+
+    Parameters
+    ----------
+    folder
+        Where the entries live (created).
+    *context
+        What every step depends on (arrays and JSON-able settings); each step's
+        own inputs are added by :meth:`key`.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *context: Any) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        for part in context:
+            _update(h, part)
+        self.base = h.digest()
+
+    def key(self, *parts: Any) -> str:
+        """The entry name of a step with these inputs (arrays and JSON-able values)."""
+        h = hashlib.sha256(self.base)
+        for part in parts:
+            _update(h, part)
+        return h.hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored result, or None (missing, or cut short: it is computed again)."""
+        f = self.folder / f"{key}.json"
+        try:
+            return dict(json.loads(f.read_text()))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            f.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        """Store a result; the entry appears whole or not at all."""
+        tmp = self.folder / f"{key}.json.tmp"
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, self.folder / f"{key}.json")
