@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["StepCache"]
+__all__ = ["StepCache", "cached", "run_cache"]
 
 
 def _update(h: Any, obj: Any) -> None:
@@ -72,3 +75,37 @@ class StepCache:
         tmp = self.folder / f"{key}.json.tmp"
         tmp.write_text(json.dumps(value))
         os.replace(tmp, self.folder / f"{key}.json")
+
+
+def cached(
+    cache: StepCache | None, parts: Sequence[Any], compute: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``compute()``, read from ``cache`` when a step with inputs ``parts`` is stored there.
+
+    A missing step is computed and stored; without a cache it is just computed.
+    """
+    if cache is None:
+        return compute()
+    key = cache.key(*parts)
+    result = cache.get(key)
+    if result is None:
+        result = compute()
+        cache.put(key, result)
+    return result
+
+
+@contextmanager
+def run_cache(
+    out_dir: str | os.PathLike[str] | None, name: str, enabled: bool
+) -> Iterator[Path | None]:
+    """``<out_dir>/<name>``, the step cache of one run (None when not ``enabled``).
+
+    The folder is removed when the run completes (its report then holds every
+    result); after an error or a kill it stays, so the same call resumes.
+    """
+    if not enabled or out_dir is None:
+        yield None
+        return
+    folder = Path(out_dir) / name
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

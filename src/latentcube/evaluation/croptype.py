@@ -18,9 +18,7 @@ type codes (``CT`` of :func:`latentcube.cube.readers.read_worldcereal_labels`).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube.errors import EvaluationError
+from latentcube.evaluation.cache import run_cache
 from latentcube.evaluation.features import as_feature_cube
 from latentcube.evaluation.probes import PROBES, block_ids, paired_differences, score_pooled
 
@@ -315,30 +314,28 @@ def run_croptype(
 
     seasons = list(seasons) if seasons is not None else [default_season(c) for c in cubes]
     sets = feature_sets(cubes, embeddings, seed=seed)
-    cache = Path(out_dir) / ".probe-cache" if resume else None
-    res = croptype_probe(
-        sets,
-        labels,
-        seasons,
-        block=block,
-        seed=seed,
-        tune=tune,
-        score_only=score_only,
-        repeats=repeats,
-        progress=progress,
-        cache=cache,
-    )
-    res["paired"] = paired_by_kind(res["scores"], list(embeddings))
-    res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
-    write_probe_report(
-        res,
-        out_dir,
-        "Crop-type probe (WorldCereal)",
-        f"Labelled pixels of {len(cubes)} patch(es), seasons {seasons}.",
-        notes=notes,
-        command=command,
-        seed=seed,
-    )
-    if cache is not None:
-        shutil.rmtree(cache, ignore_errors=True)  # the report holds every result now
+    with run_cache(out_dir, ".probe-cache", resume) as cache:
+        res = croptype_probe(
+            sets,
+            labels,
+            seasons,
+            block=block,
+            seed=seed,
+            tune=tune,
+            score_only=score_only,
+            repeats=repeats,
+            progress=progress,
+            cache=cache,
+        )
+        res["paired"] = paired_by_kind(res["scores"], list(embeddings))
+        res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
+        write_probe_report(
+            res,
+            out_dir,
+            "Crop-type probe (WorldCereal)",
+            f"Labelled pixels of {len(cubes)} patch(es), seasons {seasons}.",
+            notes=notes,
+            command=command,
+            seed=seed,
+        )
     return res

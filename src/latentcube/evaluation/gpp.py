@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from latentcube.errors import EvaluationError
-from latentcube.evaluation.cache import StepCache
+from latentcube.evaluation.cache import StepCache, cached, run_cache
 
 __all__ = [
     "SEARCH_SPACE",
@@ -468,6 +468,14 @@ def _fit_predict(
     return best.predict(x[te]), {"best_params": best.params, "trials": trials}
 
 
+def _gpp_step(
+    w: GPPWindows, name: str, model: str, tr: np.ndarray, te: np.ndarray, **kw: Any
+) -> dict[str, Any]:
+    """:func:`_fit_predict` as a JSON-able step result (test predictions and search record)."""
+    pred, info = _fit_predict(w, name, model, tr, te, **kw)
+    return {"pred": pred.tolist(), "info": info}
+
+
 def _score(w: GPPWindows, te: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     per_site = {
         s: gpp_metrics(w.y[te][w.site[te] == s], pred[w.site[te] == s])
@@ -578,71 +586,64 @@ def run_gpp(
     scores["climatology"] = {"mean seasonal cycle": _score(w, all_te, clim[all_te])}
     preds["climatology"] = clim[all_te]
     bar = tqdm(total=len(sets) * len(models) * len(folds), desc="GPP fits", disable=not progress)
-    cache = None
-    if resume and out_dir is not None:
-        import sklearn
-
-        settings = [seed, n_trials, time_budget, max_epochs, space, seq_len, stride]
-        versions = [sklearn.__version__, torch.__version__]
-        cache = StepCache(Path(out_dir) / ".gpp-cache", w.y, w.end, settings, versions)
-    for name in sets:
-        scores[name] = {}
-        for model in models:
-            pred = np.full(len(w), np.nan)
-            info: dict[str, Any] = {}
-            for fold, tr, te in folds:
-                bar.set_postfix_str(f"{name} / {model}, {fold}")
-                key = cache.key(w.x[name], model, tr, te) if cache is not None else ""
-                hit = cache.get(key) if cache is not None else None
-                if hit is not None:
-                    pred[te], info[fold] = hit["pred"], hit["info"]
-                else:
-                    pred[te], info[fold] = _fit_predict(
-                        w,
-                        name,
-                        model,
-                        tr,
-                        te,
-                        seed=seed,
-                        n_trials=n_trials,
-                        time_budget=time_budget,
-                        max_epochs=max_epochs,
-                        space=space,
-                    )
-                    if cache is not None:
-                        cache.put(key, {"pred": pred[te].tolist(), "info": info[fold]})
-                bar.update(1)
-            scores[name][model] = _score(w, all_te, pred[all_te])
-            preds[f"{name} / {model}"] = pred[all_te]
-            if model == "transformer":
-                search[name] = info
-    bar.close()
-    result: dict[str, Any] = {
-        "task": "gpp",
-        "split": split,
-        "seq_len": seq_len,
-        "stride": stride,
-        "n_windows": {
-            "total": len(w),
-            "test": len(all_te),
-            "train": int(len(w) - len(all_te)) if test_years is not None else None,
-        },
-        "sites": sorted(sites),
-        "feature_sets": {k: v for k, v in sets.items()},
-        "scores": scores,
-        "search": search,
-        "reference": dict(reference or {}),
-        "test_predictions": {
-            "site": w.site[all_te].tolist(),
-            "date": [str(d) for d in w.end[all_te]],
-            "observed": w.y[all_te].tolist(),
-            **{k: v.tolist() for k, v in preds.items()},
-        },
+    fit_kw = {
+        "seed": seed,
+        "n_trials": n_trials,
+        "time_budget": time_budget,
+        "max_epochs": max_epochs,
+        "space": space,
     }
-    if out_dir is not None:
-        _gpp_report(result, w, all_te, preds, Path(out_dir), title, notes, command, seed)
-    if cache is not None:
-        shutil.rmtree(cache.folder, ignore_errors=True)  # the report holds every result now
+    with run_cache(out_dir, ".gpp-cache", resume) as folder:
+        cache = None
+        if folder is not None:
+            import sklearn
+
+            settings = [seed, n_trials, time_budget, max_epochs, space, seq_len, stride]
+            versions = [sklearn.__version__, torch.__version__]
+            cache = StepCache(folder, w.y, w.end, settings, versions)
+        for name in sets:
+            scores[name] = {}
+            for model in models:
+                pred = np.full(len(w), np.nan)
+                info: dict[str, Any] = {}
+                for fold, tr, te in folds:
+                    bar.set_postfix_str(f"{name} / {model}, {fold}")
+                    step = cached(
+                        cache,
+                        (w.x[name], model, tr, te),
+                        partial(_gpp_step, w, name, model, tr, te, **fit_kw),
+                    )
+                    pred[te], info[fold] = step["pred"], step["info"]
+                    bar.update(1)
+                scores[name][model] = _score(w, all_te, pred[all_te])
+                preds[f"{name} / {model}"] = pred[all_te]
+                if model == "transformer":
+                    search[name] = info
+        bar.close()
+        result: dict[str, Any] = {
+            "task": "gpp",
+            "split": split,
+            "seq_len": seq_len,
+            "stride": stride,
+            "n_windows": {
+                "total": len(w),
+                "test": len(all_te),
+                "train": int(len(w) - len(all_te)) if test_years is not None else None,
+            },
+            "sites": sorted(sites),
+            "feature_sets": {k: v for k, v in sets.items()},
+            "scores": scores,
+            "search": search,
+            "reference": dict(reference or {}),
+            "test_predictions": {
+                "site": w.site[all_te].tolist(),
+                "date": [str(d) for d in w.end[all_te]],
+                "observed": w.y[all_te].tolist(),
+                **{k: v.tolist() for k, v in preds.items()},
+            },
+        }
+        if out_dir is not None:
+            _gpp_report(result, w, all_te, preds, Path(out_dir), title, notes, command, seed)
     return result
 
 

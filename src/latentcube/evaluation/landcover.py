@@ -10,15 +10,14 @@ few half-way values such as 35, from resampling) are excluded, as is class 0.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from latentcube.errors import EvaluationError
+from latentcube.evaluation.cache import run_cache
 from latentcube.evaluation.features import as_feature_cube
 from latentcube.evaluation.probes import PROBES, block_ids, paired_differences, score_pooled
 
@@ -210,29 +209,27 @@ def run_landcover(
         if "landcover" not in c:
             raise EvaluationError(f"cube {i} has no 'landcover' variable (WorldCover classes)")
     sets = feature_sets(cubes, embeddings, seed=seed)
-    cache = Path(out_dir) / ".probe-cache" if resume else None
-    res = landcover_probe(
-        sets,
-        [c["landcover"].values for c in cubes],
-        block=block,
-        max_samples=max_samples,
-        seed=seed,
-        tune=tune,
-        repeats=repeats,
-        progress=progress,
-        cache=cache,
-    )
-    res["paired"] = {k: paired_differences(res["scores"], k) for k in embeddings}
-    res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
-    write_probe_report(
-        res,
-        out_dir,
-        "Land-cover probe (ESA WorldCover)",
-        f"Pixel-dates of {len(cubes)} cube(s).",
-        notes=notes,
-        command=command,
-        seed=seed,
-    )
-    if cache is not None:
-        shutil.rmtree(cache, ignore_errors=True)  # the report holds every result now
+    with run_cache(out_dir, ".probe-cache", resume) as cache:
+        res = landcover_probe(
+            sets,
+            [c["landcover"].values for c in cubes],
+            block=block,
+            max_samples=max_samples,
+            seed=seed,
+            tune=tune,
+            repeats=repeats,
+            progress=progress,
+            cache=cache,
+        )
+        res["paired"] = {k: paired_differences(res["scores"], k) for k in embeddings}
+        res["cubes"] = [str(c.attrs.get("source", "")) for c in cubes]
+        write_probe_report(
+            res,
+            out_dir,
+            "Land-cover probe (ESA WorldCover)",
+            f"Pixel-dates of {len(cubes)} cube(s).",
+            notes=notes,
+            command=command,
+            seed=seed,
+        )
     return res

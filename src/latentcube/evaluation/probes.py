@@ -24,12 +24,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from latentcube.errors import EvaluationError
-from latentcube.evaluation.cache import StepCache
+from latentcube.evaluation.cache import StepCache, cached
 
 __all__ = [
     "PARAM_GRIDS",
@@ -380,7 +381,6 @@ def _blocked_cv_once(
     ``bar`` (a tqdm bar) advances by one per feature set and probe; ``cache``
     serves and stores the result of each.
     """
-    from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import GroupKFold
 
     labels = np.asarray(labels)
@@ -411,35 +411,45 @@ def _blocked_cv_once(
             raise EvaluationError(f"feature set {name!r}: wrong length or non-finite values")
         out[name] = {}
         for kind in probes:
-            key = cache.key(x, kind, seed) if cache is not None else ""
-            hit = cache.get(key) if cache is not None else None
-            if hit is not None:
-                out[name][kind] = hit
-            else:
-                pred = np.empty_like(labels)
-                chosen = []
-                for tr, te in folds:
-                    if tune:
-                        model, params = tuned_probe(  # blocked_cv has set the threads
-                            kind, x[tr], labels[tr], groups[tr], seed=seed, threads=None
-                        )
-                    else:
-                        model, params = make_probe(kind, seed).fit(x[tr], labels[tr]), {}
-                    chosen.append(params)
-                    pred[te] = model.predict(x[te])
-                per = f1_score(labels, pred, labels=classes, average=None, zero_division=0)
-                out[name][kind] = {
-                    "macro_f1": float(np.mean(per)),
-                    "accuracy": float(accuracy_score(labels, pred)),
-                    "per_class_f1": {str(c): float(v) for c, v in zip(classes, per, strict=True)},
-                    "chosen": chosen,
-                }
-                if cache is not None:
-                    cache.put(key, out[name][kind])
+            step = partial(_probe_step, kind, x, labels, groups, folds, classes, seed, tune)
+            out[name][kind] = cached(cache, (x, kind, seed), step)
             if bar is not None:
                 bar.set_postfix_str(f"{name} / {kind}, fold seed {seed}", refresh=False)
                 bar.update(1)
     return out
+
+
+def _probe_step(
+    kind: str,
+    x: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    classes: np.ndarray,
+    seed: int,
+    tune: bool,
+) -> dict[str, Any]:
+    """One probe on one feature set over all outer folds: its scores and choices."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    pred = np.empty_like(labels)
+    chosen = []
+    for tr, te in folds:
+        if tune:
+            model, params = tuned_probe(  # blocked_cv has set the threads
+                kind, x[tr], labels[tr], groups[tr], seed=seed, threads=None
+            )
+        else:
+            model, params = make_probe(kind, seed).fit(x[tr], labels[tr]), {}
+        chosen.append(params)
+        pred[te] = model.predict(x[te])
+    per = f1_score(labels, pred, labels=classes, average=None, zero_division=0)
+    return {
+        "macro_f1": float(np.mean(per)),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "per_class_f1": {str(c): float(v) for c, v in zip(classes, per, strict=True)},
+        "chosen": chosen,
+    }
 
 
 def score_pooled(
