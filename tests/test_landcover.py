@@ -30,6 +30,28 @@ def fc(values, name):
     )
 
 
+def spy_on(monkeypatch, name, note=lambda *args: args[0]):
+    """Record ``note(*args)`` at every call of ``probes.<name>``, which still runs."""
+    from latentcube.evaluation import probes
+
+    calls = []
+    real = getattr(probes, name)
+
+    def spy(*args, **kwargs):
+        calls.append(note(*args))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probes, name, spy)
+    return calls
+
+
+def blas_threads(*_args):
+    """The thread counts of the loaded BLAS pools."""
+    from threadpoolctl import threadpool_info
+
+    return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+
 def labelled_scene(ny=64, nx=64, n_t=3, seed=0):
     """Four land-cover classes in vertical stripes; one informative and one noise feature set."""
     rng = np.random.default_rng(seed)
@@ -130,8 +152,6 @@ def test_inner_folds_with_one_training_class_are_skipped_and_outer_ones_refused(
     """Small areas: an inner fold whose training blocks hold one class cannot rank C."""
     from sklearn.model_selection import GroupKFold
 
-    from latentcube.evaluation import probes
-
     rng = np.random.default_rng(3)
     groups = np.repeat(np.arange(4), 40)
     # class 1 lies in blocks 0 and 1 only: an inner fold holding out both trains on class 0
@@ -140,14 +160,7 @@ def test_inner_folds_with_one_training_class_are_skipped_and_outer_ones_refused(
     splits = list(GroupKFold(n_splits=3, shuffle=True, random_state=0).split(x, y, groups))
     one_class = [len(np.unique(y[tr])) < 2 for tr, _ in splits]
     assert any(one_class) and not all(one_class)  # the case under test
-    seen = []
-    real = probes._inner_scores
-
-    def spy(kind, param, values, x_tr, y_tr, *rest):
-        seen.append(len(np.unique(y_tr)))
-        return real(kind, param, values, x_tr, y_tr, *rest)
-
-    monkeypatch.setattr(probes, "_inner_scores", spy)
+    seen = spy_on(monkeypatch, "_inner_scores", lambda *a: len(np.unique(a[4])))  # y_tr
     for kind in ("logreg", "knn"):
         seen.clear()
         _, chosen = tuned_probe(kind, x, y, groups, seed=0)
@@ -275,28 +288,19 @@ def test_repeated_probe_report_shows_spread_and_paired_differences(tmp_path):
 def test_probes_fit_with_one_blas_thread_by_default_and_score_the_same(monkeypatch):
     """``blocked_cv`` limits the BLAS/OpenMP pools while it fits (default 1 thread),
     restores them after, and ``threads=None`` leaves them alone; the scores agree."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    from latentcube.evaluation import probes
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 60)
     x = {"f": y[:, None] + rng.normal(0, 0.8, (180, 4))}
     groups = np.arange(180) % 6
-    seen: list[set[int]] = []
-    once = probes._blocked_cv_once
-
-    def spy(*args, **kwargs):
-        seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
-        return once(*args, **kwargs)
-
-    monkeypatch.setattr(probes, "_blocked_cv_once", spy)
+    seen = spy_on(monkeypatch, "_blocked_cv_once", blas_threads)
     with threadpool_limits(limits=2):  # a process with more than one thread per pool
         default = blocked_cv(x, y, groups, seed=0)
         assert seen[-1] == {1}
         unlimited = blocked_cv(x, y, groups, seed=0, threads=None)
         assert seen[-1] == {2}
-        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
+        assert blas_threads() == {2}
     for kind in ("logreg", "knn"):
         assert default["f"][kind]["macro_f1"] == pytest.approx(
             unlimited["f"][kind]["macro_f1"], abs=1e-9
@@ -307,22 +311,13 @@ def test_probes_fit_with_one_blas_thread_by_default_and_score_the_same(monkeypat
 
 
 def test_tuned_probe_called_directly_also_fits_with_one_thread(monkeypatch):
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    from latentcube.evaluation import probes
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(1)
     y = np.repeat([0, 1], 60)
     x = y[:, None] + rng.normal(0, 0.8, (120, 3))
     groups = np.arange(120) % 6
-    seen: list[set[int]] = []
-    inner = probes._tuned_probe
-
-    def spy(*args, **kwargs):
-        seen.append({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
-        return inner(*args, **kwargs)
-
-    monkeypatch.setattr(probes, "_tuned_probe", spy)
+    seen = spy_on(monkeypatch, "_tuned_probe", blas_threads)
     with threadpool_limits(limits=2):
         _, one = tuned_probe("logreg", x, y, groups)
         _, kept = tuned_probe("logreg", x, y, groups, threads=None)
@@ -354,21 +349,6 @@ def probe_steps(n_sets=4, n=160, seed=3):
     return x, y, np.arange(n) % 8
 
 
-def counting_fits(monkeypatch, name):
-    """Count the calls of ``probes.<name>`` (the fits of one outer fold each)."""
-    from latentcube.evaluation import probes
-
-    calls = []
-    real = getattr(probes, name)
-
-    def counted(*args, **kwargs):
-        calls.append(args[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(probes, name, counted)
-    return calls
-
-
 def test_blocked_cv_cache_serves_every_step_and_never_a_changed_one(tmp_path, monkeypatch):
     x, y, groups = probe_steps()
     kw = {"seed": 0, "repeats": 2, "tune": False, "n_splits": 3}
@@ -376,7 +356,7 @@ def test_blocked_cv_cache_serves_every_step_and_never_a_changed_one(tmp_path, mo
     assert blocked_cv(x, y, groups, **kw, cache=tmp_path / "c") == plain
     entries = sorted((tmp_path / "c").glob("*.json"))
     assert len(entries) == 2 * 4 * 2  # repeats x sets x probes
-    fits = counting_fits(monkeypatch, "make_probe")
+    fits = spy_on(monkeypatch, "make_probe")
     assert blocked_cv(x, y, groups, **kw, cache=tmp_path / "c") == plain
     assert fits == []  # every step from the cache
     entries[0].unlink()
@@ -420,7 +400,7 @@ def test_blocked_cv_killed_mid_run_resumes_with_the_same_scores(tmp_path, monkey
     proc.wait()
     done = len(list(cache.glob("*.json")))
     assert 4 <= done < 2 * 6 * 2
-    fits = counting_fits(monkeypatch, "tuned_probe")
+    fits = spy_on(monkeypatch, "tuned_probe")
     resumed = blocked_cv(x, y, groups, **kw, cache=cache)
     assert len(fits) == (2 * 6 * 2 - done) * 3  # only the missing steps are fitted
     monkeypatch.undo()
