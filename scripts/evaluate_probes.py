@@ -289,6 +289,8 @@ def landcover(a, cmd):
         command=cmd,
         notes=f"Model: {info}",
         repeats=a.repeats,
+        progress=a.progress,
+        resume=a.resume,
     )
     print(f"  wrote {a.out / 'landcover'}: {res['n_samples']} samples", flush=True)
 
@@ -364,6 +366,8 @@ def croptype(a, cmd):
         notes=notes,
         score_only=only,
         repeats=a.repeats,
+        progress=a.progress,
+        resume=a.resume,
     )
     print(f"  wrote {a.out / 'croptype'}: {res['n_samples']} samples", flush=True)
     if a.pair_with:
@@ -621,6 +625,20 @@ def main(argv=None):
     )
     ap.add_argument(
         "--tables", action="store_true", help="only print the docs tables of an earlier run"
+    )
+    ap.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="progress bar of the probe fits on stderr (default: when stderr is a terminal)",
+    )
+    ap.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep each probe result in <out>/<task>/.probe-cache as it is computed, so a "
+        "killed run started again with the same arguments fits only the missing probes "
+        "(the folder is removed when the report is written)",
     )
     a = ap.parse_args(argv)
     a.loss = parse_loss(a.loss)

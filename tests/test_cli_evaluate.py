@@ -416,3 +416,81 @@ def test_evaluate_landcover_repeats_reports_spread_and_paired_differences(tmp_pa
     assert out["scores"]["emb"]["knn"]["fold_seeds"] == [3, 4]
     assert set(out["paired"]["emb"]) == set(out["scores"]) - {"emb"}
     assert "Embeddings against every other set" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_evaluation_with_a_model_reuses_its_embedding_after_a_kill(tmp_path, monkeypatch):
+    """``--model``: each embedding is kept in ``<out>/.embed-cache`` as it is made, so a
+    rerun after a kill during the probes embeds nothing again and reports the numbers
+    of an uninterrupted run; the folder goes with the finished report."""
+    import latentcube.evaluation.landcover as lc_module
+    import latentcube.fusion_inference as fi
+    from latentcube.bundle import default_model_path
+    from latentcube.cube.readers import load_demo_cube
+    from latentcube.io import write_zarr
+
+    cube = load_demo_cube().isel(time=slice(0, 12), y=slice(0, 40), x=slice(0, 40)).load()
+    cube["landcover"] = (("y", "x"), np.where(np.arange(40) // 8 % 2, 10, 40)[None].repeat(40, 0))
+    write_zarr(cube, tmp_path / "lc.zarr")
+    args = ["evaluate", "landcover", str(tmp_path / "lc.zarr"), "--max-samples", "400"]
+    args += ["--model", str(default_model_path()), "--name", "emb"]
+    calls = []
+    embed_fused = fi.embed_fused
+    monkeypatch.setattr(fi, "embed_fused", lambda *a, **k: calls.append(1) or embed_fused(*a, **k))
+
+    class Killed(Exception):
+        pass
+
+    def killed(*a, **k):
+        raise Killed
+
+    run_landcover = lc_module.run_landcover
+    monkeypatch.setattr(lc_module, "run_landcover", killed)
+    out = tmp_path / "r"
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert isinstance(res.exception, Killed) and len(calls) == 1
+    assert len(list((out / ".embed-cache").glob("*.zarr"))) == 1  # kept for the rerun
+    monkeypatch.setattr(lc_module, "run_landcover", run_landcover)
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 1 and not (out / ".embed-cache").exists()  # read, not embedded
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "whole")])  # uninterrupted
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 2
+    got, want = (
+        json.loads((p / "results.json").read_text())["landcover"] for p in (out, tmp_path / "whole")
+    )
+    assert got["scores"] == want["scores"] and got["n_samples"] == want["n_samples"]
+
+
+def test_cached_array_serves_only_the_same_inputs_and_recomputes_a_broken_store(tmp_path):
+    """``cached_array``: the array read back equals the computed one; another cube or
+    another model key is computed again, and so is a store that cannot be read."""
+    import shutil
+
+    import xarray as xr
+
+    from latentcube.cube.readers import load_demo_cube
+    from latentcube.evaluation.cache import StepCache, cached_array
+
+    cube = load_demo_cube().isel(time=slice(0, 4), y=slice(0, 6), x=slice(0, 5)).load()
+    calls = []
+
+    def compute(c):
+        calls.append(1)
+        return (c["s2"].mean("band") * 2).rename("embedding")
+
+    store = StepCache(tmp_path / "c", b"model bytes")
+    first = cached_array(store, [cube], lambda: compute(cube))
+    again = cached_array(store, [cube], lambda: compute(cube))
+    assert len(calls) == 1
+    xr.testing.assert_identical(again.drop_vars("spatial_ref"), first.drop_vars("spatial_ref"))
+    other = cube.copy(deep=True)
+    other["s2"][0, 0, 0, 0] = other["s2"][0, 0, 0, 0] + 0.01
+    cached_array(store, [other], lambda: compute(other))
+    cached_array(StepCache(tmp_path / "c", b"other model"), [cube], lambda: compute(cube))
+    assert len(calls) == 3
+    (path,) = [p for p in (tmp_path / "c").glob("*.zarr") if p.name.startswith(store.key(cube))]
+    shutil.rmtree(path / "value")  # a store broken after it was written
+    fixed = cached_array(store, [cube], lambda: compute(cube))
+    assert len(calls) == 4
+    np.testing.assert_array_equal(fixed.values, first.values)

@@ -885,22 +885,47 @@ evaluate_app = typer.Typer(
 app.add_typer(evaluate_app, name="evaluate")
 
 
-def _embeddings(cubes: list, model: Path | None, embedding: list[Path] | None, name: str) -> dict:
-    """Feature cubes per cube: embed with a checkpoint, or open embedding stores."""
+def _embeddings(
+    cubes: list,
+    model: Path | None,
+    embedding: list[Path] | None,
+    name: str,
+    cache: Path | None = None,
+) -> dict:
+    """Feature cubes per cube: embed with a checkpoint, or open embedding stores.
+
+    With ``cache`` (a folder), each embedding made with ``model`` is kept there,
+    keyed by the model's weights and configuration and the cube's content, so a rerun after a kill
+    reads it instead of embedding again.
+    """
+    from latentcube import __version__
+    from latentcube.evaluation.cache import StepCache, cached_array
     from latentcube.evaluation.features import as_feature_cube
 
     if model is not None and embedding:
         raise ValueError("give either --model or --embedding, not both")
     if model is not None:
+        from functools import partial
+
         from latentcube.bundle import load_any
         from latentcube.fusion_inference import embed_fused
         from latentcube.inference import embed as run_embed
         from latentcube.models.fusion import FusionModel
 
         net, _ = load_any(model)  # one read, whichever kind of model it is
-        if isinstance(net, FusionModel):
-            return {name: [embed_fused(c, net, progress=False)["embedding"] for c in cubes]}
-        return {name: [run_embed(c, net).compute() for c in cubes]}
+        store = None
+        if cache is not None:  # keyed by the weights and settings, not by the files' layout
+            weights = [(k, v.detach().cpu().numpy()) for k, v in net.state_dict().items()]
+            store = StepCache(
+                cache, __version__, net.config.model_dump(mode="json"), *sum(weights, ())
+            )
+
+        def one(c: Any) -> Any:
+            if isinstance(net, FusionModel):
+                return embed_fused(c, net, progress=False)["embedding"]
+            return run_embed(c, net).compute()
+
+        return {name: [cached_array(store, [c], partial(one, c)) for c in cubes]}
     if embedding:
         if len(embedding) != len(cubes):
             raise ValueError(f"{len(embedding)} --embedding stores for {len(cubes)} cubes")
@@ -981,6 +1006,7 @@ def evaluate_landcover(
     """
     from latentcube.cube.readers import open_cube
     from latentcube.errors import LatentcubeError
+    from latentcube.evaluation.cache import run_cache
     from latentcube.evaluation.landcover import run_landcover
 
     try:
@@ -991,18 +1017,19 @@ def evaluate_landcover(
                 c.assign(landcover=(("y", "x"), m.values))
                 for c, m in zip(loaded, maps, strict=True)
             ]
-        res = run_landcover(
-            loaded,
-            _embeddings(loaded, model, embedding, name),
-            out,
-            block=block,
-            max_samples=max_samples,
-            seed=seed,
-            command=_command(),
-            repeats=repeats,
-            progress=True,
-            resume=True,
-        )
+        with run_cache(out, ".embed-cache", model is not None) as cache:
+            res = run_landcover(
+                loaded,
+                _embeddings(loaded, model, embedding, name, cache),
+                out,
+                block=block,
+                max_samples=max_samples,
+                seed=seed,
+                command=_command(),
+                repeats=repeats,
+                progress=True,
+                resume=True,
+            )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
@@ -1042,6 +1069,7 @@ def evaluate_croptype(
     """
     from latentcube.cube.readers import open_cube, read_worldcereal_labels
     from latentcube.errors import LatentcubeError
+    from latentcube.evaluation.cache import run_cache
     from latentcube.evaluation.croptype import run_croptype
 
     try:
@@ -1051,19 +1079,20 @@ def evaluate_croptype(
             maps = [m.values for m in _label_maps(labels, loaded, label_variable)]
         else:
             maps = [read_worldcereal_labels(p)["CT"].values for p in patches]
-        res = run_croptype(
-            loaded,
-            maps,
-            _embeddings(loaded, model, embedding, name),
-            out,
-            seasons=seasons,
-            block=block,
-            seed=seed,
-            command=_command(),
-            repeats=repeats,
-            progress=True,
-            resume=True,
-        )
+        with run_cache(out, ".embed-cache", model is not None) as cache:
+            res = run_croptype(
+                loaded,
+                maps,
+                _embeddings(loaded, model, embedding, name, cache),
+                out,
+                seasons=seasons,
+                block=block,
+                seed=seed,
+                command=_command(),
+                repeats=repeats,
+                progress=True,
+                resume=True,
+            )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
@@ -1129,6 +1158,7 @@ def evaluate_gpp(
     """GPP from 90-day windows of site features: embedding vs baselines, split by years."""
     from latentcube.errors import LatentcubeError
     from latentcube.evaluation.baselines import carbonfluxbench_reference, feature_sets
+    from latentcube.evaluation.cache import run_cache
     from latentcube.evaluation.features import site_features
     from latentcube.evaluation.flux import read_flux, site_registry
     from latentcube.evaluation.gpp import run_gpp, site_table
@@ -1141,48 +1171,49 @@ def evaluate_gpp(
             if code not in reg:
                 raise ValueError(f"site {code!r} not in the registry; pass --lat or --locations")
             lat = reg[code].lat
-        cubes: dict = {}
-        if cube is not None:
-            from latentcube.cube.readers import open_cube
+        with run_cache(out, ".embed-cache", model is not None) as cache:
+            cubes: dict = {}
+            if cube is not None:
+                from latentcube.cube.readers import open_cube
 
-            c = open_cube(cube).load()
-            emb = _embeddings([c], model, [embedding] if embedding else None, name)
-            cubes = feature_sets([c], emb, seed=seed)[0]
-        elif embedding is not None:
-            from latentcube.evaluation.features import as_feature_cube
+                c = open_cube(cube).load()
+                emb = _embeddings([c], model, [embedding] if embedding else None, name, cache)
+                cubes = feature_sets([c], emb, seed=seed)[0]
+            elif embedding is not None:
+                from latentcube.evaluation.features import as_feature_cube
 
-            cubes = {name: as_feature_cube(embedding)}
-        feats = site_features(
-            cubes,
-            lat=lat,
-            start=table.index.min(),
-            end=table.index.max(),
-            method=gap_fill,  # type: ignore[arg-type]
-            footprint=footprint,
-        )
-        sets = {"potential radiation": ["rad:Rso"]}
-        for k in cubes:
-            sets[k] = [c for c in feats.columns if c.startswith(f"{k}:")]
-        years = [int(y) for y in test_years.split(",") if y.strip()] or [
-            int(table.index.year.max())
-        ]
-        ref = carbonfluxbench_reference(carbonfluxbench, [code]) if carbonfluxbench else None
-        res = run_gpp(
-            {code: site_table(table, feats)},
-            sets,
-            out,
-            test_years=years,
-            n_trials=n_trials,
-            time_budget=time_budget if time_budget > 0 else None,
-            max_epochs=max_epochs,
-            models=[m for m in models.split(",") if m],
-            seed=seed,
-            reference=ref,
-            command=_command(),
-            progress=True,
-            resume=True,
-            title=f"GPP evaluation at {code}",
-        )
+                cubes = {name: as_feature_cube(embedding)}
+            feats = site_features(
+                cubes,
+                lat=lat,
+                start=table.index.min(),
+                end=table.index.max(),
+                method=gap_fill,  # type: ignore[arg-type]
+                footprint=footprint,
+            )
+            sets = {"potential radiation": ["rad:Rso"]}
+            for k in cubes:
+                sets[k] = [c for c in feats.columns if c.startswith(f"{k}:")]
+            years = [int(y) for y in test_years.split(",") if y.strip()] or [
+                int(table.index.year.max())
+            ]
+            ref = carbonfluxbench_reference(carbonfluxbench, [code]) if carbonfluxbench else None
+            res = run_gpp(
+                {code: site_table(table, feats)},
+                sets,
+                out,
+                test_years=years,
+                n_trials=n_trials,
+                time_budget=time_budget if time_budget > 0 else None,
+                max_epochs=max_epochs,
+                models=[m for m in models.split(",") if m],
+                seed=seed,
+                reference=ref,
+                command=_command(),
+                progress=True,
+                resume=True,
+                title=f"GPP evaluation at {code}",
+            )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return

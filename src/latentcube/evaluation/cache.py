@@ -4,7 +4,9 @@ An evaluation is a loop of independent steps (a probe on one feature set and fol
 assignment, a GPP regressor on one feature set and fold). :class:`StepCache`
 stores each step's JSON result as soon as it is computed, under a SHA-256 of
 everything the step depends on; a rerun reads it instead of computing again.
-Entries are written atomically, and an unreadable one is computed again.
+:func:`cached_array` keeps a computed feature cube (an embedding) the same way, as
+a Zarr store. Entries are written atomically, and an unreadable one is computed
+again.
 """
 
 from __future__ import annotations
@@ -19,13 +21,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
-__all__ = ["StepCache", "cached", "run_cache"]
+__all__ = ["StepCache", "cached", "cached_array", "run_cache"]
 
 
 def _update(h: Any, obj: Any) -> None:
-    """Feed an array (dtype, shape and bytes) or any JSON-able value into the hash ``h``."""
-    if isinstance(obj, np.ndarray):
+    """Feed a value into the hash ``h``.
+
+    Arrays give their dtype, shape and bytes; xarray objects every variable's
+    name, dims and values; anything else its JSON text.
+    """
+    if isinstance(obj, xr.DataArray):
+        obj = obj.to_dataset(name=str(obj.name))
+    if isinstance(obj, xr.Dataset):
+        for name in sorted(obj.variables, key=str):
+            var = obj.variables[name]
+            h.update(json.dumps([str(name), list(map(str, var.dims))]).encode())
+            values = np.asarray(var.values)
+            _update(h, values.astype(str) if values.dtype.kind == "O" else values)
+    elif isinstance(obj, np.ndarray):
         h.update(str((obj.dtype.str, obj.shape)).encode())
         h.update(np.ascontiguousarray(obj).tobytes())
     else:
@@ -92,6 +107,33 @@ def cached(
         result = compute()
         cache.put(key, result)
     return result
+
+
+def cached_array(
+    cache: StepCache | None, parts: Sequence[Any], compute: Callable[[], xr.DataArray]
+) -> xr.DataArray:
+    """``compute()``, read from ``cache`` when an array with inputs ``parts`` is stored there.
+
+    The array (e.g. an embedding of a cube) is kept as a Zarr store written
+    atomically, so a store cut short by a kill is never read; an unreadable one is
+    computed again. Without a cache it is just computed.
+    """
+    from latentcube.io import open_zarr, write_zarr
+
+    if cache is None:
+        return compute()
+    path = cache.folder / f"{cache.key(*parts)}.zarr"
+    if path.exists():
+        try:
+            ds = open_zarr(path, chunks=None).load()
+            return ds["value"].rename(ds.attrs.get("name"))
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(path, ignore_errors=True)
+    arr = compute()
+    ds = arr.to_dataset(name="value")
+    ds.attrs["name"] = arr.name
+    write_zarr(ds, path, overwrite=True)
+    return arr
 
 
 @contextmanager
