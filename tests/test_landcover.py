@@ -127,14 +127,39 @@ def test_inner_scores_match_scikit_learn_fitted_per_value():
         for k in ks
     ]
     np.testing.assert_allclose(got, want)
-    cs = [0.01, 1.0]
+    cs = [0.01, 1.0, 100.0]
     got = _inner_scores("logreg", "C", cs, x[tr], y[tr], x[va], y[va], 0)
-    want = []
-    for c in cs:  # cold fits; warm starts reach the same optimum
-        m = make_probe("logreg")
-        m.set_params(logisticregression__C=c)
-        want.append(f1_score(y[va], m.fit(x[tr], y[tr]).predict(x[va]), average="macro"))
-    np.testing.assert_allclose(got, want, atol=0.02)
+    for solver_features in (3, None):  # Newton-Cholesky and L-BFGS
+        want = []
+        for c in cs:  # cold fits; the converged warm starts reach the same optimum
+            m = make_probe("logreg", n_features=solver_features)
+            m.set_params(logisticregression__C=c)
+            want.append(f1_score(y[va], m.fit(x[tr], y[tr]).predict(x[va]), average="macro"))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_logistic_probe_converges_to_one_optimum_whatever_the_start_and_solver():
+    """The fit does not depend on where it starts: coefficients of a warm start from
+    another C, a cold start, Newton-Cholesky and L-BFGS agree to 1e-6."""
+    from latentcube.evaluation.probes import NEWTON_MAX_FEATURES, make_probe
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, 600)
+    x = np.c_[y[:, None] * 0.3 + rng.normal(size=(600, 5)), rng.normal(size=(600, 40))]
+    fits = []
+    for n_features in (5, 45, None):
+        m = make_probe("logreg", n_features=n_features)
+        solver = m.steps[-1][1].solver
+        assert solver == ("newton-cholesky" if n_features == 5 else "lbfgs")
+        m.set_params(logisticregression__C=10.0)
+        fits.append(m.fit(x, y).steps[-1][1].coef_)
+    warm = make_probe("logreg", n_features=45).steps[-1][1].set_params(warm_start=True)
+    for c in (0.01, 10.0):
+        warm.set_params(C=c).fit((x - x.mean(0)) / x.std(0), y)
+    fits.append(warm.coef_)
+    for f in fits[1:]:
+        np.testing.assert_allclose(f, fits[0], atol=1e-6)
+    assert NEWTON_MAX_FEATURES < 45
 
 
 def test_inner_cv_rejects_a_regularisation_that_kills_the_signal():

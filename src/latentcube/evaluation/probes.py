@@ -14,6 +14,15 @@ k-NN) is chosen per outer fold by an inner blocked cross-validation on that
 fold's training blocks only (macro-F1), from the same grid for every set. The
 test folds are never used for any choice.
 
+The logistic regression is fitted to convergence (gradient tolerance
+:data:`LOGREG_TOL`): its objective has one optimum, so the fit, and with it
+every score, no longer depends on the starting point (the grid walks with warm
+starts), nor on the CPU's vector kernels, as scikit-learn's default tolerance of
+1e-4 did (macro-F1 up to 0.005 apart between AVX2 and AVX-512 kernels on the
+crop-type probe; identical with the tolerance here). Up to
+:data:`NEWTON_MAX_FEATURES` features it uses the Newton-Cholesky solver, faster
+there; beyond, L-BFGS (both reach the same optimum).
+
 The fits run with one BLAS/OpenMP thread (``blocked_cv(threads=1)``): they are
 small, and on the project's 2-core machine the process's default pools made them
 5.8x slower in wall time (``benchmarks/bench_probes.py``).
@@ -33,6 +42,8 @@ from latentcube.errors import EvaluationError
 from latentcube.evaluation.cache import StepCache, cached
 
 __all__ = [
+    "LOGREG_TOL",
+    "NEWTON_MAX_FEATURES",
     "PARAM_GRIDS",
     "PROBES",
     "block_ids",
@@ -62,15 +73,49 @@ def block_ids(iy: np.ndarray, ix: np.ndarray, block: int, *, offset: int = 0) ->
     return offset + (iy // block) * 100_000 + ix // block
 
 
-def make_probe(kind: str, seed: int = 0, n_neighbors: int = 10) -> Any:
-    """A scikit-learn pipeline: standard scaling + logistic regression or k-NN."""
+#: Gradient tolerance of the logistic regression: fitted to convergence, not to
+#: scikit-learn's default 1e-4, whose stopping point moved with the CPU's kernels.
+LOGREG_TOL = 1e-8
+
+#: Up to this many features the logistic regression uses the Newton-Cholesky
+#: solver (2.7x less CPU time than converged L-BFGS on data of the land-cover
+#: probe's shape, 7 features); beyond, L-BFGS (3.0x less than Newton-Cholesky at
+#: the crop-type series' 119 features; ``benchmarks/bench_logreg.py``).
+NEWTON_MAX_FEATURES = 32
+
+
+def make_probe(
+    kind: str, seed: int = 0, n_neighbors: int = 10, n_features: int | None = None
+) -> Any:
+    """A scikit-learn pipeline: standard scaling + logistic regression or k-NN.
+
+    Parameters
+    ----------
+    kind
+        ``logreg`` or ``knn``.
+    seed
+        Seed of the classifier.
+    n_neighbors
+        k of the k-NN probe.
+    n_features
+        Number of features the logistic regression will see: it picks the
+        solver (:data:`NEWTON_MAX_FEATURES`); ``None`` uses L-BFGS. Both fit to
+        :data:`LOGREG_TOL`.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if kind == "logreg":
-        clf: Any = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
+        newton = n_features is not None and n_features <= NEWTON_MAX_FEATURES
+        clf: Any = LogisticRegression(
+            solver="newton-cholesky" if newton else "lbfgs",
+            tol=LOGREG_TOL,
+            max_iter=200 if newton else 20000,
+            class_weight="balanced",
+            random_state=seed,
+        )
     elif kind == "knn":
         clf = KNeighborsClassifier(n_neighbors=n_neighbors)
     else:
@@ -159,7 +204,7 @@ def _tuned_probe(
         for tr, va in folds:
             scores += _inner_scores(kind, param, values, x[tr], y[tr], x[va], y[va], seed)
         best = values[int(np.argmax(scores))]  # ties: the first (strongest regularisation)
-    model = make_probe(kind, seed)
+    model = make_probe(kind, seed, n_features=x.shape[1])
     model.set_params(**{f"{model.steps[-1][0]}__{param}": best})
     return model.fit(x, y), {param: best}
 
@@ -176,13 +221,11 @@ def _inner_scores(
 ) -> np.ndarray:
     """Macro-F1 on one inner validation fold for every grid value.
 
-    Logistic regression walks the grid of ``C`` with warm starts; k-NN queries the
-    largest k once and votes with the first k neighbours for every k (uniform
-    weights, ties to the smallest label, as scikit-learn).
+    Logistic regression walks the grid of ``C`` with warm starts (each fit
+    converges to the optimum a cold fit reaches, :data:`LOGREG_TOL`); k-NN
+    queries the largest k once and votes with the first k neighbours for every k
+    (uniform weights, ties to the smallest label, as scikit-learn).
     """
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import StandardScaler
 
@@ -193,14 +236,12 @@ def _inner_scores(
     if kind == "logreg":
         if param != "C":
             raise EvaluationError(f"logreg grid must be over C, got {param!r}")
-        model = make_probe("logreg", seed).steps[-1][1]
+        model = make_probe("logreg", seed, n_features=x_tr.shape[1]).steps[-1][1]
         model.set_params(warm_start=True)
         order = np.argsort(values)  # weak to strong fits: warm starts help
         for i in order:
             model.set_params(C=values[i])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(xt, y_tr)
+            model.fit(xt, y_tr)
             pred = model.predict(xv)
             out[i] = f1_score(y_va, pred, labels=labels, average="macro", zero_division=0)
         return out
