@@ -25,7 +25,8 @@ there; beyond, L-BFGS (both reach the same optimum).
 
 The fits run with one BLAS/OpenMP thread (``blocked_cv(threads=1)``): they are
 small, and on the project's 2-core machine the process's default pools made them
-5.8x slower in wall time (``benchmarks/bench_probes.py``).
+12.2x slower in wall time (5.8x with the earlier tolerance;
+``benchmarks/bench_probes.py``).
 """
 
 from __future__ import annotations
