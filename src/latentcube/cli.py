@@ -895,8 +895,8 @@ def _embeddings(
     """Feature cubes per cube: embed with a checkpoint, or open embedding stores.
 
     With ``cache`` (a folder), each embedding made with ``model`` is kept there,
-    keyed by the model's weights and configuration and the cube's content, so a rerun after a kill
-    reads it instead of embedding again.
+    keyed by the model's weights and configuration and the cube's content, so a
+    rerun after a kill reads it instead of embedding again.
     """
     from latentcube import __version__
     from latentcube.evaluation.cache import StepCache, cached_array
@@ -915,10 +915,8 @@ def _embeddings(
         net, _ = load_any(model)  # one read, whichever kind of model it is
         store = None
         if cache is not None:  # keyed by the weights and settings, not by the files' layout
-            weights = [(k, v.detach().cpu().numpy()) for k, v in net.state_dict().items()]
-            store = StepCache(
-                cache, __version__, net.config.model_dump(mode="json"), *sum(weights, ())
-            )
+            weights = [part for k, v in net.state_dict().items() for part in (k, v.numpy())]
+            store = StepCache(cache, __version__, net.config.model_dump(mode="json"), *weights)
 
         def one(c: Any) -> Any:
             if isinstance(net, FusionModel):
