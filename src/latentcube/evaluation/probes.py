@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -164,15 +164,20 @@ def tuned_probe(
     tuple
         The fitted pipeline and the chosen parameters.
     """
-    from threadpoolctl import threadpool_limits
-
     values = {k: list(v) for k, v in (grid if grid is not None else PARAM_GRIDS[kind]).items()}
     if len(values) != 1:
         raise EvaluationError(f"a probe grid has one parameter, got {list(values)}")
+    with _thread_limit(threads):
+        return _tuned_probe(kind, x, y, groups, values, seed, inner_splits)
+
+
+def _thread_limit(threads: int | None) -> AbstractContextManager[Any]:
+    """BLAS and OpenMP pools limited to ``threads`` (``None``: left as they are)."""
+    from threadpoolctl import threadpool_limits
+
     if threads is not None and threads < 1:
         raise EvaluationError(f"threads must be >= 1 or None, got {threads}")
-    with threadpool_limits(limits=threads) if threads is not None else nullcontext():
-        return _tuned_probe(kind, x, y, groups, values, seed, inner_splits)
+    return threadpool_limits(limits=threads) if threads is not None else nullcontext()
 
 
 def _tuned_probe(
@@ -329,8 +334,10 @@ def blocked_cv(
         BLAS and OpenMP threads of the probe fits (default 1: the fits are small,
         and more threads mostly add synchronisation; ``benchmarks/bench_probes.py``
         measures it). ``None`` keeps the process's settings. The thread count
-        changes only floating-point rounding, which can still tip the inner
-        search's choice in a few folds (docs/evaluation.md: 3 of 350 on crop type).
+        changes only floating-point rounding; with scikit-learn's default
+        tolerance that tipped the inner search's choice in a few folds
+        (docs/evaluation.md: 3 of 350 on crop type), which the converged fit
+        (:data:`LOGREG_TOL`) is meant to prevent.
     progress
         Show a progress bar (stderr) with one step per feature set, probe and
         repeat (each step fits all outer folds).
@@ -351,24 +358,21 @@ def blocked_cv(
         repeat), ``macro_f1_sd`` (their sample standard deviation) and
         ``fold_seeds`` are added.
     """
-    from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
     if repeats < 1:
         raise EvaluationError(f"repeats must be >= 1, got {repeats}")
-    if threads is not None and threads < 1:
-        raise EvaluationError(f"threads must be >= 1 or None, got {threads}")
     total = repeats * len(features) * len(probes)
-    store = None
-    if cache is not None:
-        import sklearn
-
-        context = (np.asarray(labels), np.asarray(groups), n_splits, tune, threads, PARAM_GRIDS)
-        store = StepCache(cache, *context, sklearn.__version__)
     with (
-        threadpool_limits(limits=threads) if threads is not None else nullcontext(),
+        _thread_limit(threads),  # checks ``threads`` before any other work
         tqdm(total=total, desc="probes", unit="fit", disable=not progress) as bar,
     ):
+        store = None
+        if cache is not None:
+            import sklearn
+
+            context = (np.asarray(labels), np.asarray(groups), n_splits, tune, threads, PARAM_GRIDS)
+            store = StepCache(cache, *context, sklearn.__version__)
         runs = [
             _blocked_cv_once(
                 features,
