@@ -486,7 +486,7 @@ def _probe_step(
                 kind, x[tr], labels[tr], groups[tr], seed=seed, threads=None
             )
         else:
-            model, params = make_probe(kind, seed).fit(x[tr], labels[tr]), {}
+            model, params = make_probe(kind, seed, n_features=x.shape[1]).fit(x[tr], labels[tr]), {}
         chosen.append(params)
         pred[te] = model.predict(x[te])
     per = f1_score(labels, pred, labels=classes, average=None, zero_division=0)
