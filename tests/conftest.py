@@ -100,6 +100,19 @@ def tiny_cube(
     )
 
 
+def spy(monkeypatch, owner, name, note=lambda *args: args[0]):
+    """Record ``note(*args)`` at every call of ``owner.<name>``, which still runs."""
+    calls = []
+    real = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(note(*args))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
 def embed_to_zarr_in_process(cube_path, model_path, out, **kw):
     """``embed_to_zarr`` on one in-process worker, without a progress bar (tests)."""
     from latentcube.inference import embed_to_zarr

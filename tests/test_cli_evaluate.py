@@ -12,6 +12,8 @@ from latentcube.cli import app
 from latentcube.evaluation.baselines import INDICES
 from test_flux import write_fullset
 
+from conftest import spy
+
 runner = CliRunner()
 
 
@@ -318,9 +320,7 @@ def test_evaluate_croptype_on_any_cube_with_a_label_raster_and_a_season(tmp_path
     args = ["evaluate", "croptype", str(store), "--labels", str(lab), "--out", str(out)]
     from latentcube.evaluation.cache import StepCache
 
-    stored = []
-    put = StepCache.put
-    monkeypatch.setattr(StepCache, "put", lambda self, k, v: stored.append(k) or put(self, k, v))
+    stored = spy(monkeypatch, StepCache, "put", lambda self, key, value: key)
     res = runner.invoke(app, [*args, "--season", "2020-04-01,2020-09-30"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())["croptype"]
@@ -433,9 +433,7 @@ def test_evaluation_with_a_model_reuses_its_embedding_after_a_kill(tmp_path, mon
     write_zarr(cube, tmp_path / "lc.zarr")
     args = ["evaluate", "landcover", str(tmp_path / "lc.zarr"), "--max-samples", "400"]
     args += ["--model", str(default_model_path()), "--name", "emb"]
-    calls = []
-    embed_fused = fi.embed_fused
-    monkeypatch.setattr(fi, "embed_fused", lambda *a, **k: calls.append(1) or embed_fused(*a, **k))
+    calls = spy(monkeypatch, fi, "embed_fused")
 
     class Killed(Exception):
         pass

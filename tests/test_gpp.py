@@ -25,7 +25,7 @@ from latentcube.evaluation.gpp import (
     split_by_years,
 )
 
-from conftest import shared_path
+from conftest import shared_path, spy
 
 TINY_SPACE = {
     "d_model": (8,),
@@ -216,8 +216,8 @@ def test_run_gpp_resumes_after_a_crash_with_the_same_numbers(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         gpp.run_gpp(sites, sets, out, resume=True, **kw)
     assert len(list((out / ".gpp-cache").glob("*.json"))) == 2
-    calls.clear()
-    monkeypatch.setattr(gpp, "_fit_predict", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    monkeypatch.setattr(gpp, "_fit_predict", real)
+    calls = spy(monkeypatch, gpp, "_fit_predict", lambda *args: args[1:3])
     resumed = gpp.run_gpp(sites, sets, out, resume=True, **kw)
     # 2 sets x 2 models x 2 left-out sites = 8 steps, 2 of them from the cache
     assert len(calls) == 6 and not (out / ".gpp-cache").exists()

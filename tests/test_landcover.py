@@ -17,7 +17,7 @@ from latentcube.evaluation.probes import (
     tuned_probe,
 )
 
-from conftest import shared_path
+from conftest import shared_path, spy
 
 
 def fc(values, name):
@@ -34,15 +34,7 @@ def spy_on(monkeypatch, name, note=lambda *args: args[0]):
     """Record ``note(*args)`` at every call of ``probes.<name>``, which still runs."""
     from latentcube.evaluation import probes
 
-    calls = []
-    real = getattr(probes, name)
-
-    def spy(*args, **kwargs):
-        calls.append(note(*args))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(probes, name, spy)
-    return calls
+    return spy(monkeypatch, probes, name, note)
 
 
 def blas_threads(*_args):
