@@ -302,12 +302,9 @@ def run_croptype(
         Repeat the CV with this many fold assignments; each embedding's paired
         differences (series to series, season mean to season mean) are then in
         ``paired`` (:func:`latentcube.evaluation.probes.paired_differences`).
-    progress
-        Show a progress bar of the probe fits (stderr).
-    resume
-        Keep each probe result in ``<out_dir>/.probe-cache`` as it is computed, so
-        that the same call after a kill fits only what is missing; the folder is
-        removed once the report is written.
+    progress, resume
+        Progress bar, and the probe cache that lets a killed call resume; see
+        :func:`latentcube.evaluation.landcover.run_landcover`.
     """
     from latentcube.evaluation.baselines import feature_sets
     from latentcube.evaluation.report import write_probe_report
