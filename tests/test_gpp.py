@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from tqdm.std import tqdm
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.features import site_features
@@ -213,9 +214,13 @@ def test_run_gpp_resumes_after_a_crash_with_the_same_numbers(tmp_path, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(gpp, "_fit_predict", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        gpp.run_gpp(sites, sets, out, resume=True, **kw)
+    with pytest.raises(KeyboardInterrupt) as crash:
+        gpp.run_gpp(sites, sets, out, resume=True, progress=True, **kw)
     assert len(list((out / ".gpp-cache").glob("*.json"))) == 2
+    # the progress bar is closed by the crash, not left to the garbage collector
+    # (the traceback, kept here, still references it)
+    bars = [b for b in tqdm._instances if b.desc == "GPP fits"]
+    assert crash.traceback and not bars
     monkeypatch.setattr(gpp, "_fit_predict", real)
     calls = spy(monkeypatch, gpp, "_fit_predict", lambda *args: args[1:3])
     resumed = gpp.run_gpp(sites, sets, out, resume=True, **kw)

@@ -585,7 +585,6 @@ def run_gpp(
         clim[te] = climatology(pd.concat(train_days), pd.DatetimeIndex(w.end[te]))
     scores["climatology"] = {"mean seasonal cycle": _score(w, all_te, clim[all_te])}
     preds["climatology"] = clim[all_te]
-    bar = tqdm(total=len(sets) * len(models) * len(folds), desc="GPP fits", disable=not progress)
     fit_kw = {
         "seed": seed,
         "n_trials": n_trials,
@@ -593,7 +592,11 @@ def run_gpp(
         "max_epochs": max_epochs,
         "space": space,
     }
-    with run_cache(out_dir, ".gpp-cache", resume) as folder:
+    total = len(sets) * len(models) * len(folds)
+    with (
+        run_cache(out_dir, ".gpp-cache", resume) as folder,
+        tqdm(total=total, desc="GPP fits", disable=not progress) as bar,
+    ):
         cache = None
         if folder is not None:
             import sklearn
@@ -619,7 +622,6 @@ def run_gpp(
                 preds[f"{name} / {model}"] = pred[all_te]
                 if model == "transformer":
                     search[name] = info
-        bar.close()
         result: dict[str, Any] = {
             "task": "gpp",
             "split": split,
