@@ -217,8 +217,9 @@ def test_run_gpp_resumes_after_a_crash_with_the_same_numbers(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt) as crash:
         gpp.run_gpp(sites, sets, out, resume=True, progress=True, **kw)
     assert len(list((out / ".gpp-cache").glob("*.json"))) == 2
-    # the progress bar is closed by the crash, not left to the garbage collector
-    # (the traceback, kept here, still references it)
+    # the progress bar is closed by the crash, not left to the garbage collector:
+    # ``crash`` keeps the traceback, and with it the bar, alive (without that
+    # reference the collector closes the bar and the check passes with the old code)
     bars = [b for b in tqdm._instances if b.desc == "GPP fits"]
     assert crash.traceback and not bars
     monkeypatch.setattr(gpp, "_fit_predict", real)
