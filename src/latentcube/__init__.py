@@ -8,15 +8,10 @@ Heavy modules (torch models, training, inference) are imported on first use, so
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("latentcube")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
-
 from latentcube import accessor as _accessor  # noqa: F401  (registers ``.latentcube`` on xarray)
+from latentcube._version import __version__
 from latentcube.cube.schema import make_cube, validate_cube
 from latentcube.errors import (
     CubeError,

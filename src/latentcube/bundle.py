@@ -1,4 +1,10 @@
-"""Checkpoints on disk: weights + configuration + provenance, validated on load.
+"""One model type on disk and in memory: :class:`ModelBundle`.
+
+A bundle is a trained model (a stage-1 autoencoder of one sensor, or a fused
+model over several sensors' autoencoders) with its configuration and metadata.
+:meth:`ModelBundle.save` and :meth:`ModelBundle.load` read and write it whatever
+its kind; the inference engine picks the job that embeds a bundle from
+:attr:`ModelBundle.kind`, as xarray picks a backend.
 
 A checkpoint is one ``.pt`` file holding only plain types (tensors, numbers,
 strings, lists, dicts), so it loads with ``torch.load(weights_only=True)``;
@@ -12,6 +18,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT",
+    "ModelBundle",
     "FORMAT_VERSION",
     "FUSION_FORMAT",
     "default_model_path",
@@ -67,7 +75,7 @@ def _write_model_file(
     :func:`latentcube.provenance.environment`): weights trained from one seed are
     bit-identical on one machine but not across CPUs.
     """
-    from latentcube import __version__
+    from latentcube._version import __version__
     from latentcube.provenance import environment
 
     path = Path(path)
@@ -360,3 +368,184 @@ def default_model_path() -> Path:
             "scripts/train_default_model.py or pass --model"
         )
     return p
+
+
+# --------------------------------------------------------------------------------------
+# The one model type.
+
+#: Checkpoint format of each bundle kind.
+_KIND_FORMATS = {"autoencoder": FORMAT, "fusion": FUSION_FORMAT}
+
+
+@dataclass
+class ModelBundle:
+    """A trained model with its configuration and metadata, whatever its kind.
+
+    A stage-1 autoencoder is a bundle of one sensor; a fused model is a bundle of
+    all its sensors. The inference engine and the CLI ask the bundle what it is
+    (:attr:`kind`, :attr:`sensors`, :attr:`bands`, ...) instead of testing the
+    model's class.
+
+    Parameters
+    ----------
+    model
+        A :class:`~latentcube.models.autoencoder.ContextAutoencoder` or a
+        :class:`~latentcube.models.fusion.FusionModel`.
+    meta
+        The checkpoint metadata (provenance, metrics, identity, ...); empty for a
+        model that was never saved.
+    path
+        The ``.pt`` file the bundle was read from, if any.
+
+    Examples
+    --------
+    >>> bundle = ModelBundle.load(default_model_path())          # doctest: +SKIP
+    >>> bundle.kind, bundle.sensors, bundle.latent_dim           # doctest: +SKIP
+    ('fusion', ('s2', 's1'), 7)
+    """
+
+    model: ContextAutoencoder | FusionModel
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"autoencoder"`` (stage 1, one sensor) or ``"fusion"``."""
+        return "autoencoder" if isinstance(self.model, ContextAutoencoder) else "fusion"
+
+    @property
+    def sensors(self) -> tuple[str, ...]:
+        """The sensors the model reads, the reference sensor first."""
+        if isinstance(self.model, ContextAutoencoder):
+            return (self.model.config.sensor,)
+        return tuple(self.model.config.sensors)
+
+    def autoencoder(self, sensor: str) -> ContextAutoencoder:
+        """The stage-1 autoencoder of ``sensor``."""
+        if isinstance(self.model, ContextAutoencoder):
+            if sensor != self.model.config.sensor:
+                raise ModelError(
+                    f"{self.name} is a {self.model.config.sensor!r} model, not {sensor!r}"
+                )
+            return self.model
+        if sensor not in self.model.sensors:
+            raise ModelError(f"{self.name} has no {sensor!r} autoencoder ({list(self.sensors)})")
+        return self.model.autoencoder(sensor)
+
+    @property
+    def bands(self) -> dict[str, tuple[str, ...]]:
+        """The band order each sensor's input must have."""
+        return {s: tuple(self.autoencoder(s).config.bands) for s in self.sensors}
+
+    @property
+    def latent_dim(self) -> int:
+        """Size of the vector the bundle embeds each pixel-date into."""
+        if isinstance(self.model, ContextAutoencoder):
+            return int(self.model.config.latent_dim)
+        return int(self.model.config.embed_dim)
+
+    @property
+    def supports_dense(self) -> bool:
+        """Whether every autoencoder has the dense path (``fast``/``tiny``)."""
+        return all(self.autoencoder(s).supports_dense for s in self.sensors)
+
+    @property
+    def variant(self) -> str:
+        """The stage-1 architecture (``paper``, ``fast``, ``tiny``) of the reference sensor."""
+        return str(self.autoencoder(self.sensors[0]).config.variant)
+
+    @property
+    def name(self) -> str:
+        """The file the bundle came from, or a description of an unsaved model."""
+        return str(self.path) if self.path is not None else f"<unsaved {self.kind} model>"
+
+    @property
+    def format(self) -> str:
+        """The checkpoint format string of this kind."""
+        return _KIND_FORMATS[self.kind]
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        extra: Mapping[str, Any] | None = None,
+        training_state: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write the bundle atomically as ``path`` (``.pt``) with a ``.json`` sidecar.
+
+        Parameters
+        ----------
+        path
+            Target ``.pt`` file.
+        extra
+            JSON-serialisable metadata (provenance, metrics, ...), written beside
+            the configuration.
+        training_state
+            Optimiser/scheduler/RNG state for resuming (tensors and plain types).
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+        """
+        if isinstance(self.model, ContextAutoencoder):
+            out = save_checkpoint(path, self.model, extra=extra, training_state=training_state)
+        else:
+            out = save_fusion_checkpoint(
+                path, self.model, extra=extra, training_state=training_state
+            )
+        self.path = out
+        return out
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        kind: str | None = None,
+        sensor: str | None = None,
+        expect_bands: Sequence[str] | None = None,
+    ) -> ModelBundle:
+        """Read a bundle (a ``.pt`` file, or a folder holding ``model.pt`` or ``best.pt``).
+
+        Loads with ``torch.load(weights_only=True)``, checks the format and its
+        version, builds the model from its stored configuration and loads the
+        weights strictly; the model is returned in eval mode on the CPU. Every
+        checkpoint written by the released versions loads (format version 1).
+
+        Parameters
+        ----------
+        path
+            File or folder.
+        kind
+            Require ``"autoencoder"`` or ``"fusion"``.
+        sensor
+            Require a stage-1 model of this sensor (implies ``kind="autoencoder"``).
+        expect_bands
+            Band order the caller will feed a stage-1 model; another band set or
+            order raises.
+
+        Returns
+        -------
+        ModelBundle
+
+        Raises
+        ------
+        ModelError
+            For a missing, corrupt, hostile or foreign file, another format
+            version or kind, another sensor or band set, or weights that do not
+            fit the configuration.
+        """
+        if sensor is not None or expect_bands is not None:
+            kind = kind or "autoencoder"
+        if kind is not None and kind not in _KIND_FORMATS:
+            raise ValueError(f"kind must be one of {sorted(_KIND_FORMATS)}, not {kind!r}")
+        file = resolve_bundle(path)
+        formats = (_KIND_FORMATS[kind],) if kind else tuple(_KIND_FORMATS.values())
+        ck = read_checkpoint(file, formats=formats)
+        model: ContextAutoencoder | FusionModel
+        if ck["meta"]["format"] == FUSION_FORMAT:
+            model, meta = _fusion_from(ck, file)
+        else:
+            model, meta = _autoencoder_from(ck, file, expect_bands, sensor)
+        return cls(model, meta, file)

@@ -32,7 +32,7 @@ def _main(
     ] = False,
 ) -> None:
     if version:
-        from latentcube import __version__
+        from latentcube._version import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
@@ -898,7 +898,7 @@ def _embeddings(
     keyed by the model's weights and configuration and the cube's content, so a
     rerun after a kill reads it instead of embedding again.
     """
-    from latentcube import __version__
+    from latentcube._version import __version__
     from latentcube.evaluation.cache import StepCache, cached_array
     from latentcube.evaluation.features import as_feature_cube
 

@@ -81,7 +81,7 @@ def provenance(source: str, **extra: Any) -> dict[str, Any]:
     dict
         Attributes including ``latentcube_version`` and ``created``.
     """
-    from latentcube import __version__
+    from latentcube._version import __version__
 
     attrs: dict[str, Any] = {
         "latentcube_version": __version__,

@@ -204,7 +204,7 @@ def write_report(
     pathlib.Path
         The ``report.md`` path.
     """
-    from latentcube import __version__
+    from latentcube._version import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
