@@ -19,6 +19,7 @@ from latentcube.errors import (
     EvaluationError,
     LatentcubeError,
     ModelError,
+    OutputError,
     StacError,
 )
 from latentcube.sensors import S1_BANDS, S2_BANDS, SENSORS, SensorSpec
@@ -79,6 +80,7 @@ __all__ = [
     "LatentcubeError",
     "LossConfig",
     "ModelError",
+    "OutputError",
     "SensorSpec",
     "StacError",
     "TrainConfig",

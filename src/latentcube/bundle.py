@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT",
-    "ModelBundle",
     "FORMAT_VERSION",
     "FUSION_FORMAT",
+    "ModelBundle",
     "default_model_path",
     "load_any",
     "load_checkpoint",

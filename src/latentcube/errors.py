@@ -8,6 +8,7 @@ __all__ = [
     "EvaluationError",
     "LatentcubeError",
     "ModelError",
+    "OutputError",
     "StacError",
 ]
 
@@ -34,3 +35,7 @@ class EmbeddingError(LatentcubeError, ValueError):
 
 class EvaluationError(LatentcubeError, ValueError):
     """A flux file or an evaluation input (flux data, features, labels) is invalid."""
+
+
+class OutputError(LatentcubeError, OSError):
+    """An output path cannot be written safely (it is an input, in use, or not writable)."""

@@ -12,7 +12,8 @@ import os
 import shutil
 import uuid
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,20 @@ import xarray as xr
 import zarr
 import zarr.storage
 
-__all__ = ["geozarr_attrs", "open_zarr", "to_geotiff", "write_zarr"]
+from latentcube.errors import OutputError
+
+__all__ = [
+    "check_disjoint",
+    "check_writable",
+    "geozarr_attrs",
+    "lock_path",
+    "locked",
+    "open_zarr",
+    "replace_path",
+    "replacing",
+    "to_geotiff",
+    "write_zarr",
+]
 
 
 def geozarr_attrs(ds: xr.Dataset | xr.DataArray) -> dict[str, Any]:
@@ -111,12 +125,7 @@ def write_zarr(
                     if f.is_file():
                         zf.write(f, f.relative_to(tmp_dir).as_posix())
             shutil.rmtree(tmp_dir)
-        if path.exists():
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        os.replace(tmp, path)
+        replace_path(tmp, path)
     finally:
         for leftover in {tmp, tmp_dir}:
             if leftover.is_dir():
@@ -241,3 +250,165 @@ def to_geotiff(
                 tmp.unlink()
         written.append(path)
     return written
+
+
+# --------------------------------------------------------------------------------------
+# Safe outputs: never over an input, never two runs at once, replaced only when complete.
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute with symlinks resolved (the path need not exist)."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def check_disjoint(
+    out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]
+) -> None:
+    """Refuse an output path that is, lies inside, or contains one of the inputs.
+
+    Call it before anything is created, removed or written.
+
+    Parameters
+    ----------
+    out
+        The output file or folder.
+    inputs
+        The files and folders the command reads (``None`` entries are skipped).
+
+    Raises
+    ------
+    OutputError
+        Naming the output and the input it would overwrite.
+    """
+    o = _resolved(out)
+    for item in inputs:
+        if item is None:
+            continue
+        i = _resolved(item)
+        if o == i or i in o.parents or o in i.parents:
+            how = "is" if o == i else ("is inside" if i in o.parents else "contains")
+            raise OutputError(f"output {out} {how} the input {item}; choose another output path")
+
+
+def check_writable(out: str | os.PathLike[str]) -> None:
+    """Refuse an output path whose folder cannot be created or written, before any work.
+
+    Raises
+    ------
+    OutputError
+        For a parent that is a file, a parent that is not writable, or an output
+        that is a symbolic link.
+    """
+    path = Path(out)
+    if path.is_symlink():
+        raise OutputError(f"output {out} is a symbolic link; give the real path")
+    parent = _resolved(path).parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"output {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"output {out}: the folder {existing} is not writable")
+
+
+def lock_path(out: str | os.PathLike[str]) -> Path:
+    """The lock file of an output: ``.<name>.lock`` beside it."""
+    path = _resolved(out)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextmanager
+def locked(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an OS file lock on an output (file or folder) for the duration of a run.
+
+    The lock is ``.<name>.lock`` beside ``out`` (:func:`lock_path`), taken
+    without waiting, so a second run into the same output stops at once. The
+    operating system releases it when the process ends, killed or not.
+
+    Raises
+    ------
+    OutputError
+        When another run holds the lock.
+    """
+    from filelock import FileLock, Timeout
+
+    lock_file = lock_path(out)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputError(
+            f"output {out} is in use by another latentcube run (lock {lock_file})"
+        ) from None
+    try:
+        yield lock_file
+    finally:
+        lock.release()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace_path(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put the complete ``new`` (file or folder) at ``target``, replacing what is there.
+
+    An existing ``target`` is first moved aside under a hidden name, then ``new``
+    is renamed into place, and only then is the old one removed; if the rename
+    fails the old one is moved back. ``new`` and ``target`` must be on one file
+    system (make ``new`` beside ``target``).
+    """
+    new, target = Path(new), Path(target)
+    if not (target.exists() or target.is_symlink()):
+        os.replace(new, target)
+        return
+    aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(target, aside)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    _remove(aside)
+
+
+@contextmanager
+def replacing(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Write an output beside its target and swap it in only when complete.
+
+    Yields a temporary path beside ``target`` (same folder, hidden name). When
+    the block ends without an exception, whatever was written there replaces
+    ``target`` (:func:`replace_path`); when it raises, the temporary path is
+    removed and ``target`` is untouched.
+
+    Parameters
+    ----------
+    target
+        The output file or folder.
+    overwrite
+        Allow replacing an existing ``target``; otherwise an existing one raises
+        before anything is written.
+
+    Raises
+    ------
+    OutputError
+        ``target`` exists and ``overwrite`` is false.
+    """
+    target = Path(target)
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise OutputError(f"{target} exists; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.new-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if not (tmp.exists() or tmp.is_symlink()):
+            raise OutputError(f"nothing was written for {target}")
+        replace_path(tmp, target)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
