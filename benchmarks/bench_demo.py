@@ -15,11 +15,12 @@ import time
 
 
 def main() -> None:
-    exe = shutil.which("latentcube") or f"{sys.executable} -m latentcube"
+    exe = shutil.which("latentcube")
     out = tempfile.mkdtemp(prefix="latentcube-demo-bench-")
-    cmd = f"{exe} demo --out {out} --no-progress"
+    cmd = [exe] if exe else [sys.executable, "-m", "latentcube"]
+    cmd += ["demo", "--out", out, "--no-progress"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     total = time.perf_counter() - t0
     print(proc.stdout)
     if proc.returncode:

@@ -96,3 +96,21 @@ def test_weights_that_do_not_fit(ckpt, tmp_path):
     torch.save(payload, tmp_path / "broken.pt")
     with pytest.raises(ModelError, match="weights do not fit"):
         load_checkpoint(tmp_path / "broken.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_code_is_refused_without_advice_to_load_it_anyway(tmp_path, capsys):
+    from latentcube.bundle import ModelBundle
+
+    bad = tmp_path / "hostile.pt"
+    torch.save({"meta_json": "{}", "state_dict": {}, "x": _Payload()}, bad)
+    with pytest.raises(ModelError) as err:
+        ModelBundle.load(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "pickled Python objects" in msg and "print" in msg
+    assert "weights_only" not in msg and "\n" not in msg
+    assert "this must never run" not in capsys.readouterr().out

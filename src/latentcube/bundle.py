@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,10 +160,22 @@ def read_checkpoint(
         raise ModelError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, garbage bytes, pickled code, ...
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", str(err))
+        if found is None:  # not a pickle of plain types, nor of objects: garbage
+            raise ModelError(
+                f"{path} is not a readable latentcube checkpoint (corrupt or truncated?)"
+            ) from None
+        # pickled code or objects: refused, never run (and never advise loading it anyway)
         raise ModelError(
-            f"{path} is not a readable latentcube checkpoint (corrupt or truncated?): {err}"
-        ) from err
+            f"{path} holds pickled Python objects (it refers to {found.group(1)}), which "
+            "latentcube never loads; it is not a latentcube checkpoint"
+        ) from None
+    except Exception as err:  # truncated zip, garbage bytes, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"{path} is not a readable latentcube checkpoint (corrupt or truncated?): {first}"
+        ) from None
     if not isinstance(payload, dict) or "meta_json" not in payload or "state_dict" not in payload:
         raise ModelError(f"{path} is a torch file but not a latentcube checkpoint")
     try:
