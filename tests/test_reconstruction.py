@@ -88,3 +88,33 @@ def test_trivial_centre_by_hand():
     m[0, 1, 0, 0] = False
     ctx, pers = trivial_centre(x, m)
     assert np.isnan(ctx).all() and np.isnan(pers).all()
+
+
+def test_a_fused_bundle_folder_is_evaluated_through_its_sensor_autoencoder(tmp_path):
+    from typer.testing import CliRunner
+
+    from latentcube.bundle import ModelBundle, default_model_path
+    from latentcube.cli import app
+    from latentcube.cube.readers import demo_cube_path, load_demo_cube
+
+    cube = load_demo_cube().isel(x=slice(0, 24), y=slice(0, 24), time=slice(0, 14))
+    folder = default_model_path()
+    res = reconstruction_errors(folder, cube, max_windows=40)
+    direct = ModelBundle.load(folder).autoencoder("s2")
+    assert res["sensor"] == "s2" and res["bands"] == list(direct.config.bands)
+    s1 = reconstruction_errors(folder, cube, max_windows=40, sensor="s1")
+    assert s1["bands"] == ["VV", "VH"]
+    r = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "reconstruction",
+            str(demo_cube_path()),
+            "--model",
+            str(folder),
+            "--out",
+            str(tmp_path / "rep"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "centre MAE model" in r.output

@@ -1227,9 +1227,15 @@ def evaluate_gpp(
 @evaluate_app.command("reconstruction")
 def evaluate_reconstruction(
     cube: Annotated[Path, typer.Argument(help="The cube to reconstruct.")],
-    model: Annotated[Path, typer.Option(help="A checkpoint written by 'latentcube train'.")],
+    model: Annotated[
+        Path, typer.Option(help="A checkpoint or bundle (file or folder) of 'latentcube train'.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
     seed: Annotated[int, typer.Option(help="Seed of the window subset.")] = 0,
+    sensor: Annotated[
+        str | None,
+        typer.Option(help="Sensor whose autoencoder a fused bundle is evaluated for (s2)."),
+    ] = None,
 ) -> None:
     """Centre-pixel reconstruction MAE per band, beside context-mean and persistence."""
     from latentcube.cube.readers import open_cube
@@ -1237,7 +1243,9 @@ def evaluate_reconstruction(
     from latentcube.evaluation.reconstruction import run_reconstruction
 
     try:
-        res = run_reconstruction(model, open_cube(cube).load(), out, seed=seed, command=_command())
+        res = run_reconstruction(
+            model, open_cube(cube).load(), out, seed=seed, sensor=sensor, command=_command()
+        )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return

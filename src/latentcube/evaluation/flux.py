@@ -65,7 +65,25 @@ class FluxSite:
     lon: float
 
 
+#: Daily GPP above this (gC m-2 d-1) is not a land ecosystem's: the most productive
+#: crops and forests peak near 20-30 gC m-2 d-1.
+GPP_MAX = 60.0
+
+
+def _check_units(gpp: pd.Series, source: str) -> None:
+    """Refuse daily GPP whose magnitude shows other units (e.g. mgC, or x1000 scaling)."""
+    values = gpp.to_numpy(float)
+    values = values[np.isfinite(values)]
+    if values.size and float(np.quantile(values, 0.99)) > GPP_MAX:
+        raise EvaluationError(
+            f"{source}: daily GPP up to {values.max():.4g} (99th percentile "
+            f"{np.quantile(values, 0.99):.4g}) is not in gC m-2 d-1 (expected below "
+            f"{GPP_MAX:g}); check the column and its units"
+        )
+
+
 def _daily_frame(gpp: pd.Series, site: str, source: str, **extra: pd.Series) -> pd.DataFrame:
+    _check_units(gpp, source)
     df = pd.DataFrame({"GPP": gpp.astype("float64"), **extra})
     df.index = pd.DatetimeIndex(df.index).normalize()
     df.index.name = "date"

@@ -68,19 +68,24 @@ def reconstruction_errors(
     max_windows: int | None = 4000,
     batch_size: int = 256,
     seed: int = 0,
+    sensor: str | None = None,
 ) -> dict[str, Any]:
     """Per-band centre-pixel MAE of a checkpoint's reconstruction and of two trivial ones.
 
     Parameters
     ----------
     checkpoint
-        A model written by ``latentcube train``.
+        A model written by ``latentcube train``: a stage-1 checkpoint, or a fused
+        bundle (file or folder), whose ``sensor`` autoencoder is evaluated.
     cube
         The cube to reconstruct (must have the model's bands).
     stride_xy, stride_t, max_windows, seed
         Consecutive-date windows taken (seeded subset).
     batch_size
         Windows per model call.
+    sensor
+        The sensor whose autoencoder is evaluated (default: the bundle's first,
+        the reference sensor).
 
     Returns
     -------
@@ -88,10 +93,11 @@ def reconstruction_errors(
         ``bands``, ``model``/``context_mean``/``persistence`` per-band MAE, their
         band means, and ``n_windows``.
     """
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import ModelBundle
     from latentcube.data.windows import extract_windows
 
-    model, _meta = load_checkpoint(checkpoint)
+    bundle = ModelBundle.load(checkpoint)
+    model = bundle.autoencoder(sensor or bundle.sensors[0])
     cfg = model.config
     w = extract_windows(
         cube,
