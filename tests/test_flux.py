@@ -137,3 +137,12 @@ def test_real_monthly_table_registry_and_carbonfluxbench():
     assert med["R2"] == pytest.approx(0.648, abs=0.001)
     assert med["RMSE"] == pytest.approx(1.67, abs=0.01)
     assert len(ref["sites"]["SE-Htm"]) > 0
+
+
+def test_gpp_in_other_units_is_refused(tmp_path):
+    gpp = np.abs(np.sin(np.linspace(0, 3, 60))) * 12  # a plausible season, gC m-2 d-1
+    ok = read_flux(write_fullset(tmp_path / "FLX_XX-Ok_FULLSET_DD.csv", gpp, np.ones(60)))
+    assert ok["GPP"].max() == pytest.approx(gpp.max())
+    bad = write_fullset(tmp_path / "FLX_XX-Big_FULLSET_DD.csv", gpp * 1000, np.ones(60))
+    with pytest.raises(EvaluationError, match=r"FLX_XX-Big_FULLSET_DD.csv.*not in gC m-2 d-1"):
+        read_flux(bad)
