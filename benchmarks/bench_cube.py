@@ -94,7 +94,11 @@ def _read_hrefs(cat: Path, repeat: int) -> list[str]:
 
     import numpy as np
 
-    from latentcube.cube.build import CubeSpec, SCLMask, _check_dates, _grid, _plan, _screen
+    from latentcube.cube.build import CubeSpec, SCLMask
+    from latentcube.cube.plan import check_dates as _check_dates
+    from latentcube.cube.plan import make_plan as _plan
+    from latentcube.cube.plan import place_grid as _grid
+    from latentcube.cube.sentinel2 import screen_s2 as _screen
 
     p = _place(repeat)
     with warnings.catch_warnings():
