@@ -38,6 +38,14 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
    below ``min_valid_fraction`` after the full mask (custom mask functions
    are not screened) are the kept dates copied into a new store
    (:func:`latentcube.io.write_zarr`).
+
+Where each step lives: the options and the plan (steps 1-3) in
+:mod:`latentcube.cube.plan`, search in :mod:`latentcube.cube.stac` and reads in
+:mod:`latentcube.cube._reading`, masks in :mod:`latentcube.cube.masks`, screening
+and S2 loading in :mod:`latentcube.cube.sentinel2`, S1 loading in
+:mod:`latentcube.cube.sentinel1`, the store in :mod:`latentcube.cube.write`, the
+union time axis in :mod:`latentcube.cube.union`. This module runs the units
+(serially or on Dask) and finishes the cube.
 """
 
 from __future__ import annotations
