@@ -94,7 +94,11 @@ def _read_hrefs(cat: Path, repeat: int) -> list[str]:
 
     import numpy as np
 
-    from latentcube.cube.build import CubeSpec, SCLMask, _check_dates, _grid, _plan, _screen
+    from latentcube.cube.build import CubeSpec, SCLMask
+    from latentcube.cube.plan import check_dates as _check_dates
+    from latentcube.cube.plan import make_plan as _plan
+    from latentcube.cube.plan import place_grid as _grid
+    from latentcube.cube.sentinel2 import screen_s2 as _screen
 
     p = _place(repeat)
     with warnings.catch_warnings():
@@ -323,24 +327,24 @@ def main() -> None:
                 "latentcube" in f
                 and name
                 in (
-                    "_load_s2",
-                    "_merge_s2_planes",
-                    "_load_s1",
+                    "load_s2",
+                    "merge_s2_planes",
+                    "load_s1",
                     "write_zarr",
-                    "_plan",
-                    "_screen",
+                    "make_plan",
+                    "screen_s2",
                     "read_aligned",
-                    "_write_store",
+                    "write_store",
                 )
             ):
                 key = name if name != "load" else "odc.stac.load"
                 cum[key] = cum.get(key, 0.0) + ct
         parts = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(cum.items()))
         print(
-            f"profiled build {total:.2f} s (main thread only): {parts} (_load_s2 and _screen "
+            f"profiled build {total:.2f} s (main thread only): {parts} (load_s2 and screen_s2 "
             "include their reads: read_aligned, or odc.stac.load when the sources are not "
-            "grid-aligned; _load_s2 also the S2 merge, _merge_s2_planes; _load_s1 runs on a "
-            "helper thread, and _write_store and the chunk writes on the writer thread, so "
+            "grid-aligned; load_s2 also the S2 merge, merge_s2_planes; load_s1 runs on a "
+            "helper thread, and write_store and the chunk writes on the writer thread, so "
             "they do not show here; write_zarr only runs when a date is dropped after the "
             "full read)"
         )

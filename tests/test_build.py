@@ -647,7 +647,10 @@ def test_scl_mask_lookup_equals_scl_valid(dilation):
 
 
 def _plan_for(catalog, **options):
-    from latentcube.cube.build import CubeSpec, _check_dates, _grid, _plan
+    from latentcube.cube.plan import CubeSpec
+    from latentcube.cube.plan import check_dates as _check_dates
+    from latentcube.cube.plan import make_plan as _plan
+    from latentcube.cube.plan import place_grid as _grid
 
     p = _place()
     info = _grid(p["lat"], p["lon"], p["size_m"], None, 10.0)
@@ -679,8 +682,10 @@ def test_plane_merge_equals_item_merge_with_offsets_and_overlaps():
     """Two items on one date with different baselines and holes, one item on another."""
     from types import SimpleNamespace
 
-    from latentcube.cube.build import CubeSpec, _merge_s2_items, _merge_s2_planes
+    from latentcube.cube.plan import CubeSpec
     from latentcube.cube.sentinel2 import baseline_offset, remove_baseline_offset
+    from latentcube.cube.sentinel2 import merge_s2_items as _merge_s2_items
+    from latentcube.cube.sentinel2 import merge_s2_planes as _merge_s2_planes
 
     rng = np.random.default_rng(0)
     bands = ("B02", "B03", "B04")
@@ -712,8 +717,9 @@ def test_s1_float32_chain_within_tolerance_of_float64(catalog):
     """The S1 chain runs in float32; a float64 reference (mean, dB, clip, scale)
     differs by at most 3e-7 in normalised units (about 1e-5 dB): a few float32
     rounding steps of values in [0, 1] (unit roundoff 6e-8), see docs/design.md."""
-    from latentcube.cube.build import _load_s1, _read
+    from latentcube.cube.plan import read_assets as _read
     from latentcube.cube.sentinel1 import linear_to_db, normalise_db
+    from latentcube.cube.sentinel1 import load_s1 as _load_s1
 
     plan = _plan_for(catalog)
     dates = list(range(len(plan.s2_times)))
@@ -765,7 +771,9 @@ def test_store_metadata_equals_the_xarray_template(tmp_path, catalog, sensors, g
 
     import xarray as xr
 
-    from latentcube.cube.build import _final_attrs, _template, _write_store
+    from latentcube.cube.write import final_attrs as _final_attrs
+    from latentcube.cube.write import template as _template
+    from latentcube.cube.write import write_store as _write_store
 
     plan = _plan_for(catalog, sensors=sensors, s1_max_gap_days=gap)
     dates = np.array([0, 2, 3])
@@ -794,7 +802,9 @@ def test_chunk_writer_equals_zarr_byte_for_byte(tmp_path, kind):
 
     import zarr
 
-    from latentcube.cube.build import _array_doc, _compressor_doc, _write_chunks
+    from latentcube.cube.write import array_doc as _array_doc
+    from latentcube.cube.write import compressor_doc as _compressor_doc
+    from latentcube.cube.write import write_chunks as _write_chunks
 
     rng = np.random.default_rng(3)
     shape, chunks = (11, 3, 70, 45), (4, 3, 32, 32)  # partial chunks on t, y and x

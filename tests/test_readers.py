@@ -312,7 +312,7 @@ def test_worldcereal_bounds_equal_file_attribute(patch1):
 
 
 def test_mol_s1_decoding_by_hand():
-    from latentcube.cube.readers import _mol_db
+    from latentcube.cube.formats import _mol_db
 
     v = np.array([0, 1, 2, 1000, 65534], np.uint16)
     out = _mol_db(v)

@@ -63,6 +63,7 @@ __all__ = [
     "provenance",
     "select_bands",
     "validate_cube",
+    "value_range_error",
 ]
 
 
@@ -320,11 +321,25 @@ def _check_sensor(
             f"set {vname!r} False there"
         )
     if np.isfinite(vmin) and (vmin < lo or vmax > hi):
-        raise CubeError(
-            f"{sensor!r} values span [{vmin:.4g}, {vmax:.4g}], outside [{lo:g}, {hi:g}] "
-            f"({SENSORS[sensor].units if sensor in SENSORS else ''}); "
-            "scale and clip the data before building the cube"
-        )
+        raise value_range_error(sensor, vmin, vmax)
+
+
+def value_range_error(
+    sensor: str, vmin: float, vmax: float, source: str | None = None
+) -> CubeError:
+    """The error for values of ``sensor`` spanning [vmin, vmax], outside its value range.
+
+    One message for every input: :func:`validate_cube` raises it for a cube (e.g. a
+    Zarr store), the readers (:func:`latentcube.cube.formats.check_reflectance`) for
+    a file in digital numbers, with ``source`` (the file) in front.
+    """
+    lo, hi = SENSORS[sensor].value_range if sensor in SENSORS else (-np.inf, np.inf)
+    where = f"{source}: " if source else ""
+    return CubeError(
+        f"{where}{sensor!r} values span [{vmin:.4g}, {vmax:.4g}], outside [{lo:g}, {hi:g}] "
+        f"({SENSORS[sensor].units if sensor in SENSORS else ''}); "
+        "scale and clip the data before building the cube"
+    )
 
 
 def _block_stats(data: np.ndarray, mask: np.ndarray) -> np.ndarray:

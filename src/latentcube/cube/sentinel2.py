@@ -1,53 +1,38 @@
-"""Sentinel-2 L2A: SCL cloud masks, the baseline-04.00 offset, date screening, same-day merging."""
+"""Sentinel-2 L2A: the baseline-04.00 offset, date screening, same-day merging, loading.
+
+The SCL masks (:data:`SCL_INVALID`, :func:`scl_valid`) live in
+:mod:`latentcube.cube.masks` and are re-exported here. :func:`load_s2` reads,
+converts, masks and merges one loading unit of a cube build; :func:`screen_s2`
+counts each date's clear pixels from SCL alone before a build reads the bands.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
-from scipy import ndimage
+
+from latentcube.cube.masks import SCL_INVALID, MaskFunction, SCLMask, scl_valid
+from latentcube.cube.plan import Plan, load_with_retries, read_assets, unit_geobox
+from latentcube.cube.stac import signer, with_retries
+from latentcube.errors import StacError
 
 __all__ = [
     "SCL_INVALID",
+    "baseline_offset",
     "drop_invalid_dates",
+    "load_s2",
+    "merge_s2_items",
+    "merge_s2_planes",
     "merge_same_day",
+    "reflectance_into",
     "remove_baseline_offset",
     "scl_valid",
+    "screen_s2",
 ]
-
-#: Sen2Cor classes masked by default: no data, saturated, cloud shadow, cloud
-#: medium/high probability, thin cirrus, snow/ice.
-SCL_INVALID: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
-
-
-def scl_valid(
-    scl: np.ndarray, *, invalid_classes: Sequence[int] = SCL_INVALID, dilation: int = 0
-) -> np.ndarray:
-    """Clear-sky mask from the Sen2Cor scene classification.
-
-    Parameters
-    ----------
-    scl
-        (..., y, x) integer SCL codes.
-    invalid_classes
-        Codes treated as not clear.
-    dilation
-        Grow the invalid area by this many pixels (square structuring element)
-        in every 2-D slice, to catch cloud edges the classifier misses.
-
-    Returns
-    -------
-    numpy.ndarray
-        bool, True where clear.
-    """
-    scl = np.asarray(scl)
-    invalid = np.isin(scl, np.asarray(invalid_classes))
-    if dilation > 0:
-        structure = np.zeros((1,) * (scl.ndim - 2) + (2 * dilation + 1,) * 2, bool)
-        structure[(0,) * (scl.ndim - 2)] = True
-        invalid = ndimage.binary_dilation(invalid, structure=structure)
-    return ~invalid
 
 
 def remove_baseline_offset(dn: np.ndarray, baseline: str | float | None) -> np.ndarray:
@@ -170,3 +155,204 @@ def drop_invalid_dates(cube: xr.Dataset, min_valid_fraction: float = 0.0) -> xr.
     frac = cube["s2_valid"].mean(dim=("y", "x")).values
     keep = (frac >= min_valid_fraction) & (frac > 0)
     return cube.isel(time=np.flatnonzero(keep))
+
+
+# --------------------------------------------------------------------------- builds
+
+
+def _s2_luts(plan: Plan, idx: Sequence[int]) -> list[np.ndarray]:
+    """DN -> reflectance of every item as a 65536-entry float32 table (one gather per band)."""
+    luts: dict[str | None, np.ndarray] = {}
+    for i in idx:
+        key = plan.s2_offsets[i]
+        if key not in luts:
+            luts[key] = remove_baseline_offset(np.arange(65536, dtype=np.uint16), key)
+    return [luts[plan.s2_offsets[i]] for i in idx]
+
+
+def load_s2(
+    plan: Plan, dates: Sequence[int], ys: slice, xs: slice, mask: MaskFunction
+) -> tuple[np.ndarray, np.ndarray]:
+    """One unit's S2: reflectance (date, band, y, x) and valid mask (date, y, x).
+
+    With the default :class:`SCLMask` (and without NBAR) the bands are read
+    without the mask's halo (only SCL needs it), and every output plane is
+    computed from its DNs straight into the result, date by date and band by
+    band (:func:`merge_s2_planes`). Other mask functions get the reflectance
+    of all items with the halo (:func:`merge_s2_items`); both give the same
+    cube (tested).
+    """
+    spec = plan.spec
+    halo = int(getattr(mask, "halo", 0))
+    groups = [plan.s2_groups[d] for d in dates]
+    idx = [i for g in groups for i in g]
+    items = [plan.s2_items[i] for i in idx]
+    planes = type(mask) is SCLMask and all(h is None for h in plan.s2_metadata)
+    gb_scl = unit_geobox(plan.info.geobox, ys, xs, halo)
+    gb = unit_geobox(plan.info.geobox, ys, xs, 0) if planes else gb_scl
+    bands = spec.s2_bands
+
+    arrays = load_with_retries(
+        lambda: read_assets(
+            plan, plan.s2_aligned, items, plan.s2_assets, gb, dtype="uint16", nodata=0,
+            resampling={"*": spec.resampling_s2, "SCL": "nearest"},
+            geoboxes={"SCL": gb_scl} if gb_scl is not gb else None,
+        ),
+        spec,
+        f"loading S2 dates {dates[0]}-{dates[-1]}",
+    )  # fmt: skip
+    crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
+    scl = arrays["SCL"].astype(np.uint8, copy=False)
+    if planes:
+        assert isinstance(mask, SCLMask)
+        clear = mask.clear(scl)[(..., *crop)]
+        offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
+        return merge_s2_planes(arrays, bands, offsets, clear, groups)
+    luts = _s2_luts(plan, idx)
+    return merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
+
+
+def merge_s2_planes(
+    arrays: dict[str, np.ndarray],
+    bands: Sequence[str],
+    offsets: Sequence[float],
+    clear: np.ndarray,
+    groups: Sequence[Sequence[int]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance and validity of a unit's dates, one output plane at a time.
+
+    An item's pixel is valid where ``clear`` and every band has data (DN > 0);
+    the items of one date are merged in order, the first valid pixel wins;
+    pixels no item covers are NaN. Reflectance is computed with
+    :func:`~latentcube.cube.sentinel2.reflectance_into` from each item's DN
+    ``offsets`` (a few arithmetic passes: about 5x faster than a gather from a
+    65536-entry table, which numpy does through an int64 copy of the DNs).
+    Same result as :func:`merge_s2_items` without its full-size float
+    temporaries.
+    """
+    ny, nx = clear.shape[1:]
+    valid = clear.copy()
+    for k in range(len(offsets)):
+        for band in bands:
+            valid[k] &= arrays[band][k] != 0
+    out = np.empty((len(groups), len(bands), ny, nx), np.float32)
+    out_valid = np.zeros((len(groups), ny, nx), bool)
+    takes: list[list[tuple[int, np.ndarray]]] = []
+    k = 0
+    for d, g in enumerate(groups):
+        take = []
+        for _ in g:
+            t = valid[k] & ~out_valid[d]
+            out_valid[d] |= t
+            take.append((k, t))
+            k += 1
+        takes.append(take)
+    tmp = np.empty((ny, nx), np.float32)
+    nan = np.float32(np.nan)
+    for d, take in enumerate(takes):
+        missing = ~out_valid[d]
+        for b, band in enumerate(bands):
+            dst = out[d, b]
+            (k0, _), *rest = take
+            reflectance_into(arrays[band][k0], offsets[k0], dst)
+            for kk, t in rest:
+                reflectance_into(arrays[band][kk], offsets[kk], tmp)
+                np.copyto(dst, tmp, where=t)
+            np.copyto(dst, nan, where=missing)
+    return out, out_valid
+
+
+def merge_s2_items(
+    plan: Plan,
+    arrays: dict[str, np.ndarray],
+    bands: Sequence[str],
+    luts: Sequence[np.ndarray],
+    idx: Sequence[int],
+    groups: Sequence[Sequence[int]],
+    gb: Any,
+    crop: tuple[slice, slice],
+    mask: MaskFunction,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance of every item (with the halo), NBAR, any mask function, then the merge."""
+    spec = plan.spec
+    patch = signer(plan.sign)
+    refl = np.empty((len(idx), len(bands), *gb.shape), np.float32)
+    for k, i in enumerate(idx):
+        for b, band in enumerate(bands):
+            np.take(luts[k], arrays[band][k], out=refl[k, b])
+        href = plan.s2_metadata[i]
+        if href is not None:
+            from latentcube.cube.nbar import nbar_factor
+
+            factor = with_retries(
+                functools.partial(nbar_factor, href, gb, bands, patch_url=patch),
+                what=f"reading the granule metadata of {plan.s2_items[i].id}",
+                max_retries=spec.max_retries,
+                backoff=spec.backoff,
+            )
+            refl[k] = np.clip(refl[k] * factor, 0.0, 1.0)
+    scl = arrays["SCL"].astype(np.uint8, copy=False)
+    valid = np.asarray(mask(refl, scl, bands), dtype=bool)
+    if valid.shape != scl.shape:
+        raise StacError(f"the mask function returned shape {valid.shape}, expected {scl.shape}")
+    valid &= np.isfinite(refl).all(axis=1)
+    refl, valid = refl[(..., *crop)], valid[(..., *crop)]
+    # merge the items of one date: the first clear pixel (time, then id order) wins
+    out = np.full((len(groups), len(bands), *refl.shape[2:]), np.nan, np.float32)
+    out_valid = np.zeros((len(groups), *refl.shape[2:]), bool)
+    k = 0
+    for d, g in enumerate(groups):
+        for _ in g:
+            take = valid[k] & ~out_valid[d]
+            np.copyto(out[d], refl[k], where=take[None])
+            out_valid[d] |= take
+            k += 1
+    return out, out_valid
+
+
+def _tiles(plan: Plan) -> list[tuple[slice, slice]]:
+    ny, nx = plan.info.geobox.shape
+    tile = plan.spec.tile
+    return [
+        (slice(i, min(i + tile, ny)), slice(j, min(j + tile, nx)))
+        for i in range(0, ny, tile)
+        for j in range(0, nx, tile)
+    ]
+
+
+def screen_s2(plan: Plan, mask: MaskFunction) -> np.ndarray | None:
+    """Per S2 date, the number of pixels the default mask leaves clear, from SCL alone.
+
+    Reads only the SCL asset (tile by tile, with the dilation's halo). For the
+    default :class:`SCLMask` this is an upper bound of the date's valid pixels
+    (the build also masks pixels without data in some band), so a date whose
+    count is below ``min_valid_fraction`` (or 0) cannot be kept and is never
+    read in full. None for other mask functions, which need every band.
+    """
+    if type(mask) is not SCLMask:
+        return None
+    spec = plan.spec
+    halo = mask.halo
+    counts = np.zeros(len(plan.s2_times), np.int64)
+    blocks = [range(d, min(d + spec.time_chunk, len(plan.s2_times)))
+              for d in range(0, len(plan.s2_times), spec.time_chunk)]  # fmt: skip
+    for ys, xs in _tiles(plan):
+        gb = unit_geobox(plan.info.geobox, ys, xs, halo)
+        crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
+        for dates in blocks:
+            groups = [plan.s2_groups[d] for d in dates]
+            items = [plan.s2_items[i] for g in groups for i in g]
+            scl = load_with_retries(
+                lambda items=items, gb=gb: read_assets(
+                    plan, plan.s2_aligned, items, {"SCL": plan.s2_assets["SCL"]}, gb,
+                    dtype="uint8", nodata=0, resampling={"*": "nearest"},
+                )["SCL"],
+                spec,
+                f"screening S2 dates {dates[0]}-{dates[-1]}",
+            )  # fmt: skip
+            clear = mask.clear(scl)[(..., *crop)]
+            k = 0
+            for d, g in zip(dates, groups, strict=True):
+                counts[d] += int(np.logical_or.reduce(clear[k : k + len(g)], axis=0).sum())
+                k += len(g)
+    return counts

@@ -16,16 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from latentcube.cube.plan import Plan
+from latentcube.cube.sentinel1 import load_s1
 from latentcube.errors import StacError
-
-if TYPE_CHECKING:
-    from latentcube.cube.build import _Plan
 
 __all__ = ["TIME_AXES", "add_s1_dates", "check_time_axis", "s1_only_groups"]
 
@@ -75,7 +74,7 @@ def s1_only_groups(
 
 
 def add_s1_dates(
-    plan: _Plan, cube: xr.Dataset, start: pd.Timestamp, end: pd.Timestamp
+    plan: Plan, cube: xr.Dataset, start: pd.Timestamp, end: pd.Timestamp
 ) -> xr.Dataset:
     """The cube on the union time axis (lazy: the S1-only dates load when computed).
 
@@ -99,8 +98,6 @@ def add_s1_dates(
     import dask
     import dask.array as da
 
-    from latentcube.cube.build import _load_s1
-
     groups = s1_only_groups(cube["time"].values, plan.s1_times, start, end)
     n, ny, nx = len(groups), cube.sizes["y"], cube.sizes["x"]
     attrs = {
@@ -113,7 +110,7 @@ def add_s1_dates(
         return cube.assign_coords(s2_observed=("time", observed)).assign_attrs(attrs)
     # S1 is loaded for "S2 dates" that are the S1 acquisitions themselves
     view = dataclasses.replace(plan, s2_times=plan.s1_times[groups], s1_match=groups)
-    load = dask.delayed(_load_s1, pure=True, nout=2)
+    load = dask.delayed(load_s1, pure=True, nout=2)
     tc, tile = plan.spec.time_chunk, plan.spec.tile
     s1_blocks, valid_blocks = [], []
     for k0 in range(0, n, tc):
