@@ -164,8 +164,9 @@ def _index_file(path: Path, index_dir: Path | None) -> Path:
     return folder / f"{path.name}-{tag}.npz"
 
 
-def _enumerate(valid_c: np.ndarray, days: np.ndarray, shape: tuple[int, int, int],
-               opt: WindowOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def _enumerate(
+    valid_c: np.ndarray, days: np.ndarray, shape: tuple[int, int, int], opt: WindowOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows of a cube from the validity at the strided centres (``extract_windows``' rules).
 
     ``valid_c`` is (time, len(ys), len(xs)): the validity at ``(ys + W//2, xs + W//2)``.
@@ -241,10 +242,15 @@ def build_index(
                     and str(z["options"]) == opt.key()
                 ):
                     return CubeWindowIndex(
-                        p, fp, tuple(int(v) for v in z["shape"]),  # type: ignore[arg-type]
+                        p,
+                        fp,
+                        tuple(int(v) for v in z["shape"]),  # type: ignore[arg-type]
                         tuple(int(v) for v in z["chunks"]),  # type: ignore[arg-type]
-                        z["days"], z["t_idx"], z["iy"], z["ix"],
-                    )  # fmt: skip
+                        z["days"],
+                        z["t_idx"],
+                        z["iy"],
+                        z["ix"],
+                    )
         except (OSError, KeyError, ValueError):
             pass  # unreadable or of another version: rebuilt below
     index = _scan(p, fp, opt)
@@ -252,10 +258,17 @@ def build_index(
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp.npz")
         np.savez_compressed(
-            tmp, format=INDEX_FORMAT, fingerprint=fp, options=opt.key(),
-            shape=np.array(index.shape), chunks=np.array(index.chunks), days=index.days,
-            t_idx=index.t_idx, iy=index.iy, ix=index.ix,
-        )  # fmt: skip
+            tmp,
+            format=INDEX_FORMAT,
+            fingerprint=fp,
+            options=opt.key(),
+            shape=np.array(index.shape),
+            chunks=np.array(index.chunks),
+            days=index.days,
+            t_idx=index.t_idx,
+            iy=index.iy,
+            ix=index.ix,
+        )
         os.replace(tmp, file)
     except OSError as err:
         warnings.warn(
