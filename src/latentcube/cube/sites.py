@@ -9,8 +9,10 @@ existing scheduler), and keeps ``out_dir/manifest.csv`` up to date as sites fini
   :class:`OSError`, a worker lost while building it) is recorded with its error and
   the other sites go on;
 * a rerun builds only the sites that are missing or failed; a site whose store is
-  complete (``build_cube`` moves a store into place only when it is) and was built
-  for the same request is not touched, not even searched for again;
+  complete (``build_cube`` moves a store into place only when it is) and recorded in
+  the manifest as built for the same request is not touched, not even searched for
+  again (without its manifest row, ``build_cube`` finds the store built for the same
+  request and returns it as it is);
 * the manifest is written atomically (a temporary file renamed over it) after every
   site, so a killed run leaves a manifest that says what was done.
 
@@ -482,19 +484,12 @@ def build_cubes(
             request = _request(site, size, build_kwargs)
             old = rows.get(sid)
             store = out / f"{sid}.zarr"
-            same = old is not None and old.get("status") == "ok" and old.get("request") == request
-            if _complete(store) and (old is None or same):
-                if old is None:  # a store without its row (a lost manifest): describe it again
-                    dates, frac = _summary(store)
-                    rows[sid] = _row(
-                        site,
-                        size,
-                        build_kwargs,
-                        status="ok",
-                        dates=dates,
-                        valid_fraction=frac,
-                        finished=_now(),
-                    )
+            # done: a complete store, recorded as built for this very request; anything
+            # else goes to build_cube, which returns a store built for the same request
+            # as it is (a lost manifest costs a catalog search per site, no rebuild)
+            if _complete(store) and old is not None and old.get("status") == "ok" and (
+                old.get("request") == request
+            ):
                 done += 1
                 continue
             rows[sid] = _row(site, size, build_kwargs, status="pending")
