@@ -185,6 +185,15 @@ def test_dataloader_with_two_workers_gives_the_same_batches(stores, tmp_path):
     assert sw._readers  # the parent's handles are its own; the workers opened theirs
 
 
+def test_open_stores_are_capped(stores, tmp_path):
+    sw = StreamingWindows(stores, index_dir=tmp_path, max_open=1)
+    mem = _in_memory(stores)
+    idx = np.random.default_rng(1).permutation(len(sw))[:100]
+    for g, w in zip(sw.batch(idx), mem.batch(idx), strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert len(sw._readers) == 1
+
+
 def test_pickled_copy_opens_its_own_stores(stores, tmp_path):
     import pickle
 

@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -367,6 +368,9 @@ class StreamingWindows:
         beside each store).
     mix
         Chunk blocks whose windows are shuffled together by :meth:`epoch_order`.
+    max_open
+        Stores kept open per process (least recently used closed first), so
+        memory does not grow with the number of cubes an epoch visits.
     progress
         Show a bar while index files are built or checked.
     **options
@@ -388,6 +392,7 @@ class StreamingWindows:
         bands: Sequence[str] | None = None,
         index_dir: str | os.PathLike[str] | None = None,
         mix: int = 8,
+        max_open: int = 16,
         progress: bool = False,
         **options: Any,
     ) -> None:
@@ -401,6 +406,7 @@ class StreamingWindows:
         self.paths = [Path(p) for p in paths]
         self.bands = None if bands is None else tuple(bands)
         self.mix = int(mix)
+        self.max_open = max(1, int(max_open))
         self.window = self.options.window
         self.indexes = [
             build_index(p, self.options, index_dir=index_dir)
@@ -422,7 +428,7 @@ class StreamingWindows:
             np.concatenate([i.ix for i in self.indexes]) if counts.sum() else np.zeros(0, np.int32)
         )
         self.group = self._groups()
-        self._readers: dict[int, _Reader] = {}
+        self._readers: OrderedDict[int, _Reader] = OrderedDict()
         self._pid = os.getpid()
         self._n_bands: int | None = None
 
@@ -438,7 +444,7 @@ class StreamingWindows:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_readers"] = {}  # open stores stay in the process that opened them
+        state["_readers"] = OrderedDict()  # open stores stay in the process that opened them
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -448,10 +454,14 @@ class StreamingWindows:
     def reader(self, k: int) -> _Reader:
         """The opened store of cube ``k`` (opened on first use in this process)."""
         if self._pid != os.getpid():  # a forked copy: never use the parent's handles
-            self._readers, self._pid = {}, os.getpid()
-        if k not in self._readers:
-            self._readers[k] = _Reader(self.paths[k], self.options.sensor, self.bands)
-        return self._readers[k]
+            self._readers, self._pid = OrderedDict(), os.getpid()
+        reader = self._readers.pop(k, None)
+        if reader is None:
+            reader = _Reader(self.paths[k], self.options.sensor, self.bands)
+            while len(self._readers) >= self.max_open:
+                self._readers.popitem(last=False)
+        self._readers[k] = reader  # most recently used last
+        return reader
 
     def gaps(self, idx: np.ndarray) -> np.ndarray:
         """(n, T-1) int64 day gaps between consecutive dates of windows ``idx``."""
