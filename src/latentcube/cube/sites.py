@@ -487,9 +487,10 @@ def build_cubes(
             # done: a complete store, recorded as built for this very request; anything
             # else goes to build_cube, which returns a store built for the same request
             # as it is (a lost manifest costs a catalog search per site, no rebuild)
-            if _complete(store) and old is not None and old.get("status") == "ok" and (
-                old.get("request") == request
-            ):
+            recorded = (
+                old is not None and old.get("status") == "ok" and old.get("request") == request
+            )
+            if recorded and _complete(store):
                 done += 1
                 continue
             rows[sid] = _row(site, size, build_kwargs, status="pending")
