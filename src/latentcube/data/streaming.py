@@ -47,7 +47,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 from latentcube.errors import CubeError
 from latentcube.sensors import band_dim
 
-__all__ = ["CubeWindowIndex", "StreamingWindows", "WindowOptions", "store_fingerprint"]
+__all__ = [
+    "CubeWindowIndex",
+    "StreamingWindows",
+    "WindowOptions",
+    "build_index",
+    "store_fingerprint",
+]
 
 INDEX_FORMAT = 1
 INDEX_DIR = ".latentcube-windows"
