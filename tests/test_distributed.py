@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from latentcube.bundle import load_checkpoint
-from latentcube.distributed import train_distributed
+from latentcube.bundle import ModelBundle
 from latentcube.models.config import AutoencoderConfig
-from latentcube.training import TrainConfig, train
+from latentcube.training import AutoencoderTask, TrainConfig, fit
 from test_training import _data
 
 
@@ -38,15 +37,15 @@ def test_two_processes_equal_one_process(tmp_path):
         hide_centre_prob=0.5,
         hide_prob=0.1,
     )
-    one = train(mcfg, tr, va, cfg, tmp_path / "one", progress=False)
-    two = train_distributed(2, mcfg, tr, va, cfg, tmp_path / "two", progress=False)
+    one = fit(AutoencoderTask(mcfg, tr, va), cfg, tmp_path / "one", progress=False)
+    two = fit(AutoencoderTask(mcfg, tr, va), cfg, tmp_path / "two", nproc=2, progress=False)
     assert two.epochs == one.epochs == 2 and two.steps == one.steps == 10
     a, b = _rows(one.metrics_csv), _rows(two.metrics_csv)
     for ra, rb in zip(a, b, strict=True):
         for k in ("train_loss", "train_center", "val_loss", "val_centre_mae"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=2e-4), (k, ra, rb)
-    m1, meta1 = load_checkpoint(one.last)
-    m2, meta2 = load_checkpoint(two.last)
+    b1, b2 = ModelBundle.load(one.last), ModelBundle.load(two.last)
+    m1, meta1, m2, meta2 = b1.model, b1.meta, b2.model, b2.meta
     assert meta1["processes"] == 1 and meta2["processes"] == 2
     d = mcfg.d_model
     for (k, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
@@ -93,6 +92,6 @@ def test_torchrun_launch_equals_one_process(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         for k in ("train_loss", "val_loss", "val_centre_mae"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=2e-4), (k, ra, rb)
-    _, meta1 = load_checkpoint(tmp_path / "one" / "last.pt")
-    _, meta2 = load_checkpoint(tmp_path / "two" / "last.pt")
+    meta1 = ModelBundle.load(tmp_path / "one" / "last.pt").meta
+    meta2 = ModelBundle.load(tmp_path / "two" / "last.pt").meta
     assert meta1["processes"] == 1 and meta2["processes"] == 2
