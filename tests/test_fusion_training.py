@@ -194,6 +194,19 @@ def test_bundle_registers_its_sensors(tmp_path, wx_sensor):
         _load_fused(tmp_path / "empty")
 
 
+def test_cpu_time_budget_stops_fusion(tmp_path):
+    tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=5)
+    aes = _aes()
+    model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
+    cfg = _cfg(max_epochs=50, batch_size=8, max_cpu_seconds=0.0)
+    res = fit(FusionTask(model, tr, va), cfg, tmp_path, progress=False)
+    assert res.stopped == "time_budget" and res.epochs == 1 and res.steps == 1
+    # not part of the run's identity: the run continues under another budget
+    res = fit(FusionTask(model, tr, va), cfg.model_copy(update={"max_cpu_seconds": None}),
+              tmp_path, progress=False)  # fmt: skip
+    assert res.epochs == 1 and res.stopped == "time_budget"  # a stopped run stays stopped
+
+
 def test_resume_refuses_other_configuration(tmp_path):
     tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=5)
     aes = _aes()

@@ -127,6 +127,23 @@ def test_resume_refuses_another_configuration(tmp_path):
     assert "loss_config" not in meta["identity"]  # the default loss: identities as before
 
 
+def test_a_kill_after_last_pt_is_repaired_on_resume(tmp_path):
+    """``last.pt`` is written first: a kill before ``best.pt`` and ``metrics.csv`` were
+    replaced leaves a run whose rerun writes them from ``last.pt``."""
+    tr, va = _data()
+    cfg = TrainConfig(max_epochs=1, batch_size=64, warmup_steps=0)
+    res = fit(AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va), cfg, tmp_path)
+    best, rows = res.checkpoint.read_bytes(), _rows(res.metrics_csv)
+    res.checkpoint.unlink()
+    res.metrics_csv.write_text("epoch,step\n")
+    again = fit(AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va), cfg, tmp_path)
+    assert again.epochs == 1 and _rows(res.metrics_csv) == rows
+    got, want = ModelBundle.load(res.checkpoint), ModelBundle.load(res.last)
+    assert got.meta["metrics"] == want.meta["metrics"] and len(best) > 0
+    for k, v in want.model.state_dict().items():
+        assert torch.equal(got.model.state_dict()[k], v), k
+
+
 def test_empty_windows_are_refused(tmp_path):
     tr, va = _data()
     with pytest.raises(ModelError, match="no training windows"):

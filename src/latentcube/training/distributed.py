@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -97,15 +98,8 @@ def settle_group() -> None:
     dist.barrier()
 
 
-def _worker(
-    rank: int,
-    nproc: int,
-    rendezvous: str,
-    target: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    queue: Any,
-) -> None:
+def _worker(rank: int, nproc: int, rendezvous: str, payload: bytes, queue: Any) -> None:
+    target, args, kwargs = pickle.loads(payload)
     # a file rendezvous: no TCP port to pick, so nothing another process can take first
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=nproc)
     try:
@@ -138,7 +132,8 @@ def spawn(nproc: int, target: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         Number of processes (>= 2).
     target
         A module-level function (it is pickled by name); the arguments are
-        pickled to every process.
+        pickled to every process, so each has its own copy (of a model's
+        weights, say).
 
     Returns
     -------
@@ -156,15 +151,13 @@ def spawn(nproc: int, target: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         raise ValueError(f"spawn needs nproc >= 2, got {nproc}")
     import torch.multiprocessing as mp
 
+    # Plain pickle, not torch's: torch.multiprocessing would hand every process the same
+    # shared memory for each tensor (a model's weights), so all would update one copy.
+    payload = pickle.dumps((target, args, kwargs))
     queue = mp.get_context("spawn").SimpleQueue()
     with tempfile.TemporaryDirectory(prefix="latentcube-ddp-") as tmp:
         rendezvous = os.path.join(tmp, "rendezvous")
-        mp.spawn(
-            _worker,
-            args=(nproc, rendezvous, target, args, kwargs, queue),
-            nprocs=nproc,
-            join=True,
-        )
+        mp.spawn(_worker, args=(nproc, rendezvous, payload, queue), nprocs=nproc, join=True)
     status, value = queue.get()
     if status == "error":
         raise value

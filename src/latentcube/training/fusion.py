@@ -276,8 +276,6 @@ class FusionTask(Task):
     """
 
     checkpoint_format = FUSION_FORMAT
-    # the centre objective leaves decoder layers without a gradient
-    find_unused_parameters = True
 
     def __init__(
         self,
@@ -299,6 +297,10 @@ class FusionTask(Task):
         given = dict(loss_configs or {})
         self.loss_configs = {s: given.get(s) or LossConfig.for_sensor(s) for s in fcfg.sensors}
         self.cache_latents = cache_latents
+        # decoding the centre alone leaves layers of a trained decoder without a gradient
+        self.find_unused_parameters = fcfg.objective == "centre" and any(
+            not fcfg.is_frozen(s) for s in fcfg.sensors
+        )
         self.metric_fields = (
             "epoch",
             "step",
