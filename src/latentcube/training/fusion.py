@@ -32,7 +32,6 @@ import xarray as xr
 from latentcube.bundle import FUSION_FORMAT, ModelBundle
 from latentcube.data.batch import SensorBatch
 from latentcube.data.multisensor import FusionWindows
-from latentcube.data.windows import array_digest
 from latentcube.errors import ModelError
 from latentcube.io import check_disjoint, check_writable
 from latentcube.models.autoencoder import ContextAutoencoder
@@ -276,6 +275,8 @@ class FusionTask(Task):
     """
 
     checkpoint_format = FUSION_FORMAT
+    train_windows: FusionWindows
+    val_windows: FusionWindows
 
     def __init__(
         self,
@@ -313,16 +314,6 @@ class FusionTask(Task):
             "seconds",
         )
 
-    @property
-    def n_train(self) -> int:
-        """Number of training windows."""
-        return len(self.train_windows)
-
-    @property
-    def n_val(self) -> int:
-        """Number of validation windows."""
-        return len(self.val_windows)
-
     def identity(self) -> dict[str, Any]:
         """Fusion and autoencoder configurations, losses and window counts."""
         fcfg = self.model.config
@@ -335,10 +326,6 @@ class FusionTask(Task):
             "n_train": self.n_train,
             "n_val": self.n_val,
         }
-
-    def data_digest(self) -> str:
-        """Hash of every sensor's arrays, offsets and window indices of both splits."""
-        return array_digest([*self.train_windows.arrays(), *self.val_windows.arrays()])
 
     def setup(self, config: TrainConfig, rank: int, world: int) -> None:
         """Freeze what the mode freezes; the fusion loss."""

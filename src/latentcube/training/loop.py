@@ -41,12 +41,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from latentcube.bundle import ModelBundle, read_checkpoint
+from latentcube.data.windows import array_digest
 from latentcube.errors import ModelError, OutputError
 from latentcube.io import check_writable, locked
 from latentcube.training.config import BUDGET_FIELDS, TrainConfig
@@ -69,11 +70,22 @@ __all__ = ["Task", "TrainResult", "fit"]
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
 
 
+class Samples(Protocol):
+    """Samples of a task: a number of windows over arrays."""
+
+    def __len__(self) -> int: ...
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every array the samples read."""
+        ...
+
+
 class Task(ABC):
     """What the loop trains: the model, its batches, its loss and its validation.
 
-    :func:`fit` calls, in order: :meth:`identity` and :meth:`data_digest` (to
-    decide whether an earlier run resumes), :meth:`setup` (after seeding),
+    A task holds its ``train_windows`` and ``val_windows``. :func:`fit` calls, in
+    order: :meth:`identity` and :meth:`data_digest` (to decide whether an earlier
+    run resumes), :meth:`setup` (after seeding),
     :meth:`optimizer`, then, after a resume, :meth:`prepare`; per step
     :meth:`training_step`, per epoch :meth:`validate`.
     """
@@ -87,23 +99,27 @@ class Task(ABC):
     #: DDP setting for models with parameters a step may leave unused.
     find_unused_parameters: bool = False
 
-    @property
-    @abstractmethod
-    def n_train(self) -> int:
-        """Number of training samples (windows)."""
+    #: Training and validation samples (``Windows``, ``FusionWindows``).
+    train_windows: Samples
+    val_windows: Samples
 
     @property
-    @abstractmethod
+    def n_train(self) -> int:
+        """Number of training samples (windows)."""
+        return len(self.train_windows)
+
+    @property
     def n_val(self) -> int:
         """Number of validation samples."""
+        return len(self.val_windows)
 
     @abstractmethod
     def identity(self) -> dict[str, Any]:
         """What makes two runs different besides the optimisation settings (JSON types)."""
 
-    @abstractmethod
     def data_digest(self) -> str:
         """A content hash of every array the task reads (training and validation)."""
+        return array_digest([*self.train_windows.arrays(), *self.val_windows.arrays()])
 
     @abstractmethod
     def setup(self, config: TrainConfig, rank: int, world: int) -> None:
@@ -334,14 +350,9 @@ class _Run:
             raise ModelError("no training windows: the cubes have too few valid dates or pixels")
         if task.n_val == 0:
             raise ModelError("no validation windows: enlarge the validation split")
+        self.identity = {**task.identity(), "train_config": cfg.identity()}
         with contextlib.ExitStack() as stack:
-            if self.rank == 0:
-                if self.out.exists() and not self.out.is_dir():
-                    raise OutputError(f"output {self.out} is a file, not a folder")
-                check_writable(self.out)
-                stack.enter_context(locked(self.out))
-            self.identity = {**task.identity(), "train_config": cfg.identity()}
-            plan = self._decide()  # the same decision in every process
+            plan = self._decide(stack)  # the same decision in every process
             if cfg.num_threads:
                 torch.set_num_threads(cfg.num_threads)
             elif self.world > 1:
@@ -363,11 +374,18 @@ class _Run:
                 self._epochs(net, opt)
         return self._result()
 
-    def _decide(self) -> str:
-        """``"resume"`` or ``"fresh"``, decided by process 0 and shared; or raise."""
+    def _decide(self, stack: contextlib.ExitStack) -> str:
+        """``"resume"`` or ``"fresh"``, decided by process 0 and shared; or raise.
+
+        Process 0 checks and locks the folder for as long as ``stack`` is open.
+        """
         decision: tuple[str, Exception | None] = ("fresh", None)
         if self.rank == 0:
             try:
+                if self.out.exists() and not self.out.is_dir():
+                    raise OutputError(f"output {self.out} is a file, not a folder")
+                check_writable(self.out)
+                stack.enter_context(locked(self.out))
                 decision = (self._plan(), None)
             except (ModelError, OutputError) as err:
                 decision = ("error", err)

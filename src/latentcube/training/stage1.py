@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 
 from latentcube.bundle import FORMAT
-from latentcube.data.windows import Windows, array_digest, hide_entries
+from latentcube.data.windows import Windows, hide_entries
 from latentcube.io import check_disjoint, check_writable
 from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
@@ -140,6 +140,8 @@ class AutoencoderTask(Task):
 
     metric_fields = METRIC_FIELDS
     checkpoint_format = FORMAT
+    train_windows: Windows
+    val_windows: Windows
 
     def __init__(
         self,
@@ -154,16 +156,6 @@ class AutoencoderTask(Task):
         self.default_loss = LossConfig.for_sensor(model_config.sensor)
         self.loss_config = loss_config or self.default_loss
 
-    @property
-    def n_train(self) -> int:
-        """Number of training windows."""
-        return len(self.train_windows)
-
-    @property
-    def n_val(self) -> int:
-        """Number of validation windows."""
-        return len(self.val_windows)
-
     def identity(self) -> dict[str, Any]:
         """Model configuration, window counts and a non-default loss."""
         out: dict[str, Any] = {
@@ -174,10 +166,6 @@ class AutoencoderTask(Task):
         if self.loss_config != self.default_loss:  # the default keeps older identities
             out["loss_config"] = self.loss_config.model_dump(mode="json")
         return out
-
-    def data_digest(self) -> str:
-        """Hash of the cube arrays and window indices of both splits."""
-        return array_digest([*self.train_windows.arrays(), *self.val_windows.arrays()])
 
     def setup(self, config: TrainConfig, rank: int, world: int) -> None:
         """Build the autoencoder and the sensor's context loss."""
