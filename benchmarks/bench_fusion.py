@@ -35,11 +35,11 @@ import torch
 
 from latentcube.cube.readers import read_worldcereal_patch
 from latentcube.data.multisensor import FusionWindows, split_fusion_windows
-from latentcube.fusion_training import fusion_centre_batches, fusion_latents
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.models.fusion import FusionConfig, FusionLoss, FusionModel, drop_sensors
 from latentcube.models.losses import ContextLoss
+from latentcube.training.fusion import fusion_centre_batches, fusion_latents
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCH = "worldcereal_s1_s2_training_patches_flanders/00002806639B424A"

@@ -35,12 +35,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from latentcube.bundle import (
-    default_model_path,
-    load_checkpoint,
-    load_fusion_checkpoint,
-    save_checkpoint,
-)
+from latentcube.bundle import ModelBundle, default_model_path
 from latentcube.cube.readers import open_cube, read_worldcereal_labels
 from latentcube.data.multisensor import split_fusion_windows
 from latentcube.data.windows import split_windows
@@ -48,11 +43,12 @@ from latentcube.evaluation.croptype import run_croptype
 from latentcube.evaluation.landcover import run_landcover
 from latentcube.evaluation.report import f1_cell, paired_table
 from latentcube.fusion_inference import embed_fused
-from latentcube.fusion_training import fit_fusion_whitening
 from latentcube.inference import embed
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
-from latentcube.training import fit_whitening, train, train_config_preset
+from latentcube.training import AutoencoderTask, fit, train_config_preset
+from latentcube.training.fusion import fit_fusion_whitening
+from latentcube.training.stage1 import fit_whitening
 
 SHARED = Path(
     os.environ.get(
@@ -178,8 +174,8 @@ def train_s2(
     tcfg = train_config_preset("quick").model_copy(update=update)
     c0, t0 = cpu_seconds(), time.perf_counter()
     loss_cfg = LossConfig.for_sensor("s2").model_copy(update=loss or {})
-    res = train(cfg, tr, va, tcfg, out, loss_config=loss_cfg, progress=False)
-    model, _ = load_checkpoint(Path(out) / "best.pt", expect_bands=bands)
+    res = fit(AutoencoderTask(cfg, tr, va, loss_config=loss_cfg), tcfg, out, progress=False)
+    model = ModelBundle.load(Path(out) / "best.pt", expect_bands=bands).model
     rows = np.genfromtxt(Path(out) / "metrics.csv", delimiter=",", names=True)
     info = {
         "model": f"fast S2, latent {latent_dim}",
@@ -273,9 +269,8 @@ def landcover(a, cmd):
     sets = {name: [same_pixels(embed(c, model, sensor="s2", with_error=False)) for c in cubes]}
     if a.whiten:
         wm = whitened_copy(model, tr, a.seed)
-        save_checkpoint(
+        ModelBundle(wm).save(
             a.out / f"model_gen_fast{a.latent_dim}{gap}{ts}" / "best_whitened.pt",
-            wm,
             extra={"whitening": {"fitted_on": f"{len(tr)} training windows", "seed": a.seed}},
         )
         sets[f"{name[:-1]}, whitened)"] = [
@@ -310,7 +305,7 @@ def croptype(a, cmd):
     cubes = [open_cube(p, time_axis=a.time_axis).load() for p in folders]
     labels = [read_worldcereal_labels(p)["CT"].values for p in folders]
     path = Path(a.model) if a.model else default_model_path()
-    model, _ = load_fusion_checkpoint(path)
+    model = ModelBundle.load(path, kind="fusion").model
     torch.set_num_threads(2)
     hides = dict(FUSED_SETS)
     if a.only_model:

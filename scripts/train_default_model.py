@@ -115,25 +115,18 @@ def training_patch(shared: Path):
 def train_stage1(cube, out: Path, sensor: str, epochs: int, latent_dim: int | None = None) -> Path:
     """Train one ``fast`` autoencoder on ``cube`` for ``epochs`` (seed 42) into ``out``;
     returns its best checkpoint. ``latent_dim``: the latent size (default the sensor's)."""
-    from latentcube.data.windows import split_windows
-    from latentcube.models.config import AutoencoderConfig
-    from latentcube.training import train, train_config_preset
+    from latentcube.training import fit_autoencoder
 
-    mcfg = AutoencoderConfig.preset("fast", sensor)
-    if latent_dim is not None:
-        mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), "latent_dim": latent_dim})
-    tr, va = split_windows([cube], sensor, mcfg.bands, seed=SEED)
-    tcfg = train_config_preset("quick").model_copy(
-        update={"max_epochs": epochs, "seed": SEED, "num_threads": 1}
-    )
-    print(f"stage 1 {sensor}: {len(tr)} training / {len(va)} validation windows")
-    res = train(
-        mcfg,
-        tr,
-        va,
-        tcfg,
+    res = fit_autoencoder(
+        [cube],
+        "fast",
         out,
+        sensor=sensor,
+        seed=SEED,
+        train={"max_epochs": epochs, "num_threads": 1},
+        model={"latent_dim": latent_dim} if latent_dim is not None else None,
         provenance={"cube": f"{FLANDERS}/{TRAIN_PATCH}", "split": "spatial blocks, seed 42"},
+        log=lambda line: print(f"stage 1 {sensor}: {line}"),
     )
     print(f"stage 1 {sensor}: best validation centre MAE {res.best_val:.4f} ({res.stopped})")
     return res.checkpoint
@@ -141,18 +134,17 @@ def train_stage1(cube, out: Path, sensor: str, epochs: int, latent_dim: int | No
 
 def export_stage1(work: Path) -> dict[str, Path]:
     """Write the shipped bundle's (frozen, hence stage-1) autoencoders as stage-1 checkpoints."""
-    from latentcube.bundle import load_fusion_checkpoint, save_checkpoint
+    from latentcube.bundle import ModelBundle
 
-    model, _ = load_fusion_checkpoint(SHIP / "model.pt")
+    model = ModelBundle.load(SHIP / "model.pt", kind="fusion").model
     if model.config.mode != "frozen":
         raise SystemExit("the shipped model is not frozen: its autoencoders are not stage 1's")
     out: dict[str, Path] = {}
     for s in ("s2", "s1"):
         path = work / f"stage1_{s}" / "best.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(
+        ModelBundle(model.autoencoder(s)).save(
             path,
-            model.autoencoder(s),
             extra={"provenance": {"exported_from": "latentcube/samples/default_model/model.pt"}},
         )
         out[s] = path
@@ -185,14 +177,14 @@ def fusion(
     """
     import time
 
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import ModelBundle
     from latentcube.cube.readers import read_worldcereal_patch
     from latentcube.data.multisensor import split_fusion_windows
-    from latentcube.fusion_training import fusion_train_config, train_fusion
     from latentcube.models.fusion import FusionConfig, FusionModel
+    from latentcube.training import FusionTask, fit, fusion_train_config
 
     cubes = [read_worldcereal_patch(shared / FLANDERS / p) for p in patches]
-    aes = {s: load_checkpoint(ckpts[s], sensor=s)[0] for s in ("s2", "s1")}
+    aes = {s: ModelBundle.load(ckpts[s], sensor=s).autoencoder(s) for s in ("s2", "s1")}
     torch.manual_seed(seed)
     model = FusionModel(
         FusionConfig.for_autoencoders(
@@ -211,10 +203,8 @@ def fusion(
     name = name or f"fusion_{mode}" + ("" if objective == "context" else f"_{objective}")
     print(f"{name}: {len(tr)} training / {len(va)} validation windows")
     wall, cpu = time.perf_counter(), time.process_time()
-    res = train_fusion(
-        model,
-        tr,
-        va,
+    res = fit(
+        FusionTask(model, tr, va),
         tcfg,
         work / name,
         provenance={
@@ -240,34 +230,32 @@ def add_agera5(shared: Path, work: Path, bundle: Path) -> Path:
     Trains the weather autoencoder (stage 1), then only that autoencoder and the
     fusion layers; checks that every S1 and S2 weight is unchanged.
     """
-    from latentcube.bundle import load_fusion_checkpoint
+    from latentcube.bundle import ModelBundle
     from latentcube.cube.readers import read_worldcereal_patch
     from latentcube.data.multisensor import split_fusion_windows
-    from latentcube.data.windows import split_windows
-    from latentcube.fusion_training import extend_fusion, fusion_train_config, train_fusion
-    from latentcube.models.config import AutoencoderConfig
-    from latentcube.training import train, train_config_preset
+    from latentcube.training import (
+        FusionTask,
+        extend_fusion,
+        fit,
+        fit_autoencoder,
+        fusion_train_config,
+    )
 
     cube = read_worldcereal_patch(shared / FLANDERS / TRAIN_PATCH, with_agera5=True)
-    mcfg = AutoencoderConfig.preset("fast", "agera5")
-    tr, va = split_windows([cube], "agera5", mcfg.bands, seed=SEED)
-    tcfg = train_config_preset("quick").model_copy(
-        update={"max_epochs": AGERA5_EPOCHS, "seed": SEED, "num_threads": 1}
-    )
-    res = train(mcfg, tr, va, tcfg, work / "stage1_agera5")
+    train = {"max_epochs": AGERA5_EPOCHS, "num_threads": 1}
+    out = work / "stage1_agera5"
+    res = fit_autoencoder([cube], "fast", out, sensor="agera5", seed=SEED, train=train)
     print(f"stage 1 agera5: best validation centre MAE {res.best_val:.4f}")
-    from latentcube.bundle import load_checkpoint
-
-    wx = load_checkpoint(res.checkpoint, sensor="agera5")[0]
-    base, _ = load_fusion_checkpoint(bundle)
+    wx = ModelBundle.load(res.checkpoint, sensor="agera5").autoencoder("agera5")
+    base = ModelBundle.load(bundle, kind="fusion").model
     before = {k: v.clone() for k, v in base.state_dict().items() if k.startswith("autoencoders.")}
     model = extend_fusion(base, {"agera5": wx}, seed=SEED, sensor_dropout=SENSOR_DROPOUT)
     ftr, fva = split_fusion_windows([cube], model.sensors, seed=SEED)
     fcfg = fusion_train_config("quick").model_copy(
         update={"max_epochs": AGERA5_FUSION_EPOCHS, "seed": SEED, "num_threads": 1}
     )
-    res = train_fusion(
-        model, ftr, fva, fcfg, work / "fusion_agera5", provenance={"base": str(bundle)}
+    res = fit(
+        FusionTask(model, ftr, fva), fcfg, work / "fusion_agera5", provenance={"base": str(bundle)}
     )
     after = model.state_dict()
     same = all(torch.equal(v, after[k]) for k, v in before.items())

@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentcube.bundle import load_checkpoint
+from latentcube.bundle import ModelBundle
 from latentcube.cube.readers import open_cube
 from latentcube.data.windows import CubeArrays, Windows, block_regions, extract_windows
 from latentcube.evaluation.reconstruction import trivial_centre
 from latentcube.models.config import AutoencoderConfig
-from latentcube.training import train, train_config_preset
+from latentcube.training import fit_autoencoder, train_config_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "worldcereal_s1_s2_training_patches_flanders"
@@ -136,7 +136,7 @@ def linear_interp_centre(w: Windows) -> np.ndarray:
 @torch.no_grad()
 def predict_centre(path: Path, w: Windows, hide_centre: bool, batch: int = 64) -> np.ndarray:
     """(n, C) reconstruction of the centre pixel at the centre date."""
-    model, _ = load_checkpoint(path)
+    model = ModelBundle.load(path).model
     out = []
     for i in range(0, len(w), batch):
         x, m, g = (torch.from_numpy(a) for a in w.batch(np.arange(i, min(i + batch, len(w)))))
@@ -430,28 +430,24 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             budget = args.cpu_seconds_s2 if sensor == "s2" else args.cpu_seconds_s1
-            tcfg_default_epochs = train_config_preset("quick").max_epochs
-            tcfg = train_config_preset("quick").model_copy(
-                update={
-                    "seed": SEED,
-                    "max_cpu_seconds": None if args.epochs else budget,
-                    "max_epochs": args.epochs or tcfg_default_epochs,
-                    # equal samples: no model stops early, so every one sees the same data
-                    "early_stopping_patience": 10_000 if args.epochs else 8,
-                    "num_threads": args.threads,
-                    "val_batch_size": 64,
-                    "hide_centre_prob": pc,
-                    "hide_prob": po,
-                    "lr": lr,
-                }
-            )
-            mcfg = AutoencoderConfig.preset(variant, sensor)
+            train = {
+                "max_cpu_seconds": None if args.epochs else budget,
+                "max_epochs": args.epochs or train_config_preset("quick").max_epochs,
+                # equal samples: no model stops early, so every one sees the same data
+                "early_stopping_patience": 10_000 if args.epochs else 8,
+                "num_threads": args.threads,
+                "val_batch_size": 64,
+                "hide_centre_prob": pc,
+                "hide_prob": po,
+                "lr": lr,
+            }
+            batch_size = train_config_preset("quick").batch_size
             if name in given:
                 ckpt, row = earlier_run(Path(given[name]))
                 results["runs"][name] = {
                     "epochs": int(row["epoch"]),  # of the run so far
                     "steps": int(row["step"]),
-                    "samples": int(row["step"]) * tcfg.batch_size,
+                    "samples": int(row["step"]) * batch_size,
                     # the checkpoint scored: best.pt, from the best validation epoch
                     "best_epoch": int(row["best_epoch"]),
                     "best_step": int(row["best_step"]),
@@ -465,12 +461,14 @@ def main() -> None:
                 print(name, ev[name], flush=True)
                 continue
             t0, c0 = time.perf_counter(), time.process_time()
-            res = train(
-                mcfg,
-                train_ep,
-                val_w,
-                tcfg,
+            res = fit_autoencoder(
+                [],
+                variant,
                 args.out / name,
+                sensor=sensor,
+                seed=SEED,
+                train=train,
+                windows=(train_ep, val_w),
                 progress=False,
                 provenance={
                     "data": "WorldCereal training patches, Flanders (shared/data)",
@@ -484,7 +482,7 @@ def main() -> None:
             results["runs"][name] = {
                 "epochs": res.epochs,
                 "steps": res.steps,
-                "samples": res.steps * tcfg.batch_size,
+                "samples": res.steps * batch_size,
                 "best_epoch": int(row["best_epoch"]),  # the checkpoint scored below
                 "best_step": int(row["best_step"]),
                 "stopped": res.stopped,

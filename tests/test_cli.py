@@ -194,7 +194,7 @@ def test_models_prints_the_paper_size_against_the_spec():
 
 
 def test_train_with_config_name_cubes_option_and_gap_filling(tmp_path):
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import ModelBundle
 
     from conftest import tiny_cube
 
@@ -209,7 +209,7 @@ def test_train_with_config_name_cubes_option_and_gap_filling(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "tiny s1 model" in res.output
-    _, meta = load_checkpoint(tmp_path / "m" / "best.pt", sensor="s1", expect_bands=("VV", "VH"))
+    meta = ModelBundle.load(tmp_path / "m" / "best.pt", sensor="s1", expect_bands=("VV", "VH")).meta
     assert meta["train_config"]["hide_centre_prob"] == 0.5
     assert meta["provenance"]["cubes"] == [str(p) for p in paths]
     assert meta["normalisation"]["bands"] == ["VV", "VH"]
@@ -368,7 +368,7 @@ def test_whiten_a_stage1_model_and_the_shipped_bundle(tmp_path):
     covariance, the original's metadata kept, the input never overwritten."""
     import torch
 
-    from latentcube.bundle import default_model_path, load_any, load_checkpoint
+    from latentcube.bundle import ModelBundle, default_model_path
     from latentcube.data.multisensor import split_fusion_windows
     from latentcube.data.windows import split_windows
 
@@ -384,7 +384,8 @@ def test_whiten_a_stage1_model_and_the_shipped_bundle(tmp_path):
     res = runner.invoke(app, ["whiten", str(src), str(path), "--out", str(tmp_path / "w.pt")])
     assert res.exit_code == 0, res.output
     assert "whitened on" in res.output and src.read_bytes() == before
-    model, meta = load_checkpoint(tmp_path / "w.pt", sensor="s1")
+    bundle = ModelBundle.load(tmp_path / "w.pt", sensor="s1")
+    model, meta = bundle.model, bundle.meta
     assert model.whitening.is_fitted
     assert meta["normalisation"]["bands"] == ["VV", "VH"]  # carried over
     assert meta["whitening"]["cubes"] == [str(path)] and meta["whitening"]["windows"] > 7
@@ -398,7 +399,8 @@ def test_whiten_a_stage1_model_and_the_shipped_bundle(tmp_path):
         app, ["whiten", str(default_model_path()), str(path), "-o", str(tmp_path / "f.pt")]
     )
     assert res.exit_code == 0, res.output
-    fused, fmeta = load_any(tmp_path / "f.pt")
+    bundle = ModelBundle.load(tmp_path / "f.pt")
+    fused, fmeta = bundle.model, bundle.meta
     assert fused.whitening.is_fitted and fmeta["sensors"] == ["s2", "s1"]
     ftr, _ = split_fusion_windows([cube], fused.sensors, seed=42)
     with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from typer.testing import CliRunner
 
-from latentcube.bundle import load_fusion_checkpoint
+from latentcube.bundle import ModelBundle
 from latentcube.cli import app
 from latentcube.inference import open_embedding
 from latentcube.io import write_zarr
@@ -13,6 +13,11 @@ from latentcube.io import write_zarr
 from conftest import tiny_cube
 
 runner = CliRunner()
+
+
+def _load_fused(path):
+    bundle = ModelBundle.load(path, kind="fusion")
+    return bundle.model, bundle.meta
 
 
 def _train(args):
@@ -50,7 +55,7 @@ def test_train_fusion_and_embed(tmp_path):
         ]
     )
     assert "model bundle" in res.output
-    model, meta = load_fusion_checkpoint(fused)
+    model, meta = _load_fused(fused)
     assert meta["mode"] == "finetune" and model.config.sensor_dropout == 0.3
     out = tmp_path / "emb.zarr"
     res = runner.invoke(app, ["embed", str(cube), "--model", str(fused), "--out", str(out)])
@@ -69,7 +74,7 @@ def test_train_fusion_and_embed(tmp_path):
     # the centre objective is selectable and recorded in the bundle
     centre = tmp_path / "centre"
     _train([*stage2, "--out", str(centre), "--fusion-objective", "centre", "--max-epochs", "1"])
-    model, meta = load_fusion_checkpoint(centre)
+    model, meta = _load_fused(centre)
     assert meta["fusion_config"]["objective"] == "centre" and meta["mode"] == "frozen"
 
 
@@ -100,7 +105,7 @@ def test_shipped_default_model(tmp_path, monkeypatch):
     path = default_model_path()
     assert (path / "model.pt").stat().st_size < 5 * 2**20
     assert (path / "MODEL_CARD.md").exists()
-    model, meta = load_fusion_checkpoint(path)
+    model, meta = _load_fused(path)
     assert model.sensors == ("s2", "s1") and meta["mode"] == "frozen"
     assert meta["autoencoder_configs"]["s2"]["variant"] == "fast"
     cube = load_demo_cube().isel(y=slice(0, 24), x=slice(0, 24), time=slice(0, 16))

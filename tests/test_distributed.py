@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from latentcube.bundle import load_checkpoint
-from latentcube.distributed import train_distributed
+from latentcube.bundle import ModelBundle
 from latentcube.models.config import AutoencoderConfig
-from latentcube.training import TrainConfig, train
+from latentcube.training import AutoencoderTask, TrainConfig, fit
 from test_training import _data
 
 
@@ -38,15 +37,15 @@ def test_two_processes_equal_one_process(tmp_path):
         hide_centre_prob=0.5,
         hide_prob=0.1,
     )
-    one = train(mcfg, tr, va, cfg, tmp_path / "one", progress=False)
-    two = train_distributed(2, mcfg, tr, va, cfg, tmp_path / "two", progress=False)
+    one = fit(AutoencoderTask(mcfg, tr, va), cfg, tmp_path / "one", progress=False)
+    two = fit(AutoencoderTask(mcfg, tr, va), cfg, tmp_path / "two", nproc=2, progress=False)
     assert two.epochs == one.epochs == 2 and two.steps == one.steps == 10
     a, b = _rows(one.metrics_csv), _rows(two.metrics_csv)
     for ra, rb in zip(a, b, strict=True):
         for k in ("train_loss", "train_center", "val_loss", "val_centre_mae"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=2e-4), (k, ra, rb)
-    m1, meta1 = load_checkpoint(one.last)
-    m2, meta2 = load_checkpoint(two.last)
+    b1, b2 = ModelBundle.load(one.last), ModelBundle.load(two.last)
+    m1, meta1, m2, meta2 = b1.model, b1.meta, b2.model, b2.meta
     assert meta1["processes"] == 1 and meta2["processes"] == 2
     d = mcfg.d_model
     for (k, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
@@ -93,6 +92,52 @@ def test_torchrun_launch_equals_one_process(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         for k in ("train_loss", "val_loss", "val_centre_mae"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=2e-4), (k, ra, rb)
-    _, meta1 = load_checkpoint(tmp_path / "one" / "last.pt")
-    _, meta2 = load_checkpoint(tmp_path / "two" / "last.pt")
+    meta1 = ModelBundle.load(tmp_path / "one" / "last.pt").meta
+    meta2 = ModelBundle.load(tmp_path / "two" / "last.pt").meta
     assert meta1["processes"] == 1 and meta2["processes"] == 2
+
+
+@pytest.mark.slow
+def test_fusion_two_processes_equal_one_process(tmp_path):
+    """Fusion trains data-parallel too: sensor dropout is drawn for the global batch, so
+    two processes (fuser dropout off) give the one-process run."""
+    import copy
+
+    from latentcube.data.multisensor import split_fusion_windows
+    from latentcube.models.fusion import FusionConfig, FusionModel
+    from latentcube.training import FusionTask
+    from test_fusion_training import _aes
+
+    from conftest import tiny_cube
+
+    cube = tiny_cube(n_time=22, ny=40, nx=40, seed=0)
+    tr, va = split_fusion_windows([cube], ("s2", "s1"), stride_t=2, stride_xy=2)
+    rng = np.random.default_rng(0)
+    # 75 windows = 4 batches of 16 and one of 11, split 6 + 5: unequal shards
+    tr = tr.subset(np.sort(rng.permutation(len(tr))[:75]))
+    va = va.subset(np.arange(min(len(va), 40)))
+    aes = _aes()
+    torch.manual_seed(1)
+    fcfg = FusionConfig.for_autoencoders(aes, mode="finetune", sensor_dropout=0.3, dropout=0.0)
+    model = FusionModel(fcfg, aes)
+    cfg = TrainConfig(lr=3e-3, warmup_steps=3, batch_size=16, max_epochs=2, seed=3, num_threads=1)
+    one = fit(FusionTask(copy.deepcopy(model), tr, va), cfg, tmp_path / "one", progress=False)
+    task = FusionTask(copy.deepcopy(model), tr, va)
+    two = fit(task, cfg, tmp_path / "two", nproc=2, progress=False)
+    assert two.epochs == one.epochs == 2 and two.steps == one.steps == 10
+    a, b = _rows(one.metrics_csv), _rows(two.metrics_csv)
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("train_loss", "train_loss_s2", "train_loss_s1", "val_loss", "val_centre_mae"):
+            assert float(rb[k]) == pytest.approx(float(ra[k]), rel=2e-4), (k, ra, rb)
+    b1, b2 = ModelBundle.load(one.last), ModelBundle.load(two.last)
+    assert b1.meta["processes"] == 1 and b2.meta["processes"] == 2
+    for (k, p1), p2 in zip(
+        b1.model.state_dict().items(), b2.model.state_dict().values(), strict=True
+    ):
+        if "in_proj_bias" in k:  # the key bias: zero gradient, Adam steps on rounding noise
+            continue
+        torch.testing.assert_close(p2, p1, rtol=1e-3, atol=2e-5, msg=k)
+    assert any(
+        not torch.allclose(v, b1.model.state_dict()[k], atol=1e-3)
+        for k, v in model.state_dict().items()
+    )  # the runs moved away from the initial weights

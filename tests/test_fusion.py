@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from latentcube.data.batch import SensorBatch
 from latentcube.data.multisensor import extract_fusion_windows, split_fusion_windows
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
@@ -16,7 +17,6 @@ from latentcube.models.fusion import (
     FusionLoss,
     FusionModel,
     FusionOutput,
-    SensorBatch,
     drop_sensors,
 )
 from latentcube.models.losses import ContextLoss

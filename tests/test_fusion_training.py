@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from latentcube.bundle import load_any, load_fusion_checkpoint, save_fusion_checkpoint
+from latentcube.bundle import ModelBundle
 from latentcube.cube.schema import add_sensor
 from latentcube.data.multisensor import split_fusion_windows
 from latentcube.errors import ModelError
-from latentcube.fusion_training import evaluate_fusion, extend_fusion, train_fusion
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig
 from latentcube.models.fusion import FusionConfig, FusionLoss, FusionModel
 from latentcube.sensors import SENSORS, SensorSpec, ensure_sensor
-from latentcube.training import TrainConfig
+from latentcube.training import FusionTask, TrainConfig, extend_fusion, fit
+from latentcube.training.fusion import evaluate_fusion
 
 from conftest import tiny_cube
 
@@ -60,6 +60,11 @@ def _cfg(**kw):
     return TrainConfig(**{**base, **kw})
 
 
+def _load_fused(path):
+    bundle = ModelBundle.load(path, kind="fusion")
+    return bundle.model, bundle.meta
+
+
 def _state(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
@@ -75,12 +80,12 @@ def test_modes_and_bundle(tmp_path, mode):
     model = FusionModel(FusionConfig.for_autoencoders(aes, mode=mode, sensor_dropout=0.3), aes)
     before_ae = {s: _state(ae) for s, ae in model.autoencoders.items()}
     before_fuser = _state(model.fuser)
-    res = train_fusion(model, tr, va, _cfg(), tmp_path, progress=False)
+    res = fit(FusionTask(model, tr, va), _cfg(), tmp_path, progress=False)
     assert res.epochs == 2 and res.stopped == "max_epochs"
     assert not _same(before_fuser, _state(model.fuser))
     for s, ae in model.autoencoders.items():
         assert _same(before_ae[s], _state(ae)) == (mode == "frozen"), s
-    loaded, meta = load_fusion_checkpoint(tmp_path)  # a directory holding best.pt
+    loaded, meta = _load_fused(tmp_path)  # a directory holding best.pt
     assert meta["mode"] == mode and loaded.config.mode == mode
     assert meta["autoencoder_configs"]["s1"]["latent_dim"] == 2
     with open(res.metrics_csv) as fh:
@@ -90,7 +95,7 @@ def test_modes_and_bundle(tmp_path, mode):
     loss = FusionLoss(loaded.config)
     got = evaluate_fusion(loaded, va, loss)["val_centre_mae"]
     assert got == pytest.approx(meta["metrics"]["val_centre_mae"], rel=1e-5)
-    assert isinstance(load_any(res.checkpoint)[0], FusionModel)
+    assert isinstance(ModelBundle.load(res.checkpoint).model, FusionModel)
 
 
 def test_centre_objective_is_recorded_and_trains(tmp_path):
@@ -98,9 +103,9 @@ def test_centre_objective_is_recorded_and_trains(tmp_path):
     aes = _aes()
     model = FusionModel(FusionConfig.for_autoencoders(aes, objective="centre"), aes)
     before = _state(model.fuser)
-    res = train_fusion(model, tr, va, _cfg(max_epochs=1), tmp_path, progress=False)
+    res = fit(FusionTask(model, tr, va), _cfg(max_epochs=1), tmp_path, progress=False)
     assert not _same(before, _state(model.fuser))
-    loaded, meta = load_fusion_checkpoint(res.checkpoint)
+    loaded, meta = _load_fused(res.checkpoint)
     assert meta["fusion_config"]["objective"] == "centre"
     assert loaded.config.objective == "centre"
     # the validation centre MAE means the same under both objectives
@@ -119,8 +124,11 @@ def test_frozen_cache_equals_uncached(tmp_path, objective):
         aes = _aes()
         torch.manual_seed(5)
         model = FusionModel(FusionConfig.for_autoencoders(aes, objective=objective), aes)
-        r = train_fusion(
-            model, tr, va, _cfg(), tmp_path / str(cache), cache_latents=cache, progress=False
+        r = fit(
+            FusionTask(model, tr, va, cache_latents=cache),
+            _cfg(),
+            tmp_path / str(cache),
+            progress=False,
         )
         results.append(r.best_val)
     assert results[0] == pytest.approx(results[1], rel=1e-5)
@@ -131,10 +139,10 @@ def test_add_sensor_touches_no_existing_weight(tmp_path, wx_sensor):
     tr, va = split_fusion_windows([cube], ("s2", "s1"), stride_t=5, stride_xy=4)
     aes = _aes()
     base = FusionModel(FusionConfig.for_autoencoders(aes, mode="finetune"), aes)
-    train_fusion(base, tr, va, _cfg(max_epochs=1), tmp_path / "base", progress=False)
+    fit(FusionTask(base, tr, va), _cfg(max_epochs=1), tmp_path / "base", progress=False)
     old_path = tmp_path / "base" / "best.pt"
     old_bytes = old_path.read_bytes()
-    old, _ = load_fusion_checkpoint(old_path)
+    old, _ = _load_fused(old_path)
     old_state = _state(old)
     probe = va.tensors(np.arange(min(8, len(va))))
     with torch.no_grad():
@@ -147,7 +155,7 @@ def test_add_sensor_touches_no_existing_weight(tmp_path, wx_sensor):
     tr3, va3 = split_fusion_windows([cube], ("s2", "s1", "wx"), stride_t=5, stride_xy=4)
     wx_before = _state(ext.autoencoders["wx"])
     fuser_before = _state(ext.fuser)
-    train_fusion(ext, tr3, va3, _cfg(), tmp_path / "ext", progress=False)
+    fit(FusionTask(ext, tr3, va3), _cfg(), tmp_path / "ext", progress=False)
     for s in ("s2", "s1"):
         assert _same(
             _state(ext.autoencoders[s]),
@@ -161,11 +169,11 @@ def test_add_sensor_touches_no_existing_weight(tmp_path, wx_sensor):
     assert not _same(fuser_before, _state(ext.fuser))  # and so do the fusion layers
     # the old bundle is untouched, still loads and embeds exactly as before
     assert old_path.read_bytes() == old_bytes
-    again, meta = load_fusion_checkpoint(old_path)
+    again, meta = _load_fused(old_path)
     assert meta["sensors"] == ["s2", "s1"]
     with torch.no_grad():
         torch.testing.assert_close(again(probe).embedding, emb_before, rtol=0, atol=0)
-    new, new_meta = load_fusion_checkpoint(tmp_path / "ext" / "best.pt")
+    new, new_meta = _load_fused(tmp_path / "ext" / "best.pt")
     assert new_meta["sensor_specs"]["wx"]["date_matching"] == "daily"
     with pytest.raises(ModelError, match="no new sensor"):
         extend_fusion(new, {"wx": wx_ae})
@@ -174,26 +182,39 @@ def test_add_sensor_touches_no_existing_weight(tmp_path, wx_sensor):
 def test_bundle_registers_its_sensors(tmp_path, wx_sensor):
     aes = _aes(("s2", "wx"))
     model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
-    save_fusion_checkpoint(tmp_path / "model.pt", model)
+    ModelBundle(model).save(tmp_path / "model.pt")
     SENSORS.pop("wx")
-    loaded, _ = load_fusion_checkpoint(tmp_path)
+    loaded, _ = _load_fused(tmp_path)
     assert "wx" in SENSORS and loaded.sensors == ("s2", "wx")
     (tmp_path / "model.pt").write_bytes(b"garbage")
     with pytest.raises(ModelError, match="not a readable"):
-        load_fusion_checkpoint(tmp_path / "model.pt")
+        _load_fused(tmp_path / "model.pt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="without a model file"):
-        load_fusion_checkpoint(tmp_path / "empty")
+        _load_fused(tmp_path / "empty")
+
+
+def test_cpu_time_budget_stops_fusion(tmp_path):
+    tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=5)
+    aes = _aes()
+    model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
+    cfg = _cfg(max_epochs=50, batch_size=8, max_cpu_seconds=0.0)
+    res = fit(FusionTask(model, tr, va), cfg, tmp_path, progress=False)
+    assert res.stopped == "time_budget" and res.epochs == 1 and res.steps == 1
+    # not part of the run's identity: the run continues under another budget
+    res = fit(FusionTask(model, tr, va), cfg.model_copy(update={"max_cpu_seconds": None}),
+              tmp_path, progress=False)  # fmt: skip
+    assert res.epochs == 1 and res.stopped == "time_budget"  # a stopped run stays stopped
 
 
 def test_resume_refuses_other_configuration(tmp_path):
     tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=5)
     aes = _aes()
     model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
-    train_fusion(model, tr, va, _cfg(max_epochs=1), tmp_path, progress=False)
+    fit(FusionTask(model, tr, va), _cfg(max_epochs=1), tmp_path, progress=False)
     other = FusionModel(FusionConfig.for_autoencoders(aes, sensor_dropout=0.5), aes)
     with pytest.raises(ModelError, match="belongs to another"):
-        train_fusion(other, tr, va, _cfg(max_epochs=1), tmp_path, progress=False)
+        fit(FusionTask(other, tr, va), _cfg(max_epochs=1), tmp_path, progress=False)
 
 
 SCRIPT = textwrap.dedent(
@@ -203,7 +224,7 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from test_fusion_training import _aes, _cfg, _cube
     from latentcube.data.multisensor import split_fusion_windows
-    from latentcube.fusion_training import train_fusion
+    from latentcube.training import FusionTask, fit
     from latentcube.models.fusion import FusionConfig, FusionModel
     tr, va = split_fusion_windows([_cube()], ("s2", "s1"), stride_t=5, stride_xy=4)
     aes = _aes()
@@ -211,7 +232,7 @@ SCRIPT = textwrap.dedent(
     cfg = FusionConfig.for_autoencoders(aes, mode="finetune", sensor_dropout=0.3)
     model = FusionModel(cfg, aes)
     cfg = _cfg(max_epochs=4, num_threads=1)
-    res = train_fusion(model, tr, va, cfg, sys.argv[1], progress=False)
+    res = fit(FusionTask(model, tr, va), cfg, sys.argv[1], progress=False)
     print("DONE", res.best_val)
     """
 )

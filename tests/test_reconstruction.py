@@ -14,7 +14,7 @@ from latentcube.evaluation.reconstruction import reconstruction_errors, run_reco
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.models.losses import ContextLoss
-from latentcube.training import evaluate
+from latentcube.training.stage1 import evaluate
 
 from conftest import tiny_cube
 

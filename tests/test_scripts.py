@@ -220,7 +220,7 @@ def test_default_model_script_trains_an_s2_autoencoder_of_the_asked_latent_size(
     import numpy as np
     import torch
 
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import ModelBundle
 
     from conftest import tiny_cube
 
@@ -228,7 +228,7 @@ def test_default_model_script_trains_an_s2_autoencoder_of_the_asked_latent_size(
     cube = tiny_cube(n_time=12, ny=48, nx=48, seed=3)
     ck7 = script.train_stage1(cube, tmp_path / "z7", "s2", 1, latent_dim=7)
     ck9 = script.train_stage1(cube, tmp_path / "z9", "s2", 1)
-    m7, m9 = load_checkpoint(ck7, sensor="s2")[0], load_checkpoint(ck9, sensor="s2")[0]
+    m7, m9 = (ModelBundle.load(ck, sensor="s2").model for ck in (ck7, ck9))
     assert (m7.config.variant, m7.config.latent_dim, m9.config.latent_dim) == ("fast", 7, 9)
     w = m7.config.window
     x = torch.from_numpy(np.random.default_rng(0).random((2, 11, 10, w, w), dtype=np.float32))

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from latentcube.bundle import load_checkpoint
+from latentcube.bundle import ModelBundle
 from latentcube.data.windows import block_regions, extract_windows
 from latentcube.errors import ModelError
 from latentcube.models.config import AutoencoderConfig, LossConfig
-from latentcube.training import TrainConfig, train, train_config_preset
+from latentcube.training import AutoencoderTask, TrainConfig, fit, train_config_preset
 
 from conftest import tiny_cube
 
@@ -42,15 +42,17 @@ def test_training_learns_and_writes_metrics(tmp_path):
     cfg = TrainConfig(
         lr=3e-3, warmup_steps=5, batch_size=16, max_epochs=6, seed=0, early_stopping_patience=50
     )
-    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path, progress=False)
+    res = fit(
+        AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va), cfg, tmp_path, progress=False
+    )
     rows = _rows(res.metrics_csv)
     assert len(rows) == 6 and res.epochs == 6 and res.stopped == "max_epochs"
     val = [float(r["val_centre_mae"]) for r in rows]
     loss = [float(r["train_loss"]) for r in rows]
     assert min(val[1:]) < 0.85 * val[0] and loss[-1] < 0.7 * loss[0]
-    _model, meta = load_checkpoint(
+    meta = ModelBundle.load(
         res.checkpoint, expect_bands=AutoencoderConfig.preset("tiny").bands
-    )
+    ).meta
     assert meta["metrics"]["best_val_centre_mae"] == pytest.approx(res.best_val)
     assert (tmp_path / "best.json").exists()
 
@@ -66,56 +68,87 @@ def test_early_stopping_and_time_budget(tmp_path):
         early_stopping_min_delta=1e-3,
         seed=0,
     )
-    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "a", progress=False)
+    res = fit(
+        AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va),
+        cfg,
+        tmp_path / "a",
+        progress=False,
+    )
     assert res.stopped == "early_stopping" and res.epochs < 10
     cfg = cfg.model_copy(update={"max_seconds": 0.0, "lr": 1e-3})
-    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "b", progress=False)
+    res = fit(
+        AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va),
+        cfg,
+        tmp_path / "b",
+        progress=False,
+    )
     assert res.stopped == "time_budget" and res.epochs == 1
 
 
 def test_resume_refuses_another_configuration(tmp_path):
     tr, va = _data()
     cfg = TrainConfig(max_epochs=1, batch_size=64, warmup_steps=0)
-    train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path, progress=False)
+    fit(AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va), cfg, tmp_path, progress=False)
     other = cfg.model_copy(update={"lr": 5e-3})
     with pytest.raises(ModelError, match="belongs to another model"):
-        train(AutoencoderConfig.preset("tiny"), tr, va, other, tmp_path, progress=False)
-    train(AutoencoderConfig.preset("tiny"), tr, va, other, tmp_path, resume=False, progress=False)
+        fit(
+            AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va),
+            other,
+            tmp_path,
+            progress=False,
+        )
+    fit(
+        AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va),
+        other,
+        tmp_path,
+        resume=False,
+        overwrite=True,
+        progress=False,
+    )
     # another loss is another run too; the checkpoint records the loss it was trained with
     loss = LossConfig(lambda_decorrelation=0.5)
     with pytest.raises(ModelError, match="belongs to another model"):
-        train(
-            AutoencoderConfig.preset("tiny"),
-            tr,
-            va,
+        fit(
+            AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va, loss_config=loss),
             other,
             tmp_path,
-            loss_config=loss,
             progress=False,
         )
-    train(
-        AutoencoderConfig.preset("tiny"),
-        tr,
-        va,
+    fit(
+        AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va, loss_config=loss),
         other,
         tmp_path / "l",
-        loss_config=loss,
         progress=False,
     )
-    _, meta = load_checkpoint(tmp_path / "l" / "last.pt")
+    meta = ModelBundle.load(tmp_path / "l" / "last.pt").meta
     assert LossConfig(**meta["loss_config"]) == loss
-    _, meta = load_checkpoint(tmp_path / "last.pt")
+    meta = ModelBundle.load(tmp_path / "last.pt").meta
     assert LossConfig(**meta["loss_config"]) == LossConfig.for_sensor("s2")
     assert "loss_config" not in meta["identity"]  # the default loss: identities as before
+
+
+def test_a_kill_after_last_pt_is_repaired_on_resume(tmp_path):
+    """``last.pt`` is written first: a kill before ``best.pt`` and ``metrics.csv`` were
+    replaced leaves a run whose rerun writes them from ``last.pt``."""
+    tr, va = _data()
+    cfg = TrainConfig(max_epochs=1, batch_size=64, warmup_steps=0)
+    res = fit(AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va), cfg, tmp_path)
+    best, rows = res.checkpoint.read_bytes(), _rows(res.metrics_csv)
+    res.checkpoint.unlink()
+    res.metrics_csv.write_text("epoch,step\n")
+    again = fit(AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va), cfg, tmp_path)
+    assert again.epochs == 1 and _rows(res.metrics_csv) == rows
+    got, want = ModelBundle.load(res.checkpoint), ModelBundle.load(res.last)
+    assert got.meta["metrics"] == want.meta["metrics"] and len(best) > 0
+    for k, v in want.model.state_dict().items():
+        assert torch.equal(got.model.state_dict()[k], v), k
 
 
 def test_empty_windows_are_refused(tmp_path):
     tr, va = _data()
     with pytest.raises(ModelError, match="no training windows"):
-        train(
-            AutoencoderConfig.preset("tiny"),
-            tr.subset(np.array([], int)),
-            va,
+        fit(
+            AutoencoderTask(AutoencoderConfig.preset("tiny"), tr.subset(np.array([], int)), va),
             TrainConfig(),
             tmp_path,
             progress=False,
@@ -129,11 +162,12 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from test_training import _data
     from latentcube.models.config import AutoencoderConfig
-    from latentcube.training import TrainConfig, train
+    from latentcube.training import AutoencoderTask, TrainConfig, fit
     tr, va = _data()
     cfg = TrainConfig(lr=3e-3, warmup_steps=5, batch_size=16, max_epochs=5, seed=7,
                       early_stopping_patience=50, num_threads=1)
-    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, sys.argv[1], progress=False)
+    task = AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va)
+    res = fit(task, cfg, sys.argv[1], progress=False)
     print("DONE", res.best_val)
     """
 )
@@ -192,7 +226,7 @@ def test_presets():
 
 
 def test_gap_filling_hides_the_centre_from_the_input_but_not_the_loss(tmp_path, monkeypatch):
-    import latentcube.training as training
+    import latentcube.training.stage1 as training
     from latentcube.models.autoencoder import build_autoencoder
 
     seen = []
@@ -213,13 +247,23 @@ def test_gap_filling_hides_the_centre_from_the_input_but_not_the_loss(tmp_path, 
     tr, va = _data()
     tr, va = tr.subset(np.arange(64)), va.subset(np.arange(min(len(va), 16)))
     cfg = TrainConfig(max_epochs=1, batch_size=32, warmup_steps=0, hide_centre_prob=1.0)
-    res = train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "g", progress=False)
+    res = fit(
+        AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va),
+        cfg,
+        tmp_path / "g",
+        progress=False,
+    )
     assert len(seen) == 2 and not torch.cat(seen).any()  # every centre hidden from the input
     row = _rows(res.metrics_csv)[0]
     assert float(row["train_center"]) > 0  # ... and still a target of the loss
     seen.clear()
     cfg = cfg.model_copy(update={"hide_centre_prob": 0.0})
-    train(AutoencoderConfig.preset("tiny"), tr, va, cfg, tmp_path / "n", progress=False)
+    fit(
+        AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va),
+        cfg,
+        tmp_path / "n",
+        progress=False,
+    )
     assert torch.cat(seen).all()  # off: the (valid) centres are visible
 
 
@@ -232,16 +276,13 @@ def test_decorrelation_weight_decorrelates_the_trained_latent(tmp_path):
     scores = {}
     for lam in (0.0, 5.0):
         loss = LossConfig(lambda_decorrelation=lam)
-        train(
-            AutoencoderConfig.preset("tiny"),
-            tr,
-            va,
+        fit(
+            AutoencoderTask(AutoencoderConfig.preset("tiny"), tr, va, loss_config=loss),
             cfg,
             tmp_path / str(lam),
-            loss_config=loss,
             progress=False,
         )
-        model, _ = load_checkpoint(tmp_path / str(lam) / "last.pt")
+        model = ModelBundle.load(tmp_path / str(lam) / "last.pt").model
         with torch.no_grad():
             scores[lam] = float(latent_decorrelation(model.encode(x, m, g)))
     assert scores[5.0] < 0.2 * scores[0.0], scores  # measured: 0.025 against 0.38

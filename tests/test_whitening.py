@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from latentcube.bundle import (
-    load_checkpoint,
-    load_fusion_checkpoint,
-    save_checkpoint,
-    save_fusion_checkpoint,
-)
+from latentcube.bundle import ModelBundle
 from latentcube.data.multisensor import extract_fusion_windows
 from latentcube.data.windows import CubeArrays, extract_windows
-from latentcube.fusion_training import fit_fusion_whitening
 from latentcube.inference import embed_block, embed_windows
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig
 from latentcube.models.fusion import FusionConfig, FusionModel
 from latentcube.models.whitening import Whitening
-from latentcube.training import fit_whitening
+from latentcube.training.fusion import fit_fusion_whitening
+from latentcube.training.stage1 import fit_whitening
 
 from conftest import tiny_cube
 
@@ -108,8 +103,8 @@ def test_autoencoder_whitening_keeps_reconstructions_and_the_dense_path(cube, tm
 
     assert np.allclose(raw_of(a), raw_of(b), atol=1e-5)
     # saved and loaded with its whitening
-    save_checkpoint(tmp_path / "w.pt", model)
-    loaded, _ = load_checkpoint(tmp_path / "w.pt")
+    ModelBundle(model).save(tmp_path / "w.pt")
+    loaded = ModelBundle.load(tmp_path / "w.pt").model
     assert loaded.whitening.is_fitted
     with torch.no_grad():
         assert torch.equal(loaded.encode(x, m, g), z)
@@ -119,11 +114,11 @@ def test_files_without_whitening_load_as_identity(tmp_path):
     """Checkpoints written before the whitening buffers existed load unchanged."""
     torch.manual_seed(0)
     model = build_autoencoder(AutoencoderConfig.preset("tiny"))
-    path = save_checkpoint(tmp_path / "old.pt", model)
+    path = ModelBundle(model).save(tmp_path / "old.pt")
     ck = torch.load(path, weights_only=True)
     ck["state_dict"] = {k: v for k, v in ck["state_dict"].items() if "whitening" not in k}
     torch.save(ck, path)
-    loaded, _ = load_checkpoint(path)
+    loaded = ModelBundle.load(path).model
     assert not loaded.whitening.is_fitted
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
@@ -131,7 +126,7 @@ def test_files_without_whitening_load_as_identity(tmp_path):
     ck["state_dict"] = {k: v for k, v in ck["state_dict"].items() if "to_latent" not in k}
     torch.save(ck, path)
     with pytest.raises(Exception, match="weights do not fit"):
-        load_checkpoint(path)
+        ModelBundle.load(path)
 
 
 def test_fusion_whitening_keeps_reconstructions(tmp_path):
@@ -159,8 +154,8 @@ def test_fusion_whitening_keeps_reconstructions(tmp_path):
     assert np.allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-3)
     for s in before.recon:
         assert torch.allclose(after.recon[s], before.recon[s], atol=1e-5), s
-    save_fusion_checkpoint(tmp_path / "f.pt", model)
-    loaded, _ = load_fusion_checkpoint(tmp_path / "f.pt")
+    ModelBundle(model).save(tmp_path / "f.pt")
+    loaded = ModelBundle.load(tmp_path / "f.pt", kind="fusion").model
     with torch.no_grad():
         again = loaded(b).embedding
     assert torch.equal(again[ok], after.embedding[ok])
@@ -169,7 +164,7 @@ def test_fusion_whitening_keeps_reconstructions(tmp_path):
 def test_a_run_started_before_whitening_existed_resumes(tmp_path):
     """``last.pt`` without whitening buffers (an older version's run) resumes, and the
     resumed run ends with the weights of an uninterrupted run."""
-    from latentcube.training import TrainConfig, train
+    from latentcube.training import AutoencoderTask, TrainConfig, fit
 
     cube = tiny_cube(n_time=16, ny=24, nx=24, seed=0)
     win = extract_windows(cube, "s2", stride_t=3, stride_xy=3, seed=0)
@@ -177,8 +172,11 @@ def test_a_run_started_before_whitening_existed_resumes(tmp_path):
     two = TrainConfig(lr=3e-3, warmup_steps=2, batch_size=16, max_epochs=2, seed=0)
     mcfg = AutoencoderConfig.preset("tiny")
     # a time budget (not part of the run's identity) stops the first call after one epoch
-    first = train(
-        mcfg, tr, va, two.model_copy(update={"max_seconds": 1e-6}), tmp_path / "a", progress=False
+    first = fit(
+        AutoencoderTask(mcfg, tr, va),
+        two.model_copy(update={"max_seconds": 1e-6}),
+        tmp_path / "a",
+        progress=False,
     )
     assert first.epochs == 1
     last = tmp_path / "a" / "last.pt"
@@ -186,11 +184,11 @@ def test_a_run_started_before_whitening_existed_resumes(tmp_path):
     ck["state_dict"] = {k: v for k, v in ck["state_dict"].items() if "whitening" not in k}
     ck["training_state"]["state"]["stopped"] = ""  # as if killed after the epoch
     torch.save(ck, last)
-    res = train(mcfg, tr, va, two, tmp_path / "a", progress=False)
+    res = fit(AutoencoderTask(mcfg, tr, va), two, tmp_path / "a", progress=False)
     assert res.epochs == 2
-    ref = train(mcfg, tr, va, two, tmp_path / "b", progress=False)
-    got, _ = load_checkpoint(tmp_path / "a" / "last.pt")
-    want, _ = load_checkpoint(tmp_path / "b" / "last.pt")
+    ref = fit(AutoencoderTask(mcfg, tr, va), two, tmp_path / "b", progress=False)
+    got = ModelBundle.load(tmp_path / "a" / "last.pt").model
+    want = ModelBundle.load(tmp_path / "b" / "last.pt").model
     for k, v in want.state_dict().items():
         assert torch.equal(got.state_dict()[k], v), k
     assert res.best_val == ref.best_val
@@ -216,18 +214,18 @@ def test_a_failed_refit_leaves_the_fitted_whitening():
 
 def test_whiten_command_knows_every_field_the_checkpoint_writers_set(tmp_path):
     """``latentcube whiten`` carries a checkpoint's metadata over except what the
-    writers set themselves (``cli._OWN_META``); a field a writer adds later must be
+    writers set themselves (``training.whitening._OWN_META``); a field a writer adds later must be
     listed there too, or the whitened copy would keep the source's stale value."""
     import json
 
-    from latentcube.cli import _OWN_META
+    from latentcube.training.whitening import _OWN_META
 
     aes = {s: build_autoencoder(AutoencoderConfig.preset("tiny", s)) for s in ("s2", "s1")}
     fused = FusionModel(FusionConfig.for_autoencoders(aes), aes)
     written = set()
     for path in (
-        save_checkpoint(tmp_path / "s2.pt", aes["s2"]),
-        save_fusion_checkpoint(tmp_path / "f.pt", fused),
+        ModelBundle(aes["s2"]).save(tmp_path / "s2.pt"),
+        ModelBundle(fused).save(tmp_path / "f.pt"),
     ):
         keys = set(json.loads(path.with_suffix(".json").read_text()))
         assert keys - _OWN_META == set(), path.name

@@ -190,6 +190,9 @@ def train(
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the split, sampling and training.")] = 42,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt when it exists.")] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace another run's model files in OUT (once replaced).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     stage: Annotated[
         str, typer.Option(help="'1': a sensor's autoencoder; 'fusion': the fusion model.")
@@ -232,8 +235,7 @@ def train(
     layers that 'latentcube embed' reads.
     Example: latentcube train --sensor s2 --config fast --cubes a.zarr --cubes b.zarr -o m
     """
-    import yaml
-
+    from latentcube.errors import LatentcubeError
     from latentcube.sensors import load_sensor_config
 
     try:
@@ -243,6 +245,18 @@ def train(
         _fail(f"sensor configuration: {err}")
         return
     paths = [*(cubes or []), *(cubes_opt or [])]
+    limits = {
+        "max_seconds": max_seconds,
+        "max_cpu_seconds": max_cpu_seconds,
+        "max_epochs": max_epochs,
+    }
+    train_over = {k: v for k, v in limits.items() if v is not None}
+    common: dict[str, Any] = {
+        "nproc": nproc,
+        "resume": resume,
+        "overwrite": overwrite,
+        "progress": progress,
+    }
     if stage == "fusion":
         _train_fusion(
             paths,
@@ -254,73 +268,32 @@ def train(
             objective=fusion_objective,
             preset=preset,
             config=Path(config) if config else None,
-            max_seconds=max_seconds,
-            max_epochs=max_epochs,
+            train=train_over,
             seed=seed,
-            resume=resume,
-            progress=progress,
+            **common,
         )
         return
     if stage != "1":
         _fail(f"--stage must be '1' or 'fusion', got {stage!r}")
-
-    from latentcube.cube.readers import open_cube
-    from latentcube.data.windows import split_windows
-    from latentcube.distributed import train_distributed
-    from latentcube.errors import LatentcubeError
-    from latentcube.models.config import AutoencoderConfig
-    from latentcube.training import train_config_preset
-
     if not paths:
         _fail("no cubes given: pass them as arguments or with --cubes")
+
+    from latentcube.training import fit_autoencoder
+
+    if hide_centre or hide_other:
+        train_over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
     try:
-        overrides: dict = {}
-        variant = model
-        if config is not None and config in _VARIANTS and not Path(config).exists():
-            if model is not None and model != config:
-                _fail(f"--config {config} and --model {model} disagree")
-            variant = config
-        elif config is not None:
-            cfg_path = Path(config)
-            if not cfg_path.is_file():
-                _fail(f"--config must be one of {', '.join(_VARIANTS)} or a YAML file: {config}")
-            overrides = yaml.safe_load(cfg_path.read_text()) or {}
-            if not isinstance(overrides, dict):
-                _fail(f"{config}: expected a mapping with 'model:' and/or 'train:' sections")
-        model_over = dict(overrides.get("model") or {})
-        variant = model_over.pop("variant", None) or variant or "fast"
-        mcfg = AutoencoderConfig.preset(variant, sensor)
-        mcfg = AutoencoderConfig.model_validate({**mcfg.model_dump(), **model_over})
-        gap_fill = (
-            {"hide_centre_prob": hide_centre, "hide_prob": hide_other}
-            if hide_centre or hide_other
-            else {}
-        )
-        tcfg = _with_overrides(
-            train_config_preset(preset),
-            overrides,
-            seed,
-            max_seconds,
-            max_epochs,
-            max_cpu_seconds=max_cpu_seconds,
-            extra=gap_fill,
-        )
-        loaded = [open_cube(c).load() for c in paths]
-        tr, va = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
-        typer.echo(
-            f"{len(tr)} training and {len(va)} validation windows from {len(paths)} cube(s), "
-            f"{mcfg.variant} {sensor} model" + (f", {nproc} processes" if nproc > 1 else "")
-        )
-        result = train_distributed(
-            nproc,
-            mcfg,
-            tr,
-            va,
-            tcfg,
+        result = fit_autoencoder(
+            paths,
+            config,
             out,
-            resume=resume,
-            progress=progress,
-            provenance={"cubes": [str(c) for c in paths], "seed": seed},
+            sensor=sensor,
+            variant=model,
+            preset=preset,
+            seed=seed,
+            train=train_over,
+            log=typer.echo,
+            **common,
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -329,32 +302,6 @@ def train(
         f"best validation centre-pixel MAE {result.best_val:.4f} after {result.epochs} epochs "
         f"({result.stopped}, {result.seconds:.0f} s); model: {result.checkpoint}"
     )
-
-
-def _with_overrides(
-    tcfg: Any,
-    overrides: dict[str, Any],
-    seed: int,
-    max_seconds: float | None,
-    max_epochs: int | None,
-    *,
-    max_cpu_seconds: float | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Any:
-    """A training configuration with the YAML ``train:`` section and the CLI options applied.
-
-    Options left at ``None`` keep the YAML's or the preset's value; ``extra`` is applied last.
-    """
-    updates = {**(overrides.get("train") or {}), "seed": seed}
-    for key, val in (
-        ("max_seconds", max_seconds),
-        ("max_cpu_seconds", max_cpu_seconds),
-        ("max_epochs", max_epochs),
-    ):
-        if val is not None:
-            updates[key] = val
-    updates.update(extra or {})
-    return type(tcfg).model_validate({**tcfg.model_dump(), **updates})
 
 
 def _train_fusion(
@@ -368,18 +315,13 @@ def _train_fusion(
     objective: str,
     preset: str,
     config: Path | None,
-    max_seconds: float | None,
-    max_epochs: int | None,
+    train: dict[str, Any],
     seed: int,
-    resume: bool,
-    progress: bool,
+    **common: Any,
 ) -> None:
     """``latentcube train --stage fusion``."""
-    import yaml
-
-    from latentcube.cube.readers import open_cube
     from latentcube.errors import LatentcubeError
-    from latentcube.fusion_training import fit_fusion, fusion_train_config
+    from latentcube.training import fit_fusion
 
     pairs: dict[str, Path] = {}
     for item in autoencoders:
@@ -394,24 +336,19 @@ def _train_fusion(
     if objective not in ("context", "centre"):
         _fail(f"--fusion-objective must be 'context' or 'centre', got {objective!r}")
     try:
-        overrides = yaml.safe_load(config.read_text()) if config else {}
-        tcfg = _with_overrides(
-            fusion_train_config(preset), overrides, seed, max_seconds, max_epochs
-        )
-        loaded = [open_cube(c).load() for c in cubes]
         result = fit_fusion(
-            loaded,
+            cubes,
             pairs,
             out,
+            config=config,
+            preset=preset,
+            seed=seed,
+            train=train,
             base=base,
             mode=mode,
             sensor_dropout=sensor_dropout,
             objective=objective,
-            loss_weights=overrides.get("fusion", {}).get("loss_weights"),
-            config=tcfg,
-            resume=resume,
-            progress=progress,
-            provenance={"cubes": [str(c) for c in cubes]},
+            **common,
         )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -421,24 +358,6 @@ def _train_fusion(
         f"{result.epochs} epochs ({result.stopped}, {result.seconds:.0f} s); "
         f"model bundle: {result.checkpoint}"
     )
-
-
-#: Metadata that :func:`latentcube.bundle.save_checkpoint` and ``save_fusion_checkpoint``
-#: write themselves; everything else in a checkpoint's metadata is carried over.
-_OWN_META = {
-    "format",
-    "format_version",
-    "latentcube_version",
-    "environment",
-    "model_config",
-    "sensor",
-    "bands",
-    "fusion_config",
-    "mode",
-    "sensors",
-    "autoencoder_configs",
-    "sensor_specs",
-}
 
 
 @app.command()
@@ -452,6 +371,7 @@ def whiten(
         int, typer.Option(help="Seed of the training split (as in training) and the draw.")
     ] = 42,
     max_windows: Annotated[int, typer.Option(help="Windows drawn to fit on.")] = 20_000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
 ) -> None:
     """Write a copy of a model whose embedding axes are decorrelated with unit variance.
 
@@ -463,55 +383,20 @@ def whiten(
     similarity search) stop counting correlated axes several times over.
     Example: latentcube whiten runs/s2/best.pt a.zarr b.zarr -o runs/s2/whitened.pt
     """
-    from latentcube.bundle import (
-        load_any,
-        resolve_bundle,
-        save_checkpoint,
-        save_fusion_checkpoint,
-    )
-    from latentcube.cube.readers import open_cube
-    from latentcube.data.multisensor import split_fusion_windows
-    from latentcube.data.windows import split_windows
     from latentcube.errors import LatentcubeError
-    from latentcube.fusion_training import fit_fusion_whitening
-    from latentcube.models.fusion import FusionModel
-    from latentcube.training import fit_whitening
+    from latentcube.training import whiten as whiten_model
 
-    if out.suffix != ".pt":
-        _fail(f"--out must be a .pt file, got {out}")
     try:
-        if out.resolve() == resolve_bundle(model).resolve():
-            _fail(f"--out {out} is the input model: write the whitened copy elsewhere")
-        net, meta = load_any(model)
-        loaded = [open_cube(c).load() for c in cubes]
-        if isinstance(net, FusionModel):
-            ftr, _ = split_fusion_windows(loaded, net.sensors, seed=seed)
-            fit_fusion_whitening(net, ftr, max_windows=max_windows, seed=seed)
-            n_windows = len(ftr)
-        else:
-            c = net.config
-            tr, _ = split_windows(loaded, c.sensor, c.bands, seed=seed, window=c.window)
-            fit_whitening(net, tr, max_windows=max_windows, seed=seed)
-            n_windows = len(tr)
+        bundle = whiten_model(
+            model, cubes, out, seed=seed, max_windows=max_windows, overwrite=overwrite
+        )
     except (LatentcubeError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
-    var = [round(float(v), 6) for v in net.whitening.variance.tolist()]
-    extra = {k: v for k, v in meta.items() if k not in _OWN_META}
-    extra["whitening"] = {
-        "source_model": str(model),
-        "cubes": [str(c) for c in cubes],
-        "seed": seed,
-        "windows": min(n_windows, max_windows),
-        "axis_variances": var,
-    }
-    if isinstance(net, FusionModel):
-        save_fusion_checkpoint(out, net, extra=extra)
-    else:
-        save_checkpoint(out, net, extra=extra)
+    info = bundle.meta["whitening"]
     typer.echo(
-        f"whitened on {extra['whitening']['windows']} training windows; variance of the "
-        f"axes before scaling {', '.join(f'{v:.4g}' for v in var)}; model: {out}"
+        f"whitened on {info['windows']} training windows; variance of the axes before "
+        f"scaling {', '.join(f'{v:.4g}' for v in info['axis_variances'])}; model: {out}"
     )
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from latentcube.models.fusion import FusionModel
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -107,13 +110,11 @@ def run_demo(
     DemoResult
         Paths, sizes, timings; ``summary()`` formats them.
     """
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import ModelBundle
     from latentcube.cube.readers import demo_cube_path, open_cube
-    from latentcube.data.windows import split_windows
     from latentcube.inference import embed, open_embedding, write_embedding
-    from latentcube.models.config import AutoencoderConfig
     from latentcube.plotting import plot_demo
-    from latentcube.training import train, train_config_preset
+    from latentcube.training import fit_autoencoder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,30 +129,24 @@ def run_demo(
         return _run_pretrained(cube, src, out, timings, progress, log)
 
     t0 = time.perf_counter()
-    model_config = AutoencoderConfig.preset(variant, sensor="s2")
-    tr, va = split_windows([cube], "s2", model_config.bands, seed=seed)
-    timings["windows"] = time.perf_counter() - t0
-    log(f"[2/5] windows: {len(tr)} train, {len(va)} validation")
-
-    t0 = time.perf_counter()
-    cfg = train_config_preset("quick").model_copy(
-        update={"max_seconds": train_seconds, "seed": seed}
-    )
-    result = train(
-        model_config,
-        tr,
-        va,
-        cfg,
+    result = fit_autoencoder(
+        [cube],
+        variant,
         out / "model",
+        sensor="s2",
+        seed=seed,
+        train={"max_seconds": train_seconds},
         resume=not overwrite,
+        overwrite=overwrite,
         progress=progress,
         provenance={"cube": str(src), **cube.attrs},
+        log=lambda line: log(f"[2/5] windows: {line}"),
     )
     timings["train"] = time.perf_counter() - t0
     log(f"[3/5] trained {result.epochs} epochs, best val centre MAE {result.best_val:.4f}")
 
     t0 = time.perf_counter()
-    model, _meta = load_checkpoint(result.checkpoint, expect_bands=model_config.bands)
+    model = ModelBundle.load(result.checkpoint, sensor="s2").autoencoder("s2")
     lazy = embed(cube, model, sensor="s2")
     emb_path = write_embedding(lazy, out / "embedding.zarr", overwrite=True, progress=progress)
     emb = open_embedding(emb_path).load()
@@ -172,8 +167,8 @@ def run_demo(
         figure=Path(fig),
         cube_shape={str(k): int(v) for k, v in cube.sizes.items()},
         embedding_shape={str(k): int(v) for k, v in emb["embedding"].sizes.items()},
-        n_train_windows=len(tr),
-        n_val_windows=len(va),
+        n_train_windows=result.n_train,
+        n_val_windows=result.n_val,
         epochs=result.epochs,
         best_val_centre_mae=float(result.best_val),
         valid_pixel_dates=n_valid,
@@ -185,13 +180,14 @@ def _run_pretrained(
     cube: Any, src: Path, out: Path, timings: dict[str, float], progress: bool, log: Any
 ) -> DemoResult:
     """Demo steps 2-5 with the shipped fused model instead of training."""
-    from latentcube.bundle import default_model_path, load_fusion_checkpoint
+    from latentcube.bundle import ModelBundle, default_model_path
     from latentcube.fusion_inference import embed_fused
     from latentcube.inference import write_embedding
     from latentcube.plotting import plot_demo
 
     path = default_model_path()
-    model, meta = load_fusion_checkpoint(path)
+    bundle = ModelBundle.load(path, kind="fusion")
+    model, meta = cast("FusionModel", bundle.model), bundle.meta
     log(f"[2/5] shipped model {path} ({'+'.join(model.sensors)}, {meta['mode']})")
     log("[3/5] no training")
     t0 = time.perf_counter()

@@ -1,5 +1,6 @@
 """Training samples: context windows cut from cubes."""
 
+from latentcube.data.batch import SensorBatch
 from latentcube.data.windows import (
     CubeArrays,
     WindowDataset,
@@ -13,6 +14,7 @@ from latentcube.data.windows import (
 
 __all__ = [
     "CubeArrays",
+    "SensorBatch",
     "WindowDataset",
     "Windows",
     "block_regions",

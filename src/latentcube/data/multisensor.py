@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from latentcube.data.batch import SensorBatch
 from latentcube.data.windows import (
     CubeArrays,
     Windows,
@@ -95,14 +96,24 @@ class FusionWindows:
             out[s] = {"x": x, "mask": mask, "gaps": gaps, "offset": off}
         return out
 
-    def tensors(self, idx: np.ndarray) -> dict[str, Any]:
-        """:meth:`batch` as :class:`~latentcube.models.fusion.SensorBatch` tensors."""
-        from latentcube.models.fusion import SensorBatch
-
+    def tensors(self, idx: np.ndarray) -> dict[str, SensorBatch]:
+        """:meth:`batch` as :class:`~latentcube.data.batch.SensorBatch` tensors."""
         return {
             s: SensorBatch(*(torch.from_numpy(b[k]) for k in ("x", "mask", "gaps", "offset")))
             for s, b in self.batch(idx).items()
         }
+
+    def centre_valid(self, sensors: Sequence[str] | None = None) -> np.ndarray:
+        """(N, S) whether each window's centre pixel is valid at its centre date.
+
+        One column per sensor of ``sensors`` (default all), in that order.
+        """
+        names = self.sensors if sensors is None else sensors
+        return np.stack([self.windows[s].centre_valid() for s in names], axis=1)
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every array the windows read, sensor by sensor (for ``array_digest``)."""
+        return [a for s, w in self.windows.items() for a in (*w.arrays(), *self.offsets[s])]
 
     def subset(self, idx: np.ndarray) -> FusionWindows:
         """The windows ``idx`` (sharing the arrays)."""

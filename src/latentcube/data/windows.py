@@ -15,7 +15,8 @@ window, so overlapping neighbours cannot leak between training and validation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ __all__ = [
     "CubeArrays",
     "WindowDataset",
     "Windows",
+    "array_digest",
     "block_regions",
     "extract_windows",
     "hide_entries",
@@ -126,6 +128,23 @@ class Windows:
             m = self.cube_id == k
             out[m] = c.days[self.t_idx[m, self.n_dates // 2]]
         return out
+
+    def centre_valid(self) -> np.ndarray:
+        """(N,) whether each window's centre pixel is valid at its centre date."""
+        out = np.zeros(len(self), bool)
+        c = self.window // 2
+        for k, cube in enumerate(self.cubes):
+            m = self.cube_id == k
+            out[m] = cube.valid[self.t_idx[m, self.n_dates // 2], self.iy[m] + c, self.ix[m] + c]
+        return out
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every array the windows read (for :func:`array_digest`).
+
+        The cubes' values, validity and days, then the window indices.
+        """
+        out = [a for c in self.cubes for a in (c.data, c.valid, c.days)]
+        return [*out, self.cube_id, self.t_idx, self.iy, self.ix, np.array([self.window])]
 
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Materialise windows ``idx``.
@@ -472,6 +491,28 @@ def split_windows(
         seed=seed,
         within_cubes=within_cubes,
     )
+
+
+def array_digest(arrays: Iterable[np.ndarray]) -> str:
+    """SHA-256 over the dtypes, shapes and bytes of ``arrays``, in order.
+
+    The identity of what a run reads (e.g. :meth:`Windows.arrays` of its splits):
+    two cubes that differ in any value, validity flag or date give another
+    digest, whatever their paths and metadata say. Each array object is read
+    once, however often it is listed (splits share their cubes).
+    """
+    done: dict[int, bytes] = {}
+    alive = []  # ids stay unique while the arrays are alive
+    total = hashlib.sha256()
+    for a in arrays:
+        alive.append(a)
+        if id(a) not in done:
+            c = np.ascontiguousarray(a)
+            h = hashlib.sha256(f"{c.dtype.str} {c.shape};".encode())
+            h.update(c.reshape(-1).view(np.uint8).data)
+            done[id(a)] = h.digest()
+        total.update(done[id(a)])
+    return total.hexdigest()
 
 
 def hide_entries(

@@ -30,14 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, cast
+from typing import Literal, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from latentcube.data.batch import SensorBatch
 from latentcube.models.autoencoder import ContextAutoencoder
 from latentcube.models.config import LossConfig
 from latentcube.models.losses import ContextLoss, centre_abs_error, spectral_angle
@@ -48,7 +48,6 @@ __all__ = [
     "FusionLoss",
     "FusionModel",
     "FusionOutput",
-    "SensorBatch",
     "centre_errors",
     "drop_sensors",
 ]
@@ -163,56 +162,6 @@ class FusionConfig(BaseModel):
         """A configuration over ``autoencoders`` (in their order) with the paper's sizes."""
         dims = {s: int(ae.config.latent_dim) for s, ae in autoencoders.items()}
         return cls.model_validate({"sensors": tuple(dims), "latent_dims": dims, **kwargs})
-
-
-@dataclass
-class SensorBatch:
-    """Context windows of one sensor.
-
-    Attributes
-    ----------
-    x
-        (B, T, C, W, W) values, anything where ``mask`` is False.
-    mask
-        (B, T, W, W) bool validity.
-    gaps
-        (B, T-1) day gaps between consecutive dates.
-    offset
-        (B,) days between this sensor's acquisition at the centre date and the
-        reference date (0 for the reference sensor).
-    """
-
-    x: Tensor
-    mask: Tensor
-    gaps: Tensor
-    offset: Tensor
-
-    FIELDS: ClassVar[tuple[str, ...]] = ("x", "mask", "gaps", "offset")
-
-    def centre_valid(self) -> Tensor:
-        """(B,) whether the centre pixel is valid at the centre date."""
-        t, w = self.mask.shape[1] // 2, self.mask.shape[-1] // 2
-        return self.mask[:, t, w, w]
-
-    def centre_only(self) -> SensorBatch:
-        """The centre pixel at the centre date as a 1-date, 1 x 1 px window.
-
-        Enough for the ``"centre"`` objective once the latents are known (the
-        decoder needs only the day gaps): a fraction of the memory and of the
-        loading cost of the whole window.
-        """
-        t, w = self.mask.shape[1] // 2, self.mask.shape[-1] // 2
-        return SensorBatch(
-            self.x[:, t : t + 1, :, w : w + 1, w : w + 1],
-            self.mask[:, t : t + 1, w : w + 1, w : w + 1],
-            self.gaps,
-            self.offset,
-        )
-
-    def take(self, idx: Tensor | np.ndarray) -> SensorBatch:
-        """The samples ``idx``."""
-        i = torch.as_tensor(idx)
-        return SensorBatch(self.x[i], self.mask[i], self.gaps[i], self.offset[i])
 
 
 @dataclass
