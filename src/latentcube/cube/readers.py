@@ -45,6 +45,7 @@ from latentcube.sensors import SENSORS
 __all__ = [
     "attach_agera5",
     "demo_cube_path",
+    "describe_cube",
     "load_demo_cube",
     "open_cube",
     "read_agera5",
@@ -385,3 +386,29 @@ def _read(p: Path, kwargs: dict[str, Any]) -> xr.Dataset:
         "WorldCereal patch folder, the openEO Mol folder, a GreenEarthNet .nc minicube or a "
         "folder of per-date GeoTIFFs"
     )
+
+
+def describe_cube(cube: xr.Dataset) -> list[str]:
+    """Lines describing a cube for people: grid, dates, bands, S1 matching, sources.
+
+    ``latentcube info`` prints them.
+    """
+    t = cube["time"].values
+    frac = cube["s2_valid"].mean(dim=("y", "x")).values
+    lines = [
+        f"grid    {cube.sizes['y']} x {cube.sizes['x']} px, CRS {cube.rio.crs}, "
+        f"resolution {abs(float(cube.x[1] - cube.x[0])):g} m",
+        f"time    {len(t)} dates, {np.datetime_as_string(t[0], 'D')} .. "
+        f"{np.datetime_as_string(t[-1], 'D')}, mean valid fraction {frac.mean():.2f}",
+        f"s2      bands {', '.join(map(str, cube['band'].values))}",
+    ]
+    if "s1" in cube:
+        matched = int((~np.isnat(cube["s1_time"].values)).sum())
+        lines.append(
+            f"s1      bands {', '.join(map(str, cube['s1_band'].values))}, "
+            f"{matched}/{len(t)} dates matched"
+        )
+    for k in ("source", "attribution"):
+        if k in cube.attrs:
+            lines.append(f"{k:<7} {cube.attrs[k]}")
+    return lines

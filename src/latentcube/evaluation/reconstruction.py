@@ -144,18 +144,25 @@ def reconstruction_errors(
 
 def run_reconstruction(
     checkpoint: str | os.PathLike[str],
-    cube: xr.Dataset,
+    cube: xr.Dataset | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
     seed: int = 0,
     command: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """:func:`reconstruction_errors` written as a report folder with a per-band bar chart."""
+    """:func:`reconstruction_errors` written as a report folder with a per-band bar chart.
+
+    ``cube`` is a cube in memory or a path :func:`~latentcube.cube.readers.open_cube` reads.
+    """
     from matplotlib.figure import Figure
 
     from latentcube.evaluation.report import write_report
 
+    if not isinstance(cube, xr.Dataset):
+        from latentcube.cube.readers import open_cube
+
+        cube = open_cube(cube).load()
     res = reconstruction_errors(checkpoint, cube, seed=seed, **kwargs)
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)

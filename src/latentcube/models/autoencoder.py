@@ -20,6 +20,7 @@ Common interface (:class:`ContextAutoencoder`):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -415,3 +416,31 @@ def count_macs(config: AutoencoderConfig) -> dict[str, int]:
         "attention": attention,
         "total": spatial + temporal,
     }
+
+
+#: Parameters per sensor autoencoder estimated in the paper's notes.
+PAPER_PARAMETERS = 3.7e6
+
+
+def describe_presets(sensors: Sequence[str] = ("s2", "s1")) -> list[str]:
+    """A table (lines) of the stage-1 presets: bands, latent, parameters, dense path.
+
+    The paper architecture's parameter count is compared with the paper's estimate
+    (:data:`PAPER_PARAMETERS`). ``latentcube models`` prints it.
+    """
+    lines = [
+        f"{'config':<7} {'sensor':<6} {'bands':>5} {'latent':>6} {'parameters':>11} "
+        f"{'receptive field':>15}  dense"
+    ]
+    for s in sensors:
+        for v in ("paper", "fast", "tiny"):
+            cfg = AutoencoderConfig.preset(v, s)
+            n = count_parameters(build_autoencoder(cfg))
+            rf = f"{cfg.window} x {cfg.window}"  # fast/tiny: checked by the config
+            dense = "no (window by window)" if v == "paper" else "yes (= window by window)"
+            note = f"  spec ~3.7 M: {100 * (n - PAPER_PARAMETERS) / PAPER_PARAMETERS:+.1f}%"
+            lines.append(
+                f"{v:<7} {s:<6} {cfg.n_bands:>5} {cfg.latent_dim:>6} {n:>11,} {rf:>15}  {dense}"
+                + (note if v == "paper" else "")
+            )
+    return lines

@@ -1,0 +1,39 @@
+"""``latentcube info`` and ``latentcube models``: describe a cube or the model presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from latentcube.cli._app import app
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="A cube: Zarr store, sample folder or file.")],
+) -> None:
+    """Check a cube against the data model and describe it (dates, bands, grid, validity)."""
+    from latentcube.cube.readers import describe_cube, open_cube
+
+    typer.echo(f"{path}: valid latentcube cube")
+    for line in describe_cube(open_cube(path)):
+        typer.echo(f"  {line}")
+
+
+@app.command()
+def models(
+    sensor: Annotated[
+        list[str] | None, typer.Option(help="Sensor(s) to describe (default: s2 and s1).")
+    ] = None,
+) -> None:
+    """List the stage-1 model configurations: parameters, latent size, dense path.
+
+    The paper's parameter count is compared with the estimate of the paper
+    notes (about 3.7 M parameters per sensor autoencoder).
+    """
+    from latentcube.models.config import describe_presets
+
+    for line in describe_presets(sensor or ["s2", "s1"]):
+        typer.echo(line)

@@ -1,0 +1,204 @@
+"""``latentcube train`` (stage 1 or fusion) and ``latentcube whiten``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from latentcube.cli._app import app, fail, positive
+
+# Options, one line each in the commands below.
+Cubes = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Cubes to train on (Zarr stores, sample folders, files)."),
+]
+CubesOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--cubes", help="A cube to train on (repeatable; adds to CUBES)."),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for checkpoints and metrics.csv.")]
+Sensor = Annotated[str, typer.Option(help="Sensor to model: 's2' or 's1'.")]
+ModelSpec = Annotated[
+    str | None,
+    typer.Option(
+        help="The model: 'fast' (default), 'paper' or 'tiny', or a YAML file with 'model:' "
+        "(with 'variant:') and/or 'train:' (and for fusion 'fusion:') sections."
+    ),
+]
+ConfigAlias = Annotated[
+    str | None, typer.Option(hidden=True, help="Old name of --model (same meaning).")
+]
+Preset = Annotated[
+    str, typer.Option(help="Optimisation preset: 'quick' (minutes on a laptop) or 'paper'.")
+]
+MaxSeconds = Annotated[float | None, typer.Option(help="Stop training after this many seconds.")]
+MaxCpu = Annotated[
+    float | None, typer.Option(help="Stop after this much CPU time of the process (fair budget).")
+]
+MaxEpochs = Annotated[int | None, typer.Option(help="Stop after this many epochs.")]
+Nproc = Annotated[int, typer.Option(help="Data-parallel training processes (DDP, gloo on CPU).")]
+HideCentre = Annotated[
+    float,
+    typer.Option(help="Gap filling: probability of hiding the centre pixel-date from the input."),
+]
+HideOther = Annotated[
+    float, typer.Option(help="Gap filling: probability of hiding any other pixel-date.")
+]
+Seed = Annotated[int, typer.Option(help="Seed of the split, sampling and training.")]
+Resume = Annotated[bool, typer.Option(help="Continue from OUT/last.pt when it exists.")]
+Overwrite = Annotated[
+    bool, typer.Option(help="Replace another run's model files in OUT (once replaced).")
+]
+Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+Stage = Annotated[
+    Literal["1", "fusion"],
+    typer.Option(help="'1': a sensor's autoencoder; 'fusion': the fusion model."),
+]
+Autoencoder = Annotated[
+    list[str] | None,
+    typer.Option(help="Stage fusion: SENSOR=CHECKPOINT of a stage-1 model (repeat; S2 first)."),
+]
+Base = Annotated[
+    Path | None,
+    typer.Option(help="Stage fusion: a fused bundle to extend with the --autoencoder sensors."),
+]
+FusionMode = Annotated[
+    Literal["frozen", "finetune"],
+    typer.Option(help="Stage fusion: 'frozen' autoencoders or 'finetune' them jointly."),
+]
+SensorDropout = Annotated[
+    float, typer.Option(help="Stage fusion: probability of hiding each sensor per sample.")
+]
+Objective = Annotated[
+    Literal["context", "centre"],
+    typer.Option(help="Stage fusion: 'context' (the paper's loss) or 'centre' (centre only)."),
+]
+SensorConfig = Annotated[
+    list[Path] | None,
+    typer.Option(help="YAML declaration of a further sensor to register (repeatable)."),
+]
+
+
+def _model_spec(model: str | None, config: str | None) -> str | None:
+    if model is not None and config is not None and model != config:
+        fail(f"--config is the old name of --model; they disagree ({config!r}, {model!r})")
+    return model if model is not None else config
+
+
+def _autoencoders(items: list[str]) -> dict[str, Path]:
+    pairs: dict[str, Path] = {}
+    for item in items:
+        sensor, sep, path = item.partition("=")
+        if not sep or not sensor or not path:
+            fail(f"--autoencoder takes SENSOR=CHECKPOINT, got {item!r}")
+        pairs[sensor] = Path(path)
+    if not pairs:
+        fail("--stage fusion needs --autoencoder SENSOR=CHECKPOINT (at least one)")
+    return pairs
+
+
+@app.command()
+def train(
+    cubes: Cubes = None,
+    out: Out = Path("model"),
+    cubes_opt: CubesOpt = None,
+    sensor: Sensor = "s2",
+    model: ModelSpec = None,
+    config: ConfigAlias = None,
+    preset: Preset = "quick",
+    max_seconds: MaxSeconds = None,
+    max_cpu_seconds: MaxCpu = None,
+    max_epochs: MaxEpochs = None,
+    nproc: Nproc = 1,
+    hide_centre: HideCentre = 0.0,
+    hide_other: HideOther = 0.0,
+    seed: Seed = 42,
+    resume: Resume = True,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+    stage: Stage = "1",
+    autoencoder: Autoencoder = None,
+    base: Base = None,
+    fusion_mode: FusionMode = "frozen",
+    sensor_dropout: SensorDropout = 0.0,
+    fusion_objective: Objective = "context",
+    sensor_config: SensorConfig = None,
+) -> None:
+    """Train a stage-1 context autoencoder, or the fusion model, on one or more cubes.
+
+    Windows of 11 dates x 15 x 15 pixels are cut from the cubes and split into
+    training and validation by cube (two cubes or more) or by spatial blocks (one
+    cube). Checkpoints (best.pt, last.pt, each with a .json of its configuration)
+    and metrics.csv go to OUT; a killed run continues where it stopped; OUT is
+    locked while a run writes it. With --stage fusion, best.pt is a bundle of every
+    sensor's model and the fusion layers that 'latentcube embed' reads.
+    Example: latentcube train --sensor s2 --model fast --cubes a.zarr --cubes b.zarr -o m
+    """
+    from latentcube.sensors import load_sensor_config
+    from latentcube.training import fit_autoencoder, fit_fusion
+
+    positive(nproc, "--nproc")
+    for sc in sensor_config or []:
+        load_sensor_config(sc)
+    paths = [*(cubes or []), *(cubes_opt or [])]
+    if not paths:
+        fail("no cubes given: pass them as arguments or with --cubes")
+    limits = {"max_seconds": max_seconds, "max_cpu_seconds": max_cpu_seconds}
+    limits["max_epochs"] = max_epochs
+    over: dict[str, Any] = {k: v for k, v in limits.items() if v is not None}
+    spec = _model_spec(model, config)
+    common: dict[str, Any] = dict(nproc=nproc, resume=resume, overwrite=overwrite, seed=seed)
+    common.update(preset=preset, train=over, progress=progress)
+    if stage == "fusion":
+        result = fit_fusion(
+            paths, _autoencoders(autoencoder or []), out, config=spec, base=base,
+            mode=fusion_mode, sensor_dropout=sensor_dropout, objective=fusion_objective,
+            **common,
+        )  # fmt: skip
+        what = "(mean over sensors) "
+    else:
+        if hide_centre or hide_other:
+            over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
+        result = fit_autoencoder(paths, spec, out, sensor=sensor, log=typer.echo, **common)
+        what = ""
+    typer.echo(
+        f"best validation centre-pixel MAE {what}{result.best_val:.4f} after {result.epochs} "
+        f"epochs ({result.stopped}, {result.seconds:.0f} s); model: {result.checkpoint}"
+    )
+
+
+@app.command()
+def whiten(
+    model: Annotated[Path, typer.Argument(help="Stage-1 checkpoint or fused bundle.")],
+    cubes: Annotated[
+        list[Path], typer.Argument(help="The cubes the model was trained on (windows to fit on).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The whitened model file (.pt).")],
+    seed: Annotated[
+        int, typer.Option(help="Seed of the training split (as in training) and the draw.")
+    ] = 42,
+    max_windows: Annotated[int, typer.Option(help="Windows drawn to fit on.")] = 20_000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
+) -> None:
+    """Write a copy of a model whose embedding axes are decorrelated with unit variance.
+
+    The model's output (a stage-1 latent or the fused embedding) is whitened by a
+    fixed affine map fitted without labels on the training windows of CUBES
+    (the split of training with --seed): principal axes, largest variance first,
+    each scaled to unit variance. The decoders undo the map, so reconstructions
+    stay the same; Euclidean distances between embeddings (k-NN, clustering,
+    similarity search) stop counting correlated axes several times over.
+    Example: latentcube whiten runs/s2/best.pt a.zarr b.zarr -o runs/s2/whitened.pt
+    """
+    from latentcube.training import whiten as whiten_model
+
+    bundle = whiten_model(
+        model, cubes, out, seed=seed, max_windows=max_windows, overwrite=overwrite
+    )
+    info = bundle.meta["whitening"]
+    typer.echo(
+        f"whitened on {info['windows']} training windows; variance of the axes before "
+        f"scaling {', '.join(f'{v:.4g}' for v in info['axis_variances'])}; model: {out}"
+    )
