@@ -15,7 +15,6 @@ import re
 import sys
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -67,13 +66,11 @@ def fail(msg: str) -> NoReturn:
 class _Group(TyperGroup):
     """A command group that turns user errors into one line and exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         if os.environ.get("LATENTCUBE_DEBUG"):
             return super().invoke(ctx)
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
         except KeyboardInterrupt:
             typer.secho("interrupted; run the same command again to resume", fg="red", err=True)
             raise typer.Exit(code=130) from None

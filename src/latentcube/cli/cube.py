@@ -81,7 +81,7 @@ Overwrite = Annotated[
 ]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 TimeAxis = Annotated[
-    Literal["s2", "union"],
+    str,
     typer.Option(
         help="'s2' (the S2 clear dates, the paper's) or 'union' (also every S1 "
         "acquisition day without S2, S2 masked there; needs s1)."

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from latentcube.cli._app import app
+from latentcube.cli._app import app, fail
 
 
 @app.command()
@@ -24,8 +24,7 @@ def demo(
         float, typer.Option(help="Time budget for training the S2 autoencoder, in seconds.")
     ] = 120.0,
     model: Annotated[
-        Literal["fast", "tiny"],
-        typer.Option(help="Model configuration: 'fast' (default) or 'tiny' (seconds)."),
+        str, typer.Option(help="Model configuration: 'fast' (default) or 'tiny' (seconds).")
     ] = "fast",
     seed: Annotated[int, typer.Option(help="Random seed of split, sampling and training.")] = 42,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -44,11 +43,13 @@ def demo(
     """
     from latentcube.demo import run_demo
 
+    if model not in ("fast", "tiny"):
+        fail(f"--model must be 'fast' or 'tiny', got {model!r}")
     t0 = time.perf_counter()
     result = run_demo(
         out,
         cube_path=cube,
-        variant=model,
+        variant=model,  # type: ignore[arg-type]
         train_seconds=train_seconds,
         seed=seed,
         progress=progress,

@@ -61,7 +61,7 @@ Hide = Annotated[
     typer.Option(help="Fused models: leave this sensor out (repeatable), e.g. --hide s2."),
 ]
 TimeAxis = Annotated[
-    Literal["s2", "union"],
+    str,
     typer.Option(
         help="With --lat/--lon: time axis of the cube to build, 's2' (S2 clear dates) or "
         "'union' (also S1 days without S2; fused models)."

@@ -33,7 +33,7 @@ def models(
     The paper's parameter count is compared with the estimate of the paper
     notes (about 3.7 M parameters per sensor autoencoder).
     """
-    from latentcube.models.config import describe_presets
+    from latentcube.models.autoencoder import describe_presets
 
     for line in describe_presets(sensor or ["s2", "s1"]):
         typer.echo(line)
