@@ -103,6 +103,7 @@ def info(
     """Check a cube against the data model and describe it (dates, bands, grid, validity)."""
     import numpy as np
 
+    from latentcube.cube.masks import describe_cube_mask
     from latentcube.cube.readers import open_cube
     from latentcube.errors import LatentcubeError
 
@@ -129,6 +130,7 @@ def info(
             f"  s1      bands {', '.join(map(str, cube['s1_band'].values))}, "
             f"{matched}/{len(t)} dates matched"
         )
+    typer.echo(f"  mask    {describe_cube_mask(cube.attrs)}")
     for k in ("source", "attribution"):
         if k in cube.attrs:
             typer.echo(f"  {k:<7} {cube.attrs[k]}")
@@ -731,8 +733,18 @@ def cube(
     min_valid_fraction: Annotated[
         float, typer.Option(help="Drop dates with a smaller share of clear S2 pixels.")
     ] = 0.0,
+    mask: Annotated[
+        str,
+        typer.Option(
+            help="Cloud mask: 'scl' (Sen2Cor scene classes), 'csmask' (learned, ukis-csmask; "
+            "pip install 'latentcube[cloudmask]') or 'scl+csmask' (clear where both agree)."
+        ),
+    ] = "scl",
+    csmask_bands: Annotated[
+        int, typer.Option(help="Learned mask's model: 6 (B02-B04, B08, B11, B12) or 4 bands.")
+    ] = 6,
     mask_dilation: Annotated[
-        int, typer.Option(help="Grow SCL clouds and shadows by this many pixels.")
+        int, typer.Option(help="Grow clouds and shadows by this many pixels.")
     ] = 1,
     max_cloud_cover: Annotated[
         float | None, typer.Option(help="Skip S2 scenes with eo:cloud_cover above this (%).")
@@ -770,10 +782,11 @@ def cube(
     The grid is the UTM zone of the centre at 10 m, pixel-aligned the same way for
     every run over the same place. S2 L2A: the ten model bands as reflectance in
     [0, 1] (baseline-04.00 offset removed), clouds, shadows and snow masked from
-    SCL, tiles of one day merged. S1 RTC: VV and VH smoothed over three
-    acquisitions and stored as (dB + 30) / 35, each S2 date matched to the nearest
-    S1 acquisition within --s1-max-gap-days (else masked). A stopped build resumes
-    where it ended when started again with the same arguments.
+    SCL (or by the learned mask, --mask), tiles of one day merged. S1 RTC: VV and
+    VH smoothed over three acquisitions and stored as (dB + 30) / 35, each S2 date
+    matched to the nearest S1 acquisition within --s1-max-gap-days (else masked).
+    A stopped build resumes where it ended when started again with the same
+    arguments.
     """
     import warnings
 
@@ -800,6 +813,8 @@ def cube(
                 overwrite=overwrite,
                 progress=progress,
                 min_valid_fraction=min_valid_fraction,
+                mask=mask,
+                csmask_bands=csmask_bands,
                 mask_dilation=mask_dilation,
                 max_cloud_cover=max_cloud_cover,
                 s1_max_gap_days=s1_max_gap_days,

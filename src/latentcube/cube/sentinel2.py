@@ -9,6 +9,7 @@ counts each date's clear pixels from SCL alone before a build reads the bands.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -292,7 +293,13 @@ def merge_s2_items(
             )
             refl[k] = np.clip(refl[k] * factor, 0.0, 1.0)
     scl = arrays["SCL"].astype(np.uint8, copy=False)
-    valid = np.asarray(mask(refl, scl, bands), dtype=bool)
+    by_date = getattr(mask, "by_date", None)
+    if by_date is not None:  # e.g. the learned mask: one mosaic per date
+        starts = np.cumsum([0, *map(len, groups)])
+        local = [list(range(a, b)) for a, b in itertools.pairwise(starts)]
+        valid = np.asarray(by_date(refl, scl, bands, local), dtype=bool)
+    else:
+        valid = np.asarray(mask(refl, scl, bands), dtype=bool)
     if valid.shape != scl.shape:
         raise StacError(f"the mask function returned shape {valid.shape}, expected {scl.shape}")
     valid &= np.isfinite(refl).all(axis=1)
@@ -327,12 +334,16 @@ def screen_s2(plan: Plan, mask: MaskFunction) -> np.ndarray | None:
     default :class:`SCLMask` this is an upper bound of the date's valid pixels
     (the build also masks pixels without data in some band), so a date whose
     count is below ``min_valid_fraction`` (or 0) cannot be kept and is never
-    read in full. None for other mask functions, which need every band.
+    read in full. Other mask functions are screened with their ``screen``
+    attribute (an :class:`SCLMask` whose clear pixels include theirs; the
+    learned mask's masks SCL no data only), or not at all (None).
     """
-    if type(mask) is not SCLMask:
+    screen = mask if type(mask) is SCLMask else getattr(mask, "screen", None)
+    if type(screen) is not SCLMask:
         return None
+    scl_mask: SCLMask = screen
     spec = plan.spec
-    halo = mask.halo
+    halo = scl_mask.halo
     counts = np.zeros(len(plan.s2_times), np.int64)
     blocks = [range(d, min(d + spec.time_chunk, len(plan.s2_times)))
               for d in range(0, len(plan.s2_times), spec.time_chunk)]  # fmt: skip
@@ -350,7 +361,7 @@ def screen_s2(plan: Plan, mask: MaskFunction) -> np.ndarray | None:
                 spec,
                 f"screening S2 dates {dates[0]}-{dates[-1]}",
             )  # fmt: skip
-            clear = mask.clear(scl)[(..., *crop)]
+            clear = scl_mask.clear(scl)[(..., *crop)]
             k = 0
             for d, g in zip(dates, groups, strict=True):
                 counts[d] += int(np.logical_or.reduce(clear[k : k + len(g)], axis=0).sum())
