@@ -313,7 +313,11 @@ def test_info_shows_the_mask(cubes, cube_dir):
 
 
 class KilledMask(CSMask):
-    """The learned mask, killed after ``budget`` dates (a build stopped half way)."""
+    """The learned mask, killed after ``budget`` dates (a build stopped half way).
+
+    A subclass: the build takes its general path (every band's reflectance with
+    the halo), so comparing with a ``CSMask`` build also tests the plane path.
+    """
 
     calls = 0
     budget = 10**9

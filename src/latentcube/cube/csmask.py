@@ -127,21 +127,49 @@ def _session(path: str, threads: int) -> Any:
     return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
 
 
+@functools.cache
+def _model_stats(path: str, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """Band means and standard deviations, tile size and version of a model (its JSON)."""
+    doc = json.loads(Path(path).with_suffix(".json").read_text())
+    stats = doc["data"]["dataset_statistics"]
+    want = [_UKIS_NAMES[b] for b in bands]
+    if list(stats["band_names"]) != want:
+        raise CubeError(
+            f"{Path(path).name}: bands {stats['band_names']}, expected {want}; "
+            f"this latentcube supports ukis-csmask 1.0: {INSTALL_HINT}"
+        )
+    mean = np.asarray(stats["img"][0], np.float32)[:, None, None]
+    std = np.asarray(stats["img"][1], np.float32)[:, None, None]
+    tile = int(doc["data"]["target_size"][0])
+    return mean, std, tile, str(doc["model"].get("version", ""))
+
+
 def _block_mean(x: np.ndarray, s: int) -> np.ndarray:
-    """NaN-aware mean over ``s`` x ``s`` blocks of the last two axes (edges padded by copying)."""
+    """NaN-aware mean over ``s`` x ``s`` blocks of the last two axes (edge blocks: their pixels).
+
+    Sums of the ``s * s`` strided views (about 10x faster than a reshape with a
+    NaN mask); the NaN-aware sums only when some value is not finite.
+    """
     if s == 1:
         return x
     h, w = x.shape[-2:]
-    ph, pw = -h % s, -w % s
-    if ph or pw:
-        x = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)], mode="edge")
-    shape = (*x.shape[:-2], x.shape[-2] // s, s, x.shape[-1] // s, s)
-    blocks = x.reshape(shape)
-    finite = np.isfinite(blocks)
-    total = np.where(finite, blocks, 0.0).sum(axis=(-3, -1), dtype=np.float32)
-    count = finite.sum(axis=(-3, -1))
+    shape = (*x.shape[:-2], -(-h // s), -(-w // s))
+    total = np.zeros(shape, np.float32)
+    count = np.zeros(shape, np.float32)
+    finite = bool(np.isfinite(x).all())
+    for i in range(s):
+        for j in range(s):
+            part = x[..., i::s, j::s]
+            region = (..., slice(0, part.shape[-2]), slice(0, part.shape[-1]))
+            if finite:
+                total[region] += part
+                count[region] += 1.0
+            else:
+                ok = np.isfinite(part)
+                total[region] += np.where(ok, part, np.float32(0.0))
+                count[region] += ok
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+        return np.where(count > 0, total / count, np.float32(np.nan)).astype(np.float32)
 
 
 def _starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -251,18 +279,7 @@ class CSMask:
             raise CubeError(f"ukis-csmask model file {self.model_file} is missing: {INSTALL_HINT}")
 
     def _stats(self) -> tuple[np.ndarray, np.ndarray, int, str]:
-        doc = json.loads(self.model_file.with_suffix(".json").read_text())
-        stats = doc["data"]["dataset_statistics"]
-        want = [_UKIS_NAMES[b] for b in self.model_bands]
-        if list(stats["band_names"]) != want:
-            raise CubeError(
-                f"{self.model_file.name}: bands {stats['band_names']}, expected {want}; "
-                f"this latentcube supports ukis-csmask 1.0: {INSTALL_HINT}"
-            )
-        mean = np.asarray(stats["img"][0], np.float32)[:, None, None]
-        std = np.asarray(stats["img"][1], np.float32)[:, None, None]
-        tile = int(doc["data"]["target_size"][0])
-        return mean, std, tile, str(doc["model"].get("version", ""))
+        return _model_stats(str(self.model_file), self.model_bands)
 
     def provenance(self) -> dict[str, Any]:
         """Name, package versions, model file and its SHA-256, options."""

@@ -176,28 +176,32 @@ def load_s2(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One unit's S2: reflectance (date, band, y, x) and valid mask (date, y, x).
 
-    With the default :class:`SCLMask` (and without NBAR) the bands are read
-    without the mask's halo (only SCL needs it), and every output plane is
-    computed from its DNs straight into the result, date by date and band by
-    band (:func:`merge_s2_planes`). Other mask functions get the reflectance
-    of all items with the halo (:func:`merge_s2_items`); both give the same
-    cube (tested).
+    With the built-in masks (:class:`SCLMask`, the learned
+    :class:`~latentcube.cube.csmask.CSMask` and their :class:`AllMasks`; not
+    subclasses) and without NBAR, only SCL and the bands the mask reads (its
+    ``reads``) are read with the mask's halo, the mask runs on their
+    reflectance, and every output plane is computed from its DNs straight into
+    the result, date by date and band by band (:func:`merge_s2_planes`). Other
+    mask functions get the reflectance of all items with the halo
+    (:func:`merge_s2_items`); both give the same cube (tested).
     """
     spec = plan.spec
     halo = int(getattr(mask, "halo", 0))
     groups = [plan.s2_groups[d] for d in dates]
     idx = [i for g in groups for i in g]
     items = [plan.s2_items[i] for i in idx]
-    planes = type(mask) is SCLMask and all(h is None for h in plan.s2_metadata)
+    reads = _mask_reads(mask)
+    planes = reads is not None and all(h is None for h in plan.s2_metadata)
     gb_scl = unit_geobox(plan.info.geobox, ys, xs, halo)
     gb = unit_geobox(plan.info.geobox, ys, xs, 0) if planes else gb_scl
     bands = spec.s2_bands
+    with_halo = ("SCL", *(reads or ())) if gb_scl is not gb else ()
 
     arrays = load_with_retries(
         lambda: read_assets(
             plan, plan.s2_aligned, items, plan.s2_assets, gb, dtype="uint16", nodata=0,
             resampling={"*": spec.resampling_s2, "SCL": "nearest"},
-            geoboxes={"SCL": gb_scl} if gb_scl is not gb else None,
+            geoboxes={b: gb_scl for b in with_halo} or None,
         ),
         spec,
         f"loading S2 dates {dates[0]}-{dates[-1]}",
@@ -205,12 +209,50 @@ def load_s2(
     crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
     scl = arrays["SCL"].astype(np.uint8, copy=False)
     if planes:
-        assert isinstance(mask, SCLMask)
-        clear = mask.clear(scl)[(..., *crop)]
+        assert reads is not None
         offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
+        if isinstance(mask, SCLMask):
+            clear = mask.clear(scl)[(..., *crop)]
+        else:  # the mask's bands as reflectance (NaN: no data), with the halo
+            refl = np.empty((len(idx), len(reads), *scl.shape[1:]), np.float32)
+            for k in range(len(idx)):
+                for j, band in enumerate(reads):
+                    reflectance_into(arrays[band][k], offsets[k], refl[k, j])
+                    np.copyto(refl[k, j], np.float32(np.nan), where=arrays[band][k] == 0)
+            by_date = getattr(mask, "by_date")  # noqa: B009  (the built-in masks have it)
+            clear = np.asarray(by_date(refl, scl, reads, _local(groups)), bool)[(..., *crop)]
+            del refl
+            arrays = {b: a[(..., *crop)] if b in with_halo else a for b, a in arrays.items()}
         return merge_s2_planes(arrays, bands, offsets, clear, groups)
     luts = _s2_luts(plan, idx)
     return merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
+
+
+def _mask_reads(mask: MaskFunction) -> tuple[str, ...] | None:
+    """Bands a built-in mask reads (``()``: SCL only); None for other mask functions.
+
+    Exact types only: a subclass may compute something else, so it takes the
+    general path.
+    """
+    from latentcube.cube.csmask import CSMask
+    from latentcube.cube.masks import AllMasks
+
+    if type(mask) is SCLMask:
+        return ()
+    if type(mask) is CSMask:
+        return mask.model_bands
+    if type(mask) is AllMasks:
+        parts = [_mask_reads(m) for m in mask.masks]
+        if any(p is None for p in parts):
+            return None
+        return tuple(dict.fromkeys(b for p in parts for b in p or ()))
+    return None
+
+
+def _local(groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Positions of the items of each date in the unit's item order."""
+    starts = np.cumsum([0, *map(len, groups)])
+    return [list(range(a, b)) for a, b in itertools.pairwise(starts)]
 
 
 def merge_s2_planes(
@@ -295,9 +337,7 @@ def merge_s2_items(
     scl = arrays["SCL"].astype(np.uint8, copy=False)
     by_date = getattr(mask, "by_date", None)
     if by_date is not None:  # e.g. the learned mask: one mosaic per date
-        starts = np.cumsum([0, *map(len, groups)])
-        local = [list(range(a, b)) for a, b in itertools.pairwise(starts)]
-        valid = np.asarray(by_date(refl, scl, bands, local), dtype=bool)
+        valid = np.asarray(by_date(refl, scl, bands, _local(groups)), dtype=bool)
     else:
         valid = np.asarray(mask(refl, scl, bands), dtype=bool)
     if valid.shape != scl.shape:
