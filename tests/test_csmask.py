@@ -21,12 +21,14 @@ import pytest
 from latentcube.cube.build import build_cube
 from latentcube.cube.csmask import MODEL_BANDS, NODATA, CSMask, _block_mean, _starts, _weights
 from latentcube.cube.masks import AllMasks, SCLMask, describe_cube_mask, make_mask
+from latentcube.cube.sentinel2 import mask_reflectance
 from latentcube.errors import CubeError
 from stac_catalog import FLANDERS, PATCH, centre_lonlat, make_catalog, read_source
 
 from conftest import shared_path
 
 FIXTURE = Path(__file__).parent / "data" / "csmask" / "flanders_4dates.npz"
+ROMANIA = FIXTURE.with_name("romania_2dates.npz")
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 CLEAR, OVERCAST, BROKEN, CIRRUS = range(4)  # the fixture's dates, see make_fixture.py
 START, END = "2018-09-15", "2018-10-20"
@@ -37,13 +39,18 @@ def _up(a):
     return np.repeat(np.repeat(a, 2, axis=-2), 2, axis=-1)
 
 
+def _load(path, bands):
+    """(date, band, 64, 64) reflectance as a build gives the mask (not clipped at 1), SCL."""
+    with np.load(path) as f:
+        dn = np.stack([f[b] if f[b].shape[-1] == 64 else _up(f[b]) for b in bands], axis=1)
+        scl = f["SCL"] if f["SCL"].shape[-1] == 64 else _up(f["SCL"])
+        return mask_reflectance(dn, 0.0), scl, f["time"]
+
+
 @pytest.fixture(scope="module")
 def fixture():
-    """(date, band, 64, 64) float32 reflectance of the six model bands, and SCL at 10 m."""
-    with np.load(FIXTURE) as f:
-        refl = np.stack([f[b] if f[b].shape[-1] == 64 else _up(f[b]) for b in BANDS], axis=1)
-        refl = np.where(refl == 0, np.nan, refl / 1e4).astype(np.float32)
-        return np.clip(refl, 0, 1), _up(f["SCL"]), f["time"]
+    """The six model bands of four Flanders dates (tests/data/csmask/make_fixture.py)."""
+    return _load(FIXTURE, BANDS)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +124,25 @@ def test_four_band_model_needs_no_swir(fixture):
     cls = CSMask(bands=4, dilation=0).classify(refl, BANDS[:4])
     flagged = (cls != 0).mean(axis=(1, 2))
     assert flagged[CLEAR] < 0.05 and flagged[OVERCAST] > 0.95
+
+
+def test_bright_clouds_are_seen_unclipped():
+    """Overcast Romania (reflectance up to 1.8): cloud as it is, 'clear' when clipped at 1.
+
+    The reason a build gives the learned mask reflectance not clipped at 1.
+    """
+    refl, scl, _ = _load(ROMANIA, BANDS[:4])
+    assert np.nanmax(refl[1]) > 1.5 and (scl[1] == 9).all()
+    flagged = (CSMask(bands=4, dilation=0).classify(refl, BANDS[:4]) != 0).mean(axis=(1, 2))
+    assert flagged[0] < 0.05 and flagged[1] > 0.95
+    clipped = CSMask(bands=4, dilation=0).classify(np.clip(refl, 0, 1), BANDS[:4])
+    assert (clipped[1] != 0).mean() < 0.5
+
+
+def test_mask_reflectance():
+    dn = np.array([[0, 500, 1000, 11000, 20000]], np.uint16)
+    np.testing.assert_allclose(mask_reflectance(dn, 0.0), [[np.nan, 0.05, 0.1, 1.1, 2.0]])
+    np.testing.assert_allclose(mask_reflectance(dn, 1000.0), [[np.nan, 0.0, 0.0, 1.0, 1.9]])
 
 
 def test_large_images_are_tiled_and_blended(fixture):

@@ -225,6 +225,8 @@ class CSMask:
 
     #: Items are independent: a combined mask may call it on a subset of items.
     per_item: ClassVar[bool] = True
+    #: Wants reflectance above 1 as it is (bright clouds); a build clips after masking.
+    unclipped: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.bands not in MODEL_BANDS:
@@ -316,7 +318,9 @@ class CSMask:
         Parameters
         ----------
         refl
-            (image, band, y, x) float32 reflectance in [0, 1], NaN for no data.
+            (image, band, y, x) float32 reflectance, NaN for no data; not clipped
+            at 1 (a uniform image of bright clouds clipped at 1 looks clear to
+            the network).
         bands
             Names of ``refl``'s bands; the model's bands are picked by name.
 

@@ -79,7 +79,9 @@ class MaskFunction(Protocol):
     ``halo`` attribute (pixels) asks for that much context around every tile
     (e.g. for a dilation), so results do not depend on the tiling.
 
-    Optional members a build uses when present: ``check(bands)`` (raise before
+    Optional members a build uses when present: ``unclipped`` (True: ``refl`` is
+    not clipped at 1, so bright clouds keep their values; the cube is clipped
+    after masking), ``check(bands)`` (raise before
     anything is read if the mask cannot run on these bands), ``screen`` (an
     :class:`SCLMask` whose clear pixels include this mask's, to drop dates from
     SCL alone), ``by_date(refl, scl, bands, groups)`` (the mask with the items
@@ -215,6 +217,11 @@ class AllMasks:
     def name(self) -> str:
         """The members' names joined by ``+`` (``scl+csmask``)."""
         return "+".join(str(getattr(m, "name", _qualname(m))) for m in self.masks)
+
+    @property
+    def unclipped(self) -> bool:
+        """Whether a member wants reflectance above 1 as it is (the learned mask)."""
+        return any(getattr(m, "unclipped", False) for m in self.masks)
 
     @property
     def halo(self) -> int:

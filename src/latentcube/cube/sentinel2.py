@@ -26,6 +26,7 @@ __all__ = [
     "baseline_offset",
     "drop_invalid_dates",
     "load_s2",
+    "mask_reflectance",
     "merge_s2_items",
     "merge_s2_planes",
     "merge_same_day",
@@ -161,14 +162,39 @@ def drop_invalid_dates(cube: xr.Dataset, min_valid_fraction: float = 0.0) -> xr.
 # --------------------------------------------------------------------------- builds
 
 
-def _s2_luts(plan: Plan, idx: Sequence[int]) -> list[np.ndarray]:
-    """DN -> reflectance of every item as a 65536-entry float32 table (one gather per band)."""
+def _s2_luts(plan: Plan, idx: Sequence[int], clip: bool = True) -> list[np.ndarray]:
+    """DN -> reflectance of every item as a 65536-entry float32 table (one gather per band).
+
+    ``clip=False``: values above 1 are kept (for masks that need bright clouds as
+    they are, see :func:`mask_reflectance`).
+    """
     luts: dict[str | None, np.ndarray] = {}
+    dn = np.arange(65536, dtype=np.uint16)
     for i in idx:
         key = plan.s2_offsets[i]
         if key not in luts:
-            luts[key] = remove_baseline_offset(np.arange(65536, dtype=np.uint16), key)
+            luts[key] = (
+                remove_baseline_offset(dn, key) if clip
+                else mask_reflectance(dn, baseline_offset(key))
+            )  # fmt: skip
     return [luts[plan.s2_offsets[i]] for i in idx]
+
+
+def mask_reflectance(dn: np.ndarray, offset: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Reflectance for a mask that reads bright clouds: ``max((DN - offset) / 10000, 0)``.
+
+    Not clipped at 1: thick clouds often exceed it, and the learned mask
+    (:class:`~latentcube.cube.csmask.CSMask`) takes a uniform image clipped at 1
+    for clear ground (seen on overcast dates of the Romania cube). NaN where
+    ``DN == 0`` (no data).
+    """
+    if out is None:
+        out = np.empty(np.shape(dn), np.float32)
+    np.subtract(dn, np.float32(offset), out=out, dtype=np.float32)
+    np.divide(out, np.float32(10000.0), out=out)
+    np.maximum(out, np.float32(0.0), out=out)
+    np.copyto(out, np.float32(np.nan), where=np.asarray(dn) == 0)
+    return out
 
 
 def load_s2(
@@ -213,18 +239,17 @@ def load_s2(
         offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
         if isinstance(mask, SCLMask):
             clear = mask.clear(scl)[(..., *crop)]
-        else:  # the mask's bands as reflectance (NaN: no data), with the halo
+        else:  # the mask's bands as reflectance (NaN: no data, not clipped at 1), with the halo
             refl = np.empty((len(idx), len(reads), *scl.shape[1:]), np.float32)
             for k in range(len(idx)):
                 for j, band in enumerate(reads):
-                    reflectance_into(arrays[band][k], offsets[k], refl[k, j])
-                    np.copyto(refl[k, j], np.float32(np.nan), where=arrays[band][k] == 0)
+                    mask_reflectance(arrays[band][k], offsets[k], refl[k, j])
             by_date = getattr(mask, "by_date")  # noqa: B009  (the built-in masks have it)
             clear = np.asarray(by_date(refl, scl, reads, _local(groups)), bool)[(..., *crop)]
             del refl
             arrays = {b: a[(..., *crop)] if b in with_halo else a for b, a in arrays.items()}
         return merge_s2_planes(arrays, bands, offsets, clear, groups)
-    luts = _s2_luts(plan, idx)
+    luts = _s2_luts(plan, idx, clip=not getattr(mask, "unclipped", False))
     return merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
 
 
@@ -319,6 +344,9 @@ def merge_s2_items(
     """Reflectance of every item (with the halo), NBAR, any mask function, then the merge."""
     spec = plan.spec
     patch = signer(plan.sign)
+    # a mask with ``unclipped = True`` sees reflectance above 1 (the tables were made
+    # without the clip, ``load_s2``); the cube's values are clipped after the mask
+    unclipped = bool(getattr(mask, "unclipped", False))
     refl = np.empty((len(idx), len(bands), *gb.shape), np.float32)
     for k, i in enumerate(idx):
         for b, band in enumerate(bands):
@@ -333,7 +361,7 @@ def merge_s2_items(
                 max_retries=spec.max_retries,
                 backoff=spec.backoff,
             )
-            refl[k] = np.clip(refl[k] * factor, 0.0, 1.0)
+            refl[k] = refl[k] * factor if unclipped else np.clip(refl[k] * factor, 0.0, 1.0)
     scl = arrays["SCL"].astype(np.uint8, copy=False)
     by_date = getattr(mask, "by_date", None)
     if by_date is not None:  # e.g. the learned mask: one mosaic per date
@@ -343,6 +371,8 @@ def merge_s2_items(
     if valid.shape != scl.shape:
         raise StacError(f"the mask function returned shape {valid.shape}, expected {scl.shape}")
     valid &= np.isfinite(refl).all(axis=1)
+    if unclipped:
+        np.clip(refl, 0.0, 1.0, out=refl)
     refl, valid = refl[(..., *crop)], valid[(..., *crop)]
     # merge the items of one date: the first clear pixel (time, then id order) wins
     out = np.full((len(groups), len(bands), *refl.shape[2:]), np.nan, np.float32)
