@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentcube.cube.build import build_cube
+from latentcube.cube.build import build_cube, make_mask
 from latentcube.cube.csmask import MODEL_BANDS, NODATA, CSMask, _block_mean, _starts, _weights
-from latentcube.cube.masks import AllMasks, SCLMask, describe_cube_mask, make_mask
+from latentcube.cube.masks import AllMasks, SCLMask, describe_cube_mask
 from latentcube.cube.sentinel2 import mask_reflectance
 from latentcube.errors import CubeError
 from stac_catalog import FLANDERS, PATCH, centre_lonlat, make_catalog, read_source

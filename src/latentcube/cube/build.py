@@ -67,11 +67,12 @@ import xarray as xr
 
 from latentcube.cube.csmask import CSMask
 from latentcube.cube.masks import (
+    MASK_NAMES,
+    SCL_INVALID,
     AllMasks,
     MaskFunction,
     SCLMask,
     describe_mask,
-    make_mask,
     mask_provenance,
 )
 from latentcube.cube.plan import (
@@ -95,8 +96,17 @@ from latentcube.cube.write import (
     store_encoding,
 )
 from latentcube.cube.write import write_chunks as _write_chunks  # as _load_s1
+from latentcube.errors import CubeError
 
-__all__ = ["AllMasks", "CSMask", "CubeSpec", "MaskFunction", "SCLMask", "build_cube"]
+__all__ = [
+    "AllMasks",
+    "CSMask",
+    "CubeSpec",
+    "MaskFunction",
+    "SCLMask",
+    "build_cube",
+    "make_mask",
+]
 
 
 # --------------------------------------------------------------------------- units
@@ -287,6 +297,43 @@ def _run_serial(
             finish()
 
 
+# --------------------------------------------------------------------------- masks
+
+
+def make_mask(
+    name: str,
+    *,
+    scl_invalid: Sequence[int] = SCL_INVALID,
+    dilation: int = 1,
+    csmask_bands: int = 6,
+) -> MaskFunction:
+    """The mask function of a name in :data:`MASK_NAMES`.
+
+    Parameters
+    ----------
+    name
+        ``"scl"``, ``"csmask"`` or ``"scl+csmask"``.
+    scl_invalid
+        SCL classes masked by ``scl``.
+    dilation
+        Pixels by which clouds and shadows are grown, in every mask.
+    csmask_bands
+        6 or 4: the learned mask's model.
+
+    Returns
+    -------
+    MaskFunction
+        :class:`SCLMask`, :class:`CSMask` or :class:`AllMasks`.
+    """
+    if name not in MASK_NAMES:
+        raise CubeError(f"unknown mask {name!r}; expected one of {', '.join(MASK_NAMES)}")
+    scl = SCLMask(tuple(int(c) for c in scl_invalid), int(dilation))
+    if name == "scl":
+        return scl
+    learned = CSMask(bands=int(csmask_bands), dilation=int(dilation))
+    return learned if name == "csmask" else AllMasks((scl, learned))
+
+
 # --------------------------------------------------------------------------- API
 
 
@@ -403,7 +450,7 @@ def build_cube(
     check_time_axis(time_axis, spec.sensors)
     t0, t1 = check_dates(start, end)
     info = place_grid(lat, lon, size_m, bbox, spec.resolution)
-    fn: MaskFunction = (
+    fn = (
         make_mask(
             spec.mask, scl_invalid=spec.scl_invalid, dilation=spec.mask_dilation,
             csmask_bands=spec.csmask_bands,

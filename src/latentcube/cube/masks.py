@@ -2,7 +2,8 @@
 
 :func:`scl_valid` is the reference mask of the readers; :class:`SCLMask` computes the
 same mask faster and is the default of :func:`latentcube.cube.build.build_cube`, which
-takes any :class:`MaskFunction`, or a name (:data:`MASK_NAMES`, :func:`make_mask`):
+takes any :class:`MaskFunction`, or a name (:data:`MASK_NAMES`,
+:func:`latentcube.cube.build.make_mask`):
 ``"scl"``, ``"csmask"`` (the learned mask of :mod:`latentcube.cube.csmask`, extra
 ``[cloudmask]``) or ``"scl+csmask"`` (clear only where both say clear,
 :class:`AllMasks`). :func:`mask_provenance` and :func:`describe_mask` give what a
@@ -27,7 +28,6 @@ __all__ = [
     "describe_cube_mask",
     "describe_mask",
     "dilate_square",
-    "make_mask",
     "mask_provenance",
     "scl_valid",
 ]
@@ -297,44 +297,6 @@ def mask_provenance(mask: Any) -> dict[str, Any]:
     if callable(prov):
         return dict(prov())
     return {"name": _qualname(mask), "module": str(getattr(mask, "__module__", ""))}
-
-
-def make_mask(
-    name: str,
-    *,
-    scl_invalid: Sequence[int] = SCL_INVALID,
-    dilation: int = 1,
-    csmask_bands: int = 6,
-) -> Any:
-    """The mask function of a name in :data:`MASK_NAMES`.
-
-    Parameters
-    ----------
-    name
-        ``"scl"``, ``"csmask"`` or ``"scl+csmask"``.
-    scl_invalid
-        SCL classes masked by ``scl``.
-    dilation
-        Pixels by which clouds and shadows are grown, in every mask.
-    csmask_bands
-        6 or 4: the learned mask's model.
-
-    Returns
-    -------
-    MaskFunction
-        :class:`SCLMask`, :class:`~latentcube.cube.csmask.CSMask` or :class:`AllMasks`.
-    """
-    from latentcube.errors import CubeError
-
-    if name not in MASK_NAMES:
-        raise CubeError(f"unknown mask {name!r}; expected one of {', '.join(MASK_NAMES)}")
-    scl = SCLMask(tuple(int(c) for c in scl_invalid), int(dilation))
-    if name == "scl":
-        return scl
-    from latentcube.cube.csmask import CSMask
-
-    learned = CSMask(bands=int(csmask_bands), dilation=int(dilation))
-    return learned if name == "csmask" else AllMasks((scl, learned))
 
 
 def _one_line(info: dict[str, Any]) -> str:
