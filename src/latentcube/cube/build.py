@@ -65,7 +65,16 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from latentcube.cube.masks import MaskFunction, SCLMask
+from latentcube.cube.csmask import CSMask
+from latentcube.cube.masks import (
+    MASK_NAMES,
+    SCL_INVALID,
+    AllMasks,
+    MaskFunction,
+    SCLMask,
+    describe_mask,
+    mask_provenance,
+)
 from latentcube.cube.plan import (
     CubeSpec,
     Plan,
@@ -87,8 +96,19 @@ from latentcube.cube.write import (
     store_encoding,
 )
 from latentcube.cube.write import write_chunks as _write_chunks  # as _load_s1
+from latentcube.errors import CubeError
 
-__all__ = ["CubeSpec", "MaskFunction", "SCLMask", "build_cube", "build_or_reuse", "describe_build"]
+__all__ = [
+    "AllMasks",
+    "CSMask",
+    "CubeSpec",
+    "MaskFunction",
+    "SCLMask",
+    "build_cube",
+    "build_or_reuse",
+    "describe_build",
+    "make_mask",
+]
 
 
 # --------------------------------------------------------------------------- units
@@ -279,6 +299,43 @@ def _run_serial(
             finish()
 
 
+# --------------------------------------------------------------------------- masks
+
+
+def make_mask(
+    name: str,
+    *,
+    scl_invalid: Sequence[int] = SCL_INVALID,
+    dilation: int = 1,
+    csmask_bands: int = 6,
+) -> MaskFunction:
+    """The mask function of a name in :data:`MASK_NAMES`.
+
+    Parameters
+    ----------
+    name
+        ``"scl"``, ``"csmask"`` or ``"scl+csmask"``.
+    scl_invalid
+        SCL classes masked by ``scl``.
+    dilation
+        Pixels by which clouds and shadows are grown, in every mask.
+    csmask_bands
+        6 or 4: the learned mask's model.
+
+    Returns
+    -------
+    MaskFunction
+        :class:`SCLMask`, :class:`CSMask` or :class:`AllMasks`.
+    """
+    if name not in MASK_NAMES:
+        raise CubeError(f"unknown mask {name!r}; expected one of {', '.join(MASK_NAMES)}")
+    scl = SCLMask(tuple(int(c) for c in scl_invalid), int(dilation))
+    if name == "scl":
+        return scl
+    learned = CSMask(bands=int(csmask_bands), dilation=int(dilation))
+    return learned if name == "csmask" else AllMasks((scl, learned))
+
+
 # --------------------------------------------------------------------------- API
 
 
@@ -294,7 +351,7 @@ def build_cube(
     catalog: str = "planetary-computer",
     sensors: Sequence[str] = ("s2", "s1"),
     spec: CubeSpec | None = None,
-    mask: MaskFunction | None = None,
+    mask: MaskFunction | str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     scheduler: str | None = None,
@@ -324,8 +381,13 @@ def build_cube(
         All further options (:class:`CubeSpec`); keyword ``options`` override
         single fields, e.g. ``min_valid_fraction=0.2``.
     mask
-        Cloud mask function (:class:`MaskFunction`); default
-        ``SCLMask(spec.scl_invalid, spec.mask_dilation)``.
+        Cloud mask: a name, ``"scl"``, ``"csmask"`` or ``"scl+csmask"`` (the
+        same as ``spec.mask``; the learned mask needs ``pip install
+        'latentcube[cloudmask]'``), or any mask function (:class:`MaskFunction`).
+        Default: ``spec.mask`` (``"scl"``: ``SCLMask(spec.scl_invalid,
+        spec.mask_dilation)``). What made the cube is in its attributes
+        ``mask`` (JSON: name, options; for the learned mask the package
+        version and the model file's SHA-256) and ``mask_function``.
     overwrite
         Replace an existing store built for a different request. A store
         built for the same request is returned as it is (idempotent).
@@ -358,6 +420,10 @@ def build_cube(
         No items, a missing asset, a catalog without the collection, dates in
         the wrong order, every date cloudy, or a load that keeps failing.
         Nothing is written at ``out`` in these cases.
+    latentcube.errors.CubeError
+        The mask cannot run: the learned mask without its extra
+        (``pip install 'latentcube[cloudmask]'``), or without a band its model
+        reads. Raised before the catalog is searched.
     latentcube.grid.GridError
         A place outside the UTM range or an empty size.
 
@@ -373,6 +439,8 @@ def build_cube(
     ...                   start="2023-04-01", end="2023-06-30", out="cube.zarr")  # doctest: +SKIP
     """
     base = (spec or CubeSpec()).model_dump()
+    if isinstance(mask, str):  # a mask by name is the spec's mask
+        options = {**options, "mask": mask}
     try:
         spec = CubeSpec.model_validate({**base, **options, "sensors": tuple(sensors)})
     except ValueError as err:
@@ -384,13 +452,19 @@ def build_cube(
     check_time_axis(time_axis, spec.sensors)
     t0, t1 = check_dates(start, end)
     info = place_grid(lat, lon, size_m, bbox, spec.resolution)
-    if mask is None:
-        mask = SCLMask(tuple(spec.scl_invalid), spec.mask_dilation)
-        mask_name = f"SCLMask(invalid={list(spec.scl_invalid)}, dilation={spec.mask_dilation})"
-    else:
-        mask_name = getattr(mask, "__qualname__", type(mask).__qualname__)
+    fn = (
+        make_mask(
+            spec.mask, scl_invalid=spec.scl_invalid, dilation=spec.mask_dilation,
+            csmask_bands=spec.csmask_bands,
+        )
+        if mask is None or isinstance(mask, str)
+        else mask
+    )  # fmt: skip
+    check = getattr(fn, "check", None)
+    if check is not None:  # a missing extra or band, before anything is searched or read
+        check(spec.s2_bands)
     configure_http(max_retries=spec.max_retries, retry_delay=max(spec.backoff, 0.01))
-    plan = make_plan(info, t0, t1, catalog, spec, mask_name)
+    plan = make_plan(info, t0, t1, catalog, spec, describe_mask(fn), mask_provenance(fn))
     union = time_axis == "union"
     request = plan.fingerprint() + (":union" if union else "")
 
@@ -419,9 +493,9 @@ def build_cube(
         staging = Staging(tmp_root / "partial")
     try:
         if not union:
-            return _execute(plan, staging, target, mask, progress, scheduler, workers)
+            return _execute(plan, staging, target, fn, progress, scheduler, workers)
         return _finish_union(
-            plan, staging, target, path, mask, progress, scheduler, workers, (t0, t1)
+            plan, staging, target, path, fn, progress, scheduler, workers, (t0, t1)
         )
     finally:
         if tmp_root is not None:

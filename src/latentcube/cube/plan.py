@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -72,8 +72,19 @@ class CubeSpec(BaseModel):
         Pixel size in metres.
     s2_bands
         S2 L2A bands, in cube order.
-    mask_dilation, scl_invalid
-        Options of the default :class:`~latentcube.cube.masks.SCLMask`.
+    mask
+        The cloud mask (:data:`~latentcube.cube.masks.MASK_NAMES`): ``"scl"``
+        (default; Sen2Cor's scene classes, :class:`~latentcube.cube.masks.SCLMask`),
+        ``"csmask"`` (the learned mask of ukis-csmask,
+        :class:`~latentcube.cube.csmask.CSMask`; ``pip install 'latentcube[cloudmask]'``)
+        or ``"scl+csmask"`` (clear only where both say clear). A mask function
+        given to :func:`~latentcube.cube.build.build_cube` replaces it.
+    mask_dilation
+        Pixels by which clouds and shadows are grown (every mask).
+    scl_invalid
+        SCL classes masked by ``"scl"``.
+    csmask_bands
+        The learned mask's model: 6 (B02, B03, B04, B08, B11, B12) or 4 (no SWIR).
     min_valid_fraction
         Dates with a smaller share of clear S2 pixels are dropped (dates
         without any clear pixel always are).
@@ -115,8 +126,10 @@ class CubeSpec(BaseModel):
     sensors: tuple[Literal["s2", "s1"], ...] = ("s2", "s1")
     resolution: float = Field(default=10.0, gt=0)
     s2_bands: tuple[str, ...] = S2_BANDS
+    mask: Literal["scl", "csmask", "scl+csmask"] = "scl"
     mask_dilation: int = Field(default=1, ge=0)
     scl_invalid: tuple[int, ...] = SCL_INVALID
+    csmask_bands: Literal[4, 6] = 6
     min_valid_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     max_cloud_cover: float | None = Field(default=None, ge=0.0, le=100.0)
     s1_max_gap_days: float = Field(default=6.0, ge=0.0)
@@ -169,6 +182,7 @@ class Plan:
     mask_name: str
     s2_aligned: bool = False  # every S2 asset on the grid: read_aligned, no warp
     s1_aligned: bool = False
+    mask_info: dict[str, Any] = field(default_factory=dict)  # the cube's ``mask`` attribute
 
     @property
     def with_s1(self) -> bool:
@@ -178,9 +192,12 @@ class Plan:
     def fingerprint(self) -> str:
         """The request's identity: grid, options, catalog, items and mask (20 hex digits)."""
         gb = self.info.geobox
+        # the mask is identified by ``mask_name`` (with its options and model digest);
+        # the spec's mask fields are left out so that SCL builds keep their identity
+        spec = self.spec.model_dump(mode="json", exclude={"mask", "csmask_bands"})
         doc = {
             "grid": [str(gb.crs), list(gb.affine)[:6], list(gb.shape)],
-            "spec": self.spec.model_dump(mode="json"),
+            "spec": spec,
             "catalog": self.catalog_url,
             "collections": self.collections,
             "s2": [it.id for it in self.s2_items],
@@ -332,6 +349,7 @@ def make_plan(
     catalog: str,
     spec: CubeSpec,
     mask_name: str,
+    mask_info: dict[str, Any] | None = None,
 ) -> Plan:
     """Search the catalog and plan the build of ``info`` between ``t0`` and ``t1``.
 
@@ -408,6 +426,7 @@ def make_plan(
         s1_next=nxt,
         sign=needs_signing(cat, [*s2_items[:1], *s1_items[:1]]),
         mask_name=mask_name,
+        mask_info=dict(mask_info or {}),
         s2_aligned=grid_aligned(
             s2_items, s2_assets, info.geobox, info.epsg,
             {"*": spec.resampling_s2, "SCL": "nearest"},

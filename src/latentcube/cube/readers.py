@@ -408,6 +408,9 @@ def describe_cube(cube: xr.Dataset) -> list[str]:
             f"s1      bands {', '.join(map(str, cube['s1_band'].values))}, "
             f"{matched}/{len(t)} dates matched"
         )
+    from latentcube.cube.masks import describe_cube_mask
+
+    lines.append(f"mask    {describe_cube_mask(cube.attrs)}")
     for k in ("source", "attribution"):
         if k in cube.attrs:
             lines.append(f"{k:<7} {cube.attrs[k]}")

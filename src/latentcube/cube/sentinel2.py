@@ -9,6 +9,7 @@ counts each date's clear pixels from SCL alone before a build reads the bands.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "baseline_offset",
     "drop_invalid_dates",
     "load_s2",
+    "mask_reflectance",
     "merge_s2_items",
     "merge_s2_planes",
     "merge_same_day",
@@ -160,14 +162,39 @@ def drop_invalid_dates(cube: xr.Dataset, min_valid_fraction: float = 0.0) -> xr.
 # --------------------------------------------------------------------------- builds
 
 
-def _s2_luts(plan: Plan, idx: Sequence[int]) -> list[np.ndarray]:
-    """DN -> reflectance of every item as a 65536-entry float32 table (one gather per band)."""
+def _s2_luts(plan: Plan, idx: Sequence[int], clip: bool = True) -> list[np.ndarray]:
+    """DN -> reflectance of every item as a 65536-entry float32 table (one gather per band).
+
+    ``clip=False``: values above 1 are kept (for masks that need bright clouds as
+    they are, see :func:`mask_reflectance`).
+    """
     luts: dict[str | None, np.ndarray] = {}
+    dn = np.arange(65536, dtype=np.uint16)
     for i in idx:
         key = plan.s2_offsets[i]
         if key not in luts:
-            luts[key] = remove_baseline_offset(np.arange(65536, dtype=np.uint16), key)
+            luts[key] = (
+                remove_baseline_offset(dn, key) if clip
+                else mask_reflectance(dn, baseline_offset(key))
+            )  # fmt: skip
     return [luts[plan.s2_offsets[i]] for i in idx]
+
+
+def mask_reflectance(dn: np.ndarray, offset: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Reflectance for a mask that reads bright clouds: ``max((DN - offset) / 10000, 0)``.
+
+    Not clipped at 1: thick clouds often exceed it, and the learned mask
+    (:class:`~latentcube.cube.csmask.CSMask`) takes a uniform image clipped at 1
+    for clear ground (seen on overcast dates of the Romania cube). NaN where
+    ``DN == 0`` (no data).
+    """
+    if out is None:
+        out = np.empty(np.shape(dn), np.float32)
+    np.subtract(dn, np.float32(offset), out=out, dtype=np.float32)
+    np.divide(out, np.float32(10000.0), out=out)
+    np.maximum(out, np.float32(0.0), out=out)
+    np.copyto(out, np.float32(np.nan), where=np.asarray(dn) == 0)
+    return out
 
 
 def load_s2(
@@ -175,28 +202,32 @@ def load_s2(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One unit's S2: reflectance (date, band, y, x) and valid mask (date, y, x).
 
-    With the default :class:`SCLMask` (and without NBAR) the bands are read
-    without the mask's halo (only SCL needs it), and every output plane is
-    computed from its DNs straight into the result, date by date and band by
-    band (:func:`merge_s2_planes`). Other mask functions get the reflectance
-    of all items with the halo (:func:`merge_s2_items`); both give the same
-    cube (tested).
+    With the built-in masks (:class:`SCLMask`, the learned
+    :class:`~latentcube.cube.csmask.CSMask` and their :class:`AllMasks`; not
+    subclasses) and without NBAR, only SCL and the bands the mask reads (its
+    ``reads``) are read with the mask's halo, the mask runs on their
+    reflectance, and every output plane is computed from its DNs straight into
+    the result, date by date and band by band (:func:`merge_s2_planes`). Other
+    mask functions get the reflectance of all items with the halo
+    (:func:`merge_s2_items`); both give the same cube (tested).
     """
     spec = plan.spec
     halo = int(getattr(mask, "halo", 0))
     groups = [plan.s2_groups[d] for d in dates]
     idx = [i for g in groups for i in g]
     items = [plan.s2_items[i] for i in idx]
-    planes = type(mask) is SCLMask and all(h is None for h in plan.s2_metadata)
+    reads = _mask_reads(mask)
+    planes = reads is not None and all(h is None for h in plan.s2_metadata)
     gb_scl = unit_geobox(plan.info.geobox, ys, xs, halo)
     gb = unit_geobox(plan.info.geobox, ys, xs, 0) if planes else gb_scl
     bands = spec.s2_bands
+    with_halo = ("SCL", *(reads or ())) if gb_scl is not gb else ()
 
     arrays = load_with_retries(
         lambda: read_assets(
             plan, plan.s2_aligned, items, plan.s2_assets, gb, dtype="uint16", nodata=0,
             resampling={"*": spec.resampling_s2, "SCL": "nearest"},
-            geoboxes={"SCL": gb_scl} if gb_scl is not gb else None,
+            geoboxes={b: gb_scl for b in with_halo} or None,
         ),
         spec,
         f"loading S2 dates {dates[0]}-{dates[-1]}",
@@ -204,12 +235,49 @@ def load_s2(
     crop = (slice(halo, halo + ys.stop - ys.start), slice(halo, halo + xs.stop - xs.start))
     scl = arrays["SCL"].astype(np.uint8, copy=False)
     if planes:
-        assert isinstance(mask, SCLMask)
-        clear = mask.clear(scl)[(..., *crop)]
+        assert reads is not None
         offsets = [baseline_offset(plan.s2_offsets[i]) for i in idx]
+        if isinstance(mask, SCLMask):
+            clear = mask.clear(scl)[(..., *crop)]
+        else:  # the mask's bands as reflectance (NaN: no data, not clipped at 1), with the halo
+            refl = np.empty((len(idx), len(reads), *scl.shape[1:]), np.float32)
+            for k in range(len(idx)):
+                for j, band in enumerate(reads):
+                    mask_reflectance(arrays[band][k], offsets[k], refl[k, j])
+            by_date = getattr(mask, "by_date")  # noqa: B009  (the built-in masks have it)
+            clear = np.asarray(by_date(refl, scl, reads, _local(groups)), bool)[(..., *crop)]
+            del refl
+            arrays = {b: a[(..., *crop)] if b in with_halo else a for b, a in arrays.items()}
         return merge_s2_planes(arrays, bands, offsets, clear, groups)
-    luts = _s2_luts(plan, idx)
+    luts = _s2_luts(plan, idx, clip=not getattr(mask, "unclipped", False))
     return merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
+
+
+def _mask_reads(mask: MaskFunction) -> tuple[str, ...] | None:
+    """Bands a built-in mask reads (``()``: SCL only); None for other mask functions.
+
+    Exact types only: a subclass may compute something else, so it takes the
+    general path.
+    """
+    from latentcube.cube.csmask import CSMask
+    from latentcube.cube.masks import AllMasks
+
+    if type(mask) is SCLMask:
+        return ()
+    if type(mask) is CSMask:
+        return mask.model_bands
+    if type(mask) is AllMasks:
+        parts = [_mask_reads(m) for m in mask.masks]
+        if any(p is None for p in parts):
+            return None
+        return tuple(dict.fromkeys(b for p in parts for b in p or ()))
+    return None
+
+
+def _local(groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Positions of the items of each date in the unit's item order."""
+    starts = np.cumsum([0, *map(len, groups)])
+    return [list(range(a, b)) for a, b in itertools.pairwise(starts)]
 
 
 def merge_s2_planes(
@@ -276,6 +344,9 @@ def merge_s2_items(
     """Reflectance of every item (with the halo), NBAR, any mask function, then the merge."""
     spec = plan.spec
     patch = signer(plan.sign)
+    # a mask with ``unclipped = True`` sees reflectance above 1 (the tables were made
+    # without the clip, ``load_s2``); the cube's values are clipped after the mask
+    unclipped = bool(getattr(mask, "unclipped", False))
     refl = np.empty((len(idx), len(bands), *gb.shape), np.float32)
     for k, i in enumerate(idx):
         for b, band in enumerate(bands):
@@ -290,12 +361,18 @@ def merge_s2_items(
                 max_retries=spec.max_retries,
                 backoff=spec.backoff,
             )
-            refl[k] = np.clip(refl[k] * factor, 0.0, 1.0)
+            refl[k] = refl[k] * factor if unclipped else np.clip(refl[k] * factor, 0.0, 1.0)
     scl = arrays["SCL"].astype(np.uint8, copy=False)
-    valid = np.asarray(mask(refl, scl, bands), dtype=bool)
+    by_date = getattr(mask, "by_date", None)
+    if by_date is not None:  # e.g. the learned mask: one mosaic per date
+        valid = np.asarray(by_date(refl, scl, bands, _local(groups)), dtype=bool)
+    else:
+        valid = np.asarray(mask(refl, scl, bands), dtype=bool)
     if valid.shape != scl.shape:
         raise StacError(f"the mask function returned shape {valid.shape}, expected {scl.shape}")
     valid &= np.isfinite(refl).all(axis=1)
+    if unclipped:
+        np.clip(refl, 0.0, 1.0, out=refl)
     refl, valid = refl[(..., *crop)], valid[(..., *crop)]
     # merge the items of one date: the first clear pixel (time, then id order) wins
     out = np.full((len(groups), len(bands), *refl.shape[2:]), np.nan, np.float32)
@@ -327,12 +404,16 @@ def screen_s2(plan: Plan, mask: MaskFunction) -> np.ndarray | None:
     default :class:`SCLMask` this is an upper bound of the date's valid pixels
     (the build also masks pixels without data in some band), so a date whose
     count is below ``min_valid_fraction`` (or 0) cannot be kept and is never
-    read in full. None for other mask functions, which need every band.
+    read in full. Other mask functions are screened with their ``screen``
+    attribute (an :class:`SCLMask` whose clear pixels include theirs; the
+    learned mask's masks SCL no data only), or not at all (None).
     """
-    if type(mask) is not SCLMask:
+    screen = mask if type(mask) is SCLMask else getattr(mask, "screen", None)
+    if type(screen) is not SCLMask:
         return None
+    scl_mask: SCLMask = screen
     spec = plan.spec
-    halo = mask.halo
+    halo = scl_mask.halo
     counts = np.zeros(len(plan.s2_times), np.int64)
     blocks = [range(d, min(d + spec.time_chunk, len(plan.s2_times)))
               for d in range(0, len(plan.s2_times), spec.time_chunk)]  # fmt: skip
@@ -350,7 +431,7 @@ def screen_s2(plan: Plan, mask: MaskFunction) -> np.ndarray | None:
                 spec,
                 f"screening S2 dates {dates[0]}-{dates[-1]}",
             )  # fmt: skip
-            clear = mask.clear(scl)[(..., *crop)]
+            clear = scl_mask.clear(scl)[(..., *crop)]
             k = 0
             for d, g in zip(dates, groups, strict=True):
                 counts[d] += int(np.logical_or.reduce(clear[k : k + len(g)], axis=0).sum())

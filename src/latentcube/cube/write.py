@@ -405,6 +405,7 @@ def cube_attrs(plan: Plan) -> dict[str, Any]:
         s2_items=json.dumps([it.id for it in plan.s2_items]),
         s1_items=json.dumps([it.id for it in plan.s1_items]),
         mask_function=plan.mask_name,
+        mask=json.dumps(plan.mask_info or {"name": plan.mask_name}),
         latentcube_config=plan.spec.model_dump_json(),
         latentcube_request=plan.fingerprint(),
         odc_stac_version=ver("odc-stac"),

@@ -1,0 +1,183 @@
+"""The learned cloud mask's cost: per 512 x 512 px date, and in a build against SCL.
+
+* Mask alone: :meth:`CSMask.by_date` on one date of a 512 x 512 px loading unit plus
+  the mask's context halo (real reflectance: the WorldCereal Flanders patch of
+  tests/stac_catalog.py, mirrored to the size), the way a build calls it; best and
+  median of ``--repeats`` warm calls. Also with 2 onnxruntime threads, with 4 dates
+  per call, and at 10 m (``scale=1``) for comparison.
+* Builds: ``build_cube`` on the local STAC catalog of ``benchmarks/bench_cube.py``
+  (512 x 512 px, S2 + S1, 4 dates, one of them all cloud in SCL), with
+  ``mask="scl"`` (default), ``"csmask"`` and ``"scl+csmask"``, interleaved in
+  ``--repeats`` rounds in one process after a warm-up of each (the model's session
+  is loaded once per process, like the catalog's files); medians and the median of
+  the per-round ratios to SCL. The learned mask's own time inside each build is
+  summed from its calls. Target: csmask / scl <= 3.
+* ``--memory``: peak RSS of fresh processes building with ``csmask`` at each
+  ``--sizes`` (default 512 and 1024 px: 1 and 4 loading units); memory must not
+  grow with the area.
+
+Usage: ``nice -n 5 python benchmarks/bench_cloudmask.py [--repeats 5] [--memory]``
+(from the repository root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+from bench_cube import END, START, _catalog, _place  # noqa: E402
+
+from latentcube.cube.csmask import CSMask  # noqa: E402
+
+MASKS = ("scl", "csmask", "scl+csmask")
+
+
+def _real_unit(side: int, dates: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(dates, 6, side, side) reflectance: the real patch's first clear-ish dates, mirrored."""
+    from stac_catalog import FLANDERS, PATCH, S2_10M, read_source, up2
+
+    from conftest import SHARED
+
+    src = read_source(SHARED / FLANDERS / PATCH)
+    bands = ("B02", "B03", "B04", "B08", "B11", "B12")
+    out = []
+    for d in list(src.s2_dn)[:dates]:
+        dn = src.s2_dn[d]
+        img = np.stack([dn[b] if b in S2_10M else up2(dn[b]) for b in bands]).astype(np.float32)
+        reps = -(-side // img.shape[-1])
+        row = np.concatenate([img, img[:, :, ::-1]] * reps, axis=2)[:, :, :side]
+        out.append(np.concatenate([row, row[:, ::-1]] * reps, axis=1)[:, :side] / 1e4)
+    return np.clip(np.stack(out), 0, 1).astype(np.float32), bands
+
+
+def _time_mask(mask: CSMask, side: int, dates: int, repeats: int) -> tuple[float, float]:
+    """Best and median ms per date of ``mask.by_date`` on a unit of ``side`` px plus halo."""
+    refl, bands = _real_unit(side + 2 * mask.halo, dates)
+    scl = np.zeros(refl[:, 0].shape, np.uint8)
+    groups = [[k] for k in range(dates)]
+    mask.by_date(refl, scl, bands, groups)  # warm: the session is loaded once per process
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mask.by_date(refl, scl, bands, groups)
+        times.append((time.perf_counter() - t) / dates * 1e3)
+    return min(times), float(np.median(times))
+
+
+def _builds(work: Path, repeats: int) -> None:
+    import shutil
+
+    from latentcube.cube import csmask as csmask_module
+    from latentcube.cube.build import build_cube
+
+    cat = _catalog(work, 8)
+    spent = [0.0]
+    real = csmask_module.CSMask.by_date
+
+    def timed(self, *a, **k):  # the learned mask's own time inside the builds
+        t = time.perf_counter()
+        try:
+            return real(self, *a, **k)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    csmask_module.CSMask.by_date = timed  # type: ignore[method-assign]
+
+    def build(mask: str) -> tuple[float, float, int]:
+        out = work / f"cube-{mask}.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        spent[0] = 0.0
+        t = time.perf_counter()
+        c = build_cube(**_place(8), start=START, end=END, catalog=str(cat), out=out,
+                       progress=False, mask=mask)  # fmt: skip
+        return time.perf_counter() - t, spent[0], c.sizes["time"]
+
+    for m in MASKS:  # warm-up: files, model session
+        build(m)
+    rows: dict[str, list[tuple[float, float, int]]] = {m: [] for m in MASKS}
+    for _ in range(repeats):
+        for m in MASKS:
+            rows[m].append(build(m))
+    scl = np.array([r[0] for r in rows["scl"]])
+    print(f"builds: 512 x 512 px, S2 + S1, local catalog, {repeats} interleaved rounds (warm)")
+    for m in MASKS:
+        wall = np.array([r[0] for r in rows[m]])
+        mask_s = np.array([r[1] for r in rows[m]])
+        ratio = np.median(wall / scl)
+        print(
+            f"  {m:<11} {rows[m][0][2]} dates: median {1e3 * np.median(wall):6.0f} ms "
+            f"(best {1e3 * wall.min():6.0f}), learned mask {1e3 * np.median(mask_s):5.0f} ms, "
+            f"ratio to scl {ratio:.2f}x"
+        )
+
+
+def _memory_child(args: argparse.Namespace) -> None:
+    from latentcube.cube.build import build_cube
+
+    work = Path(args.child_work)
+    cat = _catalog(work, args.child_repeat)
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        build_cube(**_place(args.child_repeat), start=START, end=END, catalog=str(cat),
+                   out=Path(tmp) / "c.zarr", progress=False, mask="csmask")  # fmt: skip
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": time.perf_counter() - t, "peak_mib": peak}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--child-work", help=argparse.SUPPRESS)
+    ap.add_argument("--child-repeat", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_work:
+        _memory_child(args)
+        return
+    import onnxruntime
+
+    print(f"machine: {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__}")
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    base = CSMask()
+    print(f"mask: {base.describe()}")
+    print(f"learned mask per 512 x 512 px date (+ {base.halo} px context), {args.repeats} calls:")
+    for label, mask, dates in [
+        ("30 m, 1 thread, 1 date per call (build default)", base, 1),
+        ("30 m, 2 threads", CSMask(threads=2), 1),
+        ("30 m, 4 dates per call", base, 4),
+        ("10 m (scale 1), 1 thread", CSMask(scale=1), 1),
+    ]:
+        best, med = _time_mask(mask, 512, dates, args.repeats)
+        print(f"  {label:<48} best {best:6.0f} ms, median {med:6.0f} ms per date")
+    with tempfile.TemporaryDirectory(prefix="bench-cloudmask-") as tmp:
+        _builds(Path(tmp), args.repeats)
+        if args.memory:
+            print("peak RSS of a csmask build in a fresh process:")
+            for size in args.sizes:
+                repeat = size // 64
+                _catalog(Path(tmp), repeat)
+                res = subprocess.run(
+                    [sys.executable, __file__, "--child-work", tmp, "--child-repeat", str(repeat)],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                doc = json.loads(res.stdout.strip().splitlines()[-1])
+                secs, peak = doc["seconds"], doc["peak_mib"]
+                print(f"  {size} x {size} px: {secs:.1f} s, peak {peak:.0f} MiB")
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""The learned cloud mask (latentcube.cube.csmask) on real pixels, offline.
+
+Unit tests run on ``tests/data/csmask/flanders_4dates.npz`` (a committed cut of a
+real WorldCereal patch, made by ``tests/data/csmask/make_fixture.py``); build tests
+on the local STAC catalog of ``tests/stac_catalog.py`` (real pixels of ../shared).
+CI installs ``.[dev]``, which includes the ``cloudmask`` extra, so nothing here is
+skipped; the missing-extra tests hide the packages instead of needing their absence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentcube.cube.build import build_cube, make_mask
+from latentcube.cube.csmask import MODEL_BANDS, NODATA, CSMask, _block_mean, _starts, _weights
+from latentcube.cube.masks import AllMasks, SCLMask, describe_cube_mask
+from latentcube.cube.sentinel2 import mask_reflectance
+from latentcube.errors import CubeError
+from stac_catalog import FLANDERS, PATCH, centre_lonlat, make_catalog, read_source
+
+from conftest import shared_path
+
+FIXTURE = Path(__file__).parent / "data" / "csmask" / "flanders_4dates.npz"
+ROMANIA = FIXTURE.with_name("romania_2dates.npz")
+BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
+CLEAR, OVERCAST, BROKEN, CIRRUS = range(4)  # the fixture's dates, see make_fixture.py
+START, END = "2018-09-15", "2018-10-20"
+INSTALL = "pip install 'latentcube[cloudmask]'"
+
+
+def _up(a):
+    return np.repeat(np.repeat(a, 2, axis=-2), 2, axis=-1)
+
+
+def _load(path, bands):
+    """(date, band, 64, 64) reflectance as a build gives the mask (not clipped at 1), SCL."""
+    with np.load(path) as f:
+        dn = np.stack([f[b] if f[b].shape[-1] == 64 else _up(f[b]) for b in bands], axis=1)
+        scl = f["SCL"] if f["SCL"].shape[-1] == 64 else _up(f["SCL"])
+        return mask_reflectance(dn, 0.0), scl, f["time"]
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    """The six model bands of four Flanders dates (tests/data/csmask/make_fixture.py)."""
+    return _load(FIXTURE, BANDS)
+
+
+@pytest.fixture(scope="module")
+def classes(fixture):
+    return CSMask(dilation=0).classify(fixture[0], BANDS)
+
+
+def _hide(monkeypatch, *modules):
+    """Make ``modules`` look uninstalled (an import fails, ``find_spec`` finds nothing)."""
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+# --------------------------------------------------------------------- the mask itself
+
+
+def test_classes_on_real_dates(fixture, classes):
+    refl = fixture[0]
+    assert classes.shape == refl[:, 0].shape and classes.dtype == np.uint8
+    assert set(np.unique(classes)) <= {0, 1, 2}
+    flagged = (classes != 0).mean(axis=(1, 2))
+    assert flagged[CLEAR] < 0.02  # SCL: all vegetation / bare soil
+    assert flagged[OVERCAST] > 0.98  # SCL: all cloud
+    assert flagged[CIRRUS] > 0.5
+    # broken cloud: both clouds and shadows are found
+    assert (classes[BROKEN] == 1).mean() > 0.1 and (classes[BROKEN] == 2).mean() > 0.1
+
+
+def test_deterministic_and_batch_size_free(fixture, classes):
+    refl = fixture[0]
+    again = CSMask(dilation=0).classify(refl, BANDS)
+    np.testing.assert_array_equal(again, classes)
+    one = CSMask(dilation=0, batch_size=1).classify(refl, BANDS)
+    assert (one == classes).mean() > 0.999
+
+
+def test_band_order_by_name_and_extra_bands_ignored(fixture, classes):
+    refl = fixture[0]
+    order = [5, 3, 0, 4, 1, 2]
+    shuffled = refl[:, order]
+    extra = np.concatenate([shuffled, np.full_like(shuffled[:, :1], 0.3)], axis=1)
+    names = [BANDS[i] for i in order] + ["B05"]
+    np.testing.assert_array_equal(CSMask(dilation=0).classify(extra, names), classes)
+
+
+def test_no_data_pixels_are_class_255_and_never_clear(fixture):
+    refl = fixture[0][:1].copy()
+    refl[0, 4, :10, :] = np.nan  # B11 missing on the top rows
+    cls = CSMask(dilation=0).classify(refl, BANDS)
+    assert (cls[0, :10] == NODATA).all() and (cls[0, 10:] != NODATA).all()
+    clear = CSMask(dilation=0)(refl, np.zeros(refl[:, 0].shape, np.uint8), BANDS)
+    assert not clear[0, :10].any() and clear[0, 10:].mean() > 0.9
+
+
+def test_dilation_grows_clouds_and_shadows_only(fixture, classes):
+    clear0 = CSMask(dilation=0).clear_from_classes(classes)
+    clear2 = CSMask(dilation=2).clear_from_classes(classes)
+    assert (clear2 <= clear0).all()
+    assert clear2[CLEAR].all() == clear0[CLEAR].all()
+    # a single cloud pixel grows into a 5 x 5 square
+    one = np.zeros((1, 9, 9), np.uint8)
+    one[0, 4, 4] = 1
+    assert (~CSMask(dilation=2).clear_from_classes(one)).sum() == 25
+    nodata = np.full((1, 9, 9), NODATA, np.uint8)
+    nodata[0, :, 5:] = 0
+    assert CSMask(dilation=2).clear_from_classes(nodata)[0, :, 5:].all()  # no data not grown
+
+
+def test_four_band_model_needs_no_swir(fixture):
+    refl = fixture[0][:, :4]
+    cls = CSMask(bands=4, dilation=0).classify(refl, BANDS[:4])
+    flagged = (cls != 0).mean(axis=(1, 2))
+    assert flagged[CLEAR] < 0.05 and flagged[OVERCAST] > 0.95
+
+
+def test_bright_clouds_are_seen_unclipped():
+    """Overcast Romania (reflectance up to 1.8): cloud as it is, 'clear' when clipped at 1.
+
+    The reason a build gives the learned mask reflectance not clipped at 1.
+    """
+    refl, scl, _ = _load(ROMANIA, BANDS[:4])
+    assert np.nanmax(refl[1]) > 1.5 and (scl[1] == 9).all()
+    flagged = (CSMask(bands=4, dilation=0).classify(refl, BANDS[:4]) != 0).mean(axis=(1, 2))
+    assert flagged[0] < 0.05 and flagged[1] > 0.95
+    clipped = CSMask(bands=4, dilation=0).classify(np.clip(refl, 0, 1), BANDS[:4])
+    assert (clipped[1] != 0).mean() < 0.5
+
+
+def test_mask_reflectance():
+    dn = np.array([[0, 500, 1000, 11000, 20000]], np.uint16)
+    np.testing.assert_allclose(mask_reflectance(dn, 0.0), [[np.nan, 0.05, 0.1, 1.1, 2.0]])
+    np.testing.assert_allclose(mask_reflectance(dn, 1000.0), [[np.nan, 0.0, 0.0, 1.0, 1.9]])
+
+
+def test_large_images_are_tiled_and_blended(fixture):
+    """An image larger than one model tile: overlapping tiles, same classes inside."""
+    refl = fixture[0][BROKEN : BROKEN + 1]
+    big = np.concatenate([refl, refl[..., ::-1, :]] * 3, axis=-2)[..., :300, :]
+    big = np.concatenate([big, big[..., ::-1]] * 3, axis=-1)[..., :300]  # 300 x 300, mirrored
+    mask = CSMask(dilation=0, scale=1)
+    whole = mask.classify(big, BANDS)
+    assert whole.shape == (1, 300, 300) and set(np.unique(whole)) <= {0, 1, 2}
+    part = mask.classify(big[..., :256, :256], BANDS)
+    inner = (slice(None), slice(32, 224), slice(32, 224))
+    assert (whole[inner] == part[inner]).mean() > 0.9
+
+
+def test_helpers():
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    x[0, 0, 0] = np.nan
+    m = _block_mean(x, 2)
+    np.testing.assert_allclose(m[0], [[(1 + 4 + 5) / 3, (2 + 3 + 6 + 7) / 4], [10.5, 12.5]])
+    assert _block_mean(np.full((1, 5, 5), np.nan, np.float32), 3).shape == (1, 2, 2)
+    for size in (256, 300, 700, 1000):
+        starts = _starts(size, 256, 32)
+        assert starts[0] == 0 and starts[-1] == size - 256
+        assert all(b - a <= 256 - 32 for a, b in itertools.pairwise(starts))
+    w = _weights(256, 32)
+    assert w.min() > 0 and w.max() == 1.0 and w[128, 128] == 1.0
+
+
+def test_by_date_classifies_each_date_once_as_a_mosaic(fixture, monkeypatch):
+    refl = fixture[0][[BROKEN, BROKEN, CLEAR]].copy()
+    refl[0, :, :, 32:] = np.nan  # two "tiles" of one pass: west and east halves
+    refl[1, :, :, :24] = np.nan
+    calls = []
+    real = CSMask.classify
+
+    def spy(self, r, bands):
+        calls.append(r.shape[0])
+        return real(self, r, bands)
+
+    monkeypatch.setattr(CSMask, "classify", spy)
+    mask = CSMask(dilation=0)
+    clear = mask.by_date(refl, np.zeros(refl[:, 0].shape, np.uint8), BANDS, [[0, 1], [2]])
+    assert calls == [2]  # one image per date
+    whole = real(mask, fixture[0][[BROKEN]], BANDS)
+    np.testing.assert_array_equal(clear[0], whole[0] == 0)  # the mosaic is the whole date
+    np.testing.assert_array_equal(clear[0], clear[1])
+
+
+def test_combined_mask_is_both_and_skips_dates_scl_leaves_nothing_clear(fixture, monkeypatch):
+    refl, scl, _ = fixture
+    calls = []
+    real = CSMask.classify
+    monkeypatch.setattr(
+        CSMask, "classify", lambda self, r, b: calls.append(r.shape[0]) or real(self, r, b)
+    )
+    both = make_mask("scl+csmask", dilation=0)
+    assert isinstance(both, AllMasks) and both.name == "scl+csmask"
+    groups = [[k] for k in range(len(refl))]
+    got = both.by_date(refl, scl, BANDS, groups)
+    assert calls == [3]  # the overcast date is all cloud in SCL: not classified
+    calls.clear()
+    learned = CSMask(dilation=0).by_date(refl, scl, BANDS, groups)
+    np.testing.assert_array_equal(got, SCLMask(dilation=0).clear(scl) & learned)
+    assert both.halo == CSMask(dilation=0).halo
+    assert both.screen == SCLMask(dilation=0)
+
+
+# ----------------------------------------------------------------------- errors
+
+
+def test_missing_extra_is_one_line_naming_the_extra(monkeypatch, fixture):
+    _hide(monkeypatch, "ukis_csmask")
+    with pytest.raises(CubeError, match="ukis-csmask") as err:
+        CSMask().classify(fixture[0], BANDS)
+    assert INSTALL in str(err.value) and "\n" not in str(err.value)
+    _hide(monkeypatch, "onnxruntime")
+    with pytest.raises(CubeError, match="onnxruntime.*" + INSTALL.replace("[", r"\[")):
+        CSMask().check(BANDS)
+
+
+def test_missing_extra_fails_a_build_before_the_catalog_is_read(monkeypatch, tmp_path):
+    _hide(monkeypatch, "ukis_csmask", "onnxruntime")
+    lon, lat = centre_lonlat()
+    for mask in ("csmask", "scl+csmask"):
+        with pytest.raises(CubeError, match=r"ukis-csmask and onnxruntime.*cloudmask"):
+            build_cube(lat=lat, lon=lon, size_m=640, start=START, end=END, mask=mask,
+                       catalog=str(tmp_path / "none" / "catalog.json"), progress=False)  # fmt: skip
+    assert not (tmp_path / "none").exists()
+
+
+def test_missing_band_is_one_line_naming_it(tmp_path, fixture):
+    lon, lat = centre_lonlat()
+    bands = ("B02", "B03", "B04", "B08", "B8A")
+    with pytest.raises(CubeError) as err:
+        build_cube(lat=lat, lon=lon, size_m=640, start=START, end=END, mask="csmask",
+                   s2_bands=bands, catalog=str(tmp_path / "c.json"), progress=False)  # fmt: skip
+    msg = str(err.value)
+    assert "B11, B12" in msg and "6-band" in msg and "--csmask-bands 4" in msg and "\n" not in msg
+    with pytest.raises(CubeError, match="B03"):
+        CSMask(bands=4).classify(fixture[0][:, [0, 2, 3]], ["B02", "B04", "B08"])
+    with pytest.raises(CubeError, match="4 or 6"):
+        CSMask(bands=5)
+
+
+def test_cli_names_the_extra_on_one_line(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app
+
+    _hide(monkeypatch, "ukis_csmask")
+    lon, lat = centre_lonlat()
+    res = CliRunner().invoke(app, [
+        "cube", "--out", str(tmp_path / "c.zarr"), "--start", START, "--end", END,
+        "--lat", str(lat), "--lon", str(lon), "--size-m", "640", "--mask", "csmask",
+        "--catalog", str(tmp_path / "catalog.json"),
+    ])  # fmt: skip
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and INSTALL in lines[0]
+
+
+# ------------------------------------------------------------------------- builds
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    src = read_source(shared_path(FLANDERS, PATCH))
+    return make_catalog(tmp_path_factory.mktemp("stac"), src)
+
+
+def _kw(catalog):
+    lon, lat = centre_lonlat()
+    return dict(lat=lat, lon=lon, size_m=640, start=START, end=END, catalog=str(catalog),
+                progress=False, sensors=("s2",))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cube_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cubes")
+
+
+@pytest.fixture(scope="module")
+def cubes(catalog, cube_dir):
+    return {
+        m: build_cube(**_kw(catalog), mask=m, out=cube_dir / f"{m}.zarr")
+        for m in ("scl", "csmask", "scl+csmask")
+    }
+
+
+@pytest.mark.shared
+def test_build_has_the_cube_grid_and_provenance(cubes):
+    scl, learned, both = cubes["scl"], cubes["csmask"], cubes["scl+csmask"]
+    for c in (learned, both):
+        for k in ("x", "y"):
+            np.testing.assert_array_equal(c[k].values, scl[k].values)
+        assert c.rio.crs == scl.rio.crs and c["s2_valid"].shape[1:] == scl["s2_valid"].shape[1:]
+    info = json.loads(learned.attrs["mask"])
+    path = CSMask().model_file
+    assert info["name"] == "csmask" and info["package"] == "ukis-csmask"
+    assert info["model_file"] == "model_6b_l2a.onnx" == path.name
+    assert info["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["package_version"] == "1.0.0" and info["bands"] == list(MODEL_BANDS[6])
+    assert json.loads(learned.attrs["latentcube_config"])["mask"] == "csmask"
+    combined = json.loads(both.attrs["mask"])
+    assert [m["name"] for m in combined["masks"]] == ["scl", "csmask"]
+    assert json.loads(scl.attrs["mask"])["name"] == "scl"
+    assert info["model_sha256"] in describe_cube_mask(learned.attrs)
+    # the fully SCL-cloudy date is screened out of scl and scl+csmask, not of csmask
+    assert learned.sizes["time"] == 4 and both.sizes["time"] == scl.sizes["time"] == 3
+    # scl+csmask is clear exactly where both are clear (same dates)
+    sub = learned.sel(time=scl["time"])
+    np.testing.assert_array_equal(
+        both["s2_valid"].values, scl["s2_valid"].values & sub["s2_valid"].values
+    )
+    valid = learned["s2_valid"].values
+    assert np.isnan(learned["s2"].values[:, 0][~valid]).all()
+    assert np.isfinite(learned["s2"].values[:, 0][valid]).all()
+
+
+@pytest.mark.shared
+def test_info_shows_the_mask(cubes, cube_dir):
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app
+
+    res = CliRunner().invoke(app, ["info", str(cube_dir / "csmask.zarr")])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.strip().startswith("mask"))
+    sha = json.loads(cubes["csmask"].attrs["mask"])["model_sha256"]
+    assert "csmask (ukis-csmask 1.0.0, model_6b_l2a.onnx sha256 " + sha in line
+    res = CliRunner().invoke(app, ["info", str(cube_dir / "scl.zarr")])
+    assert "mask    scl (SCL classes 0, 1, 3, 8, 9, 10, 11 masked; dilation 1 px)" in res.output
+
+
+class KilledMask(CSMask):
+    """The learned mask, killed after ``budget`` dates (a build stopped half way).
+
+    A subclass: the build takes its general path (every band's reflectance with
+    the halo), so comparing with a ``CSMask`` build also tests the plane path.
+    """
+
+    calls = 0
+    budget = 10**9
+
+    def by_date(self, refl, scl, bands, groups, need=None):
+        type(self).calls += 1
+        if type(self).calls > type(self).budget:
+            raise KeyboardInterrupt("killed")
+        return super().by_date(refl, scl, bands, groups, need)
+
+
+@pytest.mark.shared
+def test_build_resumes_and_gives_the_uninterrupted_cube(tmp_path, catalog, cubes):
+    out = tmp_path / "cube.zarr"
+    kw = {**_kw(catalog), "time_chunk": 1, "tile": 64, "out": out}
+    KilledMask.calls, KilledMask.budget = 0, 2  # 4 dates x 1 tile = 4 units
+    with pytest.raises(KeyboardInterrupt):
+        build_cube(**kw, mask=KilledMask())
+    assert not out.exists()
+    assert len(list((tmp_path / ".cube.zarr.partial" / "done").iterdir())) == 2
+    KilledMask.calls, KilledMask.budget = 0, 10**9
+    c = build_cube(**kw, mask=KilledMask())
+    assert KilledMask.calls == 2  # the finished units were not run again
+    ref = cubes["csmask"]
+    np.testing.assert_array_equal(c["s2_valid"].values, ref["s2_valid"].values)
+    np.testing.assert_array_equal(c["s2"].values, ref["s2"].values)
+    KilledMask.calls = 0
+    build_cube(**kw, mask=KilledMask())  # same request: nothing to do
+    assert KilledMask.calls == 0
+
+
+@pytest.mark.shared
+def test_other_model_or_options_is_another_request(tmp_path, catalog, cubes):
+    four = CSMask(bands=4)
+    assert four.describe() != CSMask().describe()
+    out = tmp_path / "c.zarr"
+    build_cube(**_kw(catalog), mask="csmask", out=out)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        build_cube(**_kw(catalog), mask="csmask", csmask_bands=4, out=out)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_units_on_a_dask_cluster_give_the_same_cube(catalog, cubes):
+    c = build_cube(**_kw(catalog), mask="csmask", scheduler="local", workers=2,
+                   time_chunk=2, tile=64)  # fmt: skip
+    ref = cubes["csmask"]
+    np.testing.assert_array_equal(c["s2_valid"].values, ref["s2_valid"].values)
+    np.testing.assert_array_equal(c["s2"].values, ref["s2"].values)
