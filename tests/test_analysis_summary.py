@@ -10,11 +10,10 @@ import pytest
 import xarray as xr
 
 import latentcube  # noqa: F401  (registers the accessor)
+from analysis_data import CRS, CountingScheduler, counted, synthetic_embedding
 from latentcube.analysis.summary import make_windows, summarise, weighted_quantile
 from latentcube.errors import EmbeddingError
 from latentcube.io import open_zarr, write_zarr
-
-from analysis_data import CRS, CountingScheduler, counted, synthetic_embedding
 
 WINDOWS = ["2018-03-01/2018-08-31", "2019-07-01/2020-06-30", "2019-01-01/2019-12-31"]
 
@@ -120,7 +119,10 @@ def test_weighted_median_is_numpy_inverted_cdf(ds):
     e = np.where(np.isfinite(e), e, np.nanmean(e))
     for f in range(ds.sizes["feature"]):
         ref = np.quantile(
-            emb[f, use, iy, ix].astype(np.float64), 0.5, weights=1 / (e + 0.01), method="inverted_cdf"
+            emb[f, use, iy, ix].astype(np.float64),
+            0.5,
+            weights=1 / (e + 0.01),
+            method="inverted_cdf",
         )
         assert res["embedding"].values[f, 0, iy, ix] == pytest.approx(ref)
 
@@ -168,7 +170,9 @@ def test_windows_by_every():
     ]
     rolling = make_windows(times, "2019-01-01/2019-12-31", every="1M", length="6M")
     assert rolling[0].label == "2019-01-01/2019-06-30"
-    assert rolling[6].label == "2019-07-01/2019-12-31" and rolling[-1].label == "2019-12-01/2019-12-31"
+    assert (
+        rolling[6].label == "2019-07-01/2019-12-31" and rolling[-1].label == "2019-12-01/2019-12-31"
+    )
     two = make_windows(times, ["2018-06-01/2018-06-30", ("2019-06-01", "2019-07-31")], every="1M")
     assert len(two) == 3
     with pytest.raises(EmbeddingError, match="ends before"):
@@ -193,7 +197,9 @@ def test_every_gives_the_window_coordinates(ds):
 
 
 def test_lazy_on_dask_one_compute_and_chunks_kept(tmp_path):
-    store = write_zarr(synthetic_embedding(ny=8, nx=6).chunk({"time": 1, "y": 4, "x": 3}), tmp_path / "e.zarr")
+    store = write_zarr(
+        synthetic_embedding(ny=8, nx=6).chunk({"time": 1, "y": 4, "x": 3}), tmp_path / "e.zarr"
+    )
     emb = open_zarr(store)
     sched = CountingScheduler()
     import dask
@@ -203,7 +209,10 @@ def test_lazy_on_dask_one_compute_and_chunks_kept(tmp_path):
         assert sched.calls == 0  # building the result computes nothing
         for r in res.values():
             assert r["embedding"].chunks is not None and r["count"].chunks is not None
-            assert r["embedding"].chunksizes["y"] == (4, 4) and r["embedding"].chunksizes["x"] == (3, 3)
+            assert r["embedding"].chunksizes["y"] == (4, 4) and r["embedding"].chunksizes["x"] == (
+                3,
+                3,
+            )
         computed = res["mean"].compute()
         assert sched.calls == 1
     ref = summarise(synthetic_embedding(ny=8, nx=6), every="1Y").compute()

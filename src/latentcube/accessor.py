@@ -31,7 +31,7 @@ __all__ = ["LatentcubeAccessor"]
 
 
 class LatentcubeAccessor:
-    """Embedding helpers: ``pca_rgb``, ``to_geotiff`` and the analyses of :mod:`latentcube.analysis`."""
+    """Embedding helpers: ``pca_rgb``, ``to_geotiff`` and :mod:`latentcube.analysis`."""
 
     def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
         self._obj = obj

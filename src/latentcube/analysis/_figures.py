@@ -35,12 +35,18 @@ def map_panel(
 
     a = np.asarray(values, dtype=np.float64)
     if a.ndim == 3:
-        im = ax.imshow(np.nan_to_num(np.clip(a, 0, 1), nan=0.5), extent=extent, interpolation="nearest")
-    else:
-        cm = mpl.colormaps[cmap].copy()
-        cm.set_bad("0.75")
         im = ax.imshow(
-            np.ma.masked_invalid(a), extent=extent, interpolation="nearest", cmap=cm, vmin=vmin, vmax=vmax
+            np.nan_to_num(np.clip(a, 0, 1), nan=0.5), extent=extent, interpolation="nearest"
+        )
+    else:
+        cm = mpl.colormaps[cmap].with_extremes(bad="0.75")
+        im = ax.imshow(
+            np.ma.masked_invalid(a),
+            extent=extent,
+            interpolation="nearest",
+            cmap=cm,
+            vmin=vmin,
+            vmax=vmax,
         )
         if colorbar:
             cb = ax.figure.colorbar(im, ax=ax, shrink=0.8)
@@ -52,7 +58,9 @@ def map_panel(
     return im
 
 
-def save_png(fig: Any, path: str | os.PathLike[str], *, overwrite: bool = False, dpi: int = 110) -> Path:
+def save_png(
+    fig: Any, path: str | os.PathLike[str], *, overwrite: bool = False, dpi: int = 110
+) -> Path:
     """Write ``fig`` as PNG beside ``path`` and swap it in when complete."""
     from latentcube.io import replacing
 

@@ -67,7 +67,9 @@ def _layer(obj: xr.Dataset | xr.DataArray, name: str) -> xr.DataArray | None:
 
 def _error_name(obj: xr.Dataset | xr.DataArray, wanted: str | None) -> str:
     names = list(obj.variables if isinstance(obj, xr.Dataset) else obj.coords)
-    errors = sorted(str(n) for n in names if str(n) == "recon_mae" or str(n).startswith("recon_mae_"))
+    errors = sorted(
+        str(n) for n in names if str(n) == "recon_mae" or str(n).startswith("recon_mae_")
+    )
     if wanted is not None:
         if wanted not in errors:
             raise EmbeddingError(
@@ -127,7 +129,7 @@ def embedding_parts(
         raise EmbeddingError(f"expected an embedding {DIMS}, got {tuple(emb.dims)}")
     extra = [k for k in emb.coords if k not in emb.dims and k != "spatial_ref"]
     vectors = emb.drop_vars(extra)
-    finite = np.isfinite(vectors).all("feature")
+    finite = (abs(vectors) < np.inf).all("feature")  # False for NaN and +-inf
     valid = _layer(obj, "valid")
     if valid is not None:
         if tuple(valid.dims) != DIMS[1:]:
@@ -178,9 +180,14 @@ def parse_period(period: str | tuple[Any, Any]) -> tuple[pd.Timestamp, pd.Timest
         try:
             a, b = period
         except (TypeError, ValueError):
-            raise EmbeddingError(f"a period is 'START/END' or (start, end), got {period!r}") from None
+            raise EmbeddingError(
+                f"a period is 'START/END' or (start, end), got {period!r}"
+            ) from None
     try:
-        start, end = pd.Timestamp(str(a).strip()).normalize(), pd.Timestamp(str(b).strip()).normalize()
+        start, end = (
+            pd.Timestamp(str(a).strip()).normalize(),
+            pd.Timestamp(str(b).strip()).normalize(),
+        )
     except ValueError as exc:
         raise EmbeddingError(f"cannot read the period {period!r} as dates: {exc}") from None
     if end < start:

@@ -45,15 +45,17 @@ __all__ = [
 DAYS_PER_YEAR = 365.25
 
 
-def distances(a: xr.DataArray, b: xr.DataArray, dim: str = "feature") -> tuple[xr.DataArray, xr.DataArray]:
+def distances(
+    a: xr.DataArray, b: xr.DataArray, dim: str = "feature"
+) -> tuple[xr.DataArray, xr.DataArray]:
     """Euclidean distance and cosine distance (``1 - cos``) between vectors along ``dim``.
 
     NaN where either vector has a NaN or (cosine) a zero norm. Lazy on Dask.
     """
     diff = b - a
-    euclid = np.sqrt((diff**2).sum(dim, skipna=False))
-    na = np.sqrt((a**2).sum(dim, skipna=False))
-    nb = np.sqrt((b**2).sum(dim, skipna=False))
+    euclid = (diff**2).sum(dim, skipna=False) ** 0.5
+    na = (a**2).sum(dim, skipna=False) ** 0.5
+    nb = (b**2).sum(dim, skipna=False) ** 0.5
     dot = (a * b).sum(dim, skipna=False)
     norm = na * nb
     cosine = 1.0 - dot / norm.where(norm > 0)
@@ -119,8 +121,13 @@ def change(
             "after": b,
         }
     )
-    ds["euclidean"].attrs = {"long_name": f"Euclidean distance between the {stat} vectors of {labels[1]} and {labels[0]}"}
-    ds["cosine"].attrs = {"long_name": f"cosine distance (1 - cos) between the {stat} vectors", "units": "1"}
+    ds["euclidean"].attrs = {
+        "long_name": f"Euclidean distance between the {stat} vectors of {labels[1]} and {labels[0]}"
+    }
+    ds["cosine"].attrs = {
+        "long_name": f"cosine distance (1 - cos) between the {stat} vectors",
+        "units": "1",
+    }
     ds["count_before"].attrs = {"long_name": f"valid dates in {labels[0]}"}
     ds["count_after"].attrs = {"long_name": f"valid dates in {labels[1]}"}
     ds.attrs = {
@@ -157,7 +164,12 @@ def other_year_weights(
     (numpy.ndarray, numpy.ndarray)
         ``member`` (time, source) bool and ``k`` (time, source) int, the year offset.
     """
-    days = pd.DatetimeIndex(np.asarray(times)).normalize().values.astype("datetime64[D]").astype(np.int64)
+    days = (
+        pd.DatetimeIndex(np.asarray(times))
+        .normalize()
+        .values.astype("datetime64[D]")
+        .astype(np.int64)
+    )
     d = (days[None, :] - days[:, None]).astype(np.float64)
     k = np.rint(d / DAYS_PER_YEAR).astype(np.int64)
     member = (k != 0) & (np.abs(d - DAYS_PER_YEAR * k) <= half_window)
@@ -219,7 +231,9 @@ def anomaly(
     for kk in np.unique(k[member]):
         mk = xr.DataArray((member & (k == kk)).astype(np.float64), dims=("time", "source"))
         years.append(xr.dot(mk, okf, dim="source") > 0)
-    n_years = sum(y.astype(np.int16) for y in years) if years else xr.zeros_like(count, dtype=np.int16)
+    n_years = (
+        sum(y.astype(np.int16) for y in years) if years else xr.zeros_like(count, dtype=np.int16)
+    )
     assert isinstance(n_years, xr.DataArray)
     expected = (total / count.where(count > 0)).transpose("feature", "time", "y", "x")
     expected = expected.assign_coords(time=vec["time"])
@@ -237,7 +251,9 @@ def anomaly(
         out["expected"] = expected.astype(np.float32)
     ds = xr.Dataset(out)
     ds["euclidean"].attrs = {"long_name": "Euclidean distance from the other years' seasonal mean"}
-    ds["cosine"].attrs = {"long_name": "cosine distance (1 - cos) from the other years' seasonal mean"}
+    ds["cosine"].attrs = {
+        "long_name": "cosine distance (1 - cos) from the other years' seasonal mean"
+    }
     ds["count"].attrs = {"long_name": "valid other-year dates in the seasonal window"}
     ds["n_years"].attrs = {"long_name": "other years with a valid date in the seasonal window"}
     ds.attrs = {
@@ -247,7 +263,8 @@ def anomaly(
             half_window_days=float(half_window),
             min_count=min_count,
             min_years=min_years,
-            expectation="mean of the valid vectors within half_window days of the same day of year in other years",
+            expectation="mean of the valid vectors within half_window days of the same "
+            "day of year in other years",
             source_store=parts.source,
         ),
         **grid_attrs(parts.attrs),

@@ -80,15 +80,24 @@ def reference_vector(
     if not points:
         raise EmbeddingError("give at least one example pixel (x, y)")
     times = pd.DatetimeIndex(parts.embedding["time"].values)
-    vectors = []
+    where: list[tuple[float, float, Any]] = []
     for p in points:
         if len(p) not in (2, 3):
             raise EmbeddingError(f"an example pixel is (x, y) or (x, y, time), got {p!r}")
-        px, py = float(p[0]), float(p[1])
-        when = p[2] if len(p) == 3 else time
-        iy, ix = _pixel(parts, px, py)
-        vec = np.asarray(parts.embedding.isel(y=iy, x=ix).values, dtype=np.float64)
-        ok = np.asarray(parts.valid.isel(y=iy, x=ix).values, dtype=bool)
+        where.append((float(p[0]), float(p[1]), p[2] if len(p) == 3 else time))
+    pix = [_pixel(parts, px, py) for px, py, _ in where]
+    sub = (
+        xr.Dataset({"v": parts.embedding, "ok": parts.valid})
+        .isel(
+            y=xr.DataArray([iy for iy, _ in pix], dims="point"),
+            x=xr.DataArray([ix for _, ix in pix], dims="point"),
+        )
+        .compute()  # the example pixels only, in one pass
+    )
+    vecs = np.asarray(sub["v"].transpose("point", "feature", "time").values, dtype=np.float64)
+    oks = np.asarray(sub["ok"].transpose("point", "time").values, dtype=bool)
+    vectors = []
+    for (px, py, when), vec, ok in zip(where, vecs, oks, strict=True):
         if when is None:
             if not ok.any():
                 raise EmbeddingError(f"the pixel at x={px}, y={py} has no valid date")
@@ -200,7 +209,7 @@ def similar(
     if centre:
         a, b = vec - mean, r - mean
     dot = (a * b).sum("feature", skipna=False)
-    norm = np.sqrt((a**2).sum("feature", skipna=False)) * np.sqrt((b**2).sum("feature"))
+    norm = ((a**2).sum("feature", skipna=False) * (b**2).sum("feature")) ** 0.5
     cosine = (dot / norm.where(norm > 0)).where(parts.valid)
     c = (
         xr.DataArray(np.asarray(cov, dtype=np.float64), dims=("feature", "feature2"))
@@ -220,7 +229,7 @@ def similar(
     )
     diff = (vec - r).rename(feature="feature2").drop_vars("feature2", errors="ignore")
     z = xr.dot(w.drop_vars("feature2", errors="ignore"), diff, dim="feature2")
-    distance = np.sqrt((z**2).sum("white", skipna=False)).where(parts.valid)
+    distance = ((z**2).sum("white", skipna=False) ** 0.5).where(parts.valid)
     ds = xr.Dataset(
         {
             "cosine": cosine.astype(np.float32).transpose("time", "y", "x"),
@@ -284,11 +293,15 @@ def plot_similarity(
     cos = result["cosine"]
     if times is None:
         cover = np.isfinite(np.asarray(cos.values)).mean(axis=(1, 2))
-        good = np.flatnonzero(cover >= 0.8 * cover.max()) if cover.max() > 0 else np.arange(cover.size)
+        good = (
+            np.flatnonzero(cover >= 0.8 * cover.max()) if cover.max() > 0 else np.arange(cover.size)
+        )
         picks = good[np.linspace(0, good.size - 1, min(n_dates, good.size)).round().astype(int)]
     else:
         t = pd.DatetimeIndex(result["time"].values)
-        picks = np.array([int(np.abs((t - pd.Timestamp(str(v))).total_seconds()).argmin()) for v in times])
+        picks = np.array(
+            [int(np.abs((t - pd.Timestamp(str(v))).total_seconds()).argmin()) for v in times]
+        )
     sel = result.isel(time=picks).compute()
     examples = [
         tuple(float(v) for v in p.split(",")[:2])
@@ -312,17 +325,35 @@ def plot_similarity(
         date = np.datetime_as_string(sel["time"].values[j], "D")
         last = j == len(picks) - 1
         map_panel(
-            axes[0, col + j], sel["cosine"].values[j], ext, f"cosine {date}",
-            cmap="viridis", vmin=-1.0, vmax=1.0, label="cosine similarity", colorbar=last,
+            axes[0, col + j],
+            sel["cosine"].values[j],
+            ext,
+            f"cosine {date}",
+            cmap="viridis",
+            vmin=-1.0,
+            vmax=1.0,
+            label="cosine similarity",
+            colorbar=last,
         )
         map_panel(
-            axes[1, col + j], dist[j], ext, f"whitened distance {date}",
-            cmap="magma_r", vmin=0.0, vmax=top, label="whitened distance", colorbar=last,
+            axes[1, col + j],
+            dist[j],
+            ext,
+            f"whitened distance {date}",
+            cmap="magma_r",
+            vmin=0.0,
+            vmax=top,
+            label="whitened distance",
+            colorbar=last,
         )
         for ax in axes[:, col + j]:
             for ex, ey in examples:
                 ax.plot(
-                    (ex - x0 + res / 2) / 1000, ext[3] - (y1 - ey + res / 2) / 1000,
-                    marker="+", color="red", markersize=9, mew=1.5,
+                    (ex - x0 + res / 2) / 1000,
+                    ext[3] - (y1 - ey + res / 2) / 1000,
+                    marker="+",
+                    color="red",
+                    markersize=9,
+                    mew=1.5,
                 )
     return save_png(fig, path, overwrite=overwrite, dpi=dpi)

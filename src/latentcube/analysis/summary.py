@@ -17,7 +17,7 @@ import datetime as _dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -47,8 +47,8 @@ Stat = Literal["mean", "median", "std", "quantiles"]
 STATS: tuple[str, ...] = ("mean", "median", "std", "quantiles")
 #: ``eps`` of the quality weight ``1 / (recon_mae + eps)`` (reflectance units).
 QUALITY_EPS = 0.01
-WindowSpec = str | tuple[Any, Any]
-Offset = pd.DateOffset | pd.Timedelta
+WindowSpec: TypeAlias = str | tuple[Any, Any]
+Offset: TypeAlias = pd.DateOffset | pd.Timedelta
 _DAY = pd.Timedelta(days=1)
 _UNITS = {
     "D": ("days", 1),
@@ -97,7 +97,9 @@ def parse_offset(every: str | Offset | _dt.timedelta | np.timedelta64) -> Offset
     if isinstance(every, _dt.timedelta | np.timedelta64):
         return pd.Timedelta(every)
     if not isinstance(every, str):
-        raise EmbeddingError(f"every must be a string like '3M', an offset or a timedelta, got {every!r}")
+        raise EmbeddingError(
+            f"every must be a string like '3M', an offset or a timedelta, got {every!r}"
+        )
     m = re.fullmatch(r"\s*(\d*)\s*([A-Za-z]+)\s*", every)
     if m and m.group(2).upper() in _UNITS:
         unit, mult = _UNITS[m.group(2).upper()]
@@ -269,7 +271,7 @@ def _window_stat(
         if stat == "mean":
             return mean.astype(np.float32), count
         var = (x * x * wt).sum("time") / s0.where(s0 > 0) - mean**2
-        return np.sqrt(var.clip(min=0.0)).astype(np.float32), count
+        return (var.clip(min=0.0) ** 0.5).astype(np.float32), count
     qs = (0.5,) if stat == "median" else quantiles
     args: list[xr.DataArray] = [emb, ok] + ([w] if w is not None else [])
     if emb.chunks is not None:
@@ -393,7 +395,9 @@ def summarise(
     counts = counts.transpose("window", "y", "x").assign_coords(coords)
     values.attrs = {"long_name": f"{stat} of the embedding over the valid dates of each window"}
     counts.attrs = {"long_name": "valid dates in the window", "units": "1"}
-    extra = {k: parts.attrs[k] for k in ("model_config", "sensor", "edge_policy") if k in parts.attrs}
+    extra = {
+        k: parts.attrs[k] for k in ("model_config", "sensor", "edge_policy") if k in parts.attrs
+    }
     attrs = {
         **provenance(
             f"latentcube summary of {parts.source or 'an embedding'}",
