@@ -26,7 +26,16 @@ import xarray as xr
 
 from latentcube.errors import EmbeddingError
 
-__all__ = ["EmbeddingParts", "embedding_parts", "grid_attrs", "parse_period", "source_of"]
+__all__ = [
+    "BLOCK_BYTES",
+    "EmbeddingParts",
+    "embedding_parts",
+    "grid_attrs",
+    "parse_period",
+    "source_of",
+    "whole_time",
+    "with_crs",
+]
 
 DIMS = ("feature", "time", "y", "x")
 
@@ -193,3 +202,31 @@ def parse_period(period: str | tuple[Any, Any]) -> tuple[pd.Timestamp, pd.Timest
     if end < start:
         raise EmbeddingError(f"the period {period!r} ends before it starts")
     return start, end
+
+
+#: Memory a block with the whole time axis may take (float64 values and work arrays).
+BLOCK_BYTES = 256 * 2**20
+
+
+def whole_time(arrays: list[xr.DataArray], n_values: int) -> list[xr.DataArray]:
+    """Rechunk Dask-backed arrays to the whole time axis (and all features), spatially bounded.
+
+    A per-pixel computation over all dates (medians, quantiles, anomalies) needs each
+    pixel's series in one block. The spatial chunks are kept, or split so that
+    ``n_values`` float64 numbers per pixel (features x dates, times a few work
+    arrays) stay under :data:`BLOCK_BYTES` per block. NumPy-backed arrays are
+    returned unchanged.
+    """
+    if all(a.chunks is None for a in arrays):
+        return arrays
+    ref = next(a for a in arrays if a.chunks is not None)
+    side = max(8, int(np.sqrt(BLOCK_BYTES / (8 * 4 * max(n_values, 1)))))
+    cy = min(max(ref.chunksizes["y"]), side)
+    cx = min(max(ref.chunksizes["x"]), side)
+    out = []
+    for a in arrays:
+        spec = {"time": -1, "y": cy, "x": cx}
+        if "feature" in a.dims:
+            spec["feature"] = -1
+        out.append(a.chunk(spec))
+    return out

@@ -27,7 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube.analysis._figures import extent_km, map_panel, save_png
-from latentcube.analysis._layers import embedding_parts, grid_attrs, with_crs
+from latentcube.analysis._layers import embedding_parts, grid_attrs, whole_time, with_crs
 from latentcube.analysis.summary import QUALITY_EPS, WindowSpec, summarise
 from latentcube.cube.schema import provenance
 from latentcube.errors import EmbeddingError
@@ -176,6 +176,41 @@ def other_year_weights(
     return member, k
 
 
+def _anomaly_kernel(
+    x: np.ndarray,
+    ok: np.ndarray,
+    member: np.ndarray,
+    k: np.ndarray,
+    min_count: int,
+    min_years: int,
+    keep_expected: bool,
+) -> tuple[np.ndarray, ...]:
+    """Per block: x (..., feature, time), ok (..., time) -> distances, counts, [expected]."""
+    okf = ok.astype(np.float64)
+    x0 = np.where(ok[..., None, :], x, 0.0).astype(np.float64)
+    mt = member.T.astype(np.float64)
+    count = okf @ mt
+    n_years = np.zeros(count.shape, np.int16)
+    for kk in np.unique(k[member]):
+        n_years += ((okf @ (member & (k == kk)).T.astype(np.float64)) > 0).astype(np.int16)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = (x0 @ mt) / np.where(count > 0, count, np.nan)[..., None, :]
+        v = np.asarray(x, dtype=np.float64)
+        euclid = np.sqrt(((v - expected) ** 2).sum(-2))
+        norm = np.sqrt((v**2).sum(-2) * (expected**2).sum(-2))
+        cosine = 1.0 - (v * expected).sum(-2) / np.where(norm > 0, norm, np.nan)
+    support = ok & (count >= min_count) & (n_years >= min_years)
+    out: list[np.ndarray] = [
+        np.where(support, euclid, np.nan).astype(np.float32),
+        np.where(support, cosine, np.nan).astype(np.float32),
+        count.astype(np.int32),
+        n_years,
+    ]
+    if keep_expected:
+        out.append(expected.astype(np.float32))
+    return tuple(out)
+
+
 def anomaly(
     emb: xr.Dataset | xr.DataArray,
     *,
@@ -211,8 +246,11 @@ def anomaly(
         ``euclidean`` and ``cosine`` (time, y, x) distances of each date's vector
         from its expectation (NaN where the date is not valid or the expectation
         lacks support), ``count`` (time, y, x) valid other-year dates and
-        ``n_years`` (time, y, x) other years behind it. Lazy on Dask (the
-        expectation is a matrix product over time, computed chunk by chunk).
+        ``n_years`` (time, y, x) other years behind it. Lazy on Dask: each task
+        holds the whole series of a block of pixels (the spatial chunks are split
+        when needed to bound its memory, see
+        :func:`~latentcube.analysis._layers.whole_time`); the expectation is a
+        matrix product over time.
     """
     if half_window < 0:
         raise EmbeddingError(f"half_window must be >= 0 days, got {half_window}")
@@ -221,34 +259,27 @@ def anomaly(
     parts = embedding_parts(emb)
     vec, ok = parts.embedding, parts.valid
     member, k = other_year_weights(vec["time"].values, half_window)
-    src = {"time": "source"}
-    x0 = vec.where(ok, 0.0).astype(np.float64).rename(src)
-    okf = ok.astype(np.float64).rename(src)
-    m = xr.DataArray(member.astype(np.float64), dims=("time", "source"))
-    total = xr.dot(m, x0, dim="source")
-    count = xr.dot(m, okf, dim="source")
-    years = []
-    for kk in np.unique(k[member]):
-        mk = xr.DataArray((member & (k == kk)).astype(np.float64), dims=("time", "source"))
-        years.append(xr.dot(mk, okf, dim="source") > 0)
-    n_years = (
-        sum(y.astype(np.int16) for y in years) if years else xr.zeros_like(count, dtype=np.int16)
+    n_feat, n_t = vec.sizes["feature"], vec.sizes["time"]
+    x, m = whole_time([vec, ok], (n_feat + 8) * n_t)
+
+    def kernel(xb: np.ndarray, okb: np.ndarray) -> tuple[np.ndarray, ...]:
+        return _anomaly_kernel(xb, okb, member, k, min_count, min_years, keep_expected)
+
+    n_out = 5 if keep_expected else 4
+    res = xr.apply_ufunc(
+        kernel,
+        x,
+        m,
+        input_core_dims=[["feature", "time"], ["time"]],
+        output_core_dims=[["time"]] * 4 + ([["feature", "time"]] if keep_expected else []),
+        dask="parallelized",
+        output_dtypes=[np.float32, np.float32, np.int32, np.int16, np.float32][:n_out],
     )
-    assert isinstance(n_years, xr.DataArray)
-    expected = (total / count.where(count > 0)).transpose("feature", "time", "y", "x")
-    expected = expected.assign_coords(time=vec["time"])
-    count = count.assign_coords(time=vec["time"])
-    n_years = n_years.assign_coords(time=vec["time"])
-    support = ok & (count >= min_count) & (n_years >= min_years)
-    euclid, cosine = distances(expected, vec.astype(np.float64))
-    out: dict[str, xr.DataArray] = {
-        "euclidean": euclid.where(support).astype(np.float32).transpose("time", "y", "x"),
-        "cosine": cosine.where(support).astype(np.float32).transpose("time", "y", "x"),
-        "count": count.astype(np.int32).transpose("time", "y", "x"),
-        "n_years": n_years.astype(np.int16).transpose("time", "y", "x"),
+    names = ["euclidean", "cosine", "count", "n_years", "expected"][:n_out]
+    out = {
+        name: r.transpose(*(("feature",) if name == "expected" else ()), "time", "y", "x")
+        for name, r in zip(names, res, strict=True)
     }
-    if keep_expected:
-        out["expected"] = expected.astype(np.float32)
     ds = xr.Dataset(out)
     ds["euclidean"].attrs = {"long_name": "Euclidean distance from the other years' seasonal mean"}
     ds["cosine"].attrs = {

@@ -28,6 +28,7 @@ from latentcube.analysis._layers import (
     embedding_parts,
     grid_attrs,
     parse_period,
+    whole_time,
     with_crs,
 )
 from latentcube.cube.schema import provenance
@@ -274,9 +275,7 @@ def _window_stat(
         return (var.clip(min=0.0) ** 0.5).astype(np.float32), count
     qs = (0.5,) if stat == "median" else quantiles
     args: list[xr.DataArray] = [emb, ok] + ([w] if w is not None else [])
-    if emb.chunks is not None:
-        args = [a.chunk({"time": -1}) for a in args]
-        args[0] = args[0].chunk({"feature": -1})
+    args = whole_time(args, emb.sizes["feature"] * max(len(idx), 1))
 
     def kernel(x: np.ndarray, m: np.ndarray, *ws: np.ndarray) -> np.ndarray:
         return _quantile_kernel(x, m, ws[0] if ws else None, qs)
