@@ -170,3 +170,15 @@ def test_robust_zscore_and_change_figure(ds, tmp_path):
     plot_change(res, out, variable="cosine", overwrite=True)
     with pytest.raises(EmbeddingError, match="no 'nope'"):
         plot_change(res, out, variable="nope", overwrite=True)
+
+
+def test_change_over_the_same_months_of_each_period(ds):
+    res = change(ds, BEFORE, AFTER, months=[6, 7, 8]).compute()
+    t = pd.DatetimeIndex(ds["time"].values)
+    summer = np.asarray(t.month.isin([6, 7, 8]))
+    emb, ok = ds["embedding"].values.astype(np.float64), counted(ds)
+    iy, ix = 5, 4
+    a = emb[:, _period(ds, BEFORE) & summer & ok[:, iy, ix], iy, ix].mean(1)
+    b = emb[:, _period(ds, AFTER) & summer & ok[:, iy, ix], iy, ix].mean(1)
+    assert res["euclidean"].values[iy, ix] == pytest.approx(np.linalg.norm(b - a), rel=1e-5)
+    assert res.attrs["months"] == "6,7,8"

@@ -253,3 +253,19 @@ def test_refusals(ds):
         summarise(ds, "2019-01-01")
     with pytest.raises(EmbeddingError, match="no 'embedding'"):
         summarise(ds.drop_vars("embedding"))
+
+
+def test_months_keep_only_those_calendar_months(ds):
+    res = summarise(ds, "2018-01-01/2020-12-31", months=range(5, 10)).compute()
+    t = pd.DatetimeIndex(ds["time"].values)
+    season = np.asarray(t.month.isin([5, 6, 7, 8, 9]))
+    emb, ok = ds["embedding"].values.astype(np.float64), counted(ds)
+    iy, ix = 4, 2
+    use = season & ok[:, iy, ix]
+    np.testing.assert_allclose(
+        res["embedding"].values[:, 0, iy, ix], emb[:, use, iy, ix].mean(1), rtol=1e-5
+    )
+    np.testing.assert_array_equal(res["count"].values[0], (ok & season[:, None, None]).sum(0))
+    assert res.attrs["months"] == "5,6,7,8,9"
+    with pytest.raises(EmbeddingError, match="months"):
+        summarise(ds, months=[0, 13])

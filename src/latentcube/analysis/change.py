@@ -72,6 +72,7 @@ def change(
     eps: float = QUALITY_EPS,
     min_count: int = 1,
     error_layer: str | None = None,
+    months: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """Change magnitude per pixel between two periods.
 
@@ -91,6 +92,11 @@ def change(
     min_count
         Fewest valid dates each period needs; pixels with fewer are NaN. CLI:
         ``--min-count``.
+    months
+        Only dates in these calendar months count in both periods (e.g.
+        ``range(5, 10)``: the leaf-on season of every year), so that periods whose
+        clear dates fall in different seasons still compare like with like. CLI:
+        ``--months 5-9``.
 
     Returns
     -------
@@ -104,7 +110,15 @@ def change(
         raise EmbeddingError(f"stat must be 'mean' or 'median' for change, got {stat!r}")
     if min_count < 1:
         raise EmbeddingError(f"min_count must be at least 1, got {min_count}")
-    s = summarise(emb, [before, after], stat=stat, weight=weight, eps=eps, error_layer=error_layer)
+    s = summarise(
+        emb,
+        [before, after],
+        stat=stat,
+        weight=weight,
+        eps=eps,
+        error_layer=error_layer,
+        months=months,
+    )
     extra = ["window", "window_start", "window_end"]
     a, b = (s["embedding"].isel(window=i).drop_vars(extra) for i in (0, 1))
     na, nb = (s["count"].isel(window=i).drop_vars(extra) for i in (0, 1))
@@ -140,6 +154,7 @@ def change(
             weight=weight or "none",
             weight_formula=s.attrs.get("weight_formula", ""),
             min_count=min_count,
+            months=s.attrs["months"],
             source_store=s.attrs.get("source_store", ""),
         ),
         **grid_attrs(s.attrs),

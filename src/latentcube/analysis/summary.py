@@ -254,9 +254,13 @@ def _window_stat(
     quantiles: tuple[float, ...],
     weighted: bool,
     eps: float,
+    months: frozenset[int] | None,
 ) -> tuple[xr.DataArray, xr.DataArray]:
     t = pd.DatetimeIndex(parts.embedding["time"].values)
-    idx = np.flatnonzero((t >= win.start) & (t < win.stop))
+    inside = (t >= win.start) & (t < win.stop)
+    if months is not None:
+        inside &= np.isin(t.month, sorted(months))
+    idx = np.flatnonzero(inside)
     emb = parts.embedding.isel(time=idx)
     ok = parts.valid.isel(time=idx)
     count = ok.sum("time").astype(np.int32)
@@ -309,6 +313,7 @@ def summarise(
     weight: Literal["quality"] | None = None,
     eps: float = QUALITY_EPS,
     error_layer: str | None = None,
+    months: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """One vector per pixel per window: a statistic of the valid dates of each window.
 
@@ -346,6 +351,9 @@ def summarise(
     error_layer
         The error layer for ``weight="quality"`` (default ``recon_mae`` or the
         single ``recon_mae_<sensor>``).
+    months
+        Only dates in these calendar months (1-12) count, e.g. ``range(5, 10)`` for
+        May-September of every year of a multi-year window. CLI: ``--months 5-9``.
 
     Returns
     -------
@@ -374,6 +382,9 @@ def summarise(
         raise EmbeddingError(f"quantiles must be in [0, 1], got {quantiles!r}")
     if eps <= 0:
         raise EmbeddingError(f"eps must be positive, got {eps}")
+    month_set = None if months is None else frozenset(int(m) for m in months)
+    if month_set is not None and (not month_set or not month_set <= set(range(1, 13))):
+        raise EmbeddingError(f"months must be calendar months 1-12, got {months!r}")
     parts = embedding_parts(emb, error_layer=error_layer)
     if weight == "quality" and parts.error is None:
         raise EmbeddingError(
@@ -381,7 +392,7 @@ def summarise(
             "recon_mae_<sensor>); this embedding has none"
         )
     wins = make_windows(parts.embedding["time"].values, window, every, length)
-    results = [_window_stat(parts, w, stat, qs, weight == "quality", eps) for w in wins]
+    results = [_window_stat(parts, w, stat, qs, weight == "quality", eps, month_set) for w in wins]
     coords = {
         "window": [w.label for w in wins],
         "window_start": ("window", np.array([w.start for w in wins], "datetime64[ns]")),
@@ -409,6 +420,7 @@ def summarise(
             quantiles=",".join(f"{q:g}" for q in qs) if stat == "quantiles" else "",
             weight=weight or "none",
             weight_formula=f"1 / ({parts.error_name} + {eps:g})" if weight else "",
+            months=",".join(str(m) for m in sorted(month_set)) if month_set else "all",
             source_store=parts.source,
             **extra,
         ),
