@@ -30,7 +30,7 @@ def test_reference_pixel_is_one_to_itself_and_cosine_matches(ds):
     iy, ix = 2, 3
     it = _valid_date(ds, iy, ix)
     x, y, t = float(ds["x"][ix]), float(ds["y"][iy]), ds["time"].values[it]
-    res = similar(ds.chunk({"time": 11}), x=x + 3.0, y=y - 4.0, time=t).compute()
+    res = similar(ds.chunk({"time": 11}), x=x + 3.0, y=y - 4.0, time=t, centre=False).compute()
     assert res["cosine"].dims == ("time", "y", "x")
     assert res["cosine"].values[it, iy, ix] == pytest.approx(1.0, abs=1e-6)
     assert res["distance"].values[it, iy, ix] == pytest.approx(0.0, abs=1e-5)
@@ -40,6 +40,8 @@ def test_reference_pixel_is_one_to_itself_and_cosine_matches(ds):
     cos = np.einsum("ftyx,f->tyx", emb, ref) / (np.linalg.norm(emb, axis=0) * np.linalg.norm(ref))
     cos[~ok] = np.nan
     np.testing.assert_allclose(res["cosine"].values, cos, rtol=1e-5, atol=1e-6)
+    centred = similar(ds, x=x, y=y, time=t).compute()  # the default: centred cosine
+    assert centred["cosine"].values[it, iy, ix] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_whitened_distance_is_mahalanobis_by_the_valid_covariance(ds):
@@ -75,7 +77,7 @@ def test_several_examples_use_the_mean_of_their_vectors(ds):
     np.testing.assert_allclose(res["reference"].values, ref, rtol=1e-6)
     same = similar(ds, reference=ref).compute()
     np.testing.assert_allclose(same["cosine"].values, res["cosine"].values, rtol=1e-6)
-    centred = similar(ds, reference=ref, centre=True).compute()
+    centred = similar(ds, reference=ref).compute()  # centred by default
     m = emb[:, ok].mean(1)
     a = emb - m[:, None, None, None]
     c = np.einsum("ftyx,f->tyx", a, ref - m) / (np.linalg.norm(a, axis=0) * np.linalg.norm(ref - m))

@@ -148,7 +148,7 @@ def similar(
     *,
     points: Sequence[Point] | None = None,
     reference: np.ndarray | Sequence[float] | None = None,
-    centre: bool = False,
+    centre: bool = True,
     cov: np.ndarray | None = None,
 ) -> xr.Dataset:
     """Cosine similarity and whitened distance of every pixel-date to a reference vector.
@@ -168,8 +168,11 @@ def similar(
     reference
         A reference vector (feature,) instead of example pixels.
     centre
-        Subtract the mean of all valid vectors before the cosine (useful when every
-        vector shares a large common part, which pushes all cosines towards 1).
+        Subtract the mean of all valid vectors from both sides before the cosine
+        (default). Embedding vectors share a large common part, which pushes raw
+        cosines towards 1 everywhere: on the demo cube with the shipped model the
+        raw cosine to a village pixel has a median of 0.94 over all pixel-dates
+        (5-95 %: 0.58-0.99). ``False`` gives the raw cosine. CLI: ``--no-centre``.
     cov
         Covariance (feature, feature) to whiten with (e.g. fitted on another
         store, so that distances compare); default that of this embedding's
@@ -178,10 +181,11 @@ def similar(
     Returns
     -------
     xarray.Dataset
-        ``cosine`` (time, y, x) similarity in [-1, 1], ``distance`` (time, y, x)
-        Euclidean distance in whitened space, both NaN where the embedding is not
-        valid; ``reference`` (feature,) the reference vector. Lazy on Dask (the
-        example pixels are read when the function is called); grid and CRS kept.
+        ``cosine`` (time, y, x) similarity in [-1, 1] (centred by default),
+        ``distance`` (time, y, x) Euclidean distance in whitened space, both NaN
+        where the embedding is not valid; ``reference`` (feature,) the reference
+        vector. Lazy on Dask (the example pixels are read when the function is
+        called); grid and CRS kept.
     """
     parts = embedding_parts(emb)
     n_feat = parts.embedding.sizes["feature"]
@@ -265,6 +269,7 @@ def plot_similarity(
     times: Sequence[Any] | None = None,
     n_dates: int = 4,
     background: np.ndarray | None = None,
+    background_title: str = "true colour",
     overwrite: bool = False,
     dpi: int = 110,
 ) -> Path:
@@ -283,6 +288,8 @@ def plot_similarity(
         Number of dates when ``times`` is None.
     background
         Optional (y, x, 3) RGB in [0, 1] shown in a first column (e.g. true colour).
+    background_title
+        Its title.
     overwrite
         Replace an existing file.
     dpi
@@ -316,7 +323,7 @@ def plot_similarity(
     res = abs(float(result["x"][1] - result["x"][0])) if result.sizes["x"] > 1 else 10.0
     col = 0
     if background is not None:
-        map_panel(axes[0, 0], background, ext, "true colour")
+        map_panel(axes[0, 0], background, ext, background_title)
         axes[1, 0].set_axis_off()
         col = 1
     dist = sel["distance"].values
@@ -346,14 +353,15 @@ def plot_similarity(
             label="whitened distance",
             colorbar=last,
         )
-        for ax in axes[:, col + j]:
-            for ex, ey in examples:
-                ax.plot(
-                    (ex - x0 + res / 2) / 1000,
-                    ext[3] - (y1 - ey + res / 2) / 1000,
-                    marker="+",
-                    color="red",
-                    markersize=9,
-                    mew=1.5,
-                )
+    marked = [ax for ax in axes.ravel() if ax.axison]
+    for ax in marked:
+        for ex, ey in examples:
+            ax.plot(
+                (ex - x0 + res / 2) / 1000,
+                ext[3] - (y1 - ey + res / 2) / 1000,
+                marker="+",
+                color="red",
+                markersize=9,
+                mew=1.5,
+            )
     return save_png(fig, path, overwrite=overwrite, dpi=dpi)
