@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ from latentcube.analysis import anomaly, change, robust_zscore, summarise
 from latentcube.cube.schema import make_cube
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "nrt_romania_s2_l2a"
+SHARED = Path(os.environ.get("LATENTCUBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATA = SHARED / "nrt_romania_s2_l2a"
 IMAGES = ROOT / "docs" / "images"
 BANDS = {"B2": "B02", "B3": "B03", "B4": "B04", "B8": "B08"}
 CLEAR_SCL = (4, 5, 6)

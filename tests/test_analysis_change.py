@@ -182,3 +182,41 @@ def test_change_over_the_same_months_of_each_period(ds):
     b = emb[:, _period(ds, AFTER) & summer & ok[:, iy, ix], iy, ix].mean(1)
     assert res["euclidean"].values[iy, ix] == pytest.approx(np.linalg.norm(b - a), rel=1e-5)
     assert res.attrs["months"] == "6,7,8"
+
+
+@pytest.mark.shared
+def test_romania_script_cube_ndvi_and_comparison(monkeypatch):
+    """The helpers of scripts/romania_change.py that docs/analysis.md's numbers rest on."""
+    import importlib.util
+
+    from conftest import ROOT, shared_path
+
+    data = shared_path("nrt_romania_s2_l2a")
+    spec = importlib.util.spec_from_file_location("rc", ROOT / "scripts" / "romania_change.py")
+    rc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rc)
+    monkeypatch.setattr(rc, "DATA", data)
+    cube = rc.load_cube()
+    assert dict(cube.sizes) == {"time": 117, "band": 4, "y": 100, "x": 100}
+    assert cube.rio.crs.to_epsg() == 3035 and list(cube["band"].values) == [
+        "B02",
+        "B03",
+        "B04",
+        "B08",
+    ]
+    assert float(cube["s2_valid"].mean()) == pytest.approx(0.675, abs=0.001)
+    nd = rc.ndvi_embedding(cube)
+    assert nd["embedding"].dims == ("feature", "time", "y", "x") and nd.rio.crs == cube.rio.crs
+    np.testing.assert_array_equal(nd["valid"].values, cube["s2_valid"].values)
+    red, nir = (cube["s2"].sel(band=b).values for b in ("B04", "B08"))
+    ok = cube["s2_valid"].values
+    np.testing.assert_allclose(
+        nd["embedding"].values[0][ok], ((nir - red) / (nir + red))[ok], rtol=1e-6
+    )
+    tcd = rc.tree_cover()
+    assert tcd.shape == (100, 100) and np.nanmax(tcd) <= 100
+    rng = np.random.default_rng(0)
+    a = rng.gamma(2.0, size=(100, 100))
+    same = rc.compare(a, a, tcd)
+    assert same["spearman_embedding_ndvi"] == pytest.approx(1.0) and same["jaccard"] == 1.0
+    assert same["flagged_embedding"] == same["flagged_ndvi"] > 0
