@@ -7,9 +7,14 @@ of :func:`latentcube.embed`)::
     emb = lc.open_embedding("emb.zarr")
     rgb = emb.latentcube.pca_rgb()              # (time, y, x, rgb) in [0, 1]
     emb.latentcube.to_geotiff("tifs", by="date")
+    year = emb.latentcube.summarise("2019-07-01/2020-06-30")
+    moved = emb.latentcube.change(before="2018-01-01/2018-12-31", after="2020-01-01/2020-12-31")
+    odd = emb.latentcube.anomaly(half_window=30)
+    like = emb.latentcube.similar(x=501_005.0, y=5_629_405.0, time="2018-06-12")
 
 This module imports only xarray and numpy; the work is done by
-:mod:`latentcube.plotting` and :mod:`latentcube.io` on first use.
+:mod:`latentcube.plotting`, :mod:`latentcube.io` and :mod:`latentcube.analysis`
+on first use.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ __all__ = ["LatentcubeAccessor"]
 
 
 class LatentcubeAccessor:
-    """Embedding helpers: ``pca_rgb`` and ``to_geotiff``."""
+    """Embedding helpers: ``pca_rgb``, ``to_geotiff`` and :mod:`latentcube.analysis`."""
 
     def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
         self._obj = obj
@@ -101,6 +106,42 @@ class LatentcubeAccessor:
         return to_geotiff(
             self._obj, out_dir, by=by, prefix=prefix, times=times, overwrite=overwrite
         )
+
+    def summarise(self, *args: Any, **kwargs: Any) -> xr.Dataset:
+        """One vector per pixel per time window, over valid dates.
+
+        See :func:`latentcube.analysis.summarise` (same arguments after the embedding).
+        """
+        from latentcube.analysis import summarise
+
+        return summarise(self._obj, *args, **kwargs)
+
+    def change(self, *args: Any, **kwargs: Any) -> xr.Dataset:
+        """Change magnitude per pixel between a ``before`` and an ``after`` period.
+
+        See :func:`latentcube.analysis.change`.
+        """
+        from latentcube.analysis import change
+
+        return change(self._obj, *args, **kwargs)
+
+    def anomaly(self, *args: Any, **kwargs: Any) -> xr.Dataset:
+        """Per-date distance from the pixel's seasonal expectation in other years.
+
+        See :func:`latentcube.analysis.anomaly`.
+        """
+        from latentcube.analysis import anomaly
+
+        return anomaly(self._obj, *args, **kwargs)
+
+    def similar(self, *args: Any, **kwargs: Any) -> xr.Dataset:
+        """Cosine similarity and whitened distance of every pixel-date to example pixels.
+
+        See :func:`latentcube.analysis.similar`.
+        """
+        from latentcube.analysis import similar
+
+        return similar(self._obj, *args, **kwargs)
 
 
 def register() -> None:
