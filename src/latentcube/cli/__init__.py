@@ -20,7 +20,7 @@ Errors are turned into one line and exit code 2 in one place (:mod:`._app`).
 
 from __future__ import annotations
 
-from latentcube.cli import cube, demo, embed, evaluate, info, train  # noqa: F401
+from latentcube.cli import analysis, cube, demo, embed, evaluate, info, train  # noqa: F401
 from latentcube.cli._app import app
 
 __all__ = ["app"]
