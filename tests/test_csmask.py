@@ -338,6 +338,37 @@ def test_info_shows_the_mask(cubes, cube_dir):
     assert "mask    scl (SCL classes 0, 1, 3, 8, 9, 10, 11 masked; dilation 1 px)" in res.output
 
 
+@pytest.mark.shared
+def test_cli_and_spec_select_the_mask(catalog, cubes, tmp_path):
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app
+    from latentcube.cube.plan import CubeSpec
+    from latentcube.io import open_zarr
+
+    lon, lat = centre_lonlat()
+    out = tmp_path / "cli.zarr"
+    res = CliRunner().invoke(app, [
+        "cube", "--out", str(out), "--start", START, "--end", END, "--lat", str(lat),
+        "--lon", str(lon), "--size-m", "640", "--sensors", "s2", "--mask", "scl+csmask",
+        "--catalog", str(catalog), "--no-progress",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    c = open_zarr(out)
+    assert c.attrs["mask"] == cubes["scl+csmask"].attrs["mask"]
+    np.testing.assert_array_equal(c["s2_valid"].values, cubes["scl+csmask"]["s2_valid"].values)
+    kw = {k: v for k, v in _kw(catalog).items() if k != "sensors"}
+    by_spec = build_cube(**kw, sensors=("s2",), spec=CubeSpec(mask="scl+csmask"))
+    assert by_spec.attrs["latentcube_request"] == c.attrs["latentcube_request"]
+    res = CliRunner().invoke(app, ["cube", "--out", str(tmp_path / "x.zarr"), "--start", START,
+                                   "--end", END, "--mask", "clouds"])  # fmt: skip
+    assert res.exit_code == 2
+    assert res.output.strip() == (
+        "error: invalid cube options: mask: Input should be 'scl', 'csmask' or 'scl+csmask' "
+        "(got 'clouds')"
+    )
+
+
 class KilledMask(CSMask):
     """The learned mask, killed after ``budget`` dates (a build stopped half way).
 
