@@ -211,6 +211,16 @@ def test_combined_mask_is_both_and_skips_dates_scl_leaves_nothing_clear(fixture,
     assert both.screen == SCLMask(dilation=0)
 
 
+def test_describe_cube_mask_reads_older_attributes():
+    assert describe_cube_mask({"mask_function": "SCLMask(invalid=[0], dilation=1)"}) == (
+        "SCLMask(invalid=[0], dilation=1)"
+    )
+    assert describe_cube_mask({"s2_mask": "SCL not in (0, 1)"}) == "SCL not in (0, 1)"
+    assert describe_cube_mask({}) == "not recorded"
+    custom = json.dumps({"name": "bright", "module": "mine"})
+    assert describe_cube_mask({"mask": custom}) == "bright (a mask function)"
+
+
 # ----------------------------------------------------------------------- errors
 
 
