@@ -211,6 +211,16 @@ def test_combined_mask_is_both_and_skips_dates_scl_leaves_nothing_clear(fixture,
     assert both.screen == SCLMask(dilation=0)
 
 
+def test_describe_cube_mask_reads_older_attributes():
+    assert describe_cube_mask({"mask_function": "SCLMask(invalid=[0], dilation=1)"}) == (
+        "SCLMask(invalid=[0], dilation=1)"
+    )
+    assert describe_cube_mask({"s2_mask": "SCL not in (0, 1)"}) == "SCL not in (0, 1)"
+    assert describe_cube_mask({}) == "not recorded"
+    custom = json.dumps({"name": "bright", "module": "mine"})
+    assert describe_cube_mask({"mask": custom}) == "bright (a mask function)"
+
+
 # ----------------------------------------------------------------------- errors
 
 
@@ -336,6 +346,37 @@ def test_info_shows_the_mask(cubes, cube_dir):
     assert "csmask (ukis-csmask 1.0.0, model_6b_l2a.onnx sha256 " + sha in line
     res = CliRunner().invoke(app, ["info", str(cube_dir / "scl.zarr")])
     assert "mask    scl (SCL classes 0, 1, 3, 8, 9, 10, 11 masked; dilation 1 px)" in res.output
+
+
+@pytest.mark.shared
+def test_cli_and_spec_select_the_mask(catalog, cubes, tmp_path):
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app
+    from latentcube.cube.plan import CubeSpec
+    from latentcube.io import open_zarr
+
+    lon, lat = centre_lonlat()
+    out = tmp_path / "cli.zarr"
+    res = CliRunner().invoke(app, [
+        "cube", "--out", str(out), "--start", START, "--end", END, "--lat", str(lat),
+        "--lon", str(lon), "--size-m", "640", "--sensors", "s2", "--mask", "scl+csmask",
+        "--catalog", str(catalog), "--no-progress",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    c = open_zarr(out)
+    assert c.attrs["mask"] == cubes["scl+csmask"].attrs["mask"]
+    np.testing.assert_array_equal(c["s2_valid"].values, cubes["scl+csmask"]["s2_valid"].values)
+    kw = {k: v for k, v in _kw(catalog).items() if k != "sensors"}
+    by_spec = build_cube(**kw, sensors=("s2",), spec=CubeSpec(mask="scl+csmask"))
+    assert by_spec.attrs["latentcube_request"] == c.attrs["latentcube_request"]
+    res = CliRunner().invoke(app, ["cube", "--out", str(tmp_path / "x.zarr"), "--start", START,
+                                   "--end", END, "--mask", "clouds"])  # fmt: skip
+    assert res.exit_code == 2
+    assert res.output.strip() == (
+        "error: invalid cube options: mask: Input should be 'scl', 'csmask' or 'scl+csmask' "
+        "(got 'clouds')"
+    )
 
 
 class KilledMask(CSMask):

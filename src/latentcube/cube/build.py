@@ -299,6 +299,17 @@ def _run_serial(
             finish()
 
 
+def _one_line(err: ValueError) -> str:
+    """A pydantic validation error on one line: ``field: message (got value)``."""
+    errors = getattr(err, "errors", None)
+    if not callable(errors):
+        return " ".join(str(err).split())
+    return "; ".join(
+        f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')} (got {e.get('input')!r})"
+        for e in errors()
+    )
+
+
 # --------------------------------------------------------------------------- masks
 
 
@@ -444,7 +455,7 @@ def build_cube(
     try:
         spec = CubeSpec.model_validate({**base, **options, "sensors": tuple(sensors)})
     except ValueError as err:
-        raise StacError(f"invalid cube options: {err}") from None
+        raise StacError(f"invalid cube options: {_one_line(err)}") from None
     if "s2" not in spec.sensors:
         raise StacError(
             f"sensors must include 's2' (the S2 dates are the time axis), got {sensors}"
