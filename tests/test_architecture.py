@@ -17,7 +17,19 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: (floor, prefixes); the first matching prefix decides a module's floor.
 FLOORS: list[tuple[int, tuple[str, ...]]] = [
-    (1, ("_version", "errors", "io", "provenance", "sensors", "plotting", "embedding_store")),
+    (
+        1,
+        (
+            "_version",
+            "_yaml",
+            "errors",
+            "io",
+            "provenance",
+            "sensors",
+            "plotting",
+            "embedding_store",
+        ),
+    ),
     (2, ("grid", "cube")),
     (3, ("data", "models")),
     (4, ("bundle",)),

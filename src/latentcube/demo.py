@@ -113,8 +113,12 @@ def run_demo(
     from latentcube.bundle import ModelBundle
     from latentcube.cube.readers import demo_cube_path, open_cube
     from latentcube.inference import embed, open_embedding, write_embedding
+    from latentcube.io import check_disjoint
     from latentcube.plotting import plot_demo
     from latentcube.training import fit_autoencoder
+
+    if cube_path is not None:
+        check_disjoint(out_dir, [cube_path])
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -168,10 +168,9 @@ def load_sensor_config(
     SensorSpec
         The declaration.
     """
-    import yaml
+    from latentcube._yaml import read_yaml
 
-    with open(path) as fh:
-        spec = SensorSpec.model_validate(yaml.safe_load(fh))
+    spec = SensorSpec.model_validate(read_yaml(path))
     if register:
         ensure_sensor(spec, overwrite=overwrite)
     return spec

@@ -122,6 +122,20 @@ def parse_season(text: str) -> tuple[str, str]:
     return start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
 
 
+def _safe_out(out: PathLike, *inputs: PathLike | Sequence[PathLike] | None) -> None:
+    """Refuse a report folder that is, lies inside or contains an input, before any work."""
+    from latentcube.io import check_disjoint, check_writable
+
+    flat: list[PathLike] = []
+    for item in inputs:
+        if isinstance(item, str | os.PathLike):
+            flat.append(item)
+        elif item is not None:
+            flat.extend(item)
+    check_disjoint(out, flat)
+    check_writable(out)
+
+
 def _open_all(paths: Sequence[PathLike]) -> list[xr.Dataset]:
     from latentcube.cube.readers import open_cube
 
@@ -149,6 +163,7 @@ def evaluate_landcover(
     from latentcube.evaluation.cache import run_cache
     from latentcube.evaluation.landcover import run_landcover
 
+    _safe_out(out, cubes, labels, model, embedding)
     loaded = _open_all(cubes)
     if labels:
         maps = label_maps(labels, loaded, label_variable)
@@ -183,6 +198,7 @@ def evaluate_croptype(
     from latentcube.evaluation.cache import run_cache
     from latentcube.evaluation.croptype import run_croptype
 
+    _safe_out(out, patches, labels, model, embedding)
     seasons = [parse_season(season)] * len(patches) if season is not None else None
     loaded = _open_all(patches)  # S1 too: fused models and S1 baselines
     if labels:
@@ -241,6 +257,7 @@ def evaluate_gpp(
     from latentcube.evaluation.flux import read_flux
     from latentcube.evaluation.gpp import run_gpp, site_table
 
+    _safe_out(out, flux, locations, cube, model, embedding, carbonfluxbench)
     table = read_flux(flux)
     code = site or str(table.attrs.get("site"))
     latitude = _site_latitude(code, lat, locations)

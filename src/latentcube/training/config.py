@@ -138,9 +138,9 @@ def read_recipe(
     path = Path(text)
     if not path.is_file():
         raise ValueError(f"config must be one of {', '.join(VARIANTS)} or a YAML file: {text}")
-    import yaml
+    from latentcube._yaml import read_yaml
 
-    sections = yaml.safe_load(path.read_text()) or {}
+    sections = read_yaml(path) or {}
     if not isinstance(sections, dict):
         raise ValueError(f"{text}: expected a mapping with 'model:' and/or 'train:' sections")
     return None, sections
