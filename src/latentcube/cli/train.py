@@ -75,6 +75,13 @@ Objective = Annotated[
     Literal["context", "centre"],
     typer.Option(help="Stage fusion: 'context' (the paper's loss) or 'centre' (centre only)."),
 ]
+Bands = Annotated[
+    str,
+    typer.Option(
+        help="Stage 1: 'auto' (the preset's bands every cube has), 'preset' (all of them, "
+        "or refuse), or a comma-separated list such as B02,B03,B04,B8A."
+    ),
+]
 SensorConfig = Annotated[
     list[Path] | None,
     typer.Option(help="YAML declaration of a further sensor to register (repeatable)."),
@@ -125,6 +132,7 @@ def train(
     sensor_dropout: SensorDropout = 0.0,
     fusion_objective: Objective = "context",
     sensor_config: SensorConfig = None,
+    bands: Bands = "auto",
 ) -> None:
     """Train a stage-1 context autoencoder, or the fusion model, on one or more cubes.
 
@@ -161,7 +169,10 @@ def train(
     else:
         if hide_centre or hide_other:
             over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
-        result = fit_autoencoder(paths, spec, out, sensor=sensor, log=typer.echo, **common)
+        chosen = bands if bands in ("auto", "preset") else [b.strip() for b in bands.split(",")]
+        result = fit_autoencoder(
+            paths, spec, out, sensor=sensor, bands=chosen, log=typer.echo, **common
+        )
         what = ""
     typer.echo(
         f"best validation centre-pixel MAE {what}{result.best_val:.4f} after {result.epochs} "

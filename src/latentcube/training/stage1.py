@@ -262,6 +262,35 @@ def model_config(
     return AutoencoderConfig.model_validate(data), sections
 
 
+def _with_bands(
+    cfg: AutoencoderConfig, bands: str | Sequence[str], cubes: Sequence[xr.Dataset], names: Any
+) -> AutoencoderConfig:
+    """``cfg`` with the bands chosen by ``bands`` (see :func:`fit_autoencoder`)."""
+    from latentcube.sensors import band_dim
+
+    dim = band_dim(cfg.sensor)
+    have = [{str(b) for b in c[dim].values} if dim in c.coords else set() for c in cubes]
+    common = set.intersection(*have) if have else set()
+    if bands == "preset":
+        chosen = list(cfg.bands)
+    elif bands == "auto":
+        chosen = [b for b in cfg.bands if b in common]
+    else:
+        chosen = [str(b) for b in bands]
+    missing = [b for b in chosen if b not in common]
+    if missing or not chosen:
+        lacking = next(
+            (str(n) for n, h in zip(names, have, strict=False) if set(chosen) - h), "a cube"
+        )
+        raise ValueError(
+            f"{lacking} lacks the {cfg.sensor} bands {missing or list(cfg.bands)}; train on the "
+            "bands every cube has with --bands auto, or name them with --bands B02,B03,..."
+        )
+    if tuple(chosen) == tuple(cfg.bands):
+        return cfg
+    return AutoencoderConfig.model_validate({**cfg.model_dump(), "bands": tuple(chosen)})
+
+
 def fit_autoencoder(
     cubes: Sequence[CubeLike],
     config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
@@ -281,6 +310,7 @@ def fit_autoencoder(
     progress: bool = True,
     provenance: Mapping[str, Any] | None = None,
     log: Callable[[str], Any] | None = None,
+    bands: str | Sequence[str] = "auto",
 ) -> TrainResult:
     """Train a stage-1 autoencoder from cubes and a recipe (``latentcube train``).
 
@@ -318,6 +348,11 @@ def fit_autoencoder(
         Metadata stored in the checkpoints (default: the cube paths and the seed).
     log
         Called with one line describing the windows and the model.
+    bands
+        ``"auto"`` (default): the preset's bands that every cube has, in the
+        preset's order (e.g. the 4 bands of a GreenEarthNet cube); ``"preset"``:
+        exactly the preset's bands (a cube lacking one is refused); or a list of
+        band names. Bands set by the recipe's ``model:`` section win.
 
     Returns
     -------
@@ -341,6 +376,8 @@ def fit_autoencoder(
         from latentcube.data.windows import split_windows
 
         loaded = [c if isinstance(c, xr.Dataset) else open_cube(c).load() for c in cubes]
+        if "bands" not in (sections.get("model") or {}) and "bands" not in (model or {}):
+            mcfg = _with_bands(mcfg, bands, loaded, paths or cubes)
         windows = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
     tr, va = windows
     if log is not None:
