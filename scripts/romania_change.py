@@ -106,9 +106,9 @@ def train_model(cube: xr.Dataset, out: Path, epochs: int, seconds: float | None)
 
     The one place that calls the training API (its names may move).
     """
+    import latentcube.training as training
     from latentcube.data.windows import CubeArrays, block_regions, extract_windows
     from latentcube.models.config import AutoencoderConfig
-    from latentcube.training import train, train_config_preset
 
     best = out / "model" / "best.pt"
     if best.exists():
@@ -131,10 +131,26 @@ def train_model(cube: xr.Dataset, out: Path, epochs: int, seconds: float | None)
         **common,
     )
     print(f"[model] fast S2 on {list(cfg.bands)}: {len(tr)} training, {len(va)} validation windows")
-    tc = train_config_preset("quick").model_copy(
-        update={"max_epochs": epochs, "max_seconds": seconds, "seed": SEED}
-    )
-    res = train(cfg, tr, va, tc, out / "model", progress=False, provenance=dict(cube.attrs))
+    budget = {"max_epochs": epochs, "max_seconds": seconds, "seed": SEED}
+    if hasattr(training, "fit_autoencoder"):  # the training package
+        res = training.fit_autoencoder(
+            [],
+            "fast",
+            out / "model",
+            sensor="s2",
+            model={"bands": list(cfg.bands)},
+            train=budget,
+            windows=(tr, va),
+            preset="quick",
+            seed=SEED,
+            progress=False,
+            provenance=dict(cube.attrs),
+        )
+    else:  # the single training module it replaced
+        tc = training.train_config_preset("quick").model_copy(update=budget)
+        res = training.train(
+            cfg, tr, va, tc, out / "model", progress=False, provenance=dict(cube.attrs)
+        )
     print(
         f"[model] {res.epochs} epochs in {res.seconds:.0f} s ({res.stopped}); "
         f"best validation centre MAE {res.best_val:.4f}"
