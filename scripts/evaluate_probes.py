@@ -35,21 +35,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from latentcube.bundle import (
-    default_model_path,
-    load_checkpoint,
-    load_fusion_checkpoint,
-    save_checkpoint,
-)
+from latentcube.bundle import ModelBundle, default_model_path, save_checkpoint
 from latentcube.cube.readers import open_cube, read_worldcereal_labels
 from latentcube.data.multisensor import split_fusion_windows
 from latentcube.data.windows import split_windows
 from latentcube.evaluation.croptype import run_croptype
 from latentcube.evaluation.landcover import run_landcover
 from latentcube.evaluation.report import f1_cell, paired_table
-from latentcube.fusion_inference import embed_fused
 from latentcube.fusion_training import fit_fusion_whitening
-from latentcube.inference import embed
+from latentcube.inference import embed, embedding_dataset
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.training import fit_whitening, train, train_config_preset
@@ -179,7 +173,7 @@ def train_s2(
     c0, t0 = cpu_seconds(), time.perf_counter()
     loss_cfg = LossConfig.for_sensor("s2").model_copy(update=loss or {})
     res = train(cfg, tr, va, tcfg, out, loss_config=loss_cfg, progress=False)
-    model, _ = load_checkpoint(Path(out) / "best.pt", expect_bands=bands)
+    model = ModelBundle.load(Path(out) / "best.pt", expect_bands=bands).model
     rows = np.genfromtxt(Path(out) / "metrics.csv", delimiter=",", names=True)
     info = {
         "model": f"fast S2, latent {latent_dim}",
@@ -310,7 +304,7 @@ def croptype(a, cmd):
     cubes = [open_cube(p, time_axis=a.time_axis).load() for p in folders]
     labels = [read_worldcereal_labels(p)["CT"].values for p in folders]
     path = Path(a.model) if a.model else default_model_path()
-    model, _ = load_fusion_checkpoint(path)
+    model = ModelBundle.load(path, kind="fusion").model
     torch.set_num_threads(2)
     hides = dict(FUSED_SETS)
     if a.only_model:
@@ -340,7 +334,8 @@ def croptype(a, cmd):
         for name, hide in hides.items():
             key = (id(models[name]), hide)
             if key not in fused:
-                fused[key] = embed_fused(c, models[name], hide=hide, with_error=False)
+                lazy = embed(c, models[name], hide=hide, with_error=False)
+                fused[key] = embedding_dataset(lazy).compute()
             emb = fused[key]["embedding"]
             if name == S2_PIXEL_DATES:
                 emb = s2_pixel_dates(fused[key], models[name].config.sensors)

@@ -630,12 +630,10 @@ def embed(
     With --lat/--lon/--start/--end instead of CUBE, the cube is built first (and
     reused if it exists at --cube-out).
     """
-    from latentcube.bundle import default_model_path, load_any
-    from latentcube.cube.readers import open_cube
+    from latentcube.bundle import ModelBundle, default_model_path
     from latentcube.errors import LatentcubeError
-    from latentcube.inference import embed as run_embed
-    from latentcube.inference import embed_to_zarr, open_embedding, write_embedding
-    from latentcube.models.fusion import FusionModel
+    from latentcube.inference import embed_to_zarr, open_embedding
+    from latentcube.io import check_disjoint
 
     if out is None:
         _fail("--out is required")
@@ -646,14 +644,13 @@ def embed(
     t0 = time.perf_counter()
     try:
         model_path = model if model is not None else default_model_path()
-        net, _meta = load_any(model_path)  # the only read of the checkpoint here
-        fused = isinstance(net, FusionModel)
-        sensors = net.config.sensors if isinstance(net, FusionModel) else (net.config.sensor,)
+        bundle = ModelBundle.load(model_path)  # the only read of the bundle here
+        sensors = bundle.sensors
         if model is None:
             typer.echo(f"model: {model_path} (shipped default, sensors {'+'.join(sensors)})")
-        if hide and not fused:
-            raise LatentcubeError("--hide needs a fused model bundle")
         if cube is None:
+            cube_path = cube_out or out.with_name(f"{out.stem}_cube.zarr")
+            check_disjoint(out, [cube_path])
             cube = _build_cube_for_embed(
                 lat,
                 lon,
@@ -661,34 +658,24 @@ def embed(
                 start,
                 end,
                 catalog,
-                tuple(sensors),
-                cube_out or out.with_name(f"{out.stem}_cube.zarr"),
+                sensors,
+                cube_path,
                 time_axis,
             )
-        if isinstance(net, FusionModel) or net.supports_dense:
-            path = embed_to_zarr(
-                cube,
-                model_path,
-                out,
-                chunk=chunk,
-                time_chunk=time_chunk,
-                dtype=dtype,
-                edge=edge,  # type: ignore[arg-type]
-                scheduler=scheduler,
-                workers=workers,
-                overwrite=overwrite,
-                progress=progress,
-                hide=hide or (),
-                loaded=net,
-            )
-        else:
-            lazy = run_embed(
-                open_cube(cube),
-                net,
-                chunks={"time": time_chunk, "y": chunk, "x": chunk},
-                edge=edge,  # type: ignore[arg-type]
-            )
-            path = write_embedding(lazy, out, dtype=dtype, overwrite=overwrite, progress=progress)
+        path = embed_to_zarr(
+            cube,
+            bundle,
+            out,
+            chunk=chunk,
+            time_chunk=time_chunk,
+            dtype=dtype,
+            edge=edge,  # type: ignore[arg-type]
+            scheduler=scheduler,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+            hide=hide or (),
+        )
         ds = open_embedding(path)
     except (LatentcubeError, FileNotFoundError, FileExistsError, ValueError) as err:
         _fail(str(err))
@@ -907,21 +894,18 @@ def _embeddings(
     if model is not None:
         from functools import partial
 
-        from latentcube.bundle import load_any
-        from latentcube.fusion_inference import embed_fused
+        from latentcube.bundle import ModelBundle
         from latentcube.inference import embed as run_embed
-        from latentcube.models.fusion import FusionModel
 
-        net, _ = load_any(model)  # one read, whichever kind of model it is
+        bundle = ModelBundle.load(model)  # one read, whichever kind of model it is
+        net = bundle.model
         store = None
         if cache is not None:  # keyed by the weights and settings, not by the files' layout
             weights = [part for k, v in net.state_dict().items() for part in (k, v.numpy())]
             store = StepCache(cache, __version__, net.config.model_dump(mode="json"), *weights)
 
         def one(c: Any) -> Any:
-            if isinstance(net, FusionModel):
-                return embed_fused(c, net, progress=False)["embedding"]
-            return run_embed(c, net).compute()
+            return run_embed(c, bundle).compute()
 
         return {name: [cached_array(store, [c], partial(one, c)) for c in cubes]}
     if embedding:

@@ -107,7 +107,7 @@ def run_demo(
     DemoResult
         Paths, sizes, timings; ``summary()`` formats them.
     """
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import ModelBundle
     from latentcube.cube.readers import demo_cube_path, open_cube
     from latentcube.data.windows import split_windows
     from latentcube.inference import embed, open_embedding, write_embedding
@@ -151,8 +151,8 @@ def run_demo(
     log(f"[3/5] trained {result.epochs} epochs, best val centre MAE {result.best_val:.4f}")
 
     t0 = time.perf_counter()
-    model, _meta = load_checkpoint(result.checkpoint, expect_bands=model_config.bands)
-    lazy = embed(cube, model, sensor="s2")
+    bundle = ModelBundle.load(result.checkpoint, expect_bands=model_config.bands)
+    lazy = embed(cube, bundle, sensor="s2")
     emb_path = write_embedding(lazy, out / "embedding.zarr", overwrite=True, progress=progress)
     emb = open_embedding(emb_path).load()
     timings["embed"] = time.perf_counter() - t0
@@ -185,18 +185,19 @@ def _run_pretrained(
     cube: Any, src: Path, out: Path, timings: dict[str, float], progress: bool, log: Any
 ) -> DemoResult:
     """Demo steps 2-5 with the shipped fused model instead of training."""
-    from latentcube.bundle import default_model_path, load_fusion_checkpoint
-    from latentcube.fusion_inference import embed_fused
-    from latentcube.inference import write_embedding
+    from latentcube.bundle import ModelBundle, default_model_path
+    from latentcube.inference import embed, open_embedding, write_embedding
     from latentcube.plotting import plot_demo
 
     path = default_model_path()
-    model, meta = load_fusion_checkpoint(path)
-    log(f"[2/5] shipped model {path} ({'+'.join(model.sensors)}, {meta['mode']})")
+    bundle = ModelBundle.load(path, kind="fusion")
+    meta = bundle.meta
+    log(f"[2/5] shipped model {path} ({'+'.join(bundle.sensors)}, {meta['mode']})")
     log("[3/5] no training")
     t0 = time.perf_counter()
-    emb = embed_fused(cube, model, progress=progress)
-    emb_path = write_embedding(emb, out / "embedding.zarr", overwrite=True)
+    lazy = embed(cube, bundle)
+    emb_path = write_embedding(lazy, out / "embedding.zarr", overwrite=True, progress=progress)
+    emb = open_embedding(emb_path).load()
     timings["embed"] = time.perf_counter() - t0
     log(f"[4/5] embedding written to {emb_path}")
     t0 = time.perf_counter()
