@@ -51,11 +51,10 @@ def fingerprint() -> dict[str, Any]:
 
 def _embed(cube: Any, model_path: Path) -> Any:
     """The in-memory embedding of ``cube`` with the bundle at ``model_path``."""
-    from latentcube.bundle import load_fusion_checkpoint
-    from latentcube.fusion_inference import embed_fused
+    from latentcube.bundle import ModelBundle
+    from latentcube.inference import embed, embedding_dataset
 
-    model, _ = load_fusion_checkpoint(model_path)
-    return embed_fused(cube, model)
+    return embedding_dataset(embed(cube, ModelBundle.load(model_path))).compute()
 
 
 def main() -> None:

@@ -42,8 +42,7 @@ from latentcube.data.windows import split_windows
 from latentcube.evaluation.croptype import run_croptype
 from latentcube.evaluation.landcover import run_landcover
 from latentcube.evaluation.report import f1_cell, paired_table
-from latentcube.fusion_inference import embed_fused
-from latentcube.inference import embed
+from latentcube.inference import embed, embedding_dataset
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.training import AutoencoderTask, fit, train_config_preset
@@ -335,7 +334,8 @@ def croptype(a, cmd):
         for name, hide in hides.items():
             key = (id(models[name]), hide)
             if key not in fused:
-                fused[key] = embed_fused(c, models[name], hide=hide, with_error=False)
+                lazy = embed(c, models[name], hide=hide, with_error=False)
+                fused[key] = embedding_dataset(lazy).compute()
             emb = fused[key]["embedding"]
             if name == S2_PIXEL_DATES:
                 emb = s2_pixel_dates(fused[key], models[name].config.sensors)

@@ -122,6 +122,18 @@ def embed_to_zarr_in_process(cube_path, model_path, out, **kw):
     )
 
 
+def pretend_unfinished(out):
+    """Make the complete store ``out`` look like a run stopped half way (its markers folder
+    present, the store's completion attribute False), as a killed ``embed_to_zarr`` leaves it."""
+    import zarr
+
+    from latentcube.embedding_store import COMPLETE_ATTR
+    from latentcube.inference import progress_dir
+
+    progress_dir(out).mkdir()
+    zarr.open_group(out, mode="r+", zarr_format=3).attrs.update({COMPLETE_ATTR: False})
+
+
 @pytest.fixture
 def cube():
     """A fresh tiny cube (14 dates, 24 x 20 px, S1 and S2)."""

@@ -423,7 +423,7 @@ def test_evaluation_with_a_model_reuses_its_embedding_after_a_kill(tmp_path, mon
     rerun after a kill during the probes embeds nothing again and reports the numbers
     of an uninterrupted run; the folder goes with the finished report."""
     import latentcube.evaluation.landcover as lc_module
-    import latentcube.fusion_inference as fi
+    import latentcube.inference as inference
     from latentcube.bundle import default_model_path
     from latentcube.cube.readers import load_demo_cube
     from latentcube.io import write_zarr
@@ -433,7 +433,7 @@ def test_evaluation_with_a_model_reuses_its_embedding_after_a_kill(tmp_path, mon
     write_zarr(cube, tmp_path / "lc.zarr")
     args = ["evaluate", "landcover", str(tmp_path / "lc.zarr"), "--max-samples", "400"]
     args += ["--model", str(default_model_path()), "--name", "emb"]
-    calls = spy(monkeypatch, fi, "embed_fused")
+    calls = spy(monkeypatch, inference, "embed")
 
     class Killed(Exception):
         pass

@@ -100,7 +100,7 @@ def test_shipped_default_model(tmp_path, monkeypatch):
     from latentcube.bundle import default_model_path
     from latentcube.cli import _embeddings
     from latentcube.cube.readers import load_demo_cube
-    from latentcube.fusion_inference import embed_fused
+    from latentcube.inference import embed, embedding_dataset
 
     path = default_model_path()
     assert (path / "model.pt").stat().st_size < 5 * 2**20
@@ -125,7 +125,7 @@ def test_shipped_default_model(tmp_path, monkeypatch):
     ds = open_embedding(out)
     assert ds.sizes["feature"] == 7 and int(ds["valid"].sum()) > 0
     # the Dask run (chunks smaller than the context) equals the in-memory fused path
-    ref = embed_fused(cube, model)
+    ref = embedding_dataset(embed(cube, model)).compute()
     np.testing.assert_allclose(
         ds["embedding"].values, ref["embedding"].values, rtol=0, atol=1e-5, equal_nan=True
     )

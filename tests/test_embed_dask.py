@@ -26,7 +26,7 @@ from latentcube.io import write_zarr
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig
 
-from conftest import embed_to_zarr_in_process, tiny_cube
+from conftest import embed_to_zarr_in_process, pretend_unfinished, tiny_cube
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_resume_skips_done_chunks_and_refuses_other_runs(setup, tmp_path):
     # pretend the run stopped after some chunks: drop the others' markers and data
     import zarr
 
-    progress_dir(out).mkdir()
+    pretend_unfinished(out)
     (progress_dir(out) / "0_0_0").write_text(str(14 * 16 * 16))
     root = zarr.open_group(out, mode="r+")
     root["embedding"][:, :, 16:, :] = np.nan
@@ -150,8 +150,8 @@ def test_sigkill_and_rerun_gives_a_byte_identical_store(setup, tmp_path):
     ref = _run(setup, tmp_path / "ref.zarr", 8, 7)
     out = tmp_path / "killed.zarr"
     kill_part_way_then_rerun(
-        tmp_path, src, ckpt, out, 60, module="latentcube.inference", function="embed_block",
-        sleep=0.2, chunk=8, time_chunk=7,
+        tmp_path, src, ckpt, out, 60, module="latentcube.inference.autoencoder",
+        function="embed_block", sleep=0.2, chunk=8, time_chunk=7,
     )  # fmt: skip
     want, got = _store_files(Path(ref)), _store_files(out)
     # chunks holding only NaN are not stored (Zarr's fill value), the others are
@@ -177,7 +177,7 @@ class SlowAndLogged(WorkerPlugin):
     def setup(self, worker):
         import os as _os
         import time as _t
-        import latentcube.inference as inf
+        import latentcube.inference.autoencoder as inf
         real, log = inf.embed_block, self.log
 
         def slow(*a, **k):
@@ -253,7 +253,7 @@ def test_resume_refuses_a_cube_replaced_at_the_same_path(setup, tmp_path):
     assert cube_fingerprint(src) == before  # stable while the cube stays
     out = tmp_path / "e.zarr"
     embed_to_zarr_in_process(src, ckpt, out, chunk=16)
-    progress_dir(out).mkdir()  # pretend the run stopped half way
+    pretend_unfinished(out)  # pretend the run stopped half way
     # the same path now holds a cube of other values (another seed) and fewer dates
     write_zarr(tiny_cube(n_time=12, ny=37, nx=41, seed=4, cloud_fraction=0.15), src,
                overwrite=True)  # fmt: skip
@@ -264,7 +264,12 @@ def test_resume_refuses_a_cube_replaced_at_the_same_path(setup, tmp_path):
 
 def test_worker_caches_follow_the_file_contents(setup, tmp_path):
     """A checkpoint or cube replaced at the same path is loaded afresh by a worker."""
-    from latentcube.inference import _file_digest, _worker_cube, _worker_model, cube_fingerprint
+    from latentcube.inference.engine import (
+        _file_digest,
+        _worker_cube,
+        _worker_model,
+        cube_fingerprint,
+    )
 
     _, ckpt, _, _ = setup
     path = tmp_path / "m.pt"

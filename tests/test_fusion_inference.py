@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from latentcube.data.multisensor import extract_fusion_windows
-from latentcube.fusion_inference import embed_fused
+from latentcube.inference import embed, embedding_dataset
 from latentcube.models.autoencoder import build_autoencoder
 from latentcube.models.config import AutoencoderConfig
 from latentcube.models.fusion import FusionConfig, FusionModel
 
-from conftest import embed_to_zarr_in_process, tiny_cube
+from conftest import embed_to_zarr_in_process, pretend_unfinished, tiny_cube
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def _windows(cube):
 
 def test_dense_equals_per_window_model(setup):
     cube, model = setup
-    ds = embed_fused(cube, model, tile=256)
+    ds = embedding_dataset(embed(cube, model, chunks=256)).compute()
     w = _windows(cube)
     b = w.tensors(np.arange(len(w)))
     with torch.no_grad():
@@ -54,7 +54,7 @@ def test_dense_equals_per_window_model(setup):
 
 def test_cloudy_pixels_are_embedded_from_s1_and_flagged(setup):
     cube, model = setup
-    ds = embed_fused(cube, model)
+    ds = embedding_dataset(embed(cube, model)).compute()
     flags = ds["sensors"].values
     inner = (slice(5, -5), slice(7, -7), slice(7, -7))
     s2v = cube["s2_valid"].values[inner]
@@ -72,7 +72,7 @@ def test_cloudy_pixels_are_embedded_from_s1_and_flagged(setup):
 
 def test_hidden_s2_equals_model_without_s2(setup):
     cube, model = setup
-    ds = embed_fused(cube, model, hide=("s2",))
+    ds = embedding_dataset(embed(cube, model, hide=("s2",))).compute()
     w = _windows(cube)
     b = w.tensors(np.arange(len(w)))
     vis = torch.tensor([False, True]).expand(len(w), -1)
@@ -86,13 +86,13 @@ def test_hidden_s2_equals_model_without_s2(setup):
     assert not (ds["sensors"].values & 1).any()
     assert np.isfinite(ds["recon_mae"].values[t[ok], y[ok], x[ok]]).all()
     with pytest.raises(ValueError, match="cannot hide"):
-        embed_fused(cube, model, hide=("s3",))
+        embedding_dataset(embed(cube, model, hide=("s3",))).compute()
 
 
 def test_tiling_does_not_change_the_result(setup):
     cube, model = setup
-    a = embed_fused(cube, model, tile=256)
-    b = embed_fused(cube, model, tile=4)
+    a = embedding_dataset(embed(cube, model, chunks=256)).compute()
+    b = embedding_dataset(embed(cube, model, chunks=4)).compute()
     np.testing.assert_allclose(
         a["embedding"].values, b["embedding"].values, rtol=1e-5, atol=1e-6, equal_nan=True
     )
@@ -111,8 +111,8 @@ def test_union_axis_embeds_s1_dates_and_keeps_s2_dates(setup, shared):
     s2 = s2.sel(time=s2["time"] <= u["time"][-1])
     # the reader flags the S2 dates of the union axis
     np.testing.assert_array_equal(u["time"].values[u["s2_observed"].values], s2["time"].values)
-    a = embed_fused(s2, model, hide=("s1",))
-    b = embed_fused(u, model, hide=("s1",))
+    a = embedding_dataset(embed(s2, model, hide=("s1",))).compute()
+    b = embedding_dataset(embed(u, model, hide=("s1",))).compute()
     # S2 is encoded on its own dates on either axis, so S2-only embeddings agree
     np.testing.assert_allclose(
         b["embedding"].sel(time=a["time"]).values,
@@ -121,7 +121,7 @@ def test_union_axis_embeds_s1_dates_and_keeps_s2_dates(setup, shared):
         atol=1e-6,
         equal_nan=True,
     )
-    full = embed_fused(u, model)
+    full = embedding_dataset(embed(u, model)).compute()
     s1_only = ~u["s2_valid"].any(dim=("y", "x")).values
     f = full["sensors"].values[s1_only][:, 7:-7, 7:-7]
     assert (f == 2).any() and not (f & 1).any()
@@ -131,8 +131,8 @@ def test_union_axis_embeds_s1_dates_and_keeps_s2_dates(setup, shared):
 def test_cube_without_s1_is_embedded_from_s2(setup):
     cube, model = setup
     s2_only = cube.drop_vars(["s1", "s1_valid", "s1_time", "s1_band"])
-    ds = embed_fused(s2_only, model)
-    ref = embed_fused(cube, model, hide=("s1",))
+    ds = embedding_dataset(embed(s2_only, model)).compute()
+    ref = embedding_dataset(embed(cube, model, hide=("s1",))).compute()
     np.testing.assert_allclose(
         ds["embedding"].values, ref["embedding"].values, rtol=0, atol=1e-6, equal_nan=True
     )
@@ -166,8 +166,11 @@ def stores(setup, tmp_path_factory):
     union = _union(cube)
     return {
         "bundle": bundle,
-        "s2": (write_zarr(cube, root / "s2.zarr"), embed_fused(cube, model)),
-        "union": (write_zarr(union, root / "union.zarr"), embed_fused(union, model)),
+        "s2": (write_zarr(cube, root / "s2.zarr"), embedding_dataset(embed(cube, model)).compute()),
+        "union": (
+            write_zarr(union, root / "union.zarr"),
+            embedding_dataset(embed(union, model)).compute(),
+        ),
     }
 
 
@@ -212,7 +215,7 @@ def test_union_axis_in_chunks_encodes_s2_on_its_own_dates(setup, stores, tmp_pat
     src, _ = stores["union"]
     got = _to_zarr(src, stores["bundle"], tmp_path / "u.zarr", 5, 1, hide=("s1",))
     s2_dates = np.setdiff1d(np.arange(cube.sizes["time"]), [3, 8, 9])
-    ref = embed_fused(cube.isel(time=s2_dates), model, hide=("s1",))
+    ref = embedding_dataset(embed(cube.isel(time=s2_dates), model, hide=("s1",))).compute()
     np.testing.assert_allclose(
         got["embedding"].values[:, s2_dates],
         ref["embedding"].values,
@@ -227,12 +230,11 @@ def test_union_axis_in_chunks_encodes_s2_on_its_own_dates(setup, stores, tmp_pat
 def test_hide_and_bad_options_on_dask(setup, stores, tmp_path):
     from latentcube.bundle import save_checkpoint
     from latentcube.errors import EmbeddingError, LatentcubeError
-    from latentcube.inference import progress_dir
 
     cube, model = setup
     src, _ = stores["s2"]
     got = _to_zarr(src, stores["bundle"], tmp_path / "h.zarr", 6, 4, hide=("s2",))
-    _assert_same(got, embed_fused(cube, model, hide=("s2",)))
+    _assert_same(got, embedding_dataset(embed(cube, model, hide=("s2",))).compute())
     assert got.attrs["hidden_sensors"] == "s2" and not (got["sensors"].values & 1).any()
     with pytest.raises(EmbeddingError, match="cannot hide"):
         _to_zarr(src, stores["bundle"], tmp_path / "x.zarr", 6, 4, hide=("s3",))
@@ -245,7 +247,7 @@ def test_hide_and_bad_options_on_dask(setup, stores, tmp_path):
     # an unfinished store of another --hide is not resumed with other options
     out = tmp_path / "r.zarr"
     _to_zarr(src, stores["bundle"], out, 6, 4)
-    progress_dir(out).mkdir()
+    pretend_unfinished(out)
     with pytest.raises(LatentcubeError, match="unfinished run of another"):
         _to_zarr(src, stores["bundle"], out, 6, 4, hide=("s1",))
 
@@ -259,7 +261,7 @@ def test_fused_run_killed_and_rerun_gives_a_byte_identical_store(stores, tmp_pat
     _assert_same(want, ref)
     out = tmp_path / "killed.zarr"  # 4 x 4 x 4 = 64 chunks
     kill_part_way_then_rerun(
-        tmp_path, src, stores["bundle"], out, 64, module="latentcube.fusion_inference",
+        tmp_path, src, stores["bundle"], out, 64, module="latentcube.inference.fusion",
         function="embed_fused_block", sleep=0.15, chunk=5, time_chunk=4,
     )  # fmt: skip
     a, b = _store_files(tmp_path / "ref.zarr"), _store_files(out)

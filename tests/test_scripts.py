@@ -146,7 +146,7 @@ def test_s2_pixel_dates_keeps_the_fused_embedding_where_s2_contributed():
     import numpy as np
     import torch
 
-    from latentcube.fusion_inference import embed_fused
+    from latentcube.inference import embed, embedding_dataset
     from latentcube.models.autoencoder import build_autoencoder
     from latentcube.models.config import AutoencoderConfig
     from latentcube.models.fusion import FusionConfig, FusionModel
@@ -158,7 +158,7 @@ def test_s2_pixel_dates_keeps_the_fused_embedding_where_s2_contributed():
     torch.manual_seed(0)
     aes = {s: build_autoencoder(AutoencoderConfig.preset("tiny", s)) for s in ("s2", "s1")}
     model = FusionModel(FusionConfig.for_autoencoders(aes), aes).eval()
-    ds = embed_fused(cube, model, with_error=False)
+    ds = embedding_dataset(embed(cube, model, with_error=False)).compute()
     got = ep.s2_pixel_dates(ds, model.config.sensors).values
     full = ds["embedding"].values
     s2v = cube["s2_valid"].values

@@ -14,7 +14,7 @@ of :func:`latentcube.embed`)::
 
 This module imports only xarray and numpy; the work is done by
 :mod:`latentcube.plotting`, :mod:`latentcube.io` and :mod:`latentcube.analysis`
-on first use.
+on first use; the embedding is checked by :mod:`latentcube.embedding_store`.
 """
 
 from __future__ import annotations
@@ -39,16 +39,9 @@ class LatentcubeAccessor:
     @property
     def embedding(self) -> xr.DataArray:
         """The (feature, time, y, x) embedding of the object."""
-        from latentcube.errors import EmbeddingError
+        from latentcube.embedding_store import embedding_array
 
-        obj = self._obj
-        if isinstance(obj, xr.Dataset):
-            if "embedding" not in obj:
-                raise EmbeddingError("this dataset has no 'embedding' variable")
-            obj = obj["embedding"]
-        if tuple(obj.dims) != ("feature", "time", "y", "x"):
-            raise EmbeddingError(f"expected an embedding (feature, time, y, x), got {obj.dims}")
-        return obj
+        return embedding_array(self._obj)
 
     def pca_rgb(self, time: int | Any | None = None) -> xr.DataArray:
         """The first three principal components of the embedding as RGB in [0, 1].

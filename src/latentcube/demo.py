@@ -10,12 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from latentcube.models.fusion import FusionModel
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -150,8 +147,8 @@ def run_demo(
     log(f"[3/5] trained {result.epochs} epochs, best val centre MAE {result.best_val:.4f}")
 
     t0 = time.perf_counter()
-    model = ModelBundle.load(result.checkpoint, sensor="s2").autoencoder("s2")
-    lazy = embed(cube, model, sensor="s2")
+    bundle = ModelBundle.load(result.checkpoint, sensor="s2")
+    lazy = embed(cube, bundle, sensor="s2")
     emb_path = write_embedding(lazy, out / "embedding.zarr", overwrite=True, progress=progress)
     emb = open_embedding(emb_path).load()
     timings["embed"] = time.perf_counter() - t0
@@ -185,18 +182,18 @@ def _run_pretrained(
 ) -> DemoResult:
     """Demo steps 2-5 with the shipped fused model instead of training."""
     from latentcube.bundle import ModelBundle, default_model_path
-    from latentcube.fusion_inference import embed_fused
-    from latentcube.inference import write_embedding
+    from latentcube.inference import embed, open_embedding, write_embedding
     from latentcube.plotting import plot_demo
 
     path = default_model_path()
     bundle = ModelBundle.load(path, kind="fusion")
-    model, meta = cast("FusionModel", bundle.model), bundle.meta
-    log(f"[2/5] shipped model {path} ({'+'.join(model.sensors)}, {meta['mode']})")
+    meta = bundle.meta
+    log(f"[2/5] shipped model {path} ({'+'.join(bundle.sensors)}, {meta['mode']})")
     log("[3/5] no training")
     t0 = time.perf_counter()
-    emb = embed_fused(cube, model, progress=progress)
-    emb_path = write_embedding(emb, out / "embedding.zarr", overwrite=True)
+    lazy = embed(cube, bundle)
+    emb_path = write_embedding(lazy, out / "embedding.zarr", overwrite=True, progress=progress)
+    emb = open_embedding(emb_path).load()
     timings["embed"] = time.perf_counter() - t0
     log(f"[4/5] embedding written to {emb_path}")
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from latentcube.errors import EvaluationError
+from latentcube.errors import EmbeddingError, EvaluationError
 
 __all__ = [
     "as_feature_cube",
@@ -51,20 +51,14 @@ def as_feature_cube(
     name
         Feature-set name stored as the array's name (default: keep).
     """
-    if isinstance(source, str | os.PathLike):
-        from latentcube.io import open_zarr  # an embedding store; no model code needed
+    from latentcube.embedding_store import embedding_array, open_embedding
 
-        source = open_zarr(source)
-    if isinstance(source, xr.Dataset):
-        if "embedding" not in source:
-            raise EvaluationError(
-                f"dataset has no 'embedding' variable (has {list(source.data_vars)})"
-            )
-        source = source["embedding"]
-    dims = ("feature", "time", "y", "x")
-    if set(source.dims) != set(dims):
-        raise EvaluationError(f"feature cube must have dims {dims}, got {source.dims}")
-    da = source.transpose(*dims).astype(np.float32)
+    if isinstance(source, str | os.PathLike):
+        try:  # an embedding store; no model code needed
+            source = open_embedding(source)
+        except EmbeddingError as err:
+            raise EvaluationError(str(err)) from err
+    da = embedding_array(source, error=EvaluationError, any_order=True).astype(np.float32)
     return da.rename(name) if name is not None else da
 
 

@@ -1,0 +1,805 @@
+"""The embedding engine: the machinery every model kind shares.
+
+A model is embedded by a *job* (:mod:`latentcube.inference.job`) picked from the
+bundle's kind; the engine cuts the cube into output chunks of (time, y, x), gives
+each chunk's job the cube block it asks for (the chunk plus its context halo),
+and puts the layers it returns together:
+
+* :func:`embed`: lazily, one Dask task per chunk, as an ``embedding`` DataArray
+  whose quality layers ride along as coordinates (one stacked array holds every
+  layer of a chunk, so computing them together runs the model once per chunk);
+* :func:`embed_to_zarr`: into a Zarr store, chunk by chunk, resumable, on a local
+  or remote Dask cluster or in this process, with the output locked for the run
+  and an existing output replaced only once its replacement is complete.
+
+Both paths run the same job code on the same blocks, so they give the same
+values (tested on every reader's sample).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from latentcube.cube.schema import select_bands
+from latentcube.embedding_store import (
+    COMPLETE_ATTR,
+    DIMS,
+    IDENTITY_ATTR,
+    LAYER_DIMS,
+    VARIABLE,
+    embedding_dataset,
+    feature_names,
+    store_encoding,
+    store_status,
+)
+from latentcube.errors import EmbeddingError, LatentcubeError
+from latentcube.inference.chunks import check_edge, chunk_grid, chunk_sizes
+from latentcube.inference.job import Arrays, EmbedJob, job_class
+from latentcube.sensors import band_dim
+
+__all__ = [
+    "as_bundle",
+    "cube_fingerprint",
+    "embed",
+    "embed_to_zarr",
+    "plan",
+    "progress_dir",
+    "write_embedding",
+]
+
+EdgePolicy = Literal["nan", "pad"]
+
+
+# --------------------------------------------------------------------------------------
+# Bundles and jobs
+
+
+def as_bundle(model: Any) -> Any:
+    """A :class:`~latentcube.bundle.ModelBundle` from a bundle, a model or a path to one."""
+    from latentcube.bundle import ModelBundle
+
+    if isinstance(model, ModelBundle):
+        return model
+    if isinstance(model, str | os.PathLike):
+        return ModelBundle.load(model)
+    return ModelBundle(model)
+
+
+def plan(
+    bundle: Any,
+    cube: xr.Dataset,
+    *,
+    sensor: str | None = None,
+    edge: str = "nan",
+    hide: Sequence[str] = (),
+    batch_size: int | None = None,
+    with_error: bool = True,
+    refuse_empty: bool = False,
+) -> EmbedJob:
+    """The job embedding ``cube`` with ``bundle``, from the job registered for its kind."""
+    check_edge(edge)
+    bundle = as_bundle(bundle)
+    bundle.model.eval()
+    return job_class(bundle.kind).plan(
+        bundle,
+        cube,
+        sensor=sensor,
+        edge=edge,
+        hide=tuple(hide),
+        batch_size=batch_size,
+        with_error=with_error,
+        refuse_empty=refuse_empty,
+    )
+
+
+def _sensor_arrays(cube: xr.Dataset, sensor: str) -> tuple[Any, Any]:
+    """(time, band, y, x) values and (time, y, x) validity of one sensor, as they are."""
+    data = cube[sensor].transpose("time", band_dim(sensor), "y", "x").data
+    valid = cube[f"{sensor}_valid"].transpose("time", "y", "x").data
+    return data, valid
+
+
+class _BlockProgress:
+    """A tqdm bar fed by every chunk computed in this process: chunks and pixel-dates per second.
+
+    Used as a context manager around a local (threaded or synchronous) Dask compute
+    of a lazy embedding (:func:`write_embedding`); :func:`embed_to_zarr` feeds the
+    same kind of bar from its own loop.
+    """
+
+    active: _BlockProgress | None = None
+
+    def __init__(self, total: int, enabled: bool, initial: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=total, initial=initial, disable=not enabled, unit="chunk", desc="embedding"
+        )
+        self.lock = threading.Lock()
+        self.t0, self.n_pd = time.perf_counter(), 0
+
+    def update(self, pixel_dates: int) -> None:
+        with self.lock:
+            self.n_pd += pixel_dates
+            self.bar.update(1)
+            rate = self.n_pd / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix(pixel_dates_per_s=f"{rate:.0f}")
+
+    def __enter__(self) -> _BlockProgress:
+        _BlockProgress.active = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _BlockProgress.active = None
+        self.bar.close()
+
+
+def _stacked_chunk(
+    model: Any, job: EmbedJob, arrays: Arrays, ts: slice, ys: slice, xs: slice
+) -> np.ndarray:
+    """Every layer of one chunk stacked as float32: the embedding, then each quality layer."""
+    layers = job.compute(model, arrays, ts, ys, xs)
+    out = np.concatenate(
+        [layers[VARIABLE]] + [np.asarray(layers[k], np.float32)[None] for k in job.layers]
+    )
+    bar = _BlockProgress.active
+    if bar is not None:
+        bar.update(int(np.prod(out.shape[1:])))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# In memory (lazy)
+
+
+def embed(
+    cube: xr.Dataset,
+    bundle: Any,
+    *,
+    sensor: str | None = None,
+    chunks: int | Mapping[str, int] | None = None,
+    edge: EdgePolicy = "nan",
+    batch_size: int | None = None,
+    with_error: bool = True,
+    hide: Sequence[str] = (),
+) -> xr.DataArray:
+    """Embed every pixel and date of a cube with any model, lazily.
+
+    Parameters
+    ----------
+    cube
+        A cube in the data model (numpy- or Dask-backed), holding the bands the
+        model needs (layout checked here; :func:`latentcube.open_cube` checks values).
+    bundle
+        A :class:`~latentcube.bundle.ModelBundle`, the path of one, or a model
+        (a stage-1 autoencoder or a fused model). The job that embeds it is picked
+        from the bundle's kind: a stage-1 model embeds its sensor (dense path for
+        ``fast``/``tiny``, window by window for ``paper``); a fused model embeds
+        every sensor present per pixel-date.
+    sensor
+        Stage-1 models: the cube variable to embed (default: the model's sensor).
+    chunks
+        Output chunk sizes ``{"time": 64, "y": 256, "x": 256}`` (an int sets y
+        and x). Each chunk is one Dask task reading its cube block plus the
+        context halo, so memory is bounded by the chunk size; the output does
+        not depend on the chunking.
+    edge
+        ``"nan"`` (default, the paper's crop) or ``"pad"`` (stage-1 models; see
+        :mod:`latentcube.inference.autoencoder`).
+    batch_size
+        Pixels per model call (default 2048 dense, 256 window by window, 8192
+        pixel-dates per fusion call).
+    with_error
+        Add the centre-pixel reconstruction error layer (``recon_mae_<sensor>``,
+        or ``recon_mae`` for a fused model).
+    hide
+        Fused models: sensors to leave out on purpose (e.g. ``("s2",)``).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``embedding`` (feature, time, y, x) float32, features ``F01``, ``F02``,
+        ..., on the cube's grid and time axis with its CRS, backed by Dask
+        (nothing is computed until asked). The quality layers
+        (:mod:`latentcube.embedding_store`) are coordinates: ``valid``, the
+        reconstruction error, ``padded`` (``edge="pad"``), ``sensors`` (fused).
+        Compute them together (``embedding_dataset(emb).compute()`` or
+        :func:`write_embedding`) so that each chunk runs the model once.
+    """
+    import dask
+    import dask.array as da
+
+    bundle = as_bundle(bundle)
+    job = plan(
+        bundle,
+        cube,
+        sensor=sensor,
+        edge=edge,
+        hide=hide,
+        batch_size=batch_size,
+        with_error=with_error,
+    )
+    n_t, ny, nx = job.shape
+    size = chunk_sizes(chunks, {"time": n_t, "y": ny, "x": nx})
+    cube = select_bands(cube, dict(job.reads))
+    arrays = {s: tuple(da.asarray(a) for a in _sensor_arrays(cube, s)) for s, _ in job.reads}
+    token = uuid.uuid4().hex[:12]
+    dmodel = dask.delayed(bundle.model, name=f"latentcube-model-{token}", traverse=False)
+    djob = dask.delayed(job, name=f"latentcube-job-{token}", traverse=False)
+    task = dask.delayed(_stacked_chunk, pure=False)
+    n_out = job.n_features + len(job.layers)
+    grid = chunk_grid(job.shape, size)
+    counts = [len(range(0, n, size[d])) for d, n in zip(("time", "y", "x"), job.shape, strict=True)]
+    blocks: list[Any] = np.empty(counts, dtype=object).tolist()
+    for key, ts, ys, xs in grid:
+        tb, yb, xb = job.block(ts, ys, xs)
+        block = {s: (d[tb, :, yb, xb], v[tb, yb, xb]) for s, (d, v) in arrays.items()}
+        out = task(dmodel, djob, block, ts, ys, xs, dask_key_name=f"latentcube-block-{token}-{key}")
+        it, iy, ix = (int(k) for k in key.split("_"))
+        shape = (n_out, ts.stop - ts.start, ys.stop - ys.start, xs.stop - xs.start)
+        blocks[it][iy][ix] = da.from_delayed(out, shape, dtype=np.float32)
+    stacked = da.block(blocks)
+    coords: dict[str, Any] = {
+        "feature": feature_names(job.n_features),
+        "time": cube["time"].values,
+        "y": cube["y"].values,
+        "x": cube["x"].values,
+    }
+    for k, (name, dtype) in enumerate(job.layers.items()):
+        layer = stacked[job.n_features + k]
+        coords[name] = (LAYER_DIMS, layer.astype(dtype), job.layer_attrs[name])
+    out_da = xr.DataArray(
+        stacked[: job.n_features], dims=DIMS, coords=coords, name=VARIABLE, attrs=job.attrs
+    )
+    return out_da.rio.write_crs(cube.rio.crs)
+
+
+def _n_blocks(ds: xr.Dataset) -> int:
+    chunks = ds[VARIABLE].chunks
+    return int(np.prod([len(c) for c in chunks[1:]])) if chunks else 0
+
+
+def write_embedding(
+    emb: xr.DataArray | xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    chunk_xy: int = 512,
+    progress: bool = False,
+    compute: bool = True,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an embedding as Zarr v3 (atomic), the quality layers beside it.
+
+    Parameters
+    ----------
+    emb
+        Output of :func:`embed` (lazy; computed here, chunk by chunk) or
+        :func:`~latentcube.embedding_store.embedding_dataset`.
+    path
+        Target store.
+    dtype
+        ``float32`` or ``float16`` storage of the embedding and the error layer.
+    overwrite
+        Replace an existing store (only once the new one is complete).
+    chunk_xy
+        Spatial chunk side of the store for in-memory input; Dask-backed input
+        keeps its spatial chunks. Store chunks are (feature, 1, y, x).
+    progress
+        Show a progress bar (chunks done, pixel-dates per second).
+    compute
+        ``False`` writes the metadata only (a template for region writes, marked
+        unfinished until :func:`embed_to_zarr` marks it complete).
+    attrs
+        Extra attributes of the store.
+    """
+    from latentcube.io import write_zarr
+
+    ds = embedding_dataset(emb)
+    enc = store_encoding(ds, dtype, chunk_xy)
+    ds = ds.assign_attrs({**dict(attrs or {}), COMPLETE_ATTR: bool(compute)})
+    if not compute or not ds[VARIABLE].chunks:
+        return write_zarr(ds, path, overwrite=overwrite, encoding=enc, compute=compute)
+    with _BlockProgress(_n_blocks(ds), progress):
+        return write_zarr(ds, path, overwrite=overwrite, encoding=enc)
+
+
+# --------------------------------------------------------------------------------------
+# Large areas: one task per output chunk, written in place, resumable.
+
+
+def progress_dir(out: str | os.PathLike[str]) -> Path:
+    """Folder of the per-chunk markers of a store being written (beside it)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.progress")
+
+
+def _replacement(out: Path) -> Path:
+    """Where a run that replaces an existing ``out`` writes until it is complete."""
+    return out.with_name(f".{out.name}.replacement")
+
+
+def _file_digest(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cube_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A digest that changes when the cube at ``path`` is replaced by another one.
+
+    For a Zarr store: the SHA-256 of the ``zarr.json`` of its root group and of each
+    array in it (a cube is one flat group): shapes, chunks, coordinates' metadata
+    and the cube's attributes, which hold the build request, the item ids and the
+    creation time. So a store replaced by another build, even of the same request,
+    has another fingerprint, while reading or embedding it leaves its fingerprint
+    unchanged. For other inputs (a ``.zip`` store, a folder of per-date files): the
+    SHA-256 of every file's relative path, size and modification time.
+    """
+    root = Path(path)
+    h = hashlib.sha256()
+    if root.is_dir() and (root / "zarr.json").exists():
+        # the metadata files only: a walk of the whole store would visit every chunk file
+        for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
+            h.update(meta.relative_to(root).as_posix().encode())
+            h.update(meta.read_bytes())
+        return h.hexdigest()
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for f in files:
+        st = f.stat()
+        name = f.relative_to(root) if root.is_dir() else f.name
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+_CACHE_SIZE = 4
+_MODELS: dict[tuple[str, str], Any] = {}
+_CUBES: dict[tuple[str, str, Any], xr.Dataset] = {}
+
+
+def _cached(cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
+    if key not in cache:
+        value = make()
+        while len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+    return cache[key]
+
+
+def _worker_model(path: str, digest: str) -> Any:
+    """The model of a bundle, loaded once per worker process.
+
+    Keyed by the file's SHA-256 (``digest``, from the driver) as well as its path,
+    so a worker of a long-lived cluster loads a bundle replaced at the same path
+    afresh instead of reusing the old weights.
+    """
+    from latentcube.bundle import ModelBundle
+
+    return _cached(_MODELS, (path, digest), lambda: ModelBundle.load(path).model.eval())
+
+
+def _worker_cube(
+    path: str, fingerprint: str, bands: tuple[tuple[str, tuple[str, ...]], ...]
+) -> xr.Dataset:
+    """The cube with the bands a job reads, opened once per worker process.
+
+    Opened by :func:`latentcube.cube.readers.open_cube`, the one function that
+    opens a cube path (with the reader's casts: float32 data, bool masks, scale
+    factors applied), lazily; a task reads only the block it needs. Keyed by
+    :func:`cube_fingerprint` (from the driver) as well as the path, so a cube
+    rebuilt at the same path is opened again, not read through stale metadata.
+    The driver has validated the values already; workers check the layout only.
+    """
+    from latentcube.cube.readers import open_cube
+
+    def make() -> xr.Dataset:
+        present = {s: b for s, b in bands}
+        return select_bands(open_cube(path, check_values=False), present)
+
+    return _cached(_CUBES, (path, fingerprint, bands), make)
+
+
+def _read_block(cube: xr.Dataset, job: EmbedJob, region: tuple[slice, slice, slice]) -> Arrays:
+    """The block ``region`` of every sensor the job reads, in memory (float32, bool)."""
+    import dask
+
+    tb, yb, xb = region
+    out = {}
+    for s, _ in job.reads:
+        # read by the task itself (no scheduler inside a task): only the chunks it touches
+        data, valid = dask.compute(
+            *_sensor_arrays(cube.isel(time=tb, y=yb, x=xb), s), scheduler="synchronous"
+        )
+        out[s] = (
+            np.ascontiguousarray(data, dtype=np.float32),
+            np.ascontiguousarray(valid, dtype=bool),
+        )
+    return out
+
+
+def _embed_chunk(
+    model_path: str,
+    model_digest: str,
+    cube_path: str,
+    cube_print: str,
+    out_path: str,
+    job: EmbedJob,
+    ts: slice,
+    ys: slice,
+    xs: slice,
+    key: str,
+) -> int:
+    """Embed one output chunk, write it into the store, then mark it done.
+
+    Returns the number of pixel-dates of the chunk. The marker is written after the
+    data, so a chunk interrupted half way is recomputed and rewritten by the next
+    run; a chunk that already has a marker (a task rerun after a lost worker) is
+    not computed again.
+    """
+    import zarr
+
+    marker = progress_dir(out_path) / key
+    if marker.exists():
+        return int(marker.read_text())
+    model = _worker_model(model_path, model_digest)
+    cube = _worker_cube(cube_path, cube_print, job.reads)
+    layers = job.compute(model, _read_block(cube, job, job.block(ts, ys, xs)), ts, ys, xs)
+    for name, values in layers.items():
+        arr_z = zarr.open_array(Path(out_path) / name, mode="r+", zarr_format=3)
+        region = (slice(None),) * (values.ndim - 3) + (ts, ys, xs)
+        arr_z[region] = values.astype(arr_z.dtype)
+    n = int(layers["valid"].size)
+    marker.write_text(str(n))
+    return n
+
+
+#: (bundle file, its SHA-256, cube path, cube fingerprint, store path) of every chunk task
+_ChunkArgs = tuple[str, str, str, str, str]
+
+
+def _positive(name: str, value: Any) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
+    ):
+        raise EmbeddingError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _target(out: Path, identity: str, overwrite: bool) -> Path:
+    """Where this run writes: ``out`` itself, or beside it when it replaces an existing ``out``.
+
+    A store is complete when its :data:`~latentcube.embedding_store.COMPLETE_ATTR`
+    says so (it is set after the last chunk); an unfinished store of the same run
+    is resumed in place, one of another run is refused unless ``overwrite``.
+    """
+    status, ident = store_status(out)
+    if status == "absent":
+        if progress_dir(out).exists():  # markers of a store that was removed
+            shutil.rmtree(progress_dir(out))
+        return out
+    if status in ("unfinished", "legacy") and ident == identity:
+        return out
+    if not overwrite:
+        if status == "complete":
+            raise FileExistsError(
+                f"{out} exists and is a complete embedding store; pass overwrite=True "
+                "(--overwrite) to replace it"
+            )
+        if status == "foreign":
+            raise EmbeddingError(
+                f"{out} exists and is not an embedding store; choose another output or pass "
+                "overwrite=True (--overwrite) to replace it"
+            )
+        raise EmbeddingError(
+            f"{out} holds an unfinished run of another model, cube, chunking, dtype, edge "
+            "policy or hidden sensors; remove it, choose another output or pass "
+            "overwrite=True (--overwrite)"
+        )
+    staging = _replacement(out)
+    status, ident = store_status(staging)
+    if status in ("unfinished", "legacy") and ident == identity:
+        return staging  # an interrupted replacement of the same run: resume it
+    for old in (staging, progress_dir(staging)):
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+    return staging
+
+
+def _mark_complete(store: Path) -> None:
+    """Record in the store that every chunk is written (the last write of a run)."""
+    import zarr
+
+    zarr.open_group(store, mode="r+", zarr_format=3).attrs.update({COMPLETE_ATTR: True})
+
+
+def embed_to_zarr(
+    cube_path: str | os.PathLike[str],
+    bundle: Any,
+    out: str | os.PathLike[str],
+    *,
+    chunk: int = 256,
+    time_chunk: int = 64,
+    dtype: str = "float32",
+    edge: EdgePolicy = "nan",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    processes: bool = True,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    hide: Sequence[str] = (),
+) -> Path:
+    """Embed a cube of any size into a Zarr store, chunk by chunk, resumable.
+
+    Each task reads one output chunk of the cube plus its context halo (the job's
+    :meth:`~latentcube.inference.job.EmbedJob.block`), embeds it and writes it into
+    the store in place (the store's chunk files are (feature, 1, chunk, chunk), so
+    every file belongs to exactly one task; Zarr writes each file to a temporary
+    name and renames it), then leaves a marker in ``.<out>.progress/``. A run that
+    is killed is resumed by calling this function again: chunks with a marker are
+    skipped, the others are (re)computed; the result does not depend on the
+    chunking (tested) and the store equals that of an uninterrupted run byte for
+    byte (tested). A worker that dies costs only the chunks it was computing.
+
+    Safety: ``out`` may not be, contain or lie inside the cube or the model
+    file; it is locked for the run (a second run into it stops at once); the store
+    is marked complete only after its last chunk, and a complete store is replaced
+    (``overwrite``) by a run written beside it and swapped in when complete, so a
+    failed or killed replacement leaves the old store as it was (and resumes when
+    run again).
+
+    Parameters
+    ----------
+    cube_path
+        A cube :func:`latentcube.open_cube` can open (a Zarr store for large areas).
+    bundle
+        A saved :class:`~latentcube.bundle.ModelBundle` or the path of one (file
+        or folder), of any kind: a stage-1 store holds ``embedding``, ``valid``,
+        ``recon_mae_<sensor>`` (and ``padded``), a fused one ``embedding``,
+        ``valid``, ``sensors`` and ``recon_mae``.
+    out
+        The output store (directory).
+    chunk, time_chunk
+        Output chunk side in pixels and in dates; task memory is bounded by the
+        chunk plus its halo, whatever the area and the number of dates.
+    dtype
+        ``float32`` or ``float16`` storage.
+    edge
+        Edge policy, ``"nan"`` (default) or ``"pad"`` (stage-1 models).
+    scheduler
+        Address of a running Dask scheduler.
+    workers, threads_per_worker, processes
+        A local Dask cluster of ``workers`` workers. By default (``workers``
+        None, no ``scheduler``) a run of one chunk runs in this process with the
+        model on every core, and a larger run on one single-threaded worker
+        process per core (at most one per chunk).
+    batch_size
+        Pixels per model call.
+    overwrite
+        Replace an existing store (only once the new one is complete).
+    progress
+        Show a progress bar with chunks done and pixel-dates per second.
+    hide
+        Fused models: sensors to leave out on purpose (e.g. ``("s2",)``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+    """
+    from latentcube.cube.readers import open_cube
+    from latentcube.io import check_disjoint, check_writable, locked, replace_path
+
+    check_edge(edge)
+    if dtype not in ("float32", "float16"):
+        raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    _positive("workers", workers)
+    _positive("threads_per_worker", threads_per_worker)
+    _positive("chunk", chunk)
+    _positive("time_chunk", time_chunk)
+    out = Path(out)
+    bundle = as_bundle(bundle)
+    if bundle.path is None:
+        raise EmbeddingError("embed_to_zarr needs a saved bundle: its workers read the file")
+    check_disjoint(out, [cube_path, bundle.path])
+    check_writable(out)
+    cube = open_cube(cube_path)
+    try:
+        job = plan(bundle, cube, edge=edge, hide=hide, batch_size=batch_size, refuse_empty=True)
+    except LatentcubeError as err:
+        raise type(err)(f"cannot embed {cube_path} with {bundle.path}: {err}") from err
+    sizes = chunk_sizes(
+        {"time": time_chunk, "y": chunk, "x": chunk},
+        dict(zip(("time", "y", "x"), job.shape, strict=True)),
+    )
+    model_digest, cube_print = _file_digest(bundle.path), cube_fingerprint(cube_path)
+    identity = json.dumps(
+        {
+            "model_sha256": model_digest,
+            "cube": str(Path(cube_path).resolve()),
+            "cube_fingerprint": cube_print,
+            "chunk": chunk,
+            "time_chunk": time_chunk,
+            "dtype": dtype,
+            **job.identity(),
+        },
+        sort_keys=True,
+    )
+    with locked(out):
+        target = _target(out, identity, overwrite)
+        if store_status(target)[0] == "absent":
+            template = embed(cube, bundle, chunks=sizes, edge=edge, hide=hide)
+            write_embedding(
+                template, target, dtype=dtype, compute=False, attrs={IDENTITY_ATTR: identity}
+            )
+        progress_dir(target).mkdir(exist_ok=True)
+        done = {p.name for p in progress_dir(target).iterdir()}
+        tasks = chunk_grid(job.shape, sizes)
+        todo = [t for t in tasks if t[0] not in done]
+        args: _ChunkArgs = (
+            str(Path(bundle.path).resolve()),
+            model_digest,
+            str(Path(cube_path).resolve()),
+            cube_print,
+            str(target.resolve()),
+        )
+        if todo:
+            _run(todo, done, args, job, cube, bundle, scheduler, workers, threads_per_worker,
+                 processes, progress, str(cube_path))  # fmt: skip
+        _mark_complete(target)
+        shutil.rmtree(progress_dir(target))
+        if target != out:
+            replace_path(target, out)
+    return out
+
+
+Task = tuple[str, slice, slice, slice]
+
+
+def _split_in_time(todo: list[Task], parts: int) -> list[Task]:
+    """Each chunk's dates cut into ``parts`` tasks (keys ``<chunk>.<k>``), none empty.
+
+    The store's chunk files hold one date each, so tasks of one chunk's dates write
+    disjoint files; a task costs its dates plus the time halo.
+    """
+    if parts <= 1:
+        return todo
+    out = []
+    for key, ts, ys, xs in todo:
+        bounds = np.linspace(ts.start, ts.stop, min(parts, ts.stop - ts.start) + 1).round()
+        for k, (t0, t1) in enumerate(itertools.pairwise(bounds)):
+            out.append((f"{key}.{k}", slice(int(t0), int(t1)), ys, xs))
+    return out
+
+
+def _run(
+    todo: list[Task],
+    done: set[str],
+    args: _ChunkArgs,
+    job: EmbedJob,
+    cube: xr.Dataset,
+    bundle: Any,
+    scheduler: str | None,
+    workers: int | None,
+    threads_per_worker: int,
+    processes: bool,
+    progress: bool,
+    where: str,
+) -> None:
+    """Run the chunks ``todo`` where the options say, with a progress bar.
+
+    By default (no scheduler, no worker count) a run that fits in one wave of one
+    chunk per core runs in this process: a cluster could not do better and its
+    start (worker processes importing torch, loading the bundle, opening the cube)
+    would be pure overhead. Its chunks are cut in time until every core has one
+    task, and each task runs the model on one thread (PyTorch's intra-op threads
+    synchronise after every small operation, which costs more than it gains here,
+    and much more on a loaded machine). Larger runs use a local cluster of one
+    single-threaded worker process per core.
+    """
+    cores = _cores()
+    if scheduler is None and workers is None and len(todo) <= cores:
+        import torch
+
+        tasks = [t for t in _split_in_time(todo, -(-cores // len(todo))) if t[0] not in done]
+        bar = _BlockProgress(len(done) + len(tasks), progress, initial=len(done))
+        # the driver's model and cube serve the tasks (the same function, no second read)
+        _MODELS[(args[0], args[1])] = bundle.model
+        _CUBES[(args[2], args[3], job.reads)] = select_bands(cube, dict(job.reads))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(cores, len(tasks))) as pool:
+                futures = {
+                    pool.submit(_embed_chunk, *args, job, ts, ys, xs, key): key
+                    for key, ts, ys, xs in tasks
+                }
+                for fut in as_completed(futures):
+                    bar.update(_guarded(futures[fut], where, fut.result))
+        finally:
+            torch.set_num_threads(threads)
+            bar.bar.close()
+        return
+    bar = _BlockProgress(len(done) + len(todo), progress, initial=len(done))
+    try:
+        _run_on_dask(todo, args, job, scheduler, workers, threads_per_worker, processes, bar,
+                     where)  # fmt: skip
+    finally:
+        bar.bar.close()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _guarded(key: str, where: str, fn: Callable[[], int]) -> int:
+    """``fn()``, its failure reported as an EmbeddingError naming the chunk and the cube."""
+    try:
+        return fn()
+    except Exception as err:
+        raise EmbeddingError(
+            f"embedding chunk {key} of {where} failed: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _run_on_dask(
+    todo: list[Task],
+    args: _ChunkArgs,
+    job: EmbedJob,
+    scheduler: str | None,
+    workers: int | None,
+    threads_per_worker: int,
+    processes: bool,
+    bar: _BlockProgress,
+    where: str,
+) -> None:
+    """One Dask task per chunk, on ``scheduler`` or a new local cluster."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=workers or min(_cores(), len(todo)),
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            dashboard_address=None,
+        )
+    client = Client(scheduler or cluster)
+    try:
+        futures = {
+            client.submit(
+                _embed_chunk, *args, job, ts, ys, xs, key,
+                key=f"latentcube-embed-{key}", pure=False,
+            ): key
+            for key, ts, ys, xs in todo
+        }  # fmt: skip
+        for fut in as_completed(futures):
+            n = _guarded(futures[fut], where, fut.result)
+            fut.release()  # results are not kept on the workers
+            bar.update(n)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
