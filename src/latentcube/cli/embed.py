@@ -103,7 +103,7 @@ def embed(
     built first (and reused if it exists at --cube-out).
     """
     from latentcube.bundle import ModelBundle, default_model_path
-    from latentcube.cube.build import build_or_reuse
+    from latentcube.cube.sites import build_or_reuse
     from latentcube.inference import describe_store, embed_to_zarr
     from latentcube.io import check_disjoint
 

@@ -88,10 +88,20 @@ SensorConfig = Annotated[
 ]
 
 
-def _model_spec(model: str | None, config: str | None) -> str | None:
-    if model is not None and config is not None and model != config:
-        fail(f"--config is the old name of --model; they disagree ({config!r}, {model!r})")
-    return model if model is not None else config
+def _model_spec(model: str | None, config: str | None) -> tuple[str | None, str | None]:
+    """(recipe, variant): ``--model`` and its old name ``--config``, each a preset or a YAML.
+
+    One of each (a preset name and a YAML recipe) combine, as before: the YAML's
+    sections apply to that preset.
+    """
+    from latentcube.training.config import VARIANTS
+
+    given = [v for v in (model, config) if v is not None]
+    names = [v for v in given if v in VARIANTS and not Path(v).exists()]
+    recipes = [v for v in given if v not in names]
+    if len(set(names)) > 1 or len(recipes) > 1:
+        fail(f"--model and --config (its old name) disagree: {config!r}, {model!r}")
+    return (recipes[0] if recipes else None), (names[0] if names else None)
 
 
 def _autoencoders(items: list[str]) -> dict[str, Path]:
@@ -156,12 +166,12 @@ def train(
     limits = {"max_seconds": max_seconds, "max_cpu_seconds": max_cpu_seconds}
     limits["max_epochs"] = max_epochs
     over: dict[str, Any] = {k: v for k, v in limits.items() if v is not None}
-    spec = _model_spec(model, config)
+    spec, variant = _model_spec(model, config)
     common: dict[str, Any] = dict(nproc=nproc, resume=resume, overwrite=overwrite, seed=seed)
     common.update(preset=preset, train=over, progress=progress)
     if stage == "fusion":
         result = fit_fusion(
-            paths, _autoencoders(autoencoder or []), out, config=spec, base=base,
+            paths, _autoencoders(autoencoder or []), out, config=spec or variant, base=base,
             mode=fusion_mode, sensor_dropout=sensor_dropout, objective=fusion_objective,
             **common,
         )  # fmt: skip
@@ -171,7 +181,14 @@ def train(
             over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
         chosen = bands if bands in ("auto", "preset") else [b.strip() for b in bands.split(",")]
         result = fit_autoencoder(
-            paths, spec, out, sensor=sensor, bands=chosen, log=typer.echo, **common
+            paths,
+            spec,
+            out,
+            sensor=sensor,
+            variant=variant,
+            bands=chosen,
+            log=typer.echo,
+            **common,
         )
         what = ""
     typer.echo(

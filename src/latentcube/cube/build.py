@@ -57,7 +57,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,6 @@ __all__ = [
     "MaskFunction",
     "SCLMask",
     "build_cube",
-    "build_or_reuse",
     "describe_build",
     "make_mask",
 ]
@@ -677,56 +676,6 @@ def _execute(
     # values were checked unit by unit (_check_unit) and dates without a valid
     # pixel dropped above; the layout is checked on the store as written
     return validate_cube(open_zarr(path), check_values=False)
-
-
-def build_or_reuse(
-    out: str | os.PathLike[str],
-    *,
-    lat: float | None,
-    lon: float | None,
-    start: str | None,
-    end: str | None,
-    size_m: float = 2560.0,
-    catalog: str | None = None,
-    sensors: Sequence[str] = ("s2", "s1"),
-    time_axis: str = "s2",
-    log: Callable[[str], Any] | None = None,
-) -> Path:
-    """The cube of a place for embedding: the one already at ``out``, or built there.
-
-    ``latentcube embed --lat --lon --start --end`` calls it. S2 dates are the time
-    axis; S1 is added when ``sensors`` has it (other sensors stay absent).
-
-    Raises
-    ------
-    CubeError
-        When a coordinate or date is missing.
-    """
-    from latentcube.errors import CubeError
-
-    given = (("--lat", lat), ("--lon", lon), ("--start", start), ("--end", end))
-    missing = [n for n, v in given if v is None]
-    if missing:
-        raise CubeError(f"building a cube needs {', '.join(missing)} as well")
-    out = Path(out)
-    say = log or (lambda _msg: None)
-    if out.exists():
-        say(f"using the cube built before at {out}")
-        return out
-    say(f"building the cube at {out}")
-    kwargs: dict[str, Any] = {"catalog": catalog} if catalog else {}
-    build_cube(
-        lat=lat,
-        lon=lon,
-        size_m=size_m,
-        start=start,
-        end=end,
-        out=out,
-        sensors=("s2", *(s for s in sensors if s == "s1")),
-        time_axis=time_axis,
-        **kwargs,
-    )
-    return out
 
 
 def describe_build(ds: xr.Dataset) -> str:

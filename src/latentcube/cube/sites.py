@@ -30,8 +30,8 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
-from importlib import resources
+from collections.abc import Callable, Mapping, Sequence
+from importlib import import_module, resources
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_COLUMNS",
     "build_cubes",
+    "build_or_reuse",
     "flux_sites",
     "manifest_stores",
     "read_manifest",
@@ -590,3 +591,58 @@ def _run_distributed(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def build_or_reuse(
+    out: str | os.PathLike[str],
+    *,
+    lat: float | None,
+    lon: float | None,
+    start: str | None,
+    end: str | None,
+    size_m: float = 2560.0,
+    catalog: str | None = None,
+    sensors: Sequence[str] = ("s2", "s1"),
+    time_axis: str = "s2",
+    log: Callable[[str], Any] | None = None,
+) -> Path:
+    """The cube of a place for embedding: the one already at ``out``, or built there.
+
+    ``latentcube embed --lat --lon --start --end`` calls it. S2 dates are the time
+    axis; S1 is added when ``sensors`` has it (other sensors stay absent).
+
+    Raises
+    ------
+    CubeError
+        When a coordinate or date is missing.
+    """
+    given = (("--lat", lat), ("--lon", lon), ("--start", start), ("--end", end))
+    missing = [n for n, v in given if v is None]
+    if missing:
+        raise CubeError(f"building a cube needs {', '.join(missing)} as well")
+    out = Path(out)
+    say = log or (lambda _msg: None)
+    if out.exists():
+        say(f"using the cube built before at {out}")
+        return out
+    say(f"building the cube at {out}")
+    kwargs: dict[str, Any] = {"catalog": catalog} if catalog else {}
+    try:  # looked up at call time, so a stub or a missing module is seen
+        build = import_module("latentcube.cube.build")
+    except ImportError as err:
+        raise CubeError(
+            "building cubes from --lat/--lon needs latentcube.cube.build, which this "
+            f"installation lacks ({err}); build the cube separately and pass its path"
+        ) from err
+    build.build_cube(
+        lat=lat,
+        lon=lon,
+        size_m=size_m,
+        start=start,
+        end=end,
+        out=out,
+        sensors=("s2", *(s for s in sensors if s == "s1")),
+        time_axis=time_axis,
+        **kwargs,
+    )
+    return out
