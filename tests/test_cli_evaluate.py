@@ -100,7 +100,8 @@ def test_evaluate_bad_inputs(tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
     junk = tmp_path / "junk.csv"
     junk.write_text("a,b\n1,2\n")
-    res = runner.invoke(app, ["evaluate", "gpp", "--flux", str(junk), "--out", str(tmp_path)])
+    rep = str(tmp_path / "rep")  # a report folder may not contain its inputs
+    res = runner.invoke(app, ["evaluate", "gpp", "--flux", str(junk), "--out", rep])
     assert res.exit_code == 2 and "neither a FULLSET_DD" in res.output
     from latentcube.cube.readers import demo_cube_path
 
@@ -386,8 +387,8 @@ def test_evaluate_landcover_on_any_cube_with_a_worldcover_raster(tmp_path):
 def test_evaluation_embeds_with_the_shipped_fused_model():
     """``--model`` takes a fused bundle too: the 7-d embedding of each cube."""
     from latentcube.bundle import default_model_path
-    from latentcube.cli import _embeddings
     from latentcube.cube.readers import load_demo_cube
+    from latentcube.evaluation.runs import embedding_features as _embeddings
 
     cube = load_demo_cube().isel(time=slice(0, 12), y=slice(0, 20), x=slice(0, 20))
     out = _embeddings([cube], default_model_path(), None, "fused")

@@ -98,8 +98,8 @@ def test_shipped_default_model(tmp_path, monkeypatch):
     import torch
 
     from latentcube.bundle import default_model_path
-    from latentcube.cli import _embeddings
     from latentcube.cube.readers import load_demo_cube
+    from latentcube.evaluation.runs import embedding_features as _embeddings
     from latentcube.inference import embed, embedding_dataset
 
     path = default_model_path()

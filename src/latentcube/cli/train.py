@@ -175,7 +175,7 @@ def train(
             mode=fusion_mode, sensor_dropout=sensor_dropout, objective=fusion_objective,
             **common,
         )  # fmt: skip
-        what = "(mean over sensors) "
+        what, label = "(mean over sensors) ", "model bundle"
     else:
         if hide_centre or hide_other:
             over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
@@ -190,10 +190,10 @@ def train(
             log=typer.echo,
             **common,
         )
-        what = ""
+        what, label = "", "model"
     typer.echo(
         f"best validation centre-pixel MAE {what}{result.best_val:.4f} after {result.epochs} "
-        f"epochs ({result.stopped}, {result.seconds:.0f} s); model: {result.checkpoint}"
+        f"epochs ({result.stopped}, {result.seconds:.0f} s); {label}: {result.checkpoint}"
     )
 
 

@@ -101,7 +101,7 @@ def label_maps(
     from latentcube.cube.readers import read_labels
 
     if len(labels) != len(cubes):
-        raise EvaluationError(f"{len(labels)} label rasters for {len(cubes)} cubes: give one each")
+        raise EvaluationError(f"{len(labels)} --labels for {len(cubes)} cubes: give one per cube")
     return [read_labels(f, c, variable=variable) for f, c in zip(labels, cubes, strict=True)]
 
 
