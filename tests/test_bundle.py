@@ -114,3 +114,43 @@ def test_pickled_code_is_refused_without_advice_to_load_it_anyway(tmp_path, caps
     assert str(bad) in msg and "pickled Python objects" in msg and "print" in msg
     assert "weights_only" not in msg and "\n" not in msg
     assert "this must never run" not in capsys.readouterr().out
+
+
+def test_released_checkpoints_still_load_as_bundles():
+    from pathlib import Path
+
+    from latentcube.bundle import ModelBundle, default_model_path
+
+    data = Path(__file__).parent / "data" / "checkpoints"
+    stage1 = ModelBundle.load(data / "stage1_tiny_s2_v0.1.pt")  # written by 0.1's save_checkpoint
+    assert stage1.kind == "autoencoder" and stage1.sensors == ("s2",)
+    assert stage1.latent_dim == 9 and stage1.supports_dense and stage1.variant == "tiny"
+    io = torch.load(data / "stage1_tiny_s2_v0.1_io.pt", weights_only=True)
+    with torch.no_grad():
+        latent = stage1.model.encode(io["x"], io["mask"], io["gaps"])
+    torch.testing.assert_close(latent, io["latent"], rtol=0, atol=1e-6)
+    fused = ModelBundle.load(default_model_path())  # the shipped default model, a folder
+    assert fused.kind == "fusion" and fused.sensors == ("s2", "s1") and fused.latent_dim == 7
+    assert fused.bands["s1"] == ("VV", "VH") and len(fused.bands["s2"]) == 10
+    assert fused.supports_dense and fused.path.name == "model.pt"
+    with pytest.raises(ModelError, match="fusion"):
+        ModelBundle.load(default_model_path(), kind="autoencoder")
+
+
+def test_a_bundle_round_trips_whatever_its_kind(tmp_path):
+    from latentcube.bundle import ModelBundle, default_model_path
+
+    for src in (default_model_path(), None):
+        if src is None:
+            model = build_autoencoder(AutoencoderConfig.preset("tiny", "s1")).eval()
+            bundle = ModelBundle(model, {"provenance": {"x": 1}})
+        else:
+            bundle = ModelBundle.load(src)
+        out = bundle.save(tmp_path / f"{bundle.kind}.pt", extra={"note": "copy"})
+        again = ModelBundle.load(out)
+        assert again.kind == bundle.kind and again.bands == bundle.bands
+        assert again.meta["note"] == "copy"
+        for (k, a), b in zip(
+            bundle.model.state_dict().items(), again.model.state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), k

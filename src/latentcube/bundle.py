@@ -33,19 +33,17 @@ from latentcube.models.config import AutoencoderConfig
 if TYPE_CHECKING:
     from latentcube.models.fusion import FusionModel
 
+# The public names: one model type and where the shipped one lives. The per-format
+# functions below (save_checkpoint, load_checkpoint, save_fusion_checkpoint,
+# load_fusion_checkpoint, load_any) are the implementation of ModelBundle.save/load,
+# kept importable for scripts written against 0.1; new code uses ModelBundle.
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "FUSION_FORMAT",
     "ModelBundle",
     "default_model_path",
-    "load_any",
-    "load_checkpoint",
-    "load_fusion_checkpoint",
     "read_checkpoint",
-    "resolve_bundle",
-    "save_checkpoint",
-    "save_fusion_checkpoint",
 ]
 
 FORMAT = "latentcube.autoencoder"
