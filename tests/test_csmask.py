@@ -103,6 +103,8 @@ def test_no_data_pixels_are_class_255_and_never_clear(fixture):
     assert (cls[0, :10] == NODATA).all() and (cls[0, 10:] != NODATA).all()
     clear = CSMask(dilation=0)(refl, np.zeros(refl[:, 0].shape, np.uint8), BANDS)
     assert not clear[0, :10].any() and clear[0, 10:].mean() > 0.9
+    empty = np.full_like(refl, np.nan)
+    assert (CSMask(dilation=0).classify(np.concatenate([empty, refl]), BANDS)[0] == NODATA).all()
 
 
 def test_dilation_grows_clouds_and_shadows_only(fixture, classes):
