@@ -436,3 +436,21 @@ def test_units_on_a_dask_cluster_give_the_same_cube(catalog, cubes):
     ref = cubes["csmask"]
     np.testing.assert_array_equal(c["s2_valid"].values, ref["s2_valid"].values)
     np.testing.assert_array_equal(c["s2"].values, ref["s2"].values)
+
+
+def test_comparison_script_agreement_kappa_iou():
+    """The figures of docs/cloudmask.md: agreement, Cohen's kappa and IoU of two masks."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_cloud_masks.py"
+    spec = importlib.util.spec_from_file_location("compare_cloud_masks", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a = np.array([1, 1, 0, 0, 0, 0, 1, 0], bool)
+    b = np.array([1, 0, 0, 0, 0, 1, 1, 0], bool)
+    got = mod.agreement(a, b)
+    po, pe = 6 / 8, (3 / 8) ** 2 + (5 / 8) ** 2
+    assert got["agreement"] == po and got["iou"] == 2 / 4
+    assert abs(got["kappa"] - (po - pe) / (1 - pe)) < 1e-12
+    same = mod.agreement(np.zeros(4, bool), np.zeros(4, bool))
+    assert same["agreement"] == 1.0 and np.isnan(same["kappa"]) and np.isnan(same["iou"])
