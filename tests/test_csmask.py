@@ -438,13 +438,14 @@ def test_units_on_a_dask_cluster_give_the_same_cube(catalog, cubes):
     np.testing.assert_array_equal(c["s2"].values, ref["s2"].values)
 
 
-def test_comparison_script_agreement_kappa_iou():
+def test_comparison_script_agreement_kappa_iou(monkeypatch):
     """The figures of docs/cloudmask.md: agreement, Cohen's kappa and IoU of two masks."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "compare_cloud_masks.py"
     spec = importlib.util.spec_from_file_location("compare_cloud_masks", path)
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare_cloud_masks", mod)  # for its dataclass
     spec.loader.exec_module(mod)
     a = np.array([1, 1, 0, 0, 0, 0, 1, 0], bool)
     b = np.array([1, 0, 0, 0, 0, 1, 1, 0], bool)
