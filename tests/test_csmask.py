@@ -103,6 +103,8 @@ def test_no_data_pixels_are_class_255_and_never_clear(fixture):
     assert (cls[0, :10] == NODATA).all() and (cls[0, 10:] != NODATA).all()
     clear = CSMask(dilation=0)(refl, np.zeros(refl[:, 0].shape, np.uint8), BANDS)
     assert not clear[0, :10].any() and clear[0, 10:].mean() > 0.9
+    empty = np.full_like(refl, np.nan)
+    assert (CSMask(dilation=0).classify(np.concatenate([empty, refl]), BANDS)[0] == NODATA).all()
 
 
 def test_dilation_grows_clouds_and_shadows_only(fixture, classes):
@@ -434,3 +436,22 @@ def test_units_on_a_dask_cluster_give_the_same_cube(catalog, cubes):
     ref = cubes["csmask"]
     np.testing.assert_array_equal(c["s2_valid"].values, ref["s2_valid"].values)
     np.testing.assert_array_equal(c["s2"].values, ref["s2"].values)
+
+
+def test_comparison_script_agreement_kappa_iou(monkeypatch):
+    """The figures of docs/cloudmask.md: agreement, Cohen's kappa and IoU of two masks."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_cloud_masks.py"
+    spec = importlib.util.spec_from_file_location("compare_cloud_masks", path)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare_cloud_masks", mod)  # for its dataclass
+    spec.loader.exec_module(mod)
+    a = np.array([1, 1, 0, 0, 0, 0, 1, 0], bool)
+    b = np.array([1, 0, 0, 0, 0, 1, 1, 0], bool)
+    got = mod.agreement(a, b)
+    po, pe = 6 / 8, (3 / 8) ** 2 + (5 / 8) ** 2
+    assert got["agreement"] == po and got["iou"] == 2 / 4
+    assert abs(got["kappa"] - (po - pe) / (1 - pe)) < 1e-12
+    same = mod.agreement(np.zeros(4, bool), np.zeros(4, bool))
+    assert same["agreement"] == 1.0 and np.isnan(same["kappa"]) and np.isnan(same["iou"])

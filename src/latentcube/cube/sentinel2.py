@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from latentcube.cube.masks import SCL_INVALID, MaskFunction, SCLMask, scl_valid
+from latentcube.cube.csmask import CSMask
+from latentcube.cube.masks import SCL_INVALID, AllMasks, MaskFunction, SCLMask, scl_valid
 from latentcube.cube.plan import Plan, load_with_retries, read_assets, unit_geobox
 from latentcube.cube.stac import signer, with_retries
 from latentcube.errors import StacError
@@ -204,8 +205,8 @@ def load_s2(
 
     With the built-in masks (:class:`SCLMask`, the learned
     :class:`~latentcube.cube.csmask.CSMask` and their :class:`AllMasks`; not
-    subclasses) and without NBAR, only SCL and the bands the mask reads (its
-    ``reads``) are read with the mask's halo, the mask runs on their
+    subclasses) and without NBAR, only SCL and the bands the mask reads (the
+    learned model's bands) are read with the mask's halo, the mask runs on their
     reflectance, and every output plane is computed from its DNs straight into
     the result, date by date and band by band (:func:`merge_s2_planes`). Other
     mask functions get the reflectance of all items with the halo
@@ -259,9 +260,6 @@ def _mask_reads(mask: MaskFunction) -> tuple[str, ...] | None:
     Exact types only: a subclass may compute something else, so it takes the
     general path.
     """
-    from latentcube.cube.csmask import CSMask
-    from latentcube.cube.masks import AllMasks
-
     if type(mask) is SCLMask:
         return ()
     if type(mask) is CSMask:
