@@ -8,7 +8,7 @@ pixel-dates per second, the peak RSS of each worker process and of the driver, t
 fitted exponent of time vs area, and one chunking against another (same output).
 Usage: ``python benchmarks/bench_scale.py [--sides 256 512 1024] [--chunk 128]``.
 ``--fused`` embeds an S2 + S1 cube with a fused bundle of two random ``fast``
-autoencoders instead (the same Dask machinery, :class:`latentcube.fusion_inference.FusedJob`).
+autoencoders instead (the same engine, :class:`latentcube.inference.fusion.FusionJob`).
 """
 
 from __future__ import annotations

@@ -264,7 +264,7 @@ def test_resume_refuses_a_cube_replaced_at_the_same_path(setup, tmp_path):
 
 def test_worker_caches_follow_the_file_contents(setup, tmp_path):
     """A checkpoint or cube replaced at the same path is loaded afresh by a worker."""
-    from latentcube.inference.engine import (
+    from latentcube.inference.tasks import (
         _file_digest,
         _worker_cube,
         _worker_model,

@@ -16,19 +16,15 @@ from __future__ import annotations
 from latentcube.embedding_store import describe_store, embedding_dataset, open_embedding
 from latentcube.inference.autoencoder import embed_block, embed_windows
 from latentcube.inference.chunks import EDGE_POLICIES, extended_days
-from latentcube.inference.engine import (
-    cube_fingerprint,
-    embed,
-    embed_to_zarr,
-    progress_dir,
-    write_embedding,
-)
+from latentcube.inference.engine import embed, embed_to_zarr, write_embedding
 from latentcube.inference.fusion import embed_fused_block, reference_dates
-from latentcube.inference.job import EmbedJob, job_class, register_job
+from latentcube.inference.job import EmbedJob, Options, job_class, register_job
+from latentcube.inference.tasks import cube_fingerprint, progress_dir
 
 __all__ = [
     "EDGE_POLICIES",
     "EmbedJob",
+    "Options",
     "cube_fingerprint",
     "describe_store",
     "embed",

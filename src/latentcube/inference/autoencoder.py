@@ -38,7 +38,7 @@ from latentcube.cube.schema import provenance, select_bands
 from latentcube.embedding_store import layer_attrs, recon_layer
 from latentcube.errors import EmbeddingError
 from latentcube.inference.chunks import check_edge, extended_days, halo, incomplete
-from latentcube.inference.job import Arrays, EmbedJob, Reads
+from latentcube.inference.job import Arrays, EmbedJob, Options, Reads
 from latentcube.models.autoencoder import ContextAutoencoder
 
 __all__ = ["AutoencoderJob", "embed_block", "embed_windows"]
@@ -266,19 +266,9 @@ class AutoencoderJob(EmbedJob):
     with_error: bool = True
 
     @classmethod
-    def plan(
-        cls,
-        bundle: Any,
-        cube: xr.Dataset,
-        *,
-        sensor: str | None = None,
-        edge: str = "nan",
-        hide: Sequence[str] = (),
-        batch_size: int | None = None,
-        with_error: bool = True,
-        refuse_empty: bool = False,
-    ) -> AutoencoderJob:
+    def plan(cls, bundle: Any, cube: xr.Dataset, options: Options) -> AutoencoderJob:
         """See :meth:`latentcube.inference.job.EmbedJob.plan`."""
+        edge, hide, with_error = options.edge, options.hide, options.with_error
         check_edge(edge)
         if hide:
             raise EmbeddingError(
@@ -287,11 +277,11 @@ class AutoencoderJob(EmbedJob):
             )
         model = bundle.model
         cfg = model.config
-        sensor = sensor or cfg.sensor
+        sensor = options.sensor or cfg.sensor
         cube = select_bands(cube, {sensor: cfg.bands})
         cls.check_grid(cube, bundle.meta)
         n_t, ny, nx = (int(cube.sizes[d]) for d in ("time", "y", "x"))
-        if edge == "nan" and refuse_empty:
+        if edge == "nan" and options.refuse_empty:
             cls.check_context(f"the {sensor} model", n_t, (ny, nx), cfg.window, cfg.n_dates)
         c, h = cfg.n_dates // 2, cfg.window // 2
         recon = recon_layer(sensor)
@@ -318,7 +308,7 @@ class AutoencoderJob(EmbedJob):
                 cube_attribution=cube.attrs.get("attribution", ""),
             ),
             edge=edge,
-            batch_size=batch_size,
+            batch_size=options.batch_size,
             with_error=with_error,
         )
 

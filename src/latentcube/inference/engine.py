@@ -18,7 +18,6 @@ values (tested on every reader's sample).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -48,8 +47,16 @@ from latentcube.embedding_store import (
 )
 from latentcube.errors import EmbeddingError, LatentcubeError
 from latentcube.inference.chunks import check_edge, chunk_grid, chunk_sizes
-from latentcube.inference.job import Arrays, EmbedJob, job_class
-from latentcube.sensors import band_dim
+from latentcube.inference.job import Arrays, EmbedJob, Options, job_class
+from latentcube.inference.tasks import (
+    _CUBES,
+    _MODELS,
+    _embed_chunk,
+    _file_digest,
+    cube_fingerprint,
+    progress_dir,
+    sensor_arrays,
+)
 
 __all__ = [
     "as_bundle",
@@ -79,38 +86,13 @@ def as_bundle(model: Any) -> Any:
     return ModelBundle(model)
 
 
-def plan(
-    bundle: Any,
-    cube: xr.Dataset,
-    *,
-    sensor: str | None = None,
-    edge: str = "nan",
-    hide: Sequence[str] = (),
-    batch_size: int | None = None,
-    with_error: bool = True,
-    refuse_empty: bool = False,
-) -> EmbedJob:
+def plan(bundle: Any, cube: xr.Dataset, options: Options | None = None) -> EmbedJob:
     """The job embedding ``cube`` with ``bundle``, from the job registered for its kind."""
-    check_edge(edge)
+    options = options or Options()
+    check_edge(options.edge)
     bundle = as_bundle(bundle)
     bundle.model.eval()
-    return job_class(bundle.kind).plan(
-        bundle,
-        cube,
-        sensor=sensor,
-        edge=edge,
-        hide=tuple(hide),
-        batch_size=batch_size,
-        with_error=with_error,
-        refuse_empty=refuse_empty,
-    )
-
-
-def _sensor_arrays(cube: xr.Dataset, sensor: str) -> tuple[Any, Any]:
-    """(time, band, y, x) values and (time, y, x) validity of one sensor, as they are."""
-    data = cube[sensor].transpose("time", band_dim(sensor), "y", "x").data
-    valid = cube[f"{sensor}_valid"].transpose("time", "y", "x").data
-    return data, valid
+    return job_class(bundle.kind).plan(bundle, cube, options)
 
 
 class _BlockProgress:
@@ -224,19 +206,11 @@ def embed(
     import dask.array as da
 
     bundle = as_bundle(bundle)
-    job = plan(
-        bundle,
-        cube,
-        sensor=sensor,
-        edge=edge,
-        hide=hide,
-        batch_size=batch_size,
-        with_error=with_error,
-    )
+    job = plan(bundle, cube, Options(sensor, edge, tuple(hide), batch_size, with_error))
     n_t, ny, nx = job.shape
     size = chunk_sizes(chunks, {"time": n_t, "y": ny, "x": nx})
     cube = select_bands(cube, dict(job.reads))
-    arrays = {s: tuple(da.asarray(a) for a in _sensor_arrays(cube, s)) for s, _ in job.reads}
+    arrays = {s: tuple(da.asarray(a) for a in sensor_arrays(cube, s)) for s, _ in job.reads}
     token = uuid.uuid4().hex[:12]
     dmodel = dask.delayed(bundle.model, name=f"latentcube-model-{token}", traverse=False)
     djob = dask.delayed(job, name=f"latentcube-job-{token}", traverse=False)
@@ -323,155 +297,13 @@ def write_embedding(
 # Large areas: one task per output chunk, written in place, resumable.
 
 
-def progress_dir(out: str | os.PathLike[str]) -> Path:
-    """Folder of the per-chunk markers of a store being written (beside it)."""
-    out = Path(out)
-    return out.with_name(f".{out.name}.progress")
+#: (bundle file, its SHA-256, cube path, cube fingerprint, store path) of every chunk task
+_ChunkArgs = tuple[str, str, str, str, str]
 
 
 def _replacement(out: Path) -> Path:
     """Where a run that replaces an existing ``out`` writes until it is complete."""
     return out.with_name(f".{out.name}.replacement")
-
-
-def _file_digest(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def cube_fingerprint(path: str | os.PathLike[str]) -> str:
-    """A digest that changes when the cube at ``path`` is replaced by another one.
-
-    For a Zarr store: the SHA-256 of the ``zarr.json`` of its root group and of each
-    array in it (a cube is one flat group): shapes, chunks, coordinates' metadata
-    and the cube's attributes, which hold the build request, the item ids and the
-    creation time. So a store replaced by another build, even of the same request,
-    has another fingerprint, while reading or embedding it leaves its fingerprint
-    unchanged. For other inputs (a ``.zip`` store, a folder of per-date files): the
-    SHA-256 of every file's relative path, size and modification time.
-    """
-    root = Path(path)
-    h = hashlib.sha256()
-    if root.is_dir() and (root / "zarr.json").exists():
-        # the metadata files only: a walk of the whole store would visit every chunk file
-        for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
-            h.update(meta.relative_to(root).as_posix().encode())
-            h.update(meta.read_bytes())
-        return h.hexdigest()
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    for f in files:
-        st = f.stat()
-        name = f.relative_to(root) if root.is_dir() else f.name
-        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-_CACHE_SIZE = 4
-_MODELS: dict[tuple[str, str], Any] = {}
-_CUBES: dict[tuple[str, str, Any], xr.Dataset] = {}
-
-
-def _cached(cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
-    if key not in cache:
-        value = make()
-        while len(cache) >= _CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = value
-    return cache[key]
-
-
-def _worker_model(path: str, digest: str) -> Any:
-    """The model of a bundle, loaded once per worker process.
-
-    Keyed by the file's SHA-256 (``digest``, from the driver) as well as its path,
-    so a worker of a long-lived cluster loads a bundle replaced at the same path
-    afresh instead of reusing the old weights.
-    """
-    from latentcube.bundle import ModelBundle
-
-    return _cached(_MODELS, (path, digest), lambda: ModelBundle.load(path).model.eval())
-
-
-def _worker_cube(
-    path: str, fingerprint: str, bands: tuple[tuple[str, tuple[str, ...]], ...]
-) -> xr.Dataset:
-    """The cube with the bands a job reads, opened once per worker process.
-
-    Opened by :func:`latentcube.cube.readers.open_cube`, the one function that
-    opens a cube path (with the reader's casts: float32 data, bool masks, scale
-    factors applied), lazily; a task reads only the block it needs. Keyed by
-    :func:`cube_fingerprint` (from the driver) as well as the path, so a cube
-    rebuilt at the same path is opened again, not read through stale metadata.
-    The driver has validated the values already; workers check the layout only.
-    """
-    from latentcube.cube.readers import open_cube
-
-    def make() -> xr.Dataset:
-        present = {s: b for s, b in bands}
-        return select_bands(open_cube(path, check_values=False), present)
-
-    return _cached(_CUBES, (path, fingerprint, bands), make)
-
-
-def _read_block(cube: xr.Dataset, job: EmbedJob, region: tuple[slice, slice, slice]) -> Arrays:
-    """The block ``region`` of every sensor the job reads, in memory (float32, bool)."""
-    import dask
-
-    tb, yb, xb = region
-    out = {}
-    for s, _ in job.reads:
-        # read by the task itself (no scheduler inside a task): only the chunks it touches
-        data, valid = dask.compute(
-            *_sensor_arrays(cube.isel(time=tb, y=yb, x=xb), s), scheduler="synchronous"
-        )
-        out[s] = (
-            np.ascontiguousarray(data, dtype=np.float32),
-            np.ascontiguousarray(valid, dtype=bool),
-        )
-    return out
-
-
-def _embed_chunk(
-    model_path: str,
-    model_digest: str,
-    cube_path: str,
-    cube_print: str,
-    out_path: str,
-    job: EmbedJob,
-    ts: slice,
-    ys: slice,
-    xs: slice,
-    key: str,
-) -> int:
-    """Embed one output chunk, write it into the store, then mark it done.
-
-    Returns the number of pixel-dates of the chunk. The marker is written after the
-    data, so a chunk interrupted half way is recomputed and rewritten by the next
-    run; a chunk that already has a marker (a task rerun after a lost worker) is
-    not computed again.
-    """
-    import zarr
-
-    marker = progress_dir(out_path) / key
-    if marker.exists():
-        return int(marker.read_text())
-    model = _worker_model(model_path, model_digest)
-    cube = _worker_cube(cube_path, cube_print, job.reads)
-    layers = job.compute(model, _read_block(cube, job, job.block(ts, ys, xs)), ts, ys, xs)
-    for name, values in layers.items():
-        arr_z = zarr.open_array(Path(out_path) / name, mode="r+", zarr_format=3)
-        region = (slice(None),) * (values.ndim - 3) + (ts, ys, xs)
-        arr_z[region] = values.astype(arr_z.dtype)
-    n = int(layers["valid"].size)
-    marker.write_text(str(n))
-    return n
-
-
-#: (bundle file, its SHA-256, cube path, cube fingerprint, store path) of every chunk task
-_ChunkArgs = tuple[str, str, str, str, str]
 
 
 def _positive(name: str, value: Any) -> None:
@@ -624,7 +456,7 @@ def embed_to_zarr(
     check_writable(out)
     cube = open_cube(cube_path)
     try:
-        job = plan(bundle, cube, edge=edge, hide=hide, batch_size=batch_size, refuse_empty=True)
+        job = plan(bundle, cube, Options(None, edge, tuple(hide), batch_size, refuse_empty=True))
     except LatentcubeError as err:
         raise type(err)(f"cannot embed {cube_path} with {bundle.path}: {err}") from err
     sizes = chunk_sizes(
@@ -784,7 +616,7 @@ def _run_on_dask(
             n_workers=workers or min(_cores(), len(todo)),
             threads_per_worker=threads_per_worker,
             processes=processes,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never a clash with another cluster
         )
     client = Client(scheduler or cluster)
     try:

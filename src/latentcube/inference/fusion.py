@@ -41,7 +41,7 @@ from latentcube.data.multisensor import sensor_offsets
 from latentcube.embedding_store import layer_attrs, recon_layer
 from latentcube.errors import EmbeddingError
 from latentcube.inference.autoencoder import embed_block, embed_windows
-from latentcube.inference.job import Arrays, EmbedJob, Reads
+from latentcube.inference.job import Arrays, EmbedJob, Options, Reads
 from latentcube.models.fusion import FusionModel
 
 __all__ = ["FusionJob", "embed_fused_block", "reference_dates"]
@@ -261,19 +261,9 @@ class FusionJob(EmbedJob):
     with_error: bool = True
 
     @classmethod
-    def plan(
-        cls,
-        bundle: Any,
-        cube: xr.Dataset,
-        *,
-        sensor: str | None = None,
-        edge: str = "nan",
-        hide: Sequence[str] = (),
-        batch_size: int | None = None,
-        with_error: bool = True,
-        refuse_empty: bool = False,
-    ) -> FusionJob:
+    def plan(cls, bundle: Any, cube: xr.Dataset, options: Options) -> FusionJob:
         """See :meth:`latentcube.inference.job.EmbedJob.plan`."""
+        edge, sensor, hide = options.edge, options.sensor, options.hide
         model: FusionModel = bundle.model
         cfg = model.config
         if edge != "nan":
@@ -305,11 +295,11 @@ class FusionJob(EmbedJob):
         need = {s: _context(model, s)[0] * 2 + 1 for s in used}
         enough = [s for s in used if dates[s] >= need[s]] or used[:1]
         s = enough[0]
-        if refuse_empty:
+        if options.refuse_empty:
             cls.check_context(f"the {s} encoder", dates[s], (ny, nx), 2 * h + 1, need[s])
         c_other = max((_context(model, s)[0] for s in cfg.sensors if s != ref), default=0)
         layers = {"valid": "bool", "sensors": "uint8"}
-        if with_error:
+        if options.with_error:
             layers[recon_layer(None)] = "float32"
         return cls(
             reads=tuple((s, b) for s, b in bands.items() if s not in missing),
@@ -339,8 +329,8 @@ class FusionJob(EmbedJob):
                 quality_layers=",".join(layers),
                 cube_attribution=cube.attrs.get("attribution", ""),
             ),
-            batch_size=batch_size,
-            with_error=with_error,
+            batch_size=options.batch_size,
+            with_error=options.with_error,
         )
 
     def identity(self) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +32,7 @@ from latentcube.errors import EmbeddingError
 __all__ = [
     "DEFAULT_RESOLUTION_M",
     "EmbedJob",
+    "Options",
     "job_class",
     "model_resolution",
     "register_job",
@@ -50,6 +52,35 @@ _JOBS: dict[str, str | type[EmbedJob]] = {
 Reads = tuple[tuple[str, tuple[str, ...]], ...]
 #: Per sensor, (data (T, C, Y, X) float32, valid (T, Y, X) bool) of one block.
 Arrays = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a caller asks of an embedding, whatever the model's kind.
+
+    Attributes
+    ----------
+    sensor
+        Stage-1 models: the cube variable to embed (default: the model's sensor).
+    edge
+        Edge policy, ``"nan"`` or ``"pad"`` (stage-1 models).
+    hide
+        Fused models: sensors to leave out on purpose.
+    batch_size
+        Pixels (stage 1) or pixel-dates (fusion) per model call; None: the job's default.
+    with_error
+        Compute the reconstruction-error layer.
+    refuse_empty
+        Refuse a cube smaller than the model's context (in space or time), on
+        which nothing could be embedded (a store of NaN is never useful).
+    """
+
+    sensor: str | None = None
+    edge: str = "nan"
+    hide: tuple[str, ...] = ()
+    batch_size: int | None = None
+    with_error: bool = True
+    refuse_empty: bool = False
 
 
 def register_job(kind: str, job: str | type[EmbedJob]) -> None:
@@ -96,25 +127,13 @@ class EmbedJob(ABC):
 
     @classmethod
     @abstractmethod
-    def plan(
-        cls,
-        bundle: Any,
-        cube: xr.Dataset,
-        *,
-        sensor: str | None = None,
-        edge: str = "nan",
-        hide: Sequence[str] = (),
-        batch_size: int | None = None,
-        with_error: bool = True,
-        refuse_empty: bool = False,
-    ) -> EmbedJob:
+    def plan(cls, bundle: Any, cube: xr.Dataset, options: Options) -> EmbedJob:
         """The job of embedding ``cube`` with ``bundle``; refuses what cannot be embedded.
 
         Raises :class:`~latentcube.errors.EmbeddingError` (or
         :class:`~latentcube.errors.CubeError`) naming the problem: options the
         model does not support, bands, resolution, every sensor hidden and, with
-        ``refuse_empty``, a cube smaller than the model's context (in space or
-        time), on which nothing could be embedded.
+        ``options.refuse_empty``, a cube smaller than the model's context.
         """
 
     @abstractmethod
