@@ -17,8 +17,9 @@ def info(
     """Check a cube against the data model and describe it (dates, bands, grid, validity)."""
     from latentcube.cube.readers import describe_cube, open_cube
 
+    lines = describe_cube(open_cube(path))  # refused in one line before anything is printed
     typer.echo(f"{path}: valid latentcube cube")
-    for line in describe_cube(open_cube(path)):
+    for line in lines:
         typer.echo(f"  {line}")
 
 
