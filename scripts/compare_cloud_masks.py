@@ -1,6 +1,6 @@
 """Compare the SCL cloud mask with the learned one (ukis-csmask) on the real patches.
 
-The numbers and figures of docs/cloudmask.md::
+The numbers and figures of docs/research/cloudmask.md::
 
     PYTHONPATH=src nice -n 5 python scripts/compare_cloud_masks.py --out runs/cloudmask
 
@@ -22,7 +22,7 @@ through the library's training function (:func:`fit`, below); split by patch.
 Each model's validation reconstruction (centre-pixel MAE) is reported on its own
 validation windows and on the windows every mask calls clear (the ``scl+csmask``
 cube), so the numbers compare; the spread over seeds is the noise. The crop-type
-probe of docs/evaluation.md runs on the S2 bands of each masked cube (no model:
+probe of docs/research/evaluation.md runs on the S2 bands of each masked cube (no model:
 what the mask alone changes) and on the trained models' embeddings.
 
 Results: ``<out>/masks.json``, ``<out>/masks_per_date.csv``, ``<out>/train.json``;

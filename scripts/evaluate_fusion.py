@@ -1,4 +1,4 @@
-"""Evidence for the fusion model on held-out real data (the tables of docs/fusion.md).
+"""Evidence for the fusion model on held-out real data (the tables of docs/research/fusion.md).
 
 Usage: ``nice -n 5 python scripts/evaluate_fusion.py [--shared DIR] [--work DIR]``
 after ``scripts/train_default_model.py`` (or its ``--steps export,fusion,finetune,centre``).

@@ -1,4 +1,4 @@
-"""Reproduce the land-cover and crop-type probe numbers of docs/evaluation.md.
+"""Reproduce the land-cover and crop-type probe numbers of docs/research/evaluation.md.
 
 One command, fixed seed, fixed number of epochs (so the result does not depend
 on machine speed)::
@@ -398,7 +398,7 @@ def pair_with_earlier(res, earlier: Path, out: Path, seed: int) -> dict:
 
 
 def tables(out: Path) -> str:
-    """Markdown tables of docs/evaluation.md from the reports' ``results.json``."""
+    """Markdown tables of docs/research/evaluation.md from the reports' ``results.json``."""
     import json
 
     md = []

@@ -11,7 +11,7 @@ CPU time.
 
 ``--variants s2w08,...`` also trains named fusion recipes (``VARIANTS``: loss weights,
 objective, sensor dropout, epochs) into ``WORK/fusion_NAME``, not shipped; e.g. the
-S2-weighted recipe of docs/evaluation.md (crop type) over the shipped stage-1 models::
+S2-weighted recipe of docs/research/evaluation.md (crop type) over the shipped stage-1 models::
 
     nice -n 5 python scripts/train_default_model.py --steps export --variants s2w08
 
@@ -49,7 +49,7 @@ AGERA5_EPOCHS = 3
 AGERA5_FUSION_EPOCHS = 3
 SENSOR_DROPOUT = 0.3
 SHIP = ROOT / "src" / "latentcube" / "samples" / "default_model"
-#: Named fusion recipes compared on the crop-type probe (docs/evaluation.md), each over
+#: Named fusion recipes compared on the crop-type probe (docs/research/evaluation.md), each over
 #: the same stage-1 autoencoders, data, split and batch size as the shipped model:
 #: keyword arguments of :func:`fusion` (mode, epochs, objective, loss weights, dropout).
 VARIANTS: dict[str, dict] = {

@@ -1,6 +1,6 @@
 """Train and evaluate the stage-1 autoencoders on the real WorldCereal Flanders patches.
 
-Reproduces the figures of ``docs/stage1.md``::
+Reproduces the figures of ``docs/research/stage1.md``::
 
     PYTHONPATH=src nice -n 5 python scripts/train_stage1.py --out runs/stage1
 

@@ -1,0 +1,1 @@
+"""Models: pure ``nn.Module`` autoencoders and fusion layers, with their pydantic configs."""
