@@ -184,10 +184,16 @@ def cube(
     if start is None or end is None:
         fail("--start and --end are required (or give --sites)")
     t0 = time.perf_counter()
+    ds = _with_zone_warnings(build_cube, out=out, **opts)
+    typer.echo(f"wrote {out}: {describe_build(ds)}, {time.perf_counter() - t0:.1f} s")
+
+
+def _with_zone_warnings(fn: Any, **kwargs: Any) -> Any:
+    """``fn(**kwargs)``, printing its warnings about UTM zones on stderr."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        ds = build_cube(out=out, **opts)
+        result = fn(**kwargs)
     for w in caught:
         if "zone" in str(w.message):
             typer.secho(f"warning: {w.message}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"wrote {out}: {describe_build(ds)}, {time.perf_counter() - t0:.1f} s")
+    return result

@@ -160,37 +160,37 @@ def train(
     positive(nproc, "--nproc")
     for sc in sensor_config or []:
         load_sensor_config(sc)
-    paths = [*(cubes or []), *(cubes_opt or [])]
-    if not paths:
-        fail("no cubes given: pass them as arguments or with --cubes")
+    paths = _cubes(cubes, cubes_opt)
     limits = {"max_seconds": max_seconds, "max_cpu_seconds": max_cpu_seconds}
-    limits["max_epochs"] = max_epochs
-    over: dict[str, Any] = {k: v for k, v in limits.items() if v is not None}
+    over = {k: v for k, v in {**limits, "max_epochs": max_epochs}.items() if v is not None}
     spec, variant = _model_spec(model, config)
     common: dict[str, Any] = dict(nproc=nproc, resume=resume, overwrite=overwrite, seed=seed)
     common.update(preset=preset, train=over, progress=progress)
     if stage == "fusion":
+        pairs = _autoencoders(autoencoder or [])
         result = fit_fusion(
-            paths, _autoencoders(autoencoder or []), out, config=spec or variant, base=base,
-            mode=fusion_mode, sensor_dropout=sensor_dropout, objective=fusion_objective,
-            **common,
+            paths, pairs, out, config=spec or variant, base=base, mode=fusion_mode,
+            sensor_dropout=sensor_dropout, objective=fusion_objective, **common,
         )  # fmt: skip
-        what, label = "(mean over sensors) ", "model bundle"
-    else:
-        if hide_centre or hide_other:
-            over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
-        chosen = bands if bands in ("auto", "preset") else [b.strip() for b in bands.split(",")]
-        result = fit_autoencoder(
-            paths,
-            spec,
-            out,
-            sensor=sensor,
-            variant=variant,
-            bands=chosen,
-            log=typer.echo,
-            **common,
-        )
-        what, label = "", "model"
+        _report(result, "(mean over sensors) ", "model bundle")
+        return
+    if hide_centre or hide_other:
+        over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
+    chosen = bands if bands in ("auto", "preset") else [b.strip() for b in bands.split(",")]
+    result = fit_autoencoder(
+        paths, spec, out, sensor=sensor, variant=variant, bands=chosen, log=typer.echo, **common
+    )
+    _report(result, "", "model")
+
+
+def _cubes(cubes: list[Path] | None, more: list[Path] | None) -> list[Path]:
+    paths = [*(cubes or []), *(more or [])]
+    if not paths:
+        fail("no cubes given: pass them as arguments or with --cubes")
+    return paths
+
+
+def _report(result: Any, what: str, label: str) -> None:
     typer.echo(
         f"best validation centre-pixel MAE {what}{result.best_val:.4f} after {result.epochs} "
         f"epochs ({result.stopped}, {result.seconds:.0f} s); {label}: {result.checkpoint}"
