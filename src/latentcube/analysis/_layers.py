@@ -11,8 +11,7 @@ quality layers as non-index coordinates). Layers read here:
 * ``recon_mae`` (fused models) or ``recon_mae_<sensor>`` (stage-1 models): the
   centre-pixel reconstruction error, used for quality weighting.
 
-The names follow the embedding store layout; this module is the one place that
-knows them on the analysis side.
+The names come from :mod:`latentcube.embedding_store`, which defines the layout.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from latentcube.embedding_store import DIMS, VARIABLE
 from latentcube.errors import EmbeddingError
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "with_crs",
 ]
 
-DIMS = ("feature", "time", "y", "x")
+# The layout of an embedding store is defined once, in latentcube.embedding_store.
 
 
 @dataclass(frozen=True)
@@ -127,9 +127,9 @@ def embedding_parts(
         When there is no ``embedding`` (feature, time, y, x).
     """
     if isinstance(obj, xr.Dataset):
-        if "embedding" not in obj.data_vars:
+        if VARIABLE not in obj.data_vars:
             raise EmbeddingError("this dataset has no 'embedding' variable")
-        emb = obj["embedding"]
+        emb = obj[VARIABLE]
         attrs = {**emb.attrs, **obj.attrs}
     else:
         emb = obj
