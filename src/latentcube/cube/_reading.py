@@ -5,7 +5,7 @@ The pixel side of :mod:`latentcube.cube.stac` (which re-exports these names):
 whose pixels lie on the grid's lattice (:func:`grid_aligned`) at their native
 resolution and repeats them, through a :class:`DatasetPool` of open files inside
 :func:`reuse_datasets`; :func:`configure_http` sets GDAL's HTTP options for both.
-The optional dependencies (``pip install latentcube[stac]``) are imported inside
+The STAC dependencies (core dependencies of latentcube) are imported inside
 the functions (:func:`require`).
 """
 
@@ -44,8 +44,8 @@ def require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise StacError(
-            f"building cubes from STAC needs the optional package {module.split('.')[0]!r}: "
-            "pip install 'latentcube[stac]'"
+            f"building cubes from STAC needs the package {module.split('.')[0]!r}: "
+            "reinstall latentcube (pip install latentcube), which depends on them"
         ) from err
 
 

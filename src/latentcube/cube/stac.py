@@ -3,8 +3,8 @@
 This module finds items (catalogs, search, asset keys, grouping by day), signs
 their URLs and retries failed loads; reading their pixels onto a grid is
 :mod:`latentcube.cube._reading`, whose public names are re-exported here.
-The optional dependencies (``pip install latentcube[stac]``: odc-stac,
-pystac-client, planetary-computer) are imported inside the functions.
+The STAC dependencies (odc-stac, pystac-client, planetary-computer; core
+dependencies of latentcube) are imported inside the functions.
 
 Catalogs
 --------
