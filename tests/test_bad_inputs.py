@@ -78,10 +78,10 @@ def test_a_missing_optional_package_names_the_extra(tmp_path, cube, monkeypatch)
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_worker_counts_below_one_are_refused_before_any_work(tmp_path, cube, value):
     _refused(["embed", str(cube), "--out", str(tmp_path / "e.zarr"), "--workers", value],
-             "--workers must be 1 or more")  # fmt: skip
+             f"workers must be a positive integer, got {value}")  # fmt: skip
     _refused(["cube", "--out", str(tmp_path / "c.zarr"), "--lat", "51", "--lon", "3",
               "--start", "2020-01-01", "--end", "2020-02-01", "--workers", value],
-             "--workers must be 1 or more")  # fmt: skip
+             f"workers must be a positive integer, got {value}")  # fmt: skip
     assert not (tmp_path / "e.zarr").exists() and not (tmp_path / "c.zarr").exists()
 
 

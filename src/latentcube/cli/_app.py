@@ -117,7 +117,7 @@ def _main(
 def positive(value: int | None, option: str) -> None:
     """Refuse a count below 1 (``--workers 0`` would wait for ever)."""
     if value is not None and value < 1:
-        fail(f"{option} must be 1 or more, got {value}")
+        fail(f"{option.lstrip('-')} must be a positive integer, got {value}")
 
 
 def command_line() -> str:

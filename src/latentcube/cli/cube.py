@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
@@ -51,7 +51,7 @@ MinValid = Annotated[
     float, typer.Option(help="Drop dates with a smaller share of clear S2 pixels.")
 ]
 Mask = Annotated[
-    Literal["scl", "csmask", "scl+csmask"],
+    str,
     typer.Option(
         help="Cloud mask: 'scl' (Sen2Cor scene classes), 'csmask' (learned, ukis-csmask; "
         "pip install 'latentcube[cloudmask]') or 'scl+csmask' (clear where both agree)."
