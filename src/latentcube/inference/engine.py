@@ -608,16 +608,24 @@ def _run_on_dask(
     where: str,
 ) -> None:
     """One Dask task per chunk, on ``scheduler`` or a new local cluster."""
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers or min(_cores(), len(todo)),
-            threads_per_worker=threads_per_worker,
-            processes=processes,
-            dashboard_address=":0",  # any free port: never a clash with another cluster
-        )
+        # Worker processes get Dask's usual environment (one OpenMP/BLAS thread each)
+        # except MALLOC_TRIM_THRESHOLD_: setting it at all freezes glibc's mmap threshold
+        # at 128 KiB, so every tensor of the model's batches was mapped and unmapped
+        # afresh, page by page: about as much system time as model time.
+        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(
+                n_workers=workers or min(_cores(), len(todo)),
+                threads_per_worker=threads_per_worker,
+                processes=processes,
+                dashboard_address=":0",  # any free port: never a clash with another cluster
+            )
     client = Client(scheduler or cluster)
     try:
         futures = {
