@@ -121,3 +121,20 @@ def test_gpp_in_the_wrong_units_is_refused_naming_the_file(tmp_path):
     _refused(["evaluate", "gpp", "--flux", str(flux), "--lat", "50", "--out",
               str(tmp_path / "rep")], flux.name, "not in gC m-2 d-1")  # fmt: skip
     assert not (tmp_path / "rep").exists()
+
+
+def test_embed_outputs_that_cannot_be_a_store_are_refused_before_any_work(tmp_path, cube):
+    before = _snapshot(cube.parent)
+    zip_out = tmp_path / "e.zip"
+    _refused(["embed", str(cube), "--out", str(zip_out), "--no-progress"], "e.zip", ".zarr")
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link.zarr"
+    link.symlink_to(real)
+    _refused(["embed", str(cube), "--out", str(link), "--no-progress"], "symbolic link")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    _refused(["embed", str(cube), "--out", str(blocker / "e.zarr"), "--no-progress"],
+             "is a file")  # fmt: skip
+    assert not zip_out.exists() and list(real.iterdir()) == [] and blocker.read_text() == "x"
+    assert _snapshot(cube.parent) == before

@@ -454,6 +454,11 @@ def embed_to_zarr(
         raise EmbeddingError("embed_to_zarr needs a saved bundle: its workers read the file")
     check_disjoint(out, [cube_path, bundle.path])
     check_writable(out)
+    if Path(out).suffix == ".zip":
+        raise EmbeddingError(
+            f"{out}: an embedding store is written chunk by chunk into a folder and cannot "
+            "be a .zip file; write it to a .zarr folder (zip it afterwards if you need one file)"
+        )
     cube = open_cube(cube_path)
     try:
         job = plan(bundle, cube, Options(None, edge, tuple(hide), batch_size, refuse_empty=True))
