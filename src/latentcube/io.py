@@ -27,6 +27,7 @@ from latentcube.errors import OutputError
 
 __all__ = [
     "check_disjoint",
+    "check_output",
     "check_writable",
     "geozarr_attrs",
     "lock_path",
@@ -310,6 +311,22 @@ def check_writable(out: str | os.PathLike[str]) -> None:
         raise OutputError(f"output {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output {out}: the folder {existing} is not writable")
+
+
+def check_output(
+    out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]
+) -> None:
+    """The checks every command makes before it writes ``out``, in one call.
+
+    :func:`check_disjoint` (not over an input), then :func:`check_writable`.
+
+    Raises
+    ------
+    OutputError
+        As those two functions.
+    """
+    check_disjoint(out, inputs)
+    check_writable(out)
 
 
 def lock_path(out: str | os.PathLike[str]) -> Path:

@@ -38,21 +38,19 @@ def _open(path: PathLike) -> xr.Dataset:
 
 def _write(result: xr.Dataset, source: PathLike, out: PathLike, overwrite: bool) -> Path:
     """Write ``result`` as a store at ``out``, never over ``source``, locked while written."""
-    from latentcube.io import check_disjoint, check_writable, locked, write_zarr
+    from latentcube.io import check_output, locked, write_zarr
 
-    check_disjoint(out, [source])
-    check_writable(out)
+    check_output(out, [source])
     result.attrs["source_store"] = str(source)
     with locked(out):
         return write_zarr(result, out, overwrite=overwrite)
 
 
 def _checked_png(png: PathLike | None, source: PathLike, out: PathLike) -> None:
-    from latentcube.io import check_disjoint, check_writable
+    from latentcube.io import check_output
 
     if png is not None:
-        check_disjoint(png, [source, out])
-        check_writable(png)
+        check_output(png, [source, out])
 
 
 def summarise_store(

@@ -158,10 +158,9 @@ def run_reconstruction(
     from matplotlib.figure import Figure
 
     from latentcube.evaluation.report import write_report
-    from latentcube.io import check_disjoint, check_writable
+    from latentcube.io import check_output
 
-    check_disjoint(out_dir, [checkpoint, *([] if isinstance(cube, xr.Dataset) else [cube])])
-    check_writable(out_dir)
+    check_output(out_dir, [checkpoint, *([] if isinstance(cube, xr.Dataset) else [cube])])
     if not isinstance(cube, xr.Dataset):
         from latentcube.cube.readers import open_cube
 

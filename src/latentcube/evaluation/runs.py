@@ -124,7 +124,7 @@ def parse_season(text: str) -> tuple[str, str]:
 
 def _safe_out(out: PathLike, *inputs: PathLike | Sequence[PathLike] | None) -> None:
     """Refuse a report folder that is, lies inside or contains an input, before any work."""
-    from latentcube.io import check_disjoint, check_writable
+    from latentcube.io import check_output
 
     flat: list[PathLike] = []
     for item in inputs:
@@ -132,8 +132,7 @@ def _safe_out(out: PathLike, *inputs: PathLike | Sequence[PathLike] | None) -> N
             flat.append(item)
         elif item is not None:
             flat.extend(item)
-    check_disjoint(out, flat)
-    check_writable(out)
+    check_output(out, flat)
 
 
 def _open_all(paths: Sequence[PathLike]) -> list[xr.Dataset]:

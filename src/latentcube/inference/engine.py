@@ -439,7 +439,7 @@ def embed_to_zarr(
         ``out``.
     """
     from latentcube.cube.readers import open_cube
-    from latentcube.io import check_disjoint, check_writable, locked, replace_path
+    from latentcube.io import check_output, locked, replace_path
 
     check_edge(edge)
     if dtype not in ("float32", "float16"):
@@ -452,8 +452,7 @@ def embed_to_zarr(
     bundle = as_bundle(bundle)
     if bundle.path is None:
         raise EmbeddingError("embed_to_zarr needs a saved bundle: its workers read the file")
-    check_disjoint(out, [cube_path, bundle.path])
-    check_writable(out)
+    check_output(out, [cube_path, bundle.path])
     if Path(out).suffix == ".zip":
         raise EmbeddingError(
             f"{out}: an embedding store is written chunk by chunk into a folder and cannot "

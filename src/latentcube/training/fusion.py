@@ -33,7 +33,7 @@ from latentcube.bundle import FUSION_FORMAT, ModelBundle
 from latentcube.data.batch import SensorBatch
 from latentcube.data.multisensor import FusionWindows
 from latentcube.errors import ModelError
-from latentcube.io import check_disjoint, check_writable
+from latentcube.io import check_output
 from latentcube.models.autoencoder import ContextAutoencoder
 from latentcube.models.config import LossConfig
 from latentcube.models.fusion import (
@@ -478,8 +478,7 @@ def fit_fusion(
     updates = {**({"seed": seed} if seed is not None else {}), **dict(train or {})}
     cfg = train_config(base_cfg, sections, updates)
     paths = [c for c in cubes if not isinstance(c, xr.Dataset)]
-    check_disjoint(out, [*paths, *autoencoders.values(), base])
-    check_writable(out)
+    check_output(out, [*paths, *autoencoders.values(), base])
     from latentcube.cube.readers import open_cube
     from latentcube.data.multisensor import split_fusion_windows
 

@@ -26,7 +26,7 @@ import xarray as xr
 
 from latentcube.bundle import FORMAT
 from latentcube.data.windows import Windows, hide_entries
-from latentcube.io import check_disjoint, check_writable
+from latentcube.io import check_output
 from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
 from latentcube.models.losses import ContextLoss, centre_abs_error
@@ -369,8 +369,7 @@ def fit_autoencoder(
     mcfg, sections = model_config(config, sensor, variant=variant, model=model)
     tcfg = train_config(train_config_preset(preset), sections, {"seed": seed, **dict(train or {})})
     paths = [c for c in cubes if not isinstance(c, xr.Dataset)]
-    check_disjoint(out, paths)
-    check_writable(out)
+    check_output(out, paths)
     if windows is None:
         from latentcube.cube.readers import open_cube
         from latentcube.data.windows import split_windows
