@@ -138,3 +138,19 @@ def pretend_unfinished(out):
 def cube():
     """A fresh tiny cube (14 dates, 24 x 20 px, S1 and S2)."""
     return tiny_cube()
+
+
+def snapshot(*roots: Path) -> dict[str, bytes]:
+    """The bytes of every file under ``roots`` (files or folders).
+
+    Taken before and after a refused command, so the bad-input tests can check that
+    every file that was there is byte for byte as it was. Keyed by the path relative
+    to the folder when one folder is given (``snapshot(out)["best.pt"]``), else by path.
+    """
+    out = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            one_folder = len(roots) == 1 and root.is_dir()
+            out[str(f.relative_to(root)) if one_folder else str(f)] = f.read_bytes()
+    return out

@@ -10,7 +10,6 @@ every file that was there is checked byte for byte afterwards.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,11 +20,9 @@ from typer.testing import CliRunner
 from latentcube.cli import app
 from latentcube.cube.readers import demo_cube_path
 
+from conftest import snapshot
+
 runner = CliRunner()
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def _refused(args: list[str], *needles: str) -> str:
@@ -88,7 +85,7 @@ def test_worker_counts_below_one_are_refused_before_any_work(tmp_path, cube, val
 def test_report_folders_over_inputs_or_under_files_are_refused(tmp_path, cube):
     from latentcube.bundle import default_model_path
 
-    before = _snapshot(cube.parent)
+    before = snapshot(cube.parent)
     model = str(default_model_path())
     base = ["evaluate", "reconstruction", str(cube), "--model", model, "--out"]
     _refused([*base, str(cube)], "is the input")
@@ -97,7 +94,7 @@ def test_report_folders_over_inputs_or_under_files_are_refused(tmp_path, cube):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     _refused([*base, str(blocker / "rep")], "is a file")
-    assert _snapshot(cube.parent) == before and blocker.read_text() == "not a folder"
+    assert snapshot(cube.parent) == before and blocker.read_text() == "not a folder"
 
 
 def test_a_pickled_checkpoint_is_refused_without_advice_to_load_it(tmp_path, cube):
@@ -124,7 +121,7 @@ def test_gpp_in_the_wrong_units_is_refused_naming_the_file(tmp_path):
 
 
 def test_embed_outputs_that_cannot_be_a_store_are_refused_before_any_work(tmp_path, cube):
-    before = _snapshot(cube.parent)
+    before = snapshot(cube.parent)
     zip_out = tmp_path / "e.zip"
     _refused(["embed", str(cube), "--out", str(zip_out), "--no-progress"], "e.zip", ".zarr")
     real = tmp_path / "real"
@@ -137,4 +134,4 @@ def test_embed_outputs_that_cannot_be_a_store_are_refused_before_any_work(tmp_pa
     _refused(["embed", str(cube), "--out", str(blocker / "e.zarr"), "--no-progress"],
              "is a file")  # fmt: skip
     assert not zip_out.exists() and list(real.iterdir()) == [] and blocker.read_text() == "x"
-    assert _snapshot(cube.parent) == before
+    assert snapshot(cube.parent) == before

@@ -8,7 +8,6 @@ for byte unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -23,19 +22,9 @@ from typer.testing import CliRunner
 from latentcube.cli import app
 from latentcube.io import write_zarr
 
-from conftest import tiny_cube
+from conftest import snapshot, tiny_cube
 
 runner = CliRunner()
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``roots`` (files or folders), by path."""
-    out = {}
-    for root in roots:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for f in files:
-            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
 
 
 def refused(res, *names: str) -> str:

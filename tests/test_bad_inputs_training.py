@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -19,15 +18,10 @@ from typer.testing import CliRunner
 from latentcube.cli import app
 from latentcube.io import write_zarr
 
-from conftest import tiny_cube
+from conftest import snapshot, tiny_cube
 
 runner = CliRunner()
 TRAIN = ["--model", "tiny", "--max-epochs", "1", "--no-progress"]
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file below ``folder`` (relative name -> bytes)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def _error_line(output: str) -> str:
@@ -64,7 +58,7 @@ KILL_IN_EPOCH_1 = textwrap.dedent(
 @pytest.mark.slow
 def test_no_resume_killed_in_epoch_1_leaves_the_previous_model(run, tmp_path):
     cube, out = run
-    before = _snapshot(out)
+    before = snapshot(out)
     assert {"best.pt", "last.pt", "metrics.csv"} <= before.keys()
     script = tmp_path / "kill.py"
     script.write_text(KILL_IN_EPOCH_1)
@@ -74,7 +68,7 @@ def test_no_resume_killed_in_epoch_1_leaves_the_previous_model(run, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert _snapshot(out) == before  # nothing deleted or replaced before epoch 1 was complete
+    assert snapshot(out) == before  # nothing deleted or replaced before epoch 1 was complete
 
 
 def test_a_folder_with_another_runs_model_is_refused_unless_overwrite(run, tmp_path):
@@ -83,34 +77,34 @@ def test_a_folder_with_another_runs_model_is_refused_unless_overwrite(run, tmp_p
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(out / "best.pt", other / "best.pt")
-    before = _snapshot(other)
+    before = snapshot(other)
     res = runner.invoke(app, ["train", str(cube), "--out", str(other), *TRAIN])
     assert res.exit_code == 2
     assert str(other / "best.pt") in _error_line(res.output)
-    assert _snapshot(other) == before
+    assert snapshot(other) == before
     res = runner.invoke(app, ["train", str(cube), "--out", str(other), *TRAIN, "--overwrite"])
     assert res.exit_code == 0, res.output
     assert (other / "last.pt").exists() and (other / "best.pt").read_bytes() != before["best.pt"]
     # last.pt of another configuration (another seed) with --no-resume
-    before = _snapshot(out)
+    before = snapshot(out)
     res = runner.invoke(
         app, ["train", str(cube), "--out", str(out), *TRAIN, "--no-resume", "--seed", "7"]
     )
     assert res.exit_code == 2
     assert str(out / "last.pt") in _error_line(res.output)
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 def test_whiten_refuses_an_existing_output_and_checks_it_before_fitting(run, tmp_path):
     cube, out = run
-    before = _snapshot(out)
+    before = snapshot(out)
     res = runner.invoke(
         app, ["whiten", str(out / "best.pt"), str(cube), "-o", str(out / "last.pt")]
     )
     assert res.exit_code == 2
     line = _error_line(res.output)
     assert str(out / "last.pt") in line and "--overwrite" in line
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     # an output that cannot be written is refused before the model is fitted (or the
     # cubes are even read: here the cube does not exist)
     (tmp_path / "file.txt").write_text("not a folder")
@@ -120,7 +114,7 @@ def test_whiten_refuses_an_existing_output_and_checks_it_before_fitting(run, tmp
         assert res.exit_code == 2
         line = _error_line(res.output)
         assert str(bad_out) in line and "not a folder" in line
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     res = runner.invoke(
         app,
         ["whiten", str(out / "best.pt"), str(cube), "-o", str(out / "last.pt"), "--overwrite"],
@@ -142,7 +136,7 @@ HOLD_LOCK = textwrap.dedent(
 
 def test_a_second_run_into_a_folder_in_use_is_refused(run, tmp_path):
     cube, out = run
-    before = _snapshot(out)
+    before = snapshot(out)
     script = tmp_path / "hold.py"
     script.write_text(HOLD_LOCK)
     holder = subprocess.Popen(
@@ -161,12 +155,12 @@ def test_a_second_run_into_a_folder_in_use_is_refused(run, tmp_path):
     assert res.exit_code == 2
     line = _error_line(res.output)
     assert str(out) in line and "in use" in line
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 def test_a_run_resumed_on_other_data_is_refused(run, tmp_path):
     cube, out = run
-    before = _snapshot(out)
+    before = snapshot(out)
     # the cube rebuilt at the same path: same dates, grid and validity, other values
     changed = tiny_cube(n_time=18, ny=40, nx=40, seed=4)
     changed["s2"] = changed["s2"] * 0.9
@@ -176,32 +170,32 @@ def test_a_run_resumed_on_other_data_is_refused(run, tmp_path):
     assert res.exit_code == 2
     line = _error_line(res.output)
     assert str(out / "last.pt") in line and "other data" in line
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     # another cube of the same shape at another path
     other = write_zarr(changed, tmp_path / "c2.zarr")
     res = runner.invoke(app, ["train", str(other), "--out", str(out), *TRAIN])
     assert res.exit_code == 2 and "other data" in _error_line(res.output)
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 @pytest.mark.parametrize(("where", "how"), [("c.zarr", "is"), ("c.zarr/model", "is inside"),
                                             (".", "contains")])  # fmt: skip
 def test_an_output_over_an_input_cube_is_refused(tmp_path, where, how):
     cube = write_zarr(tiny_cube(n_time=18, ny=40, nx=40, seed=1), tmp_path / "c.zarr")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     out = tmp_path / where
     res = runner.invoke(app, ["train", str(cube), "--out", str(out), *TRAIN])
     assert res.exit_code == 2
     line = _error_line(res.output)
     assert f"{how} the input" in line and str(cube) in line
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
     assert not (tmp_path / "c.zarr" / "model").exists()
 
 
 def test_a_fusion_output_over_its_stage1_checkpoint_is_refused(run):
     """Even from scratch (``--no-resume``), which would start by deleting the input."""
     cube, out = run
-    before = _snapshot(out)
+    before = snapshot(out)
     res = runner.invoke(
         app,
         ["train", str(cube), "--stage", "fusion", "--autoencoder", f"s2={out / 'best.pt'}",
@@ -209,4 +203,4 @@ def test_a_fusion_output_over_its_stage1_checkpoint_is_refused(run):
     )  # fmt: skip
     assert res.exit_code == 2
     assert f"contains the input {out / 'best.pt'}" in _error_line(res.output)
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
