@@ -265,19 +265,19 @@ def test_resume_refuses_a_cube_replaced_at_the_same_path(setup, tmp_path):
 def test_worker_caches_follow_the_file_contents(setup, tmp_path):
     """A checkpoint or cube replaced at the same path is loaded afresh by a worker."""
     from latentcube.inference.tasks import (
-        _file_digest,
         _worker_cube,
         _worker_model,
         cube_fingerprint,
+        file_digest,
     )
 
     _, ckpt, _, _ = setup
     path = tmp_path / "m.pt"
     path.write_bytes(Path(ckpt).read_bytes())
-    first = _worker_model(str(path), _file_digest(path))
+    first = _worker_model(str(path), file_digest(path))
     torch.manual_seed(1)
     save_checkpoint(path, build_autoencoder(AutoencoderConfig.preset("tiny")).eval())
-    second = _worker_model(str(path), _file_digest(path))
+    second = _worker_model(str(path), file_digest(path))
     w1, w2 = (next(m.parameters()).detach() for m in (first, second))
     assert not torch.equal(w1, w2)
     bands = (("s2", ("B02", "B03")),)

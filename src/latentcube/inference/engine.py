@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 import xarray as xr
 
+from latentcube.bundle import ModelBundle
 from latentcube.cube.schema import select_bands
 from latentcube.embedding_store import (
     COMPLETE_ATTR,
@@ -49,11 +51,10 @@ from latentcube.errors import EmbeddingError, LatentcubeError
 from latentcube.inference.chunks import check_edge, chunk_grid, chunk_sizes
 from latentcube.inference.job import Arrays, EmbedJob, Options, job_class
 from latentcube.inference.tasks import (
-    _CUBES,
-    _MODELS,
-    _embed_chunk,
-    _file_digest,
     cube_fingerprint,
+    embed_chunk,
+    file_digest,
+    preload,
     progress_dir,
     sensor_arrays,
 )
@@ -75,18 +76,20 @@ EdgePolicy = Literal["nan", "pad"]
 # Bundles and jobs
 
 
-def as_bundle(model: Any) -> Any:
-    """A :class:`~latentcube.bundle.ModelBundle` from a bundle, a model or a path to one."""
-    from latentcube.bundle import ModelBundle
+#: What the engine embeds with: a bundle, the path of one, or a bare model.
+BundleLike = ModelBundle | str | os.PathLike[str] | torch.nn.Module
 
+
+def as_bundle(model: BundleLike) -> ModelBundle:
+    """A :class:`~latentcube.bundle.ModelBundle` from a bundle, a model or a path to one."""
     if isinstance(model, ModelBundle):
         return model
     if isinstance(model, str | os.PathLike):
         return ModelBundle.load(model)
-    return ModelBundle(model)
+    return ModelBundle(model)  # type: ignore[arg-type]
 
 
-def plan(bundle: Any, cube: xr.Dataset, options: Options | None = None) -> EmbedJob:
+def plan(bundle: BundleLike, cube: xr.Dataset, options: Options | None = None) -> EmbedJob:
     """The job embedding ``cube`` with ``bundle``, from the job registered for its kind."""
     options = options or Options()
     check_edge(options.edge)
@@ -150,7 +153,7 @@ def _stacked_chunk(
 
 def embed(
     cube: xr.Dataset,
-    bundle: Any,
+    bundle: BundleLike,
     *,
     sensor: str | None = None,
     chunks: int | Mapping[str, int] | None = None,
@@ -364,7 +367,7 @@ def _mark_complete(store: Path) -> None:
 
 def embed_to_zarr(
     cube_path: str | os.PathLike[str],
-    bundle: Any,
+    bundle: BundleLike,
     out: str | os.PathLike[str],
     *,
     chunk: int = 256,
@@ -467,7 +470,7 @@ def embed_to_zarr(
         {"time": time_chunk, "y": chunk, "x": chunk},
         dict(zip(("time", "y", "x"), job.shape, strict=True)),
     )
-    model_digest, cube_print = _file_digest(bundle.path), cube_fingerprint(cube_path)
+    model_digest, cube_print = file_digest(bundle.path), cube_fingerprint(cube_path)
     identity = json.dumps(
         {
             "model_sha256": model_digest,
@@ -533,7 +536,7 @@ def _run(
     args: _ChunkArgs,
     job: EmbedJob,
     cube: xr.Dataset,
-    bundle: Any,
+    bundle: ModelBundle,
     scheduler: str | None,
     workers: int | None,
     threads_per_worker: int,
@@ -554,19 +557,16 @@ def _run(
     """
     cores = _cores()
     if scheduler is None and workers is None and len(todo) <= cores:
-        import torch
-
         tasks = [t for t in _split_in_time(todo, -(-cores // len(todo))) if t[0] not in done]
         bar = _BlockProgress(len(done) + len(tasks), progress, initial=len(done))
         # the driver's model and cube serve the tasks (the same function, no second read)
-        _MODELS[(args[0], args[1])] = bundle.model
-        _CUBES[(args[2], args[3], job.reads)] = select_bands(cube, dict(job.reads))
+        preload((args[0], args[1], bundle.model), (args[2], args[3], job.reads, cube))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(min(cores, len(tasks))) as pool:
                 futures = {
-                    pool.submit(_embed_chunk, *args, job, ts, ys, xs, key): key
+                    pool.submit(embed_chunk, *args, job, ts, ys, xs, key): key
                     for key, ts, ys, xs in tasks
                 }
                 for fut in as_completed(futures):
@@ -634,7 +634,7 @@ def _run_on_dask(
     try:
         futures = {
             client.submit(
-                _embed_chunk, *args, job, ts, ys, xs, key,
+                embed_chunk, *args, job, ts, ys, xs, key,
                 key=f"latentcube-embed-{key}", pure=False,
             ): key
             for key, ts, ys, xs in todo

@@ -22,7 +22,14 @@ from latentcube.cube.schema import select_bands
 from latentcube.inference.job import Arrays, EmbedJob
 from latentcube.sensors import band_dim
 
-__all__ = ["cube_fingerprint", "progress_dir"]
+__all__ = [
+    "cube_fingerprint",
+    "embed_chunk",
+    "file_digest",
+    "preload",
+    "progress_dir",
+    "sensor_arrays",
+]
 
 
 def sensor_arrays(cube: xr.Dataset, sensor: str) -> tuple[Any, Any]:
@@ -38,7 +45,8 @@ def progress_dir(out: str | os.PathLike[str]) -> Path:
     return out.with_name(f".{out.name}.progress")
 
 
-def _file_digest(path: str | os.PathLike[str]) -> str:
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -78,13 +86,32 @@ _MODELS: dict[tuple[str, str], Any] = {}
 _CUBES: dict[tuple[str, str, Any], xr.Dataset] = {}
 
 
+def _put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Keep ``value`` under ``key``, forgetting the oldest entries beyond the cache size."""
+    cache.pop(key, None)
+    while len(cache) >= _CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+
+
 def _cached(cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
     if key not in cache:
-        value = make()
-        while len(cache) >= _CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = value
+        _put(cache, key, make())
     return cache[key]
+
+
+def preload(
+    model: tuple[str, str, Any], cube: tuple[str, str, tuple[tuple[str, tuple[str, ...]], ...], Any]
+) -> None:
+    """Serve this process's tasks from a model and cube the caller has opened already.
+
+    ``model``: (path, digest, model); ``cube``: (path, fingerprint, reads, cube), keyed
+    as :func:`_worker_model` and :func:`_worker_cube` key them.
+    """
+    path, digest, net = model
+    _put(_MODELS, (path, digest), net)
+    c_path, c_print, reads, opened = cube
+    _put(_CUBES, (c_path, c_print, reads), select_bands(opened, dict(reads)))
 
 
 def _worker_model(path: str, digest: str) -> Any:
@@ -138,7 +165,7 @@ def _read_block(cube: xr.Dataset, job: EmbedJob, region: tuple[slice, slice, sli
     return out
 
 
-def _embed_chunk(
+def embed_chunk(
     model_path: str,
     model_digest: str,
     cube_path: str,
