@@ -29,7 +29,7 @@ CHILD = textwrap.dedent(
     import json, resource, sys, time
     from pathlib import Path
     import dask.array as da, numpy as np, pandas as pd, torch, xarray as xr
-    from latentcube.bundle import save_checkpoint
+    from latentcube.bundle import ModelBundle
     from latentcube.inference import embed_to_zarr
     from latentcube.io import write_zarr
     from latentcube.models.autoencoder import build_autoencoder
@@ -41,15 +41,13 @@ CHILD = textwrap.dedent(
     if __name__ == "__main__":
         torch.manual_seed(0)
         if fused:
-            from latentcube.bundle import save_fusion_checkpoint
             from latentcube.models.fusion import FusionConfig, FusionModel
             aes = {s: build_autoencoder(AutoencoderConfig.preset(variant, s)) for s in ("s2", "s1")}
             model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
-            ckpt = save_fusion_checkpoint(f"{root}/fused.pt", model)
+            ckpt = ModelBundle(model).save(f"{root}/fused.pt")
         else:
-            ckpt = save_checkpoint(
-                f"{root}/m.pt", build_autoencoder(AutoencoderConfig.preset(variant))
-            )
+            ae = build_autoencoder(AutoencoderConfig.preset(variant))
+            ckpt = ModelBundle(ae).save(f"{root}/m.pt")
         t = pd.date_range("2021-04-01", periods=11, freq="5D").values
         rs = da.random.RandomState(0)
         s2 = rs.uniform(0.02, 0.4, (11, 10, side, side), chunks=(11, 10, 512, 512))

@@ -4,7 +4,7 @@ Usage: ``nice -n 5 python benchmarks/bench_summarise.py [--repeats 5] [--threads
 
 The bundled demo cube (WorldCereal patch, 57 dates 2017-08 .. 2018-11, 64 x 64 px) is
 embedded once, in memory, with the shipped default model (fused S1 + S2 ``fast``,
-``latentcube.embed_fused``); that time is the reference. Then
+``latentcube.embed``); that time is the reference. Then
 ``latentcube.analysis.summarise`` reduces the year 2017-09-01/2018-08-31 of that
 embedding to one vector per pixel, with each statistic (mean, median, std, quantiles
 0.1/0.5/0.9, quality-weighted mean, and quarters by ``every="3M"``), on the in-memory
@@ -28,10 +28,9 @@ import torch
 import xarray as xr
 
 from latentcube.analysis import summarise
-from latentcube.bundle import default_model_path, load_fusion_checkpoint
+from latentcube.bundle import default_model_path
 from latentcube.cube.readers import load_demo_cube
-from latentcube.fusion_inference import embed_fused
-from latentcube.inference import open_embedding, write_embedding
+from latentcube.inference import embed, embedding_dataset, open_embedding, write_embedding
 
 YEAR = "2017-09-01/2018-08-31"
 TARGET = 20.0
@@ -62,9 +61,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {os.cpu_count()} cores; load average before: {os.getloadavg()}")
     cube = load_demo_cube()
-    model, _ = load_fusion_checkpoint(default_model_path())
     t0 = time.perf_counter()
-    emb = embed_fused(cube, model)
+    emb = embedding_dataset(embed(cube, default_model_path())).compute()
     t_embed = time.perf_counter() - t0
     n_pd = cube.sizes["time"] * cube.sizes["y"] * cube.sizes["x"]
     n_year = int(summarise(emb, YEAR)["count"].sum())

@@ -355,13 +355,15 @@ def masked_cube(site: Site, mask: str, min_valid_fraction: float = 0.05) -> xr.D
 def fit(train_windows, val_windows, out: Path, *, seed: int, epochs: int):
     """Train the ``fast`` S2 autoencoder: the one call of the library's training function."""
     from latentcube.models.config import AutoencoderConfig
-    from latentcube.training import train, train_config_preset
+    from latentcube.training import AutoencoderTask, train_config_preset
+    from latentcube.training import fit as fit_task
 
     cfg = AutoencoderConfig.preset("fast", "s2", bands=S2_BANDS)
     update = {"max_epochs": epochs, "seed": seed, "num_threads": 2}
     update["early_stopping_patience"] = epochs  # a fixed number of epochs
     tcfg = train_config_preset("quick").model_copy(update=update)
-    return train(cfg, train_windows, val_windows, tcfg, out, progress=False)
+    task = AutoencoderTask(cfg, train_windows, val_windows)
+    return fit_task(task, tcfg, out, progress=False)
 
 
 def _windows(cube: xr.Dataset, mode: str, seed: int, max_windows: int | None = None):
@@ -375,14 +377,14 @@ def run_train(out: Path, seeds: list[int], epochs: int, probe_repeats: int) -> d
     """Train on each masking, compare validation reconstruction and the crop-type probe."""
     import torch
 
-    from latentcube.bundle import load_checkpoint
+    from latentcube.bundle import ModelBundle
     from latentcube.cube.readers import read_worldcereal_labels
     from latentcube.evaluation.baselines import raw_bands
     from latentcube.evaluation.croptype import croptype_probe, default_season
     from latentcube.inference import embed
     from latentcube.models.config import LossConfig
     from latentcube.models.losses import ContextLoss
-    from latentcube.training import evaluate
+    from latentcube.training.stage1 import evaluate
 
     torch.set_num_threads(2)
     sites = {p: read_flanders(p) for p in PATCHES}
@@ -404,7 +406,7 @@ def run_train(out: Path, seeds: list[int], epochs: int, probe_repeats: int) -> d
             run_dir = out / "models" / f"{m.replace('+', '_')}-seed{seed}"
             t0 = time.perf_counter()
             res = fit(tr, va, run_dir, seed=seed, epochs=epochs)
-            model, _ = load_checkpoint(run_dir / "best.pt", expect_bands=S2_BANDS)
+            model = ModelBundle.load(run_dir / "best.pt", expect_bands=S2_BANDS).model
             common = evaluate(model, common_val, loss_fn)
             models[(m, seed)] = model
             row = {"mask": m, "seed": seed, "train_windows": len(tr), "val_windows": len(va),

@@ -32,14 +32,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "similarity_demo.png")
     args = ap.parse_args()
-    from latentcube.bundle import default_model_path, load_fusion_checkpoint
+    from latentcube.bundle import default_model_path
     from latentcube.cube.readers import load_demo_cube
-    from latentcube.fusion_inference import embed_fused
+    from latentcube.inference import embed, embedding_dataset
     from latentcube.plotting import true_colour
 
     cube = load_demo_cube()
-    model, _ = load_fusion_checkpoint(default_model_path())
-    emb = embed_fused(cube, model)
+    emb = embedding_dataset(embed(cube, default_model_path())).compute()
     sim = similar(emb, x=EXAMPLE[0], y=EXAMPLE[1], time=DATE).compute()
     raw = similar(emb, x=EXAMPLE[0], y=EXAMPLE[1], time=DATE, centre=False).compute()
     for name, r in (("centred", sim), ("raw", raw)):

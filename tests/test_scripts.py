@@ -269,3 +269,42 @@ def test_probe_script_sets_the_inner_cv_grids_and_refuses_bad_values(monkeypatch
     with pytest.raises(SystemExit):
         ep.main(["--tasks", "croptype", "--c-grid", "0,1"])
     assert "--c-grid: C must be finite and > 0: [0.0]" in capsys.readouterr().err
+
+
+def _latentcube_imports(path: Path) -> list[tuple[str, str | None]]:
+    import ast
+
+    out: list[tuple[str, str | None]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("latentcube"):
+            out += [(node.module, a.name) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, None) for a in node.names if a.name.startswith("latentcube")]
+    return out
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted([*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_scripts_and_benchmarks_import_only_names_that_exist(path: Path) -> None:
+    """Every ``latentcube`` name a script or benchmark imports (at the top or inside a
+    function; code held in strings for child processes is not parsed) exists in the
+    package, so a renamed or removed API cannot leave a script broken unnoticed."""
+    import importlib
+
+    missing = []
+    for module, name in _latentcube_imports(path):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            missing.append(f"{module} ({err})")
+            continue
+        if name is None or hasattr(mod, name):
+            continue
+        try:
+            importlib.import_module(f"{module}.{name}")
+        except ModuleNotFoundError:
+            missing.append(f"{module}.{name}")
+    assert not missing, f"{path.name} imports names that do not exist: {missing}"

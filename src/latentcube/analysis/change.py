@@ -96,7 +96,7 @@ def change(
         Only dates in these calendar months count in both periods (e.g.
         ``range(5, 10)``: the leaf-on season of every year), so that periods whose
         clear dates fall in different seasons still compare like with like. CLI:
-        ``--months 5-9``.
+        ``--months 5,6,7,8,9``.
 
     Returns
     -------

@@ -353,7 +353,7 @@ def summarise(
         single ``recon_mae_<sensor>``).
     months
         Only dates in these calendar months (1-12) count, e.g. ``range(5, 10)`` for
-        May-September of every year of a multi-year window. CLI: ``--months 5-9``.
+        May-September of every year of a multi-year window. CLI: ``--months 5,6,7,8,9``.
 
     Returns
     -------
