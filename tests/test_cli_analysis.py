@@ -37,6 +37,30 @@ def test_summarise_writes_what_the_library_computes(store, tmp_path):
     assert res.exit_code == 2 and "exists" in res.output  # no silent overwrite
 
 
+def test_summarise_png_draws_each_window(store, tmp_path):
+    """``--png``: one column per window (two yearly windows are drawn wider than one),
+    and a PNG path that is the input store is refused before anything is written."""
+    import matplotlib.image as mpimg
+
+    sizes = {}
+    for every in ("1Y", None):
+        out, png = tmp_path / f"s{every}.zarr", tmp_path / f"s{every}.png"
+        args = ["summarise", str(store), "--window", "2019-01-01/2020-12-31", "--out", str(out),
+                "--png", str(png)] + (["--every", every] if every else [])  # fmt: skip
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        sizes[every] = mpimg.imread(png).shape
+    assert sizes["1Y"][1] > sizes[None][1] and sizes["1Y"][0] == sizes[None][0]
+    before = sorted(p.name for p in store.rglob("*"))
+    res = runner.invoke(
+        app, ["summarise", str(store), "--out", str(tmp_path / "x.zarr"), "--png", str(store)]
+    )
+    assert res.exit_code == 2 and "error:" in res.output
+    assert sorted(p.name for p in store.rglob("*")) == before
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_change_between_periods_and_png(store, tmp_path):
     out, png = tmp_path / "c.zarr", tmp_path / "c.png"
     args = ["change", str(store), "--before", "2018-01-01/2018-12-31", "--after",

@@ -5,7 +5,8 @@ internals, and needs no torch. Results are ``xarray.Dataset`` objects on the inp
 grid and CRS, lazy on Dask-backed input:
 
 * :func:`summarise`: one vector per pixel per window (mean, median, std, quantiles
-  of the valid dates; counts; optional quality weighting);
+  of the valid dates; counts; optional quality weighting); :func:`plot_summary`
+  draws the windows as RGB with their counts;
 * :func:`change`: distance between two periods' summaries per pixel;
   :func:`anomaly`: per-date distance from the pixel's seasonal expectation in other
   years; :func:`plot_change` draws a map;
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from latentcube.analysis.change import anomaly, change, plot_change, robust_zscore
 from latentcube.analysis.similarity import plot_similarity, similar
-from latentcube.analysis.summary import make_windows, summarise
+from latentcube.analysis.summary import make_windows, plot_summary, summarise
 
 __all__ = [
     "anomaly",
@@ -25,6 +26,7 @@ __all__ = [
     "make_windows",
     "plot_change",
     "plot_similarity",
+    "plot_summary",
     "robust_zscore",
     "similar",
     "summarise",

@@ -17,7 +17,7 @@ import xarray as xr
 
 from latentcube.analysis.change import anomaly, change, plot_change
 from latentcube.analysis.similarity import Point, plot_similarity, similar
-from latentcube.analysis.summary import summarise
+from latentcube.analysis.summary import plot_summary, summarise
 from latentcube.errors import EmbeddingError
 
 __all__ = ["anomaly_store", "change_store", "similar_store", "summarise_store"]
@@ -54,14 +54,26 @@ def _checked_png(png: PathLike | None, source: PathLike, out: PathLike) -> None:
 
 
 def summarise_store(
-    path: PathLike, out: PathLike, *, overwrite: bool = False, **kwargs: Any
+    path: PathLike,
+    out: PathLike,
+    *,
+    png: PathLike | None = None,
+    overwrite: bool = False,
+    **kwargs: Any,
 ) -> Path:
     """:func:`~latentcube.analysis.summary.summarise` of a store, written to ``out``.
 
     Keyword arguments (``window``, ``every``, ``length``, ``stat``, ``quantiles``,
-    ``weight``, ``months``) go to ``summarise``.
+    ``weight``, ``months``) go to ``summarise``. With ``png``, the summary map
+    (:func:`~latentcube.analysis.summary.plot_summary`) is drawn there as well.
     """
-    return _write(summarise(_open(path), **kwargs), path, out, overwrite)
+    _checked_png(png, path, out)
+    written = _write(summarise(_open(path), **kwargs), path, out, overwrite)
+    if png is not None:
+        from latentcube.io import open_zarr
+
+        plot_summary(open_zarr(written).load(), png, overwrite=True)
+    return written
 
 
 def change_store(

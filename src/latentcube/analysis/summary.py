@@ -14,9 +14,11 @@ to a statistic per feature, counting only valid dates, lazily on Dask::
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -40,6 +42,7 @@ __all__ = [
     "Window",
     "make_windows",
     "parse_offset",
+    "plot_summary",
     "summarise",
     "weighted_quantile",
 ]
@@ -428,3 +431,68 @@ def summarise(
     }
     ds = xr.Dataset({"embedding": values, "count": counts}, attrs=attrs)
     return with_crs(ds, parts.embedding)
+
+
+def plot_summary(
+    result: xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    max_windows: int = 4,
+    overwrite: bool = False,
+    dpi: int = 110,
+) -> Path:
+    """PNG of a summary: each window's vectors as RGB, with the count of valid dates.
+
+    The top row shows the first three principal components of the summary vectors
+    (one basis fitted on every window, so colours compare across windows); the
+    bottom row the number of valid dates behind each pixel. For ``median`` and
+    ``quantiles`` the median (or the middle quantile) is drawn.
+
+    Parameters
+    ----------
+    result
+        The result of :func:`summarise` (computed or lazy).
+    path
+        Output PNG (written beside and swapped in when complete). CLI: ``--png``.
+    max_windows
+        Draw at most this many windows (the first ones).
+    overwrite
+        Replace an existing file.
+    dpi
+        Resolution.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    from matplotlib.figure import Figure
+
+    from latentcube.analysis._figures import extent_km, map_panel, save_png
+    from latentcube.plotting import pca_basis, pca_rgb
+
+    if "embedding" not in result or "count" not in result:
+        raise EmbeddingError("a summary needs 'embedding' and 'count' (from summarise)")
+    emb = result["embedding"]
+    if "stat" in emb.dims:
+        emb = emb.isel(stat=emb.sizes["stat"] // 2)
+    n = min(max_windows, emb.sizes["window"])
+    values = np.asarray(emb.isel(window=slice(0, n)).transpose("feature", "window", "y", "x"))
+    counts = np.asarray(result["count"].isel(window=slice(0, n)), dtype=np.float64)
+    try:
+        basis = pca_basis(values)
+    except ValueError as err:
+        raise EmbeddingError(f"nothing to draw: {err}") from err
+    rgb = pca_rgb(values, basis=basis)
+    fig = Figure(figsize=(3.2 * n + 0.8, 6.2), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
+    ext = extent_km(result)
+    top = max(float(np.nanmax(counts)), 1.0)
+    for i in range(n):
+        label = str(result["window"].values[i])
+        map_panel(axes[0, i], rgb[i], ext, f"{label}\nPC 1-3 as RGB")
+        map_panel(
+            axes[1, i], counts[i], ext, "valid dates", cmap="viridis", vmin=0, vmax=top,
+            label="dates", colorbar=i == n - 1,
+        )  # fmt: skip
+    return save_png(fig, path, overwrite=overwrite, dpi=dpi)

@@ -44,6 +44,7 @@ def summarise(
     months: Annotated[
         str | None, typer.Option(help="Keep only these calendar months, e.g. 6,7,8.")
     ] = None,
+    png: Png = None,
     overwrite: Overwrite = False,
 ) -> None:
     """One vector per pixel per window: a statistic of the valid dates, with their count.
@@ -58,7 +59,7 @@ def summarise(
     qs = tuple(float(q) for q in quantiles.split(","))
     path = summarise_store(
         emb, out, window=window or None, every=every, length=length, stat=stat, quantiles=qs,
-        weight=None if weight == "none" else weight, months=_months(months),
+        weight=None if weight == "none" else weight, months=_months(months), png=png,
         overwrite=overwrite,
     )  # fmt: skip
     typer.echo(f"wrote {path}")
