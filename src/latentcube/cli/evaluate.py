@@ -129,7 +129,7 @@ def evaluate_gpp(
     ] = None,
     manifest: Annotated[
         Path | None,
-        typer.Option(help="Many sites: manifest.csv of 'cube build-sites' (with --flux-dir)."),
+        typer.Option(help="Many sites: manifest.csv of 'cube --flux-sites' (with --flux-dir)."),
     ] = None,
     flux_dir: Annotated[
         Path | None,

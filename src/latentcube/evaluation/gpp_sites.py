@@ -1,7 +1,7 @@
 """GPP at many flux sites at once: a manifest of cubes, a folder of flux files, one report.
 
-The inputs are what ``latentcube cube build-sites`` leaves (``manifest.csv``: one row
-per site with its status and store) and a folder holding each site's flux record.
+The inputs are what ``latentcube cube --sites/--flux-sites`` leaves (``manifest.csv``:
+one row per site with its status and store) and a folder holding each site's flux record.
 Every usable site gets the feature sets of the single-site evaluation (the embedding
 made with a model, the S2 bands, the indices, PCA-7 and potential radiation; see
 :func:`~latentcube.evaluation.runs.evaluate_gpp`), and
