@@ -326,3 +326,52 @@ def test_a_failed_cube_is_skipped_and_one_site_runs_the_years_split(tmp_path):
     assert list(pd.read_csv(out / "skipped.csv")["site"]) == ["CC-Bad"]
     assert set(pd.read_csv(out / "sites.csv")["split"]) == {"years"}
     assert not (out / "loso").exists()
+
+
+def test_find_flux_forms_and_ambiguity(tmp_path):
+    from latentcube.errors import EvaluationError
+    from latentcube.evaluation.gpp_sites import find_flux
+
+    (tmp_path / "AA-Dir").mkdir()
+    (tmp_path / "FLX_BB-Ful_FLUXNET2015_FULLSET_DD_2019-2020_beta-3.csv").write_text("x")
+    for y in (2019, 2020):
+        (tmp_path / f"CC-Hh_{y}.csv").write_text("x")
+        (tmp_path / f"FLX_DD-Two_FLUXNET2015_FULLSET_DD_{y}-{y}_beta-3.csv").write_text("x")
+    assert find_flux(tmp_path, "AA-Dir") == tmp_path / "AA-Dir"
+    assert find_flux(tmp_path, "BB-Ful").name.startswith("FLX_BB-Ful_")
+    assert find_flux(tmp_path, "CC-Hh") == tmp_path / "CC-Hh_*.csv"  # every year of the site
+    with pytest.raises(EvaluationError, match="several FULLSET_DD files for DD-Two"):
+        find_flux(tmp_path, "DD-Two")
+    with pytest.raises(EvaluationError, match="no flux record for site EE-Non"):
+        find_flux(tmp_path, "EE-Non")
+
+
+def test_benchmark_scores_from_a_site_r2_rmse_csv(tmp_path):
+    """The reference from a user's CSV: medians per site of the GPP rows only."""
+    from latentcube.errors import EvaluationError
+    from latentcube.evaluation.gpp_sites import benchmark_scores
+
+    rows = pd.DataFrame(
+        {
+            "site": ["AA-One", "AA-One", "AA-One", "BB-Two", "AA-One"],
+            "R2": [0.2, 0.6, 0.5, -0.3, 0.99],
+            "RMSE": [2.0, 1.0, 1.5, 3.0, 0.1],
+            "target": [CFB, CFB, CFB, CFB, "NEE_VUT_USTAR50"],
+        }
+    )
+    rows.to_csv(tmp_path / "ref.csv", index=False)
+    ref = benchmark_scores(tmp_path / "ref.csv")
+    assert ref.loc["AA-One", "ref_r2_median"] == pytest.approx(0.5)
+    assert ref.loc["AA-One", "ref_r2_best"] == pytest.approx(0.6)
+    assert ref.loc["AA-One", "ref_rmse_median"] == pytest.approx(1.5)
+    assert ref.loc["AA-One", "ref_n"] == 3 and ref.loc["BB-Two", "ref_n"] == 1
+    rows.drop(columns="R2").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(EvaluationError, match=r"bad\.csv: needs the columns site, R2, RMSE"):
+        benchmark_scores(tmp_path / "bad.csv")
+
+
+def test_many_site_options_need_a_manifest(tmp_path):
+    res = runner.invoke(
+        app, ["evaluate", "gpp", "--flux", "x.csv", "--split", "loso", "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 2 and "--split need --manifest" in res.output

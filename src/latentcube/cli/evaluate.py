@@ -139,9 +139,9 @@ def evaluate_gpp(
         ),
     ] = None,
     split: Annotated[
-        Literal["years", "loso", "both"],
-        typer.Option(help="Many sites: split by years, leave-one-site-out, or both."),
-    ] = "both",
+        Literal["years", "loso", "both"] | None,
+        typer.Option(help="Many sites: split by years, leave-one-site-out, or both (default)."),
+    ] = None,
     sites: Annotated[
         Path | None,
         typer.Option(help="Many sites: CSV with id,igbp adding to the flux-site registry."),
@@ -201,9 +201,12 @@ def evaluate_gpp(
                 "--manifest needs --flux-dir"
                 + (f" and takes no {', '.join(given)} (one-site options)" if given else "")
             )
-        _gpp_sites(manifest, flux_dir, out, split, sites, model, name, years, gap_fill,
-                   footprint, carbonfluxbench, seed, fit)  # fmt: skip
+        _gpp_sites(manifest, flux_dir, out, split or "both", sites, model, name, years,
+                   gap_fill, footprint, carbonfluxbench, seed, fit)  # fmt: skip
         return
+    many = {"--flux-dir": flux_dir, "--sites": sites, "--split": split}
+    if given := [k for k, v in many.items() if v is not None]:
+        raise EvaluationError(f"{', '.join(given)} need --manifest (many sites)")
     if flux is None:
         raise EvaluationError("give --flux (one site) or --manifest with --flux-dir (many sites)")
     from latentcube.evaluation.runs import evaluate_gpp as run

@@ -325,9 +325,12 @@ def _common_sets(
     return keep, dropped
 
 
-def _default_test_years(tables: Mapping[str, pd.DataFrame]) -> list[int]:
-    """The last year with a day holding GPP and every feature, over all sites."""
-    last = [t.index[t.notna().all(axis=1)].max() for t in tables.values()]
+def _default_test_years(
+    tables: Mapping[str, pd.DataFrame], sets: Mapping[str, Sequence[str]]
+) -> list[int]:
+    """The last year with a day holding GPP and every feature of ``sets``, over all sites."""
+    cols = ["GPP", *sorted({c for cs in sets.values() for c in cs})]
+    last = [t.index[t[cols].notna().all(axis=1)].max() for t in tables.values()]
     last = [d for d in last if not pd.isna(d)]
     if not last:
         raise EvaluationError(
@@ -519,7 +522,7 @@ def evaluate_gpp_sites(
                 seed=seed,
             )
         sets, dropped = _common_sets(per_site_sets)
-        years = list(test_years) or _default_test_years(tables)
+        years = list(test_years) or _default_test_years(tables, sets)
         assert folder is not None
         settings = sorted(kwargs.items())
         versions = [sklearn.__version__, torch.__version__]
