@@ -174,7 +174,10 @@ def evaluate_gpp(
     stride: Annotated[int, typer.Option(help="Days between window ends.")] = 10,
     carbonfluxbench: Annotated[
         Path | None,
-        typer.Option(help="CarbonFluxBench results folder, or a CSV of site,R2,RMSE (reference)."),
+        typer.Option(
+            help="CarbonFluxBench results folder (reference); with --manifest also a CSV of "
+            "site,R2,RMSE."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of everything.")] = 0,
 ) -> None:
