@@ -305,6 +305,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     fails(["evaluate", "gpp", "--manifest", str(tmp_path / "none.csv"), "--flux-dir", str(flux),
            "--out", str(tmp_path / "o")], "none.csv: no such manifest")  # fmt: skip
     fails(["evaluate", "gpp", "--out", str(tmp_path / "o")], "give --flux")
+    junk = flux / "FLX_BB-Two_FLUXNET2015_FULLSET_DD_2019-2020_beta-3.csv"
+    junk.write_text("a,b\n1,2\n")
+    fails([*base, "--flux-dir", str(flux), "--sites", str(sites)],
+          f"site BB-Two: {junk.name}: neither a FULLSET_DD file")  # fmt: skip
     assert not (tmp_path / "o").exists()
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latentcube.errors import EvaluationError
+from latentcube.errors import EvaluationError, LatentcubeError
 
 __all__ = [
     "SPLITS",
@@ -512,15 +512,18 @@ def evaluate_gpp_sites(
         tables: dict[str, pd.DataFrame] = {}
         per_site_sets: dict[str, dict[str, list[str]]] = {}
         for s in inputs:
-            tables[s.site], per_site_sets[s.site] = _site_features(
-                s,
-                model=model,
-                name=name,
-                cache=embed_cache,
-                gap_fill=gap_fill,
-                footprint=footprint,
-                seed=seed,
-            )
+            try:
+                tables[s.site], per_site_sets[s.site] = _site_features(
+                    s,
+                    model=model,
+                    name=name,
+                    cache=embed_cache,
+                    gap_fill=gap_fill,
+                    footprint=footprint,
+                    seed=seed,
+                )
+            except LatentcubeError as err:  # name the site: the message may only name a file
+                raise EvaluationError(f"site {s.site}: {err}") from err
         sets, dropped = _common_sets(per_site_sets)
         years = list(test_years) or _default_test_years(tables, sets)
         assert folder is not None
