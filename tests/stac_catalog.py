@@ -67,8 +67,14 @@ class Source:
     angles: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
-def read_source(folder: Path) -> Source:
-    """Read the patch with plain xarray (no latentcube code), raw integers."""
+def read_source(
+    folder: Path, s2_dates: tuple[str, ...] = S2_DATES, s1_dates: tuple[str, ...] = S1_DATES
+) -> Source:
+    """Read the patch with plain xarray (no latentcube code), raw integers.
+
+    ``s2_dates`` and ``s1_dates`` pick the acquisitions (days of the patch's own
+    dates); :func:`make_catalog` publishes the dates read.
+    """
     f = {
         p: next(folder.glob(f"{p}_*.nc")) for p in ("S2_L2A_10m", "S2_L2A_20m", "S1_GRD-ASCENDING")
     }
@@ -78,7 +84,7 @@ def read_source(folder: Path) -> Source:
         xr.open_dataset(f["S2_L2A_20m"], mask_and_scale=False) as b,
         xr.open_dataset(f["S1_GRD-ASCENDING"], mask_and_scale=False) as s,
     ):
-        for d in S2_DATES:
+        for d in s2_dates:
             ia = int(
                 np.flatnonzero(a.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0]
             )
@@ -95,7 +101,7 @@ def read_source(folder: Path) -> Source:
                     "viewAzimuthMean",
                 )
             )
-        for d in S1_DATES:
+        for d in s1_dates:
             i = int(
                 np.flatnonzero(s.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0]
             )
@@ -223,6 +229,7 @@ def make_catalog(
     vary: bool = False,
     drop_asset: tuple[str, str] | None = None,
     collections: tuple[str, ...] = ("sentinel-2-l2a", "sentinel-1-rtc"),
+    shift_days: int = 0,
 ) -> Path:
     """Write COGs and a self-contained static catalog under ``root``.
 
@@ -244,6 +251,9 @@ def make_catalog(
         ``(item id, asset key)`` to leave out.
     collections
         Collections to publish.
+    shift_days
+        Days added to every acquisition time of the published items (the pixels
+        are unchanged), for tests that need the imagery in another period.
 
     Returns
     -------
@@ -279,7 +289,7 @@ def make_catalog(
     if "sentinel-2-l2a" in collections:
         s2 = pystac.Collection("sentinel-2-l2a", "S2 L2A (test excerpt)", extent)
         cat.add_child(s2)
-        for d in S2_DATES:
+        for d in src.s2_dn:
             dn = {k: v.copy() for k, v in src.s2_dn[d].items()}
             scl = src.scl[d].copy()
             baseline = "02.09"
@@ -299,7 +309,9 @@ def make_catalog(
                 width = (c1 - c0) * 10.0 if repeat == 1 else size
                 item = _item(
                     iid,
-                    src.s2_time[d] + np.timedelta64(1 if suffix == "-e" else 0, "s"),
+                    src.s2_time[d]
+                    + np.timedelta64(shift_days, "D")
+                    + np.timedelta64(1 if suffix == "-e" else 0, "s"),
                     left,
                     TOP,
                     width,
@@ -327,10 +339,16 @@ def make_catalog(
     if "sentinel-1-rtc" in collections:
         s1 = pystac.Collection("sentinel-1-rtc", "S1 RTC-like (test excerpt)", extent)
         cat.add_child(s1)
-        for d in S1_DATES:
+        for d in src.s1_db:
             iid = f"S1_{d.replace('-', '')}"
             item = _item(
-                iid, src.s1_time[d], LEFT, TOP, size, size, {"sat:orbit_state": "ascending"}
+                iid,
+                src.s1_time[d] + np.timedelta64(shift_days, "D"),
+                LEFT,
+                TOP,
+                size,
+                size,
+                {"sat:orbit_state": "ascending"},
             )
             for pol in ("VV", "VH"):
                 lin = np.power(10.0, src.s1_db[d][pol] / 10.0).astype(np.float32)

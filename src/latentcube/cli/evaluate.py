@@ -123,8 +123,29 @@ def evaluate_croptype(
 
 @evaluate_app.command("gpp")
 def evaluate_gpp(
-    flux: Annotated[Path, typer.Option(help="FULLSET_DD file, or ICOS half-hourly file/folder.")],
     out: Out,
+    flux: Annotated[
+        Path | None, typer.Option(help="FULLSET_DD file, or ICOS half-hourly file/folder.")
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="Many sites: manifest.csv of 'cube --flux-sites' (with --flux-dir)."),
+    ] = None,
+    flux_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Many sites: folder of flux records (SITE/, FLX_SITE_*FULLSET_DD*.csv or "
+            "SITE_*.csv)."
+        ),
+    ] = None,
+    split: Annotated[
+        Literal["years", "loso", "both"] | None,
+        typer.Option(help="Many sites: split by years, leave-one-site-out, or both (default)."),
+    ] = None,
+    sites: Annotated[
+        Path | None,
+        typer.Option(help="Many sites: CSV with id,igbp adding to the flux-site registry."),
+    ] = None,
     site: Annotated[str | None, typer.Option(help="Site code (default from the file).")] = None,
     lat: Annotated[float | None, typer.Option(help="Site latitude (default: registry).")] = None,
     locations: Annotated[
@@ -133,7 +154,9 @@ def evaluate_gpp(
     cube: Annotated[
         Path | None, typer.Option(help="S2 cube at the site (bands, indices, PCA-7 baselines).")
     ] = None,
-    model: Annotated[Path | None, typer.Option(help="Model bundle to embed --cube with.")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model bundle to embed --cube (or every cube) with.")
+    ] = None,
     embedding: Annotated[Path | None, typer.Option(help="Embedding store at the site.")] = None,
     name: Name = "embedding",
     test_years: Annotated[str, typer.Option(help="Comma-separated test years.")] = "",
@@ -147,21 +170,54 @@ def evaluate_gpp(
     models: Annotated[
         str, typer.Option(help="Comma-separated regressors: 'transformer', 'gbr'.")
     ] = "transformer,gbr",
+    seq_len: Annotated[int, typer.Option(help="Window length in days.")] = 90,
+    stride: Annotated[int, typer.Option(help="Days between window ends.")] = 10,
     carbonfluxbench: Annotated[
-        Path | None, typer.Option(help="CarbonFluxBench results folder (reference).")
+        Path | None,
+        typer.Option(
+            help="CarbonFluxBench results folder (reference); with --manifest also a CSV of "
+            "site,R2,RMSE."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of everything.")] = 0,
 ) -> None:
-    """GPP from 90-day windows of site features: embedding vs baselines, split by years."""
-    from latentcube.evaluation.runs import evaluate_gpp as run
+    """GPP from 90-day windows of site features: embedding vs baselines.
+
+    One site (--flux), split by years; or every site of a cube manifest (--manifest
+    with --flux-dir), split by years and leave-one-site-out, with per-site, pooled
+    and per-IGBP-class scores.
+    """
+    from latentcube.errors import EvaluationError
 
     years = [int(y) for y in test_years.split(",") if y.strip()]
+    fit: dict[str, Any] = dict(
+        n_trials=n_trials, time_budget=time_budget if time_budget > 0 else None,
+        max_epochs=max_epochs, models=[m for m in models.split(",") if m], seq_len=seq_len,
+        stride=stride, command=command_line(),
+    )  # fmt: skip
+    if manifest is not None:
+        single = {"--flux": flux, "--site": site, "--lat": lat, "--locations": locations,
+                  "--cube": cube, "--embedding": embedding}  # fmt: skip
+        given = [k for k, v in single.items() if v is not None]
+        if flux_dir is None or given:
+            raise EvaluationError(
+                "--manifest needs --flux-dir"
+                + (f" and takes no {', '.join(given)} (one-site options)" if given else "")
+            )
+        _gpp_sites(manifest, flux_dir, out, split or "both", sites, model, name, years,
+                   gap_fill, footprint, carbonfluxbench, seed, fit)  # fmt: skip
+        return
+    many = {"--flux-dir": flux_dir, "--sites": sites, "--split": split}
+    if given := [k for k, v in many.items() if v is not None]:
+        raise EvaluationError(f"{', '.join(given)} need --manifest (many sites)")
+    if flux is None:
+        raise EvaluationError("give --flux (one site) or --manifest with --flux-dir (many sites)")
+    from latentcube.evaluation.runs import evaluate_gpp as run
+
     res = run(
         flux, out, site=site, lat=lat, locations=locations, cube=cube, model=model,
         embedding=embedding, name=name, test_years=years, gap_fill=gap_fill,
-        footprint=footprint, carbonfluxbench=carbonfluxbench, seed=seed, n_trials=n_trials,
-        time_budget=time_budget if time_budget > 0 else None, max_epochs=max_epochs,
-        models=[m for m in models.split(",") if m], command=command_line(),
+        footprint=footprint, carbonfluxbench=carbonfluxbench, seed=seed, **fit,
     )  # fmt: skip
     for k, v in res["scores"].items():
         for m, s in v.items():
@@ -169,6 +225,43 @@ def evaluate_gpp(
             typer.echo(
                 f"{k:<24} {m:<20} R2 {o['r2']:.3f}  RMSE {o['rmse']:.3f}  bias {o['bias']:+.3f}"
             )
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+def _gpp_sites(
+    manifest: Path,
+    flux_dir: Path,
+    out: Path,
+    split: str,
+    sites: Path | None,
+    model: Path | None,
+    name: str,
+    years: list[int],
+    gap_fill: str,
+    footprint: int | None,
+    carbonfluxbench: Path | None,
+    seed: int,
+    fit: dict[str, Any],
+) -> None:
+    """``evaluate gpp --manifest``: run every site, print skipped sites and pooled scores."""
+    import warnings
+
+    from latentcube.evaluation.gpp_sites import SiteSkipped, evaluate_gpp_sites
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SiteSkipped)  # printed below, one line each
+        res = evaluate_gpp_sites(
+            manifest, flux_dir, out, split=split, model=model, name=name, sites=sites,
+            test_years=years, gap_fill=gap_fill, footprint=footprint,
+            carbonfluxbench=carbonfluxbench, seed=seed, **fit,
+        )  # fmt: skip
+    for s in res["skipped"]:
+        typer.secho(f"warning: skipped {s['site']}: {s['reason']}", fg="yellow", err=True)
+    for r in res["tables"]["pooled"].itertuples(index=False):
+        typer.echo(
+            f"{r.split:<6} {r.features:<24} {r.model:<20} R2 {r.r2:.3f}  RMSE {r.rmse:.3f}  "
+            f"bias {r.bias:+.3f}"
+        )
     typer.echo(f"report: {out / 'report.md'}")
 
 
