@@ -224,3 +224,34 @@ def test_analysis_outputs_inherit_the_provenance_and_get_a_stac_item(made, tmp_p
     assert item["properties"]["start_datetime"] == f"{source['dates'][0]}T00:00:00Z"
     assert item["properties"]["proj:transform"] == source["spatial:transform"]
     assert "window" in item["properties"]["cube:dimensions"]
+
+
+def test_a_fused_store_records_every_sensor_and_its_bands(tmp_path):
+    from latentcube.bundle import default_model_path
+
+    model_file = default_model_path() / "model.pt"
+    emb = embed(tiny_cube(n_time=13, ny=16, nx=16), model_file)
+    store = write_embedding(emb, tmp_path / "f.zarr")
+    attrs = _attrs(store)
+    assert attrs["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert attrs["model_id"] == "default_model/model.pt"
+    assert (attrs["model_kind"], attrs["model_format"]) == ("fusion", "latentcube.fusion")
+    assert attrs["sensors"] == ["s2", "s1"]
+    assert attrs["bands"]["s1"] == ["VV", "VH"] and len(attrs["bands"]["s2"]) == 10
+    assert attrs["geoemb:dimensions"] == 7
+
+
+def test_a_zipped_store_gets_its_item_and_info_tells_it_from_a_zipped_cube(made, tmp_path):
+    zipped = write_embedding(embed(made["cube"], made["model"]), tmp_path / "e.zarr.zip")
+    item = json.loads(stac_item_path(zipped).read_text())
+    assert item["assets"]["data"] == {
+        "href": "./e.zarr.zip",
+        "type": "application/zip",
+        "title": "e.zarr.zip",
+        "roles": ["data"],
+    }
+    res = runner.invoke(app, ["info", str(zipped)])
+    assert res.exit_code == 0 and "embedding store" in res.output, res.output
+    cube_zip = write_zarr(made["cube"], tmp_path / "cube.zarr.zip")
+    res = runner.invoke(app, ["info", str(cube_zip)])
+    assert res.exit_code == 0 and "valid latentcube cube" in res.output, res.output

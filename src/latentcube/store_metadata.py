@@ -83,7 +83,8 @@ _ZARR_MEDIA_TYPE = "application/vnd+zarr"
 def model_attrs(
     model_path: str | os.PathLike[str] | None,
     model_sha256: str | None,
-    meta: Mapping[str, Any],
+    kind: str,
+    fmt: str,
     bands: Mapping[str, Sequence[str]],
     cube_attrs: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -95,8 +96,10 @@ def model_attrs(
         The model file (None for a model that was never saved).
     model_sha256
         SHA-256 (hex) of that file's bytes.
-    meta
-        The bundle's metadata (``format``, ...).
+    kind
+        The bundle's kind (``autoencoder`` or ``fusion``).
+    fmt
+        The bundle's checkpoint format (``latentcube.autoencoder``, ``latentcube.fusion``).
     bands
         Sensor -> the band order the model reads, the reference sensor first.
     cube_attrs
@@ -112,8 +115,6 @@ def model_attrs(
         ``source_collections`` (empty unless the cube was built from STAC),
         ``cube_source`` (the cube's own ``source``).
     """
-    fmt = str(meta.get("format", ""))
-    kind = "fusion" if fmt.endswith("fusion") or len(bands) > 1 else "autoencoder"
     if model_path is not None:
         p = Path(model_path)
         model_id = f"{p.parent.name}/{p.name}" if p.parent.name else p.name

@@ -241,7 +241,8 @@ def embed(
         layer = stacked[job.n_features + k]
         coords[name] = (LAYER_DIMS, layer.astype(dtype), job.layer_attrs[name])
     digest = file_digest(bundle.path) if bundle.path is not None else None
-    attrs = {**job.attrs, **model_attrs(bundle.path, digest, bundle.meta, bundle.bands, cube.attrs)}
+    about = model_attrs(bundle.path, digest, bundle.kind, bundle.format, bundle.bands, cube.attrs)
+    attrs = {**job.attrs, **about}
     out_da = xr.DataArray(
         stacked[: job.n_features], dims=DIMS, coords=coords, name=VARIABLE, attrs=attrs
     )
