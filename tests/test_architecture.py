@@ -28,6 +28,7 @@ FLOORS: list[tuple[int, tuple[str, ...]]] = [
             "sensors",
             "plotting",
             "embedding_store",
+            "store_metadata",
             "devices",
         ),
     ),

@@ -120,7 +120,11 @@ def test_overwrite_keeps_the_old_store_when_the_new_run_is_killed(slow_cube, tmp
                               "--no-progress", "--chunk", "16", "--time-chunk", "8"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert snapshot(out) != before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".e.zarr.lock", "e.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".e.zarr.lock",
+        "e.zarr",
+        "e.zarr.stac-item.json",
+    ]
 
 
 def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(slow_cube, tmp_path):

@@ -203,8 +203,9 @@ def to_geotiff(
     Returns
     -------
     list of pathlib.Path
-        The files written. Band descriptions name the features or dates; missing
-        values are NaN (the GeoTIFF nodata value).
+        The files written, always north-up (rows from north to south, a negative
+        pixel height, whatever the order of ``y`` in the input). Band descriptions
+        name the features or dates; missing values are NaN (the GeoTIFF nodata value).
     """
     from latentcube.errors import EmbeddingError
 
@@ -221,6 +222,8 @@ def to_geotiff(
     if times is not None:
         da = da.sel(time=list(times))
     da = da.drop_vars([c for c in da.coords if c not in da.dims])
+    if da.sizes["y"] > 1 and float(da["y"][0]) < float(da["y"][-1]):
+        da = da.isel(y=slice(None, None, -1))  # rows north to south: a north-up GeoTIFF
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dates = np.datetime_as_string(da["time"].values, unit="D")

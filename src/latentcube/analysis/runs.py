@@ -37,13 +37,23 @@ def _open(path: PathLike) -> xr.Dataset:
 
 
 def _write(result: xr.Dataset, source: PathLike, out: PathLike, overwrite: bool) -> Path:
-    """Write ``result`` as a store at ``out``, never over ``source``, locked while written."""
+    """Write ``result`` as a store at ``out``, never over ``source``, locked while written.
+
+    The result inherits the source store's provenance (model and hash, sensors,
+    bands, period: :data:`~latentcube.store_metadata.LINEAGE_KEYS`) and gets a STAC
+    Item beside it, as embedding stores do.
+    """
     from latentcube.io import check_output, locked, write_zarr
+    from latentcube.store_metadata import lineage_attrs, write_stac_item
 
     check_output(out, [source])
     result.attrs["source_store"] = str(source)
+    inherited = lineage_attrs(source)
+    result.attrs.update({k: v for k, v in inherited.items() if k not in result.attrs})
     with locked(out):
-        return write_zarr(result, out, overwrite=overwrite)
+        written = write_zarr(result, out, overwrite=overwrite)
+        write_stac_item(written)
+        return written
 
 
 def _checked_png(png: PathLike | None, source: PathLike, out: PathLike) -> None:

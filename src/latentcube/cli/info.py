@@ -12,9 +12,25 @@ from latentcube.cli._app import app
 
 @app.command()
 def info(
-    path: Annotated[Path, typer.Argument(help="A cube: Zarr store, sample folder or file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="A cube (Zarr store, sample folder or file) or an embedding store."),
+    ],
 ) -> None:
-    """Check a cube against the data model and describe it (dates, bands, grid, validity)."""
+    """Describe a cube or an embedding store.
+
+    A cube is checked against the data model (dates, bands, grid, validity); an
+    embedding store shows its provenance (model and hash, sensors, bands, dates,
+    version) and its STAC Item.
+    """
+    from latentcube.store_metadata import describe, is_embedding_store
+
+    if is_embedding_store(path):
+        lines = describe(path)  # an unfinished store is refused in one line
+        typer.echo(f"{path}: latentcube embedding store")
+        for line in lines:
+            typer.echo(f"  {line}")
+        return
     from latentcube.cube.readers import describe_cube, open_cube
 
     lines = describe_cube(open_cube(path))  # refused in one line before anything is printed

@@ -58,6 +58,7 @@ from latentcube.inference.tasks import (
     progress_dir,
     sensor_arrays,
 )
+from latentcube.store_metadata import model_attrs, store_attrs, write_stac_item
 
 __all__ = [
     "as_bundle",
@@ -239,8 +240,11 @@ def embed(
     for k, (name, dtype) in enumerate(job.layers.items()):
         layer = stacked[job.n_features + k]
         coords[name] = (LAYER_DIMS, layer.astype(dtype), job.layer_attrs[name])
+    digest = file_digest(bundle.path) if bundle.path is not None else None
+    about = model_attrs(bundle.path, digest, bundle.kind, bundle.format, bundle.bands, cube.attrs)
+    attrs = {**job.attrs, **about}
     out_da = xr.DataArray(
-        stacked[: job.n_features], dims=DIMS, coords=coords, name=VARIABLE, attrs=job.attrs
+        stacked[: job.n_features], dims=DIMS, coords=coords, name=VARIABLE, attrs=attrs
     )
     return out_da.rio.write_crs(cube.rio.crs)
 
@@ -289,11 +293,17 @@ def write_embedding(
 
     ds = embedding_dataset(emb)
     enc = store_encoding(ds, dtype, chunk_xy)
-    ds = ds.assign_attrs({**dict(attrs or {}), COMPLETE_ATTR: bool(compute)})
+    ds = ds.assign_attrs(
+        {**store_attrs(ds, dtype), **dict(attrs or {}), COMPLETE_ATTR: bool(compute)}
+    )
     if not compute or not ds[VARIABLE].chunks:
-        return write_zarr(ds, path, overwrite=overwrite, encoding=enc, compute=compute)
-    with _BlockProgress(_n_blocks(ds), progress):
-        return write_zarr(ds, path, overwrite=overwrite, encoding=enc)
+        written = write_zarr(ds, path, overwrite=overwrite, encoding=enc, compute=compute)
+    else:
+        with _BlockProgress(_n_blocks(ds), progress):
+            written = write_zarr(ds, path, overwrite=overwrite, encoding=enc)
+    if compute:
+        write_stac_item(written)
+    return written
 
 
 # --------------------------------------------------------------------------------------
@@ -508,6 +518,7 @@ def embed_to_zarr(
         shutil.rmtree(progress_dir(target))
         if target != out:
             replace_path(target, out)
+        write_stac_item(out)
     return out
 
 
