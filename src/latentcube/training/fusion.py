@@ -32,6 +32,7 @@ import xarray as xr
 from latentcube.bundle import FUSION_FORMAT, ModelBundle
 from latentcube.data.batch import SensorBatch
 from latentcube.data.multisensor import FusionWindows
+from latentcube.devices import check_precision
 from latentcube.errors import ModelError
 from latentcube.io import check_output
 from latentcube.models.autoencoder import ContextAutoencoder
@@ -50,7 +51,7 @@ from latentcube.training.config import (
     read_recipe,
     train_config,
 )
-from latentcube.training.distributed import all_reduce_sums, rank_and_size
+from latentcube.training.distributed import all_reduce_sums, process_device, rank_and_size
 from latentcube.training.feed import to_device
 from latentcube.training.loop import Task, TrainResult, fit
 from latentcube.training.sources import expand_cubes, use_streaming
@@ -516,6 +517,7 @@ def fit_fusion(
         base_cfg = fusion_train_config(preset)
     updates = {**({"seed": seed} if seed is not None else {}), **dict(train or {})}
     cfg = train_config(base_cfg, sections, updates)
+    check_precision(precision, process_device(device))  # before anything is read
     cubes, _ = expand_cubes(cubes)
     if use_streaming(data, False):
         raise ModelError(

@@ -658,6 +658,7 @@ class _Run:
             "train_config": self.cfg.model_dump(mode="json"),
             **self.task.checkpoint_extra(),
             "processes": self.world,
+            "backend": str(torch.distributed.get_backend()) if self.world > 1 else None,
             "device": str(self.device),
             "precision": self.precision,
             "data_loader": {

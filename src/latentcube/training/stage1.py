@@ -27,6 +27,7 @@ import xarray as xr
 from latentcube.bundle import FORMAT
 from latentcube.data.source import WindowSource
 from latentcube.data.windows import Windows, hide_entries
+from latentcube.devices import check_precision
 from latentcube.io import check_output
 from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
@@ -34,7 +35,7 @@ from latentcube.models.losses import ContextLoss, centre_abs_error
 from latentcube.models.whitening import fit_on_outputs
 from latentcube.sensors import SENSORS
 from latentcube.training.config import TrainConfig, read_recipe, train_config, train_config_preset
-from latentcube.training.distributed import all_reduce_sums, rank_and_size
+from latentcube.training.distributed import all_reduce_sums, process_device, rank_and_size
 from latentcube.training.loop import Task, TrainResult, fit
 from latentcube.training.sources import expand_cubes, stream_split, use_streaming
 
@@ -394,6 +395,7 @@ def fit_autoencoder(
     """
     mcfg, sections = model_config(config, sensor, variant=variant, model=model)
     tcfg = train_config(train_config_preset(preset), sections, {"seed": seed, **dict(train or {})})
+    check_precision(precision, process_device(device))  # before anything is read
     cubes, from_manifest = expand_cubes(cubes)
     paths = [c for c in cubes if not isinstance(c, xr.Dataset)]
     check_output(out, paths)
