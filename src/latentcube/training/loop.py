@@ -34,9 +34,9 @@ run's identity: a run may resume on another device or in another precision.
 
 Data: the epoch's batches are read by :mod:`latentcube.training.feed`, in this
 process or in ``DataLoader`` workers (the same steps either way); the time the
-loop is blocked on its data is measured per epoch (``data_seconds`` and the
-fraction ``data_wait`` of the training time, in ``metrics.csv`` and the
-progress line).
+loop is blocked on its data is measured per epoch (``data_seconds`` of the
+``train_seconds`` of its steps, and their fraction ``data_wait``, in
+``metrics.csv`` and the progress line).
 
 Data-parallel training on several processes (DDP: nccl on GPUs, gloo
 otherwise): see :mod:`latentcube.training.distributed`.
@@ -86,9 +86,10 @@ __all__ = ["Task", "TrainResult", "fit"]
 
 #: The files a run writes into its folder (besides ``.json`` sidecars of the models).
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
-#: Columns the loop adds to every task's ``metrics.csv``: seconds blocked on the data
-#: loader in the epoch, and their fraction of the epoch's training time.
-LOOP_FIELDS = ("data_seconds", "data_wait")
+#: Columns the loop adds to every task's ``metrics.csv``: seconds of training steps in
+#: the epoch (validation excluded), seconds blocked on the data loader among them, and
+#: their fraction (means over the processes).
+LOOP_FIELDS = ("train_seconds", "data_seconds", "data_wait")
 
 
 class Samples(Protocol):
@@ -630,7 +631,11 @@ class _Run:
             state["cpu_seconds"] = time.process_time() - start_cpu
             row = _epoch_row(state, lr, sums, seen, val)
             # means over the processes: seconds blocked on data, and their share of the epoch
-            row.update(data_seconds=round(waited / world, 3), data_wait=round(waited / busy, 4))
+            row.update(
+                train_seconds=round(busy / world, 3),
+                data_seconds=round(waited / world, 3),
+                data_wait=round(waited / max(busy, 1e-9), 4),
+            )
             self.rows.append(row)
             rngs = all_gather_objects(torch.get_rng_state())
             cuda_rngs = all_gather_objects(
