@@ -20,7 +20,7 @@ Without a CUDA GPU it says so ("no CUDA GPU: GPU figures not measured") and stil
 prints the CPU figures. Nothing is downloaded: the cubes are copies of the sample
 cube made by ``bench_streaming.make_cubes``.
 
-    PYTHONPATH=src python benchmarks/bench_gpu.py --device auto --seconds 240 \\
+    PYTHONPATH=src python benchmarks/bench_gpu.py --device auto --seconds 180 \\
         --out gpu.json
 """
 
@@ -172,7 +172,7 @@ def embed_section(args: argparse.Namespace) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seconds", type=float, default=240.0, help="training time, all runs")
+    parser.add_argument("--seconds", type=float, default=180.0, help="training time, all runs")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     parser.add_argument("--cubes", type=int, default=8, help="copies of the sample cube")
     parser.add_argument("--batch", type=int, default=None, help="default: 256 on CUDA, 64 else")

@@ -218,3 +218,25 @@ def test_streamed_training_from_stores_and_a_manifest(stores, tmp_path):
     assert meta["provenance"]["cubes"] == [str(p) for p in stores]
     assert meta["data_loader"]["source"] == "StreamingWindows"
     assert float(_rows(res.metrics_csv)[0]["train_loss"]) == float(a[0]["train_loss"])
+
+
+@pytest.mark.slow
+def test_streamed_training_on_two_processes_equals_one(stores, tmp_path):
+    """DDP over streamed windows: each process reads its own shard of every global batch
+    (through a loader worker), and two processes train as one does."""
+    common = {"train": {**TINY_TRAIN, "max_epochs": 2}, "progress": False, "device": "cpu"}
+    one = fit_autoencoder(stores, "tiny", tmp_path / "one", data="stream", workers=0, **common)
+    two = fit_autoencoder(stores, "tiny", tmp_path / "two", data="stream", workers=1, nproc=2,
+                          **common)  # fmt: skip
+    assert two.steps == one.steps > 0 and two.epochs == one.epochs == 2
+    for ra, rb in zip(_rows(one.metrics_csv), _rows(two.metrics_csv), strict=True):
+        for k in ("train_loss", "val_loss", "val_centre_mae"):
+            assert float(rb[k]) == pytest.approx(float(ra[k]), rel=2e-4), (k, ra, rb)
+    b1, b2 = ModelBundle.load(one.last), ModelBundle.load(two.last)
+    assert (b2.meta["processes"], b2.meta["backend"]) == (2, "gloo")
+    d = b1.model.config.d_model
+    for (k, p1), p2 in zip(b1.model.state_dict().items(), b2.model.state_dict().values(),
+                           strict=True):  # fmt: skip
+        if k.endswith("in_proj_bias"):  # the key bias: zero gradient, Adam steps on noise
+            p1, p2 = torch.cat([p1[:d], p1[2 * d :]]), torch.cat([p2[:d], p2[2 * d :]])
+        torch.testing.assert_close(p2, p1, rtol=1e-3, atol=2e-5, msg=k)

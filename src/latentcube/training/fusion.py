@@ -506,6 +506,10 @@ def fit_fusion(
     OutputError
         ``out`` is, is inside or contains an input (cube, checkpoint, base
         bundle), or cannot be written, before anything is read.
+    DeviceError
+        ``device`` or ``precision`` is not available here, before anything is read.
+    ModelError
+        ``data="stream"`` (fusion trains in memory).
     """
     sections: dict[str, Any] = {}
     if isinstance(config, TrainConfig):

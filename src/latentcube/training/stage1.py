@@ -392,6 +392,11 @@ def fit_autoencoder(
     OutputError
         ``out`` is, is inside or contains an input cube, or cannot be written,
         before anything is read.
+    DeviceError
+        ``device`` or ``precision`` is not available here, before anything is read.
+    CubeError
+        Streamed windows asked for from fewer than two stores or from inputs that
+        are not Zarr stores; a manifest without a built site.
     """
     mcfg, sections = model_config(config, sensor, variant=variant, model=model)
     tcfg = train_config(train_config_preset(preset), sections, {"seed": seed, **dict(train or {})})
