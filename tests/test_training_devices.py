@@ -224,7 +224,9 @@ def test_streamed_training_from_stores_and_a_manifest(stores, tmp_path):
 def test_streamed_training_on_two_processes_equals_one(stores, tmp_path):
     """DDP over streamed windows: each process reads its own shard of every global batch
     (through a loader worker), and two processes train as one does."""
-    common = {"train": {**TINY_TRAIN, "max_epochs": 2}, "progress": False, "device": "cpu"}
+    # batches of 12: the last of each epoch is split unequally between the processes
+    train = {**TINY_TRAIN, "max_epochs": 2, "batch_size": 12}
+    common = {"train": train, "progress": False, "device": "cpu"}
     one = fit_autoencoder(stores, "tiny", tmp_path / "one", data="stream", workers=0, **common)
     two = fit_autoencoder(stores, "tiny", tmp_path / "two", data="stream", workers=1, nproc=2,
                           **common)  # fmt: skip
@@ -240,3 +242,11 @@ def test_streamed_training_on_two_processes_equals_one(stores, tmp_path):
         if k.endswith("in_proj_bias"):  # the key bias: zero gradient, Adam steps on noise
             p1, p2 = torch.cat([p1[:d], p1[2 * d :]]), torch.cat([p2[:d], p2[2 * d :]])
         torch.testing.assert_close(p2, p1, rtol=1e-3, atol=2e-5, msg=k)
+
+
+def test_a_last_batch_smaller_than_the_group_is_left_out():
+    kw = {"batch_size": 8, "seed": 0, "epoch": 0, "world": 2}
+    for rank in (0, 1):  # 17 windows: two batches of 8, then one window for two processes
+        got = list(steps(StepStream(_Source(17), _Read(), rank=rank, **kw)))
+        assert [s.start for s in got] == [0, 8] and all(len(s.shard) == 4 for s in got)
+    assert len(list(steps(StepStream(_Source(17), _Read(), batch_size=8, seed=0, epoch=0)))) == 3

@@ -104,7 +104,9 @@ class StepStream(torch.utils.data.IterableDataset[Step]):
     seed, epoch
         The order is a function of these only.
     rank, world
-        This process and the number of processes.
+        This process and the number of processes. A last global batch of fewer
+        windows than processes is left out (in every process alike: DDP needs
+        a sample in each).
     """
 
     def __init__(
@@ -132,6 +134,8 @@ class StepStream(torch.utils.data.IterableDataset[Step]):
         b = self.batch_size
         for k in range(worker, len(self), workers):
             batch = order[k * b : (k + 1) * b]
+            if len(batch) < self.world:  # a last batch that cannot give every process a window
+                continue
             positions = shard(np.arange(len(batch)), self.rank, self.world)
             yield Step(k * b, batch, positions, self.read(batch[positions]))
 
