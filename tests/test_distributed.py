@@ -63,7 +63,8 @@ def test_two_processes_equal_one_process(tmp_path):
 @pytest.mark.slow
 def test_torchrun_launch_equals_one_process(tmp_path):
     """``torchrun ... -m latentcube train``: each process joins the group from the
-    environment (``init_from_env``) and the two-process run equals a one-process run."""
+    environment (``init_from_env``, gloo on CPU) and the two-process run equals a
+    one-process run, metrics and weights."""
     import os
     import subprocess
     import sys
@@ -75,7 +76,7 @@ def test_torchrun_launch_equals_one_process(tmp_path):
     path = write_zarr(cube, tmp_path / "cube.zarr")
     (tmp_path / "cfg.yaml").write_text("train:\n  batch_size: 16\n  lr: 0.003\n  num_threads: 1\n")
     args = ["train", str(path), "--model", "tiny", "--max-epochs", "2", "--no-progress",
-            "--config", str(tmp_path / "cfg.yaml")]  # fmt: skip
+            "--config", str(tmp_path / "cfg.yaml"), "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = {
         "one": [sys.executable, "-m", "latentcube", *args],
@@ -92,9 +93,19 @@ def test_torchrun_launch_equals_one_process(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         for k in ("train_loss", "val_loss", "val_centre_mae"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=2e-4), (k, ra, rb)
-    meta1 = ModelBundle.load(tmp_path / "one" / "last.pt").meta
-    meta2 = ModelBundle.load(tmp_path / "two" / "last.pt").meta
+    b1 = ModelBundle.load(tmp_path / "one" / "last.pt")
+    b2 = ModelBundle.load(tmp_path / "two" / "last.pt")
+    meta1, meta2 = b1.meta, b2.meta
     assert meta1["processes"] == 1 and meta2["processes"] == 2
+    assert meta2["backend"] == "gloo" and meta2["device"] == meta1["device"] == "cpu"
+    # the same weights as the one-process run (the tolerance of the in-process test above)
+    d = b1.model.config.d_model
+    for (k, p1), p2 in zip(
+        b1.model.state_dict().items(), b2.model.state_dict().values(), strict=True
+    ):
+        if k.endswith("in_proj_bias"):  # the key bias: zero gradient, Adam steps on noise
+            p1, p2 = torch.cat([p1[:d], p1[2 * d :]]), torch.cat([p2[:d], p2[2 * d :]])
+        torch.testing.assert_close(p2, p1, rtol=1e-3, atol=2e-5, msg=k)
 
 
 @pytest.mark.slow

@@ -12,7 +12,10 @@ from latentcube.cli._app import app, fail, positive
 # Options, one line each in the commands below.
 Cubes = Annotated[
     list[Path] | None,
-    typer.Argument(help="Cubes to train on (Zarr stores, sample folders, files)."),
+    typer.Argument(
+        help="Cubes to train on (Zarr stores, sample folders, files), or output folders of "
+        "'latentcube cube --sites' (their manifest's stores)."
+    ),
 ]
 CubesOpt = Annotated[
     list[Path] | None,
@@ -38,7 +41,34 @@ MaxCpu = Annotated[
     float | None, typer.Option(help="Stop after this much CPU time of the process (fair budget).")
 ]
 MaxEpochs = Annotated[int | None, typer.Option(help="Stop after this many epochs.")]
-Nproc = Annotated[int, typer.Option(help="Data-parallel training processes (DDP, gloo on CPU).")]
+Nproc = Annotated[
+    int, typer.Option(help="Data-parallel training processes (DDP: nccl on GPUs, gloo on CPU).")
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        help="Device: 'auto' (a CUDA GPU, else MPS, else the CPU), 'cpu', 'cuda', 'cuda:N' or "
+        "'mps'. Under torchrun or --nproc every process uses cuda:LOCAL_RANK."
+    ),
+]
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="Training precision: '32', 'bf16' (autocast; CPU and recent GPUs) or '16-mixed' "
+        "(fp16 autocast with loss scaling; CUDA only)."
+    ),
+]
+DataMode = Annotated[
+    str,
+    typer.Option(
+        help="Windows: 'memory' (load the cubes), 'stream' (read each batch from the Zarr "
+        "stores; two or more) or 'auto' (stream when a 'cube --sites' folder is given)."
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(help="DataLoader workers reading batches ahead (default: 2 streaming, else 0)."),
+]
 HideCentre = Annotated[
     float,
     typer.Option(help="Gap filling: probability of hiding the centre pixel-date from the input."),
@@ -129,6 +159,10 @@ def train(
     max_cpu_seconds: MaxCpu = None,
     max_epochs: MaxEpochs = None,
     nproc: Nproc = 1,
+    device: Device = "auto",
+    precision: Precision = "32",
+    data: DataMode = "auto",
+    workers: Workers = None,
     hide_centre: HideCentre = 0.0,
     hide_other: HideOther = 0.0,
     seed: Seed = 42,
@@ -151,13 +185,18 @@ def train(
     cube). Checkpoints (best.pt, last.pt, each with a .json of its configuration)
     and metrics.csv go to OUT; a killed run continues where it stopped; OUT is
     locked while a run writes it. With --stage fusion, best.pt is a bundle of every
-    sensor's model and the fusion layers that 'latentcube embed' reads.
+    sensor's model and the fusion layers that 'latentcube embed' reads. Many cubes
+    (a 'latentcube cube --sites' folder) are streamed from their stores. Runs on
+    --device with --precision; torchrun --nproc-per-node N -m latentcube train ...
+    trains data-parallel on N GPUs (nccl) or N CPU processes (gloo).
     Example: latentcube train --sensor s2 --model fast --cubes a.zarr --cubes b.zarr -o m
     """
     from latentcube.sensors import load_sensor_config
     from latentcube.training import fit_autoencoder, fit_fusion
 
     positive(nproc, "--nproc")
+    if workers is not None and workers < 0:
+        fail(f"--workers must be 0 or more, got {workers}")
     for sc in sensor_config or []:
         load_sensor_config(sc)
     paths = _cubes(cubes, cubes_opt)
@@ -165,12 +204,14 @@ def train(
     over = {k: v for k, v in {**limits, "max_epochs": max_epochs}.items() if v is not None}
     spec, variant = _model_spec(model, config)
     common: dict[str, Any] = dict(nproc=nproc, resume=resume, overwrite=overwrite, seed=seed)
+    common.update(device=device, precision=precision, data=data)
     common.update(preset=preset, train=over, progress=progress)
     if stage == "fusion":
         pairs = _autoencoders(autoencoder or [])
         result = fit_fusion(
             paths, pairs, out, config=spec or variant, base=base, mode=fusion_mode,
-            sensor_dropout=sensor_dropout, objective=fusion_objective, **common,
+            sensor_dropout=sensor_dropout, objective=fusion_objective, workers=workers or 0,
+            **common,
         )  # fmt: skip
         _report(result, "(mean over sensors) ", "model bundle")
         return
@@ -178,8 +219,9 @@ def train(
         over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
     chosen = bands if bands in ("auto", "preset") else [b.strip() for b in bands.split(",")]
     result = fit_autoencoder(
-        paths, spec, out, sensor=sensor, variant=variant, bands=chosen, log=typer.echo, **common
-    )
+        paths, spec, out, sensor=sensor, variant=variant, bands=chosen, log=typer.echo,
+        workers=workers, **common,
+    )  # fmt: skip
     _report(result, "", "model")
 
 
@@ -193,7 +235,9 @@ def _cubes(cubes: list[Path] | None, more: list[Path] | None) -> list[Path]:
 def _report(result: Any, what: str, label: str) -> None:
     typer.echo(
         f"best validation centre-pixel MAE {what}{result.best_val:.4f} after {result.epochs} "
-        f"epochs ({result.stopped}, {result.seconds:.0f} s); {label}: {result.checkpoint}"
+        f"epochs ({result.stopped}, {result.seconds:.0f} s, {result.device}, precision "
+        f"{result.precision}, data wait {100 * result.data_wait:.0f}%); {label}: "
+        f"{result.checkpoint}"
     )
 
 

@@ -22,7 +22,7 @@ dropout off) several processes train as one does.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -32,6 +32,7 @@ import xarray as xr
 from latentcube.bundle import FUSION_FORMAT, ModelBundle
 from latentcube.data.batch import SensorBatch
 from latentcube.data.multisensor import FusionWindows
+from latentcube.devices import check_precision
 from latentcube.errors import ModelError
 from latentcube.io import check_output
 from latentcube.models.autoencoder import ContextAutoencoder
@@ -50,8 +51,10 @@ from latentcube.training.config import (
     read_recipe,
     train_config,
 )
-from latentcube.training.distributed import all_reduce_sums, rank_and_size
+from latentcube.training.distributed import all_reduce_sums, process_device, rank_and_size
+from latentcube.training.feed import to_device
 from latentcube.training.loop import Task, TrainResult, fit
+from latentcube.training.sources import expand_cubes, use_streaming
 
 __all__ = [
     "FusionTask",
@@ -64,6 +67,27 @@ __all__ = [
 ]
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _on(idx: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+    """Window indices as a tensor on the device of ``values`` (to index it)."""
+    return torch.as_tensor(np.asarray(idx), device=values.device)
+
+
+class _Centres:
+    """``read(idx)``: the cached centre batches of windows ``idx`` (for loader workers)."""
+
+    def __init__(self, centres: Mapping[str, SensorBatch]) -> None:
+        self.centres = dict(centres)
+
+    def __call__(self, idx: np.ndarray) -> dict[str, SensorBatch]:
+        """Every sensor's centre batch of windows ``idx``."""
+        return {s: v.take(idx) for s, v in self.centres.items()}
+
+
 @torch.no_grad()
 def fusion_latents(
     model: FusionModel, windows: FusionWindows, sensors: tuple[str, ...], batch_size: int = 512
@@ -71,9 +95,10 @@ def fusion_latents(
     """Stage-1 latents (N, latent_dim) of ``sensors`` for every window (eval mode)."""
     was = model.training
     model.eval()
+    device = _device_of(model)
     out: dict[str, list[torch.Tensor]] = {s: [] for s in sensors}
     for i in range(0, len(windows), batch_size):
-        b = windows.tensors(np.arange(i, min(i + batch_size, len(windows))))
+        b = to_device(windows.tensors(np.arange(i, min(i + batch_size, len(windows)))), device)
         for s in sensors:
             out[s].append(model.encode_sensor(s, b[s]))
     model.train(was)
@@ -121,7 +146,7 @@ def fit_fusion_whitening(
     model.eval()
 
     def embeddings(idx: np.ndarray) -> torch.Tensor:
-        e = model(windows.tensors(idx), decode=False).embedding
+        e = model(to_device(windows.tensors(idx), _device_of(model)), decode=False).embedding
         return e[torch.isfinite(e).all(dim=1)]
 
     fit_on_outputs(
@@ -169,6 +194,7 @@ def evaluate_fusion(
         ``val_centre_mae_<sensor>``.
     """
     model.eval()
+    device = _device_of(model)
     sensors = model.sensors
     rank, size = rank_and_size()
     mine = np.array_split(np.arange(len(windows)), size)[rank]
@@ -176,11 +202,12 @@ def evaluate_fusion(
     err = {s: [0.0, 0] for s in sensors}
     for i in range(0, len(mine), batch_size):
         idx = mine[i : i + batch_size]
-        b = windows.tensors(idx)
+        b = to_device(windows.tensors(idx), device)
         vis = None
         if visible is not None:
-            vis = torch.tensor([visible.get(s, True) for s in sensors]).expand(len(idx), -1)
-        lat = {s: v[idx] for s, v in latents.items()} if latents else None
+            vis = torch.tensor([visible.get(s, True) for s in sensors], device=device)
+            vis = vis.expand(len(idx), -1)
+        lat = {s: v[_on(idx, v)] for s, v in latents.items()} if latents else None
         out = model(b, visible=vis, latents=lat)
         loss, _ = loss_fn(out, b)
         tot += float(loss) * len(idx)
@@ -362,9 +389,16 @@ class FusionTask(Task):
             self._centre_tr = fusion_centre_batches(self.train_windows)
         self._present = torch.from_numpy(self.train_windows.centre_valid(fcfg.sensors))
 
+    def batch_reader(self) -> Callable[[np.ndarray], Any]:
+        """Every sensor's windows, or only their centres when a step needs no more."""
+        if self._centre_tr:
+            return _Centres(self._centre_tr)
+        return self.train_windows.tensors
+
     def training_step(
         self,
         net: torch.nn.Module,
+        data: Any,
         batch: np.ndarray,
         shard: np.ndarray,
         *,
@@ -374,14 +408,12 @@ class FusionTask(Task):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Embed and reconstruct the shard's windows under sensor dropout."""
         idx = batch[shard]
-        if self._centre_tr:
-            b = {s: v.take(idx) for s, v in self._centre_tr.items()}
-        else:
-            b = self.train_windows.tensors(idx)
-        # drawn for the global batch, so every process draws the same
+        b: dict[str, SensorBatch] = data
+        # drawn for the global batch (on the CPU), so every process draws the same
         visible = drop_sensors(self._present[batch], self.model.config.sensor_dropout)
-        lat = {s: v[idx] for s, v in self._cached_tr.items()} or None
-        out = net(b, visible=visible[torch.from_numpy(shard)], latents=lat)
+        visible = visible[torch.from_numpy(shard)].to(self.device)
+        lat = {s: v[_on(idx, v)] for s, v in self._cached_tr.items()} or None
+        out = net(b, visible=visible, latents=lat)
         loss, parts = self.loss_fn(out, b)
         return loss, {"loss": loss, **{k: parts[k] for k in self.train_keys()[1:]}}
 
@@ -421,6 +453,10 @@ def fit_fusion(
     objective: str = "context",
     loss_weights: Mapping[str, float] | None = None,
     nproc: int = 1,
+    device: str | torch.device | None = "auto",
+    precision: str = "32",
+    data: str = "auto",
+    workers: int = 0,
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -456,8 +492,12 @@ def fit_fusion(
         ``"frozen"`` or ``"finetune"`` (see :class:`FusionConfig`).
     sensor_dropout, objective, loss_weights
         See :class:`FusionConfig`.
-    nproc, resume, overwrite, progress
+    nproc, device, precision, workers, resume, overwrite, progress
         See :func:`~latentcube.training.loop.fit`.
+    data
+        ``"memory"`` or ``"auto"``: fusion reads its windows from the cubes
+        loaded in memory (a manifest's stores too); ``"stream"`` is refused, as
+        the streamed windows hold one sensor.
     provenance
         Metadata stored in the bundles (the cube paths, autoencoders and base are added).
 
@@ -466,6 +506,10 @@ def fit_fusion(
     OutputError
         ``out`` is, is inside or contains an input (cube, checkpoint, base
         bundle), or cannot be written, before anything is read.
+    DeviceError
+        ``device`` or ``precision`` is not available here, before anything is read.
+    ModelError
+        ``data="stream"`` (fusion trains in memory).
     """
     sections: dict[str, Any] = {}
     if isinstance(config, TrainConfig):
@@ -477,6 +521,13 @@ def fit_fusion(
         base_cfg = fusion_train_config(preset)
     updates = {**({"seed": seed} if seed is not None else {}), **dict(train or {})}
     cfg = train_config(base_cfg, sections, updates)
+    check_precision(precision, process_device(device))  # before anything is read
+    cubes, _ = expand_cubes(cubes)
+    if use_streaming(data, False):
+        raise ModelError(
+            "fusion trains from cubes in memory (streamed windows hold one sensor); "
+            "use --data memory or auto"
+        )
     paths = [c for c in cubes if not isinstance(c, xr.Dataset)]
     check_output(out, [*paths, *autoencoders.values(), base])
     from latentcube.cube.readers import open_cube
@@ -508,6 +559,9 @@ def fit_fusion(
         cfg,
         out,
         nproc=nproc,
+        device=device,
+        precision=precision,
+        workers=workers,
         resume=resume,
         overwrite=overwrite,
         progress=progress,

@@ -24,8 +24,22 @@ unless ``overwrite``. Nothing is deleted when a run starts: the new run's files
 replace the old ones only once the first epoch is complete, each file
 atomically.
 
-Data-parallel training on several processes (DDP, gloo): see
-:mod:`latentcube.training.distributed`.
+Devices and precision: the model and every batch live on ``device`` (CPU, a
+CUDA GPU, MPS); the training forward runs under
+:func:`latentcube.devices.autocast` (``"bf16"``, or ``"16-mixed"`` with the
+gradient scaler of :func:`latentcube.devices.grad_scaler`); checkpoints are
+written from CPU tensors and read with ``map_location="cpu"``, so a model trained
+on a GPU resumes, embeds and evaluates on a CPU unchanged. Neither is part of a
+run's identity: a run may resume on another device or in another precision.
+
+Data: the epoch's batches are read by :mod:`latentcube.training.feed`, in this
+process or in ``DataLoader`` workers (the same steps either way); the time the
+loop is blocked on its data is measured per epoch (``data_seconds`` of the
+``train_seconds`` of its steps, and their fraction ``data_wait``, in
+``metrics.csv`` and the progress line).
+
+Data-parallel training on several processes (DDP: nccl on GPUs, gloo
+otherwise): see :mod:`latentcube.training.distributed`.
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ import random
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,17 +62,21 @@ import torch
 
 from latentcube.bundle import ModelBundle, read_checkpoint
 from latentcube.data.windows import array_digest
+from latentcube.devices import DeviceError, autocast, check_precision, grad_scaler, resolve_device
 from latentcube.errors import ModelError, OutputError
 from latentcube.io import check_writable, locked
+from latentcube.training import feed
 from latentcube.training.config import BUDGET_FIELDS, TrainConfig
 from latentcube.training.distributed import (
     all_gather_objects,
     all_reduce_sums,
     init_from_env,
+    process_device,
     rank_and_size,
     settle_group,
     spawn,
 )
+from latentcube.training.schedule import after_epoch, over_budget, set_lr
 
 if TYPE_CHECKING:
     from latentcube.models.autoencoder import ContextAutoencoder
@@ -68,16 +86,16 @@ __all__ = ["Task", "TrainResult", "fit"]
 
 #: The files a run writes into its folder (besides ``.json`` sidecars of the models).
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
+#: Columns the loop adds to every task's ``metrics.csv``: seconds of training steps in
+#: the epoch (validation excluded), seconds blocked on the data loader among them, and
+#: their fraction (means over the processes).
+LOOP_FIELDS = ("train_seconds", "data_seconds", "data_wait")
 
 
 class Samples(Protocol):
-    """Samples of a task: a number of windows over arrays."""
+    """Samples of a task: a number of windows (over arrays in memory, or streamed)."""
 
     def __len__(self) -> int: ...
-
-    def arrays(self) -> list[np.ndarray]:
-        """Every array the samples read."""
-        ...
 
 
 class Task(ABC):
@@ -103,6 +121,9 @@ class Task(ABC):
     train_windows: Samples
     val_windows: Samples
 
+    #: The device the loop trains on (set by the loop before :meth:`setup`).
+    device: torch.device = torch.device("cpu")
+
     @property
     def n_train(self) -> int:
         """Number of training samples (windows)."""
@@ -118,8 +139,24 @@ class Task(ABC):
         """What makes two runs different besides the optimisation settings (JSON types)."""
 
     def data_digest(self) -> str:
-        """A content hash of every array the task reads (training and validation)."""
-        return array_digest([*self.train_windows.arrays(), *self.val_windows.arrays()])
+        """A content hash of every array the task reads (training and validation).
+
+        Windows streamed from stores (no ``arrays``) are identified by their
+        index: each store's fingerprint (metadata, sizes and times of the
+        validity and time files) and every window's cube, dates and position.
+        """
+        return array_digest(
+            [*feed.source_arrays(self.train_windows), *feed.source_arrays(self.val_windows)]
+        )
+
+    def batch_reader(self) -> Callable[[np.ndarray], Any]:
+        """``read(indices)``: a training step's data of those windows, as CPU tensors.
+
+        Called once per epoch after :meth:`prepare`; the result is sent to the
+        loader workers, so it must be picklable and must not hold the model
+        (default: ``train_windows.batch`` as tensors).
+        """
+        return feed.TensorBatches(self.train_windows)
 
     @abstractmethod
     def setup(self, config: TrainConfig, rank: int, world: int) -> None:
@@ -140,6 +177,7 @@ class Task(ABC):
     def training_step(
         self,
         net: torch.nn.Module,
+        data: Any,
         batch: np.ndarray,
         shard: np.ndarray,
         *,
@@ -149,10 +187,14 @@ class Task(ABC):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of this process's shard of one global batch, and the terms to log.
 
+        Runs under the loop's autocast; the loop does the backward pass.
+
         Parameters
         ----------
         net
-            The model to call (wrapped by DDP in a process group).
+            The model to call (wrapped by DDP in a process group), on :attr:`device`.
+        data
+            What :meth:`batch_reader` returned for ``batch[shard]``, on :attr:`device`.
         batch
             Indices of the global batch's samples.
         shard
@@ -200,6 +242,9 @@ class TrainResult:
     stopped: str
     n_train: int = 0
     n_val: int = 0
+    device: str = "cpu"
+    precision: str = "32"
+    data_wait: float = float("nan")
 
 
 def fit(
@@ -208,6 +253,9 @@ def fit(
     out: str | os.PathLike[str] = "model",
     *,
     nproc: int = 1,
+    device: str | torch.device | None = "auto",
+    precision: str = "32",
+    workers: int = 0,
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -231,6 +279,18 @@ def fit(
         With ``nproc > 1`` the task is pickled to every process and the model
         in memory is not trained: read it from the result's checkpoint. A
         process group set up by a launcher (``torchrun``) is joined instead.
+    device
+        ``"auto"`` (a CUDA GPU, else MPS, else the CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"`` (:func:`latentcube.devices.resolve_device`); in
+        a process group every process takes ``cuda:LOCAL_RANK`` and the group
+        uses nccl (gloo off CUDA).
+    precision
+        ``"32"``, ``"bf16"`` (autocast) or ``"16-mixed"`` (fp16 autocast with a
+        gradient scaler; CUDA only) for the training forward; validation runs
+        in float32.
+    workers
+        ``DataLoader`` worker processes that read the batches ahead (0: read in
+        this process). The steps are the same for any number.
     resume
         Continue from ``out/last.pt`` when it belongs to the same model,
         configuration and data; otherwise start afresh.
@@ -253,26 +313,42 @@ def fit(
     ModelError
         Empty training or validation windows; ``last.pt`` of another model,
         configuration or data, or unreadable (without ``overwrite``).
+    DeviceError
+        The device or the precision is not available here (before anything
+        is read or written).
     OutputError
         ``out`` in use by another run, not writable, or holding another run's
         files (without ``overwrite``).
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    kwargs = {
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    kwargs: dict[str, Any] = {
         "resume": resume,
         "overwrite": overwrite,
         "progress": progress,
         "provenance": provenance,
+        "workers": workers,
+        "precision": precision,
     }
     if nproc > 1:
         if rank_and_size()[1] > 1:
             raise ValueError("nproc > 1 inside a process group: the launcher sets the processes")
-        result: TrainResult = spawn(nproc, fit, task, config, out, **kwargs)
+        first = resolve_device(device)  # a device or precision error before any process starts
+        check_precision(precision, first)
+        if first.type == "cuda" and torch.cuda.device_count() < nproc:
+            raise DeviceError(
+                f"{nproc} processes need {nproc} CUDA GPUs, {torch.cuda.device_count()} visible"
+            )
+        spec = str(device) if isinstance(device, torch.device) else device
+        result: TrainResult = spawn(nproc, fit, task, config, out, device=spec, **kwargs)
         return result
-    own_group = init_from_env()
+    dev = process_device(device)
+    check_precision(precision, dev)
+    own_group = init_from_env(dev)
     try:
-        result = _Run(task, config or TrainConfig(), Path(out), **kwargs).run()  # type: ignore[arg-type]
+        result = _Run(task, config or TrainConfig(), Path(out), device=dev, **kwargs).run()
         if own_group:
             settle_group()
         return result
@@ -329,8 +405,13 @@ class _Run:
         overwrite: bool,
         progress: bool,
         provenance: Mapping[str, Any] | None,
+        device: torch.device,
+        precision: str,
+        workers: int,
     ) -> None:
         self.task, self.cfg, self.out = task, cfg, out
+        self.device, self.precision, self.workers = device, precision, workers
+        self.scaler = grad_scaler(device, precision)
         self.resume, self.overwrite = resume, overwrite
         self.provenance = dict(provenance or {})
         self.rank, self.world = rank_and_size()
@@ -358,11 +439,15 @@ class _Run:
             elif self.world > 1:
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
             _seed_everything(cfg.seed)
-            task.setup(cfg, self.rank, self.world)
+            task.device = self.device
+            task.setup(cfg, self.rank, self.world)  # built on the CPU: the same weights anywhere
+            task.model.to(self.device)
             net: torch.nn.Module = task.model
             if self.world > 1:
                 net = torch.nn.parallel.DistributedDataParallel(
-                    task.model, find_unused_parameters=task.find_unused_parameters
+                    task.model,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    find_unused_parameters=task.find_unused_parameters,
                 )
             opt = task.optimizer(cfg)
             if plan == "resume":
@@ -444,6 +529,11 @@ class _Run:
         self.state.update({k: ts["state"][k] for k in self.state if k in ts["state"]})
         rngs = ts.get("torch_rng_ranks", [ts["torch_rng"]])
         torch.set_rng_state(rngs[self.rank] if len(rngs) == self.world else ts["torch_rng"])
+        cuda_rngs = ts.get("cuda_rng_ranks") or []
+        if self.device.type == "cuda" and len(cuda_rngs) == self.world:
+            torch.cuda.set_rng_state(cuda_rngs[self.rank], self.device)
+        if ts.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ts["scaler"])
         self.run_id = ck["meta"].get("run_id") or self.run_id
         if "rows" in ts:
             self.rows = list(ts["rows"])
@@ -466,41 +556,55 @@ class _Run:
             if (meta.get("run_id"), meta.get("metrics", {}).get("epoch")) != (self.run_id, epoch):
                 ModelBundle(self.task.model).save(self.best, extra=ck["meta"])
         if not self.metrics_csv.exists() or len(_read_rows(self.metrics_csv)) != len(self.rows):
-            _write_rows(self.metrics_csv, self.task.metric_fields, self.rows)
+            _write_rows(self.metrics_csv, self.fields, self.rows)
 
     def _epochs(self, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         from tqdm.auto import tqdm
 
         task, cfg, state = self.task, self.cfg, self.state
         n, world, rank = task.n_train, self.world, self.rank
+        device, scaler = self.device, self.scaler
         start_time = time.perf_counter() - state["seconds"]
         start_cpu = time.process_time() - state["cpu_seconds"]
         bar_total = math.ceil(n / cfg.batch_size)
         params = task.parameters()
+        clock = feed.DataClock()
         while state["epoch"] < cfg.max_epochs and not state["stopped"]:
             epoch = state["epoch"]
             net.train()
-            perm = _epoch_order(cfg.seed, epoch, n)
+            stream = feed.StepStream(
+                task.train_windows,
+                task.batch_reader(),
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                rank=rank,
+                world=world,
+            )
+            steps = feed.steps(stream, workers=self.workers, pin_memory=device.type == "cuda")
             sums: dict[str, float] = {}
             seen = 0
             lr = cfg.lr
             bar = tqdm(
                 total=bar_total, desc=f"epoch {epoch + 1}", disable=not self.progress, leave=False
             )
-            for i in range(0, n, cfg.batch_size):
-                lr = _set_lr(opt, cfg, state)
-                # the global batch; in a process group each process takes one contiguous shard
-                batch = perm[i : i + cfg.batch_size]
-                shard = np.array_split(np.arange(len(batch)), world)[rank]
-                loss, terms = task.training_step(
-                    net, batch, shard, config=cfg, epoch=epoch, start=i
-                )
+            clock.start()
+            while (step := clock.next(steps, device)) is not None:
+                lr = set_lr(opt, cfg, state)
+                # the global batch; in a process group each process has one contiguous shard
+                batch, shard = step.batch, step.shard
+                with autocast(device, self.precision):
+                    loss, terms = task.training_step(
+                        net, step.data, batch, shard, config=cfg, epoch=epoch, start=step.start
+                    )
                 opt.zero_grad(set_to_none=True)
                 # DDP averages gradients over processes: weight each shard by its share
-                (loss * (len(shard) * world / len(batch))).backward()
+                scaler.scale(loss * (len(shard) * world / len(batch))).backward()
                 if cfg.grad_clip:
+                    scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 state["step"] += 1
                 seen += len(shard)
                 for k, v in terms.items():
@@ -509,27 +613,39 @@ class _Run:
                 bar.set_postfix(
                     **task.postfix({k: v / seen for k, v in sums.items()}), lr=f"{lr:.1e}"
                 )
-                if _over_budget(cfg, start_time, start_cpu, world):
+                if over_budget(cfg, start_time, start_cpu, world):
                     state["stopped"] = "time_budget"
                     break
+            steps.close()  # a loader's workers end here, also after a budget stop
             bar.close()
             keys = task.train_keys()
-            *tot, seen_all = all_reduce_sums([*(sums.get(k, 0.0) for k in keys), seen])
+            *tot, seen_all, waited, busy = all_reduce_sums(
+                [*(sums.get(k, 0.0) for k in keys), seen, clock.waited, clock.elapsed()]
+            )
             sums, seen = dict(zip(keys, tot, strict=True)), int(seen_all)
             val = task.validate(cfg)
             state["epoch"] = epoch + 1
             score = val["val_centre_mae"]
-            improved = _after_epoch(cfg, state, score)
+            improved = after_epoch(cfg, state, score)
             state["seconds"] = time.perf_counter() - start_time
             state["cpu_seconds"] = time.process_time() - start_cpu
             row = _epoch_row(state, lr, sums, seen, val)
+            # means over the processes: seconds blocked on data, and their share of the epoch
+            row.update(
+                train_seconds=round(busy / world, 3),
+                data_seconds=round(waited / world, 3),
+                data_wait=round(waited / max(busy, 1e-9), 4),
+            )
             self.rows.append(row)
             rngs = all_gather_objects(torch.get_rng_state())
+            cuda_rngs = all_gather_objects(
+                torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+            )
             if rank != 0:
                 continue
             if self.progress:
                 _log_epoch(row, score, improved)
-            self._commit(opt, val, improved, rngs)
+            self._commit(opt, val, improved, rngs, cuda_rngs)
 
     def _commit(
         self,
@@ -537,6 +653,7 @@ class _Run:
         val: Mapping[str, float],
         improved: bool,
         rngs: Sequence[torch.Tensor],
+        cuda_rngs: Sequence[torch.Tensor | None],
     ) -> None:
         """Write the epoch: ``last.pt`` (the commit point), ``best.pt``, ``metrics.csv``."""
         state = self.state
@@ -546,6 +663,13 @@ class _Run:
             "train_config": self.cfg.model_dump(mode="json"),
             **self.task.checkpoint_extra(),
             "processes": self.world,
+            "backend": str(torch.distributed.get_backend()) if self.world > 1 else None,
+            "device": str(self.device),
+            "precision": self.precision,
+            "data_loader": {
+                "workers": self.workers,
+                "source": type(self.task.train_windows).__name__,
+            },
             "metrics": {"epoch": state["epoch"], "best_val_centre_mae": state["best"], **val},
             "data": {"sha256": self.digest},
             "run_id": self.run_id,
@@ -555,10 +679,13 @@ class _Run:
             self.last,
             extra=extra,
             training_state={
-                "optimizer": opt.state_dict(),
+                # CPU tensors: the checkpoint resumes on any device
+                "optimizer": feed.map_tensors(opt.state_dict(), lambda t: t.detach().cpu()),
                 "state": dict(state),
                 "torch_rng": torch.get_rng_state(),
                 "torch_rng_ranks": list(rngs),
+                "cuda_rng_ranks": [r for r in cuda_rngs if r is not None],
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 "rows": list(self.rows),
             },
         )
@@ -568,7 +695,12 @@ class _Run:
             for p in (self.best, self.best.with_suffix(".json")):
                 p.unlink(missing_ok=True)
         self.foreign_best = False
-        _write_rows(self.metrics_csv, self.task.metric_fields, self.rows)
+        _write_rows(self.metrics_csv, self.fields, self.rows)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Columns of ``metrics.csv``: the task's, then the loop's."""
+        return (*self.task.metric_fields, *LOOP_FIELDS)
 
     def _result(self) -> TrainResult:
         state = self.state
@@ -584,66 +716,12 @@ class _Run:
             stopped=str(state["stopped"]),
             n_train=self.task.n_train,
             n_val=self.task.n_val,
+            device=str(self.device),
+            precision=self.precision,
+            data_wait=float(self.rows[-1].get("data_wait", "nan") or "nan")
+            if self.rows
+            else math.nan,
         )
-
-
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The seeded order of the ``n`` training windows in ``epoch``."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def _lr(cfg: TrainConfig, state: Mapping[str, Any]) -> float:
-    """Learning rate of the next step: plateau scale, floor, linear warm-up."""
-    warm = min(
-        1.0,
-        cfg.warmup_start_factor
-        + (1 - cfg.warmup_start_factor) * state["step"] / max(cfg.warmup_steps, 1),
-    )
-    return float(max(cfg.lr * state["lr_scale"], cfg.min_lr) * warm)
-
-
-def _set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, state: Mapping[str, Any]) -> float:
-    """Set (and return) the learning rate of the next step."""
-    lr = _lr(cfg, state)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    return lr
-
-
-def _over_budget(cfg: TrainConfig, start_time: float, start_cpu: float, world: int = 1) -> bool:
-    """Whether the wall-time or the CPU-time budget is spent.
-
-    In a process group every process gets the same answer, so all stop at the same step.
-    """
-    if cfg.max_seconds is None and cfg.max_cpu_seconds is None:
-        return False
-    over = (cfg.max_seconds is not None and time.perf_counter() - start_time > cfg.max_seconds) or (
-        cfg.max_cpu_seconds is not None and time.process_time() - start_cpu > cfg.max_cpu_seconds
-    )
-    if world > 1:
-        over = all_reduce_sums([float(over)])[0] > 0
-    return bool(over)
-
-
-def _after_epoch(cfg: TrainConfig, state: dict[str, Any], score: float) -> bool:
-    """Early-stopping and plateau bookkeeping after an epoch; True if ``score`` improved."""
-    improved = score < state["best"] - cfg.early_stopping_min_delta
-    if improved:
-        state["best"], state["bad_epochs"], state["best_epoch"] = score, 0, state["epoch"]
-    else:
-        state["bad_epochs"] += 1
-        if state["bad_epochs"] >= cfg.early_stopping_patience:
-            state["stopped"] = state["stopped"] or "early_stopping"
-    if score < state["plateau_best"] - 1.5e-6:
-        state["plateau_best"], state["plateau_bad"] = score, 0
-    else:
-        state["plateau_bad"] += 1
-        if state["plateau_bad"] > cfg.plateau_patience:
-            state["lr_scale"] *= cfg.plateau_factor
-            state["plateau_bad"] = 0
-    if state["epoch"] >= cfg.max_epochs:
-        state["stopped"] = state["stopped"] or "max_epochs"
-    return bool(improved)
 
 
 def _epoch_row(
@@ -670,7 +748,8 @@ def _log_epoch(row: Mapping[str, Any], score: float, improved: bool) -> None:
 
     tqdm.write(
         f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
-        f"val centre MAE {score:.4f}{' *' if improved else ''}"
+        f"val centre MAE {score:.4f}{' *' if improved else ''}, "
+        f"data wait {100 * row['data_wait']:.0f}% ({row['data_seconds']:.1f} s)"
     )
 
 

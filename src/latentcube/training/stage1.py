@@ -25,7 +25,9 @@ import torch
 import xarray as xr
 
 from latentcube.bundle import FORMAT
+from latentcube.data.source import WindowSource
 from latentcube.data.windows import Windows, hide_entries
+from latentcube.devices import check_precision
 from latentcube.io import check_output
 from latentcube.models.autoencoder import ContextAutoencoder, build_autoencoder
 from latentcube.models.config import AutoencoderConfig, LossConfig
@@ -33,8 +35,9 @@ from latentcube.models.losses import ContextLoss, centre_abs_error
 from latentcube.models.whitening import fit_on_outputs
 from latentcube.sensors import SENSORS
 from latentcube.training.config import TrainConfig, read_recipe, train_config, train_config_preset
-from latentcube.training.distributed import all_reduce_sums, rank_and_size
+from latentcube.training.distributed import all_reduce_sums, process_device, rank_and_size
 from latentcube.training.loop import Task, TrainResult, fit
+from latentcube.training.sources import expand_cubes, stream_split, use_streaming
 
 __all__ = ["AutoencoderTask", "evaluate", "fit_autoencoder", "fit_whitening"]
 
@@ -57,9 +60,14 @@ METRIC_FIELDS = (
 CubeLike = xr.Dataset | str | os.PathLike[str]
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
 def evaluate(
-    model: ContextAutoencoder, windows: Windows, loss_fn: ContextLoss, batch_size: int = 256
+    model: ContextAutoencoder, windows: WindowSource, loss_fn: ContextLoss, batch_size: int = 256
 ) -> dict[str, float]:
     """Validation loss and centre-pixel MAE of ``model`` on ``windows``.
 
@@ -67,11 +75,12 @@ def evaluate(
     sums are all-reduced, so all processes return the same figures.
     """
     model.eval()
+    device = _device_of(model)
     rank, size = rank_and_size()
     mine = np.array_split(np.arange(len(windows)), size)[rank]
     tot_loss, n_loss, err, cnt = 0.0, 0, 0.0, 0
     for i in range(0, len(mine), batch_size):
-        x, m, g = (torch.from_numpy(a) for a in windows.batch(mine[i : i + batch_size]))
+        x, m, g = (torch.from_numpy(a).to(device) for a in windows.batch(mine[i : i + batch_size]))
         recon, _ = model(x, m, g)
         loss, _ = loss_fn(recon, x, m)
         tot_loss += float(loss) * len(x)
@@ -111,8 +120,10 @@ def fit_whitening(
     """
     model.eval()
 
+    device = _device_of(model)
+
     def latents(idx: np.ndarray) -> torch.Tensor:
-        return model.encode(*(torch.from_numpy(a) for a in windows.batch(idx)))
+        return model.encode(*(torch.from_numpy(a).to(device) for a in windows.batch(idx)))
 
     fit_on_outputs(
         model.whitening,
@@ -133,21 +144,23 @@ class AutoencoderTask(Task):
     model_config
         The model to build (seeded by the loop).
     train_windows, val_windows
-        Context windows (split by cube or spatial block beforehand).
+        Context windows (split by cube or spatial block beforehand): in memory
+        (:class:`~latentcube.data.windows.Windows`) or streamed from stores
+        (:class:`~latentcube.data.streaming.StreamingWindows`).
     loss_config
         Loss weights (default: the sensor's weights from the paper).
     """
 
     metric_fields = METRIC_FIELDS
     checkpoint_format = FORMAT
-    train_windows: Windows
-    val_windows: Windows
+    train_windows: WindowSource
+    val_windows: WindowSource
 
     def __init__(
         self,
         model_config: AutoencoderConfig,
-        train_windows: Windows,
-        val_windows: Windows,
+        train_windows: WindowSource,
+        val_windows: WindowSource,
         *,
         loss_config: LossConfig | None = None,
     ) -> None:
@@ -188,6 +201,7 @@ class AutoencoderTask(Task):
     def training_step(
         self,
         net: torch.nn.Module,
+        data: Any,
         batch: np.ndarray,
         shard: np.ndarray,
         *,
@@ -196,7 +210,7 @@ class AutoencoderTask(Task):
         start: int,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruct the shard's windows (gap filling hides entries from the input)."""
-        x, m, g = (torch.from_numpy(a) for a in self.train_windows.batch(batch[shard]))
+        x, m, g = data
         m_in = m
         if config.hide_centre_prob > 0 or config.hide_prob > 0:
             rng = np.random.default_rng([config.seed, epoch, start, 1])
@@ -204,7 +218,7 @@ class AutoencoderTask(Task):
             hidden = hide_entries(
                 np.ones(shape, bool), rng, config.hide_centre_prob, config.hide_prob
             )
-            m_in = m & ~torch.from_numpy(hidden[shard])
+            m_in = m & ~torch.from_numpy(hidden[shard]).to(m.device)
         recon, z = net(x, m_in, g)
         loss, parts = self.loss_fn(recon, x, m, latent=z)
         return loss, {"loss": loss, **parts}
@@ -302,9 +316,13 @@ def fit_autoencoder(
     seed: int = 42,
     train: Mapping[str, Any] | None = None,
     model: Mapping[str, Any] | None = None,
-    windows: tuple[Windows, Windows] | None = None,
+    windows: tuple[WindowSource, WindowSource] | None = None,
     loss_config: LossConfig | None = None,
     nproc: int = 1,
+    device: str | torch.device | None = "auto",
+    precision: str = "32",
+    data: str = "auto",
+    workers: int | None = None,
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -318,8 +336,10 @@ def fit_autoencoder(
     ----------
     cubes
         Cubes to train on (opened, or paths :func:`~latentcube.cube.readers.open_cube`
-        reads). Split into training and validation windows by cube (two cubes or
-        more) or by spatial blocks (one cube), with ``seed``.
+        reads, or output folders of ``latentcube cube --sites`` / their
+        ``manifest.csv``: the stores built). Split into training and validation
+        windows by cube (two cubes or more) or by spatial blocks (one cube), with
+        ``seed``.
     config
         The recipe: a model variant (``"paper"``, ``"fast"``, ``"tiny"``), a YAML
         file or a mapping with ``model:`` (with ``variant:``) and/or ``train:``
@@ -342,8 +362,15 @@ def fit_autoencoder(
         of ``cubes`` (which may then be empty).
     loss_config
         Loss weights (default: the sensor's weights from the paper).
-    nproc, resume, overwrite, progress
+    nproc, device, precision, resume, overwrite, progress
         See :func:`~latentcube.training.loop.fit`.
+    data
+        ``"memory"``: load the cubes; ``"stream"``: read every batch from the
+        Zarr stores (two or more; see :mod:`latentcube.training.sources`);
+        ``"auto"`` (default): stream when a manifest is given.
+    workers
+        ``DataLoader`` workers reading batches ahead (default: 2 when streaming,
+        0 in memory).
     provenance
         Metadata stored in the checkpoints (default: the cube paths and the seed).
     log
@@ -365,32 +392,62 @@ def fit_autoencoder(
     OutputError
         ``out`` is, is inside or contains an input cube, or cannot be written,
         before anything is read.
+    DeviceError
+        ``device`` or ``precision`` is not available here, before anything is read.
+    CubeError
+        Streamed windows asked for from fewer than two stores or from inputs that
+        are not Zarr stores; a manifest without a built site.
     """
     mcfg, sections = model_config(config, sensor, variant=variant, model=model)
     tcfg = train_config(train_config_preset(preset), sections, {"seed": seed, **dict(train or {})})
+    check_precision(precision, process_device(device))  # before anything is read
+    cubes, from_manifest = expand_cubes(cubes)
     paths = [c for c in cubes if not isinstance(c, xr.Dataset)]
     check_output(out, paths)
+    stream = windows is None and use_streaming(data, from_manifest)
     if windows is None:
         from latentcube.cube.readers import open_cube
-        from latentcube.data.windows import split_windows
 
-        loaded = [c if isinstance(c, xr.Dataset) else open_cube(c).load() for c in cubes]
-        if "bands" not in (sections.get("model") or {}) and "bands" not in (model or {}):
-            mcfg = _with_bands(mcfg, bands, loaded, paths or cubes)
-        windows = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
+        own_bands = "bands" in (sections.get("model") or {}) or "bands" in (model or {})
+        if stream:
+            if not own_bands:  # band names only: the stores stay unread
+                opened = [c if isinstance(c, xr.Dataset) else open_cube(c) for c in cubes]
+                mcfg = _with_bands(mcfg, bands, opened, paths or cubes)
+            windows = stream_split(
+                cubes, sensor, mcfg.bands, window=mcfg.window, seed=seed, progress=progress
+            )
+        else:
+            from latentcube.data.windows import split_windows
+
+            loaded = [c if isinstance(c, xr.Dataset) else open_cube(c).load() for c in cubes]
+            if not own_bands:
+                mcfg = _with_bands(mcfg, bands, loaded, paths or cubes)
+            windows = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
     tr, va = windows
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if stream else 0
     if log is not None:
+        how = (
+            f"streamed from {len(cubes)} stores, {workers} loader workers"
+            if stream
+            else (f"from {len(cubes)} cube(s)")
+        )
         log(
-            f"{len(tr)} training and {len(va)} validation windows from {len(cubes)} cube(s), "
+            f"{len(tr)} training and {len(va)} validation windows {how}, "
             f"{mcfg.variant} {sensor} model" + (f", {nproc} processes" if nproc > 1 else "")
         )
     if provenance is None:
         provenance = {"cubes": [str(p) for p in paths], "seed": seed}
+        if stream:
+            provenance["windows"] = "streamed"
     return fit(
         AutoencoderTask(mcfg, tr, va, loss_config=loss_config),
         tcfg,
         out,
         nproc=nproc,
+        device=device,
+        precision=precision,
+        workers=workers,
         resume=resume,
         overwrite=overwrite,
         progress=progress,
