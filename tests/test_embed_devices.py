@@ -146,6 +146,12 @@ def test_placement_off_cuda():
     assert placement("cpu", resources={"GPU": 1}).resources == {"GPU": 1}
     with pytest.raises(DeviceError, match="unknown device"):
         placement("gpu")
+    # with a scheduler the workers own the GPUs: a driver without one may ask for cuda
+    gpu = Placement("cuda", (), {GPU_RESOURCE: 1})
+    assert placement("cuda", scheduler="tcp://h:8786") == gpu
+    assert placement("cuda:1", scheduler="tcp://h:8786") == gpu
+    with pytest.raises(DeviceError, match="unknown device"):
+        placement("cuda:x", scheduler="tcp://h:8786")
 
 
 @pytest.fixture
@@ -214,17 +220,28 @@ def test_tasks_asking_for_the_gpu_resource_run_on_a_gpu_worker(stage1, tmp_path)
     np.testing.assert_array_equal(got["valid"].values, ref["valid"].values)
 
 
-def test_a_cluster_without_gpu_workers_is_refused_at_once(stage1, tmp_path):
+def test_a_cluster_without_gpu_workers_is_refused_before_anything_is_written(stage1, tmp_path):
+    """--scheduler with --device cuda: the driver needs no GPU, the workers must declare one."""
     from dask.distributed import LocalCluster
 
     src, ckpt = stage1[4], stage1[2]
+    out = tmp_path / "e.zarr"
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       dashboard_address=":0") as cluster:  # fmt: skip
         with pytest.raises(EmbeddingError, match=r"declares the resources GPU=1.*--resources"):
             embed_to_zarr(
-                src, ckpt, tmp_path / "e.zarr", chunk=16, progress=False,
+                src, ckpt, out, chunk=16, progress=False,
                 scheduler=cluster.scheduler_address, resources={GPU_RESOURCE: 1},
             )  # fmt: skip
+        assert list(tmp_path.iterdir()) == []
+        args = ["embed", str(src), "--model", str(ckpt), "--out", str(out), "--no-progress"]
+        res = CliRunner().invoke(
+            app, [*args, "--scheduler", cluster.scheduler_address, "--device", "cuda"]
+        )
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "GPU=1" in errors[0], res.output
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- the commands ----------------------------------------------------------------------

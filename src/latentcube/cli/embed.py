@@ -113,8 +113,8 @@ def embed(
     """
     from latentcube.bundle import ModelBundle, default_model_path
     from latentcube.cube.sites import build_or_reuse
-    from latentcube.devices import resolve_device
     from latentcube.inference import describe_store, embed_to_zarr
+    from latentcube.inference.cluster import placement
     from latentcube.io import check_disjoint
 
     if out is None:
@@ -124,7 +124,8 @@ def embed(
     positive(workers, "--workers")
     positive(chunk, "--chunk")
     positive(time_chunk, "--time-chunk")
-    resolve_device(device)  # a device this machine lacks is refused before anything is written
+    # a device this machine lacks is refused before anything is written
+    placement(device, scheduler=scheduler, workers=workers)
     t0 = time.perf_counter()
     bundle = ModelBundle.load(model if model is not None else default_model_path())
     if model is None:

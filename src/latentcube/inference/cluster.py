@@ -73,8 +73,11 @@ def placement(
     ``"cuda"`` (and ``"auto"`` on a machine with GPUs) uses every visible GPU,
     ``"cuda:N"`` only GPU N. ``workers`` caps the number of GPUs used; with
     ``processes=False`` the workers are threads of this process, which see every
-    GPU, so one GPU is used. ``resources`` replaces the tasks' resources
-    (default ``{"GPU": 1}`` on CUDA, none elsewhere).
+    GPU, so one GPU is used. With a ``scheduler``, ``"cuda"`` is not checked
+    against this machine (a login node may have no GPU): the cluster's workers
+    run the model, each on the GPU it sees, and :func:`check_resources` checks
+    that one declares it. ``resources`` replaces the tasks' resources (default
+    ``{"GPU": 1}`` on CUDA, none elsewhere).
 
     Raises
     ------
@@ -84,11 +87,14 @@ def placement(
         More local workers than GPUs were asked for.
     """
     name = "auto" if device is None else str(device).strip().lower()
+    task_resources = {GPU_RESOURCE: 1} if resources is None else resources
+    kind, _, index = name.partition(":")
+    if scheduler is not None and kind == "cuda" and (not index or index.isdigit()):
+        return Placement("cuda", (), task_resources)  # each worker uses the GPU it sees
     dev = resolve_device(device)
     if dev.type != "cuda":
         return Placement(str(dev), (), resources)
-    task_resources = {GPU_RESOURCE: 1} if resources is None else resources
-    if scheduler is not None:  # the user's workers each see the GPU they own
+    if scheduler is not None:
         return Placement("cuda", (), task_resources)
     gpus = tuple(range(torch.cuda.device_count())) if ":" not in name else (int(dev.index or 0),)
     if workers is not None:

@@ -495,6 +495,11 @@ def embed_to_zarr(
     place = placement(
         device, scheduler=scheduler, workers=workers, processes=processes, resources=resources
     )
+    if scheduler is not None and place.resources:
+        from dask.distributed import Client
+
+        with Client(scheduler) as client:  # tasks no worker can run would wait for ever
+            check_resources(client, place.resources, scheduler)
     out = Path(out)
     bundle = as_bundle(bundle)
     if bundle.path is None:
