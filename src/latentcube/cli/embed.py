@@ -40,6 +40,13 @@ Workers = Annotated[int | None, typer.Option(help="Worker processes of the local
 Scheduler = Annotated[
     str | None, typer.Option(help="Address of a running Dask scheduler (e.g. tcp://host:8786).")
 ]
+Device = Annotated[
+    str,
+    typer.Option(
+        help="Where the model runs: auto (a GPU when there is one), cpu, cuda (one Dask worker "
+        "per visible GPU), cuda:N or mps."
+    ),
+]
 Lat = Annotated[float | None, typer.Option(help="Build the cube first: latitude of its centre.")]
 Lon = Annotated[float | None, typer.Option(help="Longitude of the cube's centre.")]
 SizeM = Annotated[float, typer.Option(help="Side of the cube to build, in metres.")]
@@ -80,6 +87,7 @@ def embed(
     edge: Edge = "nan",
     workers: Workers = None,
     scheduler: Scheduler = None,
+    device: Device = "auto",
     lat: Lat = None,
     lon: Lon = None,
     size_m: SizeM = 2560.0,
@@ -100,11 +108,13 @@ def embed(
     The work runs on Dask, one task per output chunk; a stopped run resumes where
     it ended when started again with the same arguments, and OUT is locked while a
     run writes it. With --lat/--lon/--start/--end instead of CUBE, the cube is
-    built first (and reused if it exists at --cube-out).
+    built first (and reused if it exists at --cube-out). With --device cuda each GPU
+    gets one Dask worker that embeds whole tiles on it.
     """
     from latentcube.bundle import ModelBundle, default_model_path
     from latentcube.cube.sites import build_or_reuse
     from latentcube.inference import describe_store, embed_to_zarr
+    from latentcube.inference.cluster import placement
     from latentcube.io import check_disjoint
 
     if out is None:
@@ -114,6 +124,8 @@ def embed(
     positive(workers, "--workers")
     positive(chunk, "--chunk")
     positive(time_chunk, "--time-chunk")
+    # a device this machine lacks is refused before anything is written
+    placement(device, scheduler=scheduler, workers=workers)
     t0 = time.perf_counter()
     bundle = ModelBundle.load(model if model is not None else default_model_path())
     if model is None:
@@ -128,6 +140,6 @@ def embed(
     path = embed_to_zarr(
         cube, bundle, out, chunk=chunk, time_chunk=time_chunk, dtype=dtype, edge=edge,
         scheduler=scheduler, workers=workers, overwrite=overwrite, progress=progress,
-        hide=hide or (),
+        hide=hide or (), device=device,
     )  # fmt: skip
     typer.echo(f"wrote {path}: {describe_store(path)}, {time.perf_counter() - t0:.1f} s")

@@ -42,6 +42,13 @@ LabelVariable = Annotated[
     str | None, typer.Option(help="The label variable when --labels are NetCDF files or Zarr.")
 ]
 Seed = Annotated[int, typer.Option(help="Seed of sampling, folds and probes.")]
+Device = Annotated[
+    str,
+    typer.Option(
+        help="Where --model embeds the cubes: auto (a GPU when there is one), cpu, "
+        "cuda, cuda:N or mps."
+    ),
+]
 
 
 def _echo_scores(res: dict[str, Any], width: int) -> None:
@@ -68,6 +75,7 @@ def evaluate_landcover(
     max_samples: Annotated[int, typer.Option(help="Pixel-dates drawn per cube.")] = 20000,
     seed: Seed = 0,
     repeats: Repeats = 1,
+    device: Device = "auto",
 ) -> None:
     """Land-cover probe (ESA WorldCover) of an embedding and every baseline feature set.
 
@@ -79,7 +87,7 @@ def evaluate_landcover(
     res = run(
         cubes, out, labels=labels, label_variable=label_variable, model=model,
         embedding=embedding, name=name, block=block, max_samples=max_samples, seed=seed,
-        repeats=repeats, command=command_line(),
+        repeats=repeats, device=device, command=command_line(),
     )  # fmt: skip
     _echo_scores(res, 28)
     typer.echo(f"report: {out / 'report.md'}")
@@ -104,6 +112,7 @@ def evaluate_croptype(
     block: Block = 16,
     seed: Seed = 0,
     repeats: Repeats = 1,
+    device: Device = "auto",
 ) -> None:
     """Crop-type probe: per-date series vs season mean, embedding vs every baseline.
 
@@ -115,7 +124,7 @@ def evaluate_croptype(
     res = run(
         patches, out, labels=labels, label_variable=label_variable, season=season, model=model,
         embedding=embedding, name=name, block=block, seed=seed, repeats=repeats,
-        command=command_line(),
+        device=device, command=command_line(),
     )  # fmt: skip
     _echo_scores(res, 40)
     typer.echo(f"report: {out / 'report.md'}")
@@ -180,6 +189,7 @@ def evaluate_gpp(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of everything.")] = 0,
+    device: Device = "auto",
 ) -> None:
     """GPP from 90-day windows of site features: embedding vs baselines.
 
@@ -204,6 +214,7 @@ def evaluate_gpp(
                 "--manifest needs --flux-dir"
                 + (f" and takes no {', '.join(given)} (one-site options)" if given else "")
             )
+        fit["device"] = device
         _gpp_sites(manifest, flux_dir, out, split or "both", sites, model, name, years,
                    gap_fill, footprint, carbonfluxbench, seed, fit)  # fmt: skip
         return
@@ -217,7 +228,7 @@ def evaluate_gpp(
     res = run(
         flux, out, site=site, lat=lat, locations=locations, cube=cube, model=model,
         embedding=embedding, name=name, test_years=years, gap_fill=gap_fill,
-        footprint=footprint, carbonfluxbench=carbonfluxbench, seed=seed, **fit,
+        footprint=footprint, carbonfluxbench=carbonfluxbench, seed=seed, device=device, **fit,
     )  # fmt: skip
     for k, v in res["scores"].items():
         for m, s in v.items():

@@ -288,6 +288,7 @@ def _site_features(
     gap_fill: str,
     footprint: int | None,
     seed: int,
+    device: str = "cpu",
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """The daily table (GPP and every feature) of one site, and its feature sets."""
     from latentcube.cube.readers import open_cube
@@ -299,7 +300,7 @@ def _site_features(
 
     flux = read_flux(site.flux)
     cube = open_cube(site.cube).load()
-    emb = embedding_features([cube], model, None, name, cache)
+    emb = embedding_features([cube], model, None, name, cache, device)
     cubes = feature_sets([cube], emb, seed=seed)[0]
     feats = site_features(
         dict(cubes),
@@ -440,6 +441,7 @@ def evaluate_gpp_sites(
     footprint: int | None = None,
     carbonfluxbench: PathLike | None = None,
     seed: int = 0,
+    device: str = "cpu",
     progress: bool = True,
     command: str | None = None,
     **kwargs: Any,
@@ -460,6 +462,8 @@ def evaluate_gpp_sites(
     model, name
         A bundle to embed every cube with, and the name of its feature set;
         without one only the baselines are evaluated.
+    device
+        Where ``model`` embeds the cubes (``auto``, ``cpu``, ``cuda``, ...).
     test_years
         Test years of the ``years`` split (default: the last year with a day
         holding GPP and every feature).
@@ -495,6 +499,10 @@ def evaluate_gpp_sites(
         raise EvaluationError(f"split must be 'years', 'loso' or 'both', got {split!r}")
     splits = list(SPLITS) if split == "both" else [split]
     check_output(out, [manifest, flux_dir, model, sites, carbonfluxbench])
+    if model is not None:
+        from latentcube.devices import resolve_device
+
+        resolve_device(device)  # a device this machine lacks is refused before any work
     inputs, skipped = read_site_inputs(manifest, flux_dir, sites=sites)
     if not inputs:
         raise EvaluationError(f"{manifest}: no site with a built cube")
@@ -521,6 +529,7 @@ def evaluate_gpp_sites(
                     gap_fill=gap_fill,
                     footprint=footprint,
                     seed=seed,
+                    device=device,
                 )
             except LatentcubeError as err:  # name the site: the message may only name a file
                 raise EvaluationError(f"site {s.site}: {err}") from err

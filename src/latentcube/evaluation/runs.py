@@ -32,8 +32,14 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 
 
-def _embedder(model: PathLike) -> tuple[Callable[[xr.Dataset], xr.DataArray], list[Any]]:
-    """A function embedding one cube in memory with the bundle at ``model``, and its key."""
+def _embedder(
+    model: PathLike, device: str = "cpu"
+) -> tuple[Callable[[xr.Dataset], xr.DataArray], list[Any]]:
+    """A function embedding one cube in memory with the bundle at ``model``, and its key.
+
+    The key holds the model, not the device: an embedding cached on one device is
+    reused on another (they agree within 1e-4).
+    """
     from latentcube.bundle import ModelBundle
     from latentcube.inference import embed
 
@@ -42,7 +48,7 @@ def _embedder(model: PathLike) -> tuple[Callable[[xr.Dataset], xr.DataArray], li
     key = [bundle.model.config.model_dump(mode="json"), *weights]
 
     def one(cube: xr.Dataset) -> xr.DataArray:
-        return embed(cube, bundle).compute()
+        return embed(cube, bundle, device=device).compute()
 
     return one, key
 
@@ -53,6 +59,7 @@ def embedding_features(
     embedding: Sequence[PathLike] | None = None,
     name: str = "embedding",
     cache: PathLike | None = None,
+    device: str = "cpu",
 ) -> dict[str, list[xr.DataArray]]:
     """Feature cubes of an embedding, one per cube: embedded with a model, or opened.
 
@@ -70,6 +77,8 @@ def embedding_features(
         A folder where each embedding made with ``model`` is kept, keyed by the
         model's weights and configuration and the cube's content, so a rerun
         after a kill reads it instead of embedding again.
+    device
+        Where ``model`` runs (``"cpu"``, ``"auto"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``).
 
     Returns
     -------
@@ -84,7 +93,7 @@ def embedding_features(
     if model is not None and embedding:
         raise EvaluationError("give either a model or embedding stores, not both")
     if model is not None:
-        one, key = _embedder(model)
+        one, key = _embedder(model, device)
         store = StepCache(cache, __version__, *key) if cache is not None else None
         return {name: [cached_array(store, [c], partial(one, c)) for c in cubes]}
     if embedding:
@@ -122,10 +131,17 @@ def parse_season(text: str) -> tuple[str, str]:
     return start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
 
 
-def _safe_out(out: PathLike, *inputs: PathLike | Sequence[PathLike] | None) -> None:
-    """Refuse a report folder that is, lies inside or contains an input, before any work."""
+def _safe_out(
+    out: PathLike, *inputs: PathLike | Sequence[PathLike] | None, device: str = "cpu"
+) -> None:
+    """Refuse, before any work, a device this machine lacks and a report folder.
+
+    The report folder may not be, lie inside or contain an input.
+    """
+    from latentcube.devices import resolve_device
     from latentcube.io import check_output
 
+    resolve_device(device)
     flat: list[PathLike] = []
     for item in inputs:
         if isinstance(item, str | os.PathLike):
@@ -151,18 +167,19 @@ def evaluate_landcover(
     embedding: Sequence[PathLike] | None = None,
     name: str = "embedding",
     progress: bool = True,
+    device: str = "cpu",
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Land-cover probe of cubes on disk (``latentcube evaluate landcover``).
 
     The classes are each cube's ``landcover`` variable, or with ``labels`` one
-    raster per cube. Other keyword arguments go to
+    raster per cube; ``model`` embeds the cubes on ``device``. Other keyword arguments go to
     :func:`~latentcube.evaluation.landcover.run_landcover`.
     """
     from latentcube.evaluation.cache import run_cache
     from latentcube.evaluation.landcover import run_landcover
 
-    _safe_out(out, cubes, labels, model, embedding)
+    _safe_out(out, cubes, labels, model, embedding, device=device)
     loaded = _open_all(cubes)
     if labels:
         maps = label_maps(labels, loaded, label_variable)
@@ -170,7 +187,7 @@ def evaluate_landcover(
             c.assign(landcover=(("y", "x"), m.values)) for c, m in zip(loaded, maps, strict=True)
         ]
     with run_cache(out, ".embed-cache", model is not None) as cache:
-        feats = embedding_features(loaded, model, embedding, name, cache)
+        feats = embedding_features(loaded, model, embedding, name, cache, device)
         return run_landcover(loaded, feats, out, progress=progress, resume=True, **kwargs)
 
 
@@ -185,19 +202,21 @@ def evaluate_croptype(
     embedding: Sequence[PathLike] | None = None,
     name: str = "embedding",
     progress: bool = True,
+    device: str = "cpu",
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Crop-type probe of WorldCereal patches or labelled cubes (``latentcube evaluate croptype``).
 
     ``season`` is ``START,END`` for every cube (default: 1 March - 31 October of
-    each cube's last year). Other keyword arguments go to
+    each cube's last year); ``model`` embeds the cubes on ``device``. Other keyword
+    arguments go to
     :func:`~latentcube.evaluation.croptype.run_croptype`.
     """
     from latentcube.cube.readers import read_worldcereal_labels
     from latentcube.evaluation.cache import run_cache
     from latentcube.evaluation.croptype import run_croptype
 
-    _safe_out(out, patches, labels, model, embedding)
+    _safe_out(out, patches, labels, model, embedding, device=device)
     seasons = [parse_season(season)] * len(patches) if season is not None else None
     loaded = _open_all(patches)  # S1 too: fused models and S1 baselines
     if labels:
@@ -205,7 +224,7 @@ def evaluate_croptype(
     else:
         maps = [read_worldcereal_labels(p)["CT"].values for p in patches]
     with run_cache(out, ".embed-cache", model is not None) as cache:
-        feats = embedding_features(loaded, model, embedding, name, cache)
+        feats = embedding_features(loaded, model, embedding, name, cache, device)
         return run_croptype(
             loaded, maps, feats, out, seasons=seasons, progress=progress, resume=True, **kwargs
         )
@@ -239,6 +258,7 @@ def evaluate_gpp(
     carbonfluxbench: PathLike | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: str = "cpu",
     **kwargs: Any,
 ) -> dict[str, Any]:
     """GPP at one flux site from files on disk (``latentcube evaluate gpp``).
@@ -247,8 +267,9 @@ def evaluate_gpp(
     with ``model`` from ``cube`` or read from ``embedding``; with ``cube`` also its
     bands, indices and PCA-7; always potential radiation), and runs
     :func:`~latentcube.evaluation.gpp.run_gpp` split by years (default the last
-    year of the record). Other keyword arguments (``n_trials``, ``time_budget``,
-    ``max_epochs``, ``models``, ``command``) go to ``run_gpp``.
+    year of the record); ``model`` embeds ``cube`` on ``device``. Other keyword
+    arguments (``n_trials``, ``time_budget``, ``max_epochs``, ``models``,
+    ``command``) go to ``run_gpp``.
     """
     from latentcube.evaluation.baselines import carbonfluxbench_reference, feature_sets
     from latentcube.evaluation.cache import run_cache
@@ -256,7 +277,7 @@ def evaluate_gpp(
     from latentcube.evaluation.flux import read_flux
     from latentcube.evaluation.gpp import run_gpp, site_table
 
-    _safe_out(out, flux, locations, cube, model, embedding, carbonfluxbench)
+    _safe_out(out, flux, locations, cube, model, embedding, carbonfluxbench, device=device)
     table = read_flux(flux)
     code = site or str(table.attrs.get("site"))
     latitude = _site_latitude(code, lat, locations)
@@ -264,7 +285,9 @@ def evaluate_gpp(
         cubes: dict[str, Any] = {}
         if cube is not None:
             c = _open_all([cube])[0]
-            emb = embedding_features([c], model, [embedding] if embedding else None, name, cache)
+            emb = embedding_features(
+                [c], model, [embedding] if embedding else None, name, cache, device
+            )
             cubes = feature_sets([c], emb, seed=seed)[0]
         elif embedding is not None:
             cubes = {name: as_feature_cube(embedding)}

@@ -6,6 +6,8 @@
   :attr:`~latentcube.bundle.ModelBundle.kind` (:mod:`latentcube.inference.job`).
 * :mod:`~latentcube.inference.engine`: chunks, halos, Dask, region writes, resume,
   progress, locking and replacing outputs.
+* :mod:`~latentcube.inference.cluster`: where the tasks run (``device=``: the CPU,
+  or one Dask worker per GPU declaring the ``GPU`` resource).
 * :mod:`~latentcube.inference.autoencoder`: the stage-1 job (dense or window by
   window); :mod:`~latentcube.inference.fusion`: the fused job.
 * The store's layout and its checks: :mod:`latentcube.embedding_store`.

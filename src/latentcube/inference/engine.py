@@ -18,6 +18,7 @@ values (tested on every reader's sample).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -48,7 +49,9 @@ from latentcube.embedding_store import (
     store_status,
 )
 from latentcube.errors import EmbeddingError, LatentcubeError
+from latentcube.inference.autoencoder import model_device
 from latentcube.inference.chunks import check_edge, chunk_grid, chunk_sizes
+from latentcube.inference.cluster import Placement, check_resources, local_cluster, placement
 from latentcube.inference.job import Arrays, EmbedJob, Options, job_class
 from latentcube.inference.tasks import (
     cube_fingerprint,
@@ -97,6 +100,19 @@ def plan(bundle: BundleLike, cube: xr.Dataset, options: Options | None = None) -
     bundle = as_bundle(bundle)
     bundle.model.eval()
     return job_class(bundle.kind).plan(bundle, cube, options)
+
+
+def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """``model`` itself when it is on ``device`` already, else a copy of it moved there.
+
+    The caller's model is never moved: a bundle loaded on the CPU stays usable there.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if model_device(model) == dev:
+        return model
+    return copy.deepcopy(model).to(dev).eval()
 
 
 class _BlockProgress:
@@ -162,6 +178,7 @@ def embed(
     batch_size: int | None = None,
     with_error: bool = True,
     hide: Sequence[str] = (),
+    device: str | torch.device = "cpu",
 ) -> xr.DataArray:
     """Embed every pixel and date of a cube with any model, lazily.
 
@@ -187,13 +204,20 @@ def embed(
         ``"nan"`` (default, the paper's crop) or ``"pad"`` (stage-1 models; see
         :mod:`latentcube.inference.autoencoder`).
     batch_size
-        Pixels per model call (default 2048 dense, 256 window by window, 8192
-        pixel-dates per fusion call).
+        Pixels per model call (default on a CPU: 2048 dense, 256 window by window,
+        8192 pixel-dates per fusion call; on an accelerator: every pixel of a
+        chunk's date in one call).
     with_error
         Add the centre-pixel reconstruction error layer (``recon_mae_<sensor>``,
         or ``recon_mae`` for a fused model).
     hide
         Fused models: sensors to leave out on purpose (e.g. ``("s2",)``).
+    device
+        Where the model runs: ``"cpu"`` (default), ``"auto"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"`` (:func:`latentcube.devices.resolve_device`). The
+        bundle's model is copied there once; blocks go to the device and the
+        layers come back as numpy float32, equal to the CPU result within 1e-4
+        in fp32.
 
     Returns
     -------
@@ -209,14 +233,18 @@ def embed(
     import dask
     import dask.array as da
 
+    from latentcube.devices import resolve_device
+
+    dev = resolve_device(device)
     bundle = as_bundle(bundle)
     job = plan(bundle, cube, Options(sensor, edge, tuple(hide), batch_size, with_error))
+    model = on_device(bundle.model, dev)
     n_t, ny, nx = job.shape
     size = chunk_sizes(chunks, {"time": n_t, "y": ny, "x": nx})
     cube = select_bands(cube, dict(job.reads))
     arrays = {s: tuple(da.asarray(a) for a in sensor_arrays(cube, s)) for s, _ in job.reads}
     token = uuid.uuid4().hex[:12]
-    dmodel = dask.delayed(bundle.model, name=f"latentcube-model-{token}", traverse=False)
+    dmodel = dask.delayed(model, name=f"latentcube-model-{token}", traverse=False)
     djob = dask.delayed(job, name=f"latentcube-job-{token}", traverse=False)
     task = dask.delayed(_stacked_chunk, pure=False)
     n_out = job.n_features + len(job.layers)
@@ -392,6 +420,8 @@ def embed_to_zarr(
     overwrite: bool = False,
     progress: bool = True,
     hide: Sequence[str] = (),
+    device: str | torch.device = "cpu",
+    resources: Mapping[str, float] | None = None,
 ) -> Path:
     """Embed a cube of any size into a Zarr store, chunk by chunk, resumable.
 
@@ -445,6 +475,17 @@ def embed_to_zarr(
         Show a progress bar with chunks done and pixel-dates per second.
     hide
         Fused models: sensors to leave out on purpose (e.g. ``("s2",)``).
+    device
+        Where the model runs (:func:`latentcube.inference.cluster.placement`):
+        ``"cpu"`` (default), ``"auto"``, ``"mps"``, ``"cuda"`` (every visible GPU)
+        or ``"cuda:N"``. On CUDA the local cluster has one worker per GPU, each
+        seeing only its GPU and declaring the Dask resource ``GPU=1``; every task
+        asks for it and batches whole tiles on the GPU. A run of one chunk runs in
+        this process on the GPU. With ``scheduler``, the cluster's workers must
+        declare ``GPU=1`` (refused otherwise). Checked before anything is written.
+    resources
+        Dask resources every task asks for (default ``{"GPU": 1}`` on CUDA, none
+        elsewhere).
 
     Returns
     -------
@@ -461,6 +502,14 @@ def embed_to_zarr(
     _positive("threads_per_worker", threads_per_worker)
     _positive("chunk", chunk)
     _positive("time_chunk", time_chunk)
+    place = placement(
+        device, scheduler=scheduler, workers=workers, processes=processes, resources=resources
+    )
+    if scheduler is not None and place.resources:
+        from dask.distributed import Client
+
+        with Client(scheduler) as client:  # tasks no worker can run would wait for ever
+            check_resources(client, place.resources, scheduler)
     out = Path(out)
     bundle = as_bundle(bundle)
     if bundle.path is None:
@@ -513,7 +562,7 @@ def embed_to_zarr(
         )
         if todo:
             _run(todo, done, args, job, cube, bundle, scheduler, workers, threads_per_worker,
-                 processes, progress, str(cube_path))  # fmt: skip
+                 processes, progress, str(cube_path), place)  # fmt: skip
         _mark_complete(target)
         shutil.rmtree(progress_dir(target))
         if target != out:
@@ -554,6 +603,7 @@ def _run(
     processes: bool,
     progress: bool,
     where: str,
+    place: Placement | None = None,
 ) -> None:
     """Run the chunks ``todo`` where the options say, with a progress bar.
 
@@ -564,33 +614,63 @@ def _run(
     task, and each task runs the model on one thread (PyTorch's intra-op threads
     synchronise after every small operation, which costs more than it gains here,
     and much more on a loaded machine). Larger runs use a local cluster of one
-    single-threaded worker process per core.
+    single-threaded worker process per core. On a GPU the same holds with one
+    chunk per GPU: a run of one chunk runs here on the GPU, a larger one on one
+    worker per GPU (:mod:`latentcube.inference.cluster`); on MPS every run
+    without a scheduler runs here, one chunk after the other.
     """
-    cores = _cores()
-    if scheduler is None and workers is None and len(todo) <= cores:
-        tasks = [t for t in _split_in_time(todo, -(-cores // len(todo))) if t[0] not in done]
-        bar = _BlockProgress(len(done) + len(tasks), progress, initial=len(done))
-        # the driver's model and cube serve the tasks (the same function, no second read)
-        preload((args[0], args[1], bundle.model), (args[2], args[3], job.reads, cube))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(min(cores, len(tasks))) as pool:
-                futures = {
-                    pool.submit(embed_chunk, *args, job, ts, ys, xs, key): key
-                    for key, ts, ys, xs in tasks
-                }
-                for fut in as_completed(futures):
-                    bar.update(_guarded(futures[fut], where, fut.result))
-        finally:
-            torch.set_num_threads(threads)
-            bar.bar.close()
+    place = place or Placement()
+    local = scheduler is None and workers is None
+    if local and place.device == "cpu" and len(todo) <= _cores():
+        tasks = [t for t in _split_in_time(todo, -(-_cores() // len(todo))) if t[0] not in done]
+        _run_here(tasks, done, args, job, cube, bundle.model, "cpu", progress, where)
+        return
+    if local and place.device != "cpu" and (not place.on_gpu or len(todo) == 1):
+        device = f"cuda:{place.gpus[0]}" if place.on_gpu and place.gpus else place.device
+        model = on_device(bundle.model, device)
+        _run_here(todo, done, args, job, cube, model, device, progress, where)
         return
     bar = _BlockProgress(len(done) + len(todo), progress, initial=len(done))
     try:
         _run_on_dask(todo, args, job, scheduler, workers, threads_per_worker, processes, bar,
-                     where)  # fmt: skip
+                     where, place)  # fmt: skip
     finally:
+        bar.bar.close()
+
+
+def _run_here(
+    tasks: list[Task],
+    done: set[str],
+    args: _ChunkArgs,
+    job: EmbedJob,
+    cube: xr.Dataset,
+    model: torch.nn.Module,
+    device: str,
+    progress: bool,
+    where: str,
+) -> None:
+    """Run ``tasks`` in this process, served by the driver's model and cube.
+
+    On a CPU one single-threaded task per core, on an accelerator one task at a
+    time on ``device``.
+    """
+    bar = _BlockProgress(len(done) + len(tasks), progress, initial=len(done))
+    # the driver's model and cube serve the tasks (the same function, no second read)
+    preload((args[0], args[1], device, model), (args[2], args[3], job.reads, cube))
+    threads = torch.get_num_threads()
+    n_pool = min(_cores(), len(tasks)) if device == "cpu" else 1
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max(n_pool, 1)) as pool:
+            futures = {
+                pool.submit(embed_chunk, *args, job, ts, ys, xs, key, device): key
+                for key, ts, ys, xs in tasks
+            }
+            for fut in as_completed(futures):
+                bar.update(_guarded(futures[fut], where, fut.result))
+    finally:
+        torch.set_num_threads(threads)
         bar.bar.close()
 
 
@@ -621,39 +701,34 @@ def _run_on_dask(
     processes: bool,
     bar: _BlockProgress,
     where: str,
+    place: Placement,
 ) -> None:
-    """One Dask task per chunk, on ``scheduler`` or a new local cluster."""
-    import dask
-    from dask.distributed import Client, LocalCluster, as_completed
+    """One Dask task per chunk, on ``scheduler`` or a new local cluster.
+
+    The local cluster has one worker per GPU on CUDA; every task asks for
+    ``place.resources``.
+    """
+    from dask.distributed import Client, as_completed
 
     cluster = None
     if scheduler is None:
-        # Worker processes get Dask's usual environment (one OpenMP/BLAS thread each)
-        # except MALLOC_TRIM_THRESHOLD_: setting it at all freezes glibc's mmap threshold
-        # at 128 KiB, so every tensor of the model's batches was mapped and unmapped
-        # afresh, page by page: about as much system time as model time.
-        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            cluster = LocalCluster(
-                n_workers=workers or min(_cores(), len(todo)),
-                threads_per_worker=threads_per_worker,
-                processes=processes,
-                dashboard_address=":0",  # any free port: never a clash with another cluster
-            )
+        n = workers or min(_cores(), len(todo))
+        cluster = local_cluster(n, threads_per_worker, processes, place.gpus)
     client = Client(scheduler or cluster)
     try:
+        if scheduler is not None:
+            check_resources(client, place.resources, scheduler)
         futures = {
             client.submit(
-                embed_chunk, *args, job, ts, ys, xs, key,
-                key=f"latentcube-embed-{key}", pure=False,
+                embed_chunk, *args, job, ts, ys, xs, key, place.device,
+                key=f"latentcube-embed-{key}", pure=False, resources=place.resources,
             ): key
             for key, ts, ys, xs in todo
         }  # fmt: skip
         for fut in as_completed(futures):
-            n = _guarded(futures[fut], where, fut.result)
+            n_done = _guarded(futures[fut], where, fut.result)
             fut.release()  # results are not kept on the workers
-            bar.update(n)
+            bar.update(n_done)
     finally:
         client.close()
         if cluster is not None:

@@ -40,7 +40,7 @@ from latentcube.cube.schema import provenance, select_bands
 from latentcube.data.multisensor import sensor_offsets
 from latentcube.embedding_store import layer_attrs, recon_layer
 from latentcube.errors import EmbeddingError
-from latentcube.inference.autoencoder import embed_block, embed_windows
+from latentcube.inference.autoencoder import default_batch, embed_block, embed_windows, model_device
 from latentcube.inference.job import Arrays, EmbedJob, Options, Reads
 from latentcube.models.fusion import FusionModel
 
@@ -85,11 +85,13 @@ def _sensor_latents(
     days: np.ndarray,
     dates: np.ndarray,
     centres: np.ndarray,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """(L, T, oy, ox) stage-1 latents of one sensor encoded on ``dates``, kept at ``centres``.
 
     ``dates`` are the block's dates the sensor is encoded on (its context runs over
     them); latents are computed only for those also in ``centres`` (NaN elsewhere).
+    ``batch_size``: pixels per encoder call (default: the device's, :func:`default_batch`).
     """
     ae = model.autoencoder(sensor)
     h = ae.config.window // 2
@@ -97,7 +99,7 @@ def _sensor_latents(
     out = np.full((ae.config.latent_dim, n_t, ny - 2 * h, nx - 2 * h), np.nan, np.float32)
     want = np.flatnonzero(np.isin(dates, centres))
     if len(want):
-        kw: dict[str, Any] = {"with_error": False}
+        kw: dict[str, Any] = {"with_error": False, "batch_size": batch_size}
         fn: Callable[..., tuple[np.ndarray, np.ndarray]]
         if ae.supports_dense:
             kw["centres"] = want.tolist()
@@ -126,7 +128,7 @@ def embed_fused_block(
     offsets: dict[str, np.ndarray],
     *,
     hide: Sequence[str] = (),
-    batch_size: int = 8192,
+    batch_size: int | None = None,
     with_error: bool = True,
     ref_dates: np.ndarray | None = None,
     centres: np.ndarray | None = None,
@@ -148,7 +150,10 @@ def embed_fused_block(
         Sensors to leave out on purpose (e.g. ``("s2",)`` for S1-only embeddings);
         they are not encoded at all.
     batch_size
-        Pixel-dates per fusion call.
+        Items per model call: pixel-dates per fusion call and pixels per stage-1
+        encoder call. Default on a CPU 8192 pixel-dates and 2048 pixels; on an
+        accelerator the whole block (every pixel-date per fusion call, every pixel
+        of a date per encoder call).
     with_error
         Also return the reference sensor's centre-pixel reconstruction MAE
         (wherever its centre pixel is valid, also when it was hidden).
@@ -168,6 +173,7 @@ def embed_fused_block(
     model.eval()
     cfg = model.config
     _check_hide(model, hide)
+    dev = model_device(model)
     ref = cfg.reference
     n_t = len(days)
     ref_dates = np.arange(n_t) if ref_dates is None else np.asarray(ref_dates, np.int64)
@@ -191,6 +197,7 @@ def embed_fused_block(
             days,
             ref_dates if s == ref else np.arange(n_t),
             centres,
+            batch_size,
         )
     shape = lat[ref].shape[1:]
     present = np.stack([np.isfinite(lat[s]).all(axis=0) for s in cfg.sensors], axis=-1)
@@ -202,13 +209,16 @@ def embed_fused_block(
     pos = np.full(n_t, -1)
     pos[ref_dates] = np.arange(len(ref_dates))
     tt, yy, xx = np.nonzero(present.any(axis=-1))
+    batch_size = batch_size or default_batch(dev, len(tt), cpu=8192)
     for i in range(0, len(tt), batch_size):
         t, y, x = tt[i : i + batch_size], yy[i : i + batch_size], xx[i : i + batch_size]
-        pres = torch.from_numpy(present[t, y, x])
-        lats = {s: torch.from_numpy(np.nan_to_num(lat[s][:, t, y, x].T)) for s in cfg.sensors}
-        offs = {s: torch.from_numpy(offsets[s][t]) for s in cfg.sensors}
+        pres = torch.from_numpy(present[t, y, x]).to(dev)
+        lats = {
+            s: torch.from_numpy(np.nan_to_num(lat[s][:, t, y, x].T)).to(dev) for s in cfg.sensors
+        }
+        offs = {s: torch.from_numpy(offsets[s][t]).to(dev) for s in cfg.sensors}
         z = model.fuse(lats, offs, pres)
-        emb[:, t, y, x] = z.T.numpy()
+        emb[:, t, y, x] = z.T.cpu().numpy()
         if with_error:
             p = pos[t]
             ok = valid[ref][t, y + h, x + h] & (p >= c) & (p < len(ref_dates) - c)
@@ -217,9 +227,11 @@ def embed_fused_block(
                 g = np.stack([np.diff(days[ref_dates[k - c : k + c + 1]]) for k in p[ok]]).astype(
                     np.int64
                 )
-                rec = model.decode_centre(z[torch.from_numpy(ok)], ref, torch.from_numpy(g))
+                rec = model.decode_centre(
+                    z[torch.from_numpy(ok).to(dev)], ref, torch.from_numpy(g).to(dev)
+                )
                 truth = data[ref][tk, :, y[ok] + h, x[ok] + h]
-                err[tk, y[ok], x[ok]] = np.abs(rec.numpy() - truth).mean(axis=1)
+                err[tk, y[ok], x[ok]] = np.abs(rec.cpu().numpy() - truth).mean(axis=1)
     return emb, flags, err
 
 

@@ -67,7 +67,9 @@ class Options:
     hide
         Fused models: sensors to leave out on purpose.
     batch_size
-        Pixels (stage 1) or pixel-dates (fusion) per model call; None: the job's default.
+        Pixels (stage 1) or pixel-dates (fusion; also the pixels of its stage-1
+        calls) per model call; None: the device's default (small batches on a CPU,
+        the whole tile on an accelerator).
     with_error
         Compute the reconstruction-error layer.
     refuse_empty

@@ -82,7 +82,7 @@ def cube_fingerprint(path: str | os.PathLike[str]) -> str:
 
 
 _CACHE_SIZE = 4
-_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS: dict[tuple[str, str, str], Any] = {}
 _CUBES: dict[tuple[str, str, Any], xr.Dataset] = {}
 
 
@@ -101,29 +101,36 @@ def _cached(cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
 
 
 def preload(
-    model: tuple[str, str, Any], cube: tuple[str, str, tuple[tuple[str, tuple[str, ...]], ...], Any]
+    model: tuple[str, str, str, Any],
+    cube: tuple[str, str, tuple[tuple[str, tuple[str, ...]], ...], Any],
 ) -> None:
     """Serve this process's tasks from a model and cube the caller has opened already.
 
-    ``model``: (path, digest, model); ``cube``: (path, fingerprint, reads, cube), keyed
-    as :func:`_worker_model` and :func:`_worker_cube` key them.
+    ``model``: (path, digest, device, model on that device); ``cube``: (path,
+    fingerprint, reads, cube), keyed as :func:`_worker_model` and
+    :func:`_worker_cube` key them.
     """
-    path, digest, net = model
-    _put(_MODELS, (path, digest), net)
+    path, digest, device, net = model
+    _put(_MODELS, (path, digest, device), net)
     c_path, c_print, reads, opened = cube
     _put(_CUBES, (c_path, c_print, reads), select_bands(opened, dict(reads)))
 
 
-def _worker_model(path: str, digest: str) -> Any:
-    """The model of a bundle, loaded once per worker process.
+def _worker_model(path: str, digest: str, device: str = "cpu") -> Any:
+    """The model of a bundle, loaded once per worker process onto ``device``.
 
+    The bundle is read onto the CPU (whatever device it was trained on) and then
+    moved to ``device`` (``"cuda"`` in a GPU worker is the one GPU it sees).
     Keyed by the file's SHA-256 (``digest``, from the driver) as well as its path,
     so a worker of a long-lived cluster loads a bundle replaced at the same path
     afresh instead of reusing the old weights.
     """
     from latentcube.bundle import ModelBundle
 
-    return _cached(_MODELS, (path, digest), lambda: ModelBundle.load(path).model.eval())
+    def make() -> Any:
+        return ModelBundle.load(path).model.to(device).eval()
+
+    return _cached(_MODELS, (path, digest, device), make)
 
 
 def _worker_cube(
@@ -176,20 +183,23 @@ def embed_chunk(
     ys: slice,
     xs: slice,
     key: str,
+    device: str = "cpu",
 ) -> int:
     """Embed one output chunk, write it into the store, then mark it done.
 
-    Returns the number of pixel-dates of the chunk. The marker is written after the
-    data, so a chunk interrupted half way is recomputed and rewritten by the next
-    run; a chunk that already has a marker (a task rerun after a lost worker) is
-    not computed again.
+    The model runs on ``device`` (whole tiles per call on an accelerator); the
+    layers come back to the host as float32 before they are written. Returns the
+    number of pixel-dates of the chunk. The marker is written after the data, so
+    a chunk interrupted half way is recomputed and rewritten by the next run; a
+    chunk that already has a marker (a task rerun after a lost worker) is not
+    computed again.
     """
     import zarr
 
     marker = progress_dir(out_path) / key
     if marker.exists():
         return int(marker.read_text())
-    model = _worker_model(model_path, model_digest)
+    model = _worker_model(model_path, model_digest, device)
     cube = _worker_cube(cube_path, cube_print, job.reads)
     layers = job.compute(model, _read_block(cube, job, job.block(ts, ys, xs)), ts, ys, xs)
     for name, values in layers.items():
