@@ -39,7 +39,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +74,6 @@ CLASSES = {0: "clear", 1: "cloud", 2: "cloud shadow"}
 NODATA = 255
 #: Overlap of neighbouring model tiles (model pixels).
 OVERLAP = 32
-#: Most onnxruntime threads of the default ``threads`` (one 256 px tile per call).
-MAX_THREADS = 4
 
 
 def require_csmask() -> Path:
@@ -131,21 +128,6 @@ def _session(path: str, threads: int) -> Any:
     # wall time of 1 thread; without spinning 0.95x (2 cores, load average 9)
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def _threads(threads: int | None) -> int:
-    """Threads of onnxruntime: ``threads``, else 1 in a Dask worker, else the usable cores."""
-    if threads is not None:
-        return int(threads)
-    distributed = sys.modules.get("distributed")  # a Dask worker has imported it
-    if distributed is not None:
-        try:
-            distributed.get_worker()
-            return 1
-        except ValueError:  # not in a worker
-            pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(int(cores or 1), MAX_THREADS))
 
 
 @functools.cache
@@ -274,9 +256,10 @@ class CSMask:
         project's 2-core CPU batches of 4 were no faster per tile (95 against 90 ms
         of CPU) and raised onnxruntime's peak memory from about 250 to 400 MiB.
     threads
-        onnxruntime's threads per call. None (default): 1 in a Dask worker (its
-        tasks already use the cores), else the process's usable cores, at most
-        :data:`MAX_THREADS`. The classes do not depend on it (tested).
+        onnxruntime's threads per call. 1 by default: in Dask workers and beside
+        the build's reader, writer and S1 threads; on the project's 2 shared cores
+        2 threads took 1.09x the wall time and 1.1x the CPU time of 1
+        (benchmarks/RESULTS.md). The classes do not depend on it (tested).
 
     Examples
     --------
@@ -289,7 +272,7 @@ class CSMask:
     scale: int = 3
     context: int = 64
     batch_size: int = 1
-    threads: int | None = None
+    threads: int = 1
 
     #: Items are independent: a combined mask may call it on a subset of items.
     per_item: ClassVar[bool] = True
@@ -300,9 +283,8 @@ class CSMask:
         if self.bands not in MODEL_BANDS:
             raise CubeError(f"csmask bands must be 4 or 6, got {self.bands}")
         for name in ("scale", "batch_size", "threads"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise CubeError(f"csmask {name} must be >= 1, got {value}")
+            if int(getattr(self, name)) < 1:
+                raise CubeError(f"csmask {name} must be >= 1, got {getattr(self, name)}")
         if self.dilation < 0 or self.context < 0:
             raise CubeError("csmask dilation and context must be >= 0")
 
@@ -435,7 +417,7 @@ class CSMask:
         self, pending: Sequence[tuple[int, np.ndarray, np.ndarray]], grid: _Grid, out: np.ndarray
     ) -> None:
         """Classify prepared images (their tiles in batches of ``batch_size``) into ``out``."""
-        session = _session(str(self.model_file), _threads(self.threads))
+        session = _session(str(self.model_file), int(self.threads))
         name = session.get_inputs()[0].name
         tile, s = grid.tile, grid.scale
         weights, wsum = grid.weights()
