@@ -17,11 +17,18 @@
   wall time inside each build is summed from its calls, and the CPU time of the copy a
   build makes when it drops a date after reading it (``write_zarr`` of the kept
   dates). Target: csmask / scl <= 3.
+* ``--baseline REV``: ``csmask.py`` of git revision ``REV`` beside this tree's: the
+  masks of both on the 512 px unit (all real, and with a halo without data as in the
+  builds) must be identical; ``by_date``'s CPU time per date of both, interleaved,
+  with the network and with the network call replaced by its cached output (the code
+  around it alone); and a ``csmask`` build with the revision's learned mask among the
+  interleaved builds.
 * ``--memory``: peak RSS of fresh processes building with ``csmask`` at each
   ``--sizes`` (default 512 and 1024 px: 1 and 4 loading units); memory must not
   grow with the area.
 
-Usage: ``nice -n 5 python benchmarks/bench_cloudmask.py [--repeats 5] [--memory]``
+Usage: ``nice -n 5 python benchmarks/bench_cloudmask.py [--repeats 5] [--memory]
+[--baseline REV]``
 (from the repository root).
 """
 
@@ -36,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +60,7 @@ MASKS: dict[str, object] = {
     "csmask 2 thr": CSMask(threads=2),
     "scl+csmask": "scl+csmask",
 }
+BASELINE = "csmask@base"  # the label of the csmask build with --baseline's learned mask
 
 
 def _real_unit(side: int, dates: int) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -108,7 +117,81 @@ def _time_network(repeats: int) -> float:
     return float(np.median(cpu))
 
 
-def _builds(work: Path, repeats: int) -> None:
+def _baseline(rev: str) -> Any:
+    """``src/latentcube/cube/csmask.py`` of git revision ``rev``, imported as its own module."""
+    import importlib.util
+
+    text = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:src/latentcube/cube/csmask.py"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    path = Path(tempfile.mkdtemp(prefix="csmask-baseline-")) / "csmask_baseline.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("csmask_baseline", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["csmask_baseline"] = module  # for its dataclasses
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Cached:
+    """An onnxruntime session whose ``run`` returns a cached output: the code around it alone."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.out = session, None
+
+    def get_inputs(self) -> Any:
+        return self.session.get_inputs()
+
+    def run(self, names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.out is None:
+            self.out = self.session.run(names, feed)[0]
+        return [self.out.copy()]
+
+
+def _compare(old: Any, rev: str, repeats: int) -> None:
+    """The learned mask of this tree against ``old`` (revision ``rev``): masks and CPU time."""
+    from latentcube.cube import csmask as csmask_module
+
+    now, base = CSMask(), old.CSMask()
+    refl, bands = _real_unit(512 + 2 * now.halo, 4)
+    ring = refl.copy()  # as in the builds: the catalog covers the unit, not its halo
+    ring[..., : now.halo, :] = ring[..., -now.halo :, :] = np.nan
+    ring[..., : now.halo] = ring[..., -now.halo :] = np.nan
+    scl = np.zeros(refl[:, 0].shape, np.uint8)
+    singles, pair = [[k] for k in range(4)], [[0, 1], [2], [3]]
+    same = all(
+        np.array_equal(now.classify(r, bands), base.classify(r, bands))
+        and np.array_equal(now.by_date(r, scl, bands, g), base.by_date(r, scl, bands, g))
+        for r in (refl, ring)
+        for g in (singles, pair)
+    )
+    print(f"this tree against {rev}: identical classes and masks on the 512 px unit: {same}")
+    sessions = {mod: mod._session for mod in (csmask_module, old)}
+    for label in ("with the network", "the network call's output cached"):
+        if label != "with the network":
+            for mod, real in sessions.items():
+                cached: dict[tuple[str, int], _Cached] = {}
+
+                def session(p: str, t: int, real: Any = real, c: dict = cached) -> _Cached:
+                    return c.setdefault((p, t), _Cached(real(p, t)))
+
+                mod._session = session
+        cpu: dict[str, list[float]] = {rev: [], "this tree": []}
+        for _ in range(max(repeats, 5)):
+            for key, mask in ((rev, base), ("this tree", now)):
+                c = time.process_time()
+                mask.by_date(ring, scl, bands, singles)
+                cpu[key].append((time.process_time() - c) / 4 * 1e3)
+        a, b = np.array(cpu[rev]), np.array(cpu["this tree"])
+        print(f"  by_date CPU per date, {label}: {rev} {np.median(a):5.1f} ms, this tree "
+              f"{np.median(b):5.1f} ms; ratio {np.median(b / a):.2f}")  # fmt: skip
+    for mod, real in sessions.items():
+        mod._session = real
+
+
+def _builds(work: Path, repeats: int, old: Any = None) -> None:
     import shutil
 
     import latentcube.io
@@ -118,11 +201,13 @@ def _builds(work: Path, repeats: int) -> None:
     cat = _catalog(work, 8)
     spent = [0.0, 0.0]  # the learned mask's wall time, the date copy's CPU time
     real, real_write = csmask_module.CSMask.by_date, latentcube.io.write_zarr
+    classify = csmask_module.CSMask.classify
+    impl = [real]  # by_date of this tree, or of --baseline's csmask.py
 
     def timed(self, *a, **k):  # the learned mask's own time inside the builds
         t = time.perf_counter()
         try:
-            return real(self, *a, **k)
+            return impl[0](self, *a, **k)
         finally:
             spent[0] += time.perf_counter() - t
 
@@ -136,26 +221,34 @@ def _builds(work: Path, repeats: int) -> None:
     csmask_module.CSMask.by_date = timed  # type: ignore[method-assign]
     latentcube.io.write_zarr = copy  # build_cube imports it when it copies
 
-    def build(mask: object) -> tuple[float, float, int, float, float]:
+    masks = dict(MASKS)
+    if old is not None:
+        masks[BASELINE] = "csmask"
+
+    def build(label: str) -> tuple[float, float, int, float, float]:
         out = work / "cube.zarr"
         shutil.rmtree(out, ignore_errors=True)
         spent[:] = [0.0, 0.0]
+        base = label == BASELINE  # the revision's by_date, and its classify that it calls
+        impl[0] = old.CSMask.by_date if base else real
+        csmask_module.CSMask.classify = old.CSMask.classify if base else classify  # type: ignore[method-assign]
         t, cpu = time.perf_counter(), time.process_time()
         c = build_cube(**_place(8), start=START, end=END, catalog=str(cat), out=out,
-                       progress=False, mask=mask)  # fmt: skip
+                       progress=False, mask=masks[label])  # fmt: skip
         wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        csmask_module.CSMask.classify = classify  # type: ignore[method-assign]
         return wall, spent[0], c.sizes["time"], cpu, spent[1]
 
-    for m in MASKS.values():  # warm-up: files, model sessions
-        build(m)
-    rows: dict[str, list[tuple[float, float, int, float, float]]] = {m: [] for m in MASKS}
+    for label in masks:  # warm-up: files, model sessions
+        build(label)
+    rows: dict[str, list[tuple[float, float, int, float, float]]] = {m: [] for m in masks}
     for _ in range(repeats):
-        for label, m in MASKS.items():
-            rows[label].append(build(m))
+        for label in masks:
+            rows[label].append(build(label))
     scl = np.array([r[0] for r in rows["scl"]])
     scl_cpu = np.array([r[3] for r in rows["scl"]])
     print(f"builds: 512 x 512 px, S2 + S1, local catalog, {repeats} interleaved rounds (warm)")
-    for m in MASKS:
+    for m in masks:
         wall = np.array([r[0] for r in rows[m]])
         cpu = np.array([r[3] for r in rows[m]])
         mask_s = np.array([r[1] for r in rows[m]])
@@ -194,6 +287,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--baseline", metavar="REV", help="compare with csmask.py of this revision")
     ap.add_argument("--child-work", help=argparse.SUPPRESS)
     ap.add_argument("--child-repeat", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -218,8 +312,11 @@ def main() -> None:
         print(f"  {label:<48} best {best:5.0f} ms, median {med:5.0f} ms, CPU {cpu:5.0f} ms")
     net = _time_network(max(args.repeats, 5))
     print(f"  {'network call alone, 1 thread (one 256 px tile)':<48} CPU {net:5.0f} ms")
+    old = _baseline(args.baseline) if args.baseline else None
+    if old is not None:
+        _compare(old, args.baseline, args.repeats)
     with tempfile.TemporaryDirectory(prefix="bench-cloudmask-") as tmp:
-        _builds(Path(tmp), args.repeats)
+        _builds(Path(tmp), args.repeats, old)
         if args.memory:
             print("peak RSS of a csmask build in a fresh process:")
             for size in args.sizes:
