@@ -256,10 +256,11 @@ class CSMask:
         project's 2-core CPU batches of 4 were no faster per tile (95 against 90 ms
         of CPU) and raised onnxruntime's peak memory from about 250 to 400 MiB.
     threads
-        onnxruntime's threads per call. 1 by default: in Dask workers and beside
-        the build's reader, writer and S1 threads; on the project's 2 shared cores
-        2 threads took 1.09x the wall time and 1.1x the CPU time of 1
-        (benchmarks/RESULTS.md). The classes do not depend on it (tested).
+        onnxruntime's threads per call. 1 by default (Dask workers run one task
+        per core; a serial build runs its writer and S1 threads beside it): on the
+        project's 2 shared cores 2 threads were no faster and took more CPU time,
+        alone and in builds (benchmarks/RESULTS.md). The classes do not depend on
+        it (tested).
 
     Examples
     --------
