@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latentcube.cube import csmask as csmask_module
 from latentcube.cube.build import build_cube, make_mask
 from latentcube.cube.csmask import MODEL_BANDS, NODATA, CSMask, _block_mean, _starts, _weights
 from latentcube.cube.masks import AllMasks, SCLMask, describe_cube_mask
@@ -174,22 +175,114 @@ def test_helpers():
     assert w.min() > 0 and w.max() == 1.0 and w[128, 128] == 1.0
 
 
+def _plain_classes(mask, refl, bands):
+    """:meth:`CSMask.classify` written plainly (the code before 2026-12-07 09:00): the reference.
+
+    Whole (image, band, y, x) stacks, the block means as NaN-filtered strided
+    sums, one tile per network call, blended; no views, no batching.
+    """
+    mean, std, tile, _ = mask._stats()
+    idx = [list(bands).index(b) for b in mask.model_bands]
+    x = refl[:, idx]
+    n, _, h, w = x.shape
+    s = mask.scale
+    hs, ws = -(-h // s), -(-w // s)
+    total = np.zeros((n, len(idx), hs, ws), np.float32)
+    count = np.zeros_like(total)
+    for i in range(s):
+        for j in range(s):
+            part = x[..., i::s, j::s]
+            ok = np.isfinite(part)
+            total[..., : part.shape[-2], : part.shape[-1]] += np.where(ok, part, np.float32(0))
+            count[..., : part.shape[-2], : part.shape[-1]] += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(count > 0, total / count, np.float32(np.nan)).astype(np.float32)
+    x = np.nan_to_num((x - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+    ph, pw = max(tile - hs, 0), max(tile - ws, 0)
+    x = np.pad(x, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), "symmetric")
+    ys = _starts(hs + ph, tile, 32)
+    xs = _starts(ws + pw, tile, 32)
+    weights = _weights(tile, 32)
+    session = csmask_module._session(str(mask.model_file), 1)
+    name = session.get_inputs()[0].name
+    out = np.full((n, h, w), NODATA, np.uint8)
+    for k in range(n):
+        prob = np.zeros((3, hs + ph, ws + pw), np.float32)
+        wsum = np.zeros((hs + ph, ws + pw), np.float32)
+        for y0 in ys:
+            for x0 in xs:
+                wsum[y0 : y0 + tile, x0 : x0 + tile] += weights
+                t = x[k : k + 1, :, y0 : y0 + tile, x0 : x0 + tile]
+                logits = session.run(None, {name: np.ascontiguousarray(t)})[0]
+                e = np.exp(logits - logits.max(axis=1, keepdims=True))
+                prob[:, y0 : y0 + tile, x0 : x0 + tile] += (e / e.sum(axis=1, keepdims=True))[
+                    0
+                ] * weights
+        cls = np.argmax(prob / wsum, axis=0).astype(np.uint8)
+        cls = cls[ph // 2 : ph // 2 + hs, pw // 2 : pw // 2 + ws]
+        out[k] = np.repeat(np.repeat(cls, s, axis=0), s, axis=1)[:h, :w]
+    out[~np.isfinite(refl[:, idx]).all(axis=1)] = NODATA
+    return out
+
+
+def _unit_with_halo(fixture, side=512, halo=65):
+    """The fixture dates mirrored to a ``side`` px unit, a ``halo`` without data on two sides."""
+    refl = fixture[0]
+    reps = -(-(side + halo) // refl.shape[-1])
+    row = np.concatenate([refl, refl[..., ::-1]] * reps, axis=-1)[..., : side + halo]
+    big = np.concatenate([row, row[..., ::-1, :]] * reps, axis=-2)[..., : side + halo, :]
+    out = np.full((*refl.shape[:2], side + 2 * halo, side + 2 * halo), np.nan, np.float32)
+    out[..., halo:, halo:] = big  # north and west: beyond the catalog's edge
+    return out
+
+
+def test_classes_equal_the_plain_implementation(fixture):
+    """Same classes, pixel for pixel, as the plain code: fixtures, a whole 512 px date, tiling."""
+    refl = fixture[0]
+    mask = CSMask(dilation=0)
+    np.testing.assert_array_equal(mask.classify(refl, BANDS), _plain_classes(mask, refl, BANDS))
+    gappy = refl.copy()
+    gappy[1, 4, :10] = np.nan  # B11 missing on some rows of one date
+    gappy[2, :, 20:23, 30:31] = np.nan  # and a hole through a block
+    np.testing.assert_array_equal(mask.classify(gappy, BANDS), _plain_classes(mask, gappy, BANDS))
+    four = CSMask(bands=4, dilation=0)
+    ro = _load(ROMANIA, BANDS[:4])[0]
+    np.testing.assert_array_equal(four.classify(ro, BANDS[:4]), _plain_classes(four, ro, BANDS[:4]))
+    unit = _unit_with_halo(fixture)  # 642 px: one model tile per date, as in a build
+    got = mask.classify(unit, BANDS)
+    assert (got[:, 65:, 65:] != NODATA).all() and (got[:, :65] == NODATA).all()
+    np.testing.assert_array_equal(got, _plain_classes(mask, unit, BANDS))
+    big = unit[BROKEN : BROKEN + 1, :, 65:365, 65:365]  # 300 px at 10 m: 4 blended tiles
+    ten = CSMask(dilation=0, scale=1)
+    np.testing.assert_array_equal(ten.classify(big, BANDS), _plain_classes(ten, big, BANDS))
+
+
+def test_threads_do_not_change_the_classes(fixture, classes):
+    refl = fixture[0]
+    for threads in (1, 2):
+        got = CSMask(dilation=0, threads=threads).classify(refl, BANDS)
+        np.testing.assert_array_equal(got, classes)
+    with pytest.raises(CubeError, match="threads must be >= 1"):
+        CSMask(threads=0)
+
+
 def test_by_date_classifies_each_date_once_as_a_mosaic(fixture, monkeypatch):
     refl = fixture[0][[BROKEN, BROKEN, CLEAR]].copy()
     refl[0, :, :, 32:] = np.nan  # two "tiles" of one pass: west and east halves
     refl[1, :, :, :24] = np.nan
     calls = []
-    real = CSMask.classify
+    real = CSMask._classes
 
-    def spy(self, r, bands):
-        calls.append(r.shape[0])
-        return real(self, r, bands)
+    def spy(self, images, size):
+        calls.append(len(images))
+        return real(self, images, size)
 
-    monkeypatch.setattr(CSMask, "classify", spy)
+    monkeypatch.setattr(CSMask, "_classes", spy)
     mask = CSMask(dilation=0)
     clear = mask.by_date(refl, np.zeros(refl[:, 0].shape, np.uint8), BANDS, [[0, 1], [2]])
     assert calls == [2]  # one image per date
-    whole = real(mask, fixture[0][[BROKEN]], BANDS)
+    whole = mask.classify(fixture[0][[BROKEN]], BANDS)
+    assert calls == [2, 1]
     np.testing.assert_array_equal(clear[0], whole[0] == 0)  # the mosaic is the whole date
     np.testing.assert_array_equal(clear[0], clear[1])
 
@@ -197,9 +290,9 @@ def test_by_date_classifies_each_date_once_as_a_mosaic(fixture, monkeypatch):
 def test_combined_mask_is_both_and_skips_dates_scl_leaves_nothing_clear(fixture, monkeypatch):
     refl, scl, _ = fixture
     calls = []
-    real = CSMask.classify
+    real = CSMask._classes
     monkeypatch.setattr(
-        CSMask, "classify", lambda self, r, b: calls.append(r.shape[0]) or real(self, r, b)
+        CSMask, "_classes", lambda self, im, size: calls.append(len(im)) or real(self, im, size)
     )
     both = make_mask("scl+csmask", dilation=0)
     assert isinstance(both, AllMasks) and both.name == "scl+csmask"

@@ -150,8 +150,9 @@ def _model_stats(path: str, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndar
 def _block_mean(x: np.ndarray, s: int) -> np.ndarray:
     """NaN-aware mean over ``s`` x ``s`` blocks of the last two axes (edge blocks: their pixels).
 
-    Sums of the ``s * s`` strided views (about 10x faster than a reshape with a
-    NaN mask); the NaN-aware sums only when some value is not finite.
+    Sums of the ``s * s`` strided views, added in row-major order (the same sums
+    whatever the caller's layout); the NaN test and the zero-filled copy are made
+    once, and only when some value is not finite.
     """
     if s == 1:
         return x
@@ -159,20 +160,18 @@ def _block_mean(x: np.ndarray, s: int) -> np.ndarray:
     shape = (*x.shape[:-2], -(-h // s), -(-w // s))
     total = np.zeros(shape, np.float32)
     count = np.zeros(shape, np.float32)
-    finite = bool(np.isfinite(x).all())
+    ok = np.isfinite(x)
+    finite = bool(ok.all())
+    if not finite:
+        x = np.where(ok, x, np.float32(0.0))
     for i in range(s):
         for j in range(s):
             part = x[..., i::s, j::s]
             region = (..., slice(0, part.shape[-2]), slice(0, part.shape[-1]))
-            if finite:
-                total[region] += part
-                count[region] += 1.0
-            else:
-                ok = np.isfinite(part)
-                total[region] += np.where(ok, part, np.float32(0.0))
-                count[region] += ok
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.float32(np.nan)).astype(np.float32)
+            total[region] += part
+            count[region] += 1.0 if finite else ok[..., i::s, j::s]
+    with np.errstate(invalid="ignore", divide="ignore"):  # no pixel with data: 0 / 0 = NaN
+        return np.divide(total, count, out=total)
 
 
 def _starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -188,6 +187,51 @@ def _weights(tile: int, overlap: int) -> np.ndarray:
     ramp = np.minimum(np.arange(1, tile + 1), np.arange(tile, 0, -1)) / (overlap + 1)
     w = np.minimum(ramp, 1.0).astype(np.float32)
     return w[:, None] * w[None, :]
+
+
+def _model_input(
+    planes: Sequence[np.ndarray], s: int, mean: np.ndarray, std: np.ndarray, ph: int, pw: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's network input (band, y, x) and its pixels without data (y, x).
+
+    Band by band (each plane stays in cache): the ``s`` x ``s`` block means,
+    normalised with the model's statistics (no data: 0, the band mean), padded
+    by mirroring to ``ph`` more rows and ``pw`` more columns.
+    """
+    h, w = planes[0].shape
+    x = np.empty((len(planes), -(-h // s), -(-w // s)), np.float32)
+    ok = np.ones((h, w), bool)
+    for j, plane in enumerate(planes):
+        ok &= np.isfinite(plane)
+        np.divide(_block_mean(plane, s) - mean[j], std[j], out=x[j])
+        np.copyto(x[j], np.float32(0.0), where=~np.isfinite(x[j]))  # no data: the band mean
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
+    return x, ~ok
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The model tiles of an image: tile size, scale, image size, padding and tile starts."""
+
+    tile: int
+    scale: int
+    h: int
+    w: int
+    ph: int
+    pw: int
+    ys: list[int]
+    xs: list[int]
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """Blending weights of one tile, and their sum over the padded image."""
+        weights = _weights(self.tile, OVERLAP)
+        hs, ws = -(-self.h // self.scale), -(-self.w // self.scale)
+        wsum = np.zeros((hs + self.ph, ws + self.pw), np.float32)
+        for y0 in self.ys:
+            for x0 in self.xs:
+                wsum[y0 : y0 + self.tile, x0 : x0 + self.tile] += weights
+        return weights, wsum
 
 
 @dataclass(frozen=True)
@@ -212,8 +256,11 @@ class CSMask:
         project's 2-core CPU batches of 4 were no faster per tile (95 against 90 ms
         of CPU) and raised onnxruntime's peak memory from about 250 to 400 MiB.
     threads
-        onnxruntime's threads per call (1 in Dask workers and beside the
-        build's writer thread).
+        onnxruntime's threads per call. 1 by default (Dask workers run one task
+        per core; a serial build runs its writer and S1 threads beside it): on the
+        project's 2 shared cores 2 threads were no faster and took more CPU time,
+        alone and in builds (benchmarks/RESULTS.md). The classes do not depend on
+        it (tested).
 
     Examples
     --------
@@ -335,54 +382,64 @@ class CSMask:
             uint8 (image, y, x). No data: a pixel without data in some model band.
         """
         self.check(bands)
-        mean, std, tile, _ = self._stats()
         idx = [list(bands).index(b) for b in self.model_bands]
-        n, _, h, w = refl.shape
-        out = np.full((n, h, w), NODATA, np.uint8)
-        nodata = np.zeros((n, h, w), bool)
-        for j in idx:
-            nodata |= ~np.isfinite(refl[:, j])
-        todo = np.flatnonzero(~nodata.all(axis=(1, 2)))  # images without any data: no run
-        if todo.size == 0:
-            return out
-        session = _session(str(self.model_file), int(self.threads))
-        name = session.get_inputs()[0].name
+        images = [[refl[k, j] for j in idx] for k in range(refl.shape[0])]
+        return self._classes(images, refl.shape[-2:])
+
+    def _classes(self, images: Sequence[Sequence[np.ndarray]], size: Sequence[int]) -> np.ndarray:
+        """:meth:`classify` of images given as their model bands' (y, x) planes, in model order.
+
+        Planes may be views into a larger array: nothing is copied but each image's
+        model input, made and classified a batch at a time (memory: one batch).
+        """
+        mean, std, tile, _ = self._stats()
+        h, w = (int(v) for v in size)
+        out = np.full((len(images), h, w), NODATA, np.uint8)
         s = int(self.scale)
-        weights = _weights(tile, OVERLAP)
         hs, ws = -(-h // s), -(-w // s)  # model grid
         ph, pw = max(tile - hs, 0), max(tile - ws, 0)
         ys, xs = _starts(hs + ph, tile, OVERLAP), _starts(ws + pw, tile, OVERLAP)
-        # images are prepared and classified a few at a time: memory stays at one batch
+        grid = _Grid(tile, s, h, w, ph, pw, ys, xs)
         per_batch = max(1, self.batch_size // (len(ys) * len(xs)))
-        for i0 in range(0, todo.size, per_batch):
-            part_ids = todo[i0 : i0 + per_batch]
-            imgs = []
-            for k in part_ids:
-                x = _block_mean(refl[k, idx], s)  # (b, hs, ws)
-                x = np.nan_to_num((x - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
-                pad = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
-                imgs.append(np.pad(x, pad, mode="symmetric") if ph or pw else x)
-            tiles = [(k, y0, x0) for k in range(len(imgs)) for y0 in ys for x0 in xs]
-            prob = np.zeros((len(imgs), 3, hs + ph, ws + pw), np.float32)
-            wsum = np.zeros((hs + ph, ws + pw), np.float32)
-            for y0 in ys:
-                for x0 in xs:
-                    wsum[y0 : y0 + tile, x0 : x0 + tile] += weights
-            for b0 in range(0, len(tiles), self.batch_size):
-                part = tiles[b0 : b0 + self.batch_size]
-                batch = np.stack([imgs[k][:, y0 : y0 + tile, x0 : x0 + tile] for k, y0, x0 in part])
-                logits = session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0]
-                e = np.exp(logits - logits.max(axis=1, keepdims=True))
-                p = e / e.sum(axis=1, keepdims=True) * weights
-                for (k, y0, x0), pk in zip(part, p, strict=True):
-                    prob[k, :, y0 : y0 + tile, x0 : x0 + tile] += pk
-            cls = np.argmax(prob / wsum, axis=1).astype(np.uint8)
-            cls = cls[:, ph // 2 : ph // 2 + hs, pw // 2 : pw // 2 + ws]
-            if s > 1:
-                cls = np.repeat(np.repeat(cls, s, axis=1), s, axis=2)
-            out[part_ids] = cls[:, :h, :w]
-        out[nodata] = NODATA
+        pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # image, model input, no data
+        for k, planes in enumerate(images):
+            x, nodata = _model_input(planes, s, mean, std, ph, pw)
+            if nodata.all():  # an image without any data: no run
+                continue
+            pending.append((k, x, nodata))
+            if len(pending) == per_batch:
+                self._run(pending, grid, out)
+                pending = []
+        if pending:
+            self._run(pending, grid, out)
         return out
+
+    def _run(
+        self, pending: Sequence[tuple[int, np.ndarray, np.ndarray]], grid: _Grid, out: np.ndarray
+    ) -> None:
+        """Classify prepared images (their tiles in batches of ``batch_size``) into ``out``."""
+        session = _session(str(self.model_file), int(self.threads))
+        name = session.get_inputs()[0].name
+        tile, s = grid.tile, grid.scale
+        weights, wsum = grid.weights()
+        tiles = [(k, y0, x0) for k in range(len(pending)) for y0 in grid.ys for x0 in grid.xs]
+        prob = np.zeros((len(pending), 3, *wsum.shape), np.float32)
+        for b0 in range(0, len(tiles), self.batch_size):
+            part = tiles[b0 : b0 + self.batch_size]
+            batch = [pending[k][1][:, y0 : y0 + tile, x0 : x0 + tile] for k, y0, x0 in part]
+            logits = session.run(None, {name: np.ascontiguousarray(np.stack(batch), np.float32)})[0]
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p = e / e.sum(axis=1, keepdims=True) * weights
+            for (k, y0, x0), pk in zip(part, p, strict=True):
+                prob[k, :, y0 : y0 + tile, x0 : x0 + tile] += pk
+        cls = np.argmax(prob / wsum, axis=1).astype(np.uint8)
+        hs, ws = -(-grid.h // s), -(-grid.w // s)
+        cls = cls[:, grid.ph // 2 : grid.ph // 2 + hs, grid.pw // 2 : grid.pw // 2 + ws]
+        if s > 1:
+            cls = np.repeat(np.repeat(cls, s, axis=1), s, axis=2)
+        for (k, _, nodata), c in zip(pending, cls, strict=True):
+            out[k] = c[: grid.h, : grid.w]
+            out[k][nodata] = NODATA
 
     def clear_from_classes(self, classes: np.ndarray) -> np.ndarray:
         """Clear pixels of :meth:`classify`'s output: class 0, away from dilated clouds/shadows."""
@@ -421,14 +478,19 @@ class CSMask:
         ]  # fmt: skip
         if not todo:
             return clear
-        mosaic = np.empty((len(todo), len(idx), *refl.shape[2:]), np.float32)  # model bands
-        for d, g in enumerate(todo):
-            mosaic[d] = refl[g[0], idx]
+        images: list[Sequence[np.ndarray]] = []
+        for g in todo:
+            if len(g) == 1:  # the item's model bands, as views
+                images.append([refl[g[0], j] for j in idx])
+                continue
+            mosaic = refl[g[0], idx]  # a copy, in the model's band order
             for k in g[1:]:  # fill the holes of the mosaic with this item's data
-                take = np.isfinite(refl[k, idx]).all(axis=0)
-                take &= ~np.isfinite(mosaic[d]).all(axis=0)
-                mosaic[d][:, take] = refl[k, idx][:, take]
-        date_clear = self.clear_from_classes(self.classify(mosaic, self.model_bands))
+                item = refl[k, idx]
+                take = np.isfinite(item).all(axis=0)
+                take &= ~np.isfinite(mosaic).all(axis=0)
+                mosaic[:, take] = item[:, take]
+            images.append(list(mosaic))
+        date_clear = self.clear_from_classes(self._classes(images, refl.shape[2:]))
         for d, g in enumerate(todo):
             clear[g] = date_clear[d]
         return clear
