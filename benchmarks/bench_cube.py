@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -215,8 +214,9 @@ def _child(args: argparse.Namespace) -> None:
         .resolve()
         .is_relative_to(Path(os.environ.get("BENCH_CUBE_SRC", ROOT / "src")).resolve())
     ), latentcube.__file__
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": secs, "peak_mib": peak_kib / 1024}))
+    from _memory import peak_rss_mib  # VmHWM: ru_maxrss would include the parent's peak
+
+    print(json.dumps({"seconds": secs, "peak_mib": peak_rss_mib()}))
 
 
 def _run_child(work: Path, repeat: int, src: Path | None = None, warm: bool = False) -> dict:

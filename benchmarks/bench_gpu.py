@@ -31,7 +31,6 @@ import csv
 import json
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -40,11 +39,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import peak_rss_mib
 from bench_streaming import STRIDES, make_cubes
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine(device: Any) -> dict[str, Any]:

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -56,7 +55,10 @@ def rss_mib() -> float:
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process (VmHWM: ru_maxrss would include the parent's, see _memory)."""
+    from _memory import peak_rss_mib
+
+    return peak_rss_mib()
 
 
 # ------------------------------------------------------------------------------ cubes
