@@ -176,9 +176,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for cubes and runs")
     args = parser.parse_args()
 
-    from latentcube.devices import resolve_device
+    from latentcube.devices import DeviceError, resolve_device
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as err:
+        raise SystemExit(f"error: {err}") from None
     cuda = device.type == "cuda"
     batch = args.batch or (256 if cuda else 64)
     workers = (
