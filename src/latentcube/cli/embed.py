@@ -37,6 +37,13 @@ Edge = Annotated[
     ),
 ]
 Workers = Annotated[int | None, typer.Option(help="Worker processes of the local Dask cluster.")]
+Processes = Annotated[
+    bool,
+    typer.Option(
+        help="Workers of the local Dask cluster: processes (the default), or threads of "
+        "this process with --no-processes (no worker start-up: quicker for small runs)."
+    ),
+]
 Scheduler = Annotated[
     str | None, typer.Option(help="Address of a running Dask scheduler (e.g. tcp://host:8786).")
 ]
@@ -79,6 +86,7 @@ def embed(
     time_chunk: TimeChunk = 64,
     edge: Edge = "nan",
     workers: Workers = None,
+    processes: Processes = True,
     scheduler: Scheduler = None,
     lat: Lat = None,
     lon: Lon = None,
@@ -127,7 +135,7 @@ def embed(
         )  # fmt: skip
     path = embed_to_zarr(
         cube, bundle, out, chunk=chunk, time_chunk=time_chunk, dtype=dtype, edge=edge,
-        scheduler=scheduler, workers=workers, overwrite=overwrite, progress=progress,
-        hide=hide or (),
+        scheduler=scheduler, workers=workers, processes=processes, overwrite=overwrite,
+        progress=progress, hide=hide or (),
     )  # fmt: skip
     typer.echo(f"wrote {path}: {describe_store(path)}, {time.perf_counter() - t0:.1f} s")
