@@ -71,6 +71,16 @@ def test_output_equal_to_the_cube_is_not_called_an_embedding_store(cube_path, tm
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(("cube_out", "how"), [("e.zarr", "is"), ("e.zarr/c.zarr", "contains")])
+def test_a_cube_to_build_over_the_output_is_refused_before_it_is_built(tmp_path, cube_out, how):
+    place = ["--lat", "50.8", "--lon", "3.3", "--start", "2020-03-01", "--end", "2020-09-30"]
+    out, cube = tmp_path / "e.zarr", tmp_path / cube_out
+    res = runner.invoke(app, ["embed", *place, "--out", str(out), "--cube-out", str(cube)])
+    line = refused(res, str(out), str(cube))
+    assert f"{how} the input" in line
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing written
+
+
 # -- (b), (c): replacing, locking, completeness (runs in subprocesses) -------------
 
 

@@ -36,7 +36,9 @@ Edge = Annotated[
         "'pad' (embedded from a padded context and flagged in 'padded')."
     ),
 ]
-Workers = Annotated[int | None, typer.Option(help="Worker processes of the local Dask cluster.")]
+Workers = Annotated[
+    int | None, typer.Option(help="Workers of the local Dask cluster (default: one per core).")
+]
 Processes = Annotated[
     bool,
     typer.Option(
@@ -113,7 +115,6 @@ def embed(
     from latentcube.bundle import ModelBundle, default_model_path
     from latentcube.cube.sites import build_or_reuse
     from latentcube.inference import describe_store, embed_to_zarr
-    from latentcube.io import check_disjoint
 
     if out is None:
         fail("--out is required")
@@ -127,11 +128,9 @@ def embed(
     if model is None:
         typer.echo(f"model: {bundle.path} (shipped default, sensors {'+'.join(bundle.sensors)})")
     if cube is None:
-        cube = cube_out or out.with_name(f"{out.stem}_cube.zarr")
-        check_disjoint(out, [cube])
-        build_or_reuse(
-            cube, lat=lat, lon=lon, start=start, end=end, size_m=size_m, catalog=catalog,
-            sensors=bundle.sensors, time_axis=time_axis, log=typer.echo,
+        cube = build_or_reuse(
+            cube_out, embedding=out, lat=lat, lon=lon, start=start, end=end, size_m=size_m,
+            catalog=catalog, sensors=bundle.sensors, time_axis=time_axis, log=typer.echo,
         )  # fmt: skip
     path = embed_to_zarr(
         cube, bundle, out, chunk=chunk, time_chunk=time_chunk, dtype=dtype, edge=edge,
