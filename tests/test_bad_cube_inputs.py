@@ -25,6 +25,8 @@ from latentcube.io import write_zarr
 
 from conftest import tiny_cube
 
+pytestmark = pytest.mark.bad_inputs
+
 GEN_BANDS = ("B02", "B03", "B04", "B8A")
 
 

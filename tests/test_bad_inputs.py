@@ -22,6 +22,8 @@ from latentcube.cube.readers import demo_cube_path
 
 from conftest import snapshot
 
+pytestmark = pytest.mark.bad_inputs
+
 runner = CliRunner()
 
 

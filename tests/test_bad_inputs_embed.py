@@ -24,6 +24,8 @@ from latentcube.io import write_zarr
 
 from conftest import snapshot, tiny_cube
 
+pytestmark = pytest.mark.bad_inputs
+
 runner = CliRunner()
 
 
@@ -69,12 +71,29 @@ def test_output_equal_to_the_cube_is_not_called_an_embedding_store(cube_path, tm
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(("cube_out", "how"), [("e.zarr", "is"), ("e.zarr/c.zarr", "contains")])
+def test_a_cube_to_build_over_the_output_is_refused_before_it_is_built(tmp_path, cube_out, how):
+    place = ["--lat", "50.8", "--lon", "3.3", "--start", "2020-03-01", "--end", "2020-09-30"]
+    out, cube = tmp_path / "e.zarr", tmp_path / cube_out
+    res = runner.invoke(app, ["embed", *place, "--out", str(out), "--cube-out", str(cube)])
+    line = refused(res, str(out), str(cube))
+    assert f"{how} the input" in line
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing written
+
+
 # -- (b), (c): replacing, locking, completeness (runs in subprocesses) -------------
 
 
+# 24 chunks on Dask worker threads of the run's own process: no worker process to start
+CHUNKS = ["--no-progress", "--chunk", "16", "--time-chunk", "4", "--no-processes"]
+# the whole cube as one chunk: the run embeds it in its own process, without Dask
+ONE_CHUNK = ["--no-progress", "--chunk", "32", "--time-chunk", "24"]
+
+
 def _embed_process(cube: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """``latentcube embed`` in a process of its own, on one Dask worker thread."""
     cmd = [sys.executable, "-m", "latentcube", "embed", str(cube), "--out", str(out)]
-    cmd += ["--no-progress", "--chunk", "16", "--time-chunk", "8", *extra]
+    cmd += [*CHUNKS, "--workers", "1", *extra]
     return subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -85,7 +104,7 @@ def _wait_for(check, proc: subprocess.Popen, what: str, timeout: float = 240) ->
     while not check():
         assert proc.poll() is None, f"the run ended before {what}"
         assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def _markers(folder: Path) -> list[Path]:
@@ -100,15 +119,37 @@ def _kill(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def slow_cube(tmp_path_factory):
-    """A cube whose embedding with the default model takes a few seconds in 27 chunks."""
+    """A cube whose embedding runs in 24 chunks (2 x 2 tiles x 6 date blocks of CHUNKS).
+
+    A run killed once it has written two chunks still has most of them ahead.
+    """
     root = tmp_path_factory.mktemp("slow")
-    return write_zarr(tiny_cube(n_time=24, ny=48, nx=48, seed=5), root / "cube.zarr")
+    return write_zarr(tiny_cube(n_time=24, ny=32, nx=32, seed=5), root / "cube.zarr")
 
 
-def test_overwrite_keeps_the_old_store_when_the_new_run_is_killed(slow_cube, tmp_path):
+@pytest.fixture(scope="module")
+def slow_reference(slow_cube, tmp_path_factory):
+    """The embedding of ``slow_cube`` by one uninterrupted run with CHUNKS."""
+    ref = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    res = runner.invoke(app, ["embed", str(slow_cube), "--out", str(ref), *CHUNKS])
+    assert res.exit_code == 0, res.output
+    return ref
+
+
+def _assert_same_embedding(path: Path, ref: Path) -> None:
+    from latentcube.inference import open_embedding
+
+    got, want = open_embedding(path), open_embedding(ref)
+    np.testing.assert_allclose(got["embedding"].values, want["embedding"].values, atol=1e-6)
+    np.testing.assert_array_equal(got["sensors"].values, want["sensors"].values)
+
+
+def test_overwrite_keeps_the_old_store_when_the_new_run_is_killed(
+    slow_cube, slow_reference, tmp_path
+):
     out = tmp_path / "e.zarr"
-    res = runner.invoke(app, ["embed", str(slow_cube), "--out", str(out), "--no-progress",
-                              "--chunk", "16", "--time-chunk", "8", "--hide", "s1"])  # fmt: skip
+    res = runner.invoke(app, ["embed", str(slow_cube), "--out", str(out), *ONE_CHUNK,
+                              "--hide", "s1"])  # fmt: skip
     assert res.exit_code == 0, res.output
     before = snapshot(out, slow_cube)
     proc = _embed_process(slow_cube, out, "--overwrite")
@@ -116,10 +157,10 @@ def test_overwrite_keeps_the_old_store_when_the_new_run_is_killed(slow_cube, tmp
     _kill(proc)
     assert snapshot(out, slow_cube) == before  # the old store is intact
     # the same command again completes the replacement and swaps it in
-    res = runner.invoke(app, ["embed", str(slow_cube), "--out", str(out), "--overwrite",
-                              "--no-progress", "--chunk", "16", "--time-chunk", "8"])  # fmt: skip
+    res = runner.invoke(app, ["embed", str(slow_cube), "--out", str(out), "--overwrite", *CHUNKS])
     assert res.exit_code == 0, res.output
     assert snapshot(out) != before
+    _assert_same_embedding(out, slow_reference)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".e.zarr.lock",
         "e.zarr",
@@ -133,8 +174,7 @@ def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(slow_
     proc = _embed_process(slow_cube, out)
     try:
         _wait_for(lambda: (out / "zarr.json").exists(), proc, "the first run started writing")
-        res = runner.invoke(app, ["embed", str(slow_cube), "--out", str(out), "--no-progress",
-                                  "--chunk", "16", "--time-chunk", "8"])  # fmt: skip
+        res = runner.invoke(app, ["embed", str(slow_cube), "--out", str(out), *CHUNKS])
         refused(res, str(out), "in use")
         assert proc.poll() is None  # the first run goes on
     finally:
@@ -142,26 +182,21 @@ def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(slow_
     assert snapshot(slow_cube) == before
 
 
-def test_completeness_is_read_from_the_store_not_from_the_markers_folder(slow_cube, tmp_path):
+def test_completeness_is_read_from_the_store_not_from_the_markers_folder(
+    slow_cube, slow_reference, tmp_path
+):
     """A killed run whose markers folder was deleted is unfinished: run again, it completes."""
     import shutil
 
-    from latentcube.inference import open_embedding
-
     out = tmp_path / "e.zarr"
-    args = ["embed", str(slow_cube), "--no-progress", "--chunk", "16", "--time-chunk", "8"]
     proc = _embed_process(slow_cube, out)
     _wait_for(lambda: len(_markers(tmp_path)) >= 2, proc, "the run wrote chunks")
     _kill(proc)
     shutil.rmtree(tmp_path / ".e.zarr.progress")
-    res = runner.invoke(app, [*args, "--out", str(out)])
+    res = runner.invoke(app, ["embed", str(slow_cube), "--out", str(out), *CHUNKS])
     assert res.exit_code == 0, res.output
     assert "complete embedding store" not in res.output
-    ref = tmp_path / "ref.zarr"
-    assert runner.invoke(app, [*args, "--out", str(ref)]).exit_code == 0
-    got, want = open_embedding(out), open_embedding(ref)
-    np.testing.assert_allclose(got["embedding"].values, want["embedding"].values, atol=1e-6)
-    np.testing.assert_array_equal(got["sensors"].values, want["sensors"].values)
+    _assert_same_embedding(out, slow_reference)
 
 
 # -- (d) cubes and options on which nothing can be embedded ---------------------------
@@ -202,11 +237,7 @@ def test_hiding_every_sensor_is_refused(cube_path, tmp_path):
 @pytest.mark.parametrize("workers", ["0", "-1"])
 def test_a_worker_count_below_one_is_refused(cube_path, tmp_path, workers):
     before = snapshot(tmp_path)
-    cmd = [sys.executable, "-m", "latentcube", "embed", str(cube_path), "--out",
-           str(tmp_path / "e.zarr"), "--workers", workers, "--no-progress"]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"workers must be a positive integer, got {workers}" in errors[0]
+    res = runner.invoke(app, ["embed", str(cube_path), "--out", str(tmp_path / "e.zarr"),
+                              "--workers", workers, "--no-progress"])  # fmt: skip
+    refused(res, f"workers must be a positive integer, got {workers}")
     assert snapshot(tmp_path) == before

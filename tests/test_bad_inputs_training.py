@@ -20,6 +20,8 @@ from latentcube.io import write_zarr
 
 from conftest import snapshot, tiny_cube
 
+pytestmark = pytest.mark.bad_inputs
+
 runner = CliRunner()
 TRAIN = ["--model", "tiny", "--max-epochs", "1", "--no-progress"]
 
@@ -31,13 +33,32 @@ def _error_line(output: str) -> str:
     return errors[0]
 
 
-@pytest.fixture
-def run(tmp_path):
-    """A cube and a finished one-epoch training run of it: ``(cube, run folder)``."""
-    cube = write_zarr(tiny_cube(n_time=18, ny=40, nx=40, seed=4), tmp_path / "c.zarr")
-    res = runner.invoke(app, ["train", str(cube), "--out", str(tmp_path / "m"), *TRAIN])
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A cube and a finished one-epoch training run of it, trained once for the module.
+
+    Returns the folder that holds them (``c.zarr``, ``m``) and a pristine copy of it.
+    """
+    home = tmp_path_factory.mktemp("run")
+    cube = write_zarr(tiny_cube(n_time=18, ny=40, nx=40, seed=4), home / "c.zarr")
+    res = runner.invoke(app, ["train", str(cube), "--out", str(home / "m"), *TRAIN])
     assert res.exit_code == 0, res.output
-    return cube, tmp_path / "m"
+    pristine = tmp_path_factory.mktemp("pristine") / "run"
+    shutil.copytree(home, pristine)
+    return home, pristine
+
+
+@pytest.fixture
+def run(trained):
+    """``(cube, run folder)`` of the module's training run, as it was when trained.
+
+    A run records the paths of its cube and folder, so each test gets the files back
+    at the same paths (copied from the pristine copy) rather than a copy elsewhere.
+    """
+    home, pristine = trained
+    shutil.rmtree(home)
+    shutil.copytree(pristine, home)
+    return home / "c.zarr", home / "m"
 
 
 KILL_IN_EPOCH_1 = textwrap.dedent(

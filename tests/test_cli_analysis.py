@@ -87,6 +87,7 @@ def test_similar_to_an_example_pixel(store, tmp_path):
     np.testing.assert_allclose(open_zarr(out)[name].values, want[name].values, equal_nan=True)
 
 
+@pytest.mark.bad_inputs
 def test_bad_analysis_inputs_are_one_line_errors(store, tmp_path):
     cases = [
         (["summarise", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "o.zarr")],

@@ -11,6 +11,8 @@ import pytest
 from latentcube.errors import OutputError
 from latentcube.io import check_disjoint, check_writable, locked, replacing
 
+pytestmark = pytest.mark.bad_inputs
+
 
 def test_check_disjoint_refuses_same_inside_and_containing(tmp_path):
     cube = tmp_path / "a" / "cube.zarr"

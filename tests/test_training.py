@@ -291,3 +291,16 @@ def test_decorrelation_weight_decorrelates_the_trained_latent(tmp_path):
     on = [float(r["train_decorrelation"]) for r in _rows(tmp_path / "5.0" / "metrics.csv")]
     assert all(r["train_decorrelation"] == "" for r in off)
     assert len(on) == 8 and on[-1] < 0.5 * on[0], on
+
+
+def test_train_overrides_set_only_what_the_options_give():
+    from latentcube.training import train_overrides
+
+    assert train_overrides() == {}
+    assert train_overrides(None, 30.0, 2) == {"max_cpu_seconds": 30.0, "max_epochs": 2}
+    # both gap-filling probabilities are set when either is above 0, so a recipe's
+    # other one does not stay beside it
+    assert train_overrides(hide_prob=0.2) == {"hide_centre_prob": 0.0, "hide_prob": 0.2}
+    config = train_config_preset("quick")
+    merged = TrainConfig.model_validate({**config.model_dump(), **train_overrides(max_epochs=3)})
+    assert merged.max_epochs == 3 and merged.max_seconds == config.max_seconds

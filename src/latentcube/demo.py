@@ -109,9 +109,7 @@ def run_demo(
     """
     from latentcube.bundle import ModelBundle
     from latentcube.cube.readers import demo_cube_path, open_cube
-    from latentcube.inference import embed, open_embedding, write_embedding
     from latentcube.io import check_disjoint
-    from latentcube.plotting import plot_demo
     from latentcube.training import fit_autoencoder
 
     if cube_path is not None:
@@ -146,35 +144,13 @@ def run_demo(
     timings["train"] = time.perf_counter() - t0
     log(f"[3/5] trained {result.epochs} epochs, best val centre MAE {result.best_val:.4f}")
 
-    t0 = time.perf_counter()
     bundle = ModelBundle.load(result.checkpoint, sensor="s2")
-    lazy = embed(cube, bundle, sensor="s2")
-    emb_path = write_embedding(lazy, out / "embedding.zarr", overwrite=True, progress=progress)
-    emb = open_embedding(emb_path).load()
-    timings["embed"] = time.perf_counter() - t0
-    n_valid = int(emb["valid"].sum())
-    log(f"[4/5] embedding written to {emb_path}")
-
-    t0 = time.perf_counter()
-    fig = plot_demo(cube, emb["embedding"], out / "demo.png")
-    timings["plot"] = time.perf_counter() - t0
-    log(f"[5/5] figure {fig}")
-
-    return DemoResult(
-        out_dir=out,
-        cube_path=src,
-        checkpoint=Path(result.checkpoint),
-        embedding=Path(emb_path),
-        figure=Path(fig),
-        cube_shape={str(k): int(v) for k, v in cube.sizes.items()},
-        embedding_shape={str(k): int(v) for k, v in emb["embedding"].sizes.items()},
-        n_train_windows=result.n_train,
-        n_val_windows=result.n_val,
-        epochs=result.epochs,
+    trained = dict(
+        checkpoint=Path(result.checkpoint), n_train_windows=result.n_train,
+        n_val_windows=result.n_val, epochs=result.epochs,
         best_val_centre_mae=float(result.best_val),
-        valid_pixel_dates=n_valid,
-        timings=timings,
-    )
+    )  # fmt: skip
+    return _embed_and_plot(cube, bundle, src, out, timings, progress, log, trained, sensor="s2")
 
 
 def _run_pretrained(
@@ -182,16 +158,42 @@ def _run_pretrained(
 ) -> DemoResult:
     """Demo steps 2-5 with the shipped fused model instead of training."""
     from latentcube.bundle import ModelBundle, default_model_path
-    from latentcube.inference import embed, open_embedding, write_embedding
-    from latentcube.plotting import plot_demo
 
     path = default_model_path()
     bundle = ModelBundle.load(path, kind="fusion")
     meta = bundle.meta
     log(f"[2/5] shipped model {path} ({'+'.join(bundle.sensors)}, {meta['mode']})")
     log("[3/5] no training")
+    metrics = meta.get("metrics", {})
+    trained = dict(
+        checkpoint=path / "model.pt", n_train_windows=0, n_val_windows=0,
+        epochs=int(metrics.get("epoch", 0)),
+        best_val_centre_mae=float(metrics.get("best_val_centre_mae", np.nan)),
+    )  # fmt: skip
+    return _embed_and_plot(cube, bundle, src, out, timings, progress, log, trained)
+
+
+def _embed_and_plot(
+    cube: Any,
+    bundle: Any,
+    src: Path,
+    out: Path,
+    timings: dict[str, float],
+    progress: bool,
+    log: Any,
+    trained: dict[str, Any],
+    **embed_options: Any,
+) -> DemoResult:
+    """Demo steps 4-5: embed the cube with ``bundle``, write the store, plot; the result.
+
+    ``trained``: the :class:`DemoResult` fields of the model (checkpoint, window
+    counts, epochs, best validation centre-pixel MAE).
+    """
+    from latentcube.inference import embed, open_embedding, write_embedding
+    from latentcube.plotting import plot_demo
+
     t0 = time.perf_counter()
-    lazy = embed(cube, bundle)
+    lazy = embed(cube, bundle, **embed_options)
     emb_path = write_embedding(lazy, out / "embedding.zarr", overwrite=True, progress=progress)
     emb = open_embedding(emb_path).load()
     timings["embed"] = time.perf_counter() - t0
@@ -203,15 +205,11 @@ def _run_pretrained(
     return DemoResult(
         out_dir=out,
         cube_path=src,
-        checkpoint=path / "model.pt",
         embedding=Path(emb_path),
         figure=Path(fig),
         cube_shape={str(k): int(v) for k, v in cube.sizes.items()},
         embedding_shape={str(k): int(v) for k, v in emb["embedding"].sizes.items()},
-        n_train_windows=0,
-        n_val_windows=0,
-        epochs=int(meta.get("metrics", {}).get("epoch", 0)),
-        best_val_centre_mae=float(meta.get("metrics", {}).get("best_val_centre_mae", np.nan)),
         valid_pixel_dates=int(emb["valid"].sum()),
         timings=timings,
+        **trained,
     )

@@ -170,11 +170,10 @@ def cube(
     names = tuple(s.strip().lower() for s in sensors.split(",") if s.strip())
     opts: dict[str, Any] = dict(
         start=start, end=end, lat=lat, lon=lon, size_m=size_m, bbox=bbox, catalog=catalog,
-        sensors=names, overwrite=overwrite, progress=progress, mask=mask,
-        csmask_bands=csmask_bands, min_valid_fraction=min_valid_fraction,
-        mask_dilation=mask_dilation, max_cloud_cover=max_cloud_cover,
-        s1_max_gap_days=s1_max_gap_days, nbar=nbar, scheduler=scheduler, workers=workers,
-        time_axis=time_axis,
+        sensors=names, overwrite=overwrite, progress=progress, mask=mask, nbar=nbar,
+        csmask_bands=csmask_bands, min_valid_fraction=min_valid_fraction, workers=workers,
+        mask_dilation=mask_dilation, max_cloud_cover=max_cloud_cover, scheduler=scheduler,
+        s1_max_gap_days=s1_max_gap_days, time_axis=time_axis,
     )  # fmt: skip
     if sites is not None or sample is not None or flux_sites:
         _many(

@@ -36,7 +36,16 @@ Edge = Annotated[
         "'pad' (embedded from a padded context and flagged in 'padded')."
     ),
 ]
-Workers = Annotated[int | None, typer.Option(help="Worker processes of the local Dask cluster.")]
+Workers = Annotated[
+    int | None, typer.Option(help="Workers of the local Dask cluster (default: one per core).")
+]
+Processes = Annotated[
+    bool,
+    typer.Option(
+        help="Workers of the local Dask cluster: processes (the default), or threads of "
+        "this process with --no-processes (no worker start-up: quicker for small runs)."
+    ),
+]
 Scheduler = Annotated[
     str | None, typer.Option(help="Address of a running Dask scheduler (e.g. tcp://host:8786).")
 ]
@@ -86,6 +95,7 @@ def embed(
     time_chunk: TimeChunk = 64,
     edge: Edge = "nan",
     workers: Workers = None,
+    processes: Processes = True,
     scheduler: Scheduler = None,
     device: Device = "auto",
     lat: Lat = None,
@@ -115,7 +125,6 @@ def embed(
     from latentcube.cube.sites import build_or_reuse
     from latentcube.inference import describe_store, embed_to_zarr
     from latentcube.inference.cluster import placement
-    from latentcube.io import check_disjoint
 
     if out is None:
         fail("--out is required")
@@ -131,15 +140,13 @@ def embed(
     if model is None:
         typer.echo(f"model: {bundle.path} (shipped default, sensors {'+'.join(bundle.sensors)})")
     if cube is None:
-        cube = cube_out or out.with_name(f"{out.stem}_cube.zarr")
-        check_disjoint(out, [cube])
-        build_or_reuse(
-            cube, lat=lat, lon=lon, start=start, end=end, size_m=size_m, catalog=catalog,
-            sensors=bundle.sensors, time_axis=time_axis, log=typer.echo,
+        cube = build_or_reuse(
+            cube_out, embedding=out, lat=lat, lon=lon, start=start, end=end, size_m=size_m,
+            catalog=catalog, sensors=bundle.sensors, time_axis=time_axis, log=typer.echo,
         )  # fmt: skip
     path = embed_to_zarr(
         cube, bundle, out, chunk=chunk, time_chunk=time_chunk, dtype=dtype, edge=edge,
-        scheduler=scheduler, workers=workers, overwrite=overwrite, progress=progress,
-        hide=hide or (), device=device,
+        scheduler=scheduler, workers=workers, processes=processes, overwrite=overwrite,
+        progress=progress, hide=hide or (), device=device,
     )  # fmt: skip
     typer.echo(f"wrote {path}: {describe_store(path)}, {time.perf_counter() - t0:.1f} s")

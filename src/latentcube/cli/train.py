@@ -192,31 +192,26 @@ def train(
     Example: latentcube train --sensor s2 --model fast --cubes a.zarr --cubes b.zarr -o m
     """
     from latentcube.sensors import load_sensor_config
-    from latentcube.training import fit_autoencoder, fit_fusion
+    from latentcube.training import fit_autoencoder, fit_fusion, train_overrides
 
     positive(nproc, "--nproc")
     if workers is not None and workers < 0:
         fail(f"--workers must be 0 or more, got {workers}")
     for sc in sensor_config or []:
         load_sensor_config(sc)
-    paths = _cubes(cubes, cubes_opt)
-    limits = {"max_seconds": max_seconds, "max_cpu_seconds": max_cpu_seconds}
-    over = {k: v for k, v in {**limits, "max_epochs": max_epochs}.items() if v is not None}
-    spec, variant = _model_spec(model, config)
+    paths, (spec, variant) = _cubes(cubes, cubes_opt), _model_spec(model, config)
+    hide = (hide_centre, hide_other) if stage == "1" else (0.0, 0.0)  # stage 1 only
+    over = train_overrides(max_seconds, max_cpu_seconds, max_epochs, *hide)
     common: dict[str, Any] = dict(nproc=nproc, resume=resume, overwrite=overwrite, seed=seed)
     common.update(device=device, precision=precision, data=data)
     common.update(preset=preset, train=over, progress=progress)
     if stage == "fusion":
-        pairs = _autoencoders(autoencoder or [])
         result = fit_fusion(
-            paths, pairs, out, config=spec or variant, base=base, mode=fusion_mode,
-            sensor_dropout=sensor_dropout, objective=fusion_objective, workers=workers or 0,
-            **common,
+            paths, _autoencoders(autoencoder or []), out, config=spec or variant, base=base,
+            mode=fusion_mode, sensor_dropout=sensor_dropout, objective=fusion_objective,
+            workers=workers or 0, **common,
         )  # fmt: skip
-        _report(result, "(mean over sensors) ", "model bundle")
-        return
-    if hide_centre or hide_other:
-        over.update(hide_centre_prob=hide_centre, hide_prob=hide_other)
+        return _report(result, "(mean over sensors) ", "model bundle")
     chosen = bands if bands in ("auto", "preset") else [b.strip() for b in bands.split(",")]
     result = fit_autoencoder(
         paths, spec, out, sensor=sensor, variant=variant, bands=chosen, log=typer.echo,

@@ -561,18 +561,11 @@ def _run_on_dask(
     bar: Any,
 ) -> None:
     """Run loading units as Dask tasks (each writes its own chunks), marking them as they end."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
-    cluster = None
-    if scheduler == "local":
-        cluster = LocalCluster(
-            n_workers=workers or os.cpu_count() or 1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-        )
-    client = Client(cluster or scheduler)
-    try:
+    from latentcube.cube.cluster import dask_client
+
+    with dask_client(scheduler, workers) as client:
         futures = {
             client.submit(
                 _run_unit,
@@ -589,10 +582,6 @@ def _run_on_dask(
         for fut in as_completed(futures):
             staging.mark(futures[fut], fut.result())
             bar.update(1)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _execute(

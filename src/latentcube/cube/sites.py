@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from latentcube.errors import CubeError, LatentcubeError
+from latentcube.io import check_disjoint
 
 __all__ = [
     "MANIFEST",
@@ -541,20 +542,13 @@ def _run_distributed(
     """Each site one task; rows are written as the tasks end, in any order."""
     import uuid
 
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    cluster = None
-    if scheduler in (None, "local"):
-        cluster = LocalCluster(
-            n_workers=workers or os.cpu_count() or 1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-        )
-    client = Client(cluster or scheduler)
+    from latentcube.cube.cluster import dask_client
+
     run = uuid.uuid4().hex[:8]
-    try:
+    with dask_client(scheduler, workers) as client:
         futures = {
             client.submit(
                 build_site,
@@ -587,15 +581,12 @@ def _run_distributed(
         except BaseException:
             client.cancel(list(futures))
             raise
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def build_or_reuse(
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
     *,
+    embedding: str | os.PathLike[str] | None = None,
     lat: float | None,
     lon: float | None,
     start: str | None,
@@ -611,16 +602,42 @@ def build_or_reuse(
     ``latentcube embed --lat --lon --start --end`` calls it. S2 dates are the time
     axis; S1 is added when ``sensors`` has it (other sensors stay absent).
 
+    Parameters
+    ----------
+    out
+        Where the cube is (or is built); None: ``<embedding stem>_cube.zarr`` beside
+        ``embedding``.
+    embedding
+        The embedding store the cube is for: refused, before anything is built, when
+        it is, contains or lies inside ``out``.
+    lat, lon, start, end, size_m, catalog, sensors, time_axis
+        The cube to build (:func:`latentcube.cube.build.build_cube`).
+    log
+        Called with a line saying whether the cube is reused or built.
+
+    Returns
+    -------
+    pathlib.Path
+        The cube's path.
+
     Raises
     ------
     CubeError
-        When a coordinate or date is missing.
+        When a coordinate or date is missing, or ``out`` and ``embedding`` are both None.
+    latentcube.errors.OutputError
+        When ``embedding`` overlaps ``out``.
     """
     given = (("--lat", lat), ("--lon", lon), ("--start", start), ("--end", end))
     missing = [n for n, v in given if v is None]
     if missing:
         raise CubeError(f"building a cube needs {', '.join(missing)} as well")
+    if out is None:
+        if embedding is None:
+            raise CubeError("build_or_reuse needs the cube's path or the embedding store's")
+        out = Path(embedding).with_name(f"{Path(embedding).stem}_cube.zarr")
     out = Path(out)
+    if embedding is not None:
+        check_disjoint(embedding, [out])
     say = log or (lambda _msg: None)
     if out.exists():
         say(f"using the cube built before at {out}")

@@ -12,7 +12,12 @@
 * :mod:`~latentcube.training.distributed`: the process group (DDP on gloo).
 """
 
-from latentcube.training.config import TrainConfig, fusion_train_config, train_config_preset
+from latentcube.training.config import (
+    TrainConfig,
+    fusion_train_config,
+    train_config_preset,
+    train_overrides,
+)
 from latentcube.training.fusion import FusionTask, extend_fusion, fit_fusion
 from latentcube.training.loop import Task, TrainResult, fit
 from latentcube.training.stage1 import AutoencoderTask, fit_autoencoder
@@ -30,5 +35,6 @@ __all__ = [
     "fit_fusion",
     "fusion_train_config",
     "train_config_preset",
+    "train_overrides",
     "whiten",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "read_recipe",
     "train_config",
     "train_config_preset",
+    "train_overrides",
 ]
 
 #: The stage-1 model variants (``AutoencoderConfig.preset``).
@@ -152,3 +153,32 @@ def train_config(
     """``preset`` with the recipe's ``train:`` section, then ``updates``, applied."""
     data = {**preset.model_dump(), **(sections.get("train") or {}), **dict(updates or {})}
     return TrainConfig.model_validate(data)
+
+
+def train_overrides(
+    max_seconds: float | None = None,
+    max_cpu_seconds: float | None = None,
+    max_epochs: int | None = None,
+    hide_centre_prob: float = 0.0,
+    hide_prob: float = 0.0,
+) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields that a command's options set over its recipe.
+
+    Parameters
+    ----------
+    max_seconds, max_cpu_seconds, max_epochs
+        Budgets; None keeps the recipe's.
+    hide_centre_prob, hide_prob
+        Gap-filling probabilities (stage 1): both are set when either is above 0,
+        else the recipe's stay.
+
+    Returns
+    -------
+    dict
+        The ``updates`` of :func:`train_config` (the ``train=`` of the recipes).
+    """
+    budgets = {"max_seconds": max_seconds, "max_cpu_seconds": max_cpu_seconds}
+    out = {k: v for k, v in {**budgets, "max_epochs": max_epochs}.items() if v is not None}
+    if hide_centre_prob or hide_prob:
+        out.update(hide_centre_prob=hide_centre_prob, hide_prob=hide_prob)
+    return out
