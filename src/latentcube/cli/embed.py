@@ -117,9 +117,8 @@ def embed(
     fused bundle (the default), 'sensors' (bit mask of the contributing sensors).
     The work runs on Dask, one task per output chunk; a stopped run resumes where
     it ended when started again with the same arguments, and OUT is locked while a
-    run writes it. With --lat/--lon/--start/--end instead of CUBE, the cube is
-    built first (and reused if it exists at --cube-out). With --device cuda each GPU
-    gets one Dask worker that embeds whole tiles on it.
+    run writes it. With --lat/--lon/--start/--end instead of CUBE, the cube is built
+    first (reused if it exists at --cube-out). --device cuda: one worker per GPU.
     """
     from latentcube.bundle import ModelBundle, default_model_path
     from latentcube.cube.sites import build_or_reuse
@@ -130,9 +129,8 @@ def embed(
         fail("--out is required")
     if (cube is None) == (lat is None and lon is None):
         fail("give either a CUBE path or --lat/--lon/--start/--end to build one")
-    positive(workers, "--workers")
-    positive(chunk, "--chunk")
-    positive(time_chunk, "--time-chunk")
+    for value, option in ((workers, "--workers"), (chunk, "--chunk"), (time_chunk, "--time-chunk")):
+        positive(value, option)
     # a device this machine lacks is refused before anything is written
     placement(device, scheduler=scheduler, workers=workers)
     t0 = time.perf_counter()

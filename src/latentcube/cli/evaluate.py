@@ -130,65 +130,85 @@ def evaluate_croptype(
     typer.echo(f"report: {out / 'report.md'}")
 
 
+# the options of ``evaluate gpp`` (one site, or many through a manifest)
+Flux = Annotated[
+    Path | None, typer.Option(help="FULLSET_DD file, or ICOS half-hourly file/folder.")
+]
+Manifest = Annotated[
+    Path | None,
+    typer.Option(help="Many sites: manifest.csv of 'cube --flux-sites' (with --flux-dir)."),
+]
+FluxDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Many sites: folder of flux records (SITE/, FLX_SITE_*FULLSET_DD*.csv or SITE_*.csv)."
+    ),
+]
+Split = Annotated[
+    Literal["years", "loso", "both"] | None,
+    typer.Option(help="Many sites: split by years, leave-one-site-out, or both (default)."),
+]
+Sites = Annotated[
+    Path | None,
+    typer.Option(help="Many sites: CSV with id,igbp adding to the flux-site registry."),
+]
+Site = Annotated[str | None, typer.Option(help="Site code (default from the file).")]
+Lat = Annotated[float | None, typer.Option(help="Site latitude (default: registry).")]
+Locations = Annotated[Path | None, typer.Option(help="location_fluxnet.csv with site coordinates.")]
+SiteCube = Annotated[
+    Path | None, typer.Option(help="S2 cube at the site (bands, indices, PCA-7 baselines).")
+]
+GppModel = Annotated[
+    Path | None, typer.Option(help="Model bundle to embed --cube (or every cube) with.")
+]
+SiteEmbedding = Annotated[Path | None, typer.Option(help="Embedding store at the site.")]
+TestYears = Annotated[str, typer.Option(help="Comma-separated test years.")]
+GapFill = Annotated[Literal["linear", "ucm"], typer.Option(help="Gap filling.")]
+Footprint = Annotated[int | None, typer.Option(help="Central square side in px.")]
+Trials = Annotated[int, typer.Option(help="Random-search trials per set.")]
+Budget = Annotated[
+    float, typer.Option(help="Search budget per set in seconds; 0 = none (all trials).")
+]
+MaxEpochs = Annotated[int, typer.Option(help="Epoch limit of each transformer trial.")]
+Regressors = Annotated[str, typer.Option(help="Comma-separated regressors: 'transformer', 'gbr'.")]
+SeqLen = Annotated[int, typer.Option(help="Window length in days.")]
+Stride = Annotated[int, typer.Option(help="Days between window ends.")]
+Reference = Annotated[
+    Path | None,
+    typer.Option(
+        help="CarbonFluxBench results folder (reference); with --manifest also a CSV of "
+        "site,R2,RMSE."
+    ),
+]
+GppSeed = Annotated[int, typer.Option(help="Seed of everything.")]
+
+
 @evaluate_app.command("gpp")
 def evaluate_gpp(
     out: Out,
-    flux: Annotated[
-        Path | None, typer.Option(help="FULLSET_DD file, or ICOS half-hourly file/folder.")
-    ] = None,
-    manifest: Annotated[
-        Path | None,
-        typer.Option(help="Many sites: manifest.csv of 'cube --flux-sites' (with --flux-dir)."),
-    ] = None,
-    flux_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Many sites: folder of flux records (SITE/, FLX_SITE_*FULLSET_DD*.csv or "
-            "SITE_*.csv)."
-        ),
-    ] = None,
-    split: Annotated[
-        Literal["years", "loso", "both"] | None,
-        typer.Option(help="Many sites: split by years, leave-one-site-out, or both (default)."),
-    ] = None,
-    sites: Annotated[
-        Path | None,
-        typer.Option(help="Many sites: CSV with id,igbp adding to the flux-site registry."),
-    ] = None,
-    site: Annotated[str | None, typer.Option(help="Site code (default from the file).")] = None,
-    lat: Annotated[float | None, typer.Option(help="Site latitude (default: registry).")] = None,
-    locations: Annotated[
-        Path | None, typer.Option(help="location_fluxnet.csv with site coordinates.")
-    ] = None,
-    cube: Annotated[
-        Path | None, typer.Option(help="S2 cube at the site (bands, indices, PCA-7 baselines).")
-    ] = None,
-    model: Annotated[
-        Path | None, typer.Option(help="Model bundle to embed --cube (or every cube) with.")
-    ] = None,
-    embedding: Annotated[Path | None, typer.Option(help="Embedding store at the site.")] = None,
+    flux: Flux = None,
+    manifest: Manifest = None,
+    flux_dir: FluxDir = None,
+    split: Split = None,
+    sites: Sites = None,
+    site: Site = None,
+    lat: Lat = None,
+    locations: Locations = None,
+    cube: SiteCube = None,
+    model: GppModel = None,
+    embedding: SiteEmbedding = None,
     name: Name = "embedding",
-    test_years: Annotated[str, typer.Option(help="Comma-separated test years.")] = "",
-    gap_fill: Annotated[Literal["linear", "ucm"], typer.Option(help="Gap filling.")] = "linear",
-    footprint: Annotated[int | None, typer.Option(help="Central square side in px.")] = None,
-    n_trials: Annotated[int, typer.Option(help="Random-search trials per set.")] = 4,
-    time_budget: Annotated[
-        float, typer.Option(help="Search budget per set in seconds; 0 = none (all trials).")
-    ] = 60.0,
-    max_epochs: Annotated[int, typer.Option(help="Epoch limit of each transformer trial.")] = 40,
-    models: Annotated[
-        str, typer.Option(help="Comma-separated regressors: 'transformer', 'gbr'.")
-    ] = "transformer,gbr",
-    seq_len: Annotated[int, typer.Option(help="Window length in days.")] = 90,
-    stride: Annotated[int, typer.Option(help="Days between window ends.")] = 10,
-    carbonfluxbench: Annotated[
-        Path | None,
-        typer.Option(
-            help="CarbonFluxBench results folder (reference); with --manifest also a CSV of "
-            "site,R2,RMSE."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of everything.")] = 0,
+    test_years: TestYears = "",
+    gap_fill: GapFill = "linear",
+    footprint: Footprint = None,
+    n_trials: Trials = 4,
+    time_budget: Budget = 60.0,
+    max_epochs: MaxEpochs = 40,
+    models: Regressors = "transformer,gbr",
+    seq_len: SeqLen = 90,
+    stride: Stride = 10,
+    carbonfluxbench: Reference = None,
+    seed: GppSeed = 0,
     device: Device = "auto",
 ) -> None:
     """GPP from 90-day windows of site features: embedding vs baselines.
@@ -197,32 +217,23 @@ def evaluate_gpp(
     with --flux-dir), split by years and leave-one-site-out, with per-site, pooled
     and per-IGBP-class scores.
     """
-    from latentcube.errors import EvaluationError
-
     years = [int(y) for y in test_years.split(",") if y.strip()]
     fit: dict[str, Any] = dict(
         n_trials=n_trials, time_budget=time_budget if time_budget > 0 else None,
         max_epochs=max_epochs, models=[m for m in models.split(",") if m], seq_len=seq_len,
         stride=stride, command=command_line(),
     )  # fmt: skip
-    if manifest is not None:
-        single = {"--flux": flux, "--site": site, "--lat": lat, "--locations": locations,
-                  "--cube": cube, "--embedding": embedding}  # fmt: skip
-        given = [k for k, v in single.items() if v is not None]
-        if flux_dir is None or given:
-            raise EvaluationError(
-                "--manifest needs --flux-dir"
-                + (f" and takes no {', '.join(given)} (one-site options)" if given else "")
-            )
+    one_site = {"--flux": flux, "--site": site, "--lat": lat, "--locations": locations,
+                "--cube": cube, "--embedding": embedding}  # fmt: skip
+    _check_gpp_mode(
+        manifest, one_site, {"--flux-dir": flux_dir, "--sites": sites, "--split": split}
+    )
+    if manifest is not None and flux_dir is not None:
         fit["device"] = device
         _gpp_sites(manifest, flux_dir, out, split or "both", sites, model, name, years,
                    gap_fill, footprint, carbonfluxbench, seed, fit)  # fmt: skip
         return
-    many = {"--flux-dir": flux_dir, "--sites": sites, "--split": split}
-    if given := [k for k, v in many.items() if v is not None]:
-        raise EvaluationError(f"{', '.join(given)} need --manifest (many sites)")
-    if flux is None:
-        raise EvaluationError("give --flux (one site) or --manifest with --flux-dir (many sites)")
+    assert flux is not None  # _check_gpp_mode
     from latentcube.evaluation.runs import evaluate_gpp as run
 
     res = run(
@@ -230,13 +241,36 @@ def evaluate_gpp(
         embedding=embedding, name=name, test_years=years, gap_fill=gap_fill,
         footprint=footprint, carbonfluxbench=carbonfluxbench, seed=seed, device=device, **fit,
     )  # fmt: skip
+    _echo_gpp_scores(res)
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+def _echo_gpp_scores(res: dict[str, Any]) -> None:
+    """One line per feature set and regressor: R2, RMSE and bias over the test years."""
     for k, v in res["scores"].items():
         for m, s in v.items():
             o = s["overall"]
             typer.echo(
                 f"{k:<24} {m:<20} R2 {o['r2']:.3f}  RMSE {o['rmse']:.3f}  bias {o['bias']:+.3f}"
             )
-    typer.echo(f"report: {out / 'report.md'}")
+
+
+def _check_gpp_mode(manifest: Path | None, one_site: dict[str, Any], many: dict[str, Any]) -> None:
+    """One site (--flux and its options) or many (--manifest with --flux-dir), not a mix."""
+    from latentcube.errors import EvaluationError
+
+    if manifest is not None:
+        given = [k for k, v in one_site.items() if v is not None]
+        if many["--flux-dir"] is None or given:
+            raise EvaluationError(
+                "--manifest needs --flux-dir"
+                + (f" and takes no {', '.join(given)} (one-site options)" if given else "")
+            )
+        return
+    if given := [k for k, v in many.items() if v is not None]:
+        raise EvaluationError(f"{', '.join(given)} need --manifest (many sites)")
+    if one_site["--flux"] is None:
+        raise EvaluationError("give --flux (one site) or --manifest with --flux-dir (many sites)")
 
 
 def _gpp_sites(

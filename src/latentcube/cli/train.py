@@ -180,15 +180,12 @@ def train(
 ) -> None:
     """Train a stage-1 context autoencoder, or the fusion model, on one or more cubes.
 
-    Windows of 11 dates x 15 x 15 pixels are cut from the cubes and split into
-    training and validation by cube (two cubes or more) or by spatial blocks (one
-    cube). Checkpoints (best.pt, last.pt, each with a .json of its configuration)
-    and metrics.csv go to OUT; a killed run continues where it stopped; OUT is
-    locked while a run writes it. With --stage fusion, best.pt is a bundle of every
-    sensor's model and the fusion layers that 'latentcube embed' reads. Many cubes
-    (a 'latentcube cube --sites' folder) are streamed from their stores. Runs on
-    --device with --precision; torchrun --nproc-per-node N -m latentcube train ...
-    trains data-parallel on N GPUs (nccl) or N CPU processes (gloo).
+    Windows of 11 dates x 15 x 15 px are split into training and validation by cube
+    (two or more) or by spatial blocks (one). best.pt, last.pt and metrics.csv go to
+    OUT (locked while written); a killed run continues where it stopped. --stage
+    fusion: best.pt bundles every sensor's model and the fusion layers. A 'cube
+    --sites' folder is streamed from its stores. 'torchrun --nproc-per-node N -m
+    latentcube train ...' trains on N GPUs (nccl) or N CPU processes (gloo).
     Example: latentcube train --sensor s2 --model fast --cubes a.zarr --cubes b.zarr -o m
     """
     from latentcube.sensors import load_sensor_config
@@ -202,9 +199,9 @@ def train(
     paths, (spec, variant) = _cubes(cubes, cubes_opt), _model_spec(model, config)
     hide = (hide_centre, hide_other) if stage == "1" else (0.0, 0.0)  # stage 1 only
     over = train_overrides(max_seconds, max_cpu_seconds, max_epochs, *hide)
-    common: dict[str, Any] = dict(nproc=nproc, resume=resume, overwrite=overwrite, seed=seed)
-    common.update(device=device, precision=precision, data=data)
-    common.update(preset=preset, train=over, progress=progress)
+    common: dict[str, Any] = dict(nproc=nproc, resume=resume, overwrite=overwrite, seed=seed,
+                                  device=device, precision=precision, data=data, preset=preset,
+                                  train=over, progress=progress)  # fmt: skip
     if stage == "fusion":
         result = fit_fusion(
             paths, _autoencoders(autoencoder or []), out, config=spec or variant, base=base,
