@@ -255,3 +255,35 @@ def test_a_zipped_store_gets_its_item_and_info_tells_it_from_a_zipped_cube(made,
     cube_zip = write_zarr(made["cube"], tmp_path / "cube.zarr.zip")
     res = runner.invoke(app, ["info", str(cube_zip)])
     assert res.exit_code == 0 and "valid latentcube cube" in res.output, res.output
+
+
+def test_a_replacement_killed_before_its_item_leaves_no_item_of_the_old_store(
+    made, tmp_path, monkeypatch
+):
+    """``--overwrite``: the old store's Item is removed before the new store is swapped
+    in, so a kill between the swap and the new Item leaves no Item, never one that
+    describes the replaced store; a rerun of the Item writer restores it."""
+    import latentcube.inference.engine as engine
+    from latentcube.store_metadata import write_stac_item
+
+    cube_path = write_zarr(made["cube"], tmp_path / "cube.zarr")
+    out = embed_to_zarr_in_process(cube_path, made["model"], tmp_path / "e.zarr", chunk=8)
+    item = stac_item_path(out)
+    old_item = json.loads(item.read_text())
+    torch.manual_seed(1)
+    other = save_checkpoint(tmp_path / "other.pt", build_autoencoder(made["cfg"]).eval())
+
+    def killed(store):
+        raise KeyboardInterrupt  # the process dies after the swap, before the new Item
+
+    monkeypatch.setattr(engine, "write_stac_item", killed)
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_zarr_in_process(cube_path, other, out, chunk=8, overwrite=True)
+    assert _attrs(out)["model_sha256"] == hashlib.sha256(other.read_bytes()).hexdigest()
+    assert not item.exists()  # not the old store's Item
+    monkeypatch.undo()
+    write_stac_item(out)
+    sha = {i: json.loads(i_text)["properties"]["latentcube:model_sha256"]
+           for i, i_text in (("old", json.dumps(old_item)), ("new", item.read_text()))}  # fmt: skip
+    assert sha["old"] == hashlib.sha256(made["model"].read_bytes()).hexdigest()
+    assert sha["new"] == hashlib.sha256(other.read_bytes()).hexdigest()

@@ -61,7 +61,7 @@ from latentcube.inference.tasks import (
     progress_dir,
     sensor_arrays,
 )
-from latentcube.store_metadata import model_attrs, store_attrs, write_stac_item
+from latentcube.store_metadata import model_attrs, stac_item_path, store_attrs, write_stac_item
 
 __all__ = [
     "as_bundle",
@@ -566,6 +566,9 @@ def embed_to_zarr(
         _mark_complete(target)
         shutil.rmtree(progress_dir(target))
         if target != out:
+            # the old store's Item goes first: a kill before the new one is written
+            # leaves no Item rather than one describing the replaced store
+            stac_item_path(out).unlink(missing_ok=True)
             replace_path(target, out)
         write_stac_item(out)
     return out
