@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from latentcube.bundle import ModelBundle, default_model_path
+from latentcube.bundle import default_model_path
 from latentcube.cube.readers import open_cube
 from latentcube.data.streaming import StreamingWindows, store_fingerprint
 from latentcube.data.windows import array_digest
@@ -92,7 +92,9 @@ def convert(work: Path) -> dict[str, Path]:
             cube = cube.drop_vars([c for c in cube.coords if str(c).startswith("s1")])
             nb = cube.sizes["band"]
             enc = {"s2": {"chunks": (10, nb, 32, 32)}, "s2_valid": {"chunks": (10, 32, 32)}}
-            write_zarr(cube, path, encoding=enc)  # small chunks: windows are read at random
+            # the chunks the documented run used (not faster: benchmarks/RESULTS.md,
+            # "Random-order streamed batches")
+            write_zarr(cube, path, encoding=enc)
         out[name] = path
     return out
 
@@ -197,7 +199,6 @@ def main() -> None:
         model = train(cubes, a.work, a.cpu_minutes, a.wall_minutes, a.threads)
     rows = report(cubes, model, a.work)
     print(table(rows))
-    print("best epoch:", ModelBundle.load(model).meta.get("epoch", "?"))
 
 
 if __name__ == "__main__":
