@@ -54,7 +54,7 @@ def _read_file(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, xr.Datase
         coords = xr.Dataset(coords={k: ds[k].values for k in ("time", "x", "y")})
         wkt = ds["spatial_ref"].attrs.get("spatial_ref") or ds["spatial_ref"].attrs.get("crs_wkt")
         crs = CRS.from_wkt(str(wkt))
-        if crs.is_bound:  # the files' WKT carries a TOWGS84 clause
+        if crs.is_bound and crs.source_crs is not None:  # the WKT has a TOWGS84 clause
             crs = crs.source_crs
         epsg = crs.to_epsg(min_confidence=25)
         coords.attrs["crs"] = f"EPSG:{epsg}" if epsg else crs.to_wkt()
