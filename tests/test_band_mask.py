@@ -154,3 +154,22 @@ def test_streaming_fills_absent_bands_like_memory(tmp_path):
     few = StreamingWindows([store], index_dir=tmp_path, bands=S2_BANDS, min_bands=7, **opts)
     with pytest.raises(CubeError, match="has 6 of the model's 10 bands"):
         few.batch(idx[:1])
+
+
+def test_embed_to_zarr_on_a_subset_store_equals_memory(model, tmp_path):
+    """The task path (workers reopen the store, read the present bands) agrees with memory."""
+    from latentcube.bundle import save_checkpoint
+    from latentcube.inference import open_embedding
+
+    from conftest import embed_to_zarr_in_process
+
+    sub = tiny_cube(n_time=13, ny=20, nx=19, seed=6, with_s1=False).sel(band=list(SUBSET))
+    store = write_zarr(sub, tmp_path / "sub.zarr")
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    embed_to_zarr_in_process(store, ckpt, tmp_path / "emb.zarr", chunk=10, time_chunk=5)
+    got = open_embedding(tmp_path / "emb.zarr")
+    want = embedding_dataset(embed(sub, model)).compute()
+    np.testing.assert_allclose(
+        got["embedding"].values, want["embedding"].values, atol=1e-5, equal_nan=True
+    )
+    assert got.attrs["bands_absent"] == "B02,B03,B04,B08"
