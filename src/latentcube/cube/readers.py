@@ -32,6 +32,7 @@ from latentcube.cube.formats import (
     read_openeo_mol,
     reason,
 )
+from latentcube.cube.nrt import NRT_ROMANIA_10M, is_nrt_file, read_nrt
 from latentcube.cube.schema import provenance, validate_cube
 from latentcube.cube.worldcereal import (
     attach_agera5,
@@ -316,8 +317,10 @@ def open_cube(
     ----------
     path
         A latentcube Zarr store (directory or ``.zip``), a WorldCereal patch
-        folder, the openEO Mol folder, a GreenEarthNet ``.nc`` minicube, or a
-        folder of per-date GeoTIFFs (then ``times`` and ``bands`` are required).
+        folder (also the 20 m-only patches), the openEO Mol folder, a
+        GreenEarthNet ``.nc`` minicube, an nrt S2 cube (``.nc`` file or the
+        Romania folder, :func:`latentcube.cube.nrt.read_nrt`), or a folder of
+        per-date GeoTIFFs (then ``times`` and ``bands`` are required).
     check_values
         For Zarr stores: also check the values (one pass over the data); False
         checks the layout only, e.g. for a store validated before.
@@ -364,8 +367,10 @@ def open_cube(
 def _read(p: Path, kwargs: dict[str, Any]) -> xr.Dataset:
     """Read an input other than a Zarr store with the reader of its format."""
     if p.is_dir():
-        if list(p.glob("S2_L2A_10m_*.nc")):
+        if list(p.glob("S2_L2A_10m_*.nc")) or list(p.glob("S2_L2A_20m_*.nc")):
             return read_worldcereal_patch(p, **kwargs)
+        if (p / NRT_ROMANIA_10M).exists():
+            return read_nrt(p, **kwargs)
         if (p / "cdse_sentinel2_l2a.nc").exists():
             return read_openeo_mol(p, **kwargs)
         tifs = sorted(p.glob("*.tif")) + sorted(p.glob("*.tiff"))
@@ -379,8 +384,11 @@ def _read(p: Path, kwargs: dict[str, Any]) -> xr.Dataset:
     if p.suffix == ".nc":
         with open_netcdf(p) as ds:
             is_gen = "s2_avail" in ds
+            is_nrt = is_nrt_file(ds)
         if is_gen:
             return read_greenearthnet(p, **kwargs)
+        if is_nrt:
+            return read_nrt(p, **kwargs)
     raise CubeError(
         f"{p} is not a cube latentcube can read: expected a latentcube Zarr store, a "
         "WorldCereal patch folder, the openEO Mol folder, a GreenEarthNet .nc minicube or a "

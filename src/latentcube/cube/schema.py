@@ -57,8 +57,10 @@ from latentcube.sensors import SENSORS, band_dim
 __all__ = [
     "CubeError",
     "add_sensor",
+    "band_positions",
     "cube_crs",
     "cube_resolution",
+    "expand_bands",
     "make_cube",
     "provenance",
     "select_bands",
@@ -455,6 +457,73 @@ def select_bands(cube: xr.Dataset, bands: Mapping[str, Sequence[str]]) -> xr.Dat
     out = cube
     for sensor, names in bands.items():
         out = out.sel({band_dim(sensor): list(names)})
+    return out
+
+
+def band_positions(
+    have: Sequence[str],
+    bands: Sequence[str],
+    *,
+    min_bands: int | None = None,
+    sensor: str = "s2",
+    where: str = "the cube",
+) -> list[int | None]:
+    """Where each of a model's ``bands`` is among the bands a cube ``have`` s.
+
+    Parameters
+    ----------
+    have
+        The cube's band names, in its order.
+    bands
+        The model's bands, in its order.
+    min_bands
+        None: every band is needed (a missing one is refused). Otherwise the model
+        takes a subset of its bands (a band-mask model): absent bands get None, and
+        a cube with fewer than ``min_bands`` of them is refused.
+    sensor, where
+        Named in the error.
+
+    Returns
+    -------
+    list
+        Position in ``have`` of each band of ``bands``, None where absent.
+
+    Raises
+    ------
+    CubeError
+        One line naming the bands the cube lacks and the bands it has.
+    """
+    have = [str(b) for b in have]
+    missing = [b for b in bands if b not in have]
+    present = [b for b in bands if b in have]
+    if missing and min_bands is None:
+        raise CubeError(
+            f"{where}: {sensor!r} lacks band(s) {missing} that the model needs; it has {have}"
+        )
+    if min_bands is not None and len(present) < min_bands:
+        raise CubeError(
+            f"{where}: {sensor!r} has {len(present)} of the model's {len(bands)} bands "
+            f"({present}; lacks {missing}), the model needs at least {min_bands}"
+        )
+    return [have.index(b) if b in have else None for b in bands]
+
+
+def expand_bands(data: np.ndarray, positions: Sequence[int | None], axis: int = 1) -> np.ndarray:
+    """``data`` with its band axis rearranged to ``positions``, NaN planes where None.
+
+    ``positions`` as returned by :func:`band_positions`, indexing ``data``'s
+    band axis ``axis``. The result is float32.
+    """
+    data = np.asarray(data, np.float32)
+    shape = list(data.shape)
+    shape[axis] = len(positions)
+    out = np.full(shape, np.nan, np.float32)
+    for k, p in enumerate(positions):
+        if p is not None:
+            dst: list[Any] = [slice(None)] * data.ndim
+            src: list[Any] = [slice(None)] * data.ndim
+            dst[axis], src[axis] = k, p
+            out[tuple(dst)] = data[tuple(src)]
     return out
 
 

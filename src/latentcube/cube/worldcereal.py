@@ -28,7 +28,7 @@ from latentcube.cube.formats import (
 )
 from latentcube.cube.schema import make_cube, provenance, validate_cube
 from latentcube.cube.sentinel1 import preprocess_s1
-from latentcube.cube.sentinel2 import scl_valid
+from latentcube.cube.sentinel2 import merge_same_day, scl_valid
 from latentcube.errors import CubeError
 from latentcube.sensors import S2_BANDS, SENSORS
 
@@ -53,7 +53,12 @@ def read_worldcereal_patch(
     time_axis: str = "s2",
     with_agera5: bool = False,
 ) -> xr.Dataset:
-    """Read a WorldCereal per-date S1 + S2 training patch (EPSG:32631, 64 x 64 px at 10 m).
+    """Read a WorldCereal per-date S1 + S2 training patch (64 x 64 px at 10 m).
+
+    Patches without the ``S2_L2A_10m_*`` file (the 20 m patches of
+    ``worldcereal_s1_s2_20m_patches``) give a cube of the 20 m bands only
+    (B05 B06 B07 B8A B11 B12 by default) on the same 10 m grid; the CRS is the
+    file's ``epsg`` attribute.
 
     The 20 m S2 bands, SCL and S1 are brought onto the 10 m grid (each 20 m
     pixel covers exactly 2 x 2 pixels of 10 m); reflectance is clipped to
@@ -98,19 +103,23 @@ def read_worldcereal_patch(
         raise ValueError(f"time_axis must be 's2' or 'union', got {time_axis!r}")
     if time_axis == "union" and not with_s1:
         raise ValueError("time_axis='union' needs with_s1=True")
-    f10, f20 = find_one(folder, "S2_L2A_10m"), find_one(folder, "S2_L2A_20m")
+    f20 = find_one(folder, "S2_L2A_20m")
+    has10 = bool(sorted(folder.glob("S2_L2A_10m_*.nc")))
+    f10 = find_one(folder, "S2_L2A_10m") if has10 else f20
     with (
         open_netcdf(f10) as d10,
         open_netcdf(f20, mask_and_scale={"SCL": False, **dict.fromkeys(_ANGLES, False)}) as d20,
     ):
-        if d10.sizes["y"] != 2 * d20.sizes["y"] or d10.sizes["x"] != 2 * d20.sizes["x"]:
+        if not has10 and tuple(bands) == S2_BANDS:  # a 20 m-only patch: the bands it has
+            bands = tuple(b for b in S2_BANDS if b in d20)
+        if has10 and (d10.sizes["y"] != 2 * d20.sizes["y"] or d10.sizes["x"] != 2 * d20.sizes["x"]):
             raise CubeError(f"{f20.name} is not on a 2x coarser grid aligned with {f10.name}")
         times = s2_times = d10["timestamp"].values
         if not np.array_equal(times, d20["timestamp"].values):
             raise CubeError(f"{f10.name} and {f20.name} have different dates")
         planes = []
         for b in bands:
-            if b in d10:
+            if has10 and b in d10:
                 planes.append(d10[b].values)
             elif b in d20:
                 planes.append(upsample2(d20[b].values))
@@ -122,9 +131,19 @@ def read_worldcereal_patch(
         valid = scl_valid(upsample2(d20["SCL"].values), dilation=dilation) & np.isfinite(s2).all(1)
         check_reflectance(raw, valid, f"{folder} ({f10.name}, {f20.name})")
         del raw
-        y, x = d10["y"].values, d10["x"].values
+        days = np.asarray(times, "datetime64[D]")
+        if np.unique(days).size < days.size:  # two acquisitions of one day (20 m patch)
+            order = np.argsort(times, kind="stable")
+            s2, valid, times = merge_same_day(s2[order], valid[order], times[order])
+            s2_times = times
+        if has10:
+            y, x = d10["y"].values, d10["x"].values
+        else:  # the 10 m pixel centres inside each 20 m pixel
+            y = (d20["y"].values[:, None] + np.array([5.0, -5.0])).ravel()
+            x = (d20["x"].values[:, None] + np.array([-5.0, 5.0])).ravel()
         bounds = str(d10.attrs.get("bounds", ""))
         loc = str(d10.attrs.get("location_id", folder.name))
+        epsg = str(d20.attrs.get("epsg", "32631"))
     kw: dict[str, Any] = {}
     s1_source = ""
     if with_s1:
@@ -156,7 +175,7 @@ def read_worldcereal_patch(
         time=times,
         y=y,
         x=x,
-        crs="EPSG:32631",
+        crs=f"EPSG:{epsg}",
         bands=bands,
         attrs=attrs,
         validate=False,

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from latentcube.cube.schema import band_positions, expand_bands
 from latentcube.errors import CubeError
 from latentcube.sensors import band_dim
 
@@ -325,24 +326,37 @@ def _chunks(ds: Any, sensor: str) -> tuple[int, int, int]:
 class _Reader:
     """One opened cube: boxes of the sensor's values and validity, decoded as the reader does."""
 
-    def __init__(self, path: Path, sensor: str, bands: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        sensor: str,
+        bands: Sequence[str] | None,
+        min_bands: int | None = None,
+    ) -> None:
         from latentcube.io import open_zarr
 
         ds = open_zarr(path, chunks=None)
         bdim = band_dim(sensor)
         var = ds[sensor].variable.transpose("time", bdim, "y", "x")
         names = [str(b) for b in ds[bdim].values]
+        #: positions of the bands in the read, None for absent bands (NaN planes)
+        self.expand: list[int | None] | None = None
         if bands is None:
             self.band_sel: Any = slice(None)
             self.bands = names
         else:
             missing = [b for b in bands if b not in names]
-            if missing:
+            if missing and min_bands is None:
                 raise CubeError(f"{path}: {sensor} has no band(s) {missing}; it has {names}")
-            pos = [names.index(b) for b in bands]
+            where = str(path)
+            full = band_positions(names, bands, min_bands=min_bands, sensor=sensor, where=where)
+            pos = [p for p in full if p is not None]
             same = pos == list(range(len(names)))
             self.band_sel = slice(None) if same else pos
             self.bands = list(bands)
+            if len(pos) < len(full):
+                it = iter(range(len(pos)))
+                self.expand = [None if p is None else next(it) for p in full]
         self.var = var
         self.valid = ds[f"{sensor}_valid"].variable.transpose("time", "y", "x")
 
@@ -351,6 +365,8 @@ class _Reader:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(data, valid)`` of dates ``t0:t1`` and pixels ``[y0:y1, x0:x1]``."""
         data = np.asarray(self.var[t0:t1, self.band_sel, y0:y1, x0:x1].values, dtype=np.float32)
+        if self.expand is not None:
+            data = expand_bands(data, self.expand)
         valid = np.asarray(self.valid[t0:t1, y0:y1, x0:x1].values, dtype=bool)
         return data, valid
 
@@ -369,6 +385,10 @@ class StreamingWindows:
     bands
         Band order of ``x``; default every band of the sensor in store order
         (the same in every cube).
+    min_bands
+        Band-mask models: a store may lack some of ``bands`` (they are NaN in
+        ``x``) if it has at least ``min_bands`` of them; default None: every
+        store must have every band.
     index_dir
         Folder of the window index files (default ``.latentcube-windows/``
         beside each store).
@@ -396,6 +416,7 @@ class StreamingWindows:
         paths: Sequence[str | os.PathLike[str]],
         *,
         bands: Sequence[str] | None = None,
+        min_bands: int | None = None,
         index_dir: str | os.PathLike[str] | None = None,
         mix: int = 8,
         max_open: int = 16,
@@ -411,6 +432,7 @@ class StreamingWindows:
         self.options = WindowOptions(**options)
         self.paths = [Path(p) for p in paths]
         self.bands = None if bands is None else tuple(bands)
+        self.min_bands = min_bands
         self.mix = int(mix)
         self.max_open = max(1, int(max_open))
         self.window = self.options.window
@@ -463,7 +485,7 @@ class StreamingWindows:
             self._readers, self._pid = OrderedDict(), os.getpid()
         reader = self._readers.pop(k, None)
         if reader is None:
-            reader = _Reader(self.paths[k], self.options.sensor, self.bands)
+            reader = _Reader(self.paths[k], self.options.sensor, self.bands, self.min_bands)
             while len(self._readers) >= self.max_open:
                 self._readers.popitem(last=False)
         self._readers[k] = reader  # most recently used last

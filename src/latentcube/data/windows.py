@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from latentcube.cube.schema import select_bands
+from latentcube.cube.schema import band_positions, expand_bands, select_bands
 from latentcube.sensors import band_dim
 
 T = TypeVar("T")
@@ -63,15 +63,36 @@ class CubeArrays:
 
     @classmethod
     def from_cube(
-        cls, cube: xr.Dataset, sensor: str = "s2", bands: Sequence[str] | None = None
+        cls,
+        cube: xr.Dataset,
+        sensor: str = "s2",
+        bands: Sequence[str] | None = None,
+        *,
+        min_bands: int | None = None,
     ) -> CubeArrays:
-        """Load ``sensor`` of a cube (validated for ``bands``) into memory."""
-        if bands is not None:
+        """Load ``sensor`` of a cube (validated for ``bands``) into memory.
+
+        With ``min_bands`` (band-mask models), bands of ``bands`` that the cube
+        lacks are NaN planes, as long as it has at least ``min_bands`` of them
+        (:func:`~latentcube.cube.schema.band_positions`).
+        """
+        pos: list[int | None] | None = None
+        if bands is not None and min_bands is not None:
+            names = [str(b) for b in cube[band_dim(sensor)].values]
+            where = str(cube.attrs.get("source", "the cube"))[:80]
+            pos = band_positions(names, bands, min_bands=min_bands, sensor=sensor, where=where)
+            have = [b for b in bands if b in names]
+            cube = select_bands(cube, {sensor: have})
+            pos = [have.index(b) if b in have else None for b in bands]
+        elif bands is not None:
             cube = select_bands(cube, {sensor: bands})
         var = cube[sensor].transpose("time", band_dim(sensor), "y", "x")
         days = cube["time"].values.astype("datetime64[D]").astype(np.int64)
+        values = var.values
+        if pos is not None:
+            values = expand_bands(values, pos)
         return cls(
-            np.ascontiguousarray(var.values, dtype=np.float32),
+            np.ascontiguousarray(values, dtype=np.float32),
             np.ascontiguousarray(cube[f"{sensor}_valid"].values, dtype=bool),
             days,
         )

@@ -17,6 +17,7 @@ solar radiation at the site's latitude (:func:`potential_radiation`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -28,6 +29,7 @@ from latentcube.errors import EmbeddingError, EvaluationError
 __all__ = [
     "as_feature_cube",
     "extraterrestrial_radiation",
+    "feature_columns",
     "gap_fill",
     "potential_radiation",
     "site_features",
@@ -282,3 +284,14 @@ def site_features(
     out = pd.concat(parts, axis=1)
     out.index.name = "date"
     return out
+
+
+def feature_columns(feats: pd.DataFrame, names: Iterable[str]) -> dict[str, list[str]]:
+    """The columns of each feature set in a :func:`site_features` table, radiation first.
+
+    Returns ``{"potential radiation": ["rad:Rso"], name: ["name:F01", ...], ...}``.
+    """
+    sets = {"potential radiation": ["rad:Rso"]}
+    for k in names:
+        sets[k] = [c for c in feats.columns if c.startswith(f"{k}:")]
+    return sets

@@ -107,6 +107,17 @@ def find_flux(flux_dir: PathLike, site: str) -> Path:
     )
 
 
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV file as strings (empty cells stay ""), or a one-line error naming it."""
+    if not path.is_file():
+        raise EvaluationError(f"{path}: no such {what}")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        msg = f"{path}: not a readable {what} ({err})".replace("\n", " ")
+        raise EvaluationError(msg) from None
+
+
 def site_igbp(sites: PathLike | None = None) -> dict[str, tuple[str, float]]:
     """Site id -> (IGBP class, latitude) of the registry, updated from a sites table.
 
@@ -123,13 +134,7 @@ def site_igbp(sites: PathLike | None = None) -> dict[str, tuple[str, float]]:
     if sites is None:
         return reg
     path = Path(sites)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: no such sites file")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        msg = f"{path}: not a readable CSV table ({err})".replace("\n", " ")
-        raise EvaluationError(msg) from None
+    df = _read_table(path, "sites file")
     if not {"id", "igbp"} <= set(df.columns):
         raise EvaluationError(f"{path}: needs the columns id and igbp (has {list(df.columns)})")
     for r in df.to_dict("records"):
@@ -181,13 +186,7 @@ def read_site_inputs(
     path = Path(manifest)
     if path.is_dir():
         path = path / "manifest.csv"
-    if not path.is_file():
-        raise EvaluationError(f"{path}: no such manifest")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        msg = f"{path}: not a readable manifest ({err})".replace("\n", " ")
-        raise EvaluationError(msg) from None
+    df = _read_table(path, "manifest")
     missing = [c for c in ("id", "status", "path") if c not in df.columns]
     if missing:
         raise EvaluationError(f"{path}: missing column(s) {', '.join(missing)}; not a manifest")
@@ -293,7 +292,7 @@ def _site_features(
     """The daily table (GPP and every feature) of one site, and its feature sets."""
     from latentcube.cube.readers import open_cube
     from latentcube.evaluation.baselines import feature_sets
-    from latentcube.evaluation.features import site_features
+    from latentcube.evaluation.features import feature_columns, site_features
     from latentcube.evaluation.flux import read_flux
     from latentcube.evaluation.gpp import site_table
     from latentcube.evaluation.runs import embedding_features
@@ -310,10 +309,7 @@ def _site_features(
         method=gap_fill,  # type: ignore[arg-type]
         footprint=footprint,
     )
-    sets = {"potential radiation": ["rad:Rso"]}
-    for k in cubes:
-        sets[k] = [c for c in feats.columns if c.startswith(f"{k}:")]
-    return site_table(flux, feats), sets
+    return site_table(flux, feats), feature_columns(feats, cubes)
 
 
 def _common_sets(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ def reconstruction_errors(
     batch_size: int = 256,
     seed: int = 0,
     sensor: str | None = None,
+    inputs: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Per-band centre-pixel MAE of a checkpoint's reconstruction and of two trivial ones.
 
@@ -86,6 +88,10 @@ def reconstruction_errors(
     sensor
         The sensor whose autoencoder is evaluated (default: the bundle's first,
         the reference sensor).
+    inputs
+        Band-mask models: the bands the model is given (the others are hidden
+        from it as absent bands); every band the cube has is still scored, so
+        the hidden ones measure how well the model infers them. Default: all.
 
     Returns
     -------
@@ -94,13 +100,18 @@ def reconstruction_errors(
         band means, and ``n_windows``.
     """
     from latentcube.bundle import ModelBundle
-    from latentcube.data.windows import extract_windows
+    from latentcube.data.windows import CubeArrays, extract_windows
 
     bundle = ModelBundle.load(checkpoint)
     model = bundle.autoencoder(sensor or bundle.sensors[0])
     cfg = model.config
+    if inputs is not None and not cfg.band_mask:
+        raise EvaluationError(f"{checkpoint} has no band mask: it needs all of {list(cfg.bands)}")
+    hidden = [k for k, b in enumerate(cfg.bands) if inputs is not None and b not in inputs]
     w = extract_windows(
-        cube,
+        CubeArrays.from_cube(
+            cube, cfg.sensor, cfg.bands, min_bands=cfg.min_bands if cfg.band_mask else None
+        ),
         cfg.sensor,
         cfg.bands,
         mode="consecutive",
@@ -118,27 +129,32 @@ def reconstruction_errors(
     n = 0
     for i in range(0, len(w), batch_size):
         x, m, g = w.batch(np.arange(i, min(i + batch_size, len(w))))
-        recon, _ = model(torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(g))
+        x_in = x.copy()
+        x_in[:, :, hidden] = np.nan
+        recon, _ = model(torch.from_numpy(x_in), torch.from_numpy(m), torch.from_numpy(g))
         ok = m[:, t, c, c]
         if not ok.any():
             continue
         target = x[ok, t, :, c, c]
         sums["model"] += np.abs(recon.numpy()[ok, t, :, c, c] - target).sum(0)
-        ctx_mean, pers = trivial_centre(x[ok], m[ok])
+        ctx_mean, pers = trivial_centre(x_in[ok], m[ok])
         sums["context_mean"] += np.abs(ctx_mean - target).sum(0)
         sums["persistence"] += np.abs(pers - target).sum(0)
         n += int(ok.sum())
     if n == 0:
         raise EvaluationError("no window has a valid centre pixel")
+    present = [b for k, b in enumerate(cfg.bands) if np.isfinite(sums["model"][k])]
     out: dict[str, Any] = {
-        "bands": list(cfg.bands),
+        "bands": present,
+        "inputs": [b for k, b in enumerate(present) if cfg.bands.index(b) not in hidden],
         "n_windows": n,
         "checkpoint": str(checkpoint),
         "sensor": cfg.sensor,
     }
+    keep = [cfg.bands.index(b) for b in present]
     for name, v in sums.items():
-        out[name] = dict(zip(cfg.bands, (v / n).tolist(), strict=True))
-        out[f"{name}_mean"] = float((v / n).mean())
+        out[name] = dict(zip(present, (v[keep] / n).tolist(), strict=True))
+        out[f"{name}_mean"] = float((v[keep] / n).mean())
     return out
 
 

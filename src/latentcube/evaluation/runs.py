@@ -273,7 +273,7 @@ def evaluate_gpp(
     """
     from latentcube.evaluation.baselines import carbonfluxbench_reference, feature_sets
     from latentcube.evaluation.cache import run_cache
-    from latentcube.evaluation.features import as_feature_cube, site_features
+    from latentcube.evaluation.features import as_feature_cube, feature_columns, site_features
     from latentcube.evaluation.flux import read_flux
     from latentcube.evaluation.gpp import run_gpp, site_table
 
@@ -299,9 +299,7 @@ def evaluate_gpp(
             method=gap_fill,  # type: ignore[arg-type]
             footprint=footprint,
         )
-        sets = {"potential radiation": ["rad:Rso"]}
-        for k in cubes:
-            sets[k] = [c for c in feats.columns if c.startswith(f"{k}:")]
+        sets = feature_columns(feats, cubes)
         years = list(test_years) or [int(np.max(table.index.year))]
         ref = carbonfluxbench_reference(carbonfluxbench, [code]) if carbonfluxbench else None
         return run_gpp(

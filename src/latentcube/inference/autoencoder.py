@@ -34,12 +34,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from latentcube.cube.schema import provenance, select_bands
+from latentcube.cube.schema import band_positions, expand_bands, provenance, select_bands
 from latentcube.embedding_store import layer_attrs, recon_layer
 from latentcube.errors import EmbeddingError
 from latentcube.inference.chunks import check_edge, extended_days, halo, incomplete
 from latentcube.inference.job import Arrays, EmbedJob, Options, Reads
 from latentcube.models.autoencoder import ContextAutoencoder
+from latentcube.sensors import band_dim
 
 __all__ = ["AutoencoderJob", "default_batch", "embed_block", "embed_windows", "model_device"]
 
@@ -166,7 +167,8 @@ def embed_block(
             out[:, p] = z.T
             if truth is not None:
                 rec = model.decode_centre(z, g)
-                err_t[t].reshape(-1)[p] = (rec - truth[:, p].T).abs().mean(dim=1)
+                diff = (rec - truth[:, p].T).abs()
+                err_t[t].reshape(-1)[p] = diff.nanmean(dim=1) if cfg.band_mask else diff.mean(1)
     return emb_t.cpu().numpy(), err_t.cpu().numpy()
 
 
@@ -226,7 +228,8 @@ def embed_windows(
         emb[:, p[:, 0], p[:, 1], p[:, 2]] = z.T.cpu().numpy()
         if with_error:
             rec = model.decode_centre(z, gt)
-            e = (rec - xt[:, c, :, h, h]).abs().mean(dim=1)
+            diff = (rec - xt[:, c, :, h, h]).abs()
+            e = diff.nanmean(dim=1) if cfg.band_mask else diff.mean(dim=1)
             err[p[:, 0], p[:, 1], p[:, 2]] = e.cpu().numpy()
     return emb, err
 
@@ -294,6 +297,9 @@ class AutoencoderJob(EmbedJob):
     edge: str = "nan"
     batch_size: int | None = None
     with_error: bool = True
+    #: band-mask models on a cube lacking bands: position of each model band in the
+    #: bands read, None for an absent band (a NaN plane)
+    expand: tuple[int | None, ...] | None = None
 
     @classmethod
     def plan(cls, bundle: Any, cube: xr.Dataset, options: Options) -> AutoencoderJob:
@@ -308,7 +314,22 @@ class AutoencoderJob(EmbedJob):
         model = bundle.model
         cfg = model.config
         sensor = options.sensor or cfg.sensor
-        cube = select_bands(cube, {sensor: cfg.bands})
+        read, expand, extra = tuple(cfg.bands), None, {}
+        if cfg.band_mask:  # any subset of the model's bands, at least min_bands
+            bdim = band_dim(sensor)
+            have = [str(b) for b in cube[bdim].values] if bdim in cube.coords else []
+            where = str(cube.attrs.get("source", "the cube"))[:80]
+            full = band_positions(
+                have, cfg.bands, min_bands=cfg.min_bands, sensor=sensor, where=where
+            )
+            read = tuple(b for b, p in zip(cfg.bands, full, strict=True) if p is not None)
+            if len(read) < len(cfg.bands):
+                expand = tuple(read.index(b) if b in read else None for b in cfg.bands)
+            extra = {
+                "bands_present": ",".join(read),
+                "bands_absent": ",".join(b for b in cfg.bands if b not in read),
+            }
+        cube = select_bands(cube, {sensor: read})
         cls.check_grid(cube, bundle.meta)
         n_t, ny, nx = (int(cube.sizes[d]) for d in ("time", "y", "x"))
         if edge == "nan" and options.refuse_empty:
@@ -322,7 +343,7 @@ class AutoencoderJob(EmbedJob):
             layers["padded"] = "bool"
         return cls(
             sensor=sensor,
-            reads=((sensor, tuple(cfg.bands)),),
+            reads=((sensor, read),),
             shape=(n_t, ny, nx),
             n_features=int(cfg.latent_dim),
             days=extended_days(cube["time"].values.astype("datetime64[D]").astype(np.int64), c),
@@ -336,8 +357,10 @@ class AutoencoderJob(EmbedJob):
                 edge_policy=edge,
                 quality_layers=",".join(layers),
                 cube_attribution=cube.attrs.get("attribution", ""),
+                **extra,
             ),
             edge=edge,
+            expand=expand,
             batch_size=options.batch_size,
             with_error=with_error,
         )
@@ -365,6 +388,8 @@ class AutoencoderJob(EmbedJob):
         """See :meth:`latentcube.inference.job.EmbedJob.compute`."""
         (_, tp), (_, yp), (_, xp) = self._halos(ts, ys, xs)
         data, valid = arrays[self.sensor]
+        if self.expand is not None:
+            data = expand_bands(data, self.expand)
         c, h = self.context
         out = embed_region(
             model,

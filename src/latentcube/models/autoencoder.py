@@ -147,7 +147,7 @@ class FastAutoencoder(ContextAutoencoder):
         super().__init__(config)
         c = config
         layers: list[nn.Module] = []
-        cin = c.n_bands + 1
+        cin = 2 * c.n_bands if c.band_mask else c.n_bands + 1
         for cout, dil in zip(c.conv_channels, c.conv_dilations, strict=True):
             layers += [nn.Conv2d(cin, cout, 3, dilation=dil), nn.GELU()]
             cin = cout
@@ -203,9 +203,31 @@ class FastAutoencoder(ContextAutoencoder):
             (N, F, H - window + 1, W - window + 1): the feature of every pixel
             whose full context lies inside the tile.
         """
+        if self.config.band_mask:  # one validity channel per band: absent bands are NaN
+            bv = mask.unsqueeze(1) & torch.isfinite(x)
+            filled = torch.where(bv, x, torch.zeros((), dtype=x.dtype))
+            return self.spatial(torch.cat([filled, bv.to(x.dtype)], dim=1))
         m = mask.to(x.dtype).unsqueeze(1)
         filled = torch.where(mask.unsqueeze(1), x, torch.zeros((), dtype=x.dtype))
         return self.spatial(torch.cat([filled, m], dim=1))
+
+    def drop_bands(self, x: Tensor) -> Tensor:
+        """``x`` (B, T, C, W, W) with random bands of random windows set to NaN (band dropout).
+
+        A share ``band_dropout`` of the windows keeps a uniformly drawn number of
+        bands between ``min_bands`` and C - 1 (a random subset); the others are
+        unchanged. Uses the torch generator, which the training loop seeds and
+        checkpoints.
+        """
+        c = self.config
+        b, n = x.shape[0], c.n_bands
+        if c.band_dropout <= 0 or b == 0 or c.min_bands >= n:
+            return x
+        hit = torch.rand(b, device=x.device) < c.band_dropout
+        keep_n = torch.randint(c.min_bands, n, (b,), device=x.device)
+        rank = torch.rand(b, n, device=x.device).argsort(dim=1).argsort(dim=1)
+        drop = hit[:, None] & (rank >= keep_n[:, None])
+        return x.masked_fill(drop[:, None, :, None, None], float("nan"))
 
     def encode_features(self, feats: Tensor, gaps: Tensor) -> Tensor:
         """Latent from the centre pixel's per-date features (B, T, F) and gaps (B, T-1)."""
@@ -232,6 +254,8 @@ class FastAutoencoder(ContextAutoencoder):
 
     def encode(self, x: Tensor, mask: Tensor, gaps: Tensor) -> Tensor:
         """Latent (B, latent_dim) of the centre pixel at the centre date."""
+        if self.training and self.config.band_dropout > 0:
+            x = self.drop_bands(x)
         b, t, ch, h, w = x.shape
         f = self.frame_features(x.reshape(b * t, ch, h, w), mask.reshape(b * t, h, w))
         return self.encode_features(f.reshape(b, t, -1), gaps)
@@ -402,7 +426,7 @@ def count_macs(config: AutoencoderConfig) -> dict[str, int]:
     if config.variant == "paper":
         raise ValueError("count_macs describes the dense path of fast/tiny models")
     c = config
-    spatial, cin = 0, c.n_bands + 1
+    spatial, cin = 0, 2 * c.n_bands if c.band_mask else c.n_bands + 1
     for cout in c.conv_channels:
         spatial += cin * cout * 9
         cin = cout

@@ -20,13 +20,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from latentcube.sensors import SENSORS
 
 __all__ = ["AutoencoderConfig", "LossConfig"]
 
 Variant = Literal["paper", "fast", "tiny"]
+
+#: Fields left out of a dump when they hold their defaults (see ``AutoencoderConfig._dump``).
+_BAND_MASK_FIELDS = ("band_mask", "band_dropout", "min_bands")
 
 
 class AutoencoderConfig(BaseModel):
@@ -51,6 +61,18 @@ class AutoencoderConfig(BaseModel):
         Transformer sizes (``paper``: 256, 8, 3, 2, 0.25 as in the authors' code).
     reduced_tokens
         ``paper``: time-token reducer 11 -> R (6 for S2, 7 for S1).
+    band_mask
+        ``fast``/``tiny``: the spatial encoder sees a validity channel per band
+        instead of one per pixel, so the model accepts cubes holding any subset of
+        its bands (at least ``min_bands``): an absent band enters as 0 with its
+        mask 0 and the loss ignores it (see docs/data-model.md, "Band subsets").
+        Off in the presets, so their models and outputs are unchanged.
+    band_dropout
+        Training only (``band_mask`` models): the share of windows from which a
+        random subset of bands is hidden from the encoder (keeping at least
+        ``min_bands``); the hidden bands stay targets of the loss.
+    min_bands
+        Fewest of the model's bands a cube must have (``band_mask`` models).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -71,6 +93,9 @@ class AutoencoderConfig(BaseModel):
     dropout: float = 0.1
     decoder_layers: int = 1
     reduced_tokens: int = 6
+    band_mask: bool = False
+    band_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_bands: int = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderConfig:
@@ -89,7 +114,26 @@ class AutoencoderConfig(BaseModel):
                 )
         elif self.window != 15:
             raise ValueError("the paper architecture is defined for 15 x 15 windows only")
+        if self.band_mask and self.variant == "paper":
+            raise ValueError("band_mask is implemented for the fast and tiny models only")
+        if self.band_dropout > 0 and not self.band_mask:
+            raise ValueError("band_dropout needs band_mask: true")
+        if self.band_mask and self.min_bands > len(self.bands):
+            raise ValueError(f"min_bands {self.min_bands} exceeds the {len(self.bands)} bands")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out the band-mask fields at their defaults.
+
+        Configurations without a band mask dump exactly as before the fields existed,
+        so checkpoint identities and embedding-store attributes do not change.
+        """
+        out: dict[str, Any] = handler(self)
+        for name in _BAND_MASK_FIELDS:
+            if name in out and out[name] == type(self).model_fields[name].default:
+                del out[name]
+        return out
 
     @property
     def n_bands(self) -> int:

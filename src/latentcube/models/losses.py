@@ -17,6 +17,13 @@ Terms (each averaged over the batch):
   by the (detached) reconstruction so they carry no error;
 * ``center``: MAE at the centre pixel and date, over samples where it is valid.
 
+Absent bands (band-mask models, :class:`~latentcube.models.config.AutoencoderConfig`):
+a band that is NaN where the pixel mask is True is not a target. Every term then uses
+the present bands only (MAE and the centre term average over them, SAM is the angle
+within their subspace, SSIM skips the absent band's frames), and a pixel without any
+present band counts as masked. Inputs without absent bands take exactly the code path
+they took before.
+
 Total = ``lambda_mae * mae + lambda_sam * sam + lambda_ssim * ssim + lambda_center * center``.
 
 Not in the paper, off by default: with ``lambda_decorrelation > 0`` and the
@@ -34,6 +41,7 @@ from latentcube.models.config import LossConfig
 
 __all__ = [
     "ContextLoss",
+    "band_presence",
     "centre_abs_error",
     "centre_mae",
     "context_weights",
@@ -61,11 +69,35 @@ def context_weights(
 
 
 def centre_abs_error(recon: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Sum of the centre-pixel band-mean absolute errors over valid samples, and their count."""
+    """Sum of the centre-pixel band-mean absolute errors over valid samples, and their count.
+
+    Bands that are NaN under a valid centre (absent bands) are left out of the mean;
+    a centre without any present band does not count.
+    """
     t, c = recon.shape[1] // 2, recon.shape[-1] // 2
     valid = mask[:, t, c, c]
-    err = (recon[:, t, :, c, c] - torch.nan_to_num(target[:, t, :, c, c])).abs().mean(dim=1)
+    tgt = target[:, t, :, c, c]
+    present = torch.isfinite(tgt)
+    if bool((present | ~valid[:, None]).all()):
+        err = (recon[:, t, :, c, c] - torch.nan_to_num(tgt)).abs().mean(dim=1)
+        return torch.where(valid, err, torch.zeros_like(err)).sum(), valid.sum()
+    diff = torch.where(present, recon[:, t, :, c, c] - torch.nan_to_num(tgt), 0.0).abs()
+    n = present.sum(dim=1)
+    valid = valid & (n > 0)
+    err = diff.sum(dim=1) / n.clamp(min=1)
     return torch.where(valid, err, torch.zeros_like(err)).sum(), valid.sum()
+
+
+def band_presence(target: Tensor, mask: Tensor) -> Tensor | None:
+    """(B, T, C, W, W) bool: valid pixel and finite band; None when no band is absent.
+
+    ``target`` (B, T, C, W, W), ``mask`` (B, T, W, W). None means every band is
+    finite wherever the mask is True (the usual case, computed the usual way).
+    """
+    present = torch.isfinite(target) & mask.unsqueeze(2)
+    if bool((present == mask.unsqueeze(2)).all()):
+        return None
+    return present
 
 
 def spectral_angle(recon: Tensor, target: Tensor, dim: int) -> Tensor:
@@ -191,27 +223,40 @@ class ContextLoss(nn.Module):
         """
         cfg = self.config
         b, t, ch, w, _ = recon.shape
+        present = band_presence(target, mask)
         target = torch.nan_to_num(target)
+        if present is not None:  # absent bands: targets only where present
+            mask = present.any(dim=2)
+            pf = present.to(recon.dtype)
+            n_present = pf.sum(dim=2).clamp(min=1)
         m = mask.to(recon.dtype)
         wts = context_weights(t, w, cfg, recon.device) * m
         wts = wts / wts.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12)
-        abs_err = (recon - target).abs().mean(dim=2)
+        if present is None:
+            abs_err = (recon - target).abs().mean(dim=2)
+        else:
+            abs_err = ((recon - target).abs() * pf).sum(dim=2) / n_present
         mae = (wts * abs_err).sum(dim=(1, 2, 3)).mean()
         parts = {"mae": mae}
         zero = recon.new_zeros(())
         if cfg.lambda_sam > 0 and ch > 1:
-            parts["sam"] = (wts * spectral_angle(recon, target, dim=2)).sum(dim=(1, 2, 3)).mean()
+            r_s, t_s = (recon, target) if present is None else (recon * pf, target * pf)
+            parts["sam"] = (wts * spectral_angle(r_s, t_s, dim=2)).sum(dim=(1, 2, 3)).mean()
         else:
             parts["sam"] = zero
         if cfg.lambda_ssim > 0:
-            tgt = torch.where(mask.unsqueeze(2), target, recon.detach())
+            per_band = mask.unsqueeze(2) if present is None else present
+            tgt = torch.where(per_band, target, recon.detach())
             smap = ssim_map(recon.reshape(-1, 1, w, w), tgt.reshape(-1, 1, w, w))
-            frame_ok = mask.any(dim=(2, 3)).unsqueeze(2).expand(b, t, ch).reshape(-1)
+            frame_ok = per_band.any(dim=(3, 4)).expand(b, t, ch).reshape(-1)
             per_frame = (1 - smap).mean(dim=(1, 2, 3))
             parts["ssim"] = (per_frame * frame_ok).sum() / frame_ok.sum().clamp(min=1)
         else:
             parts["ssim"] = zero
-        s, n = centre_abs_error(recon, target, mask)
+        if present is None:
+            s, n = centre_abs_error(recon, target, mask)
+        else:
+            s, n = centre_abs_error(recon, torch.where(present, target, torch.nan), mask)
         parts["center"] = s / n.clamp(min=1)
         total = (
             cfg.lambda_mae * parts["mae"]
