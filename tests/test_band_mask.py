@@ -173,3 +173,35 @@ def test_embed_to_zarr_on_a_subset_store_equals_memory(model, tmp_path):
         got["embedding"].values, want["embedding"].values, atol=1e-5, equal_nan=True
     )
     assert got.attrs["bands_absent"] == "B02,B03,B04,B08"
+
+
+@pytest.mark.parametrize("data", ["memory", "stream"])
+def test_train_cli_trains_a_band_mask_model_on_cubes_lacking_bands(tmp_path, data):
+    """``latentcube train`` with a ``band_mask`` recipe keeps all the model's bands and
+    trains on a cube that lacks four of them beside a full one (in memory and streamed);
+    the same cubes without the band mask train a model on the six common bands only."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from latentcube.bundle import ModelBundle
+    from latentcube.cli import app
+
+    full = tiny_cube(n_time=24, ny=24, nx=24, seed=1, with_s1=False)
+    part = tiny_cube(n_time=24, ny=24, nx=24, seed=2, with_s1=False).sel(band=list(SUBSET))
+    paths = [write_zarr(c, tmp_path / f"{n}.zarr") for n, c in (("full", full), ("part", part))]
+    recipe = tmp_path / "mask.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"variant": "tiny", "band_mask": True}}))
+    common = ["--max-epochs", "1", "--no-progress", "--data", data, "--workers", "0"]
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["train", *map(str, paths), "--model", str(recipe), "-o", str(tmp_path / "m"),
+              *common],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    bundle = ModelBundle.load(tmp_path / "m")
+    assert bundle.model.config.band_mask and bundle.bands["s2"] == tuple(S2_BANDS)
+    res = runner.invoke(
+        app, ["train", *map(str, paths), "--model", "tiny", "-o", str(tmp_path / "p"), *common]
+    )
+    assert res.exit_code == 0, res.output
+    assert ModelBundle.load(tmp_path / "p").bands["s2"] == SUBSET

@@ -476,6 +476,7 @@ def split_windows(
     stride_xy: int = 3,
     seed: int = 42,
     within_cubes: bool = False,
+    min_bands: int | None = None,
 ) -> tuple[Windows, Windows]:
     """Training and validation windows from cubes, split without leakage.
 
@@ -484,6 +485,9 @@ def split_windows(
     window do (2 x 2 blocks at least per cube, :func:`block_regions`).
     Training windows draw 11 of 20 dates at random, validation windows take
     consecutive dates.
+
+    ``min_bands`` (band-mask models): a cube may lack some of ``bands`` (NaN planes)
+    as long as it has at least this many of them.
 
     Returns
     -------
@@ -500,7 +504,7 @@ def split_windows(
 
     def extract(cube: xr.Dataset, mode: str, region: np.ndarray | None) -> Windows:
         if id(cube) not in arrays:
-            arrays[id(cube)] = CubeArrays.from_cube(cube, sensor, bands)
+            arrays[id(cube)] = CubeArrays.from_cube(cube, sensor, bands, min_bands=min_bands)
         return extract_windows(arrays[id(cube)], sensor, mode=mode, region=region, **common)
 
     return split_by_place(

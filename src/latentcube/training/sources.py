@@ -105,8 +105,12 @@ def stream_split(
     stride_t: int = 3,
     stride_xy: int = 3,
     progress: bool = False,
+    min_bands: int | None = None,
 ) -> tuple[Any, Any]:
     """Training and validation windows streamed from Zarr stores, split by store.
+
+    ``min_bands`` (band-mask models): a store may lack some of ``bands`` as long as it
+    has at least this many of them.
 
     Returns
     -------
@@ -146,6 +150,7 @@ def stream_split(
         "stride_xy": stride_xy,
         "seed": seed,
         "progress": progress,
+        "min_bands": min_bands,
     }
     train = StreamingWindows([paths[i] for i in train_ids], mode="train", **common)
     val = StreamingWindows([paths[i] for i in val_ids], mode="consecutive", **common)

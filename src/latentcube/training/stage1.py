@@ -408,21 +408,27 @@ def fit_autoencoder(
     if windows is None:
         from latentcube.cube.readers import open_cube
 
+        # a band-mask model keeps all its bands: each cube needs min_bands of them
         own_bands = "bands" in (sections.get("model") or {}) or "bands" in (model or {})
+        own_bands = own_bands or mcfg.band_mask
+        min_bands = mcfg.min_bands if mcfg.band_mask else None
         if stream:
             if not own_bands:  # band names only: the stores stay unread
                 opened = [c if isinstance(c, xr.Dataset) else open_cube(c) for c in cubes]
                 mcfg = _with_bands(mcfg, bands, opened, paths or cubes)
             windows = stream_split(
-                cubes, sensor, mcfg.bands, window=mcfg.window, seed=seed, progress=progress
-            )
+                cubes, sensor, mcfg.bands, window=mcfg.window, seed=seed, progress=progress,
+                min_bands=min_bands,
+            )  # fmt: skip
         else:
             from latentcube.data.windows import split_windows
 
             loaded = [c if isinstance(c, xr.Dataset) else open_cube(c).load() for c in cubes]
             if not own_bands:
                 mcfg = _with_bands(mcfg, bands, loaded, paths or cubes)
-            windows = split_windows(loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window)
+            windows = split_windows(
+                loaded, sensor, mcfg.bands, seed=seed, window=mcfg.window, min_bands=min_bands
+            )
     tr, va = windows
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if stream else 0
