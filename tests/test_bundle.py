@@ -154,3 +154,22 @@ def test_a_bundle_round_trips_whatever_its_kind(tmp_path):
             bundle.model.state_dict().items(), again.model.state_dict().values(), strict=True
         ):
             assert torch.equal(a, b), k
+
+
+def test_fused_bundle_weights_that_do_not_fit(tmp_path):
+    from latentcube.bundle import load_fusion_checkpoint, save_fusion_checkpoint
+    from latentcube.models.fusion import FusionConfig, FusionModel
+
+    torch.manual_seed(0)
+    aes = {s: build_autoencoder(AutoencoderConfig.preset("tiny", s)) for s in ("s2", "s1")}
+    model = FusionModel(FusionConfig.for_autoencoders(aes), aes)
+    path = save_fusion_checkpoint(tmp_path / "fused.pt", model)
+    loaded, _ = load_fusion_checkpoint(path)
+    assert not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"].pop(next(iter(payload["state_dict"])))
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(ModelError, match="weights do not fit"):
+        load_fusion_checkpoint(tmp_path / "broken.pt")

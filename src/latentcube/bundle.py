@@ -241,12 +241,25 @@ def _autoencoder_from(
             f"{path} was trained on bands {list(config.bands)}, not {list(expect_bands)}"
         )
     model = build_autoencoder(config)
+    _load_weights(model, ck["state_dict"], path)
+    return model, meta
+
+
+def _load_weights(
+    model: torch.nn.Module, state_dict: Mapping[str, Any], path: str | os.PathLike[str]
+) -> None:
+    """Load ``state_dict`` into ``model`` strictly and set eval mode.
+
+    Raises
+    ------
+    ModelError
+        When the weights do not fit the model's configuration (named after ``path``).
+    """
     try:
-        model.load_state_dict(ck["state_dict"], strict=True)
+        model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
     model.eval()
-    return model, meta
 
 
 # --------------------------------------------------------------------------------------
@@ -350,11 +363,7 @@ def _fusion_from(
 ) -> tuple[FusionModel, dict[str, Any]]:
     """The fused model of a bundle already read by :func:`read_checkpoint`."""
     model = build_fusion_from_meta(ck["meta"], str(path))
-    try:
-        model.load_state_dict(ck["state_dict"], strict=True)
-    except RuntimeError as err:
-        raise ModelError(f"{path}: weights do not fit the configuration: {err}") from err
-    model.eval()
+    _load_weights(model, ck["state_dict"], path)
     return model, ck["meta"]
 
 
