@@ -89,3 +89,33 @@ def test_lock_refuses_a_second_run_and_is_released_when_the_process_dies(tmp_pat
         proc.wait()
     with locked(out):  # the OS released the dead process's lock
         assert os.path.exists(tmp_path / ".emb.zarr.lock")
+
+
+def test_hash_zarr_metadata_reads_the_metadata_files_only(tmp_path):
+    """The digest is that of the group's and arrays' zarr.json, whatever the chunks hold."""
+    import hashlib
+
+    from latentcube.io import hash_zarr_metadata, write_zarr
+
+    from conftest import tiny_cube
+
+    store = write_zarr(tiny_cube(n_time=4, ny=6, nx=6, seed=0), tmp_path / "c.zarr")
+    ref = hashlib.sha256()
+    metas = sorted(store.rglob("zarr.json"), key=lambda p: (p.parent != store, p.as_posix()))
+    assert len(metas) > 1
+    for p in metas:
+        ref.update(str(p.relative_to(store)).encode())
+        ref.update(p.read_bytes())
+    h = hashlib.sha256()
+    assert hash_zarr_metadata(store, h)
+    assert h.hexdigest() == ref.hexdigest()
+    # chunk files do not count; a metadata file does
+    chunk = next(p for p in store.rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes() + b"x")
+    h2 = hashlib.sha256()
+    hash_zarr_metadata(store, h2)
+    assert h2.hexdigest() == ref.hexdigest()
+    # not a Zarr directory store: False and the hash untouched
+    h3 = hashlib.sha256()
+    assert not hash_zarr_metadata(tmp_path, h3)
+    assert h3.hexdigest() == hashlib.sha256().hexdigest()

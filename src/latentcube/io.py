@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
@@ -25,11 +25,15 @@ import zarr.storage
 
 from latentcube.errors import OutputError
 
+if TYPE_CHECKING:
+    import hashlib
+
 __all__ = [
     "check_disjoint",
     "check_output",
     "check_writable",
     "geozarr_attrs",
+    "hash_zarr_metadata",
     "lock_path",
     "locked",
     "open_zarr",
@@ -166,6 +170,33 @@ def open_zarr(path: str | os.PathLike[str], *, chunks: Any = "store") -> xr.Data
     if "spatial_ref" in ds.coords and ds.rio.crs is not None:
         ds = ds.rio.write_crs(ds.rio.crs)
     return ds
+
+
+def hash_zarr_metadata(path: str | os.PathLike[str], h: hashlib._Hash) -> bool:
+    """Feed the metadata of a flat Zarr directory store to a hash, reading no chunk.
+
+    Parameters
+    ----------
+    path
+        The store.
+    h
+        A :mod:`hashlib` hash, updated with the relative path and the bytes of the
+        group's ``zarr.json`` and of every array's (shapes, chunks, attributes).
+
+    Returns
+    -------
+    bool
+        False, leaving ``h`` untouched, when ``path`` is not a Zarr directory store
+        (a ``.zip`` store, a file, a folder of other files).
+    """
+    root = Path(path)
+    if not (root.is_dir() and (root / "zarr.json").exists()):
+        return False
+    # the metadata files only: a walk of the whole store would visit every chunk file
+    for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
+        h.update(meta.relative_to(root).as_posix().encode())
+        h.update(meta.read_bytes())
+    return True
 
 
 def to_geotiff(

@@ -46,6 +46,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from latentcube.cube.schema import band_positions, expand_bands
 from latentcube.errors import CubeError
+from latentcube.io import hash_zarr_metadata
 from latentcube.sensors import band_dim
 
 __all__ = [
@@ -117,10 +118,7 @@ def store_fingerprint(path: str | os.PathLike[str], sensor: str = "s2") -> str:
     """
     root = Path(path)
     h = hashlib.sha256()
-    if root.is_dir() and (root / "zarr.json").exists():
-        for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
-            h.update(meta.relative_to(root).as_posix().encode())
-            h.update(meta.read_bytes())
+    if hash_zarr_metadata(root, h):
         for name in (f"{sensor}_valid", "time"):
             for f in sorted(p for p in (root / name).rglob("*") if p.is_file()):
                 st = f.stat()

@@ -20,6 +20,7 @@ import xarray as xr
 
 from latentcube.cube.schema import select_bands
 from latentcube.inference.job import Arrays, EmbedJob
+from latentcube.io import hash_zarr_metadata
 from latentcube.sensors import band_dim
 
 __all__ = [
@@ -67,11 +68,7 @@ def cube_fingerprint(path: str | os.PathLike[str]) -> str:
     """
     root = Path(path)
     h = hashlib.sha256()
-    if root.is_dir() and (root / "zarr.json").exists():
-        # the metadata files only: a walk of the whole store would visit every chunk file
-        for meta in [root / "zarr.json", *sorted(root.glob("*/zarr.json"))]:
-            h.update(meta.relative_to(root).as_posix().encode())
-            h.update(meta.read_bytes())
+    if hash_zarr_metadata(root, h):
         return h.hexdigest()
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     for f in files:
