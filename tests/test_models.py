@@ -152,6 +152,27 @@ def test_count_macs_matches_flop_counter(variant):
     assert counted in (macs["temporal"], macs["temporal"] - macs["attention"])
 
 
+@pytest.mark.parametrize(("activation", "norm_first"), [("gelu", True), ("relu", False)])
+def test_transformer_stack_equals_the_torch_encoder_built_by_hand(activation, norm_first):
+    from latentcube.models.blocks import transformer_stack
+
+    torch.manual_seed(5)
+    got = transformer_stack(16, 4, 32, 0.1, 3, activation=activation, norm_first=norm_first)
+    torch.manual_seed(5)
+    layer = torch.nn.TransformerEncoderLayer(
+        16, 4, 32, 0.1, activation=activation, batch_first=True, norm_first=norm_first
+    )
+    ref = torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+    assert len(got.layers) == 3
+    assert got.layers[0].norm_first is norm_first
+    assert got.state_dict().keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(got.state_dict()[k], v), k
+    x = torch.randn(5, 11, 16)  # batch first: (batch, tokens, width)
+    with torch.no_grad():
+        torch.testing.assert_close(got.eval()(x), ref.eval()(x))
+
+
 def test_written_out_encoder_forward_equals_the_module():
     from latentcube.models.blocks import encoder_inference
 

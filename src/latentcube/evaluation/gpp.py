@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from latentcube.errors import EvaluationError
 from latentcube.evaluation.cache import StepCache, cached, run_cache
+from latentcube.models.blocks import transformer_stack
 
 __all__ = [
     "SEARCH_SPACE",
@@ -198,10 +199,9 @@ class GPPTransformer(nn.Module):
             raise EvaluationError(f"d_model {d_model} not divisible by n_heads {n_heads}")
         self.proj = nn.Linear(n_features, d_model)
         self.pos = nn.Parameter(torch.randn(seq_len, d_model) / math.sqrt(d_model))
-        layer = nn.TransformerEncoderLayer(
-            d_model, n_heads, ff_dim, dropout, activation="relu", batch_first=True
+        self.encoder = transformer_stack(
+            d_model, n_heads, ff_dim, dropout, n_layers, activation="relu", norm_first=False
         )
-        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(
             nn.LayerNorm(d_model),
             nn.Linear(d_model, d_model // 2),

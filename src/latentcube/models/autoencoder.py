@@ -32,6 +32,7 @@ from latentcube.models.blocks import (
     ResidualPool,
     encoder_inference,
     sinusoidal_encoding,
+    transformer_stack,
 )
 from latentcube.models.config import AutoencoderConfig
 from latentcube.models.whitening import Whitening
@@ -157,16 +158,9 @@ class FastAutoencoder(ContextAutoencoder):
         self.in_proj = nn.Linear(cin, d)
 
         def stack(n: int) -> nn.TransformerEncoder:
-            layer = nn.TransformerEncoderLayer(
-                d,
-                c.n_heads,
-                c.ff_dim,
-                c.dropout,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
+            return transformer_stack(
+                d, c.n_heads, c.ff_dim, c.dropout, n, activation="gelu", norm_first=True
             )
-            return nn.TransformerEncoder(layer, n, enable_nested_tensor=False)
 
         self.temporal = stack(c.n_layers)
         self.norm = nn.LayerNorm(d)
@@ -319,16 +313,9 @@ class PaperAutoencoder(ContextAutoencoder):
         )
         d = c.d_model
         self.pos = nn.Embedding(c.max_offset_days + 1, d)
-        layer = nn.TransformerEncoderLayer(
-            d,
-            c.n_heads,
-            c.ff_dim,
-            c.dropout,
-            activation="relu",
-            batch_first=True,
-            norm_first=False,
+        self.transformer = transformer_stack(
+            d, c.n_heads, c.ff_dim, c.dropout, c.n_layers, activation="relu", norm_first=False
         )
-        self.transformer = nn.TransformerEncoder(layer, c.n_layers, enable_nested_tensor=False)
         r = c.reduced_tokens
         self.enc_token = nn.Sequential(nn.Linear(d, 16), nn.SELU())
         self.enc_time = nn.Sequential(nn.Linear(c.n_dates, r), nn.SELU())

@@ -15,6 +15,7 @@ __all__ = [
     "ResidualPool",
     "encoder_inference",
     "sinusoidal_encoding",
+    "transformer_stack",
 ]
 
 
@@ -109,6 +110,47 @@ def sinusoidal_encoding(offsets: Tensor, dim: int, max_period: float = 1000.0) -
     if dim % 2:
         enc = torch.cat([enc, torch.zeros_like(enc[..., :1])], dim=-1)
     return enc
+
+
+def transformer_stack(
+    d_model: int,
+    n_heads: int,
+    ff_dim: int,
+    dropout: float,
+    n_layers: int,
+    *,
+    activation: str,
+    norm_first: bool,
+) -> nn.TransformerEncoder:
+    """A batch-first ``nn.TransformerEncoder`` of ``n_layers`` identical layers.
+
+    Parameters
+    ----------
+    d_model, n_heads, ff_dim, dropout
+        Width, attention heads, feed-forward width and dropout of every layer.
+    n_layers
+        Number of layers.
+    activation
+        ``"relu"`` or ``"gelu"``.
+    norm_first
+        Pre-norm (True) or post-norm (False) layers.
+
+    Returns
+    -------
+    torch.nn.TransformerEncoder
+        Without the nested-tensor fast path, so padded and unpadded batches run
+        the same arithmetic.
+    """
+    layer = nn.TransformerEncoderLayer(
+        d_model,
+        n_heads,
+        ff_dim,
+        dropout,
+        activation=activation,
+        batch_first=True,
+        norm_first=norm_first,
+    )
+    return nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
 
 
 def encoder_inference(stack: nn.TransformerEncoder, x: Tensor, query: int | None = None) -> Tensor:

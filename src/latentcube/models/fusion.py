@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from latentcube.data.batch import SensorBatch
 from latentcube.models.autoencoder import ContextAutoencoder
+from latentcube.models.blocks import transformer_stack
 from latentcube.models.config import LossConfig
 from latentcube.models.losses import ContextLoss, centre_abs_error, spectral_angle
 from latentcube.models.whitening import Whitening
@@ -264,16 +265,15 @@ class FusionModel(nn.Module):
             {s: nn.Parameter(0.02 * torch.randn(d)) for s in config.sensors}
         )
         self.offset = nn.Embedding(config.max_offset_days + 1, d)
-        layer = nn.TransformerEncoderLayer(
+        self.fuser = transformer_stack(
             d,
             config.n_heads,
             config.ff_dim,
             config.dropout,
+            config.n_layers,
             activation="relu",
-            batch_first=True,
             norm_first=True,
         )
-        self.fuser = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.to_embedding = nn.Linear(d, config.embed_dim)
         self.heads = nn.ModuleDict(
