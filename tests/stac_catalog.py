@@ -67,8 +67,26 @@ class Source:
     angles: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
-def read_source(folder: Path) -> Source:
-    """Read the patch with plain xarray (no latentcube code), raw integers."""
+def patch_dates(folder: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every S2 and S1 date of the patch (ISO days), for a catalog of the whole record."""
+    s2 = next(folder.glob("S2_L2A_10m_*.nc"))
+    s1 = next(folder.glob("S1_GRD-ASCENDING_*.nc"))
+    out = []
+    for f in (s2, s1):
+        with xr.open_dataset(f, mask_and_scale=False) as d:
+            days = d.timestamp.values.astype("datetime64[D]").astype(str)
+            out.append(tuple(dict.fromkeys(days.tolist())))
+    return out[0], out[1]
+
+
+def read_source(
+    folder: Path, s2_dates: tuple[str, ...] = S2_DATES, s1_dates: tuple[str, ...] = S1_DATES
+) -> Source:
+    """Read the patch with plain xarray (no latentcube code), raw integers.
+
+    ``s2_dates``/``s1_dates``: the dates to read (default the tests' dates; the
+    default S2 dates are always read, the split date needs the cloudy one).
+    """
     f = {
         p: next(folder.glob(f"{p}_*.nc")) for p in ("S2_L2A_10m", "S2_L2A_20m", "S1_GRD-ASCENDING")
     }
@@ -78,7 +96,7 @@ def read_source(folder: Path) -> Source:
         xr.open_dataset(f["S2_L2A_20m"], mask_and_scale=False) as b,
         xr.open_dataset(f["S1_GRD-ASCENDING"], mask_and_scale=False) as s,
     ):
-        for d in S2_DATES:
+        for d in dict.fromkeys([*S2_DATES, *s2_dates]):
             ia = int(
                 np.flatnonzero(a.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0]
             )
@@ -95,7 +113,7 @@ def read_source(folder: Path) -> Source:
                     "viewAzimuthMean",
                 )
             )
-        for d in S1_DATES:
+        for d in s1_dates:
             i = int(
                 np.flatnonzero(s.timestamp.values.astype("datetime64[D]") == np.datetime64(d))[0]
             )
@@ -223,6 +241,8 @@ def make_catalog(
     vary: bool = False,
     drop_asset: tuple[str, str] | None = None,
     collections: tuple[str, ...] = ("sentinel-2-l2a", "sentinel-1-rtc"),
+    s2_dates: tuple[str, ...] = S2_DATES,
+    s1_dates: tuple[str, ...] = S1_DATES,
 ) -> Path:
     """Write COGs and a self-contained static catalog under ``root``.
 
@@ -244,6 +264,9 @@ def make_catalog(
         ``(item id, asset key)`` to leave out.
     collections
         Collections to publish.
+    s2_dates, s1_dates
+        Dates to publish (read into ``src`` by :func:`read_source`); default the
+        tests' dates.
 
     Returns
     -------
@@ -279,7 +302,7 @@ def make_catalog(
     if "sentinel-2-l2a" in collections:
         s2 = pystac.Collection("sentinel-2-l2a", "S2 L2A (test excerpt)", extent)
         cat.add_child(s2)
-        for d in S2_DATES:
+        for d in s2_dates:
             dn = {k: v.copy() for k, v in src.s2_dn[d].items()}
             scl = src.scl[d].copy()
             baseline = "02.09"
@@ -327,7 +350,7 @@ def make_catalog(
     if "sentinel-1-rtc" in collections:
         s1 = pystac.Collection("sentinel-1-rtc", "S1 RTC-like (test excerpt)", extent)
         cat.add_child(s1)
-        for d in S1_DATES:
+        for d in s1_dates:
             iid = f"S1_{d.replace('-', '')}"
             item = _item(
                 iid, src.s1_time[d], LEFT, TOP, size, size, {"sat:orbit_state": "ascending"}
