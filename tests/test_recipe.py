@@ -160,6 +160,12 @@ def test_toy_recipe_end_to_end_resumes_after_a_failed_step_and_reruns_nothing(
     other = recipe.model_copy(update={"models": recipe.models.model_copy(update={"epochs": 2})})
     with pytest.raises(RecipeError, match=r"step train_s2 was done .* other settings"):
         run_recipe(other, out)
+    # the flux files' folder matters to the GPP step and the report only
+    moved = recipe.model_copy(
+        update={"flux": recipe.flux.model_copy(update={"flux_dir": tmp_path / "elsewhere"})}
+    )
+    with pytest.raises(RecipeError, match=r"step gpp was done .* other settings"):
+        run_recipe(moved, out)
     assert _files(out) == before
 
 

@@ -208,8 +208,14 @@ class PaperRecipe(BaseModel):
         return cls.model_validate(_merge(base, updates))
 
     def digest(self, *sections: str) -> str:
-        """SHA-256 (16 hex digits) of the named fields (all when none): a step's identity."""
+        """SHA-256 (16 hex digits) of the named fields (all when none): a step's identity.
+
+        ``flux.flux_dir`` is its own field here (``"flux_dir"``), not part of ``"flux"``,
+        so giving the flux files later changes only the steps that read them.
+        """
         data = self.model_dump(mode="json")
+        # where the flux files are read from matters to the GPP step only: "flux_dir"
+        data["flux_dir"] = data["flux"].pop("flux_dir")
         if sections:
             data = {k: data[k] for k in sections}
         text = json.dumps(data, sort_keys=True)

@@ -347,8 +347,9 @@ STEPS: tuple[Step, ...] = (
     Step("flux_cubes", "build the evaluation cubes at the flux sites", "cubes/flux", _FLUX,
          _flux_cubes),
     Step("embed", "embed the evaluation cubes", "embeddings", _EVAL, _embed),
-    Step("gpp", "GPP at the flux sites", "gpp", (*_EVAL, "gpp"), _gpp),
-    Step("report", "write the report", "report/report.md", (*_EVAL, "gpp"), _report),
+    Step("gpp", "GPP at the flux sites", "gpp", (*_EVAL, "gpp", "flux_dir"), _gpp),
+    Step("report", "write the report", "report/report.md", (*_EVAL, "gpp", "flux_dir"),
+         _report),
 )  # fmt: skip
 
 
