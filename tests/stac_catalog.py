@@ -67,6 +67,18 @@ class Source:
     angles: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
+def patch_dates(folder: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every S2 and S1 date of the patch (ISO days), for a catalog of the whole record."""
+    s2 = next(folder.glob("S2_L2A_10m_*.nc"))
+    s1 = next(folder.glob("S1_GRD-ASCENDING_*.nc"))
+    out = []
+    for f in (s2, s1):
+        with xr.open_dataset(f, mask_and_scale=False) as d:
+            days = d.timestamp.values.astype("datetime64[D]").astype(str)
+            out.append(tuple(dict.fromkeys(days.tolist())))
+    return out[0], out[1]
+
+
 def read_source(
     folder: Path, s2_dates: tuple[str, ...] = S2_DATES, s1_dates: tuple[str, ...] = S1_DATES
 ) -> Source:
@@ -230,6 +242,8 @@ def make_catalog(
     drop_asset: tuple[str, str] | None = None,
     collections: tuple[str, ...] = ("sentinel-2-l2a", "sentinel-1-rtc"),
     shift_days: int = 0,
+    s2_dates: tuple[str, ...] | None = None,
+    s1_dates: tuple[str, ...] | None = None,
 ) -> Path:
     """Write COGs and a self-contained static catalog under ``root``.
 
@@ -254,6 +268,8 @@ def make_catalog(
     shift_days
         Days added to every acquisition time of the published items (the pixels
         are unchanged), for tests that need the imagery in another period.
+    s2_dates, s1_dates
+        Dates to publish (default: every date read into ``src`` by :func:`read_source`).
 
     Returns
     -------
@@ -289,7 +305,7 @@ def make_catalog(
     if "sentinel-2-l2a" in collections:
         s2 = pystac.Collection("sentinel-2-l2a", "S2 L2A (test excerpt)", extent)
         cat.add_child(s2)
-        for d in src.s2_dn:
+        for d in src.s2_dn if s2_dates is None else s2_dates:
             dn = {k: v.copy() for k, v in src.s2_dn[d].items()}
             scl = src.scl[d].copy()
             baseline = "02.09"
@@ -339,7 +355,7 @@ def make_catalog(
     if "sentinel-1-rtc" in collections:
         s1 = pystac.Collection("sentinel-1-rtc", "S1 RTC-like (test excerpt)", extent)
         cat.add_child(s1)
-        for d in src.s1_db:
+        for d in src.s1_db if s1_dates is None else s1_dates:
             iid = f"S1_{d.replace('-', '')}"
             item = _item(
                 iid,

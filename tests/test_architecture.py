@@ -36,7 +36,7 @@ FLOORS: list[tuple[int, tuple[str, ...]]] = [
     (3, ("data", "models")),
     (4, ("bundle",)),
     (5, ("training", "inference")),
-    (6, ("evaluation", "accessor", "analysis")),
+    (6, ("evaluation", "accessor", "analysis", "recipe")),
     (7, ("cli", "demo", "__main__")),
 ]
 #: Pairs (importer prefix, imported prefix) forbidden although the floors allow them.

@@ -9,6 +9,7 @@ __all__ = [
     "LatentcubeError",
     "ModelError",
     "OutputError",
+    "RecipeError",
     "StacError",
 ]
 
@@ -39,3 +40,7 @@ class EvaluationError(LatentcubeError, ValueError):
 
 class OutputError(LatentcubeError, OSError):
     """An output path cannot be written safely (it is an input, in use, or not writable)."""
+
+
+class RecipeError(LatentcubeError, ValueError):
+    """A recipe (``latentcube reproduce``) that cannot run as configured."""

@@ -13,6 +13,7 @@ module                  commands
 :mod:`.embed`           ``embed``
 :mod:`.analysis`        ``summarise``, ``change``, ``similar``
 :mod:`.evaluate`        ``evaluate landcover|croptype|gpp|reconstruction``
+:mod:`.reproduce`       ``reproduce`` (the paper recipe)
 ======================  ==========================================================
 
 Errors are turned into one line and exit code 2 in one place (:mod:`._app`).
@@ -20,7 +21,16 @@ Errors are turned into one line and exit code 2 in one place (:mod:`._app`).
 
 from __future__ import annotations
 
-from latentcube.cli import analysis, cube, demo, embed, evaluate, info, train  # noqa: F401
+from latentcube.cli import (  # noqa: F401
+    analysis,
+    cube,
+    demo,
+    embed,
+    evaluate,
+    info,
+    reproduce,
+    train,
+)
 from latentcube.cli._app import app
 
 __all__ = ["app"]
