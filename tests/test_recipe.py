@@ -138,6 +138,11 @@ def test_toy_recipe_end_to_end_resumes_after_a_failed_step_and_reruns_nothing(
         assert (out / "gpp" / sid / "results.json").is_file()
     report = (out / "report" / "report.md").read_text()
     assert "## GPP at the flux sites" in report
+    # both sites pooled, leave-one-site-out, on the recipe's own embeddings
+    pooled = pd.read_csv(out / "gpp" / "pooled" / "sites.csv")
+    assert set(pooled["site"]) == set(FLUX_IDS) and set(pooled["split"]) == {"loso"}
+    assert "## GPP pooled over the sites, leave-one-site-out" in report
+    assert not (out / "gpp" / "pooled" / ".embed-cache").exists()  # nothing embedded again
     assert "| site | features | model | R2 | RMSE | NRMSE | bias | n |" in report
 
     # the report's RMSE per site is that of the site's own test predictions

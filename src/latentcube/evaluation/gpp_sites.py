@@ -288,6 +288,7 @@ def _site_features(
     footprint: int | None,
     seed: int,
     device: str = "cpu",
+    embedding: PathLike | None = None,
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """The daily table (GPP and every feature) of one site, and its feature sets."""
     from latentcube.cube.readers import open_cube
@@ -299,7 +300,8 @@ def _site_features(
 
     flux = read_flux(site.flux)
     cube = open_cube(site.cube).load()
-    emb = embedding_features([cube], model, None, name, cache, device)
+    stores = [embedding] if embedding is not None else None
+    emb = embedding_features([cube], model, stores, name, cache, device)
     cubes = feature_sets([cube], emb, seed=seed)[0]
     feats = site_features(
         dict(cubes),
@@ -438,6 +440,7 @@ def evaluate_gpp_sites(
     carbonfluxbench: PathLike | None = None,
     seed: int = 0,
     device: str = "cpu",
+    embeddings: Mapping[str, PathLike] | None = None,
     progress: bool = True,
     command: str | None = None,
     **kwargs: Any,
@@ -460,6 +463,9 @@ def evaluate_gpp_sites(
         without one only the baselines are evaluated.
     device
         Where ``model`` embeds the cubes (``auto``, ``cpu``, ``cuda``, ...).
+    embeddings
+        Site -> an embedding store of its cube, already made (instead of
+        ``model``; the feature set is called ``name``).
     test_years
         Test years of the ``years`` split (default: the last year with a day
         holding GPP and every feature).
@@ -494,7 +500,11 @@ def evaluate_gpp_sites(
     if split not in (*SPLITS, "both"):
         raise EvaluationError(f"split must be 'years', 'loso' or 'both', got {split!r}")
     splits = list(SPLITS) if split == "both" else [split]
-    check_output(out, [manifest, flux_dir, model, sites, carbonfluxbench])
+    if model is not None and embeddings:
+        raise EvaluationError("give either a model or embedding stores, not both")
+    check_output(
+        out, [manifest, flux_dir, model, sites, carbonfluxbench, *(embeddings or {}).values()]
+    )
     if model is not None:
         from latentcube.devices import resolve_device
 
@@ -520,6 +530,7 @@ def evaluate_gpp_sites(
                 tables[s.site], per_site_sets[s.site] = _site_features(
                     s,
                     model=model,
+                    embedding=(embeddings or {}).get(s.site),
                     name=name,
                     cache=embed_cache,
                     gap_fill=gap_fill,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from latentcube.recipe.config import PaperRecipe, load_recipe
 from latentcube.recipe.cost import format_plan, load_rates, plan
-from latentcube.recipe.steps import STEPS, done_steps, gpp_at_sites, run_recipe
+from latentcube.recipe.steps import STEPS, done_steps, gpp_at_sites, gpp_pooled, run_recipe
 
 __all__ = [
     "STEPS",
@@ -19,6 +19,7 @@ __all__ = [
     "done_steps",
     "format_plan",
     "gpp_at_sites",
+    "gpp_pooled",
     "load_rates",
     "load_recipe",
     "plan",

@@ -15,6 +15,15 @@ from latentcube.recipe.config import PaperRecipe
 __all__ = ["gpp_site_table", "write_recipe_report"]
 
 
+def _csv_table(path: Path) -> str:
+    """A CSV file as a markdown table (numbers to 3 decimals)."""
+    df = pd.read_csv(path)
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def gpp_site_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table: one row per site, feature set and model (test RMSE, NRMSE, R2).
 
@@ -114,6 +123,16 @@ def write_recipe_report(
             "`gpp/<site>/report.md`.\n\n" + gpp_site_table(gpp),
         ),
     ]
+    pooled = out / "gpp" / "pooled" / "pooled.csv"
+    if pooled.is_file():
+        sections.append(
+            (
+                "GPP pooled over the sites, leave-one-site-out",
+                "Each site predicted by a model trained on the other sites (all years); per "
+                "site, per IGBP class and every prediction in `gpp/pooled/`.\n\n"
+                + _csv_table(pooled),
+            )
+        )
     results = {"recipe": recipe.model_dump(mode="json"), "steps": dict(markers), "gpp": gpp}
     return write_report(
         out / "report",

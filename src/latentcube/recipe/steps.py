@@ -40,7 +40,7 @@ import pandas as pd
 from latentcube.errors import RecipeError
 from latentcube.recipe.config import PaperRecipe
 
-__all__ = ["STEPS", "Step", "done_steps", "gpp_at_sites", "run_recipe"]
+__all__ = ["STEPS", "Step", "done_steps", "gpp_at_sites", "gpp_pooled", "run_recipe"]
 
 Log = Callable[[str], Any]
 
@@ -254,10 +254,8 @@ def gpp_at_sites(
     """GPP at every flux site that has a cube, an embedding and a flux file.
 
     .. note:: One single-site run (:func:`~latentcube.evaluation.runs.evaluate_gpp`)
-       per site, each split by years. **Swap point**: once the multi-site GPP
-       evaluation (``evaluate gpp --manifest ... --flux-dir ...``) is in
-       ``latentcube.evaluation``, this function is the one place to call it instead
-       (one pooled run over every site); the report reads what it returns.
+       per site, each split by years; :func:`gpp_pooled` then pools the sites
+       evaluated here, leave-one-site-out.
 
     Returns
     -------
@@ -321,7 +319,77 @@ def _gpp(recipe: PaperRecipe, out: Path, log: Log) -> dict[str, Any]:
             f"up in flux.flux_dir ({recipe.flux.flux_dir}) by site id"
         )
     log(f"GPP evaluated at {ok} of {len(results)} flux sites")
-    return {"sites": ok, "skipped": len(results) - ok}
+    pooled = gpp_pooled(recipe, sites, out, [k for k, r in results.items() if r["status"] == "ok"])
+    if pooled is not None:
+        log(f"GPP pooled over {len(pooled)} sites, leave-one-site-out: {out / 'gpp' / 'pooled'}")
+    return {"sites": ok, "skipped": len(results) - ok, "pooled": bool(pooled)}
+
+
+def gpp_pooled(
+    recipe: PaperRecipe,
+    sites: pd.DataFrame,
+    out: Path,
+    ok: Sequence[str],
+    model_name: str = "embedding",
+) -> list[str] | None:
+    """Leave-one-site-out GPP over the sites evaluated one by one (two or more).
+
+    Runs :func:`~latentcube.evaluation.gpp_sites.evaluate_gpp_sites` on the
+    recipe's own flux-site cubes and embeddings (no second embedding), with the
+    sites' IGBP classes from the recipe's table (column ``igbp``) or the shipped
+    registry (``unknown`` otherwise), into ``out/gpp/pooled``.
+
+    Returns
+    -------
+    list of str or None
+        The sites pooled, or None with fewer than two.
+    """
+    from latentcube.cube.sites import flux_sites
+    from latentcube.evaluation.gpp_sites import evaluate_gpp_sites
+
+    if len(ok) < 2 or recipe.flux.flux_dir is None:
+        return None
+    rows = sites.set_index(sites["id"].astype(str))
+    registry = flux_sites().set_index("id")["igbp"].astype(str).to_dict()
+    table = pd.DataFrame(
+        {
+            "id": list(ok),
+            "status": "ok",
+            "path": [f"../cubes/flux/{sid}.zarr" for sid in ok],
+            "lat": [float(rows.loc[sid, "lat"]) for sid in ok],
+            "igbp": [
+                str(rows.loc[sid, "igbp"])
+                if "igbp" in rows.columns
+                else registry.get(sid, "unknown")
+                for sid in ok
+            ],
+        }
+    )
+    manifest = out / "gpp" / "pooled-manifest.csv"
+    classes = out / "gpp" / "pooled-sites.csv"
+    _write_text(manifest, table[["id", "status", "path", "lat"]].to_csv(index=False))
+    _write_text(classes, table[["id", "igbp"]].to_csv(index=False))
+    g = recipe.gpp
+    evaluate_gpp_sites(
+        manifest,
+        recipe.flux.flux_dir,
+        out / "gpp" / "pooled",
+        split="loso",
+        sites=classes,
+        embeddings={sid: out / "embeddings" / f"{sid}.zarr" for sid in ok},
+        name=model_name,
+        test_years=g.test_years,
+        gap_fill=g.gap_fill,
+        progress=False,
+        models=g.models,
+        n_trials=g.n_trials,
+        max_epochs=g.max_epochs,
+        time_budget=g.time_budget,
+        seq_len=g.seq_len,
+        stride=g.stride,
+        seed=recipe.models.seed,
+    )
+    return list(ok)
 
 
 def _report(recipe: PaperRecipe, out: Path, log: Log) -> dict[str, Any]:
