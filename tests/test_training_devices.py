@@ -250,3 +250,13 @@ def test_a_last_batch_smaller_than_the_group_is_left_out():
         got = list(steps(StepStream(_Source(17), _Read(), rank=rank, **kw)))
         assert [s.start for s in got] == [0, 8] and all(len(s.shard) == 4 for s in got)
     assert len(list(steps(StepStream(_Source(17), _Read(), batch_size=8, seed=0, epoch=0)))) == 3
+
+
+def test_train_refuses_negative_loader_workers_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app
+
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "c.zarr"), "--workers", "-1"])
+    assert res.exit_code == 2
+    assert res.output.strip() == "error: workers must be an integer of 0 or more, got -1"

@@ -114,10 +114,11 @@ def _main(
         raise typer.Exit()
 
 
-def positive(value: int | None, option: str) -> None:
-    """Refuse a count below 1 (``--workers 0`` would wait for ever)."""
-    if value is not None and value < 1:
-        fail(f"{option.lstrip('-')} must be a positive integer, got {value}")
+def positive(value: int | None, option: str, low: int = 1) -> None:
+    """Refuse a count below ``low`` (``embed --workers 0`` would wait for ever)."""
+    if value is not None and value < low:
+        what = "a positive integer" if low == 1 else f"an integer of {low} or more"
+        fail(f"{option.lstrip('-')} must be {what}, got {value}")
 
 
 def command_line() -> str:

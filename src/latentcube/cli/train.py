@@ -180,20 +180,15 @@ def train(
 ) -> None:
     """Train a stage-1 context autoencoder, or the fusion model, on one or more cubes.
 
-    Windows of 11 dates x 15 x 15 px are split into training and validation by cube
-    (two or more) or by spatial blocks (one). best.pt, last.pt and metrics.csv go to
-    OUT (locked while written); a killed run continues where it stopped. --stage
-    fusion: best.pt bundles every sensor's model and the fusion layers. A 'cube
-    --sites' folder is streamed from its stores. 'torchrun --nproc-per-node N -m
-    latentcube train ...' trains on N GPUs (nccl) or N CPU processes (gloo).
-    Example: latentcube train --sensor s2 --model fast --cubes a.zarr --cubes b.zarr -o m
+    best.pt, last.pt and metrics.csv go to OUT; a killed run resumes; a 'cube --sites'
+    folder is streamed; 'torchrun --nproc-per-node N -m latentcube train ...' trains on
+    N GPUs or CPU processes. Example: latentcube train a.zarr b.zarr --model fast -o m
     """
     from latentcube.sensors import load_sensor_config
     from latentcube.training import fit_autoencoder, fit_fusion, train_overrides
 
     positive(nproc, "--nproc")
-    if workers is not None and workers < 0:
-        fail(f"--workers must be 0 or more, got {workers}")
+    positive(workers, "--workers", low=0)
     for sc in sensor_config or []:
         load_sensor_config(sc)
     paths, (spec, variant) = _cubes(cubes, cubes_opt), _model_spec(model, config)
