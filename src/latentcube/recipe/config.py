@@ -74,9 +74,10 @@ class FluxSection(BaseModel):
 
     ``sites``: ids of the shipped registry (:func:`~latentcube.cube.sites.flux_sites`,
     all 47 when empty), or ``table``: a CSV with ``id``, ``lat``, ``lon`` instead.
-    ``flux_dir`` holds one flux file per site whose name contains the site id
-    (``FLX_<id>_FLUXNET2015_FULLSET_DD_*.csv``, ICOS or monthly files): sites
-    without one are listed in the report and left out of the GPP step.
+    ``flux_dir`` holds each site's flux record as ``evaluate gpp --flux-dir`` finds
+    it (:func:`~latentcube.evaluation.gpp_sites.find_flux`: a folder ``<id>/``, one
+    ``FLX_<id>_*FULLSET_DD*.csv`` or ICOS files ``<id>_*.csv``): sites without one
+    are listed in the report and left out of the GPP step.
     """
 
     model_config = _FROZEN

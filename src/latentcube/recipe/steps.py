@@ -241,11 +241,21 @@ def _embed(recipe: PaperRecipe, out: Path, log: Log) -> dict[str, Any]:
 
 
 def _flux_file(folder: Path | None, site: str) -> Path | None:
-    """The flux file of ``site`` in ``folder``: the first name (sorted) holding the id."""
+    """The flux record of ``site`` in ``folder``, or None without one.
+
+    Found as the many-site evaluation finds it
+    (:func:`~latentcube.evaluation.gpp_sites.find_flux`), so the per-site and the
+    pooled GPP steps read the same record.
+    """
+    from latentcube.errors import EvaluationError
+    from latentcube.evaluation.gpp_sites import find_flux
+
     if folder is None or not Path(folder).is_dir():
         return None
-    found = sorted(p for p in Path(folder).iterdir() if p.is_file() and site in p.name)
-    return found[0] if found else None
+    try:
+        return find_flux(folder, site)
+    except EvaluationError:
+        return None
 
 
 def gpp_at_sites(
