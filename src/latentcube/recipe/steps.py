@@ -258,6 +258,23 @@ def _flux_file(folder: Path | None, site: str) -> Path | None:
         return None
 
 
+def _gpp_options(recipe: PaperRecipe) -> dict[str, Any]:
+    """The GPP settings of the recipe, as both GPP evaluations take them."""
+    g = recipe.gpp
+    return {
+        "test_years": g.test_years,
+        "gap_fill": g.gap_fill,
+        "progress": False,
+        "models": g.models,
+        "n_trials": g.n_trials,
+        "max_epochs": g.max_epochs,
+        "time_budget": g.time_budget,
+        "seq_len": g.seq_len,
+        "stride": g.stride,
+        "seed": recipe.models.seed,
+    }
+
+
 def gpp_at_sites(
     recipe: PaperRecipe, sites: pd.DataFrame, out: Path, model_name: str = "embedding"
 ) -> dict[str, dict[str, Any]]:
@@ -302,16 +319,7 @@ def gpp_at_sites(
             cube=cube if g.baselines else None,
             embedding=emb,
             name=model_name,
-            test_years=g.test_years,
-            gap_fill=g.gap_fill,
-            progress=False,
-            models=g.models,
-            n_trials=g.n_trials,
-            max_epochs=g.max_epochs,
-            time_budget=g.time_budget,
-            seq_len=g.seq_len,
-            stride=g.stride,
-            seed=recipe.models.seed,
+            **_gpp_options(recipe),
         )
         results[sid] = {"status": "ok", "result": result}
     return results
@@ -379,7 +387,6 @@ def gpp_pooled(
     classes = out / "gpp" / "pooled-sites.csv"
     _write_text(manifest, table[["id", "status", "path", "lat"]].to_csv(index=False))
     _write_text(classes, table[["id", "igbp"]].to_csv(index=False))
-    g = recipe.gpp
     evaluate_gpp_sites(
         manifest,
         recipe.flux.flux_dir,
@@ -388,16 +395,7 @@ def gpp_pooled(
         sites=classes,
         embeddings={sid: out / "embeddings" / f"{sid}.zarr" for sid in ok},
         name=model_name,
-        test_years=g.test_years,
-        gap_fill=g.gap_fill,
-        progress=False,
-        models=g.models,
-        n_trials=g.n_trials,
-        max_epochs=g.max_epochs,
-        time_budget=g.time_budget,
-        seq_len=g.seq_len,
-        stride=g.stride,
-        seed=recipe.models.seed,
+        **_gpp_options(recipe),
     )
     return list(ok)
 
