@@ -36,8 +36,9 @@ The pipeline (see ``docs/design.md``, section "Cubes from STAC"):
    counts), so an interrupted build resumes without reading those units again.
 7. **Finish**: the store is renamed to the output. Only when a date ends
    below ``min_valid_fraction`` after the full mask (custom mask functions
-   are not screened) are the kept dates copied into a new store
-   (:func:`latentcube.io.write_zarr`).
+   are not screened) are the kept dates' stored values copied into a new
+   store, chunk by chunk and without decoding them
+   (:func:`latentcube.cube.write.drop_dates`).
 
 Where each step lives: the options and the plan (steps 1-3) in
 :mod:`latentcube.cube.plan`, search in :mod:`latentcube.cube.stac` and reads in
@@ -52,11 +53,9 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ from latentcube.cube.stac import StacError, configure_http, reuse_datasets
 from latentcube.cube.union import add_s1_dates, check_time_axis
 from latentcube.cube.write import (
     Staging,
-    cube_attrs,
+    drop_dates,
     final_attrs,
     store_chunks,
     store_encoding,
@@ -596,7 +595,7 @@ def _execute(
     import zarr
     from tqdm.auto import tqdm
 
-    from latentcube.io import open_zarr, write_zarr
+    from latentcube.io import open_zarr
 
     # files stay open between the build's reads (screening and every tile), within the
     # pool's bounds, in this process; Dask workers open theirs per read
@@ -638,29 +637,26 @@ def _execute(
         staging.remove()
         # values were checked unit by unit (_check_unit); the layout is checked here
         return validate_cube(open_zarr(path), check_values=False)
-    dropped = np.ones(len(plan.s2_times), bool)
-    dropped[candidates[keep]] = False
-    attrs = cube_attrs(plan)
-    attrs["dropped_dates"] = json.dumps(
-        [np.datetime_as_string(t, "D") for t in plan.s2_times[dropped]]
-    )
-    # some candidate date turned out below the threshold (a mask function other
-    # than the default, or pixels without data in some band): copy the kept dates
-    st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})
-    ds = st.isel(time=np.flatnonzero(keep))
-    ds.attrs = attrs
-    for v in ds.variables.values():
-        v.encoding = {}
-    enc = store_encoding(ds, plan.spec)
-    ds = ds.chunk({d: enc["s2"]["chunks"][i] for i, d in enumerate(ds["s2"].dims)})
+    kept = np.flatnonzero(keep)
     if path is None:
-        cube = ds.load()
+        # some candidate date turned out below the threshold (a mask function other
+        # than the default, or pixels without data in some band): the kept dates
+        st = xr.open_zarr(staging.store, decode_coords="all", consolidated=False, chunks={})
+        cube = st.isel(time=kept).load()
+        cube.attrs = final_attrs(plan, candidates[kept])
+        for v in cube.variables.values():
+            v.encoding = {}
         cube = cube.rio.write_crs(cube.rio.crs)
         staging.remove()
         return validate_cube(cube)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata")
-        write_zarr(ds, path, overwrite=True, encoding=enc)
+    # the same on disk: the kept dates' stored values into a new store (no decoding)
+    kept_store = staging.root / "kept.zarr"
+    if kept_store.exists():  # from a build killed while copying
+        shutil.rmtree(kept_store)
+    drop_dates(staging.store, kept_store, kept, final_attrs(plan, candidates[kept]))
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.replace(kept_store, path)
     staging.remove()
     # values were checked unit by unit (_check_unit) and dates without a valid
     # pixel dropped above; the layout is checked on the store as written
