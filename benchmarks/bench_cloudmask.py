@@ -62,7 +62,8 @@ from latentcube.cube.csmask import CSMask  # noqa: E402
 MASKS: dict[str, object] = {
     "scl": "scl",
     "csmask": "csmask",
-    "csmask 2 thr": CSMask(threads=2),
+    "csmask 1 call": CSMask(calls=1),
+    "csmask 2 thr": CSMask(threads=2, calls=1),
     "scl+csmask": "scl+csmask",
 }
 BASELINE = "csmask@base"  # the label of the csmask build with --baseline's learned mask

@@ -266,6 +266,33 @@ def test_threads_do_not_change_the_classes(fixture, classes):
         CSMask(threads=0)
 
 
+def test_concurrent_calls_do_not_change_the_classes(fixture, classes, monkeypatch):
+    import threading
+
+    refl = fixture[0].copy()
+    assert refl.shape[0] == 4
+    refl[1] = np.nan  # an image without data on one of the threads: no run, class 255
+    want = CSMask(dilation=0, calls=1).classify(refl, BANDS)
+    assert (want[1] == 255).all()
+    np.testing.assert_array_equal(np.delete(want, 1, 0), np.delete(classes, 1, 0))
+    seen: list[tuple[str, list[int]]] = []
+    real = CSMask._run
+
+    def spy(self, pending, grid, out):
+        seen.append((threading.current_thread().name, [k for k, _, _ in pending]))
+        return real(self, pending, grid, out)
+
+    monkeypatch.setattr(CSMask, "_run", spy)
+    for calls in (2, 3, 4):
+        seen.clear()
+        np.testing.assert_array_equal(CSMask(dilation=0, calls=calls).classify(refl, BANDS), want)
+        assert sorted(k for _, ks in seen for k in ks) == [k for k in range(len(refl)) if k != 1]
+        # images go to the threads in turn; the one without data runs nowhere
+        assert len({name for name, _ in seen}) == len({k % calls for k in range(4) if k != 1})
+    with pytest.raises(CubeError, match="calls must be >= 1"):
+        CSMask(calls=0)
+
+
 def test_by_date_classifies_each_date_once_as_a_mosaic(fixture, monkeypatch):
     refl = fixture[0][[BROKEN, BROKEN, CLEAR]].copy()
     refl[0, :, :, 32:] = np.nan  # two "tiles" of one pass: west and east halves

@@ -261,6 +261,12 @@ class CSMask:
         project's 2 shared cores 2 threads were no faster and took more CPU time,
         alone and in builds (benchmarks/RESULTS.md). The classes do not depend on
         it (tested).
+    calls
+        Network calls run at the same time, each on its own images with
+        ``threads`` threads (the session is shared). 2 by default: a unit's dates
+        are classified on two threads, which uses the core a serial build's
+        writer thread leaves idle while the mask runs, for the same CPU time
+        (benchmarks/RESULTS.md). The classes do not depend on it (tested).
 
     Examples
     --------
@@ -274,6 +280,7 @@ class CSMask:
     context: int = 64
     batch_size: int = 1
     threads: int = 1
+    calls: int = 2
 
     #: Items are independent: a combined mask may call it on a subset of items.
     per_item: ClassVar[bool] = True
@@ -283,7 +290,7 @@ class CSMask:
     def __post_init__(self) -> None:
         if self.bands not in MODEL_BANDS:
             raise CubeError(f"csmask bands must be 4 or 6, got {self.bands}")
-        for name in ("scale", "batch_size", "threads"):
+        for name in ("scale", "batch_size", "threads", "calls"):
             if int(getattr(self, name)) < 1:
                 raise CubeError(f"csmask {name} must be >= 1, got {getattr(self, name)}")
         if self.dilation < 0 or self.context < 0:
@@ -390,9 +397,9 @@ class CSMask:
         """:meth:`classify` of images given as their model bands' (y, x) planes, in model order.
 
         Planes may be views into a larger array: nothing is copied but each image's
-        model input, made and classified a batch at a time (memory: one batch).
+        model input, made and classified a batch at a time (memory: one batch per call).
         """
-        mean, std, tile, _ = self._stats()
+        tile = self._stats()[2]
         h, w = (int(v) for v in size)
         out = np.full((len(images), h, w), NODATA, np.uint8)
         s = int(self.scale)
@@ -401,9 +408,35 @@ class CSMask:
         ys, xs = _starts(hs + ph, tile, OVERLAP), _starts(ws + pw, tile, OVERLAP)
         grid = _Grid(tile, s, h, w, ph, pw, ys, xs)
         per_batch = max(1, self.batch_size // (len(ys) * len(xs)))
+        calls = min(int(self.calls), len(images))
+        if calls > 1:  # the images in turn to ``calls`` threads, each its own batches
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(calls, thread_name_prefix="latentcube-csmask") as pool:
+                done = [
+                    pool.submit(self._batches, images[i::calls], range(i, len(images), calls),
+                                grid, out, per_batch)
+                    for i in range(calls)
+                ]  # fmt: skip
+                for fut in done:
+                    fut.result()
+        else:
+            self._batches(images, range(len(images)), grid, out, per_batch)
+        return out
+
+    def _batches(
+        self,
+        images: Sequence[Sequence[np.ndarray]],
+        index: Sequence[int],
+        grid: _Grid,
+        out: np.ndarray,
+        per_batch: int,
+    ) -> None:
+        """Classify ``images`` (rows ``index`` of ``out``) ``per_batch`` images per call."""
+        mean, std, _, _ = self._stats()
         pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # image, model input, no data
-        for k, planes in enumerate(images):
-            x, nodata = _model_input(planes, s, mean, std, ph, pw)
+        for k, planes in zip(index, images, strict=True):
+            x, nodata = _model_input(planes, grid.scale, mean, std, grid.ph, grid.pw)
             if nodata.all():  # an image without any data: no run
                 continue
             pending.append((k, x, nodata))
@@ -412,7 +445,6 @@ class CSMask:
                 pending = []
         if pending:
             self._run(pending, grid, out)
-        return out
 
     def _run(
         self, pending: Sequence[tuple[int, np.ndarray, np.ndarray]], grid: _Grid, out: np.ndarray

@@ -311,8 +311,8 @@ def drop_dates(src: Path, dst: Path, keep: np.ndarray, attrs: dict[str, Any]) ->
     """Copy the store ``src`` to ``dst`` with only the dates ``keep`` (indices, ascending).
 
     Works on the stored values: every array with a ``time`` dimension is read
-    as stored (packed integers, no CF decoding) one output chunk at a time,
-    and its kept dates are encoded again with the same chunks and codec
+    as stored (packed integers, no CF decoding) from its chunk files, and its
+    kept dates are encoded again with the same chunks and codec
     (:func:`write_chunks`);
     the other arrays are copied file by file. The root group gets ``attrs``.
     Memory: one chunk of each array. Unlike a copy through xarray (decode to
@@ -343,20 +343,53 @@ def drop_dates(src: Path, dst: Path, keep: np.ndarray, attrs: dict[str, Any]) ->
         new["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": chunks}}
         (dst / name).mkdir()
         (dst / name / "zarr.json").write_text(json.dumps(new, allow_nan=False))
-        source = zarr.open_array(src / name, mode="r")
         if len(dims) == 1:
-            zarr.open_array(dst / name, mode="r+")[:] = source.get_orthogonal_selection(keep)
+            values = zarr.open_array(src / name, mode="r").get_orthogonal_selection(keep)
+            zarr.open_array(dst / name, mode="r+")[:] = values
             continue
         # data variables: chunk by chunk, time first (as every build writes them)
-        if axis != 0 or doc["codecs"][-1] != compressor_doc(np.dtype(source.dtype)):
+        dtype = np.dtype(doc["data_type"])
+        if axis != 0 or doc["codecs"][-1] != compressor_doc(dtype):
             raise ValueError(f"internal error: {src / name} is not laid out as a build writes it")
-        grid = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
-        for corner in itertools.product(*grid):
-            sel = [slice(a, min(a + c, n)) for a, c, n in zip(corner, chunks, shape, strict=True)]
-            read: list[Any] = list(sel)
-            read[0] = keep[sel[0]]
-            block = np.asarray(source.get_orthogonal_selection(tuple(read)))
-            write_chunks(dst / name, block, corner, chunks, shape)
+        _drop_chunks(src / name, dst / name, keep, shape, chunks, dtype)
+
+
+def _drop_chunks(
+    src: Path, dst: Path, keep: np.ndarray, shape: list[int], chunks: list[int], dtype: Any
+) -> None:
+    """The dates ``keep`` of one data variable (time first), chunk file by chunk file.
+
+    Reads the chunk files with the codec (no zarr indexing: on a 512 px cube
+    zarr's reads cost 0.6x the whole copy); for each spatial chunk the source
+    time chunks are decoded once and let go when no later kept date is in them
+    (memory: a few chunks).
+    """
+    codec, ct = _compressor(), chunks[0]
+    fill = np.nan if dtype.kind == "f" else 0
+    other = [range(0, n // c + (n % c > 0)) for n, c in zip(shape[1:], chunks[1:], strict=True)]
+    for spatial in itertools.product(*other):
+        decoded: dict[int, np.ndarray] = {}
+        for t0 in range(0, len(keep), ct):
+            want = keep[t0 : t0 + ct]
+            for k in [k for k in decoded if k < want[0] // ct]:
+                del decoded[k]
+            for k in np.unique(want // ct):
+                if int(k) not in decoded:
+                    f = src.joinpath("c", str(k), *map(str, spatial))
+                    decoded[int(k)] = (
+                        np.frombuffer(
+                            codec.decode(f.read_bytes()), dtype.newbyteorder("<")
+                        ).reshape(chunks)
+                        if f.exists()
+                        else np.full(chunks, fill, dtype)
+                    )
+            block = np.stack([decoded[int(d) // ct][int(d) % ct] for d in want])
+            edge = [
+                min(c, n - i * c) for n, c, i in zip(shape[1:], chunks[1:], spatial, strict=True)
+            ]
+            block = block[(slice(None), *(slice(0, e) for e in edge))]
+            corner = (t0, *(i * c for i, c in zip(spatial, chunks[1:], strict=True)))
+            write_chunks(dst, block, corner, chunks, shape)
 
 
 # --------------------------------------------------------------------------- staging
