@@ -293,6 +293,15 @@ def test_concurrent_calls_do_not_change_the_classes(fixture, classes, monkeypatc
         CSMask(calls=0)
 
 
+def test_concurrent_calls_share_one_session(fixture):
+    """Threads that each found no session would each load the model (about 250 MiB)."""
+    from latentcube.cube import csmask
+
+    csmask._session.cache_clear()
+    CSMask(dilation=0, calls=2).classify(fixture[0], BANDS)
+    assert csmask._session.cache_info().misses == 1
+
+
 def test_by_date_classifies_each_date_once_as_a_mosaic(fixture, monkeypatch):
     refl = fixture[0][[BROKEN, BROKEN, CLEAR]].copy()
     refl[0, :, :, 32:] = np.nan  # two "tiles" of one pass: west and east halves

@@ -412,6 +412,9 @@ class CSMask:
         if calls > 1:  # the images in turn to ``calls`` threads, each its own batches
             from concurrent.futures import ThreadPoolExecutor
 
+            # the one session, made here: threads that found none would each make one
+            _session(str(self.model_file), int(self.threads))
+
             with ThreadPoolExecutor(calls, thread_name_prefix="latentcube-csmask") as pool:
                 done = [
                     pool.submit(self._batches, images[i::calls], range(i, len(images), calls),
