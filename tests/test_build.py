@@ -685,7 +685,8 @@ def test_plane_path_gives_the_same_cube_as_the_general_path(catalog, cube):
 
 
 def test_plane_merge_equals_item_merge_with_offsets_and_overlaps():
-    """Two items on one date with different baselines and holes, one item on another."""
+    """Two items on one date with different baselines and holes, one item on another,
+    one overcast date."""
     from types import SimpleNamespace
 
     from latentcube.cube.plan import CubeSpec
@@ -695,23 +696,26 @@ def test_plane_merge_equals_item_merge_with_offsets_and_overlaps():
 
     rng = np.random.default_rng(0)
     bands = ("B02", "B03", "B04")
-    n, ny, nx = 3, 9, 11
+    n, ny, nx = 4, 9, 11
     arrays = {b: rng.integers(0, 12000, (n, ny, nx)).astype(np.uint16) for b in bands}
     arrays["B03"][0, :4] = 0  # no data in one band of item 0: item 1 fills in
     arrays["SCL"] = rng.choice(np.array([4, 5, 8, 3], np.uint8), (n, ny, nx))
-    keys = ["02.07", "04.00", None]
+    arrays["SCL"][3] = 9  # item 3's date is overcast
+    keys = ["02.07", "04.00", None, None]
     luts = [remove_baseline_offset(np.arange(65536, dtype=np.uint16), k) for k in keys]
-    groups = [[0, 1], [2]]
+    groups = [[0, 1], [2], [3]]
     mask = SCLMask(dilation=0)
     plan = SimpleNamespace(spec=CubeSpec(s2_bands=bands), s2_metadata=[None] * n, sign=False)
     crop = (slice(0, ny), slice(0, nx))
     gb = SimpleNamespace(shape=(ny, nx))
-    ref, ref_valid = _merge_s2_items(plan, arrays, bands, luts, [0, 1, 2], groups, gb, crop, mask)
+    idx = [0, 1, 2, 3]
+    ref, ref_valid = _merge_s2_items(plan, arrays, bands, luts, idx, groups, gb, crop, mask)
     offsets = [baseline_offset(k) for k in keys]
-    assert offsets == [0.0, 1000.0, 0.0]
+    assert offsets == [0.0, 1000.0, 0.0, 0.0]
     got, got_valid = _merge_s2_planes(arrays, bands, offsets, mask.clear(arrays["SCL"]), groups)
     np.testing.assert_array_equal(got_valid, ref_valid)
     np.testing.assert_array_equal(got, ref)
+    assert not ref_valid[2].any() and np.isnan(got[2]).all()  # the overcast date
     assert ref_valid[0].sum() > ref_valid[1].sum()  # the merge took pixels of both items
     # by hand: a pixel of date 0 clear in item 0 only holds item 0's reflectance
     only0 = mask.clear(arrays["SCL"])[0] & ~mask.clear(arrays["SCL"])[1] & (arrays["B03"][0] > 0)

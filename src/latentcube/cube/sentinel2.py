@@ -316,6 +316,9 @@ def merge_s2_planes(
     tmp = np.empty((ny, nx), np.float32)
     nan = np.float32(np.nan)
     for d, take in enumerate(takes):
+        if not out_valid[d].any():  # nothing clear (an overcast date): no arithmetic
+            out[d] = nan
+            continue
         missing = ~out_valid[d]
         for b, band in enumerate(bands):
             dst = out[d, b]
