@@ -86,6 +86,8 @@ def test_resume_skips_done_chunks_and_refuses_other_runs(setup, tmp_path):
         _run(setup, out, 8)
     with pytest.raises(LatentcubeError, match="unfinished run of another"):
         _run(setup, out, 16, edge="pad")
+    with pytest.raises(LatentcubeError, match="unfinished run of another"):
+        _run(setup, out, 16, compression="gzip")
     _run(setup, out, 16)
     np.testing.assert_array_equal(open_embedding(out)["embedding"].values, ref)
 

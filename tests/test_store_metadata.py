@@ -165,25 +165,7 @@ def test_an_embedding_with_y_increasing_is_still_exported_north_up(made, tmp_pat
     np.testing.assert_array_equal(got, ds["embedding"].isel(time=t).sel(x=xc, y=yc).values)
 
 
-def _gdal_reads_zarr_v3() -> bool:
-    major, minor = (int(v) for v in rasterio.__gdal_version__.split(".")[:2])
-    return (major, minor) >= (3, 11)  # 3.11 reads zarr-python 3's "bytes" codec
-
-
-@pytest.mark.skipif(
-    not _gdal_reads_zarr_v3(),
-    reason=f"GDAL {rasterio.__gdal_version__} cannot read Zarr v3 as zarr-python 3 writes it "
-    "('Unsupported codec: bytes'; GDAL 3.11 reads it)",
-)
-def test_gdal_opens_the_zarr_store(made):
-    ds = open_embedding(made["store"]).load()
-    t, yc, xc = _valid_pixel(ds)
-    # a 2-D slice of the (feature, time, y, x) array: feature 0, date t
-    with rasterio.open(f'ZARR:"{made["store"]}":/embedding:0:{t}') as src:
-        assert src.transform.e < 0
-        row, col = src.index(xc, yc)
-        got = src.read(1, window=((row, row + 1), (col, col + 1)))[0, 0]
-    assert got == ds["embedding"].isel(feature=0, time=t).sel(x=xc, y=yc).values
+# GDAL on the Zarr store itself: tests/test_gdal_zarr.py (GDAL 3.12 of pyogrio's wheels).
 
 
 def test_info_shows_the_provenance_of_an_embedding_store(made):

@@ -17,11 +17,18 @@ An embedding store is a Zarr v3 group written by :mod:`latentcube.inference`:
 
 * attributes: provenance (:func:`latentcube.cube.schema.provenance`), the
   model's configuration, ``sensor``, ``edge_policy``, ``quality_layers`` (the
-  names above, comma-separated) and, for stores written chunk by chunk, the run's
+  names above, comma-separated), the chunk compression (:data:`COMPRESSION_ATTR`)
+  and, for stores written chunk by chunk, the run's
   identity (:data:`IDENTITY_ATTR`) and :data:`COMPLETE_ATTR`, written ``False``
   with the store's metadata and set ``True`` only after every chunk is written.
   Completeness is decided by that attribute, i.e. by what was written, never by
   the presence or absence of files beside the store.
+
+Every array of the store (the coordinates too) is compressed with Zstandard
+(zarr's default codec, the default) or gzip (``compression="gzip"``): zlib is
+part of every GDAL build with the Zarr driver, Zstandard and Blosc are optional,
+so a gzip store opens in any GDAL >= 3.11, a zstd store only where GDAL was
+built with zstd.
 
 In memory (the lazy result of :func:`latentcube.inference.embed`) the same
 layers ride along as non-index coordinates of the ``embedding`` DataArray.
@@ -45,10 +52,13 @@ from latentcube.errors import EmbeddingError
 
 __all__ = [
     "COMPLETE_ATTR",
+    "COMPRESSIONS",
+    "COMPRESSION_ATTR",
     "DIMS",
     "IDENTITY_ATTR",
     "LAYER_DIMS",
     "VARIABLE",
+    "check_compression",
     "embedding_array",
     "embedding_dataset",
     "feature_names",
@@ -69,6 +79,13 @@ LAYER_DIMS: tuple[str, str, str] = ("time", "y", "x")
 IDENTITY_ATTR = "latentcube_identity"
 #: Root attribute: False while a chunk-by-chunk run is writing, True once every chunk is.
 COMPLETE_ATTR = "latentcube_complete"
+
+#: Root attribute: the codec of the store's chunks (one of :data:`COMPRESSIONS`).
+COMPRESSION_ATTR = "latentcube:compression"
+#: Chunk compressions of an embedding store; the first is the default.
+COMPRESSIONS: tuple[str, ...] = ("zstd", "gzip")
+#: gzip level: the fastest; float embeddings gain little from higher levels.
+GZIP_LEVEL = 1
 
 StoreStatus = Literal["absent", "foreign", "unfinished", "complete", "legacy"]
 
@@ -166,16 +183,32 @@ def embedding_dataset(emb: xr.DataArray | xr.Dataset) -> xr.Dataset:
     return ds.rio.write_crs(emb.rio.crs) if emb.rio.crs is not None else ds
 
 
-def store_encoding(ds: xr.Dataset, dtype: str, chunk_xy: int = 512) -> dict[str, dict[str, Any]]:
-    """Zarr encoding of an embedding dataset: the store's dtype, chunk files and fill values.
+def check_compression(compression: str) -> str:
+    """``compression`` when it is one of :data:`COMPRESSIONS`, else an :class:`EmbeddingError`."""
+    if compression not in COMPRESSIONS:
+        raise EmbeddingError(
+            f"compression must be one of {', '.join(map(repr, COMPRESSIONS))}, got {compression!r}"
+        )
+    return compression
+
+
+def store_encoding(
+    ds: xr.Dataset, dtype: str, chunk_xy: int = 512, compression: str = "zstd"
+) -> dict[str, dict[str, Any]]:
+    """Zarr encoding of an embedding dataset: the store's dtype, chunk files, fill values, codec.
 
     Chunk files are (feature, 1, cy, cx) for the embedding and (1, cy, cx) for
     the layers, so every file holds one date; ``cy``/``cx`` are the dataset's
     Dask chunks, or ``chunk_xy`` for in-memory data. Floating layers are stored
-    as ``dtype`` with NaN as fill value.
+    as ``dtype`` with NaN as fill value. ``compression="zstd"`` leaves zarr's
+    default codec (Zstandard level 0), so the arrays of such stores (chunk files
+    and metadata) are byte for byte those of earlier versions; ``"gzip"``
+    compresses every array, the coordinates too (GDAL reads ``x``/``y`` for the
+    georeferencing), with gzip level :data:`GZIP_LEVEL`.
     """
     if dtype not in ("float32", "float16"):
         raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    check_compression(compression)
     chunks = ds[VARIABLE].chunks
     if chunks:
         cy, cx = chunks[2][0], chunks[3][0]
@@ -190,6 +223,11 @@ def store_encoding(ds: xr.Dataset, dtype: str, chunk_xy: int = 512) -> dict[str,
         enc[str(name)] = {"chunks": (1, cy, cx)}
         if ds[name].dtype.kind == "f":
             enc[str(name)].update(dtype=dtype, _FillValue=np.nan)
+    if compression == "gzip":
+        from zarr.codecs import GzipCodec
+
+        for name in ds.variables:
+            enc.setdefault(str(name), {})["compressors"] = (GzipCodec(level=GZIP_LEVEL),)
     return enc
 
 

@@ -413,7 +413,8 @@ def describe(store: str | os.PathLike[str]) -> list[str]:
     """
     from latentcube.embedding_store import describe_store, open_embedding
 
-    attrs = open_embedding(store).attrs
+    ds = open_embedding(store)
+    attrs = ds.attrs
     dates = attrs.get("dates") or []
     lines = [f"embedding store: {describe_store(store)}"]
     lines.append(
@@ -438,6 +439,9 @@ def describe(store: str | os.PathLike[str]) -> list[str]:
             f"geoemb: {attrs['geoemb:type']}, {attrs.get('geoemb:dimensions')} dims, "
             f"{attrs.get('geoemb:data_type')}, {attrs.get('latentcube:temporal_type', '')}"
         )
+    codecs = ds["embedding"].encoding.get("compressors") or ()
+    names = [str(c.to_dict().get("name", c)) if hasattr(c, "to_dict") else str(c) for c in codecs]
+    lines.append(f"compression: {', '.join(names) or 'none'}")
     item = stac_item_path(store)
     lines.append(f"STAC item: {item if item.is_file() else 'none'}")
     return lines

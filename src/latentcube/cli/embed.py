@@ -25,6 +25,14 @@ Out = Annotated[Path | None, typer.Option("--out", "-o", help="Output Zarr store
 Dtype = Annotated[
     Literal["float32", "float16"], typer.Option(help="Storage type of the embedding.")
 ]
+Compression = Annotated[
+    Literal["zstd", "gzip"],
+    typer.Option(
+        help="Codec of every array of the store: 'zstd' (faster) or 'gzip' (opens in every "
+        "GDAL >= 3.11 with the Zarr driver: zlib is mandatory in GDAL, zstd is optional and "
+        "missing from some builds, e.g. pyogrio's wheels)."
+    ),
+]
 Chunk = Annotated[int, typer.Option(help="Output chunk side in pixels (bounds worker memory).")]
 TimeChunk = Annotated[
     int, typer.Option(help="Output chunk length in dates (bounds worker memory).")
@@ -91,6 +99,7 @@ def embed(
     model: Model = None,
     out: Out = None,
     dtype: Dtype = "float32",
+    compression: Compression = "zstd",
     chunk: Chunk = 256,
     time_chunk: TimeChunk = 64,
     edge: Edge = "nan",
@@ -119,6 +128,7 @@ def embed(
     it ended when started again with the same arguments, and OUT is locked while a
     run writes it. With --lat/--lon/--start/--end instead of CUBE, the cube is built
     first (reused if it exists at --cube-out). --device cuda: one worker per GPU.
+    --compression gzip: a store GDAL builds without zstd can read.
     """
     from latentcube.bundle import ModelBundle, default_model_path
     from latentcube.cube.sites import build_or_reuse
@@ -145,6 +155,6 @@ def embed(
     path = embed_to_zarr(
         cube, bundle, out, chunk=chunk, time_chunk=time_chunk, dtype=dtype, edge=edge,
         scheduler=scheduler, workers=workers, processes=processes, overwrite=overwrite,
-        progress=progress, hide=hide or (), device=device,
+        progress=progress, hide=hide or (), device=device, compression=compression,
     )  # fmt: skip
     typer.echo(f"wrote {path}: {describe_store(path)}, {time.perf_counter() - t0:.1f} s")

@@ -39,10 +39,12 @@ from latentcube.bundle import ModelBundle
 from latentcube.cube.schema import select_bands
 from latentcube.embedding_store import (
     COMPLETE_ATTR,
+    COMPRESSION_ATTR,
     DIMS,
     IDENTITY_ATTR,
     LAYER_DIMS,
     VARIABLE,
+    check_compression,
     embedding_dataset,
     feature_names,
     store_encoding,
@@ -292,6 +294,7 @@ def write_embedding(
     progress: bool = False,
     compute: bool = True,
     attrs: Mapping[str, Any] | None = None,
+    compression: str = "zstd",
 ) -> Path:
     """Write an embedding as Zarr v3 (atomic), the quality layers beside it.
 
@@ -316,13 +319,22 @@ def write_embedding(
         unfinished until :func:`embed_to_zarr` marks it complete).
     attrs
         Extra attributes of the store.
+    compression
+        Codec of every array: ``"zstd"`` (default, faster) or ``"gzip"`` (readable
+        by every GDAL build with Zarr v3 support: zlib is mandatory in GDAL,
+        Zstandard optional); recorded in the ``latentcube:compression`` attribute.
     """
     from latentcube.io import write_zarr
 
     ds = embedding_dataset(emb)
-    enc = store_encoding(ds, dtype, chunk_xy)
+    enc = store_encoding(ds, dtype, chunk_xy, compression)
     ds = ds.assign_attrs(
-        {**store_attrs(ds, dtype), **dict(attrs or {}), COMPLETE_ATTR: bool(compute)}
+        {
+            **store_attrs(ds, dtype),
+            COMPRESSION_ATTR: compression,
+            **dict(attrs or {}),
+            COMPLETE_ATTR: bool(compute),
+        }
     )
     if not compute or not ds[VARIABLE].chunks:
         written = write_zarr(ds, path, overwrite=overwrite, encoding=enc, compute=compute)
@@ -380,8 +392,8 @@ def _target(out: Path, identity: str, overwrite: bool) -> Path:
                 "overwrite=True (--overwrite) to replace it"
             )
         raise EmbeddingError(
-            f"{out} holds an unfinished run of another model, cube, chunking, dtype, edge "
-            "policy or hidden sensors; remove it, choose another output or pass "
+            f"{out} holds an unfinished run of another model, cube, chunking, dtype, "
+            "compression, edge policy or hidden sensors; remove it, choose another output or pass "
             "overwrite=True (--overwrite)"
         )
     staging = _replacement(out)
@@ -422,6 +434,7 @@ def embed_to_zarr(
     hide: Sequence[str] = (),
     device: str | torch.device = "cpu",
     resources: Mapping[str, float] | None = None,
+    compression: str = "zstd",
 ) -> Path:
     """Embed a cube of any size into a Zarr store, chunk by chunk, resumable.
 
@@ -486,6 +499,11 @@ def embed_to_zarr(
     resources
         Dask resources every task asks for (default ``{"GPU": 1}`` on CUDA, none
         elsewhere).
+    compression
+        Codec of every array of the store: ``"zstd"`` (default, faster) or
+        ``"gzip"`` (readable by every GDAL >= 3.11: zlib is mandatory in GDAL,
+        Zstandard optional). Part of the run's identity: a run with another
+        compression does not resume this one.
 
     Returns
     -------
@@ -498,6 +516,7 @@ def embed_to_zarr(
     check_edge(edge)
     if dtype not in ("float32", "float16"):
         raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    check_compression(compression)
     _positive("workers", workers)
     _positive("threads_per_worker", threads_per_worker)
     _positive("chunk", chunk)
@@ -538,6 +557,8 @@ def embed_to_zarr(
             "chunk": chunk,
             "time_chunk": time_chunk,
             "dtype": dtype,
+            # only when not the default: runs of earlier versions (zstd) keep their identity
+            **({"compression": compression} if compression != "zstd" else {}),
             **job.identity(),
         },
         sort_keys=True,
@@ -547,7 +568,12 @@ def embed_to_zarr(
         if store_status(target)[0] == "absent":
             template = embed(cube, bundle, chunks=sizes, edge=edge, hide=hide)
             write_embedding(
-                template, target, dtype=dtype, compute=False, attrs={IDENTITY_ATTR: identity}
+                template,
+                target,
+                dtype=dtype,
+                compute=False,
+                attrs={IDENTITY_ATTR: identity},
+                compression=compression,
             )
         progress_dir(target).mkdir(exist_ok=True)
         done = {p.name for p in progress_dir(target).iterdir()}
