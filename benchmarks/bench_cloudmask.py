@@ -3,8 +3,9 @@
 * Mask alone: :meth:`CSMask.by_date` on one date of a 512 x 512 px loading unit plus
   the mask's context halo (real reflectance: the WorldCereal Flanders patch of
   tests/stac_catalog.py, mirrored to the size), the way a build calls it; best and
-  median of ``--repeats`` warm calls, and CPU time. Also with 2 onnxruntime threads,
-  with 4 dates per call in batches of 4 tiles, and at 10 m (``scale=1``); and the
+  median of ``--repeats`` warm calls, and CPU time. Also 4 dates per call on 2
+  concurrent network calls (the default ``calls=2``) and one at a time, with 2
+  onnxruntime threads, in batches of 4 tiles, and at 10 m (``scale=1``); and the
   network call alone on one prepared 256 px tile (1 thread): the part no code around
   it can remove.
 * Builds: ``build_cube`` on the local STAC catalog of ``benchmarks/bench_cube.py``
@@ -357,10 +358,12 @@ def main() -> None:
     print(f"learned mask per 512 x 512 px date (+ {base.halo} px context), {args.repeats} calls, "
           "wall and CPU per date:")  # fmt: skip
     for label, mask, dates in [
-        ("30 m, 1 thread, 1 date per call (build default)", base, 1),
-        ("30 m, 2 threads", CSMask(threads=2), 1),
-        ("30 m, 4 dates per call, batches of 4 tiles", CSMask(batch_size=4), 4),
-        ("10 m (scale 1), 1 thread", CSMask(scale=1), 1),
+        ("30 m, 1 thread, 1 date", base, 1),
+        ("30 m, 4 dates on 2 calls at once (build default)", base, 4),
+        ("30 m, 4 dates, one call at a time", CSMask(calls=1), 4),
+        ("30 m, 2 threads, 1 date", CSMask(threads=2), 1),
+        ("30 m, 4 dates, batches of 4 tiles, 1 call", CSMask(batch_size=4, calls=1), 4),
+        ("10 m (scale 1), 1 thread, 1 date", CSMask(scale=1), 1),
     ]:
         best, med, cpu = _time_mask(mask, 512, dates, args.repeats)
         print(f"  {label:<48} best {best:5.0f} ms, median {med:5.0f} ms, CPU {cpu:5.0f} ms")
