@@ -136,7 +136,8 @@ class PaperRecipe(BaseModel):
         Where the cube builds run (:func:`~latentcube.cube.sites.build_cubes`):
         ``"local"`` (a ``LocalCluster``), ``"synchronous"`` or a scheduler address.
     device, precision
-        Passed to the training functions when they accept them.
+        Passed to the training functions when set (``None``: their defaults,
+        ``"auto"`` and ``"32"``).
     sites, models, flux, embed, gpp
         The sections.
     """

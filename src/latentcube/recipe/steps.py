@@ -26,11 +26,10 @@ Layout of ``out``::
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +70,10 @@ def _marker(out: Path, step: str) -> Path:
     return out / ".recipe" / f"{step}.json"
 
 
-def _accepted(func: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``options`` that are not ``None`` and that ``func`` accepts by name."""
-    params = inspect.signature(func).parameters
-    return {k: v for k, v in options.items() if v is not None and k in params}
+def _device_options(recipe: PaperRecipe) -> dict[str, Any]:
+    """The recipe's ``device`` and ``precision`` that are set (else the trainers' defaults)."""
+    options = {"device": recipe.device, "precision": recipe.precision}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _train_options(recipe: PaperRecipe, epochs: int) -> dict[str, Any]:
@@ -169,7 +168,6 @@ def _stage1(sensor: str) -> Callable[[PaperRecipe, Path, Log], dict[str, Any]]:
 
         m = recipe.models
         stores = _ok_stores(out / "cubes" / "train", "training")
-        extra = _accepted(fit_autoencoder, {"device": recipe.device, "precision": recipe.precision})
         res = fit_autoencoder(
             [str(p) for p in stores],
             getattr(m, sensor),
@@ -179,7 +177,7 @@ def _stage1(sensor: str) -> Callable[[PaperRecipe, Path, Log], dict[str, Any]]:
             seed=m.seed,
             train=_train_options(recipe, m.epochs),
             progress=False,
-            **extra,
+            **_device_options(recipe),
         )
         log(f"stage 1 {sensor}: {res.epochs} epochs, {res.steps} steps, best {res.best_val:.4f}")
         return {"epochs": res.epochs, "steps": res.steps, "best_val": res.best_val}
@@ -193,7 +191,6 @@ def _fusion(recipe: PaperRecipe, out: Path, log: Log) -> dict[str, Any]:
     m = recipe.models
     stores = _ok_stores(out / "cubes" / "train", "training")
     aes = {s: out / "models" / s / "best.pt" for s in recipe.sensors}
-    extra = _accepted(fit_fusion, {"device": recipe.device, "precision": recipe.precision})
     res = fit_fusion(
         [str(p) for p in stores],
         aes,
@@ -203,7 +200,7 @@ def _fusion(recipe: PaperRecipe, out: Path, log: Log) -> dict[str, Any]:
         mode=m.fusion_mode,
         train=_train_options(recipe, m.fusion_epochs),
         progress=False,
-        **extra,
+        **_device_options(recipe),
     )
     log(f"fusion: {res.epochs} epochs, {res.steps} steps, best {res.best_val:.4f}")
     return {"epochs": res.epochs, "steps": res.steps, "best_val": res.best_val}
