@@ -59,6 +59,7 @@ __all__ = [
     "LAYER_DIMS",
     "VARIABLE",
     "check_compression",
+    "check_dtype",
     "embedding_array",
     "embedding_dataset",
     "feature_names",
@@ -183,6 +184,13 @@ def embedding_dataset(emb: xr.DataArray | xr.Dataset) -> xr.Dataset:
     return ds.rio.write_crs(emb.rio.crs) if emb.rio.crs is not None else ds
 
 
+def check_dtype(dtype: str) -> str:
+    """``dtype`` when a store can hold it (float32, float16), else an :class:`EmbeddingError`."""
+    if dtype not in ("float32", "float16"):
+        raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    return dtype
+
+
 def check_compression(compression: str) -> str:
     """``compression`` when it is one of :data:`COMPRESSIONS`, else an :class:`EmbeddingError`."""
     if compression not in COMPRESSIONS:
@@ -206,8 +214,7 @@ def store_encoding(
     compresses every array, the coordinates too (GDAL reads ``x``/``y`` for the
     georeferencing), with gzip level :data:`GZIP_LEVEL`.
     """
-    if dtype not in ("float32", "float16"):
-        raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    check_dtype(dtype)
     check_compression(compression)
     chunks = ds[VARIABLE].chunks
     if chunks:

@@ -45,6 +45,7 @@ from latentcube.embedding_store import (
     LAYER_DIMS,
     VARIABLE,
     check_compression,
+    check_dtype,
     embedding_dataset,
     feature_names,
     store_encoding,
@@ -514,8 +515,7 @@ def embed_to_zarr(
     from latentcube.io import check_output, locked, replace_path
 
     check_edge(edge)
-    if dtype not in ("float32", "float16"):
-        raise EmbeddingError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    check_dtype(dtype)
     check_compression(compression)
     _positive("workers", workers)
     _positive("threads_per_worker", threads_per_worker)
