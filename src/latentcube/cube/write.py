@@ -315,8 +315,9 @@ def drop_dates(src: Path, dst: Path, keep: np.ndarray, attrs: dict[str, Any]) ->
     kept dates are encoded again with the same chunks and codec
     (:func:`write_chunks`);
     the other arrays are copied file by file. The root group gets ``attrs``.
-    Memory: one chunk of each array. Unlike a copy through xarray (decode to
-    floats, mask, re-pack, re-chunk) nothing is converted, so the result holds
+    Memory: a few chunks of one array (:func:`_drop_chunks`). Unlike a copy
+    through xarray (decode to floats, mask, re-pack, re-chunk) nothing is
+    converted, so the result holds
     the same stored values and metadata as ``src.isel(time=keep)``;
     benchmarks/bench_cloudmask.py measures what it costs a build.
     """
@@ -366,7 +367,7 @@ def _drop_chunks(
     """
     codec, ct = _compressor(), chunks[0]
     fill = np.nan if dtype.kind == "f" else 0
-    other = [range(0, n // c + (n % c > 0)) for n, c in zip(shape[1:], chunks[1:], strict=True)]
+    other = [range(-(-n // c)) for n, c in zip(shape[1:], chunks[1:], strict=True)]
     for spatial in itertools.product(*other):
         decoded: dict[int, np.ndarray] = {}
         for t0 in range(0, len(keep), ct):
